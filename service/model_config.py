@@ -1,0 +1,226 @@
+"""Triton model configuration (`config.pbtxt`): the subset vitserve writes and reads.
+
+The same directory must load in NVIDIA Triton Inference Server, so export/ writes a real
+Triton `ModelConfig` in protobuf text format, and the service reads its batching settings
+back from it. Triton's full schema lives in its `model_config.proto`; we model only the
+fields we use and parse the text format with a small reader (protobuf's own text parser
+needs the compiled schema, which would pull Triton's client into the service install).
+Tests check both directions against the protobuf classes that `tritonclient` ships.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DataType = Literal["TYPE_FP32", "TYPE_FP16", "TYPE_INT8", "TYPE_INT64", "TYPE_UINT8"]
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TensorConfig(_Cfg):
+    name: str
+    data_type: DataType = "TYPE_FP32"
+    dims: list[int]
+
+
+class QueuePolicy(_Cfg):
+    """Triton's `ModelQueuePolicy`: the queue bound and the default per-request timeout."""
+
+    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    default_timeout_microseconds: int = Field(0, ge=0)
+    allow_timeout_override: bool = True
+    max_queue_size: int = Field(0, ge=0)
+
+
+class DynamicBatching(_Cfg):
+    preferred_batch_size: list[int] = Field(default_factory=list)
+    max_queue_delay_microseconds: int = Field(0, ge=0)
+    default_queue_policy: QueuePolicy | None = None
+
+
+class InstanceGroup(_Cfg):
+    count: int = Field(1, ge=1)
+    kind: Literal["KIND_AUTO", "KIND_GPU", "KIND_CPU"] = "KIND_AUTO"
+
+
+class ModelConfig(_Cfg):
+    """The Triton `ModelConfig` fields vitserve uses."""
+
+    name: str
+    platform: str = "onnxruntime_onnx"
+    max_batch_size: int = Field(ge=0)
+    input: list[TensorConfig]
+    output: list[TensorConfig]
+    dynamic_batching: DynamicBatching | None = None
+    instance_group: list[InstanceGroup] = Field(default_factory=list)
+    latest_versions: int = Field(1, ge=1, description="version_policy { latest { num_versions } }")
+
+    # -- writing -----------------------------------------------------------------------------
+    def to_pbtxt(self) -> str:
+        out: list[str] = [
+            f'name: "{self.name}"',
+            f'platform: "{self.platform}"',
+            f"max_batch_size: {self.max_batch_size}",
+            f"version_policy: {{ latest: {{ num_versions: {self.latest_versions} }} }}",
+        ]
+        for key, tensors in (("input", self.input), ("output", self.output)):
+            out.append(f"{key} [")
+            items = []
+            for t in tensors:
+                dims = ", ".join(str(d) for d in t.dims)
+                items.append(f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}')
+            out.append(",\n".join(items))
+            out.append("]")
+        if self.dynamic_batching is not None:
+            db = self.dynamic_batching
+            out.append("dynamic_batching {")
+            if db.preferred_batch_size:
+                out.append(f"  preferred_batch_size: [ {', '.join(map(str, db.preferred_batch_size))} ]")
+            out.append(f"  max_queue_delay_microseconds: {db.max_queue_delay_microseconds}")
+            if db.default_queue_policy is not None:
+                qp = db.default_queue_policy
+                out.append("  default_queue_policy {")
+                out.append(f"    timeout_action: {qp.timeout_action}")
+                out.append(f"    default_timeout_microseconds: {qp.default_timeout_microseconds}")
+                out.append(f"    allow_timeout_override: {'true' if qp.allow_timeout_override else 'false'}")
+                out.append(f"    max_queue_size: {qp.max_queue_size}")
+                out.append("  }")
+            out.append("}")
+        if self.instance_group:
+            groups = ", ".join(f"{{ count: {g.count} kind: {g.kind} }}" for g in self.instance_group)
+            out.append(f"instance_group [ {groups} ]")
+        return "\n".join(out) + "\n"
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_pbtxt())
+
+    # -- reading -----------------------------------------------------------------------------
+    @classmethod
+    def from_pbtxt(cls, text: str) -> ModelConfig:
+        raw = parse_pbtxt(text)
+        data: dict[str, Any] = {k: _single(v) for k, v in raw.items() if k not in {"input", "output", "instance_group"}}
+        for key in ("input", "output", "instance_group"):
+            data[key] = [_normalise(m) for m in raw.get(key, [])]
+        for t in data["input"] + data["output"]:
+            t["dims"] = _as_list(t.get("dims", []))
+        policy = data.pop("version_policy", None)
+        if isinstance(policy, dict) and "latest" in policy:
+            data["latest_versions"] = _single(policy["latest"]).get("num_versions", 1)
+        db = data.get("dynamic_batching")
+        if isinstance(db, dict):
+            db = dict(db)
+            db["preferred_batch_size"] = _as_list(db.get("preferred_batch_size", []))
+            data["dynamic_batching"] = db
+        return cls.model_validate(data)
+
+    @classmethod
+    def load(cls, path: Path) -> ModelConfig:
+        return cls.from_pbtxt(path.read_text())
+
+
+# --- a reader for protobuf text format (no schema needed) ------------------------------------
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<comment>\#[^\n]*)
+      | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+      | (?P<number>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)
+      | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+      | (?P<punct>[{}\[\]:,;<>])
+    )""",
+    re.VERBOSE,
+)
+
+
+class PbtxtError(ValueError):
+    """config.pbtxt is not valid protobuf text format."""
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    pos, toks = 0, []
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise PbtxtError(f"unexpected character at offset {pos}: {text[pos:pos + 20]!r}")
+        pos = m.end()
+        kind = m.lastgroup
+        if kind != "comment":
+            toks.append((kind, m.group(kind)))  # type: ignore[arg-type]
+    return toks
+
+
+def parse_pbtxt(text: str) -> dict[str, list[Any]]:
+    """Parse text format into {field: [values...]}; messages become nested dicts of the same form."""
+    toks = _tokens(text)
+    msg, pos = _parse_message(toks, 0, closing=None)
+    if pos != len(toks):
+        raise PbtxtError(f"unexpected {toks[pos][1]!r}")
+    return msg
+
+
+def _parse_message(toks: list[tuple[str, str]], pos: int, closing: str | None) -> tuple[dict[str, list[Any]], int]:
+    fields: dict[str, list[Any]] = {}
+    while pos < len(toks):
+        kind, val = toks[pos]
+        if closing is not None and val == closing:
+            return fields, pos + 1
+        if kind != "ident":
+            raise PbtxtError(f"expected a field name, got {val!r}")
+        name, pos = val, pos + 1
+        if pos < len(toks) and toks[pos][1] == ":":
+            pos += 1
+        if pos >= len(toks):
+            raise PbtxtError(f"field {name!r} has no value")
+        if toks[pos][1] == "[":
+            pos += 1
+            while toks[pos][1] != "]":
+                value, pos = _parse_value(toks, pos)
+                fields.setdefault(name, []).append(value)
+                if toks[pos][1] == ",":
+                    pos += 1
+            pos += 1
+        else:
+            value, pos = _parse_value(toks, pos)
+            fields.setdefault(name, []).append(value)
+        if pos < len(toks) and toks[pos][1] in {",", ";"}:
+            pos += 1
+    if closing is not None:
+        raise PbtxtError(f"missing {closing!r}")
+    return fields, pos
+
+
+def _parse_value(toks: list[tuple[str, str]], pos: int) -> tuple[Any, int]:
+    if pos >= len(toks):
+        raise PbtxtError("unexpected end of input")
+    kind, val = toks[pos]
+    if val in {"{", "<"}:
+        return _parse_message(toks, pos + 1, closing="}" if val == "{" else ">")
+    if kind == "string":
+        return bytes(val[1:-1], "utf-8").decode("unicode_escape"), pos + 1
+    if kind == "number":
+        return (float(val) if any(c in val for c in ".eE") else int(val)), pos + 1
+    if kind == "ident":
+        return {"true": True, "false": False}.get(val, val), pos + 1
+    raise PbtxtError(f"unexpected {val!r}")
+
+
+def _single(values: list[Any]) -> Any:
+    v = values[-1] if isinstance(values, list) else values
+    return _normalise(v) if isinstance(v, dict) else v
+
+
+def _normalise(msg: Any) -> Any:
+    if not isinstance(msg, dict):
+        return msg
+    return {k: (_as_list(v) if k in {"dims", "preferred_batch_size"} else _single(v)) for k, v in msg.items()}
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, list) else [v]
