@@ -10,13 +10,18 @@ Tests check both directions against the protobuf classes that `tritonclient` shi
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DataType = Literal["TYPE_FP32", "TYPE_FP16", "TYPE_INT8", "TYPE_INT64", "TYPE_UINT8"]
+# Triton's `DataType` enum (model_config.proto), all but TYPE_INVALID.
+DataType = Literal[
+    "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16",
+    "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16",
+]
 
 
 class _Cfg(BaseModel):
@@ -64,8 +69,8 @@ class ModelConfig(_Cfg):
     # -- writing -----------------------------------------------------------------------------
     def to_pbtxt(self) -> str:
         out: list[str] = [
-            f'name: "{self.name}"',
-            f'platform: "{self.platform}"',
+            f"name: {_quote(self.name)}",
+            f"platform: {_quote(self.platform)}",
             f"max_batch_size: {self.max_batch_size}",
             f"version_policy: {{ latest: {{ num_versions: {self.latest_versions} }} }}",
         ]
@@ -74,7 +79,9 @@ class ModelConfig(_Cfg):
             items = []
             for t in tensors:
                 dims = ", ".join(str(d) for d in t.dims)
-                items.append(f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}')
+                items.append(
+                    f"  {{\n    name: {_quote(t.name)}\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}"
+                )
             out.append(",\n".join(items))
             out.append("]")
         if self.dynamic_batching is not None:
@@ -116,12 +123,30 @@ class ModelConfig(_Cfg):
         if isinstance(db, dict):
             db = dict(db)
             db["preferred_batch_size"] = _as_list(db.get("preferred_batch_size", []))
+            if isinstance(db.get("default_queue_policy"), dict):
+                # proto3: an absent bool is false (protobuf omits false when writing), not our default.
+                db["default_queue_policy"] = {"allow_timeout_override": False, **db["default_queue_policy"]}
             data["dynamic_batching"] = db
         return cls.model_validate(data)
 
     @classmethod
     def load(cls, path: Path) -> ModelConfig:
         return cls.from_pbtxt(path.read_text())
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal (UTF-8 kept, quotes, backslashes and controls escaped)."""
+    out = []
+    for ch in text:
+        if ch in {'"', "\\"}:
+            out.append("\\" + ch)
+        elif ch in {"\n", "\r", "\t"}:
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 # --- a reader for protobuf text format (no schema needed) ------------------------------------
@@ -180,11 +205,13 @@ def _parse_message(toks: list[tuple[str, str]], pos: int, closing: str | None) -
             raise PbtxtError(f"field {name!r} has no value")
         if toks[pos][1] == "[":
             pos += 1
-            while toks[pos][1] != "]":
+            while pos < len(toks) and toks[pos][1] != "]":
                 value, pos = _parse_value(toks, pos)
                 fields.setdefault(name, []).append(value)
-                if toks[pos][1] == ",":
+                if pos < len(toks) and toks[pos][1] == ",":
                     pos += 1
+            if pos >= len(toks):
+                raise PbtxtError(f"list of {name!r} has no closing ']'")
             pos += 1
         else:
             value, pos = _parse_value(toks, pos)
@@ -203,7 +230,10 @@ def _parse_value(toks: list[tuple[str, str]], pos: int) -> tuple[Any, int]:
     if val in {"{", "<"}:
         return _parse_message(toks, pos + 1, closing="}" if val == "{" else ">")
     if kind == "string":
-        return bytes(val[1:-1], "utf-8").decode("unicode_escape"), pos + 1
+        try:  # C escapes (\n, \", \ooo octal bytes, \xhh) over UTF-8 text, as protobuf writes them
+            return codecs.escape_decode(val[1:-1].encode("utf-8"))[0].decode("utf-8"), pos + 1
+        except (ValueError, UnicodeDecodeError) as err:
+            raise PbtxtError(f"bad string literal {val}: {err}") from None
     if kind == "number":
         return (float(val) if any(c in val for c in ".eE") else int(val)), pos + 1
     if kind == "ident":

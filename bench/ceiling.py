@@ -1,0 +1,159 @@
+"""Comparison 2 — how close the service gets to the runtime's ceiling.
+
+Raw ONNX Runtime in-process at its best batch size is the most images per second this machine can
+compute with this model; the service over HTTP at concurrency 16 (batch-1 requests, which its
+dynamic batcher must combine) is divided by it, once with binary v2 tensors (serving overhead
+only) and once with JPEG uploads (plus decode and resize). The latency cost of the service is
+its p50 at concurrency 1 minus the raw batch-1 latency. The server is started here, serving only
+this model (so its session gets every core, as the raw session does), and stopped by PID.
+
+Targets (issue 5): service ÷ raw ≥ 0.90 with binary tensors, ≥ 0.80 with JPEG; p50 at
+concurrency 1 minus raw batch-1 latency ≤ 2 ms. The client runs on the same cores: its CPU use is
+reported beside each point, and its own ceiling is measured against a trivial server.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.inproc import best_throughput, ort_session, time_ort
+from bench.loadgen import LoadPoint, MeasureConfig, sweep
+from bench.machine import machine_info
+from bench.models import BenchModel, ensure_models, model_file
+from bench.overhead import measure_overhead
+from bench.payloads import classify_request, encode_image, infer_request, synthetic_image
+from bench.procs import vitserve_server
+from bench.report import command_line, md_table, perf_analyzer_table, plot_latency_throughput, write_result
+
+TARGET_BINARY = 0.90
+TARGET_JPEG = 0.80
+TARGET_ADDED_MS = 2.0
+
+
+def measure_config(quick: bool) -> MeasureConfig:
+    if quick:
+        return MeasureConfig(window_s=1.5, warmup_s=1.0, max_windows=4, stability_windows=3)
+    return MeasureConfig(window_s=3.0, warmup_s=2.0, max_windows=10, stability_windows=3)
+
+
+def image_side(input_hw: tuple[int, int]) -> int:
+    """Upload size: 256 px for 224-px models (an ImageNet-style crop source), the input size for small models."""
+    return 256 if input_hw[0] >= 128 else input_hw[0]
+
+
+def raw_batch_sizes(max_batch: int) -> list[int]:
+    sizes = [1, 2, 4, 8, 16, 32, 64]
+    return [b for b in sizes if b <= max_batch] + ([max_batch] if max_batch not in sizes else [])
+
+
+def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, env: dict[str, str] | None = None) -> Path:
+    machine = machine_info()
+    repository = cache / "repository"
+    model = BenchModel(preset)
+    manifest = ensure_models([model], repository)[model.model_name]
+    name = model.model_name
+    from service.manifest import CONFIG_FILENAME
+    from service.model_config import ModelConfig
+
+    max_batch = ModelConfig.load(repository / name / CONFIG_FILENAME).max_batch_size
+    chw = tuple(manifest.preprocess.input_size)
+
+    print(f"[ceiling] raw ORT {name} at batch sizes {raw_batch_sizes(max_batch)}", file=sys.stderr, flush=True)
+    sess = ort_session(model_file(repository, name))
+    raw = time_ort(sess, raw_batch_sizes(max_batch), min_repeats=5 if quick else 20, min_time_s=0.5 if quick else 3.0)
+    del sess
+    best = best_throughput(raw)
+    raw_b1 = next(t for t in raw if t.batch_size == 1)
+    for t in raw:
+        print(f"  batch {t.batch_size:3d}: {t.images_per_s:9.1f} img/s, median {t.median_s * 1000:.2f} ms", file=sys.stderr)
+
+    side = image_side((chw[1], chw[2]))
+    jpeg = encode_image(synthetic_image(side, side), "jpeg")
+    v2 = infer_request(name, (1, *chw), input_name=manifest.input_name, output_name=manifest.output_name)
+    v1 = classify_request(name, jpeg, "jpeg")
+    cfg = measure_config(quick)
+    concurrencies = [1, 16] if quick else [1, 2, 4, 8, 16, 32]
+
+    overhead = measure_overhead(v2, 16)
+    print(f"[ceiling] {overhead.sentence()}", file=sys.stderr, flush=True)
+
+    log = (out_dir or Path(__file__).resolve().parent / "results") / "tmp" / f"ceiling-{name}.log"
+    with vitserve_server(repository, [name], env=env, log_path=log) as srv:
+        print(f"[ceiling] vitserve pid {srv.pid} at {srv.url}", file=sys.stderr, flush=True)
+        stats = f"/v2/models/{name}/stats"
+        v2_points = sweep(srv.url, v2, concurrencies=concurrencies, cfg=cfg, protocol="v2-binary", stats_path=stats)
+        jpeg_points = sweep(srv.url, v1, concurrencies=[1, 16] if quick else concurrencies, cfg=cfg, protocol="v1-jpeg",
+                            stats_path=stats)
+    machine = machine.finish()
+
+    def at(points: list[LoadPoint], c: int) -> LoadPoint:
+        return next(p for p in points if p.concurrency == c)
+
+    v2_16, v2_1, jpeg_16 = at(v2_points, 16), at(v2_points, 1), at(jpeg_points, 16)
+    ratio_v2 = v2_16.inferences_per_second / best.images_per_s
+    ratio_jpeg = jpeg_16.inferences_per_second / best.images_per_s
+    added_ms = (v2_1.latency_us["p50"] / 1000) - raw_b1.median_s * 1000
+    targets = [
+        {"target": "service (v2 binary, c=16) ÷ raw ORT best", "goal": f">= {TARGET_BINARY}", "measured": ratio_v2,
+         "met": ratio_v2 >= TARGET_BINARY},
+        {"target": "service (JPEG, c=16) ÷ raw ORT best", "goal": f">= {TARGET_JPEG}", "measured": ratio_jpeg,
+         "met": ratio_jpeg >= TARGET_JPEG},
+        {"target": "p50 at c=1 (v2) − raw batch-1 latency (ms)", "goal": f"<= {TARGET_ADDED_MS}", "measured": added_ms,
+         "met": added_ms <= TARGET_ADDED_MS},
+    ]
+    data: dict[str, Any] = {
+        "comparison": "ceiling",
+        "quick": quick,
+        "command": command_line(),
+        "machine": machine,
+        "model": name,
+        "flops_per_image": manifest.costs.flops,
+        "max_batch_size": max_batch,
+        "raw_ort": [t.model_dump() for t in raw],
+        "raw_best": best.model_dump(),
+        "upload": {"format": "jpeg", "side_px": side, "bytes": len(jpeg)},
+        "service_v2": v2_points,
+        "service_jpeg": jpeg_points,
+        "generator_overhead": overhead,
+        "server_env": env or {},
+        "targets": targets,
+    }
+    md = [
+        f"# Comparison 2 — ceiling: raw ONNX Runtime vs the service ({name})",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine.summary()}  ",
+        f"Generator: {overhead.sentence()}.",
+        "",
+        "## Targets",
+        "",
+        md_table(["target", "goal", "measured", "met"],
+                 [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets]),
+        "",
+        "## Raw ONNX Runtime in-process (this machine)",
+        "",
+        md_table(["batch", "median ms", "p90 ms", "images/s"],
+                 [[t.batch_size, t.median_s * 1000, t.p90_s * 1000, t.images_per_s] for t in raw]),
+        "",
+        f"Best: batch {best.batch_size}, {best.images_per_s:.1f} images/s; batch 1 median {raw_b1.median_s * 1000:.2f} ms.",
+        "",
+        "## Service, v2 binary tensors (batch-1 requests; usec, perf_analyzer columns)",
+        "",
+        perf_analyzer_table(v2_points),
+        "",
+        f"## Service, JPEG uploads ({side}x{side}, {len(jpeg)} bytes, multipart /v1 classify)",
+        "",
+        perf_analyzer_table(jpeg_points),
+    ]
+    directory = write_result("ceiling", data, "\n".join(md), out_dir)
+    # one file per preset too, so demo and vit_small runs do not overwrite each other
+    (directory / f"ceiling_{preset}.md").write_text((directory / "ceiling.md").read_text())
+    (directory / f"ceiling_{preset}.json").write_text((directory / "ceiling.json").read_text())
+    plot_latency_throughput(
+        {"vitserve v2 binary": v2_points, "vitserve JPEG": jpeg_points},
+        directory / f"latency_throughput_{preset}.png",
+        f"{name}: service latency vs throughput (raw ORT best {best.images_per_s:.0f} img/s)",
+    )
+    return directory

@@ -1,0 +1,236 @@
+"""`vitserve-bench`: one command per comparison, each with a --quick mode.
+
+    vitserve-bench load --url http://127.0.0.1:8000 --model demo [--protocol v1|v2] [--concurrency 1,2,4 | --rate 50,100]
+    vitserve-bench variants [--preset demo --preset vit_small]       # comparison 1
+    vitserve-bench ceiling --preset demo|vit_small                   # comparison 2
+    vitserve-bench gemm --preset vit_small (alias: roofline)         # comparison 4
+    vitserve-bench int8 [--preset demo --preset vit_small]           # comparison 5
+    vitserve-bench peers [--preset demo --preset vit_small] [--peer litserve ...]   # comparison 3
+    vitserve-bench summary                                           # BENCHMARKS.md from the latest results
+
+Results go to bench/results/<comparison>/ (JSON, markdown, PNG); models are built with export/
+into a cache directory (default bench/results/tmp, ignored by git) and reused between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+from bench.models import DEFAULT_CACHE
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="short measurements (the whole command in a few minutes)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where benchmark models are built and reused")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
+
+
+def _presets(args: argparse.Namespace, default: list[str]) -> list[str]:
+    presets = args.preset or default
+    for p in presets:
+        if p not in ("demo", "vit_tiny", "vit_small", "vit_base"):
+            raise SystemExit(f"error: unknown preset {p!r}; choose demo, vit_tiny, vit_small or vit_base")
+    return presets
+
+
+def _model_input_shape(url: str, model: str) -> tuple[int, ...]:
+    """The model's input shape without the batch dimension, from the server's v2 metadata."""
+    with urllib.request.urlopen(f"{url.rstrip('/')}/v2/models/{model}", timeout=10) as resp:
+        meta = json.load(resp)
+    shape = [int(d) for d in meta["inputs"][0]["shape"]]
+    return tuple(shape[1:])
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from bench.loadgen import MeasureConfig, sweep
+    from bench.machine import machine_info
+    from bench.overhead import measure_overhead
+    from bench.payloads import classify_request, encode_image, infer_request, synthetic_image
+    from bench.report import command_line, perf_analyzer_table, plot_latency_throughput, write_result
+
+    if args.concurrency is None and args.rate is None:
+        args.concurrency = [1, 2, 4, 8, 16, 32] if not args.quick else [1, 4, 16]
+    machine = machine_info()
+    if args.protocol == "v2":
+        shape = (args.batch, *_model_input_shape(args.url, args.model))
+        spec = infer_request(args.model, shape)
+    else:
+        side = args.image_size
+        spec = classify_request(args.model, encode_image(synthetic_image(side, side), args.image_format), args.image_format)
+    if args.quick:
+        cfg = MeasureConfig(window_s=1.5, warmup_s=1.0, max_windows=4, fixed_duration_s=args.duration)
+    else:
+        cfg = MeasureConfig(window_s=args.window, warmup_s=2.0, max_windows=10, fixed_duration_s=args.duration)
+    points = sweep(args.url, spec, concurrencies=args.concurrency or [], rates=args.rate or [], cfg=cfg,
+                   protocol=args.protocol, stats_path=f"/v2/models/{args.model}/stats")
+    overhead = measure_overhead(spec, max(args.concurrency or [16])) if args.overhead else None
+    machine = machine.finish()
+    md = [
+        f"# Load: {args.model} at {args.url} ({spec.description})",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine.summary()}",
+        "",
+        perf_analyzer_table([p for p in points if p.mode == "concurrency"]) if args.concurrency else "",
+        "",
+        perf_analyzer_table([p for p in points if p.mode == "rate"]) if args.rate else "",
+    ]
+    if overhead:
+        md += ["", overhead.sentence() + "."]
+    directory = write_result(
+        "load",
+        {"comparison": "load", "command": command_line(), "machine": machine, "url": args.url, "model": args.model,
+         "request": spec.description, "points": points, "generator_overhead": overhead},
+        "\n".join(md), args.out,
+    )
+    plot_latency_throughput({f"{args.model} {args.protocol}": points}, directory / "latency_throughput.png",
+                            f"{args.model}: latency vs throughput ({spec.description})")
+    print(f"results in {directory}")
+    return 0 if all(p.errors == 0 for p in points) else 1
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from bench import variants
+
+    print(f"results in {variants.run(_presets(args, ['demo', 'vit_small']), quick=args.quick, cache=args.cache, out_dir=args.out)}")
+    return 0
+
+
+def cmd_ceiling(args: argparse.Namespace) -> int:
+    from bench import ceiling
+
+    env = dict(kv.split("=", 1) for kv in args.server_env)
+    for preset in _presets(args, ["demo"]):
+        print(f"results in {ceiling.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, env=env)}")
+    return 0
+
+
+def cmd_gemm(args: argparse.Namespace) -> int:
+    from bench import gemm
+
+    for preset in _presets(args, ["vit_small"]):
+        print(f"results in {gemm.run(preset, quick=args.quick, cache=args.cache, batch=args.batch, out_dir=args.out)}")
+    return 0
+
+
+def cmd_int8(args: argparse.Namespace) -> int:
+    from bench import int8
+
+    print(f"results in {int8.run(_presets(args, ['demo', 'vit_small']), quick=args.quick, cache=args.cache, out_dir=args.out)}")
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from bench import peers
+
+    chosen = args.peer or list(peers.ALL_PEERS)
+    print(f"results in {peers.run(_presets(args, ['demo', 'vit_small']), chosen, quick=args.quick, cache=args.cache, out_dir=args.out)}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from bench.summary import REPO_ROOT, build_summary
+    from bench.report import RESULTS_DIR
+
+    out = args.output or REPO_ROOT / "BENCHMARKS.md"
+    build_summary(args.results or RESULTS_DIR, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitserve-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("load", help="closed-loop concurrency sweep and/or open-loop Poisson rates against a server")
+    p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", required=True)
+    p.add_argument("--protocol", choices=("v1", "v2"), default="v2",
+                   help="v2: binary FP32 tensors to /v2/models/M/infer; v1: image upload to /v1/models/M/classify")
+    p.add_argument("--concurrency", type=_int_list, default=None, help="e.g. 1,2,4,8,16,32")
+    p.add_argument("--rate", type=_float_list, default=None, help="Poisson arrival rates in requests/s, e.g. 20,50")
+    p.add_argument("--duration", type=float, default=None, help="measure each point for this many seconds "
+                   "(default: until the last 3 windows agree within 10%%)")
+    p.add_argument("--window", type=float, default=3.0, help="measurement window in seconds")
+    p.add_argument("--batch", type=int, default=1, help="images per v2 request")
+    p.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")
+    p.add_argument("--image-size", type=int, default=256, help="side of the square synthetic upload in pixels")
+    p.add_argument("--overhead", action="store_true", help="also measure the generator against a trivial server")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("variants", help="comparison 1: FLOPs, params, ORT and eager latency of every variant")
+    p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
+    _common(p)
+    p.set_defaults(func=cmd_variants)
+
+    p = sub.add_parser("ceiling", help="comparison 2: raw ORT in-process vs the service over HTTP")
+    p.add_argument("--preset", action="append", help="repeatable (default: demo)")
+    p.add_argument("--server-env", action="append", default=[], metavar="VITSERVE_X=value",
+                   help="extra service setting as an environment variable (repeatable)")
+    _common(p)
+    p.set_defaults(func=cmd_ceiling)
+
+    for name in ("gemm", "roofline"):
+        p = sub.add_parser(name, help="comparison 4: achieved GFLOP/s vs this machine's fp32 GEMM rate")
+        p.add_argument("--preset", action="append", help="repeatable (default: vit_small)")
+        p.add_argument("--batch", type=int, default=32)
+        _common(p)
+        p.set_defaults(func=cmd_gemm)
+
+    p = sub.add_parser("int8", help="comparison 5: dynamic int8 vs fp32 throughput, agreement, digits accuracy")
+    p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
+    _common(p)
+    p.set_defaults(func=cmd_int8)
+
+    p = sub.add_parser("peers", help="comparison 3: vitserve vs LitServe, BentoML, Ray Serve, Triton (PyTriton)")
+    p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
+    p.add_argument("--peer", action="append", choices=("litserve", "bentoml", "rayserve", "pytriton"),
+                   help="repeatable (default: all four)")
+    _common(p)
+    p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("summary", help="write BENCHMARKS.md from the latest results")
+    p.add_argument("--results", type=Path, default=None, help="results directory (default bench/results)")
+    p.add_argument("--output", type=Path, default=None, help="default BENCHMARKS.md at the repository root")
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""In-process timing: a raw ONNX Runtime session (the ceiling) and PyTorch eager, no HTTP.
+
+The service can only be as fast as the session it wraps, so "raw ORT at its best batch size"
+is the reference every HTTP figure is divided by. The session here is built as the service
+builds one when it serves a single model (all usable cores as intra-op threads, sequential
+execution, spinning on, full graph optimisation), so the ratio isolates serving overhead,
+not a different runtime configuration. Each timing repeats until both a minimum count and a
+minimum time are reached and reports the median (robust to a noisy, shared machine).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from bench.machine import usable_cores
+from bench.stats import mean, percentile
+
+
+class Timing(BaseModel):
+    """Repeated timing of one call at one batch size; seconds."""
+
+    batch_size: int
+    repeats: int
+    median_s: float
+    p90_s: float
+    mean_s: float
+    min_s: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / self.median_s
+
+
+def time_call(
+    fn: Callable[[], Any], batch_size: int, *, min_repeats: int = 5, min_time_s: float = 1.0, warmup: int = 2,
+    max_repeats: int = 10_000,
+) -> Timing:
+    """Time `fn()` after `warmup` calls, until `min_repeats` calls and `min_time_s` seconds have passed."""
+    if min_repeats < 1:
+        raise ValueError(f"min_repeats must be >= 1, got {min_repeats}")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - started < min_time_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return Timing(
+        batch_size=batch_size,
+        repeats=len(times),
+        median_s=percentile(times, 50),
+        p90_s=percentile(times, 90),
+        mean_s=mean(times),
+        min_s=min(times),
+    )
+
+
+def ort_session(model: Path | str | bytes, threads: int = 0, spinning: bool = True) -> Any:
+    """An ORT CPU session (from a path or serialised bytes) configured like the service's single-model session."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or usable_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def input_shape(session: Any) -> tuple[int, int, int]:
+    shape = session.get_inputs()[0].shape
+    dims = tuple(int(d) for d in shape[1:])
+    if len(dims) != 3:
+        raise ValueError(f"expected a [batch, C, H, W] input, got {shape}")
+    return dims  # type: ignore[return-value]
+
+
+def time_ort(
+    session: Any, batch_sizes: Sequence[int], *, min_repeats: int = 5, min_time_s: float = 1.0, seed: int = 0
+) -> list[Timing]:
+    """Median latency of `session.run` at each batch size on seeded random inputs."""
+    inp = session.get_inputs()[0].name
+    chw = input_shape(session)
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in batch_sizes:
+        x = rng.standard_normal((b, *chw), dtype=np.float32)
+        out.append(time_call(lambda x=x: session.run(None, {inp: x}), b, min_repeats=min_repeats, min_time_s=min_time_s))
+    return out
+
+
+def time_torch(
+    model: Any, input_chw: tuple[int, int, int], batch_sizes: Sequence[int], *, min_repeats: int = 3,
+    min_time_s: float = 1.0, threads: int = 0, seed: int = 0,
+) -> list[Timing]:
+    """Median latency of an eval-mode PyTorch model under `torch.inference_mode` at each batch size."""
+    import torch
+
+    torch.set_num_threads(threads or usable_cores())
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.inference_mode():
+        for b in batch_sizes:
+            x = torch.randn((b, *input_chw), generator=g)
+            out.append(time_call(lambda x=x: model(x), b, min_repeats=min_repeats, min_time_s=min_time_s, warmup=1))
+    return out
+
+
+def best_throughput(timings: Sequence[Timing]) -> Timing:
+    """The timing with the most images per second."""
+    if not timings:
+        raise ValueError("no timings")
+    return max(timings, key=lambda t: t.images_per_s)

@@ -1,0 +1,175 @@
+"""Start and stop the servers a benchmark measures: loopback only, ready by polling, stopped by PID.
+
+Every benchmark that needs a server (vitserve, the echo server, a peer) starts it here on a free
+127.0.0.1 port, waits for its readiness URL with a deadline (never a fixed sleep) and stops it
+by its own PID — SIGTERM, then SIGKILL after a grace period — so nothing else on the machine
+is touched. Server output goes to a log file that is shown when start-up fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `url` until it answers 200; raise RuntimeError when `timeout_s` passes or `proc` exits."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+                last = f"status {resp.status}"
+        except urllib.error.HTTPError as e:
+            last = f"status {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s ({last})")
+
+
+class ServerProcess:
+    """A server subprocess as a context manager: started, awaited ready, stopped by PID."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        ready_path: str,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        ready_timeout_s: float = 120.0,
+        cwd: Path | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.host = host
+        self.port = port
+        self.ready_path = ready_path
+        self.env = env
+        self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> ServerProcess:
+        env = dict(os.environ)
+        if self.env:
+            env.update(self.env)
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=env,
+            cwd=self.cwd,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_ready(self.url + self.ready_path, self.ready_timeout_s, self.proc)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e}; command: {' '.join(self.argv)}{self._log_tail()}") from None
+        return self
+
+    def _log_tail(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
+        return f"\n--- {self.log_path} (tail) ---\n{tail}"
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the server's process group (its own, started with it), SIGKILL after `grace_s`."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def echo_server(port: int | None = None) -> ServerProcess:
+    """The trivial echo server (bench/echo_server.py) for measuring the generator's own ceiling."""
+    port = port or free_port()
+    return ServerProcess(
+        [sys.executable, "-m", "bench.echo_server", "--port", str(port)],
+        ready_path="/",
+        port=port,
+        ready_timeout_s=30,
+    )
+
+
+def vitserve_server(
+    repository: Path,
+    models: Sequence[str] | None = None,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    ready_timeout_s: float = 300.0,
+) -> ServerProcess:
+    """`vitserve serve` on a free loopback port, serving `models` (all when None) from `repository`.
+
+    Settings beyond repository/host/port go through `VITSERVE_*` environment variables (the
+    service's pydantic-settings), e.g. `VITSERVE_MAX_QUEUE_DELAY_MS`. Access logging is turned
+    down to warnings so the log does not cost the server CPU under load.
+    """
+    port = port or free_port()
+    full_env = {"VITSERVE_LOG_LEVEL": "warning"}
+    if models:
+        full_env["VITSERVE_MODELS"] = ",".join(models)
+    full_env.update(env or {})
+    argv = [
+        sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())",
+        "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
+    ]
+    return ServerProcess(argv, "/v2/health/ready", port, env=full_env, log_path=log_path, ready_timeout_s=ready_timeout_s)

@@ -1,0 +1,140 @@
+"""Comparison 1 — what each variant really costs: FLOPs and parameters next to measured latency.
+
+For every variant of a preset (vanilla, cb, cbs, lavit in both forms, gab, reattn, refiner) the
+counted FLOPs and parameters (from the manifest, counted on the exported graph), the ONNX Runtime
+latency at batch 1/8/32 and the PyTorch eager latency, and — the point of the table — the
+latency ratio to vanilla beside the FLOPs ratio to vanilla: a variant whose latency ratio is far
+above its FLOPs ratio costs more than its arithmetic (memory traffic, small ops), one below it
+hides work in ops the FLOPs convention counts generously.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.inproc import Timing, ort_session, time_ort, time_torch
+from bench.machine import machine_info
+from bench.models import BenchModel, ensure_models, model_file, variant_models
+from bench.report import command_line, md_table, plot_scatter, write_result
+
+BATCH_SIZES = (1, 8, 32)
+
+
+def _per_image_ms(t: Timing) -> float:
+    return t.median_s / t.batch_size * 1000
+
+
+def measure_preset(preset: str, repository: Path, *, quick: bool) -> dict[str, Any]:
+    """Build (if needed) and time every variant of `preset`; returns rows keyed by model."""
+    models = variant_models(preset)
+    manifests = ensure_models(models, repository)
+    torch_batches = (1,) if quick else BATCH_SIZES
+    min_time = 0.3 if quick else 2.0
+    rows: list[dict[str, Any]] = []
+    for m in models:
+        man = manifests[m.model_name]
+        print(f"[variants] {m.model_name}: ORT at batch {', '.join(map(str, BATCH_SIZES))}", file=sys.stderr, flush=True)
+        sess = ort_session(model_file(repository, m.model_name))
+        ort_t = time_ort(sess, BATCH_SIZES, min_repeats=3 if quick else 10, min_time_s=min_time)
+        del sess
+        print(f"[variants] {m.model_name}: PyTorch eager at batch {', '.join(map(str, torch_batches))}",
+              file=sys.stderr, flush=True)
+        torch_t = _time_eager(m, man.preprocess.input_size, torch_batches, quick=quick)
+        rows.append(
+            {
+                "model": m.model_name,
+                "label": m.display,
+                "spec": man.spec,
+                "variant_options": man.variant_options,
+                "flops": man.costs.flops,
+                "parameters": man.costs.parameters,
+                "ort": [t.model_dump() for t in ort_t],
+                "torch_eager": [t.model_dump() for t in torch_t],
+            }
+        )
+    base = rows[0]
+    base_ort = {t["batch_size"]: t["median_s"] for t in base["ort"]}
+    base_torch = {t["batch_size"]: t["median_s"] for t in base["torch_eager"]}
+    for r in rows:
+        r["flops_ratio"] = r["flops"] / base["flops"]
+        r["params_ratio"] = r["parameters"] / base["parameters"]
+        r["ort_latency_ratio"] = {t["batch_size"]: t["median_s"] / base_ort[t["batch_size"]] for t in r["ort"]}
+        r["torch_latency_ratio"] = {t["batch_size"]: t["median_s"] / base_torch[t["batch_size"]] for t in r["torch_eager"]}
+    return {"preset": preset, "batch_sizes": list(BATCH_SIZES), "rows": rows}
+
+
+def _time_eager(m: BenchModel, input_size: tuple[int, int, int], batches: tuple[int, ...], *, quick: bool) -> list[Timing]:
+    from export.models import create_model
+    from export.spec import parse_spec
+
+    model = create_model(parse_spec(m.spec, **m.options), seed=0)
+    return time_torch(model, tuple(input_size), batches, min_repeats=2 if quick else 5, min_time_s=0.3 if quick else 2.0)
+
+
+def markdown(preset_result: dict[str, Any]) -> str:
+    rows = preset_result["rows"]
+    headers = [
+        "variant", "GFLOPs/img", "params (M)", "FLOPs ÷ vanilla",
+        "ORT b1 ms", "ORT b8 ms/img", "ORT b32 ms/img",
+        "ORT b1 ÷ vanilla", "ORT b32 ÷ vanilla", "PyTorch eager b1 ms", "eager b1 ÷ vanilla", "eager ÷ ORT (b1)",
+    ]
+    table = []
+    for r in rows:
+        ort = {t["batch_size"]: t for t in r["ort"]}
+        eager = {t["batch_size"]: t for t in r["torch_eager"]}
+        table.append([
+            r["label"],
+            r["flops"] / 1e9,
+            r["parameters"] / 1e6,
+            r["flops_ratio"],
+            ort[1]["median_s"] * 1000,
+            ort[8]["median_s"] / 8 * 1000,
+            ort[32]["median_s"] / 32 * 1000,
+            r["ort_latency_ratio"][1],
+            r["ort_latency_ratio"][32],
+            eager[1]["median_s"] * 1000,
+            r["torch_latency_ratio"][1],
+            eager[1]["median_s"] / ort[1]["median_s"],
+        ])
+    return md_table(headers, table)
+
+
+def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None) -> Path:
+    machine = machine_info()
+    repository = cache / "variants"
+    results = [measure_preset(p, repository, quick=quick) for p in presets]
+    machine = machine.finish()
+    md = [
+        "# Comparison 1 — variants: FLOPs vs measured latency",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine.summary()}  ",
+        "Latencies are medians on this machine; ratios are to the vanilla model of the same preset. "
+        "ORT: one CPU session, all cores, spinning on, full graph optimisation. PyTorch eager: eval mode, "
+        "unfolded model, `torch.inference_mode`, all cores. FLOPs counted on the exported graph (2 x MACs "
+        "plus element-wise ops).",
+    ]
+    for res in results:
+        md += ["", f"## {res['preset']}", "", markdown(res)]
+    directory = write_result(
+        "variants",
+        {"comparison": "variants", "quick": quick, "command": command_line(), "machine": machine, "presets": results},
+        "\n".join(md),
+        out_dir,
+    )
+    for res in results:
+        pts = [(r["label"], r["flops_ratio"], r["ort_latency_ratio"][32]) for r in res["rows"]]
+        plot_scatter(
+            pts, directory / f"flops_vs_latency_{res['preset']}.png",
+            f"{res['preset']}: FLOPs ratio vs ORT batch-32 latency ratio (to vanilla)",
+            "FLOPs ÷ vanilla", "ORT latency ÷ vanilla (batch 32)", diagonal=True,
+        )
+        abs_pts = [(r["label"], r["flops"] / 1e9, _per_image_ms(Timing(**r["ort"][-1]))) for r in res["rows"]]
+        plot_scatter(
+            abs_pts, directory / f"gflops_vs_ms_{res['preset']}.png",
+            f"{res['preset']}: GFLOPs per image vs ORT ms per image at batch 32 (this machine)",
+            "GFLOPs / image", "ms / image (batch 32)",
+        )
+    return directory

@@ -1,0 +1,241 @@
+"""Build orchestration: spec -> model -> folded ONNX -> checks -> repository entry.
+
+Why one place: every model in a repository goes through the same gate, in this order —
+create (seeded init, a timm checkpoint, or a trained model), fold for inference, export, verify
+folding on the graph, ONNX Runtime parity against the eval-mode PyTorch model (the build fails
+above 1e-4), count FLOPs on the graph, write config/manifest/model — so nothing reaches the
+service that was not checked. `build_repository` runs it for many specs with a progress bar.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.manifest import ParityReport, Provenance
+
+from export.repository import DEFAULT_MAX_QUEUE_DELAY_US, default_labels, make_config, tool_versions, write_model
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from export.spec import ModelSpec
+
+#: what `build_test_repository` builds by default: vanilla plus a variant of each folding kind.
+DEFAULT_TEST_SPECS: tuple[str, ...] = ("demo", "demo+cb", "demo+gab", "demo+reattn")
+INT8_SAMPLES = 64
+
+Evaluator = Callable[[Path], Mapping[str, float]]
+
+
+def _progress(total: int, desc: str, enabled: bool):  # -> tqdm
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False,
+                bar_format="{desc} [{n}/{total}]")
+
+
+def _resolve_spec(spec: str | ModelSpec, options: Mapping[str, Any] | None) -> ModelSpec:
+    from export.spec import parse_spec
+
+    if isinstance(spec, str):
+        return parse_spec(spec, **dict(options or {}))
+    if options:
+        return parse_spec(str(spec), **{**spec.options, **dict(options)})
+    return spec
+
+
+def build_model(
+    spec: str | ModelSpec,
+    repository: Path,
+    *,
+    checkpoint: Path | None = None,
+    num_classes: int | None = None,
+    opset: int = 18,
+    seed: int = 0,
+    name: str | None = None,
+    int8: bool = False,
+    labels: Sequence[str] | None = None,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    max_queue_size: int | None = None,
+    version: int = 1,
+    options: Mapping[str, Any] | None = None,
+    model: torch.nn.Module | None = None,
+    weights: str | None = None,
+    evaluate: Evaluator | None = None,
+    int8_inputs: np.ndarray | None = None,
+    parity_tolerance: float = 1e-4,
+    progress: bool = True,
+) -> Path:
+    """Build one model into `repository`; return its directory `<repository>/<name>`.
+
+    Args:
+        spec: `PRESET[+VARIANT...]` text or a parsed ModelSpec; `options` adds variant options.
+        checkpoint: timm-format weights loaded by parameter name; keys it lacks (the variant's own
+            parameters) keep their function-preserving init and are listed in the manifest.
+        num_classes: head size (default: the preset's).
+        model: an already trained model for `spec` (export/train.py); `weights` then names its source.
+        evaluate: called with the written ONNX file, returns metrics for the manifest's `evaluation`
+            (training passes held-out accuracy measured through ONNX Runtime).
+        int8: also write a dynamically quantised copy as its own model `<name>-int8`, with its top-1
+            agreement to fp32 on `int8_inputs` (default: 64 seeded random inputs).
+        version: version directory to write; other versions already present stay listed.
+    """
+    from export.costs import count_parameters
+    from export.flops import count_costs
+    from export.fold import fold_for_inference
+    from export.onnx_export import export_onnx, verify_folding
+    from export.parity import check_parity, random_inputs
+    from export.presets import get_preset
+    from export.spec import block_layout, resolved_options
+
+    spec = _resolve_spec(spec, options)
+    preset = get_preset(spec.preset)
+    name = name or spec.name
+    input_size = tuple(preset.data.input_size)
+    steps = 6 + (1 if checkpoint else 0) + (2 if int8 else 0) + (1 if evaluate else 0)
+    bar = _progress(steps, name, progress)
+
+    def step(what: str) -> None:
+        bar.set_description_str(f"{name}: {what}")
+
+    try:
+        new_parameters: list[str] = []
+        if model is None:
+            from export.models import create_model
+
+            step("create")
+            model = create_model(spec, num_classes=num_classes, seed=seed)
+            weights = f"random(seed={seed})"
+            bar.update()
+            if checkpoint is not None:
+                from export.checkpoint import load_checkpoint
+
+                step("load checkpoint")
+                new_parameters = list(load_checkpoint(model, Path(checkpoint)))
+                weights = f"checkpoint:{Path(checkpoint).name}"
+                bar.update()
+        else:
+            if checkpoint is not None:
+                raise ValueError("pass either a trained model or a checkpoint, not both")
+            weights = weights or "trained"
+            bar.update()
+        model.eval()
+        classes = int(model.num_classes)
+        if num_classes is not None and num_classes != classes:
+            raise ValueError(f"num_classes={num_classes} but the model has {classes} classes")
+        labels = list(labels) if labels is not None else default_labels(
+            classes, digits=spec.preset == "demo" and classes == 10
+        )
+        if len(labels) != classes:
+            raise ValueError(f"{len(labels)} labels given for {classes} classes")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_file = Path(tmp) / "model.onnx"
+            step("fold + export")
+            folded = fold_for_inference(model)
+            proto = export_onnx(folded, onnx_file, input_size=input_size, opset=opset)
+            bar.update()
+
+            step("verify folding")
+            layout = block_layout(spec, depth=len(model.blocks))
+            verify_folding(proto, spec.variants, num_tokens=preset.num_tokens if input_size == tuple(
+                preset.data.input_size) else None, gab_layers=sum(b.gab for b in layout))
+            bar.update()
+
+            step("parity")
+            parity: ParityReport = check_parity(model, proto, input_size=input_size, tolerance=parity_tolerance,
+                                                seed=seed)
+            bar.update()
+
+            step("flops")
+            parameters = count_parameters(model)
+            costs = count_costs(proto, parameters=parameters)
+            bar.update()
+
+            evaluation: dict[str, float] = {}
+            if evaluate is not None:
+                step("evaluate")
+                evaluation = {k: float(v) for k, v in evaluate(onnx_file).items()}
+                bar.update()
+
+            manifest = dict(
+                name=name,
+                spec=str(spec),
+                preset=spec.preset,
+                variants=list(spec.variants),
+                variant_options=resolved_options(spec),
+                architecture=preset.arch_kwargs(num_classes=classes),
+                num_classes=classes,
+                labels=labels,
+                preprocess=preset.data,
+                opset=opset,
+                costs=costs,
+                parity=parity,
+                evaluation=evaluation,
+                provenance=Provenance(weights=weights, new_parameters=new_parameters, tool_versions=tool_versions()),
+            )
+            config_args = dict(input_size=input_size, num_classes=classes, max_batch_size=max_batch_size,
+                               max_queue_delay_us=max_queue_delay_us, max_queue_size=max_queue_size)
+            step("write")
+            model_dir = write_model(repository, onnx_file=onnx_file, manifest=manifest,
+                                    config=make_config(name, **config_args), version=version)
+            bar.update()
+
+            if int8:
+                from export.quantize import quantize_int8, top1_agreement
+
+                step("int8")
+                int8_name = f"{name}-int8"
+                int8_file = Path(tmp) / "model-int8.onnx"
+                quantize_int8(onnx_file, int8_file)
+                bar.update()
+                samples = int8_inputs if int8_inputs is not None else random_inputs(input_size, INT8_SAMPLES, seed)
+                report = top1_agreement(onnx_file, int8_file, samples, source_model=name)
+                import onnx
+
+                int8_costs = count_costs(onnx.load_model(str(int8_file)), parameters=parameters)
+                int8_eval = {k: float(v) for k, v in evaluate(int8_file).items()} if evaluate is not None else {}
+                write_model(
+                    repository,
+                    onnx_file=int8_file,
+                    manifest={**manifest, "name": int8_name, "costs": int8_costs, "parity": None,
+                              "quantization": report, "evaluation": int8_eval},
+                    config=make_config(int8_name, **config_args),
+                    version=version,
+                )
+                bar.update()
+        return model_dir
+    finally:
+        bar.close()
+
+
+def build_repository(
+    specs: Iterable[str | ModelSpec],
+    repository: Path,
+    *,
+    progress: bool = True,
+    **kwargs: Any,
+) -> list[Path]:
+    """`build_model` for each spec (same keyword arguments, except `name`), with an overall progress bar."""
+    from tqdm.auto import tqdm
+
+    specs = list(specs)
+    if "name" in kwargs and kwargs["name"] is not None and len(specs) > 1:
+        raise ValueError("--name applies to a single spec; got several specs")
+    repository.mkdir(parents=True, exist_ok=True)
+    out = []
+    for spec in tqdm(specs, desc="models", unit="model", disable=not progress, file=sys.stderr):
+        out.append(build_model(spec, repository, progress=progress, **kwargs))
+    return out
+
+
+def build_test_repository(path: Path, specs: Sequence[str] = DEFAULT_TEST_SPECS, *, int8: bool = False) -> Path:
+    """A small seeded repository for tests (random weights, quiet); returns `path`."""
+    build_repository(specs, Path(path), progress=False, int8=int8, seed=0)
+    return Path(path)

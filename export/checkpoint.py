@@ -1,0 +1,122 @@
+"""Checkpoint import: timm-format state dicts into any variant, by parameter name.
+
+`convert_timm_state_dict` is a pure function (state dict in, state dict out) shared by every variant:
+it strips `module.` prefixes (DataParallel/DDP) and resamples `pos_embed` when the checkpoint's patch grid
+differs from the model's. `load_checkpoint` then loads it and allows only the variant's own new
+parameters to be missing; they keep (are reset to) their function-preserving initialisation and are
+reported. Unexpected keys or a missing shared key raise ValueError.
+
+Decision on GAB: `gab_amplitude_init` defaults to 1.0, which is not function-preserving. When a checkpoint
+is loaded and the spec did not set `gab_amplitude_init` explicitly, the missing GAB amplitudes are set to
+0 so the converted model computes exactly what the checkpoint computed; an explicit value is honoured.
+(a = 0 is a stationary point of a^2: to fine-tune the bias, set a small non-zero value.)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+__all__ = ["load_state_dict_file", "convert_timm_state_dict", "load_checkpoint"]
+
+_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a .pth/.pt/.bin (torch.load, weights_only) or .safetensors file into a flat state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    if path.suffix not in _SUFFIXES:
+        raise ValueError(f"checkpoint {path}: unsupported file type {path.suffix!r}; expected one of {_SUFFIXES}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: Any = load_file(str(path), device="cpu")
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors, truncated files, non-weights payloads
+            raise ValueError(f"checkpoint {path} could not be read as a weights-only torch file: {exc}") from exc
+    for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def convert_timm_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Adapt a timm ViT state dict to `model`; returns (converted dict, model keys missing from it).
+
+    Strips `module.` prefixes and resamples `pos_embed` (timm's `resample_abs_pos_embed`) when the grid
+    differs. Keys the model does not have are kept, so the caller sees them as unexpected.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        out[key] = value
+    target = model.state_dict()
+    pos = out.get("pos_embed")
+    if pos is not None and "pos_embed" in target and pos.shape != target["pos_embed"].shape:
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        old_patches = pos.shape[1] - prefix
+        side = math.isqrt(old_patches)
+        if side * side != old_patches:
+            raise ValueError(f"pos_embed with {old_patches} patch positions is not a square grid; cannot resample")
+        grid = model.patch_embed.grid_size
+        out["pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=list(grid), old_size=[side, side], num_prefix_tokens=prefix, verbose=False
+        )
+    missing = [k for k in target if k not in out]
+    return out, missing
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a timm-format checkpoint into `model` by name; returns the variant keys it lacked (new keys).
+
+    Raises ValueError when a shared (non-variant) key is missing, a key is unexpected, or a shape differs.
+    """
+    from export.models.gab import GaussianAttentionBias
+
+    converted, missing = convert_timm_state_dict(load_state_dict_file(path), model)
+    own = set(model.variant_state_keys()) if hasattr(model, "variant_state_keys") else set()
+    shared_missing = [k for k in missing if k not in own]
+    target = model.state_dict()
+    unexpected = [k for k in converted if k not in target]
+    if shared_missing or unexpected:
+        parts = []
+        if shared_missing:
+            parts.append(f"missing shared keys {shared_missing[:8]}{' ...' if len(shared_missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        raise ValueError(f"checkpoint {path} does not match the model: " + "; ".join(parts))
+    bad_shapes = [f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in converted.items()
+                  if v.shape != target[k].shape]
+    if bad_shapes:
+        raise ValueError(f"checkpoint {path} has tensors of the wrong shape: {bad_shapes[:8]}")
+
+    new_keys = [k for k in missing if k in own]
+    new_set = set(new_keys)
+    # New parameters take their function-preserving initialisation.
+    for name, module in model.named_modules():
+        if hasattr(module, "init_weights") and module is not model and any(k.startswith(name + ".") for k in new_set):
+            module.init_weights()
+    spec = getattr(model, "spec", None)
+    amplitude_set = spec is not None and "gab_amplitude_init" in spec.options
+    if not amplitude_set:
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if isinstance(module, GaussianAttentionBias) and f"{name}.amplitude" in new_set:
+                    module.amplitude.zero_()
+    model.load_state_dict(converted, strict=False)
+    return new_keys

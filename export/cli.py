@@ -1,0 +1,174 @@
+"""`vitserve-export`: build a model repository from specs, or train the demo models into one.
+
+    vitserve-export build --repository DIR SPEC [SPEC ...] [--checkpoint F] [--num-classes N]
+                          [--opset 18] [--seed 0] [--name NAME] [--int8] [--opt key=value ...]
+                          [--max-batch-size N] [--max-queue-delay-us N] [--version N]
+    vitserve-export train --repository DIR [--spec SPEC ...] [--epochs N] [--int8]
+    vitserve-export list   (presets, variants and options)
+
+Bad user input (unknown preset/variant/option, a refused combination, a missing checkpoint)
+exits with status 2 and one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitserve-export", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="export specs into a Triton-compatible model repository")
+    build.add_argument("specs", nargs="+", metavar="SPEC", help="PRESET[+VARIANT...], e.g. vit_small+cb+gab")
+    build.add_argument("--repository", "-r", type=Path, required=True, help="model repository directory")
+    build.add_argument("--checkpoint", type=Path, help="timm-format weights (.pth/.bin/.safetensors)")
+    build.add_argument("--num-classes", type=int, help="classifier size (default: the preset's)")
+    build.add_argument("--opset", type=int, default=18)
+    build.add_argument("--seed", type=int, default=0, help="random init seed (and parity inputs)")
+    build.add_argument("--name", help="model name (single spec only; default PRESET-VARIANT-...)")
+    build.add_argument("--int8", action="store_true", help="also write a dynamic int8 copy <name>-int8")
+    build.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="variant option, e.g. --opt reattn_layers=8,9,10,11 (repeatable)")
+    build.add_argument("--labels", type=Path, help="text file with one label per line")
+    _batching_args(build)
+    build.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+    train = sub.add_parser("train", help="train the demo models on sklearn digits and export them")
+    train.add_argument("--repository", "-r", type=Path, required=True)
+    train.add_argument("--spec", action="append", dest="specs", metavar="SPEC",
+                       help="train only these specs (repeatable; default: demo and each single variant)")
+    train.add_argument("--epochs", type=int, help="training epochs (default: TrainConfig.epochs)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--int8", action="store_true", help="also write dynamic int8 copies")
+    train.add_argument("--jobs", "-j", type=int, default=2, help="models trained at once (default 2)")
+    train.add_argument("--threads", type=int, default=1, help="torch threads per training job (default 1)")
+    train.add_argument("--min-accuracy", type=float, help="fail if a model's held-out accuracy is below this")
+    _batching_args(train)
+    train.add_argument("--quiet", "-q", action="store_true")
+
+    sub.add_parser("list", help="show presets, variants and variant options")
+    return parser
+
+
+def _batching_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-batch-size", type=int, help="Triton max_batch_size (default 64 small / 32 at 224 px)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=None, help="dynamic batching delay (us)")
+    parser.add_argument("--max-queue-size", type=int, help="bounded queue size (default 8 x max batch)")
+    parser.add_argument("--version", type=int, default=1, help="version directory to write (default 1)")
+
+
+def _batching(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"max_batch_size": args.max_batch_size, "max_queue_size": args.max_queue_size,
+                           "version": args.version}
+    if args.max_queue_delay_us is not None:
+        out["max_queue_delay_us"] = args.max_queue_delay_us
+    return out
+
+
+def _build(args: argparse.Namespace) -> int:
+    from export.build import build_repository
+    from export.spec import VARIANT_OPTIONS, parse_option, parse_spec
+
+    options = dict(parse_option(text) for text in args.opt)
+    owner = {key: variant for variant, keys in VARIANT_OPTIONS.items() for key in keys}
+    bare = [parse_spec(text) for text in args.specs]
+    unused = sorted(k for k in options if not any(owner[k] in s.variants for s in bare))
+    if unused:
+        raise ValueError(f"option(s) {', '.join(unused)} belong to no variant in the given specs")
+    # an option applies to every spec holding its variant
+    specs = [parse_spec(text, **{k: v for k, v in options.items() if owner[k] in s.variants})
+             for text, s in zip(args.specs, bare)]
+    if args.name and len(specs) > 1:
+        raise ValueError("--name applies to a single spec; got several specs")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise ValueError(f"checkpoint file not found: {args.checkpoint}")
+    labels = None
+    if args.labels is not None:
+        if not args.labels.is_file():
+            raise ValueError(f"labels file not found: {args.labels}")
+        labels = [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
+    dirs = build_repository(
+        specs, args.repository, checkpoint=args.checkpoint, num_classes=args.num_classes, opset=args.opset,
+        seed=args.seed, name=args.name, int8=args.int8, labels=labels, progress=not args.quiet, **_batching(args),
+    )
+    _summary(dirs, int8=args.int8)
+    return 0
+
+
+def _summary(dirs: Sequence[Path], *, int8: bool) -> None:
+    from service.manifest import Manifest
+
+    for model_dir in dirs:
+        names = [model_dir] + ([model_dir.with_name(model_dir.name + "-int8")] if int8 else [])
+        for d in names:
+            m = Manifest.load(d)
+            extra = f"parity {m.parity.max_abs_diff:.1e}" if m.parity else (
+                f"int8 top-1 agreement {m.quantization.top1_agreement:.1%}" if m.quantization else "")
+            acc = m.evaluation.get("heldout_accuracy")
+            acc_text = f"  held-out acc {acc:.2%}" if acc is not None else ""
+            print(f"{m.name:<28} {m.costs.flops / 1e9:8.3f} GFLOPs  {m.costs.parameters / 1e6:7.3f} M params  "
+                  f"{extra}{acc_text}  -> {d}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from export.spec import parse_spec
+    from export.train import DEMO_SPECS, TrainConfig, train_demo_repository
+
+    specs = args.specs or list(DEMO_SPECS)
+    for text in specs:
+        spec = parse_spec(text)  # fail fast with a clear message
+        if spec.preset not in ("demo", "test"):
+            raise ValueError(f"train fits 32x32 digits presets ('demo', 'test'), not {spec.preset!r}")
+    config = TrainConfig(seed=args.seed)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        config = replace(config, epochs=args.epochs)
+    args.repository.mkdir(parents=True, exist_ok=True)
+    results = train_demo_repository(args.repository, specs, config=config, int8=args.int8,
+                                    progress=not args.quiet, min_accuracy=args.min_accuracy, jobs=args.jobs,
+                                    threads=args.threads, **_batching(args))
+    _summary([args.repository / name for name in results], int8=args.int8)
+    return 0
+
+
+def _list() -> int:
+    from export.presets import PRESETS
+    from export.spec import OPTION_DEFAULTS, OPTION_HELP, VARIANT_OPTIONS
+
+    print("presets:")
+    for p in PRESETS.values():
+        print(f"  {p.name:<10} {p.description}")
+    print("variants and options (--opt key=value):")
+    for variant, opts in VARIANT_OPTIONS.items():
+        print(f"  {variant}")
+        for key in opts:
+            print(f"    {key:<20} {OPTION_HELP.get(key, '')} [default {OPTION_DEFAULTS[key]!r}]")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization warns through the root logger
+    try:
+        if args.command == "build":
+            return _build(args)
+        if args.command == "train":
+            return _train(args)
+        return _list()
+    except ValueError as exc:  # bad user input: clear message, exit 2
+        print(f"vitserve-export: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Cost formulas of VARIANTS.md: multiply-adds (MACs) and FLOPs per image, and parameter counts.
+
+These are the *claimed* costs, computed from the architecture alone; `export/flops.py` counts the
+exported ONNX graph, and tests hold the two within 2 %. Terms per image (N tokens, D width, H heads,
+r MLP ratio, P = N - 1 patches of p x p pixels, C classes):
+
+MACs (multiply-adds in MatMul / Gemm / Conv):
+- patch embedding P * 3p^2 * D; head D * C (on the class token only);
+- a block computing attention: (4 + 2r) N D^2 + 2 N^2 D;
+- a reuse block (LaViT Less-Attention, refiner sharing) computes V only: (2 + 2r) N D^2 + N^2 D, plus
+  2 H N^3 for LaViT's token-axis maps (`lavit_transform = token`);
+- re-attention H^2 N^2; refiner E H N^2 (2H + k^2); CB, CB_S, GAB: none.
+
+FLOPs follow `export/flops.py`'s convention so the two can be compared: 2 x MACs, plus 1 per output
+element of a bias add (Linear, Conv), 1 per element of element-wise ops (residual adds, the q scaling,
+the GAB add, CB's mean/mul/add, the refiner's residual, GELU as 5 element-wise ops (x/sqrt2, erf, +1,
+x*, *0.5) as exported at opset 18), 1 per input element of a ReduceMean, 5 per Softmax element and 7 per
+LayerNormalization element. The FLOP formula is of the *folded* model (GAB bias a constant, re-attention
+BatchNorm folded into its conv).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from export.presets import get_preset
+from export.spec import BlockConfig, ModelSpec, block_layout
+
+__all__ = ["ModelDims", "formula_macs", "formula_flops", "cost_breakdown", "count_parameters"]
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes the formulas need."""
+
+    tokens: int  # N, patches + class token
+    patches: int
+    patch_size: int
+    in_chans: int
+    dim: int
+    heads: int
+    mlp_hidden: int
+    num_classes: int
+    layout: tuple[BlockConfig, ...]
+    refiner_expand: int
+    refiner_kernel: int
+
+
+def _dims(spec_or_model: ModelSpec | nn.Module, num_classes: int | None) -> ModelDims:
+    if isinstance(spec_or_model, ModelSpec):
+        spec = spec_or_model
+        preset = get_preset(spec.preset)
+        arch = preset.arch
+        grid = preset.grid_size
+        dim = int(arch["embed_dim"])
+        return ModelDims(
+            tokens=preset.num_tokens,
+            patches=grid[0] * grid[1],
+            patch_size=int(arch["patch_size"]),
+            in_chans=int(arch.get("in_chans", 3)),
+            dim=dim,
+            heads=int(arch["num_heads"]),
+            mlp_hidden=int(dim * float(arch.get("mlp_ratio", 4.0))),
+            num_classes=int(arch["num_classes"] if num_classes is None else num_classes),
+            layout=block_layout(spec),
+            refiner_expand=int(spec.option("refiner_expand")),
+            refiner_kernel=int(spec.option("refiner_kernel")),
+        )
+    model = spec_or_model
+    spec = getattr(model, "spec", None)
+    layout = getattr(model, "layout", None)
+    if spec is None or layout is None:
+        raise ValueError("formula costs need a ModelSpec or a VariantViT (a model with .spec and .layout)")
+    grid = tuple(model.patch_embed.grid_size)
+    patch = model.patch_embed.patch_size
+    first = model.blocks[0]
+    return ModelDims(
+        tokens=grid[0] * grid[1] + model.num_prefix_tokens,
+        patches=grid[0] * grid[1],
+        patch_size=int(patch[0] if isinstance(patch, (tuple, list)) else patch),
+        in_chans=int(model.patch_embed.proj.in_channels),
+        dim=int(model.embed_dim),
+        heads=int(first.attn.num_heads),
+        mlp_hidden=int(first.mlp.fc1.out_features),
+        num_classes=int(model.num_classes if num_classes is None else num_classes),
+        layout=tuple(layout),
+        refiner_expand=int(spec.option("refiner_expand")),
+        refiner_kernel=int(spec.option("refiner_kernel")),
+    )
+
+
+def cost_breakdown(spec_or_model: ModelSpec | nn.Module, *, num_classes: int | None = None) -> dict[str, int]:
+    """MACs and element-wise FLOPs per image by component: keys `macs.<part>` and `elementwise.<part>`."""
+    d = _dims(spec_or_model, num_classes)
+    N, D, H, Fh, P = d.tokens, d.dim, d.heads, d.mlp_hidden, d.patches
+    E, k = d.refiner_expand, d.refiner_kernel
+    out: dict[str, int] = {}
+
+    def add(key: str, value: int) -> None:
+        out[key] = out.get(key, 0) + int(value)
+
+    add("macs.patch_embed", P * d.in_chans * d.patch_size**2 * D)
+    add("elementwise.patch_embed", P * D + N * D)  # conv bias, + pos_embed
+    for b in d.layout:
+        full = b.attention == "full"
+        add("macs.qkv", (3 if full else 1) * N * D * D)
+        add("elementwise.qkv_bias", (3 if full else 1) * N * D)
+        if full:
+            add("macs.attention", 2 * N * N * D)  # QK^T and PV
+            add("elementwise.q_scale", N * D)
+            add("elementwise.softmax", 5 * H * N * N)
+        else:
+            add("macs.attention", N * N * D)  # PV only
+            if b.lavit_transform == "token":
+                add("macs.lavit", 2 * H * N**3)
+                add("elementwise.softmax", 5 * H * N * N)
+        add("macs.proj", N * D * D)
+        add("macs.mlp", 2 * N * D * Fh)
+        add("elementwise.linear_bias", N * D + N * Fh + N * D)  # proj, fc1, fc2 biases
+        add("elementwise.gelu", 5 * N * Fh)
+        add("elementwise.layernorm", 2 * 7 * N * D)
+        add("elementwise.residual", 2 * N * D)
+        if b.gab:
+            add("elementwise.gab", H * N * N)
+        if b.reattn:
+            add("macs.reattn", H * H * N * N)
+            add("elementwise.reattn", H * N * N)  # conv bias
+        if b.refiner:
+            add("macs.refiner", E * H * N * N * (2 * H + k * k))
+            add("elementwise.refiner", (2 * E * H + 2 * H) * N * N)  # three conv biases, residual
+        if b.cb == "cb":
+            add("elementwise.cb", 3 * N * D)  # ReduceMean, Add, Mul
+        elif b.cb == "cbs":
+            add("elementwise.cb", 2 * N * D + D)  # ReduceMean, lambda*mean, Add
+    add("elementwise.final_norm", 7 * N * D)
+    add("macs.head", D * d.num_classes)
+    add("elementwise.head", d.num_classes)
+    return out
+
+
+def formula_macs(spec_or_model: ModelSpec | nn.Module, *, num_classes: int | None = None) -> int:
+    """Multiply-adds per image by the VARIANTS.md formulas (patch embedding, blocks, head)."""
+    return sum(v for k, v in cost_breakdown(spec_or_model, num_classes=num_classes).items() if k.startswith("macs."))
+
+
+def formula_flops(spec_or_model: ModelSpec | nn.Module, *, num_classes: int | None = None) -> int:
+    """FLOPs per image: 2 x `formula_macs` plus the element-wise terms (convention in the module docstring)."""
+    parts = cost_breakdown(spec_or_model, num_classes=num_classes)
+    macs = sum(v for k, v in parts.items() if k.startswith("macs."))
+    return 2 * macs + sum(v for k, v in parts.items() if k.startswith("elementwise."))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter elements (buffers excluded). LaViT Less-Attention blocks keep timm's full
+    `qkv` weight for checkpoint compatibility, so their unused Q/K rows are counted too."""
+    return sum(p.numel() for p in model.parameters())

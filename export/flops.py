@@ -1,0 +1,200 @@
+"""FLOPs per image counted on the exported ONNX graph, not on the PyTorch module.
+
+Why on the graph: the graph is what the service runs, after folding. Counting it catches work
+the exporter left in (or folded away) that a formula or a PyTorch hook would not see, and the
+service's `flops_total` metric multiplies exactly this number.
+
+Convention (also stored in `Costs.convention`):
+- MatMul, Gemm, Conv (incl. grouped/depthwise), MatMulInteger, ConvInteger: MACs = output elements x
+  reduction length; FLOPs = 2 x MACs, plus 1 per output element for a Gemm/Conv bias.
+- element-wise ops on float tensors (Add, Sub, Mul, Div, Erf, Sqrt, Pow, Exp, Tanh, Relu, ...):
+  1 FLOP per output element.
+- Reduce* ops: 1 per input element.
+- Softmax / LogSoftmax: 5 per element (max, subtract, exp, sum, divide).
+- LayerNormalization: 7 per element (mean, centre, square, variance, normalise, scale, shift).
+- BatchNormalization: 2 per element (scale and shift, as in eval mode).
+- data movement (Reshape, Transpose, Concat, Gather, Slice, Expand, Shape, Cast, ...): 0.
+Shapes come from ONNX shape inference with the batch fixed to 1; if inference leaves a counted
+node's shape unknown, the graph is run once in ONNX Runtime on a zero batch-1 input to read them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from service.manifest import Costs
+
+if TYPE_CHECKING:
+    import onnx
+
+CONVENTION = (
+    "per image (batch 1); FLOPs = 2*MACs for MatMul/Gemm/Conv (+1 per output element for a bias), "
+    "1 per output element for float element-wise ops, 1 per input element for Reduce*, "
+    "5 per Softmax element, 7 per LayerNormalization element, 2 per BatchNormalization element; "
+    "data movement 0"
+)
+
+MAC_OPS = frozenset({"MatMul", "Gemm", "Conv", "MatMulInteger", "ConvInteger"})
+ELEMENTWISE_OPS = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu",
+        "Neg", "Reciprocal", "Abs", "Max", "Min", "Clip", "Sum", "Mean", "Gelu", "HardSigmoid",
+        "LeakyRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign",
+    }
+)
+REDUCE_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL2"})
+PER_ELEMENT = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 7, "BatchNormalization": 2}
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+Shape = tuple[int, ...]
+
+
+def count_costs(proto: onnx.ModelProto, *, parameters: int | None = None) -> Costs:
+    """Count FLOPs and MACs per image on `proto`; `parameters` defaults to the graph's weight count.
+
+    Pass the PyTorch model's parameter count as `parameters` when you have it: folding turns some
+    parameters into constants of another size (GAB's sigma/amplitude become an [H, N, N] bias;
+    re-attention's BatchNorm disappears into the head-mixing weights).
+    """
+    flops_by_op, macs = count_flops_by_op(proto)
+    return Costs(
+        flops=sum(flops_by_op.values()),
+        macs=macs,
+        parameters=count_graph_parameters(proto) if parameters is None else parameters,
+        convention=CONVENTION,
+        by_op=dict(sorted(flops_by_op.items())),
+    )
+
+
+def count_flops_by_op(proto: onnx.ModelProto) -> tuple[Counter[str], int]:
+    """FLOPs per op type and total MACs of one image, per the module's convention."""
+    bad = sorted({n.op_type for n in proto.graph.node} & CONTROL_FLOW)
+    if bad:
+        raise ValueError(f"cannot count FLOPs through control flow ops {bad}")
+    shapes, floats = static_shapes(proto, batch=1)
+    flops: Counter[str] = Counter()
+    total_macs = 0
+    for node in proto.graph.node:
+        op = node.op_type
+        if op in MAC_OPS:
+            node_macs, bias_elems = _macs(node, shapes)
+            total_macs += node_macs
+            flops[op] += 2 * node_macs + bias_elems
+        elif op in ELEMENTWISE_OPS and node.output[0] in floats:
+            flops[op] += _numel(shapes[node.output[0]])
+        elif op in REDUCE_OPS and node.output[0] in floats:
+            flops[op] += _numel(shapes[node.input[0]])
+        elif op in PER_ELEMENT:
+            flops[op] += PER_ELEMENT[op] * _numel(shapes[node.input[0]])
+    return flops, total_macs
+
+
+def _macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> tuple[int, int]:
+    """(MACs, bias elements) of one MatMul/Gemm/Conv node."""
+    out = shapes[node.output[0]]
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type in {"MatMul", "MatMulInteger"}:
+        a = shapes[node.input[0]]
+        return _numel(out) * a[-1], 0
+    if node.op_type == "Gemm":
+        a = shapes[node.input[0]]
+        k = a[0] if "transA" in attrs and attrs["transA"].i else a[1]
+        bias = _numel(out) if len(node.input) > 2 and node.input[2] else 0
+        return _numel(out) * k, bias
+    # Conv / ConvInteger: weight [C_out, C_in / group, k...]
+    w = shapes[node.input[1]]
+    bias = _numel(out) if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] else 0
+    return _numel(out) * _numel(w[1:]), bias
+
+
+def _numel(shape: Shape) -> int:
+    return math.prod(shape)
+
+
+def count_graph_parameters(proto: onnx.ModelProto) -> int:
+    """Elements of float initializers (>1 element) counted once per consuming node.
+
+    Counting per use, not per initializer, undoes the exporter's de-duplication of identical
+    tensors (e.g. every LayerNorm weight of a freshly initialised model is all ones and is stored
+    once). Scalars and shape constants are not parameters.
+    """
+    import onnx
+
+    sizes = {
+        i.name: _numel(tuple(i.dims))
+        for i in proto.graph.initializer
+        if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and _numel(tuple(i.dims)) > 1
+    }
+    total = 0
+    for node in proto.graph.node:
+        for name in set(node.input):
+            total += sizes.get(name, 0)
+    return total
+
+
+def static_shapes(proto: onnx.ModelProto, *, batch: int = 1) -> tuple[dict[str, Shape], set[str]]:
+    """Concrete shape of every tensor at the given batch, and the names of float tensors."""
+    import onnx
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(proto)
+    del fixed.graph.value_info[:]
+    for value in list(fixed.graph.input) + list(fixed.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = batch
+    try:
+        inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+    except Exception:  # noqa: BLE001 - fall back to running the graph
+        inferred = fixed
+    shapes: dict[str, Shape] = {}
+    floats: set[str] = set()
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    for value in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        tt = value.type.tensor_type
+        dims = tt.shape.dim
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+        if tt.elem_type in float_types:
+            floats.add(value.name)
+    for init in inferred.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+        if init.data_type in float_types:
+            floats.add(init.name)
+    needed = set()
+    for node in inferred.graph.node:
+        if node.op_type in MAC_OPS | ELEMENTWISE_OPS | REDUCE_OPS | PER_ELEMENT.keys():
+            needed.update(n for n in list(node.input[:2]) + list(node.output[:1]) if n)
+    missing = needed - shapes.keys()
+    if missing:
+        ran, ran_floats = _shapes_by_running(fixed, batch, sorted(missing))
+        shapes.update(ran)
+        floats |= ran_floats
+    return shapes, floats
+
+
+def _shapes_by_running(proto: onnx.ModelProto, batch: int, names: list[str]) -> tuple[dict[str, Shape], set[str]]:
+    """Run the graph once on zeros, exposing `names` as outputs, to read their concrete shapes."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for inp in session.get_inputs():
+        shape = [d if isinstance(d, int) else batch for d in inp.shape]
+        feeds[inp.name] = np.zeros(shape, dtype=np.float32)
+    outputs = session.run(names, feeds)
+    shapes = {n: tuple(o.shape) for n, o in zip(names, outputs)}
+    floats = {n for n, o in zip(names, outputs) if np.issubdtype(o.dtype, np.floating)}
+    return shapes, floats

@@ -1,0 +1,168 @@
+"""Pieces every router shares: body limit middleware, API-key check, request metrics, disconnects.
+
+Only this layer knows about HTTP; it turns requests into registry calls and lets
+`service.errors` turn domain errors into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import SecretStr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, ServiceError, Unauthorized
+from service.metrics import Metrics
+
+T = TypeVar("T")
+UNKNOWN_MODEL_LABEL = "_unknown"
+
+
+class ClientClosedRequest(ServiceError):
+    """499 (nginx's code): the client went away; its request left the queue and was not answered."""
+
+    status = 499
+
+
+class BodyLimitMiddleware:
+    """413 from Content-Length before reading anything, and again while streaming a body without one."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await _send_error(send, 400, "invalid Content-Length header")
+                return
+            if declared < 0:
+                await _send_error(send, 400, "invalid Content-Length header")
+                return
+            if declared > self.max_bytes:
+                await _send_error(send, 413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
+                return
+        received = 0
+        limit = self.max_bytes
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth and auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def check_key(request: Request, key: SecretStr | None, *, required: bool, what: str) -> None:
+    """Constant-time API key check. `required` with no key configured means the endpoint is closed."""
+    if key is None:
+        if required:
+            raise Unauthorized(f"{what} is disabled: the server has no API key configured")
+        return
+    given = presented_key(request)
+    if given is None or not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise Unauthorized(f"{what} needs a valid API key (Authorization: Bearer <key> or X-API-Key)")
+
+
+def model_label(model: str, known: list[str]) -> str:
+    """Metric label for a model from a URL: unknown names collapse to one value (bounded cardinality)."""
+    return model if model in known else UNKNOWN_MODEL_LABEL
+
+
+@asynccontextmanager
+async def track(metrics: Metrics, model: str, endpoint: str) -> AsyncIterator[None]:
+    """Count the request and observe its duration by status code."""
+    start = time.perf_counter()
+    code = 200
+    try:
+        yield
+    except ServiceError as exc:
+        code = exc.status
+        raise
+    except asyncio.CancelledError:
+        code = 499
+        raise
+    except Exception:
+        code = 500
+        raise
+    finally:
+        metrics.requests.labels(model=model, code=str(code)).inc()
+        metrics.request_duration.labels(model=model, endpoint=endpoint, code=str(code)).observe(
+            time.perf_counter() - start
+        )
+
+
+async def _until_disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (so its request leaves the batch queue) if the client disconnects.
+
+    Call only after the body has been read: the next ASGI message is then the disconnect.
+    """
+    task: asyncio.Future[T] = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise ClientClosedRequest("client disconnected")
+
+
+def server_timing(timings: Any) -> str:
+    """Server-Timing header value from a `Timings` model."""
+    parts = [
+        f"queue;dur={timings.queue_ms:.3f}",
+        f"preprocess;dur={timings.preprocess_ms:.3f}",
+        f"compute;dur={timings.compute_ms:.3f}",
+        f"total;dur={timings.total_ms:.3f}",
+    ]
+    return ", ".join(parts)

@@ -1,0 +1,188 @@
+"""/v1: the service's own REST API (classify, compare, models). A thin layer over the registry.
+
+An image arrives as a multipart field `image`, as a raw `image/*` (or octet-stream) body, or as JSON
+`{"image": "<base64>"}`; the registry does the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from service.api.common import cancel_on_disconnect, check_key, model_label, server_timing, track
+from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
+from service.registry import ModelRegistry
+from service.schemas import ClassifyResult, ModelInfo, Prediction, Timings
+
+IMAGE_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "The image: multipart field `image`, a raw image body, or JSON with base64",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "byte", "description": "base64 image"}},
+                    "required": ["image"],
+                }
+            },
+        },
+    }
+}
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class CompareEntry(BaseModel):
+    model: str
+    status: int = Field(description="HTTP status this model's part would have had")
+    version: int | None = None
+    predictions: list[Prediction] | None = None
+    timings: Timings | None = None
+    error: str | None = None
+
+
+class CompareResponse(BaseModel):
+    results: list[CompareEntry]
+    top1_agree: bool | None = Field(description="whether every model that answered has the same top-1 label")
+    total_ms: float
+
+
+async def read_image(request: Request) -> bytes:
+    """The image bytes of a request, whichever of the three accepted forms it uses."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except ServiceError:
+            raise
+        except Exception:  # noqa: BLE001 - starlette/multipart parse errors
+            raise InvalidInput("malformed multipart body") from None
+        try:
+            item = form.get("image")
+            if item is None or isinstance(item, str):
+                raise InvalidInput("multipart field 'image' must hold an image file")
+            return await item.read()
+        finally:
+            await form.close()
+    body = await request.body()
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        return body
+    if ctype == "application/json" or ctype.endswith("+json"):
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise InvalidInput("body is not valid JSON") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+            raise InvalidInput('JSON body must be {"image": "<base64>"}')
+        text = payload["image"]
+        if text.startswith("data:") and "," in text:
+            text = text.split(",", 1)[1]
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput("field 'image' is not valid base64") from None
+    if not ctype:
+        raise UnsupportedMediaType("missing Content-Type (send multipart/form-data, image/*, or application/json)")
+    raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r} (send multipart/form-data, image/*, or JSON)")
+
+
+def register_v1(app: FastAPI, registry: ModelRegistry) -> None:
+    """Declare every /v1 route."""
+    router = APIRouter(prefix="/v1", tags=["v1"])
+    settings, metrics = registry.settings, registry.metrics
+
+    @router.get("/models", response_model=ModelsResponse, summary="Every model: variants, costs, state, provider")
+    async def list_models() -> ModelsResponse:
+        return ModelsResponse(models=registry.list_models())
+
+    @router.get("/models/{model}", response_model=ModelInfo, summary="One model", responses={404: {}})
+    async def get_model(model: str) -> ModelInfo:
+        return registry.get_model(model)
+
+    @router.post(
+        "/models/{model}/classify",
+        response_model=ClassifyResult,
+        summary="Classify one image: top-k labels with queue / preprocess / compute timings",
+        openapi_extra=IMAGE_BODY_DOC,
+        responses={400: {}, 404: {}, 413: {}, 415: {}, 503: {}, 504: {}},
+    )
+    async def classify(
+        model: str,
+        request: Request,
+        response: Response,
+        top_k: int = Query(5, ge=1, description="how many classes to return"),
+        deadline_ms: float | None = Query(None, gt=0, description="give up (504) if not computed by then"),
+        version: int | None = Query(None, ge=1, description="model version (default: highest loaded)"),
+    ) -> ClassifyResult:
+        async with track(metrics, model_label(model, registry.model_names()), "v1_classify"):
+            check_key(request, settings.inference_api_key, required=False, what="inference")
+            registry.admit(model, version)  # 404 / 503 before reading a body
+            image = await read_image(request)
+            result = await cancel_on_disconnect(
+                request, registry.classify(model, image, top_k, version=version, deadline_ms=deadline_ms)
+            )
+            response.headers["Server-Timing"] = server_timing(result.timings)
+            return result
+
+    @router.post(
+        "/compare",
+        response_model=CompareResponse,
+        summary="One image through several models concurrently; per-model top-k, timings and top-1 agreement",
+        openapi_extra=IMAGE_BODY_DOC,
+        responses={400: {}, 404: {}, 413: {}, 415: {}, 503: {}},
+    )
+    async def compare(
+        request: Request,
+        models: str | None = Query(None, description="comma-separated model names (default: every ready model)"),
+        top_k: int = Query(5, ge=1),
+        deadline_ms: float | None = Query(None, gt=0),
+    ) -> CompareResponse:
+        async with track(metrics, "_compare", "v1_compare"):
+            start = time.perf_counter()
+            check_key(request, settings.inference_api_key, required=False, what="inference")
+            names = None
+            if models is not None:
+                names = list(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
+                if not names:
+                    raise InvalidInput("models must name at least one model")
+                for n in names:
+                    registry.get_model(n)
+            image = await read_image(request)
+            results = await cancel_on_disconnect(request, registry.compare(image, names, top_k, deadline_ms))
+            entries = []
+            for name, r in results:
+                if isinstance(r, ClassifyResult):
+                    entries.append(CompareEntry(model=name, status=200, version=r.version,
+                                                predictions=r.predictions, timings=r.timings))
+                else:
+                    entries.append(CompareEntry(model=name, status=r.status, error=r.message))
+            tops = {e.predictions[0].label for e in entries if e.predictions}
+            answered = sum(1 for e in entries if e.predictions)
+            if answered == 0 and all(e.status == entries[0].status for e in entries):
+                # nobody could answer for the same reason (e.g. a corrupt image): that is the answer
+                first = next(r for _, r in results if isinstance(r, ServiceError))
+                raise first  # type: ignore[misc]
+            return CompareResponse(
+                results=entries,
+                top1_agree=(len(tops) == 1) if answered >= 1 else None,
+                total_ms=(time.perf_counter() - start) * 1000,
+            )
+
+    app.include_router(router)

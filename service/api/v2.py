@@ -1,0 +1,253 @@
+"""/v2: the Open Inference Protocol (KServe v2 / Triton REST), so `tritonclient.http` works unchanged.
+
+Health, server and model metadata, model config, infer (JSON tensors and Triton's binary tensor
+extension, via the pure codec in service/v2_codec.py), statistics, and the repository
+extension (index, load, unload — the last two behind the API key).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from service.api.common import cancel_on_disconnect, check_key, model_label, track
+from service.errors import ModelNotFound
+from service.registry import ModelRegistry
+from service.repository import parse_version
+from service.schemas import ModelInfo
+from service.v2_codec import (
+    HEADER_LENGTH_HEADER,
+    InferenceRequest,
+    InferenceResponse,
+    decode_content_encoding,
+    encode_content_encoding,
+    encode_infer_response,
+    input_specs,
+    parse_header_length,
+    parse_infer_request,
+    request_timeout_s,
+)
+from service.v2_meta import (
+    ModelMetadata,
+    ModelStatisticsResponse,
+    RepositoryIndexEntry,
+    ServerMetadata,
+    config_to_v2_json,
+    model_metadata,
+    server_metadata,
+)
+
+try:
+    from importlib.metadata import version as _dist_version
+
+    SERVER_VERSION = _dist_version("vitserve")
+except Exception:  # noqa: BLE001 - running from a source tree
+    SERVER_VERSION = "0.0.0"
+
+
+LARGE_BODY_BYTES = 256 * 1024
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    error: str | None = None
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+    error: str | None = None
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = False
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_version(text)
+    except ValueError:
+        raise ModelNotFound(f"no version {text!r}") from None
+
+
+def register_v2(app: FastAPI, registry: ModelRegistry) -> None:
+    """Declare every /v2 route."""
+    router = APIRouter(prefix="/v2", tags=["v2"])
+    settings, metrics = registry.settings, registry.metrics
+
+    @router.get("", response_model=ServerMetadata, summary="Server metadata")
+    async def server_meta() -> ServerMetadata:
+        return server_metadata(SERVER_VERSION)
+
+    @router.get("/health/live", response_model=LiveResponse, summary="Liveness")
+    async def live() -> LiveResponse:
+        return LiveResponse(live=registry.live)
+
+    @router.get("/health/ready", response_model=ReadyResponse, summary="Readiness (503 while loading or draining)",
+                responses={503: {"model": ReadyResponse}})
+    async def ready() -> Any:
+        if registry.ready:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "error": "server is not ready (loading or shutting down)"}, status_code=503)
+
+    def _metadata(model: str, version: str | None) -> ModelMetadata:
+        v = _version(version)
+        entry = registry.entry(model)
+        info = registry.get_model(model)
+        if v is not None and v not in entry.versions:
+            raise ModelNotFound(f"model {model} has no version {v}")
+        versions = [v] if v is not None else (info.versions or info.available_versions)
+        return model_metadata(model, versions, _effective_config(model))
+
+    def _effective_config(model: str) -> Any:
+        entry = registry.entry(model)
+        info = registry.get_model(model)
+        cfg = entry.config
+        if info.batching is not None and info.batching.max_batch_size != cfg.max_batch_size:
+            cfg = cfg.model_copy(update={"max_batch_size": info.batching.max_batch_size})
+        return cfg
+
+    @router.get("/models/stats", response_model=ModelStatisticsResponse, summary="Statistics of every model")
+    async def all_stats() -> ModelStatisticsResponse:
+        return ModelStatisticsResponse(model_stats=registry.statistics())
+
+    @router.get("/models/{model}", response_model=ModelMetadata, summary="Model metadata")
+    async def model_meta(model: str) -> ModelMetadata:
+        return _metadata(model, None)
+
+    @router.get("/models/{model}/versions/{version}", response_model=ModelMetadata, summary="Model version metadata")
+    async def model_version_meta(model: str, version: str) -> ModelMetadata:
+        return _metadata(model, version)
+
+    async def _ready(model: str, version: str | None) -> Any:
+        v = _version(version)
+        ok = registry.is_model_ready(model, v)
+        if ok:
+            return JSONResponse({"name": model, "ready": True})
+        info = registry.get_model(model)
+        if v is not None and v not in info.available_versions:
+            raise ModelNotFound(f"model {model} has no version {v}")
+        reason = f"model {model} is {info.state}" + (f": {info.reason}" if info.reason else "")
+        if v is not None and info.state == "ready":
+            reason = f"model {model} version {v} is not loaded"
+        return JSONResponse({"name": model, "ready": False, "error": reason}, status_code=503)
+
+    @router.get("/models/{model}/ready", response_model=ModelReadyResponse, summary="Model readiness",
+                responses={503: {"model": ModelReadyResponse}})
+    async def model_ready(model: str) -> Any:
+        return await _ready(model, None)
+
+    @router.get("/models/{model}/versions/{version}/ready", response_model=ModelReadyResponse,
+                summary="Model version readiness", responses={503: {"model": ModelReadyResponse}})
+    async def model_version_ready(model: str, version: str) -> Any:
+        return await _ready(model, version)
+
+    @router.get("/models/{model}/config", summary="Model configuration (Triton JSON form)")
+    async def model_config(model: str) -> dict[str, Any]:
+        return config_to_v2_json(_effective_config(model))
+
+    @router.get("/models/{model}/versions/{version}/config", summary="Model configuration (Triton JSON form)")
+    async def model_version_config(model: str, version: str) -> dict[str, Any]:
+        _metadata(model, version)
+        return config_to_v2_json(_effective_config(model))
+
+    async def _infer(model: str, version: str | None, request: Request) -> Response:
+        async with track(metrics, model_label(model, registry.model_names()), "v2_infer"):
+            start = time.monotonic()
+            check_key(request, settings.inference_api_key, required=False, what="inference")
+            v = _version(version)
+            registry.admit(model, v)  # 404 / 503 (not ready, queue full) before reading the body
+            entry = registry.entry(model)
+            info = registry.get_model(model)
+            max_batch = min(settings.max_images_per_request,
+                            info.batching.max_batch_size if info.batching else entry.config.max_batch_size)
+            body = decode_content_encoding(
+                await request.body(), request.headers.get("content-encoding"), max_size=settings.max_body_bytes
+            )
+            parse = functools.partial(
+                parse_infer_request,
+                body,
+                parse_header_length(request.headers.get(HEADER_LENGTH_HEADER)),
+                expected_inputs=input_specs(entry.config),
+                max_batch_size=max_batch,
+            )
+            # a large JSON tensor takes a while to parse: not on the event loop
+            parsed, arrays = await registry.run_blocking(parse) if len(body) > LARGE_BODY_BYTES else parse()
+            timeout = request_timeout_s(parsed)
+            deadline = registry.deadline(timeout * 1000 if timeout else None, start)
+            pixels = arrays[entry.manifest.input_name]
+            out = await cancel_on_disconnect(request, registry.infer(model, pixels, version=v, deadline=deadline))
+            payload, headers = encode_infer_response(
+                model, str(out.version), {entry.manifest.output_name: out.outputs}, parsed,
+                labels=entry.manifest.labels,
+            )
+            payload, headers = encode_content_encoding(payload, headers, request.headers.get("accept-encoding"))
+            content_type = headers.pop("Content-Type", "application/json")
+            return Response(content=payload, media_type=content_type, headers=headers)
+
+    infer_doc: dict[str, Any] = {
+        "response_model": InferenceResponse,
+        "responses": {400: {}, 404: {}, 413: {}, 503: {}, 504: {}},
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": InferenceRequest.model_json_schema()},
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary",
+                                   "description": "JSON header of Inference-Header-Content-Length bytes, "
+                                                  "then binary tensors"}
+                    },
+                },
+            }
+        },
+    }
+
+    @router.post("/models/{model}/infer", summary="Inference (JSON or binary tensor extension)", **infer_doc)
+    async def infer(model: str, request: Request) -> Response:
+        return await _infer(model, None, request)
+
+    @router.post("/models/{model}/versions/{version}/infer", summary="Inference on a version", **infer_doc)
+    async def infer_version(model: str, version: str, request: Request) -> Response:
+        return await _infer(model, version, request)
+
+    @router.get("/models/{model}/stats", response_model=ModelStatisticsResponse, summary="Model statistics")
+    async def stats(model: str) -> ModelStatisticsResponse:
+        return ModelStatisticsResponse(model_stats=registry.statistics(model))
+
+    @router.get("/models/{model}/versions/{version}/stats", response_model=ModelStatisticsResponse,
+                summary="Model version statistics")
+    async def version_stats(model: str, version: str) -> ModelStatisticsResponse:
+        return ModelStatisticsResponse(model_stats=registry.statistics(model, _version(version)))
+
+    @router.post("/repository/index", response_model=list[RepositoryIndexEntry], summary="Repository index")
+    async def repository_index(body: RepositoryIndexRequest | None = Body(None)) -> list[RepositoryIndexEntry]:
+        entries = [RepositoryIndexEntry(**e) for e in registry.repository_index()]
+        if body is not None and body.ready:
+            entries = [e for e in entries if e.state == "READY"]
+        return entries
+
+    @router.post("/repository/models/{model}/load", response_model=ModelInfo,
+                 summary="Load or reload a model (API key)", responses={400: {}, 401: {}, 404: {}})
+    async def load(model: str, request: Request) -> ModelInfo:
+        check_key(request, settings.api_key, required=True, what="repository control")
+        return await registry.load(model)
+
+    @router.post("/repository/models/{model}/unload", response_model=ModelInfo,
+                 summary="Unload a model after draining it (API key)", responses={401: {}, 404: {}})
+    async def unload(model: str, request: Request) -> ModelInfo:
+        check_key(request, settings.api_key, required=True, what="repository control")
+        return await registry.unload(model)
+
+    app.include_router(router)

@@ -1,0 +1,71 @@
+"""`create_app(settings)`: the FastAPI application, wired once from one Settings object.
+
+The lifespan owns start and stop: it starts the registry (models load and warm up in the
+background; /v2/health/ready turns true when the initial load is done), and on shutdown turns
+readiness false first, stops intake, drains accepted requests for up to `drain_timeout_s` and
+closes the sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api.common import BodyLimitMiddleware
+from service.api.system import register_system
+from service.api.v1 import register_v1
+from service.api.v2 import SERVER_VERSION, register_v2
+from service.errors import install_error_handlers
+from service.metrics import Metrics
+from service.registry import ModelRegistry, RuntimeFactory
+from service.runtime import onnx_runtime_factory
+from service.settings import Settings
+
+log = logging.getLogger("vitserve")
+
+DESCRIPTION = """
+Serves Vision Transformer variants exported to ONNX (a Triton-compatible model repository) with
+ONNX Runtime, dynamic batching and Prometheus metrics.
+
+* `/v1` — classify an image (multipart, raw image body or base64 JSON), compare models, list models.
+* `/v2` — the Open Inference Protocol (KServe / Triton REST), incl. the binary tensor extension.
+* `/metrics` — Prometheus.
+
+Errors are JSON `{"error": "..."}`: 400 bad input, 401 missing API key, 404 unknown model,
+413 too large, 415 unsupported media type, 503 overloaded (Retry-After) or not ready, 504 deadline.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    runtime_factory: RuntimeFactory = onnx_runtime_factory,
+    wait_for_models: bool = False,
+) -> FastAPI:
+    """Build the app. `wait_for_models` makes startup block until the initial load is done (tests)."""
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics, runtime_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await registry.start(wait=wait_for_models)
+        try:
+            yield
+        finally:
+            log.info("shutting down: readiness off, draining for up to %.1fs", settings.drain_timeout_s)
+            await registry.shutdown()
+            log.info("shutdown complete")
+
+    app = FastAPI(title="vitserve", version=SERVER_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    register_v1(app, registry)
+    register_v2(app, registry)
+    register_system(app, registry)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,338 @@
+"""Per-model-version dynamic batcher: a bounded asyncio queue in front of one runtime worker thread.
+
+Batch collection is a plain function of the queue, the limits and the clock (`collect_batch`,
+after LitServe's `collate_requests`): it drops cancelled requests, returns the expired ones
+(they get 504 and are never computed) and forms a batch when `max_batch_size` images wait, when
+the oldest has waited `max_queue_delay`, or at once when the runtime is idle, so light load never
+pays the delay. With one worker (the default) that means: whenever the worker is free, everything
+waiting (up to the limit) goes; while it computes, the next batch collects.
+
+A request may carry several images (a v2 batch); it occupies that many slots in the queue and in
+a batch, and is never split. The queue is bounded in images: past it, `Overloaded` (503 +
+Retry-After) at once. Every accepted request gets exactly one answer: its own rows of the output,
+or the batch's error; the output count is checked against the input count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, ModelNotReady, Overloaded, ServiceError
+
+log = logging.getLogger("vitserve.batcher")
+
+Clock = Callable[[], float]
+
+
+class BatcherStopped(ModelNotReady):
+    """503: the batcher of this model version stopped taking requests (shutdown, unload, swap)."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int
+    max_queue_delay_s: float
+    max_queue_size: int  # images
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_s < 0:
+            raise ValueError(f"max_queue_delay_s must be >= 0, got {self.max_queue_delay_s}")
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size ({self.max_batch_size})"
+            )
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """One accepted request waiting for its batch."""
+
+    inputs: np.ndarray
+    future: asyncio.Future[BatchOutput]
+    enqueued_at: float
+    deadline: float | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """A request's own rows of the batch output and how it got them."""
+
+    outputs: np.ndarray
+    queue_s: float
+    compute_s: float
+    batch_size: int
+
+
+def drop_expired(queue: deque[PendingRequest], now: float) -> list[PendingRequest]:
+    """Remove cancelled requests and return (removing them too) those whose deadline has passed."""
+    expired: list[PendingRequest] = []
+    kept: list[PendingRequest] = []
+    for req in queue:
+        if req.future.done():
+            continue
+        if req.deadline is not None and req.deadline <= now:
+            expired.append(req)
+        else:
+            kept.append(req)
+    if len(kept) != len(queue):
+        queue.clear()
+        queue.extend(kept)
+    return expired
+
+
+def collect_batch(
+    queue: deque[PendingRequest], limits: BatchLimits, now: float, idle: bool
+) -> tuple[list[PendingRequest], list[PendingRequest]]:
+    """Take the next batch off `queue` if one is due; return (batch, expired).
+
+    Due when the waiting images reach `max_batch_size`, when the oldest request has waited
+    `max_queue_delay_s`, or when the runtime is `idle`. The batch is the longest FIFO prefix whose
+    images fit in `max_batch_size`. Expired and cancelled requests leave the queue first.
+    """
+    expired = drop_expired(queue, now)
+    if not queue:
+        return [], expired
+    waiting = sum(r.size for r in queue)
+    due = idle or waiting >= limits.max_batch_size or now - queue[0].enqueued_at >= limits.max_queue_delay_s
+    if not due:
+        return [], expired
+    batch: list[PendingRequest] = []
+    total = 0
+    while queue and total + queue[0].size <= limits.max_batch_size:
+        req = queue.popleft()
+        batch.append(req)
+        total += req.size
+    return batch, expired
+
+
+def next_wakeup(queue: Iterable[PendingRequest], limits: BatchLimits, can_dispatch: bool) -> float | None:
+    """When the collector must look again without news: the oldest's delay or the earliest deadline."""
+    times = [r.deadline for r in queue if r.deadline is not None and not r.future.done()]
+    if can_dispatch:
+        first = next(iter(queue), None)
+        if first is not None:
+            times.append(first.enqueued_at + limits.max_queue_delay_s)
+    return min(times) if times else None
+
+
+class BatcherHooks:
+    """Observer of batcher events (the registry wires metrics and statistics to it). No-op by default."""
+
+    def on_queue_depth(self, images: int) -> None: ...
+
+    def on_batch(self, size: int, compute_s: float, requests: list[PendingRequest], dispatched_at: float) -> None: ...
+
+    def on_batch_failed(self, size: int, error: BaseException) -> None: ...
+
+    def on_expired(self, images: int) -> None: ...
+
+    def on_rejected(self, images: int) -> None: ...
+
+
+@dataclass
+class _Inflight:
+    requests: list[PendingRequest] = field(default_factory=list)
+
+
+class Batcher:
+    """Queue + collector task + worker thread(s) for one runtime's `run(batch) -> outputs`."""
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        limits: BatchLimits,
+        *,
+        name: str = "model",
+        instances: int = 1,
+        clock: Clock = time.monotonic,
+        hooks: BatcherHooks | None = None,
+    ) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
+        self.name = name
+        self.limits = limits
+        self._run = run
+        self._instances = instances
+        self._clock = clock
+        self._hooks = hooks or BatcherHooks()
+        self._queue: deque[PendingRequest] = deque()
+        self._inflight: set[int] = set()
+        self._inflight_batches: dict[int, _Inflight] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._last_compute_s = 0.0
+        self._batch_ids = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def queued_images(self) -> int:
+        return sum(r.size for r in self._queue if not r.future.done())
+
+    @property
+    def inflight_batches(self) -> int:
+        return len(self._inflight_batches)
+
+    @property
+    def accepting(self) -> bool:
+        return self._task is not None and not self._stopping
+
+    def is_overloaded(self, images: int = 1) -> bool:
+        return self.queued_images + images > self.limits.max_queue_size
+
+    def retry_after_s(self) -> float:
+        """A guess of when there is room again: the batches ahead times the last compute time."""
+        batches_ahead = math.ceil(self.queued_images / self.limits.max_batch_size)
+        return max(1.0, batches_ahead * self._last_compute_s)
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=self._instances, thread_name_prefix=f"vitserve-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(self._collector(), name=f"batcher-{self.name}")
+
+    async def stop(self, timeout_s: float) -> int:
+        """Stop intake, let accepted requests finish for up to `timeout_s`; fail the rest. Returns failed count."""
+        self._stopping = True
+        self._wake.set()
+        failed = 0
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                self._task.cancel()
+                error = BatcherStopped(f"model {self.name} stopped before the request was computed")
+                pending = list(self._queue) + [r for b in self._inflight_batches.values() for r in b.requests]
+                self._queue.clear()
+                for req in pending:
+                    if not req.future.done():
+                        req.future.set_exception(error)
+                        failed += 1
+            except asyncio.CancelledError:
+                raise
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._hooks.on_queue_depth(0)
+        return failed
+
+    # -- intake ------------------------------------------------------------------------------
+    async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> BatchOutput:
+        """Queue `inputs` [n, ...] (n images) and wait for their outputs [n, ...].
+
+        `deadline` is on this batcher's clock. Raises Overloaded when the queue is full,
+        DeadlineExceeded when the deadline passes before compute, BatcherStopped when stopping.
+        """
+        if self._task is None or self._stopping:
+            raise BatcherStopped(f"model {self.name} is not accepting requests")
+        size = int(inputs.shape[0]) if inputs.ndim else 0
+        if size < 1 or size > self.limits.max_batch_size:
+            raise InvalidInput(f"a request must carry 1..{self.limits.max_batch_size} images, got {size}")
+        if deadline is not None and deadline <= self._clock():
+            self._hooks.on_expired(size)
+            raise DeadlineExceeded("deadline passed before the request was queued")
+        if self.is_overloaded(size):
+            self._hooks.on_rejected(size)
+            raise Overloaded(f"model {self.name} queue is full", retry_after_s=self.retry_after_s())
+        future: asyncio.Future[BatchOutput] = asyncio.get_running_loop().create_future()
+        req = PendingRequest(inputs=inputs, future=future, enqueued_at=self._clock(), deadline=deadline)
+        self._queue.append(req)
+        self._hooks.on_queue_depth(self.queued_images)
+        self._wake.set()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if not future.done():
+                future.cancel()
+            try:
+                self._queue.remove(req)
+            except ValueError:
+                pass
+            self._hooks.on_queue_depth(self.queued_images)
+            self._wake.set()
+            raise
+
+    # -- collector ---------------------------------------------------------------------------
+    async def _collector(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            can_dispatch = len(self._inflight_batches) < self._instances
+            if can_dispatch:
+                batch, expired = collect_batch(self._queue, self.limits, now, idle=not self._inflight_batches)
+            else:
+                batch, expired = [], drop_expired(self._queue, now)
+            for req in expired:
+                req.future.set_exception(DeadlineExceeded("deadline passed while queued; not computed"))
+                self._hooks.on_expired(req.size)
+            if batch or expired:
+                self._hooks.on_queue_depth(self.queued_images)
+            if batch:
+                self._batch_ids += 1
+                self._inflight_batches[self._batch_ids] = _Inflight(batch)
+                task = asyncio.get_running_loop().create_task(self._execute(self._batch_ids, batch, now))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                continue
+            if self._stopping and not self._queue and not self._inflight_batches:
+                return
+            wake_at = next_wakeup(self._queue, self.limits, can_dispatch)
+            timeout = None if wake_at is None else max(0.0, wake_at - self._clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+
+    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
+        start = time.perf_counter()
+        out = self._run(batch)
+        return out, time.perf_counter() - start
+
+    async def _execute(self, batch_id: int, batch: list[PendingRequest], dispatched_at: float) -> None:
+        total = sum(r.size for r in batch)
+        try:
+            try:
+                loop = asyncio.get_running_loop()
+                outputs, compute_s = await loop.run_in_executor(self._executor, self._compute, [r.inputs for r in batch])
+                if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or outputs.shape[0] != total:
+                    got = getattr(outputs, "shape", type(outputs).__name__)
+                    raise InferenceFailed(f"runtime returned outputs of shape {got} for {total} inputs")
+            except Exception as exc:  # noqa: BLE001 - every member must get an answer
+                log.error("model %s: batch of %d failed", self.name, total, exc_info=exc)
+                self._hooks.on_batch_failed(total, exc)
+                error = exc if isinstance(exc, ServiceError) else InferenceFailed(
+                    f"inference failed in the runtime ({type(exc).__name__})"
+                )
+                for req in batch:
+                    if not req.future.done():
+                        req.future.set_exception(error)
+                return
+            self._last_compute_s = compute_s
+            self._hooks.on_batch(total, compute_s, batch, dispatched_at)
+            offset = 0
+            for req in batch:
+                rows = outputs[offset : offset + req.size]
+                offset += req.size
+                if not req.future.done():
+                    req.future.set_result(BatchOutput(rows, dispatched_at - req.enqueued_at, compute_s, total))
+        finally:
+            self._inflight_batches.pop(batch_id, None)
+            self._wake.set()

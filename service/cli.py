@@ -1,0 +1,106 @@
+"""`vitserve serve --repository DIR [...]`: build Settings from flags + VITSERVE_* env, run uvicorn.
+
+SIGTERM/SIGINT: readiness turns false at once, uvicorn stops accepting connections and waits for
+in-flight requests (up to the drain timeout), the lifespan drains the batchers, the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitserve", description="Serve a vitserve/Triton model repository")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--repository", help="model repository directory (env VITSERVE_REPOSITORY)")
+    serve.add_argument("--models", nargs="+", help="only these models (default: all)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="bind port (default 8000)")
+    serve.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers in order of preference")
+    serve.add_argument("--intra-op-threads", type=int)
+    serve.add_argument("--inter-op-threads", type=int)
+    serve.add_argument("--max-batch-size", type=int)
+    serve.add_argument("--max-queue-delay-ms", type=float)
+    serve.add_argument("--max-queue-size", type=int)
+    serve.add_argument("--default-deadline-ms", type=float)
+    serve.add_argument("--max-body-bytes", type=int)
+    serve.add_argument("--warmup", choices=["all", "pow2", "one"])
+    serve.add_argument("--drain-timeout-s", type=float)
+    serve.add_argument("--poll-interval-s", type=float)
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags given on the command line win over VITSERVE_* environment variables."""
+    overrides: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k != "command" and v is not None
+    }
+    return Settings(**overrides)
+
+
+class _DrainingServer:
+    """uvicorn.Server whose exit signal first turns readiness off, and whose graceful exit is status 0.
+
+    uvicorn re-raises a captured SIGTERM after its graceful shutdown (the process then dies with
+    -15); a drained, orderly shutdown is a success, so SIGTERM is not re-raised. SIGINT keeps
+    uvicorn's behaviour (a second Ctrl-C forces exit).
+    """
+
+    @staticmethod
+    def make(config: Any, app: Any) -> Any:
+        import signal
+
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                app.state.registry.begin_drain()
+                super().handle_exit(sig, frame)
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list) and sig == signal.SIGTERM:
+                    while signal.SIGTERM in captured:
+                        captured.remove(signal.SIGTERM)
+
+        return Server(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"vitserve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    import uvicorn
+
+    from service.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)) if settings.drain_timeout_s else None,
+        access_log=False,
+        server_header=False,
+    )
+    server = _DrainingServer.make(config, app)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Domain errors raised by the serving core, and the one table that maps them to HTTP.
+
+The core (repository, runtime, batcher, registry) raises these; only the edge (this module's
+`install_error_handlers`) turns them into responses `{"error": "..."}`. A 500 logs the trace and
+says only "internal error", so no stack trace or path ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("vitserve.errors")
+
+
+class ServiceError(Exception):
+    """Base of the errors a client may see; `status` is the HTTP status the edge answers with."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidInput(ServiceError):
+    """400: the request is malformed (bad image, bad tensor shape or datatype, bad parameter)."""
+
+    status = 400
+
+
+class Unauthorized(ServiceError):
+    """401: a protected endpoint was called without the right API key."""
+
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ModelNotFound(ServiceError):
+    """404: no such model (or version) in the repository."""
+
+    status = 404
+
+
+class PayloadTooLarge(ServiceError):
+    """413: body bytes or decoded image pixels above the configured limit."""
+
+    status = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    """415: a content type or image format the service does not read."""
+
+    status = 415
+
+
+class Overloaded(ServiceError):
+    """503 + Retry-After: the model's queue is full; the client should retry later."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class ModelNotReady(ServiceError):
+    """503: the model exists but is loading, failed to load, unloaded or shutting down."""
+
+    status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class DeadlineExceeded(ServiceError):
+    """504: the request's deadline passed before it could be computed (it never was)."""
+
+    status = 504
+
+
+class InferenceFailed(ServiceError):
+    """500: the runtime failed on the batch this request was in (the reason is logged, not returned)."""
+
+    status = 500
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status, exc.message, exc.headers())
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return error_response(400, "invalid request: " + "; ".join(parts))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    message = exc.detail if isinstance(exc.detail, str) else "error"
+    if status == 422:
+        status = 400
+    return error_response(status, message, dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The one table from exception type to response."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

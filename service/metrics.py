@@ -1,0 +1,118 @@
+"""Prometheus metrics of one app, in their own CollectorRegistry (so several apps can live in one process).
+
+Exported names and labels (the contract with docker/grafana dashboards and alert rules):
+
+Histograms (seconds unless noted)
+  vitserve_request_duration_seconds{model,endpoint,code}  end to end, per HTTP endpoint
+                                                           (endpoint: v1_classify, v1_compare, v2_infer)
+  vitserve_queue_duration_seconds{model,version}           time a request waited in the batch queue
+  vitserve_preprocess_duration_seconds{model}              image decode + transform, per image
+  vitserve_compute_duration_seconds{model,version}         ONNX Runtime run, per batch
+  vitserve_batch_size{model,version}                       images per executed batch (buckets 1,2,4,...,128)
+Counters
+  vitserve_requests_total{model,code}                      requests answered, by HTTP status code
+  vitserve_inferences_total{model,version}                 images computed
+  vitserve_flops_total{model,version}                      FLOPs executed (images x manifest FLOPs per image)
+  vitserve_batches_total{model,version}                    batches executed
+  vitserve_batch_failures_total{model,version}             batches the runtime failed
+  vitserve_deadline_expired_total{model}                   requests past their deadline, never computed (504)
+  vitserve_rejected_total{model,reason}                    requests refused before queueing
+                                                           (reason: queue_full, not_ready)
+Gauges
+  vitserve_queue_depth{model,version}                      images waiting in the queue
+  vitserve_queue_capacity{model,version}                   the queue bound in images (alert on depth/capacity)
+  vitserve_model_ready{model,version,provider}             1 when the version serves, else 0
+  vitserve_model_state{model,state}                        1 for the model's current state
+                                                           (ready, loading, failed, unloading, unloaded)
+  vitserve_model_flops{model}                              FLOPs per image
+  vitserve_model_parameters{model}                         parameter count
+  vitserve_model_load_seconds{model}                       load + warm-up time of the last load
+  vitserve_server_ready                                    1 while the server reports ready
+
+Label values: `model` is a model name from the repository; requests naming an unknown model are
+counted under model="_unknown" and /v1/compare requests under model="_compare" (bounded
+cardinality). `version` is the model version as a string. When a version is loaded its series
+(batch_size, compute/queue durations, inferences, flops, batches, queue depth/capacity) are created
+at 0, so dashboards show them before traffic.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+PREFIX = "vitserve_"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MODEL_STATES = ("ready", "loading", "failed", "unloading", "unloaded")
+
+
+class Metrics:
+    """Every vitserve metric, registered in `self.registry`."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = PREFIX
+        self.request_duration = Histogram(
+            p + "request_duration_seconds", "End-to-end request latency", ["model", "endpoint", "code"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_duration = Histogram(
+            p + "queue_duration_seconds", "Time waiting in the batch queue", ["model", "version"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.preprocess_duration = Histogram(
+            p + "preprocess_duration_seconds", "Image decode and transform time per image", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.compute_duration = Histogram(
+            p + "compute_duration_seconds", "ONNX Runtime time per batch", ["model", "version"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            p + "batch_size", "Images per executed batch", ["model", "version"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.requests = Counter(p + "requests_total", "Requests answered by status code", ["model", "code"], registry=r)
+        self.inferences = Counter(p + "inferences_total", "Images computed", ["model", "version"], registry=r)
+        self.flops = Counter(p + "flops_total", "FLOPs executed", ["model", "version"], registry=r)
+        self.batches = Counter(p + "batches_total", "Batches executed", ["model", "version"], registry=r)
+        self.batch_failures = Counter(
+            p + "batch_failures_total", "Batches the runtime failed", ["model", "version"], registry=r
+        )
+        self.deadline_expired = Counter(
+            p + "deadline_expired_total", "Requests past their deadline, never computed", ["model"], registry=r
+        )
+        self.rejected = Counter(
+            p + "rejected_total", "Requests refused before queueing", ["model", "reason"], registry=r
+        )
+        self.queue_depth = Gauge(p + "queue_depth", "Images waiting in the queue", ["model", "version"], registry=r)
+        self.queue_capacity = Gauge(
+            p + "queue_capacity", "Queue bound in images", ["model", "version"], registry=r
+        )
+        self.model_ready = Gauge(
+            p + "model_ready", "1 when the model version serves", ["model", "version", "provider"], registry=r
+        )
+        self.model_state = Gauge(p + "model_state", "1 for the model's current state", ["model", "state"], registry=r)
+        self.model_flops = Gauge(p + "model_flops", "FLOPs per image", ["model"], registry=r)
+        self.model_parameters = Gauge(p + "model_parameters", "Parameter count", ["model"], registry=r)
+        self.model_load_seconds = Gauge(
+            p + "model_load_seconds", "Load and warm-up time of the last load", ["model"], registry=r
+        )
+        self.server_ready = Gauge(p + "server_ready", "1 while the server reports ready", registry=r)
+
+    def set_state(self, model: str, state: str) -> None:
+        for s in MODEL_STATES:
+            self.model_state.labels(model=model, state=s).set(1.0 if s == state else 0.0)
+
+    def init_version(self, model: str, version: str, queue_capacity: int) -> None:
+        """Create a freshly loaded version's series at zero."""
+        lb = {"model": model, "version": version}
+        for metric in (self.queue_duration, self.compute_duration, self.batch_size, self.inferences, self.flops,
+                       self.batches, self.batch_failures, self.queue_depth):
+            metric.labels(**lb)
+        self.queue_capacity.labels(**lb).set(queue_capacity)
+        self.preprocess_duration.labels(model=model)
+        self.deadline_expired.labels(model=model)
+        self.rejected.labels(model=model, reason="queue_full")
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

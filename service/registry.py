@@ -1,0 +1,579 @@
+"""The model registry: the one serving core every router calls (after KServe's DataPlane).
+
+It owns, per model, the loaded versions (runtime + batcher + statistics) and the model's state
+(`loading`, `ready`, `failed` with reason, `unloading`, `unloaded`). Loads run in the background
+(session creation and warm-up in a worker thread) and are swapped in atomically: requests that
+already hold the old version finish on it, the old batcher drains, then its session closes. A
+model that fails to load is `failed` with its reason; the others serve.
+
+Public coroutine API: `infer`, `classify`, `compare`, `load`, `unload`, `shutdown`; synchronous
+queries: `list_models`, `get_model`, `is_model_ready`, `ready`, `repository_index`, `statistics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.batcher import Batcher, BatcherStopped, BatchLimits
+from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelNotReady, Overloaded, ServiceError
+from service.metrics import Metrics
+from service.repository import (
+    ModelEntry,
+    ModelLoadError,
+    is_valid_model_name,
+    list_model_names,
+    read_model,
+)
+from service.runtime import (
+    InferenceRuntime,
+    RuntimeSpec,
+    SessionConfig,
+    onnx_runtime_factory,
+    session_config,
+    top_k_predictions,
+    warmup_sizes,
+)
+from service.schemas import BatchingInfo, ClassifyResult, ModelInfo, Timings
+from service.settings import Settings
+from service.stats import VersionObserver
+from service.v2_meta import ModelStatistics
+
+log = logging.getLogger("vitserve.registry")
+
+RuntimeFactory = Callable[[RuntimeSpec], InferenceRuntime]
+
+
+@dataclass
+class LoadedVersion:
+    """One serving model version."""
+
+    version: int
+    runtime: InferenceRuntime
+    batcher: Batcher
+    observer: VersionObserver
+
+
+@dataclass
+class ModelHandle:
+    """A model's state and its serving versions; `versions` is replaced as a whole on swap."""
+
+    name: str
+    state: str = "loading"
+    reason: str | None = None
+    entry: ModelEntry | None = None
+    versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    load_seconds: float | None = None
+    fingerprint: tuple[Any, ...] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def default(self) -> LoadedVersion | None:
+        return self.versions[max(self.versions)] if self.versions else None
+
+
+@dataclass(frozen=True)
+class InferOutput:
+    """Logits of one request and how it got them."""
+
+    model: str
+    version: int
+    outputs: np.ndarray
+    queue_s: float
+    compute_s: float
+    batch_size: int
+    total_s: float
+
+
+class ModelRegistry:
+    """Loads the repository's models and serves them through per-version batchers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        runtime_factory: RuntimeFactory = onnx_runtime_factory,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._factory = runtime_factory
+        self._models: dict[str, ModelHandle] = {}
+        self._started = False
+        self._initial_done = False
+        self._draining = False
+        self._session: SessionConfig | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        threads = settings.preprocess_threads or os.cpu_count() or 1
+        self._preprocess_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vitserve-preprocess")
+        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitserve-load")
+
+    # -- life cycle --------------------------------------------------------------------------
+    async def start(self, wait: bool = False) -> None:
+        """Find the models to serve and start loading them in the background (all of them if `wait`)."""
+        root = self.settings.repository
+        names = self.settings.models if self.settings.models is not None else list_model_names(root)
+        self._session = session_config(
+            self.settings.providers,
+            self.settings.intra_op_threads,
+            self.settings.inter_op_threads,
+            self.settings.allow_spinning,
+            self.settings.graph_optimization_level,
+            concurrent_sessions=max(1, len(names)),
+        )
+        for name in names:
+            self._models[name] = ModelHandle(name=name)
+            self.metrics.set_state(name, "loading")
+        self._started = True
+        initial = self._spawn(self._initial_load(names))
+        if self.settings.poll_interval_s > 0:
+            self._spawn(self._poll())
+        if wait:
+            await asyncio.shield(initial)
+
+    async def _initial_load(self, names: list[str]) -> None:
+        for name in names:
+            await self._load(self._models[name])
+        self._initial_done = True
+        self.metrics.server_ready.set(1.0 if self.ready else 0.0)
+        log.info("initial load done: %s", {n: h.state for n, h in self._models.items()})
+
+    def begin_drain(self) -> None:
+        """Readiness false first (load balancers stop sending); accepted work still completes."""
+        self._draining = True
+        self.metrics.server_ready.set(0.0)
+
+    async def shutdown(self) -> None:
+        """Stop intake, drain every batcher up to the drain timeout, close the sessions."""
+        self.begin_drain()
+        for task in list(self._tasks):
+            task.cancel()
+        versions = [lv for h in self._models.values() for lv in h.versions.values()]
+        failed = await asyncio.gather(*(lv.batcher.stop(self.settings.drain_timeout_s) for lv in versions))
+        if any(failed):
+            log.warning("drain timeout: %d requests failed", sum(failed))
+        for lv in versions:
+            lv.runtime.close()
+        self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        """Server ready: initial load done, not draining, at least one model serving."""
+        return self._initial_done and not self._draining and any(h.state == "ready" for h in self._models.values())
+
+    @property
+    def live(self) -> bool:
+        return self._started
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- loading -----------------------------------------------------------------------------
+    def _limits(self, entry: ModelEntry) -> BatchLimits:
+        s, cfg = self.settings, entry.config
+        max_batch = s.max_batch_size or cfg.max_batch_size
+        db = cfg.dynamic_batching
+        delay_s = s.max_queue_delay_ms / 1000 if s.max_queue_delay_ms is not None else (
+            db.max_queue_delay_microseconds / 1e6 if db else 0.0
+        )
+        policy_size = db.default_queue_policy.max_queue_size if db and db.default_queue_policy else 0
+        queue = s.max_queue_size or policy_size or 8 * max_batch
+        return BatchLimits(max_batch_size=max_batch, max_queue_delay_s=delay_s, max_queue_size=max(queue, max_batch))
+
+    def _build_version(self, entry: ModelEntry, version: int) -> InferenceRuntime:
+        """Blocking: verify the file, open the session, warm up every batch size. Runs in a thread."""
+        path = entry.verify(version)
+        limits = self._limits(entry)
+        spec = RuntimeSpec(
+            name=entry.name,
+            version=version,
+            manifest=entry.manifest,
+            max_batch_size=limits.max_batch_size,
+            model_path=path,
+            session=self._session or SessionConfig(),
+        )
+        try:
+            runtime = self._factory(spec)
+        except Exception as exc:  # noqa: BLE001 - corrupt graph, provider failure...
+            raise ModelLoadError(entry.name, f"version {version}: cannot create session: {_first_line(exc)}") from exc
+        try:
+            runtime.warmup(warmup_sizes(limits.max_batch_size, self.settings.warmup))
+        except Exception as exc:  # noqa: BLE001
+            runtime.close()
+            raise ModelLoadError(entry.name, f"version {version}: warm-up failed: {_first_line(exc)}") from exc
+        return runtime
+
+    async def _load(self, handle: ModelHandle, only_if_changed: bool = False) -> None:
+        async with handle.lock:
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            serving_before = bool(handle.versions)
+            if not serving_before:
+                handle.state, handle.reason = "loading", None
+                self.metrics.set_state(handle.name, "loading")
+            handle.fingerprint = directory_fingerprint(self.settings.repository, handle.name)
+            try:
+                entry = await loop.run_in_executor(self._load_pool, read_model, self.settings.repository, handle.name)
+                wanted = entry.served_versions()
+                if only_if_changed and sorted(wanted) == sorted(handle.versions):
+                    return
+                runtimes: dict[int, InferenceRuntime] = {}
+                try:
+                    for version in wanted:
+                        runtimes[version] = await loop.run_in_executor(
+                            self._load_pool, self._build_version, entry, version
+                        )
+                except BaseException:
+                    for rt in runtimes.values():
+                        rt.close()
+                    raise
+            except ModelLoadError as exc:
+                self._load_failed(handle, exc.reason, serving_before)
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.exception("model %s: unexpected load error", handle.name)
+                self._load_failed(handle, f"unexpected load error: {_first_line(exc)}", serving_before)
+                return
+            limits = self._limits(entry)
+            new_versions: dict[int, LoadedVersion] = {}
+            for version, runtime in runtimes.items():
+                observer = VersionObserver(self.metrics, entry.name, version, entry.manifest.costs.flops)
+                batcher = Batcher(runtime.run, limits, name=f"{entry.name}:{version}", hooks=observer)
+                batcher.start()
+                new_versions[version] = LoadedVersion(version, runtime, batcher, observer)
+            old = handle.versions
+            handle.entry, handle.versions = entry, new_versions  # the atomic swap
+            handle.state, handle.reason = "ready", None
+            handle.load_seconds = time.perf_counter() - started
+            self._publish(handle, old)
+            log.info("model %s ready: versions %s on %s in %.2fs", entry.name, sorted(new_versions),
+                     handle.default.runtime.provider if handle.default else "?", handle.load_seconds)
+            if old:
+                self._spawn(self._retire(list(old.values())))
+
+    def _load_failed(self, handle: ModelHandle, reason: str, keep_serving: bool) -> None:
+        reason = reason.replace(str(self.settings.repository), "<repository>")
+        log.error("model %s failed to load: %s", handle.name, reason)
+        if keep_serving:
+            handle.reason = f"reload failed, previous version serves: {reason}"
+            return
+        handle.state, handle.reason = "failed", reason
+        self.metrics.set_state(handle.name, "failed")
+
+    def _publish(self, handle: ModelHandle, old: dict[int, LoadedVersion]) -> None:
+        m, entry = self.metrics, handle.entry
+        for lv in old.values():
+            m.model_ready.labels(model=handle.name, version=str(lv.version), provider=lv.runtime.provider).set(0)
+        for lv in handle.versions.values():
+            m.init_version(handle.name, str(lv.version), lv.batcher.limits.max_queue_size)
+            m.model_ready.labels(model=handle.name, version=str(lv.version), provider=lv.runtime.provider).set(1)
+        m.set_state(handle.name, handle.state)
+        if entry is not None:
+            m.model_flops.labels(model=handle.name).set(entry.manifest.costs.flops)
+            m.model_parameters.labels(model=handle.name).set(entry.manifest.costs.parameters)
+        if handle.load_seconds is not None:
+            m.model_load_seconds.labels(model=handle.name).set(handle.load_seconds)
+
+    async def _retire(self, versions: list[LoadedVersion]) -> None:
+        """Drain old versions (requests that hold them finish), then close their sessions."""
+        await asyncio.gather(*(lv.batcher.stop(self.settings.drain_timeout_s) for lv in versions))
+        for lv in versions:
+            lv.runtime.close()
+
+    async def _poll(self) -> None:
+        """Triton's poll mode: new version directories (and new models) are loaded in the background."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            if self._draining:
+                return
+            names = list(self._models)
+            if self.settings.models is None:
+                names += [n for n in list_model_names(self.settings.repository) if n not in self._models]
+            for name in names:
+                handle = self._models.setdefault(name, ModelHandle(name=name))
+                if handle.state in ("unloading", "unloaded") or handle.lock.locked():
+                    continue
+                if handle.state == "failed" and handle.fingerprint == directory_fingerprint(
+                    self.settings.repository, name
+                ):
+                    continue  # nothing changed since it failed: do not retry (and log) every interval
+                await self._load(handle, only_if_changed=handle.state == "ready")
+
+    async def load(self, name: str) -> ModelInfo:
+        """Load (or reload) a model: warm up in the background, swap atomically, return its info."""
+        if not is_valid_model_name(name):
+            raise InvalidInput(f"invalid model name {name!r}")
+        if self._draining:
+            raise ModelNotReady("server is shutting down")
+        if name not in self._models and not (self.settings.repository / name).is_dir():
+            raise ModelNotFound(f"no model {name!r} in the repository")
+        handle = self._models.setdefault(name, ModelHandle(name=name))
+        await self._load(handle)
+        if handle.state == "failed":
+            raise InvalidInput(f"failed to load {name}: {handle.reason}")
+        return self.get_model(name)
+
+    async def unload(self, name: str) -> ModelInfo:
+        """Stop routing to the model, let its accepted requests finish, close its sessions."""
+        handle = self._handle(name)
+        async with handle.lock:
+            old = handle.versions
+            handle.versions, handle.state, handle.reason = {}, "unloading", None
+            self.metrics.set_state(name, "unloading")
+            for lv in old.values():
+                self.metrics.model_ready.labels(model=name, version=str(lv.version), provider=lv.runtime.provider).set(0)
+            await self._retire(list(old.values()))
+            handle.state, handle.reason = "unloaded", "unloaded by request"
+            self.metrics.set_state(name, "unloaded")
+        return self.get_model(name)
+
+    # -- queries -----------------------------------------------------------------------------
+    def _handle(self, name: str) -> ModelHandle:
+        handle = self._models.get(name) if is_valid_model_name(name) else None
+        if handle is None:
+            raise ModelNotFound(f"unknown model {name!r}")
+        return handle
+
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+    def get_model(self, name: str) -> ModelInfo:
+        h = self._handle(name)
+        entry, default = h.entry, h.default
+        info = ModelInfo(name=name, state=h.state, reason=h.reason, load_seconds=h.load_seconds)  # type: ignore[arg-type]
+        if entry is not None:
+            m = entry.manifest
+            limits = self._limits(entry)
+            db = entry.config.dynamic_batching
+            info = info.model_copy(
+                update={
+                    "available_versions": sorted(entry.versions),
+                    "preset": m.preset,
+                    "variants": list(m.variants),
+                    "spec": m.spec,
+                    "flops": m.costs.flops,
+                    "parameters": m.costs.parameters,
+                    "num_classes": m.num_classes,
+                    "input_size": list(m.preprocess.input_size),
+                    "batching": BatchingInfo(
+                        max_batch_size=limits.max_batch_size,
+                        max_queue_delay_ms=limits.max_queue_delay_s * 1000,
+                        max_queue_size=limits.max_queue_size,
+                        preferred_batch_sizes=list(db.preferred_batch_size) if db else [],
+                    ),
+                }
+            )
+        if default is not None:
+            info = info.model_copy(
+                update={"version": default.version, "versions": sorted(h.versions), "provider": default.runtime.provider}
+            )
+        return info
+
+    def list_models(self) -> list[ModelInfo]:
+        return [self.get_model(n) for n in self.model_names()]
+
+    def entry(self, name: str) -> ModelEntry:
+        """The parsed repository entry of a loaded (or once loaded) model."""
+        h = self._handle(name)
+        if h.entry is None:
+            raise ModelNotReady(f"model {name} is {h.state}" + (f": {h.reason}" if h.reason else ""))
+        return h.entry
+
+    def is_model_ready(self, name: str, version: int | None = None) -> bool:
+        h = self._handle(name)
+        if h.state != "ready" or self._draining:
+            return False
+        return bool(h.versions) if version is None else version in h.versions
+
+    def serving(self, name: str, version: int | None = None) -> LoadedVersion:
+        """The version a request should run on; ModelNotFound / ModelNotReady otherwise."""
+        h = self._handle(name)
+        if h.state != "ready" or not h.versions:
+            self.metrics.rejected.labels(model=name, reason="not_ready").inc()
+            raise ModelNotReady(f"model {name} is {h.state}" + (f": {h.reason}" if h.reason else ""))
+        if version is None:
+            return h.versions[max(h.versions)]
+        lv = h.versions.get(version)
+        if lv is None:
+            if h.entry is not None and version in h.entry.versions:
+                raise ModelNotReady(f"model {name} version {version} is not loaded")
+            raise ModelNotFound(f"model {name} has no version {version}")
+        return lv
+
+    def admit(self, name: str, version: int | None = None, images: int = 1) -> LoadedVersion:
+        """Cheap early check before reading or decoding a body: known, ready, and room in the queue."""
+        if self._draining:
+            raise ModelNotReady("server is shutting down")
+        lv = self.serving(name, version)
+        if lv.batcher.is_overloaded(images):
+            lv.observer.on_rejected(images)
+            raise Overloaded(f"model {name} queue is full", retry_after_s=lv.batcher.retry_after_s())
+        return lv
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU work (decoding a large body) in the worker pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._preprocess_pool, fn, *args)
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Triton's repository index: every model directory, loaded or not."""
+        names = set(self._models) | set(list_model_names(self.settings.repository))
+        out = []
+        for name in sorted(names):
+            h = self._models.get(name)
+            state = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING"}.get(
+                h.state if h else "", "UNAVAILABLE"
+            )
+            version = str(h.default.version) if h and h.default else ""
+            reason = (h.reason or "") if h else "not loaded"
+            out.append({"name": name, "version": version, "state": state, "reason": reason})
+        return out
+
+    def statistics(self, name: str | None = None, version: int | None = None) -> list[ModelStatistics]:
+        names = [name] if name is not None else self.model_names()
+        out = []
+        for n in names:
+            h = self._handle(n)
+            if version is not None and version not in h.versions:
+                raise ModelNotFound(f"model {n} version {version} is not loaded")
+            for v, lv in sorted(h.versions.items()):
+                if version is None or v == version:
+                    out.append(lv.observer.snapshot())
+        return out
+
+    # -- inference ---------------------------------------------------------------------------
+    def deadline(self, deadline_ms: float | None, start: float | None = None) -> float:
+        """Absolute deadline (monotonic clock): the request's own, capped by the settings default."""
+        if deadline_ms is not None and deadline_ms <= 0:
+            raise InvalidInput(f"deadline_ms must be positive, got {deadline_ms}")
+        limit = self.settings.default_deadline_ms
+        ms = limit if deadline_ms is None else min(deadline_ms, limit)
+        return (start if start is not None else time.monotonic()) + ms / 1000
+
+    def _check_inputs(self, lv: LoadedVersion, inputs: np.ndarray) -> None:
+        expected = tuple(lv.runtime.input_shape)
+        if not isinstance(inputs, np.ndarray) or inputs.dtype != np.float32:
+            raise InvalidInput(f"input must be FP32, got {getattr(inputs, 'dtype', type(inputs).__name__)}")
+        if inputs.ndim != 4 or tuple(inputs.shape[1:]) != expected:
+            raise InvalidInput(f"input shape must be [n, {', '.join(map(str, expected))}], got {list(inputs.shape)}")
+        limit = min(self.settings.max_images_per_request, lv.batcher.limits.max_batch_size)
+        if not 1 <= inputs.shape[0] <= limit:
+            raise InvalidInput(f"a request carries 1..{limit} images, got {inputs.shape[0]}")
+        if not np.isfinite(inputs).all():
+            raise InvalidInput("input contains NaN or infinity")
+
+    async def infer(
+        self, name: str, inputs: np.ndarray, version: int | None = None, deadline: float | None = None
+    ) -> InferOutput:
+        """Run `inputs` float32 [n, 3, H, W] through the model's batcher; `deadline` is absolute monotonic."""
+        start = time.monotonic()
+        if self._draining:
+            raise ModelNotReady("server is shutting down")
+        deadline = deadline if deadline is not None else self.deadline(None, start)
+        lv = self.serving(name, version)
+        self._check_inputs(lv, inputs)
+        for attempt in range(3):
+            try:
+                out = await lv.batcher.submit(inputs, deadline)
+                break
+            except BatcherStopped:
+                if version is not None or attempt == 2 or self._draining:
+                    raise
+                lv = self.serving(name)  # swapped while we looked: use the new version
+            except ServiceError:
+                lv.observer.request_failed(time.monotonic() - start)
+                raise
+        total = time.monotonic() - start
+        lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
+        return InferOutput(name, lv.version, out.outputs, out.queue_s, out.compute_s, out.batch_size, total)
+
+    async def classify(
+        self,
+        name: str,
+        image: bytes,
+        top_k: int = 5,
+        version: int | None = None,
+        deadline_ms: float | None = None,
+    ) -> ClassifyResult:
+        """Image bytes -> top-k predictions with queue / preprocess / compute / total timings."""
+        start = time.monotonic()
+        if not 1 <= top_k <= self.settings.max_top_k:
+            raise InvalidInput(f"top_k must be in 1..{self.settings.max_top_k}, got {top_k}")
+        deadline = self.deadline(deadline_ms, start)
+        lv = self.admit(name, version)  # refuse before spending a decode on it
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        pixels = await loop.run_in_executor(
+            self._preprocess_pool, lv.runtime.preprocess, image, self.settings.max_image_pixels
+        )
+        preprocess_s = time.perf_counter() - t0
+        self.metrics.preprocess_duration.labels(model=name).observe(preprocess_s)
+        if time.monotonic() >= deadline:
+            lv.observer.on_expired(1)
+            raise DeadlineExceeded("deadline passed during preprocessing")
+        out = await self.infer(name, pixels[None], version=version, deadline=deadline)
+        if out.version == lv.version:
+            predictions = lv.runtime.postprocess(out.outputs, top_k)[0]
+        else:  # swapped to a new version while queued: its manifest's labels
+            predictions = top_k_predictions(out.outputs, top_k, self.entry(name).manifest.labels)[0]
+        total = time.monotonic() - start
+        return ClassifyResult(
+            model=name,
+            version=out.version,
+            predictions=predictions,
+            timings=Timings(
+                queue_ms=out.queue_s * 1000,
+                preprocess_ms=preprocess_s * 1000,
+                compute_ms=out.compute_s * 1000,
+                total_ms=total * 1000,
+                batch_size=out.batch_size,
+            ),
+        )
+
+    async def compare(
+        self, image: bytes, names: list[str] | None, top_k: int = 5, deadline_ms: float | None = None
+    ) -> list[tuple[str, ClassifyResult | ServiceError]]:
+        """One image through several models at once (all ready models when `names` is None)."""
+        if names is None:
+            names = [n for n in self.model_names() if self._models[n].state == "ready"]
+        if not names:
+            raise ModelNotReady("no model is ready")
+        for n in names:
+            self._handle(n)
+        results = await asyncio.gather(
+            *(self.classify(n, image, top_k, deadline_ms=deadline_ms) for n in names), return_exceptions=True
+        )
+        out: list[tuple[str, ClassifyResult | ServiceError]] = []
+        for n, r in zip(names, results):
+            if isinstance(r, BaseException) and not isinstance(r, ServiceError):
+                raise r
+            out.append((n, r))
+        return out
+
+
+def directory_fingerprint(root: Path, name: str) -> tuple[Any, ...]:
+    """What changes when a model directory is edited: names and mtimes of its files and version dirs."""
+    directory = root / name
+    try:
+        items = [(p.name, p.stat().st_mtime_ns) for p in sorted(directory.iterdir())]
+        items += [(f"{p.parent.name}/{p.name}", p.stat().st_mtime_ns) for p in sorted(directory.glob("*/*"))]
+    except OSError:
+        return ()
+    return tuple(items)
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
+    return text[:limit]

@@ -1,0 +1,228 @@
+"""The runtime interface (preprocess / run / postprocess / warmup) and its ONNX Runtime implementation.
+
+After infinity's pre/core/post split: the batcher only calls `run` on a float32 batch; the
+registry calls `preprocess` (off the event loop) before queueing and `postprocess` after.
+`OnnxRuntime` holds one `InferenceSession` per model version, with execution providers chosen from
+settings and filtered by availability; the provider it really got (`session.get_providers()[0]`)
+is what the API and metrics report. Fakes for tests live in `service.fakes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.manifest import Manifest
+from service.preprocess import preprocess_image
+from service.schemas import Prediction
+
+log = logging.getLogger("vitserve.runtime")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How ONNX Runtime sessions are built; derived from Settings by `session_config`."""
+
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+    graph_optimization_level: str = "all"
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What a runtime needs to know about the model version it serves."""
+
+    name: str
+    version: int
+    manifest: Manifest
+    max_batch_size: int
+    model_path: Path | None = None
+    session: SessionConfig = field(default_factory=SessionConfig)
+
+
+def session_config(
+    providers: list[str],
+    intra_op_threads: int,
+    inter_op_threads: int,
+    allow_spinning: bool | None,
+    graph_optimization_level: str,
+    concurrent_sessions: int,
+    cpu_count: int | None = None,
+) -> SessionConfig:
+    """Threads chosen deliberately: sessions that run at the same time share the cores.
+
+    intra-op threads = cores // concurrent sessions (at least 1) unless set; spinning (busy-wait of
+    idle pool threads) only when a single session owns the machine, since spinning threads of one
+    session steal the cores another session computes on.
+    """
+    cores = cpu_count or os.cpu_count() or 1
+    sessions = max(1, concurrent_sessions)
+    intra = intra_op_threads or max(1, cores // sessions)
+    spinning = allow_spinning if allow_spinning is not None else sessions == 1
+    return SessionConfig(
+        providers=list(providers),
+        intra_op_threads=intra,
+        inter_op_threads=inter_op_threads,
+        allow_spinning=spinning,
+        graph_optimization_level=graph_optimization_level,
+    )
+
+
+class InferenceRuntime(ABC):
+    """One servable model version: preprocess an image, run a batch, postprocess logits, warm up."""
+
+    provider: str = "none"
+
+    def __init__(self, spec: RuntimeSpec) -> None:
+        self.spec = spec
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.spec.manifest.preprocess.input_size
+
+    def preprocess(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """Image bytes -> float32 [3, H, W] per the manifest."""
+        return preprocess_image(data, self.spec.manifest.preprocess, max_pixels)
+
+    @abstractmethod
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """float32 [B, 3, H, W] -> logits float32 [B, classes]. Called from one worker thread."""
+
+    def postprocess(self, logits: np.ndarray, top_k: int) -> list[list[Prediction]]:
+        """Softmax then the top_k classes of each row, best first."""
+        return top_k_predictions(logits, top_k, self.spec.manifest.labels)
+
+    def warmup(self, batch_sizes: Iterable[int]) -> None:
+        """Run every batch size once so the first real request pays no allocation or kernel selection."""
+        c, h, w = self.input_shape
+        for size in batch_sizes:
+            out = self.run(np.zeros((size, c, h, w), dtype=np.float32))
+            if out.shape != (size, self.spec.manifest.num_classes):
+                raise RuntimeError(
+                    f"warm-up at batch {size}: output shape {out.shape}, expected {(size, self.spec.manifest.num_classes)}"
+                )
+
+    def close(self) -> None:
+        """Release the session."""
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k_predictions(logits: np.ndarray, top_k: int, labels: list[str]) -> list[list[Prediction]]:
+    probs = softmax(logits)
+    k = min(top_k, probs.shape[-1])
+    out = []
+    for row in probs:
+        idx = np.argsort(-row, kind="stable")[:k]
+        out.append([Prediction(label=labels[i], index=int(i), score=float(row[i])) for i in idx])
+    return out
+
+
+def warmup_sizes(max_batch_size: int, mode: str) -> list[int]:
+    """The batch sizes warmed up before ready: every size the batcher can produce, or a documented subset."""
+    if mode == "one":
+        return [1]
+    if mode == "pow2":
+        sizes = {1 << i for i in range(max_batch_size.bit_length()) if (1 << i) <= max_batch_size}
+        return sorted(sizes | {max_batch_size})
+    return list(range(1, max_batch_size + 1))
+
+
+# Providers this process tried and did not get (e.g. CUDA listed by onnxruntime-gpu on a machine
+# without CUDA libraries): later sessions skip them instead of failing over again, noisily.
+_UNUSABLE_PROVIDERS: set[str] = set()
+
+
+def choose_providers(requested: list[str], available: list[str], unusable: Iterable[str] = ()) -> list[str]:
+    """Requested providers that this onnxruntime build offers (minus known-unusable ones), in order;
+    CPU always last resort."""
+    skip = set(unusable)
+    chosen = [p for p in requested if p in available and p not in skip]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxRuntime(InferenceRuntime):
+    """An ONNX Runtime `InferenceSession` for one model version."""
+
+    def __init__(self, spec: RuntimeSpec) -> None:
+        super().__init__(spec)
+        import onnxruntime as ort
+
+        if spec.model_path is None:
+            raise ValueError(f"{spec.name}: OnnxRuntime needs a model_path")
+        cfg = spec.session
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.intra_op_threads
+        opts.inter_op_num_threads = cfg.inter_op_threads
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[cfg.graph_optimization_level]
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+        providers = choose_providers(cfg.providers, ort.get_available_providers(), _UNUSABLE_PROVIDERS)
+        try:
+            session = ort.InferenceSession(str(spec.model_path), sess_options=opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - a GPU provider that fails to initialise
+            if providers == ["CPUExecutionProvider"]:
+                raise
+            log.warning("%s v%d: session with %s failed (%s); retrying with CPUExecutionProvider only",
+                        spec.name, spec.version, providers, str(exc).splitlines()[0][:200])
+            session = ort.InferenceSession(str(spec.model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self._session = session
+        self.provider = session.get_providers()[0]
+        if self.provider in providers:  # everything ahead of the provider we got did not work here
+            skipped = providers[: providers.index(self.provider)]
+            if skipped and not _UNUSABLE_PROVIDERS.issuperset(skipped):
+                log.warning("%s not usable in this process (session fell back to %s); later sessions skip them",
+                            ", ".join(skipped), self.provider)
+            _UNUSABLE_PROVIDERS.update(skipped)
+        if self.provider != cfg.providers[0]:
+            log.warning("%s v%d: requested %s first, session runs on %s", spec.name, spec.version,
+                        cfg.providers[0], self.provider)
+        log.info("%s v%d: session on %s (intra-op threads %d, spinning %s)", spec.name, spec.version,
+                 self.provider, cfg.intra_op_threads, "on" if cfg.allow_spinning else "off")
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        m = self.spec.manifest
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        if m.input_name not in inputs:
+            raise ValueError(f"graph has no input {m.input_name!r} (inputs: {sorted(inputs)})")
+        if m.output_name not in outputs:
+            raise ValueError(f"graph has no output {m.output_name!r} (outputs: {sorted(outputs)})")
+        shape = inputs[m.input_name].shape
+        if len(shape) != 4:
+            raise ValueError(f"input {m.input_name!r} has rank {len(shape)}, expected 4 (batch, 3, H, W)")
+        for dim, want in zip(shape[1:], m.preprocess.input_size):
+            if isinstance(dim, int) and dim != want:
+                raise ValueError(f"input shape {shape} does not match manifest input_size {m.preprocess.input_size}")
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        m = self.spec.manifest
+        return self._session.run([m.output_name], {m.input_name: pixel_values})[0]
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]
+
+
+def onnx_runtime_factory(spec: RuntimeSpec) -> InferenceRuntime:
+    return OnnxRuntime(spec)

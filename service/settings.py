@@ -1,0 +1,151 @@
+"""Service settings: one pydantic-settings object, built once (CLI or app factory) and passed down.
+
+Every knob the service has lives here, documented by its `Field` description, read from keyword
+arguments first and then from `VITSERVE_*` environment variables. Nothing reads the environment at
+import time, and a bad value fails at start instead of silently falling back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+KNOWN_PROVIDERS = {
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "DmlExecutionProvider",
+    "CoreMLExecutionProvider",
+    "CPUExecutionProvider",
+}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _split_csv(value: object) -> object:
+    """Accept 'a,b' as well as a JSON list or a Python list (env vars are plain strings)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """vitserve service settings (environment prefix `VITSERVE_`, e.g. `VITSERVE_PORT=8080`)."""
+
+    model_config = SettingsConfigDict(env_prefix="VITSERVE_", extra="forbid", validate_default=True)
+
+    repository: Path = Field(description="Model repository directory (Triton layout: <model>/<version>/model.onnx)")
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Models to load at start (comma separated); all models in the repository when unset"
+    )
+    host: str = Field("127.0.0.1", description="Bind address; loopback by default, set 0.0.0.0 in a container")
+    port: int = Field(8000, ge=0, le=65535, description="Bind port (0 = any free port)")
+
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PROVIDERS),
+        description="ONNX Runtime execution providers in order of preference; unavailable ones are skipped "
+        "and the provider a session really got is reported",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = CPU cores / number of loaded sessions"
+    )
+    inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime inter-op threads per session (sequential mode)")
+    allow_spinning: bool | None = Field(
+        None,
+        description="Let ORT worker threads spin-wait between ops; unset = on for a single session, off when "
+        "several sessions share the cores (spinning threads would steal each other's CPU)",
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisation level"
+    )
+
+    max_batch_size: int | None = Field(
+        None, ge=1, description="Override every model's max batch size (default: config.pbtxt max_batch_size)"
+    )
+    max_queue_delay_ms: float | None = Field(
+        None,
+        ge=0,
+        description="Override the longest a request waits for a batch to fill while the runtime is busy "
+        "(default: config.pbtxt dynamic_batching.max_queue_delay_microseconds)",
+    )
+    max_queue_size: int | None = Field(
+        None,
+        ge=1,
+        description="Override the queue bound in images per model version (default: config.pbtxt "
+        "default_queue_policy.max_queue_size, or 8 x max batch size when that is 0)",
+    )
+    warmup: Literal["all", "pow2", "one"] = Field(
+        "all",
+        description="Warm-up batch sizes before a model reports ready: every size 1..max_batch_size ('all'), "
+        "powers of two and the maximum ('pow2') or batch 1 only ('one')",
+    )
+    default_deadline_ms: float = Field(
+        30_000, gt=0, description="Deadline of a request that names none; a request may ask for less, not more"
+    )
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above)")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest decoded image (width x height); bigger images get 413 before decoding"
+    )
+    max_top_k: int = Field(100, ge=1, description="Largest accepted top_k")
+    max_images_per_request: int = Field(
+        64, ge=1, description="Most images one v2 infer request may carry (never more than the model's max batch)"
+    )
+    preprocess_threads: int = Field(0, ge=0, description="Threads decoding images; 0 = number of CPU cores")
+
+    api_key: SecretStr | None = Field(
+        None, description="Key for /v2/repository load/unload (header 'Authorization: Bearer <key>' or 'X-API-Key'); "
+        "without it those endpoints are disabled (401)"
+    )
+    inference_api_key: SecretStr | None = Field(
+        None, description="Optional key required for inference and model endpoints (same headers)"
+    )
+    drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long accepted requests may take to finish")
+    poll_interval_s: float = Field(
+        0.0, ge=0, description="Poll the repository for new version directories every N seconds (0 = off)"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level")
+
+    @field_validator("models", "providers", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("providers must name at least one execution provider")
+        unknown = [p for p in value if p not in KNOWN_PROVIDERS]
+        if unknown:
+            raise ValueError(f"unknown execution providers {unknown}; known: {sorted(KNOWN_PROVIDERS)}")
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"repository {str(value)!r} is not a directory")
+        return value.resolve()
+
+    @model_validator(mode="after")
+    def _keys_not_empty(self) -> Settings:
+        for name in ("api_key", "inference_api_key"):
+            key = getattr(self, name)
+            if key is not None and len(key.get_secret_value()) < 8:
+                raise ValueError(f"{name} must be at least 8 characters")
+        return self

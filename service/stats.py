@@ -1,0 +1,59 @@
+"""Per-model-version observer: feeds batcher events into Prometheus and Triton's statistics.
+
+`VersionObserver` is the `BatcherHooks` the registry gives each version's batcher; it updates the
+app's `Metrics` and a `ModelStatsAccumulator` (service/v2_meta.py) whose snapshot is what
+`/v2/models/{m}/stats` returns in Triton's shape.
+"""
+
+from __future__ import annotations
+
+from service.batcher import BatcherHooks, PendingRequest
+from service.metrics import Metrics
+from service.v2_meta import ModelStatistics, ModelStatsAccumulator
+
+
+class VersionObserver(BatcherHooks):
+    """Metrics and Triton statistics of one (model, version)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: int, flops_per_image: int) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.version = str(version)
+        self.flops_per_image = flops_per_image
+        self.stats = ModelStatsAccumulator()
+        self._labels = {"model": model, "version": self.version}
+
+    def on_queue_depth(self, images: int) -> None:
+        self.metrics.queue_depth.labels(**self._labels).set(images)
+
+    def on_batch(self, size: int, compute_s: float, requests: list[PendingRequest], dispatched_at: float) -> None:
+        m, lb = self.metrics, self._labels
+        m.batch_size.labels(**lb).observe(size)
+        m.compute_duration.labels(**lb).observe(compute_s)
+        m.batches.labels(**lb).inc()
+        m.inferences.labels(**lb).inc(size)
+        m.flops.labels(**lb).inc(size * self.flops_per_image)
+        queue_hist = m.queue_duration.labels(**lb)
+        for req in requests:
+            queue_hist.observe(max(0.0, dispatched_at - req.enqueued_at))
+        self.stats.record_execution(batch_size=size, compute_infer_ns=int(compute_s * 1e9))
+
+    def on_batch_failed(self, size: int, error: BaseException) -> None:
+        self.metrics.batch_failures.labels(**self._labels).inc()
+
+    def on_expired(self, images: int) -> None:
+        self.metrics.deadline_expired.labels(model=self.model).inc()
+
+    def on_rejected(self, images: int) -> None:
+        self.metrics.rejected.labels(model=self.model, reason="queue_full").inc()
+
+    def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None:
+        self.stats.record_success(
+            total_ns=int(total_s * 1e9), queue_ns=int(queue_s * 1e9), compute_infer_ns=int(compute_s * 1e9)
+        )
+
+    def request_failed(self, total_s: float) -> None:
+        self.stats.record_failure(total_ns=int(total_s * 1e9))
+
+    def snapshot(self) -> ModelStatistics:
+        return self.stats.snapshot(self.model, self.version)

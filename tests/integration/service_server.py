@@ -1,0 +1,76 @@
+"""Start a real `vitserve serve` process on a free loopback port and wait until it is ready (test helper)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from tiny_repository import DEFAULT_MODELS, TinyModel
+
+INTEGRATION_MODELS = [*DEFAULT_MODELS, TinyModel("tiny_heavy", hidden=1024, max_batch_size=16)]
+API_KEY = "integration-key-0123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit code (the graceful path)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+
+def start_server(repository: Path, tmp: Path, *args: str, ready_timeout: float = 60.0,
+                 env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `python -m service.cli serve` and poll /v2/health/ready until 200 (deadline, no fixed sleep)."""
+    last_error: str = ""
+    for _ in range(3):  # a free port can be taken between probe and bind: retry with another
+        port = free_port()
+        log_path = tmp / f"server-{port}.log"
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--repository", str(repository),
+               "--host", "127.0.0.1", "--port", str(port), *args]
+        full_env = {**os.environ, "VITSERVE_API_KEY": API_KEY, **(env or {})}
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(server.base_url + "/v2/health/ready", timeout=1.0).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        last_error = server.log()[-3000:]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if "address already in use" not in last_error.lower():
+            break
+    raise RuntimeError(f"server did not become ready:\n{last_error}")
+

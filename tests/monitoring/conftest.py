@@ -1,0 +1,79 @@
+"""Fixtures for the monitoring and deployment tests: a demo repository and a live vitserve.
+
+Tools (promtool, prometheus, hadolint, docker-compose, kubernetes-validate, kubectl) are real binaries;
+see monitoring_support.require_tool: skipped when absent on a developer machine, a failure under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from monitoring_support import MIN_MODELS, ROOT, free_port, repository_models, require_tool, wait_http_ok
+
+
+@pytest.fixture(scope="session")
+def monitoring_repository(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with at least two demo variants.
+
+    VITSERVE_MONITORING_REPOSITORY when set (a local shortcut), else the coordinator's session fixture
+    `demo_repository` when it exists, else the committed models/demo, else one built here with the
+    exporter's CLI (`vitserve-export build ... demo demo+cb`).
+    """
+    override = os.environ.get("VITSERVE_MONITORING_REPOSITORY")
+    if override:
+        return Path(override)
+    try:
+        repository = Path(request.getfixturevalue("demo_repository"))
+        if len(repository_models(repository)) >= MIN_MODELS:
+            return repository
+    except pytest.FixtureLookupError:
+        pass
+    committed = ROOT / "models" / "demo"
+    if committed.is_dir() and len(repository_models(committed)) >= MIN_MODELS:
+        return committed
+    exporter = require_tool("vitserve-export")
+    repository = tmp_path_factory.mktemp("monitoring") / "repository"
+    subprocess.run([exporter, "build", "--repository", str(repository), "demo", "demo+cb"], check=True,
+                   timeout=900)
+    return repository
+
+
+@dataclass(frozen=True)
+class LiveService:
+    base_url: str
+    models: list[str]
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def live_service(monitoring_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """`vitserve serve` on a free loopback port, ready; stopped (SIGTERM, then kill) afterwards."""
+    vitserve = require_tool("vitserve")
+    port = free_port()
+    log = tmp_path_factory.mktemp("vitserve") / "vitserve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [vitserve, "serve", "--repository", str(monitoring_repository), "--host", "127.0.0.1",
+             "--port", str(port), "--providers", "CPUExecutionProvider", "--intra-op-threads", "1",
+             "--warmup", "pow2"],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_http_ok(f"{base}/v2/health/ready", 180.0, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"vitserve did not become ready: {exc}\n{log.read_text()[-3000:]}")
+        yield LiveService(base, repository_models(monitoring_repository), log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -1,0 +1,110 @@
+"""docker/runtime_requirements.py (which ONNX Runtime an image gets) and docker/healthcheck.py (the
+container's HEALTHCHECK), tested as the image uses them."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from monitoring_support import DOCKER_DIR, ROOT, free_port
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"vitserve_docker_{name}", DOCKER_DIR / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+requirements = _load("runtime_requirements")
+healthcheck = _load("healthcheck")
+
+
+def _names(lines: list[str]) -> set[str]:
+    return {line.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower() for line in lines}
+
+
+def test_cpu_image_gets_onnxruntime_and_gpu_image_onnxruntime_gpu() -> None:
+    cpu = requirements.runtime_requirements(ROOT / "pyproject.toml", "cpu")
+    gpu = requirements.runtime_requirements(ROOT / "pyproject.toml", "gpu")
+    assert "onnxruntime" in _names(cpu) and "onnxruntime-gpu" not in _names(cpu)
+    assert "onnxruntime-gpu" in _names(gpu) and "onnxruntime" not in _names(gpu)
+    assert not any(";" in line for line in cpu + gpu), "markers must be resolved for the image"
+    assert _names(cpu) - {"onnxruntime"} == _names(gpu) - {"onnxruntime-gpu"}
+
+
+def test_requirements_follow_pyproject_and_never_pull_torch() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    cpu = requirements.runtime_requirements(ROOT / "pyproject.toml", "cpu")
+    assert _names(cpu) == _names([d.split(";")[0] for d in declared]) - {"onnxruntime-gpu"} | {"onnxruntime"}
+    assert not {"torch", "onnx", "timm"} & _names(cpu)
+
+
+def test_unknown_flavour_and_missing_onnxruntime_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="flavour"):
+        requirements.runtime_requirements(ROOT / "pyproject.toml", "rocm")
+    bare = tmp_path / "pyproject.toml"
+    bare.write_text('[project]\nname = "x"\ndependencies = ["numpy>=1"]\n')
+    with pytest.raises(ValueError, match="onnxruntime"):
+        requirements.runtime_requirements(bare, "cpu")
+
+
+def test_runtime_requirements_cli_prints_one_requirement_per_line() -> None:
+    result = subprocess.run([sys.executable, str(DOCKER_DIR / "runtime_requirements.py"), "--flavour", "cpu"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == requirements.runtime_requirements(ROOT / "pyproject.toml", "cpu")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(self.status if self.path == "/v2/health/ready" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def health_server() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {"status": 200})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield str(server.server_address[1]), handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthcheck_is_healthy_only_on_200(health_server: tuple[str, type[_Handler]],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    port, handler = health_server
+    monkeypatch.setenv("VITSERVE_PORT", port)
+    assert healthcheck.main([]) == 0
+    handler.status = 503
+    assert healthcheck.main([]) == 1
+
+
+def test_healthcheck_fails_when_nothing_listens() -> None:
+    assert healthcheck.main(["--url", f"http://127.0.0.1:{free_port()}/v2/health/ready", "--timeout", "1"]) == 1
+
+
+def test_healthcheck_script_runs_without_the_project(health_server: tuple[str, type[_Handler]]) -> None:
+    """The image runs it as a plain script with only the stdlib."""
+    port, _ = health_server
+    result = subprocess.run([sys.executable, "-I", str(DOCKER_DIR / "healthcheck.py")], capture_output=True,
+                            text=True, env={"VITSERVE_PORT": port}, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "HTTP 200" in result.stdout

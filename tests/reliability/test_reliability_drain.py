@@ -1,0 +1,127 @@
+"""Graceful shutdown under sustained load (extends tests/integration/test_http_drain.py, which fires one burst).
+
+While an open-loop load runs on the slow model and a readiness prober polls, SIGTERM: from that moment
+readiness never answers 200, requests that arrive later are refused (503 or connection refused), every
+request the server had accepted is answered 200, and the process exits 0 within the drain timeout.
+A second test shows the drain timeout bounds the shutdown when the accepted work cannot finish in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+from reliability_load import Outcome, Request, make_session, open_loop, summary
+from reliability_support import FIGURES, png_bytes, start_server
+
+SIGNAL_SLACK_S = 0.5  # signal delivery and the event loop noticing it
+
+
+class ReadinessProbe(threading.Thread):
+    """Polls /v2/health/ready on fresh connections, recording (time, status or 0 for refused)."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base, self.seen, self.stop = base, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t = time.monotonic()
+            try:
+                status = httpx.get(self.base + "/v2/health/ready", timeout=2).status_code
+            except httpx.TransportError:
+                status = 0
+            self.seen.append((t, status))
+            time.sleep(0.02)
+
+
+def test_sigterm_under_sustained_load_stops_intake_and_completes_accepted_work(
+    reliability_repository: Path, tmp_path: Path,
+) -> None:
+    drain_timeout = 20.0
+    server = start_server(reliability_repository, tmp_path, "--models", "tiny_slow", "--warmup", "one",
+                          "--intra-op-threads", "1", "--max-queue-size", "64",
+                          "--drain-timeout-s", str(drain_timeout))
+    image = png_bytes((64, 64))
+    req = Request("POST", f"{server.base_url}/v1/models/tiny_slow/classify", image, {"content-type": "image/png"})
+    probe = ReadinessProbe(server.base_url)
+    probe.start()
+    sigterm_at = 0.0
+
+    async def main() -> list[Outcome]:
+        nonlocal sigterm_at
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)  # one connection per request
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as s:
+            load = asyncio.create_task(open_loop(s, lambda i: req, 60, 4.0))
+            await asyncio.sleep(1.5)
+            sigterm_at = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            return await load
+
+    try:
+        outcomes = asyncio.run(main())
+        code = server.proc.wait(drain_timeout + 10)
+        exited_at = time.monotonic()
+    finally:
+        probe.stop.set()
+        probe.join(5)
+        if server.proc.poll() is None:
+            server.proc.kill()
+    assert code == 0, server.log()[-3000:]
+    assert "shutdown complete" in server.log()
+    refused = [o for o in outcomes if o.status == 0 and "Connect" in (o.error or "")]
+    lost = [o for o in outcomes if o.status == 0 and o not in refused]
+    answered = [o for o in outcomes if o.status]
+    assert not lost, f"accepted requests lost: {[o.error for o in lost[:3]]}"
+    assert all(o.status in (200, 503) for o in answered), summary(answered)
+    late_ok = [o for o in answered if o.status == 200 and o.start > sigterm_at + SIGNAL_SLACK_S]
+    assert not late_ok, f"{len(late_ok)} requests sent after SIGTERM were still accepted"
+    before = [s for t, s in probe.seen if t < sigterm_at]
+    after = [s for t, s in probe.seen if t > sigterm_at + 0.05]
+    assert 200 in before, "readiness never reported ready before SIGTERM"
+    assert after and 200 not in after, f"readiness said ready after SIGTERM: {after[:10]}"
+    ok_before = sum(o.status == 200 for o in answered if o.start <= sigterm_at)
+    assert ok_before >= 1
+    FIGURES["drain"] = {
+        "requests": len(outcomes), "answers": summary(outcomes), "refused_connections": len(refused), "lost": len(lost),
+        "accepted_before_sigterm_completed": ok_before,
+        "readiness_after_sigterm": sorted(set(after)),
+        "exit_code": code, "exit_s_after_sigterm": round(exited_at - sigterm_at, 2),
+    }
+
+
+def test_drain_timeout_bounds_the_shutdown(reliability_repository: Path, tmp_path: Path) -> None:
+    """Queue ~6 s of work, allow 1 s of drain: the process still exits 0, promptly, and no answer is a 5xx
+    other than 503 (work that could not finish in time is refused, never half-answered)."""
+    server = start_server(reliability_repository, tmp_path, "--models", "tiny_slow", "--warmup", "one",
+                          "--intra-op-threads", "1", "--max-batch-size", "1", "--max-queue-size", "256",
+                          "--drain-timeout-s", "1")
+    image = png_bytes((64, 64))
+    req = Request("POST", f"{server.base_url}/v1/models/tiny_slow/classify", image, {"content-type": "image/png"})
+
+    async def main() -> tuple[list[Outcome], float]:
+        async with make_session(timeout_s=30) as s:
+            tasks = [asyncio.create_task(open_loop(s, lambda i: req, 400, 0.6))]
+            await asyncio.sleep(0.8)
+            t = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            return (await tasks[0]), t
+
+    try:
+        outcomes, sigterm_at = asyncio.run(main())
+        code = server.proc.wait(30)
+        took = time.monotonic() - sigterm_at
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    assert code == 0, server.log()[-3000:]
+    answered = [o for o in outcomes if o.status]
+    assert all(o.status in (200, 503) for o in answered), summary(answered)
+    assert took < 1 + 8, f"shutdown took {took:.1f}s with a 1 s drain timeout"
+    FIGURES["drain_timeout_1s"] = {"answers": summary(outcomes), "exit_s_after_sigterm": round(took, 2),
+                                   "unanswered": sum(o.status == 0 for o in outcomes)}

@@ -1,0 +1,158 @@
+"""timm checkpoints load into every variant by parameter name; only the variants' own keys are new."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+
+from export.checkpoint import convert_timm_state_dict, load_checkpoint, load_state_dict_file
+from export.models import create_model
+from export.spec import parse_spec
+
+TEST_ARCH = dict(patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def timm_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    """A seeded timm vit_tiny_patch16_224 (random weights, no download) and its state dict on disk."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    with torch.no_grad():  # non-zero biases and norms, so every shared tensor matters
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("ckpt") / "vit_tiny.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def tiny_images() -> torch.Tensor:
+    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.fixture(scope="module")
+def timm_logits(timm_tiny: tuple[torch.nn.Module, Path], tiny_images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return timm_tiny[0](tiny_images)
+
+
+@pytest.mark.parametrize("text", ["vit_tiny", "vit_tiny+cbs", "vit_tiny+gab", "vit_tiny+reattn", "vit_tiny+refiner"])
+def test_function_preserving_variants_reproduce_timm_logits(
+    timm_tiny: tuple[torch.nn.Module, Path], tiny_images: torch.Tensor, timm_logits: torch.Tensor, text: str
+) -> None:
+    model = create_model(parse_spec(text), seed=1)
+    new = load_checkpoint(model, timm_tiny[1])
+    assert sorted(new) == sorted(model.variant_state_keys())
+    assert (new == []) == (text == "vit_tiny")
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(tiny_images), timm_logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("text", ["vit_tiny+cb", "vit_tiny+lavit", "vit_tiny+cb+lavit+gab+reattn+refiner"])
+def test_other_variants_load_with_only_their_new_keys_missing(
+    timm_tiny: tuple[torch.nn.Module, Path], tiny_images: torch.Tensor, text: str
+) -> None:
+    model = create_model(parse_spec(text))
+    new = load_checkpoint(model, timm_tiny[1])
+    assert sorted(new) == sorted(model.variant_state_keys())
+    for key, value in timm_tiny[0].state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    if "lavit" in text:  # Less-Attention maps start as the identity
+        assert torch.equal(model.blocks[5].attn.lavit.theta, torch.eye(197))
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(tiny_images)).all()
+
+
+def test_gab_amplitude_is_zeroed_on_load_unless_the_user_set_it(timm_tiny: tuple[torch.nn.Module, Path]) -> None:
+    default = create_model(parse_spec("vit_tiny+gab"))
+    assert default.blocks[0].attn.gab.amplitude.eq(1.0).all()
+    load_checkpoint(default, timm_tiny[1])
+    assert all(b.attn.gab.amplitude.eq(0.0).all() for b in default.blocks)
+    assert all(b.attn.gab.sigma.eq(5.0).all() for b in default.blocks)
+    chosen = create_model(parse_spec("vit_tiny+gab", gab_amplitude_init=0.5))
+    load_checkpoint(chosen, timm_tiny[1])
+    assert all(b.attn.gab.amplitude.eq(0.5).all() for b in chosen.blocks)
+
+
+def test_new_parameters_are_reset_to_their_function_preserving_init(timm_tiny: tuple[torch.nn.Module, Path]) -> None:
+    model = create_model(parse_spec("vit_tiny+reattn+refiner"))
+    with torch.no_grad():
+        model.blocks[11].attn.refiner.reduce.weight.fill_(1.0)
+        model.blocks[11].attn.reattn.conv.weight.fill_(1.0)
+    load_checkpoint(model, timm_tiny[1])
+    assert model.blocks[11].attn.refiner.reduce.weight.eq(0).all()
+    assert torch.equal(model.blocks[11].attn.reattn.conv.weight.view(3, 3), torch.eye(3))
+
+
+def test_safetensors_wrapped_and_prefixed_files_load(
+    tmp_path: Path, timm_tiny: tuple[torch.nn.Module, Path], tiny_images: torch.Tensor, timm_logits: torch.Tensor
+) -> None:
+    from safetensors.torch import save_file
+
+    state = timm_tiny[0].state_dict()
+    st = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(st))
+    wrapped = tmp_path / "w.bin"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, wrapped)
+    for path in (st, wrapped):
+        model = create_model(parse_spec("vit_tiny"))
+        assert load_checkpoint(model, path) == []
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(tiny_images), timm_logits, atol=1e-5, rtol=0)
+
+
+def test_convert_is_pure_and_resamples_pos_embed() -> None:
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=48, **TEST_ARCH)
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    before = {k: v.clone() for k, v in state.items()}
+    model = create_model(parse_spec("test+cbs"))
+    converted, missing = convert_timm_state_dict(state, model)
+    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
+    assert set(converted) == set(source.state_dict())
+    assert sorted(missing) == sorted(model.variant_state_keys())
+    assert converted["pos_embed"].shape == (1, 17, 32)
+    expected = resample_abs_pos_embed(source.pos_embed.detach(), new_size=[4, 4], old_size=[6, 6], num_prefix_tokens=1)
+    torch.testing.assert_close(converted["pos_embed"], expected)
+    torch.testing.assert_close(converted["pos_embed"][:, :1], source.pos_embed[:, :1].detach())
+
+
+def _save(tmp_path: Path, state: dict[str, torch.Tensor], name: str = "bad.pth") -> Path:
+    path = tmp_path / name
+    torch.save(state, path)
+    return path
+
+
+def test_unexpected_missing_or_misshapen_keys_are_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, **TEST_ARCH).state_dict()
+    model = create_model(parse_spec("test+gab"))
+    assert load_checkpoint(model, _save(tmp_path, state, "ok.pth"))  # sanity: the good one loads
+    with pytest.raises(ValueError, match="unexpected keys"):
+        load_checkpoint(model, _save(tmp_path, {**state, "dist_token": torch.zeros(1, 1, 32)}))
+    missing = {k: v for k, v in state.items() if k != "blocks.1.attn.qkv.weight"}
+    with pytest.raises(ValueError, match=r"missing shared keys \['blocks.1.attn.qkv.weight'\]"):
+        load_checkpoint(model, _save(tmp_path, missing))
+    with pytest.raises(ValueError, match="wrong shape"):
+        load_checkpoint(create_model(parse_spec("test+gab"), num_classes=5), _save(tmp_path, state))
+
+
+def test_unreadable_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        load_state_dict_file(tmp_path / "nope.pth")
+    npz = tmp_path / "w.npz"
+    npz.write_bytes(b"x")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        load_state_dict_file(npz)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        load_state_dict_file(junk)
+    torch.save({"weights": [1, 2, 3]}, tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="state dict of tensors"):
+        load_state_dict_file(tmp_path / "list.pth")

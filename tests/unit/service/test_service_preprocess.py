@@ -1,0 +1,160 @@
+"""Image decoding and the timm eval transform: modes, orientation, frames, limits, parity with timm."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.manifest import PreprocessConfig
+from service.preprocess import decode_image, preprocess_image
+
+CFG = PreprocessConfig(input_size=(3, 32, 32), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                       interpolation="bicubic", crop_pct=0.875)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient(w: int = 80, h: int = 60) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None].repeat(w, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], -1).astype(np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_common_formats_become_float32_chw(fmt: str) -> None:
+    out = preprocess_image(encode(gradient(), fmt), CFG, 10**6)
+    assert out.shape == (3, 32, 32) and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "P-transparent", "RGBA", "CMYK", "1", "I;16", "I", "F"])
+def test_every_mode_is_converted_to_rgb(mode: str) -> None:
+    if mode == "I;16":
+        arr = (np.asarray(gradient().convert("L"), dtype=np.uint16) * 257)
+        img = Image.fromarray(arr)
+        data = encode(img, "PNG")
+    elif mode in ("I", "F"):
+        img = gradient().convert("L").convert(mode)
+        data = encode(img, "TIFF")
+    elif mode == "CMYK":
+        data = encode(gradient().convert("CMYK"), "JPEG")
+    elif mode == "P-transparent":
+        data = encode(gradient().convert("P"), "PNG", transparency=0)
+    else:
+        data = encode(gradient().convert(mode), "PNG")
+    rgb = decode_image(data, 10**6)
+    assert rgb.mode == "RGB" and rgb.size == (80, 60)
+
+
+def test_sixteen_bit_grey_is_rescaled_not_clipped() -> None:
+    arr = np.full((10, 10), 65535, dtype=np.uint16)
+    rgb = decode_image(encode(Image.fromarray(arr)), 10**6)
+    assert np.asarray(rgb).min() == 255
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = gradient(80, 40)  # landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rgb = decode_image(encode(img, "JPEG", exif=exif.tobytes()), 10**6)
+    assert rgb.size == (40, 80)
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=10, loop=0)
+    rgb = np.asarray(decode_image(buf.getvalue(), 10**6))
+    assert rgb[0, 0, 0] > 200 and rgb[0, 0, 2] < 50
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    with pytest.raises(PayloadTooLarge):
+        decode_image(_png_header_only(100_000, 100_000), max_pixels=40_000_000)
+    with pytest.raises(PayloadTooLarge):
+        decode_image(encode(gradient(80, 60)), max_pixels=80 * 60 - 1)
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"", InvalidInput),
+        (b"hello world, not an image", UnsupportedMediaType),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", UnsupportedMediaType),
+    ],
+    ids=["empty", "text", "eps-not-allowed"],
+)
+def test_non_images_are_refused(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        decode_image(data, 10**6)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF"])
+def test_truncated_images_are_invalid_input_not_crashes(fmt: str) -> None:
+    data = encode(gradient(200, 200), fmt)
+    for cut in (len(data) // 2, len(data) - 20, 40):
+        with pytest.raises((InvalidInput, UnsupportedMediaType)):
+            decode_image(data[:cut], 10**6)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(97, 61), (61, 97), (40, 40)])
+def test_matches_timm_eval_transform(interpolation: str, size: tuple[int, int]) -> None:
+    timm_data = pytest.importorskip("timm.data")
+    cfg = CFG.model_copy(update={"interpolation": interpolation, "input_size": (3, 24, 24)})
+    img = gradient(*size)
+    transform = timm_data.create_transform(
+        input_size=cfg.input_size, interpolation=interpolation, crop_pct=cfg.crop_pct, mean=cfg.mean, std=cfg.std
+    )
+    expected = transform(img).numpy()
+    got = preprocess_image(encode(img), cfg, 10**6)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_extreme_aspect_ratio_resizes_only_the_crop_region() -> None:
+    import resource
+
+    img = Image.new("RGB", (1, 200_000), (10, 20, 30))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = preprocess_image(encode(img), CFG, 10**6)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert out.shape == (3, 32, 32)
+    expected = (np.array([10, 20, 30]) / 255.0 - np.array(CFG.mean)) / np.array(CFG.std)
+    np.testing.assert_allclose(out[:, 16, 16], expected, atol=1e-2)
+    assert grown_kb < 200_000, f"peak memory grew by {grown_kb} kB"
+
+
+@pytest.mark.parametrize("size", [(40, 2000), (2000, 40)])
+def test_box_resize_matches_full_resize_then_crop(size: tuple[int, int]) -> None:
+    from service.preprocess import resize_and_crop
+
+    img = gradient(*size)
+    cfg = CFG.model_copy(update={"interpolation": "bilinear"})
+    fast = np.asarray(resize_and_crop(img, cfg), dtype=np.int16)
+    # the reference: full resize then crop (what timm does)
+    _, height, width = cfg.input_size
+    scale = int(height / cfg.crop_pct)
+    w, h = img.size
+    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    full = img.resize(new, resample=Image.Resampling.BILINEAR)
+    left, top = int(round((new[0] - width) / 2.0)), int(round((new[1] - height) / 2.0))
+    ref = np.asarray(full.crop((left, top, left + width, top + height)), dtype=np.int16)
+    assert np.abs(fast - ref).max() <= 1

@@ -1,0 +1,269 @@
+"""The registry with fake runtimes: failures stay local, swaps and unloads lose no request, deadlines hold."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady
+from service.fakes import EchoRuntime, FailingRuntime, GatedRuntime, SlowRuntime, fake_factory
+from service.registry import ModelRegistry
+from service.runtime import InferenceRuntime, RuntimeSpec, onnx_runtime_factory
+from service.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
+from tiny_repository import TinyModel, add_version  # noqa: E402
+
+
+def ids(values: list[float], size: int = 32) -> np.ndarray:
+    arr = np.zeros((len(values), 3, size, size), dtype=np.float32)
+    arr[:, 0, 0, 0] = values
+    return arr
+
+
+def by_model(**factories: Callable[[RuntimeSpec], InferenceRuntime]) -> Callable[[RuntimeSpec], InferenceRuntime]:
+    default = factories.pop("default", fake_factory(EchoRuntime))
+
+    def factory(spec: RuntimeSpec) -> InferenceRuntime:
+        return factories.get(spec.name, default)(spec)
+
+    return factory
+
+
+def run(settings: Settings, factory, body) -> None:
+    async def main() -> None:
+        registry = ModelRegistry(settings, runtime_factory=factory)
+        await registry.start(wait=True)
+        try:
+            await body(registry)
+        finally:
+            await registry.shutdown()
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def repo(tiny_repository: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "repo"
+    shutil.copytree(tiny_repository, dst)
+    return dst
+
+
+def test_failed_model_is_reported_beside_serving_ones(tiny_repository: Path) -> None:
+    async def body(registry: ModelRegistry) -> None:
+        states = {m.name: m for m in registry.list_models()}
+        assert states["tiny_a"].state == "ready" and states["tiny_b"].version == 2
+        assert states["tiny_corrupt"].state == "failed" and "cannot create session" in states["tiny_corrupt"].reason
+        assert states["tiny_badsha"].state == "failed" and "sha256 mismatch" in states["tiny_badsha"].reason
+        assert "<repository>" in states["tiny_corrupt"].reason or str(tiny_repository) not in states["tiny_corrupt"].reason
+        assert registry.ready
+        with pytest.raises(ModelNotReady, match="failed"):
+            await registry.infer("tiny_corrupt", ids([1.0]))
+        with pytest.raises(ModelNotFound):
+            await registry.infer("nope", ids([1.0]))
+        out = await registry.infer("tiny_a", ids([1.0, 2.0]))
+        assert out.outputs.shape == (2, 10)
+
+    run(Settings(repository=tiny_repository, warmup="one"), onnx_runtime_factory, body)
+
+
+def test_each_request_gets_its_own_rows_and_bad_inputs_are_refused_before_queueing(tiny_repository: Path) -> None:
+    factory = fake_factory(EchoRuntime)
+
+    async def body(registry: ModelRegistry) -> None:
+        outs = await asyncio.gather(*(registry.infer("tiny_a", ids([float(i), float(i) + 0.5])) for i in range(1, 21)))
+        for i, out in enumerate(outs, start=1):
+            assert out.outputs[:, 0].tolist() == [float(i), float(i) + 0.5]
+        for bad in (
+            ids([1.0]).astype(np.float64),
+            ids([1.0], size=31),
+            ids([0.0] * 9),
+            np.full((1, 3, 32, 32), np.nan, dtype=np.float32),
+        ):
+            with pytest.raises(InvalidInput):
+                await registry.infer("tiny_a", bad)
+        computed = [i for rt in factory.instances for i in rt.computed_ids]  # type: ignore[attr-defined]
+        assert sorted(set(computed) - {0.0}) == sorted({float(i) for i in range(1, 21)} | {i + 0.5 for i in range(1, 21)})
+
+    run(Settings(repository=tiny_repository, models=["tiny_a"]), factory, body)
+
+
+def test_batches_form_under_concurrency(tiny_repository: Path) -> None:
+    factory = fake_factory(SlowRuntime, delay_s=0.02)
+
+    async def body(registry: ModelRegistry) -> None:
+        await asyncio.gather(*(registry.infer("tiny_a", ids([float(i)])) for i in range(24)))
+        batches = factory.instances[-1].batches  # type: ignore[attr-defined]
+        assert max(batches) > 1 and max(batches) <= 8
+        text = registry.metrics.render().decode()
+        assert 'vitserve_batch_size_count{model="tiny_a",version="1"}' in text
+
+    run(Settings(repository=tiny_repository, models=["tiny_a"], warmup="one"), factory, body)
+
+
+def test_runtime_failure_fails_only_that_model(tiny_repository: Path) -> None:
+    factory = by_model(tiny_a=fake_factory(FailingRuntime))
+
+    async def body(registry: ModelRegistry) -> None:
+        with pytest.raises(InferenceFailed):
+            await registry.infer("tiny_a", ids([1.0]))
+        out = await registry.infer("tiny_b", ids([3.0]))
+        assert out.outputs[0, 0] == 3.0
+        assert registry.get_model("tiny_a").state == "ready"
+        assert 'vitserve_batch_failures_total{model="tiny_a",version="1"} 1.0' in registry.metrics.render().decode()
+
+    run(Settings(repository=tiny_repository, models=["tiny_a", "tiny_b"]), factory, body)
+
+
+def test_expired_request_gets_504_and_is_never_computed(tiny_repository: Path) -> None:
+    factory = fake_factory(GatedRuntime)
+
+    async def body(registry: ModelRegistry) -> None:
+        rt = factory.instances[-1]  # type: ignore[attr-defined]
+        rt.computed_ids.clear()
+        first = asyncio.create_task(registry.infer("tiny_a", ids([1.0])))
+        while not rt.entered.is_set():
+            await asyncio.sleep(0.001)
+        late = registry.infer("tiny_a", ids([2.0]), deadline=registry.deadline(20))
+        with pytest.raises(DeadlineExceeded):
+            await late
+        rt.gate.set()
+        await first
+        assert rt.computed_ids == [1.0]
+        assert 'vitserve_deadline_expired_total{model="tiny_a"} 1.0' in registry.metrics.render().decode()
+
+    class OpenAfterWarmup(GatedRuntime):
+        def warmup(self, batch_sizes):  # warm-up must not wait for the test's gate
+            pass
+
+    factory = fake_factory(OpenAfterWarmup)
+    run(Settings(repository=tiny_repository, models=["tiny_a"]), factory, body)
+
+
+def test_hot_reload_swaps_versions_without_failing_requests(repo: Path) -> None:
+    factory = fake_factory(SlowRuntime, delay_s=0.005)
+
+    async def body(registry: ModelRegistry) -> None:
+        assert registry.get_model("tiny_a").version == 1
+        stop = asyncio.Event()
+        answered: list[int] = []
+
+        async def client(k: int) -> None:
+            i = 0
+            while not stop.is_set():
+                out = await registry.infer("tiny_a", ids([k * 1000.0 + i]))
+                assert out.outputs[0, 0] == k * 1000.0 + i
+                answered.append(out.version)
+                i += 1
+
+        clients = [asyncio.create_task(client(k)) for k in range(4)]
+        await asyncio.sleep(0.05)
+        add_version(repo, TinyModel("tiny_a"), 2)
+        info = await registry.load("tiny_a")
+        assert info.version == 2 and info.versions == [2]
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*clients)  # any failed request would raise here
+        assert answered[0] == 1 and answered[-1] == 2
+
+    run(Settings(repository=repo, models=["tiny_a"], warmup="one"), factory, body)
+
+
+def test_polling_picks_up_a_new_version(repo: Path) -> None:
+    async def body(registry: ModelRegistry) -> None:
+        add_version(repo, TinyModel("tiny_a"), 3)
+        for _ in range(200):
+            if registry.get_model("tiny_a").version == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert registry.get_model("tiny_a").version == 3
+
+    run(Settings(repository=repo, models=["tiny_a"], poll_interval_s=0.02), fake_factory(EchoRuntime), body)
+
+
+def test_unload_drains_in_flight_requests_then_refuses(tiny_repository: Path) -> None:
+    factory = fake_factory(SlowRuntime, delay_s=0.02)
+
+    async def body(registry: ModelRegistry) -> None:
+        inflight = [asyncio.create_task(registry.infer("tiny_a", ids([float(i)]))) for i in range(12)]
+        await asyncio.sleep(0.005)
+        info = await registry.unload("tiny_a")
+        assert info.state == "unloaded"
+        results = await asyncio.gather(*inflight)
+        assert [r.outputs[0, 0] for r in results] == [float(i) for i in range(12)]
+        with pytest.raises(ModelNotReady):
+            await registry.infer("tiny_a", ids([1.0]))
+        assert not registry.is_model_ready("tiny_a")
+        info = await registry.load("tiny_a")
+        assert info.state == "ready"
+
+    run(Settings(repository=tiny_repository, models=["tiny_a"], warmup="one"), factory, body)
+
+
+def test_shutdown_turns_readiness_off_and_completes_accepted_work(tiny_repository: Path) -> None:
+    async def main() -> None:
+        registry = ModelRegistry(
+            Settings(repository=tiny_repository, models=["tiny_a"], warmup="one"),
+            runtime_factory=fake_factory(SlowRuntime, delay_s=0.02),
+        )
+        await registry.start(wait=True)
+        assert registry.ready
+        accepted = [asyncio.create_task(registry.infer("tiny_a", ids([float(i)]))) for i in range(20)]
+        await asyncio.sleep(0.005)
+        shutting = asyncio.create_task(registry.shutdown())
+        await asyncio.sleep(0)
+        assert not registry.ready
+        with pytest.raises(ModelNotReady):
+            await registry.infer("tiny_a", ids([99.0]))
+        results = await asyncio.gather(*accepted)
+        await shutting
+        assert [r.outputs[0, 0] for r in results] == [float(i) for i in range(20)]
+
+    asyncio.run(main())
+
+
+def test_classify_returns_top_k_with_timings(tiny_repository: Path) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(buf, "PNG")
+
+    async def body(registry: ModelRegistry) -> None:
+        result = await registry.classify("tiny_b", buf.getvalue(), top_k=3)
+        assert result.version == 2 and len(result.predictions) == 3
+        scores = [p.score for p in result.predictions]
+        assert scores == sorted(scores, reverse=True)
+        t = result.timings
+        assert t.total_ms >= t.queue_ms + t.compute_ms and t.batch_size == 1
+        with pytest.raises(InvalidInput, match="top_k"):
+            await registry.classify("tiny_b", buf.getvalue(), top_k=1000)
+
+    run(Settings(repository=tiny_repository, models=["tiny_b"], warmup="one"), onnx_runtime_factory, body)
+
+
+def test_polling_retries_a_failed_model_only_after_its_directory_changes(repo: Path) -> None:
+    from service.manifest import Manifest, sha256_file
+
+    factory = fake_factory(EchoRuntime)
+
+    async def body(registry: ModelRegistry) -> None:
+        assert registry.get_model("tiny_badsha").state == "failed"
+        await asyncio.sleep(0.1)
+        assert not factory.instances  # unchanged: sha256 still wrong, no session was ever built
+        directory = repo / "tiny_badsha"
+        manifest = Manifest.load(directory)
+        fixed = manifest.model_copy(update={"files": {"1/model.onnx": sha256_file(directory / "1" / "model.onnx")}})
+        fixed.save(directory)
+        for _ in range(200):
+            if registry.get_model("tiny_badsha").state == "ready":
+                break
+            await asyncio.sleep(0.01)
+        assert registry.get_model("tiny_badsha").state == "ready"
+
+    run(Settings(repository=repo, models=["tiny_badsha"], poll_interval_s=0.02), factory, body)

@@ -1,0 +1,84 @@
+"""ONNX Runtime sessions: providers actually obtained, thread settings, warm-up, top-k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.repository import read_model
+from service.runtime import (
+    OnnxRuntime,
+    RuntimeSpec,
+    choose_providers,
+    session_config,
+    top_k_predictions,
+    warmup_sizes,
+)
+
+
+def spec_for(repo: Path, name: str, providers: list[str]) -> RuntimeSpec:
+    entry = read_model(repo, name)
+    cfg = session_config(providers, 0, 1, None, "all", concurrent_sessions=2, cpu_count=4)
+    return RuntimeSpec(name, entry.latest_version, entry.manifest, 8, entry.verify(entry.latest_version), cfg)
+
+
+def test_session_runs_and_reports_the_provider_it_really_got(tiny_repository: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
+    from tiny_repository import TinyModel, expected_logits
+
+    rt = OnnxRuntime(spec_for(tiny_repository, "tiny_a", ["TensorrtExecutionProvider", "CPUExecutionProvider"]))
+    import onnxruntime as ort
+
+    assert rt.provider == rt._session.get_providers()[0]
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        assert rt.provider == "CPUExecutionProvider"
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(rt.run(x), expected_logits(TinyModel("tiny_a"), 1, x), rtol=1e-5, atol=1e-5)
+    rt.warmup(warmup_sizes(8, "all"))
+
+
+def test_thread_settings_share_the_cores() -> None:
+    two = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=2, cpu_count=8)
+    one = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=1, cpu_count=8)
+    assert (two.intra_op_threads, two.allow_spinning) == (4, False)
+    assert (one.intra_op_threads, one.allow_spinning) == (8, True)
+    many = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=16, cpu_count=2)
+    assert many.intra_op_threads == 1
+    explicit = session_config(["CPUExecutionProvider"], 3, 1, True, "all", concurrent_sessions=16, cpu_count=2)
+    assert (explicit.intra_op_threads, explicit.allow_spinning) == (3, True)
+
+
+def test_provider_choice_keeps_order_and_cpu_fallback() -> None:
+    assert choose_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"], ["CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"
+    ]
+    assert choose_providers(["CUDAExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                            unusable=["CUDAExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"],
+                            ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider",
+                                                                                    "CPUExecutionProvider"]
+
+
+def test_warmup_covers_every_batch_size_the_batcher_can_make() -> None:
+    assert warmup_sizes(5, "all") == [1, 2, 3, 4, 5]
+    assert warmup_sizes(12, "pow2") == [1, 2, 4, 8, 12]
+    assert warmup_sizes(12, "one") == [1]
+
+
+def test_signature_mismatch_is_refused(tiny_repository: Path) -> None:
+    spec = spec_for(tiny_repository, "tiny_a", ["CPUExecutionProvider"])
+    bad = spec.manifest.model_copy(update={"input_name": "images"})
+    with pytest.raises(ValueError, match="no input 'images'"):
+        OnnxRuntime(RuntimeSpec(spec.name, 1, bad, 8, spec.model_path, spec.session))
+
+
+def test_top_k_is_sorted_softmax() -> None:
+    logits = np.array([[0.0, 2.0, 1.0]], dtype=np.float32)
+    preds = top_k_predictions(logits, 2, ["a", "b", "c"])[0]
+    assert [p.label for p in preds] == ["b", "c"]
+    assert preds[0].score == pytest.approx(np.exp(2) / (1 + np.exp(1) + np.exp(2)))
+    assert len(top_k_predictions(logits, 10, ["a", "b", "c"])[0]) == 3
