@@ -10,9 +10,10 @@
 #                      onnxruntime-gpu wheel (1.31 links libcublas.so.13 / libcudart.so.13: CUDA 13)
 #   MODEL_SOURCE       export (default: build the repository in the export stage) | prebuilt (copy
 #                      PREBUILT_REPOSITORY from the build context, no torch needed)
-#   MODEL_SPECS        model specs for `vitserve-export build` (default: the demo models)
-#   EXPORT_ARGS        extra arguments for it, e.g. "--checkpoint /checkpoints/vit_small.pth"
-#                      (files in docker/checkpoints/ are copied to /checkpoints)
+#   EXPORT_COMMAND     train (default: the built-in demo models, trained as `make demo` does) | build
+#   MODEL_SPECS        model specs for `vitserve-export build`, e.g. "vit_small vit_small+cb+gab"
+#   EXPORT_ARGS        extra arguments, e.g. "--checkpoint /checkpoints/vit_small.pth" for build or
+#                      "--epochs 1 --spec demo" for train (files in docker/checkpoints/ go to /checkpoints)
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX
 #                      passed to pip as environment (not kept in the image): a mirror, PyTorch's
 #                      CPU-only wheel index for the export stage, or a local wheelhouse.
@@ -31,7 +32,8 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_NO_INDEX
-ARG MODEL_SPECS="demo demo+cb demo+gab demo+reattn"
+ARG EXPORT_COMMAND=train
+ARG MODEL_SPECS=""
 ARG EXPORT_ARGS=""
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
 WORKDIR /src
@@ -44,7 +46,7 @@ RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir --disable-pip-version-check ".[export]"
 COPY docker/checkpoints /checkpoints
 # MODEL_SPECS / EXPORT_ARGS are split into words on purpose (several specs, several options)
-RUN vitserve-export build --repository /models ${MODEL_SPECS} ${EXPORT_ARGS} \
+RUN vitserve-export "${EXPORT_COMMAND}" --repository /models ${MODEL_SPECS} ${EXPORT_ARGS} \
     && ls -R /models
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,13 +23,21 @@ from bench.loadgen import LoadPoint, MeasureConfig, sweep
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models, model_file
 from bench.overhead import measure_overhead
-from bench.payloads import classify_request, encode_image, infer_request, synthetic_image
+from bench.payloads import RequestSpec, classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import vitserve_server
 from bench.report import command_line, md_table, perf_analyzer_table, plot_latency_throughput, write_result
 
 TARGET_BINARY = 0.90
 TARGET_JPEG = 0.80
 TARGET_ADDED_MS = 2.0
+
+#: ORT thread settings tried by `--tune` (issue 5: thread settings, spinning), as service settings
+TUNING: dict[str, dict[str, str]] = {
+    "service default": {},
+    "spinning off": {"VITSERVE_ALLOW_SPINNING": "false"},
+    "1 intra-op thread": {"VITSERVE_INTRA_OP_THREADS": "1"},
+    "1 intra-op thread, spinning off": {"VITSERVE_INTRA_OP_THREADS": "1", "VITSERVE_ALLOW_SPINNING": "false"},
+}
 
 
 def measure_config(quick: bool) -> MeasureConfig:
@@ -48,7 +56,20 @@ def raw_batch_sizes(max_batch: int) -> list[int]:
     return [b for b in sizes if b <= max_batch] + ([max_batch] if max_batch not in sizes else [])
 
 
-def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, env: dict[str, str] | None = None) -> Path:
+def tune(repository: Path, name: str, spec: RequestSpec, cfg: MeasureConfig, base_env: dict[str, str],
+         log_dir: Path) -> dict[str, LoadPoint]:
+    """The service at concurrency 16 under each TUNING setting (each on a fresh server)."""
+    out: dict[str, LoadPoint] = {}
+    for label, extra in TUNING.items():
+        print(f"[ceiling] tuning: {label} {extra}", file=sys.stderr, flush=True)
+        with vitserve_server(repository, [name], env={**base_env, **extra}, log_path=log_dir / f"tune-{name}.log") as srv:
+            stats = f"/v2/models/{name}/stats"
+            out[label] = sweep(srv.url, spec, concurrencies=[16], cfg=cfg, protocol="v2-binary", stats_path=stats)[0]
+    return out
+
+
+def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, env: dict[str, str] | None = None,
+        tuning: bool = False) -> Path:
     machine = machine_info()
     repository = cache / "repository"
     model = BenchModel(preset)
@@ -86,6 +107,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         v2_points = sweep(srv.url, v2, concurrencies=concurrencies, cfg=cfg, protocol="v2-binary", stats_path=stats)
         jpeg_points = sweep(srv.url, v1, concurrencies=[1, 16] if quick else concurrencies, cfg=cfg, protocol="v1-jpeg",
                             stats_path=stats)
+    tuned = tune(repository, name, v2, cfg, env or {}, log.parent) if tuning else {}
     machine = machine.finish()
 
     def at(points: list[LoadPoint], c: int) -> LoadPoint:
@@ -118,6 +140,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "service_jpeg": jpeg_points,
         "generator_overhead": overhead,
         "server_env": env or {},
+        "tuning": {label: {"env": TUNING[label], "point": p, "ratio_to_raw": p.inferences_per_second / best.images_per_s}
+                   for label, p in tuned.items()},
         "targets": targets,
     }
     md = [
@@ -147,6 +171,17 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "",
         perf_analyzer_table(jpeg_points),
     ]
+    if tuned:
+        md += [
+            "",
+            "## ORT thread settings (v2 binary, concurrency 16, each on a fresh server)",
+            "",
+            md_table(["setting", "env", "ratio to raw best", "infer/s", "p50 ms", "p99 ms", "server compute us", "server queue us"],
+                     [[label, " ".join(f"{k}={v}" for k, v in TUNING[label].items()) or "—",
+                       p.inferences_per_second / best.images_per_s, p.inferences_per_second, p.latency_us["p50"] / 1e3,
+                       p.latency_us["p99"] / 1e3, p.server_us.get("compute"), p.server_us.get("queue")]
+                      for label, p in tuned.items()]),
+        ]
     directory = write_result("ceiling", data, "\n".join(md), out_dir)
     # one file per preset too, so demo and vit_small runs do not overwrite each other
     (directory / f"ceiling_{preset}.md").write_text((directory / "ceiling.md").read_text())

@@ -125,7 +125,8 @@ def cmd_ceiling(args: argparse.Namespace) -> int:
 
     env = dict(kv.split("=", 1) for kv in args.server_env)
     for preset in _presets(args, ["demo"]):
-        print(f"results in {ceiling.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, env=env)}")
+        directory = ceiling.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, env=env, tuning=args.tune)
+        print(f"results in {directory}")
     return 0
 
 
@@ -140,7 +141,9 @@ def cmd_gemm(args: argparse.Namespace) -> int:
 def cmd_int8(args: argparse.Namespace) -> int:
     from bench import int8
 
-    print(f"results in {int8.run(_presets(args, ['demo', 'vit_small']), quick=args.quick, cache=args.cache, out_dir=args.out)}")
+    directory = int8.run(_presets(args, ["demo", "vit_small"]), quick=args.quick, cache=args.cache, out_dir=args.out,
+                         trained=args.trained_repository)
+    print(f"results in {directory}")
     return 0
 
 
@@ -194,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", action="append", help="repeatable (default: demo)")
     p.add_argument("--server-env", action="append", default=[], metavar="VITSERVE_X=value",
                    help="extra service setting as an environment variable (repeatable)")
+    p.add_argument("--tune", action="store_true",
+                   help="also measure concurrency 16 with other ORT thread/spinning settings (one server each)")
     _common(p)
     p.set_defaults(func=cmd_ceiling)
 
@@ -206,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("int8", help="comparison 5: dynamic int8 vs fp32 throughput, agreement, digits accuracy")
     p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
+    p.add_argument("--trained-repository", type=Path, default=None,
+                   help="reuse a repository holding the trained demo and demo-int8 instead of training them")
     _common(p)
     p.set_defaults(func=cmd_int8)
 

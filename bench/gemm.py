@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.inproc import Timing, ort_session, time_call, time_ort
+from bench.inproc import Timing, ort_op_profile, ort_session, time_call, time_ort
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models, model_file
 from bench.report import command_line, md_table, plot_bars, write_result
@@ -91,6 +91,13 @@ def run(preset: str, *, quick: bool, cache: Path, batch: int = 32, out_dir: Path
     sess = ort_session(model_file(repository, model.model_name))
     t: Timing = time_ort(sess, [batch], min_repeats=3 if quick else 10, min_time_s=min_time)[0]
     del sess
+    print(f"[gemm] ORT profile of {model.model_name} at batch {batch}", file=sys.stderr, flush=True)
+    profile = ort_op_profile(model_file(repository, model.model_name), batch, runs=3 if quick else 10)
+    profiled_total = sum(profile.values())
+    matmul_time = sum(v for k, v in profile.items() if k in ("MatMul", "FusedMatMul", "Gemm", "Conv"))
+    by_op = manifest.costs.by_op
+    matmul_flops = sum(by_op.get(k, 0) for k in ("MatMul", "Gemm", "Conv")) * batch
+    in_graph_gemm_rate = matmul_flops / matmul_time / 1e9 if matmul_time > 0 else float("nan")
     gemm_flops = 2 * manifest.costs.macs
     achieved = gemm_flops * batch / t.median_s / 1e9
     achieved_total = manifest.costs.flops * batch / t.median_s / 1e9
@@ -113,6 +120,9 @@ def run(preset: str, *, quick: bool, cache: Path, batch: int = 32, out_dir: Path
         "gemm_rates": gemms,
         "peak_gemm": peak,
         "targets": [target],
+        "op_profile_s": profile,
+        "matmul_share_of_time": matmul_time / profiled_total if profiled_total else float("nan"),
+        "in_graph_matmul_gflops": in_graph_gemm_rate,
     }
     md = [
         f"# Comparison 4 — physical limit: {model.model_name} vs this machine's fp32 GEMM rate",
@@ -128,6 +138,15 @@ def run(preset: str, *, quick: bool, cache: Path, batch: int = 32, out_dir: Path
         f"FLOPs ({manifest.costs.flops / 1e9:.2f} GFLOP/image). Fastest GEMM measured: {peak['gflops']:.1f} GFLOP/s "
         f"({peak['engine']}, {'x'.join(map(str, peak['shape']))}; only GEMMs of at least 1 GFLOP count "
         "towards the machine's rate, smaller ones are listed for reference).",
+        "",
+        "## Where the time goes (ORT profiler, one batch)",
+        "",
+        f"MatMul/Gemm/Conv kernels take {matmul_time / profiled_total:.0%} of the profiled kernel time and run at "
+        f"{in_graph_gemm_rate:.1f} GFLOP/s inside the graph; the rest is element-wise work (Softmax, LayerNorm, "
+        "Add, Split/Transpose...) that the GEMM rate does not bound.",
+        "",
+        md_table(["op type", "ms per batch (this machine)", "share"],
+                 [[k, v * 1000, v / profiled_total] for k, v in list(profile.items())[:12]]),
         "",
         "## fp32 GEMM rates measured in this run (this machine)",
         "",

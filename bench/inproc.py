@@ -121,3 +121,36 @@ def best_throughput(timings: Sequence[Timing]) -> Timing:
     if not timings:
         raise ValueError("no timings")
     return max(timings, key=lambda t: t.images_per_s)
+
+
+def ort_op_profile(model: Path | str, batch_size: int, *, runs: int = 3, seed: int = 0) -> dict[str, float]:
+    """Seconds per run spent in each ONNX op type (ORT's own profiler, mean over `runs` after one warm-up)."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = usable_cores()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        sess = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        x = np.random.default_rng(seed).standard_normal((batch_size, *input_shape(sess)), dtype=np.float32)
+        sess.run(None, {inp.name: x})
+        for _ in range(runs):
+            sess.run(None, {inp.name: x})
+        trace = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    model_runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    first_measured = model_runs[1]["ts"] if len(model_runs) > 1 else 0
+    for e in trace:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e.get("ts", 0) < first_measured:
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e6 / runs
+    return dict(sorted(by_op.items(), key=lambda kv: -kv[1]))

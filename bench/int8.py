@@ -23,10 +23,19 @@ from bench.models import BenchModel, ensure_models, model_file
 from bench.report import command_line, md_table, plot_bars, write_result
 
 
-def _trained_demo(cache: Path) -> Path:
-    """A repository with the demo model trained on the digits and its int8 copy (trained once, cached)."""
-    repository = cache / "trained"
+def _trained_demo(cache: Path, trained: Path | None) -> Path:
+    """A repository with the demo model trained on the digits and its int8 copy (trained once, cached).
+
+    `trained` names an existing repository holding `demo` and `demo-int8` (e.g. the one the Docker
+    image builds) to reuse instead of training.
+    """
     from bench.models import is_built
+
+    if trained is not None:
+        if not (is_built(trained, "demo") and is_built(trained, "demo-int8")):
+            raise ValueError(f"{trained} does not hold both demo and demo-int8 (build it with int8 copies)")
+        return trained
+    repository = cache / "trained"
 
     if not (is_built(repository, "demo") and is_built(repository, "demo-int8")):
         from export.train import train_demo_repository
@@ -63,7 +72,7 @@ def _compare(repository: Path, name: str, x: np.ndarray, y: np.ndarray | None, b
     return out
 
 
-def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None) -> Path:
+def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None, trained: Path | None = None) -> Path:
     machine = machine_info()
     results = []
     for preset in presets:
@@ -71,11 +80,14 @@ def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = 
             from export.presets import get_preset
             from export.train import digits_split, pixel_values
 
-            repository = _trained_demo(cache)
+            repository = _trained_demo(cache, trained)
             split = digits_split()
             x = pixel_values(split.test_images, get_preset("demo").data)
             res = _compare(repository, "demo", np.ascontiguousarray(x, dtype=np.float32), split.test_labels, 64, quick)
-            res["inputs"] = f"held-out sklearn digits ({len(x)} images), trained weights"
+            from service.manifest import Manifest
+
+            weights = Manifest.load(repository / "demo").provenance.weights
+            res["inputs"] = f"held-out sklearn digits ({len(x)} images), weights {weights}"
         else:
             repository = cache / "repository"
             ensure_models([BenchModel(preset)], repository, int8=True)

@@ -75,6 +75,18 @@ def ensure_venv(peer: str, cache: Path) -> Path:
     return python
 
 
+_KEY_PACKAGES = ("litserve", "bentoml", "ray", "nvidia-pytriton", "onnxruntime", "numpy", "fastapi", "uvicorn",
+                 "starlette", "tritonclient")
+
+
+def installed_versions(python: Path) -> dict[str, str]:
+    """The versions pip actually installed in a peer's virtualenv (the key packages)."""
+    out = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    return {p["name"]: p["version"] for p in json.loads(out.stdout) if p["name"].lower() in _KEY_PACKAGES}
+
+
 def _libpython_dir(python: Path) -> str:
     out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                          check=True, capture_output=True, text=True)
@@ -236,13 +248,18 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
                 md += ["", perf_analyzer_table([r["at_common_load"][label]])]
         for label, err in r["failures"].items():
             md += ["", f"**{label} failed:** `{err.splitlines()[-1] if err else ''}`"]
+    versions = {p: installed_versions(pythons[p]) for p in peers}
+    version_line = "Versions: " + "; ".join(
+        f"{p}: " + ", ".join(f"{k} {v}" for k, v in sorted(vs.items())) for p, vs in versions.items())
+    md += ["", version_line]
     data = {"comparison": "peers", "quick": quick, "command": command_line(), "machine": machine, "peers": peers,
-            "versions": {p: (PEERS_DIR / p / "requirements.txt").read_text() for p in peers},
+            "versions": versions,
             "results": results, "targets": targets,
             "summary_markdown": "\n".join(["Targets:", "", md_table(
                 ["target", "goal", "measured", "met"],
                 [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets]), "",
-                summary_table])}
+                summary_table, "", version_line,
+                "", f"Plots: latency vs throughput per server in bench/results/peers/; details in bench/results/peers/peers.md."])}
     directory = write_result("peers", data, "\n".join(md), out_dir)
     for name, r in results.items():
         plot_latency_throughput(r["saturation"], directory / f"latency_throughput_{name}.png",

@@ -40,6 +40,17 @@ def _targets(rows: list[dict[str, Any]], source: str) -> list[list[Any]]:
     return [[t["target"], t["goal"], fmt(t["measured"]), "**met**" if t["met"] else "**missed**", source] for t in rows]
 
 
+def _tuning_lines(c: dict[str, Any]) -> list[str]:
+    tuned = c.get("tuning") or {}
+    if not tuned:
+        return []
+    rows = [[label, " ".join(f"{k}={v}" for k, v in t["env"].items()) or "—", t["ratio_to_raw"],
+             t["point"]["inferences_per_second"], t["point"]["latency_us"]["p50"] / 1e3,
+             t["point"]["latency_us"]["p99"] / 1e3] for label, t in tuned.items()]
+    return ["ORT thread settings, v2 binary at concurrency 16 (each on a fresh server):", "",
+            md_table(["setting", "env", "ratio to raw best", "infer/s (this machine)", "p50 ms", "p99 ms"], rows), ""]
+
+
 def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     out = out or REPO_ROOT / "BENCHMARKS.md"
     base = out.parent
@@ -75,6 +86,19 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     else:
         md.append("No results yet: run the commands below.")
 
+    md += ["", "## Method", "",
+           "- Load generator (`bench/loadgen.py`): aiohttp on uvloop, request bodies prebuilt, keep-alive connections, "
+           "no response compression requested. Closed loop keeps N requests outstanding; open loop starts requests at "
+           "Poisson arrival times and counts latency from the *scheduled* start (no coordinated omission). Each point "
+           "has a warm-up, then windows until the last 3 agree within 10 % on throughput and p95 (perf_analyzer's "
+           "rule) or the window limit (then marked unstable). Columns use perf_analyzer's names, in usec.",
+           "- Server-side split: per response from vitserve's `Server-Timing` header on `/v1`, from deltas of "
+           "`/v2/models/{m}/stats` (Triton's statistics, as perf_analyzer reads them) on `/v2`.",
+           "- The generator shares the cores with the server: every point records the client's CPU use (cores), and "
+           "its own ceiling is measured against a trivial local HTTP server in the same run.",
+           "- Raw ONNX Runtime: one in-process session configured as vitserve's single-model session (all cores, "
+           "sequential, spinning on, full graph optimisation); medians of repeated runs.",
+           ]
     md += ["", "## Targets (issue 5)", ""]
     trows: list[list[Any]] = []
     for preset, c in ceilings.items():
@@ -141,6 +165,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
             + f". Load generator ceiling: {gen['max_requests_per_second']:,.0f} req/s, "
             f"{gen['client_cpu_us_per_request']:.0f} µs client CPU per request.",
             "",
+            *_tuning_lines(c),
             "![latency vs throughput](" + _rel(results / "ceiling" / f"latency_throughput_{preset}.png", base) + ")",
             "",
             "Details: [" + _rel(results / "ceiling" / f"ceiling_{preset}.md", base) + "]("
@@ -162,6 +187,11 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
              [f"{gemm['model']} batch {gemm['batch_size']} (all FLOPs)",
               gemm["achieved_gflops_total"] / peak["gflops"], gemm["achieved_gflops_total"]],
              [f"fastest fp32 GEMM ({peak['engine']}, {'x'.join(map(str, peak['shape']))})", 1.0, peak["gflops"]]]),
+            "",
+            f"ORT profile at batch {gemm['batch_size']}: MatMul/Gemm/Conv kernels take "
+            f"{gemm.get('matmul_share_of_time', float('nan')):.0%} of kernel time and reach "
+            f"{gemm.get('in_graph_matmul_gflops', float('nan')):.1f} GFLOP/s inside the graph (top ops: "
+            + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in list((gemm.get("op_profile_s") or {}).items())[:5]) + ").",
             "", "![GFLOP/s](" + _rel(results / "gemm" / ("gflops_" + gemm["model"] + ".png"), base) + ")", ""]
     else:
         md += ["Not run.", ""]

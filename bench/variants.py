@@ -103,7 +103,7 @@ def markdown(preset_result: dict[str, Any]) -> str:
 
 def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None) -> Path:
     machine = machine_info()
-    repository = cache / "variants"
+    repository = cache / "repository"
     results = [measure_preset(p, repository, quick=quick) for p in presets]
     machine = machine.finish()
     md = [

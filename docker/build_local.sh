@@ -18,7 +18,8 @@
 #                   (checks that stage's build steps and onnxruntime-gpu; without a GPU it serves on CPU)
 #      MODEL_SOURCE prebuilt (default: bake REPOSITORY in) | export: run the Dockerfile's export stage
 #                   (torch + timm from the wheelhouse, several GB) to build MODEL_SPECS inside the build
-#      MODEL_SPECS  specs for the export stage (default "demo demo+cb")
+#      EXPORT_COMMAND, MODEL_SPECS, EXPORT_ARGS   for the export stage (default: build "demo demo+cb";
+#                   EXPORT_COMMAND=train EXPORT_ARGS="--epochs 1" runs the Dockerfile's default, shortened)
 #      KEEP=1       leave the container running
 set -euo pipefail
 
@@ -87,7 +88,9 @@ mkdir -p "$WHEELHOUSE"
 "$VENV/bin/python" docker/runtime_requirements.py --flavour "$TARGET" > "$WORK/requirements-$TARGET.txt"
 log "wheelhouse: pip download $(tr '\n' ' ' < "$WORK/requirements-$TARGET.txt")setuptools wheel"
 MODEL_SOURCE="${MODEL_SOURCE:-prebuilt}"
-MODEL_SPECS="${MODEL_SPECS:-demo demo+cb}"
+EXPORT_COMMAND="${EXPORT_COMMAND:-build}"
+if [[ "$EXPORT_COMMAND" == build ]]; then MODEL_SPECS="${MODEL_SPECS:-demo demo+cb}"; else MODEL_SPECS="${MODEL_SPECS:-}"; fi
+EXPORT_ARGS="${EXPORT_ARGS:-}"
 if [[ "$MODEL_SOURCE" == export ]]; then
     # the export stage installs ".[export]": the base dependencies (markers as on Linux x86_64) + the extra
     "$VENV/bin/python" - > "$WORK/requirements-export.txt" <<'PY'
@@ -128,7 +131,9 @@ DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain --target "$TAR
     --build-arg MODEL_SOURCE="$MODEL_SOURCE" \
     --build-arg PREBUILT_REPOSITORY="$REPOSITORY" \
     --build-arg EXPORT_BASE_IMAGE="$BASE_TAG" \
+    --build-arg EXPORT_COMMAND="$EXPORT_COMMAND" \
     --build-arg MODEL_SPECS="$MODEL_SPECS" \
+    --build-arg EXPORT_ARGS="$EXPORT_ARGS" \
     --build-arg PIP_NO_INDEX=1 \
     --build-arg PIP_FIND_LINKS="http://127.0.0.1:$WHEEL_PORT/" \
     -t "$IMAGE_TAG" . 2>&1 | tee "$WORK/docker-build.log" | grep -E '^#[0-9]+ (\[|DONE|ERROR)|onnxruntime [0-9]|ERROR' || true
@@ -185,4 +190,5 @@ if [[ "${KEEP:-0}" != 1 ]]; then
     log "docker stop: exited $code after $(( $(date +%s) - t0 )) s (SIGTERM -> drain)"
     "$DOCKER" logs "$CONTAINER" 2>&1 | tail -5
 fi
+[[ "$MODEL_SOURCE" == export ]] && REPOSITORY="export stage: $EXPORT_COMMAND $MODEL_SPECS $EXPORT_ARGS"
 log "SUMMARY target=$TARGET model_source=$MODEL_SOURCE image=$IMAGE_TAG size_mib=$((size / 1024 / 1024)) build_s=$build_s base=$BASE_TAG repository=$REPOSITORY"

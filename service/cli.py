@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from typing import Any
 
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)) if settings.drain_timeout_s else None,
+        # a little longer than the batchers' drain, so requests failed at the drain timeout still get their 503
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 2,
         access_log=False,
         server_header=False,
     )

@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 
 from service.batcher import Batcher, BatcherStopped, BatchLimits
 from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelNotReady, Overloaded, ServiceError
+from service.loader import RuntimeFactory, batch_limits, build_version, directory_fingerprint, first_line
 from service.metrics import Metrics
 from service.repository import (
     ModelEntry,
@@ -34,24 +34,13 @@ from service.repository import (
     list_model_names,
     read_model,
 )
-from service.runtime import (
-    InferenceRuntime,
-    RuntimeSpec,
-    SessionConfig,
-    onnx_runtime_factory,
-    session_config,
-    top_k_predictions,
-    warmup_sizes,
-)
+from service.runtime import InferenceRuntime, SessionConfig, onnx_runtime_factory, session_config, top_k_predictions
 from service.schemas import BatchingInfo, ClassifyResult, ModelInfo, Timings
 from service.settings import Settings
 from service.stats import VersionObserver
 from service.v2_meta import ModelStatistics
 
 log = logging.getLogger("vitserve.registry")
-
-RuntimeFactory = Callable[[RuntimeSpec], InferenceRuntime]
-
 
 @dataclass
 class LoadedVersion:
@@ -112,6 +101,8 @@ class ModelRegistry:
         self._draining = False
         self._session: SessionConfig | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._retiring: set[asyncio.Task[Any]] = set()
+        self._drain_task: asyncio.Task[int] | None = None
         threads = settings.preprocess_threads or os.cpu_count() or 1
         self._preprocess_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vitserve-preprocess")
         self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitserve-load")
@@ -147,19 +138,44 @@ class ModelRegistry:
         log.info("initial load done: %s", {n: h.state for n, h in self._models.items()})
 
     def begin_drain(self) -> None:
-        """Readiness false first (load balancers stop sending); accepted work still completes."""
+        """Readiness false at once (load balancers stop sending), intake stops and the batchers start
+        draining now, so what is left at the drain timeout gets a clean 503 (not a cancelled connection).
+
+        Safe to call from a signal handler (it only schedules the drain on the loop)."""
+        if self._draining:
+            return
         self._draining = True
         self.metrics.server_ready.set(0.0)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain_batchers())
+
+    async def _drain_batchers(self) -> int:
+        """Accepted requests finish for up to drain_timeout_s; what is left then fails with 503."""
+        versions = [lv for h in self._models.values() for lv in h.versions.values()]
+        stops = [lv.batcher.stop(self.settings.drain_timeout_s) for lv in versions]
+        # versions swapped out just before (still retiring) finish their requests in the same window
+        results = await asyncio.gather(*stops, *list(self._retiring), return_exceptions=True)
+        failed = sum(r for r in results[: len(stops)] if isinstance(r, int))
+        if failed:
+            log.warning("drain timeout: %d accepted requests failed", failed)
+        return failed
 
     async def shutdown(self) -> None:
         """Stop intake, drain every batcher up to the drain timeout, close the sessions."""
         self.begin_drain()
         for task in list(self._tasks):
             task.cancel()
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain_batchers())
+        await self._drain_task
         versions = [lv for h in self._models.values() for lv in h.versions.values()]
-        failed = await asyncio.gather(*(lv.batcher.stop(self.settings.drain_timeout_s) for lv in versions))
-        if any(failed):
-            log.warning("drain timeout: %d requests failed", sum(failed))
         for lv in versions:
             lv.runtime.close()
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
@@ -182,38 +198,10 @@ class ModelRegistry:
 
     # -- loading -----------------------------------------------------------------------------
     def _limits(self, entry: ModelEntry) -> BatchLimits:
-        s, cfg = self.settings, entry.config
-        max_batch = s.max_batch_size or cfg.max_batch_size
-        db = cfg.dynamic_batching
-        delay_s = s.max_queue_delay_ms / 1000 if s.max_queue_delay_ms is not None else (
-            db.max_queue_delay_microseconds / 1e6 if db else 0.0
-        )
-        policy_size = db.default_queue_policy.max_queue_size if db and db.default_queue_policy else 0
-        queue = s.max_queue_size or policy_size or 8 * max_batch
-        return BatchLimits(max_batch_size=max_batch, max_queue_delay_s=delay_s, max_queue_size=max(queue, max_batch))
+        return batch_limits(entry, self.settings)
 
     def _build_version(self, entry: ModelEntry, version: int) -> InferenceRuntime:
-        """Blocking: verify the file, open the session, warm up every batch size. Runs in a thread."""
-        path = entry.verify(version)
-        limits = self._limits(entry)
-        spec = RuntimeSpec(
-            name=entry.name,
-            version=version,
-            manifest=entry.manifest,
-            max_batch_size=limits.max_batch_size,
-            model_path=path,
-            session=self._session or SessionConfig(),
-        )
-        try:
-            runtime = self._factory(spec)
-        except Exception as exc:  # noqa: BLE001 - corrupt graph, provider failure...
-            raise ModelLoadError(entry.name, f"version {version}: cannot create session: {_first_line(exc)}") from exc
-        try:
-            runtime.warmup(warmup_sizes(limits.max_batch_size, self.settings.warmup))
-        except Exception as exc:  # noqa: BLE001
-            runtime.close()
-            raise ModelLoadError(entry.name, f"version {version}: warm-up failed: {_first_line(exc)}") from exc
-        return runtime
+        return build_version(entry, version, self.settings, self._session or SessionConfig(), self._factory)
 
     async def _load(self, handle: ModelHandle, only_if_changed: bool = False) -> None:
         async with handle.lock:
@@ -244,7 +232,7 @@ class ModelRegistry:
                 return
             except Exception as exc:  # noqa: BLE001
                 log.exception("model %s: unexpected load error", handle.name)
-                self._load_failed(handle, f"unexpected load error: {_first_line(exc)}", serving_before)
+                self._load_failed(handle, f"unexpected load error: {first_line(exc)}", serving_before)
                 return
             limits = self._limits(entry)
             new_versions: dict[int, LoadedVersion] = {}
@@ -261,7 +249,9 @@ class ModelRegistry:
             log.info("model %s ready: versions %s on %s in %.2fs", entry.name, sorted(new_versions),
                      handle.default.runtime.provider if handle.default else "?", handle.load_seconds)
             if old:
-                self._spawn(self._retire(list(old.values())))
+                task = asyncio.get_running_loop().create_task(self._retire(list(old.values())))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     def _load_failed(self, handle: ModelHandle, reason: str, keep_serving: bool) -> None:
         reason = reason.replace(str(self.settings.repository), "<repository>")
@@ -321,7 +311,8 @@ class ModelRegistry:
             raise ModelNotFound(f"no model {name!r} in the repository")
         handle = self._models.setdefault(name, ModelHandle(name=name))
         await self._load(handle)
-        if handle.state == "failed":
+        if handle.state == "failed" or (handle.reason or "").startswith("reload failed"):
+            # like Triton: a failed load is an error even when the previous version keeps serving
             raise InvalidInput(f"failed to load {name}: {handle.reason}")
         return self.get_model(name)
 
@@ -560,20 +551,3 @@ class ModelRegistry:
                 raise r
             out.append((n, r))
         return out
-
-
-def directory_fingerprint(root: Path, name: str) -> tuple[Any, ...]:
-    """What changes when a model directory is edited: names and mtimes of its files and version dirs."""
-    directory = root / name
-    try:
-        items = [(p.name, p.stat().st_mtime_ns) for p in sorted(directory.iterdir())]
-        items += [(f"{p.parent.name}/{p.name}", p.stat().st_mtime_ns) for p in sorted(directory.glob("*/*"))]
-    except OSError:
-        return ()
-    return tuple(items)
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    text = f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
-    return text[:limit]

@@ -8,6 +8,7 @@ extension (index, load, unload — the last two behind the API key).
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from service.api.common import cancel_on_disconnect, check_key, model_label, track
-from service.errors import ModelNotFound
+from service.errors import ModelNotFound, PayloadTooLarge
 from service.registry import ModelRegistry
 from service.repository import parse_version
 from service.schemas import ModelInfo
@@ -51,6 +52,8 @@ except Exception:  # noqa: BLE001 - running from a source tree
 
 
 LARGE_BODY_BYTES = 256 * 1024
+JSON_BYTES_PER_NUMBER = 32
+JSON_ENVELOPE_BYTES = 64 * 1024
 
 
 class LiveResponse(BaseModel):
@@ -175,11 +178,23 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> None:
             body = decode_content_encoding(
                 await request.body(), request.headers.get("content-encoding"), max_size=settings.max_body_bytes
             )
+            header_length = parse_header_length(request.headers.get(HEADER_LENGTH_HEADER))
+            specs = input_specs(entry.config)
+            if header_length is None and all(d >= 0 for spec in specs.values() for d in spec.dims):
+                # a JSON tensor is ~10-25 bytes per number: refuse bodies no legal request can need before
+                # pydantic builds millions of Python floats on the event loop (it holds the GIL)
+                numbers = max_batch * sum(math.prod(spec.dims) for spec in specs.values())
+                limit = numbers * JSON_BYTES_PER_NUMBER + JSON_ENVELOPE_BYTES
+                if len(body) > limit:
+                    raise PayloadTooLarge(
+                        f"JSON infer body of {len(body)} bytes exceeds {limit} bytes for {numbers} numbers; "
+                        "use the binary tensor extension for large tensors"
+                    )
             parse = functools.partial(
                 parse_infer_request,
                 body,
-                parse_header_length(request.headers.get(HEADER_LENGTH_HEADER)),
-                expected_inputs=input_specs(entry.config),
+                header_length,
+                expected_inputs=specs,
                 max_batch_size=max_batch,
             )
             # a large JSON tensor takes a while to parse: not on the event loop

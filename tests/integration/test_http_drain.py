@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from service_server import start_server
 
 

@@ -63,7 +63,8 @@ def test_dockerfile_stages_base_images_and_runtime_hardening() -> None:
         assert f"ARG {arg}=" in preamble, f"{arg} must be a build argument before the first FROM"
     assert {"export", "repository-prebuilt", "repository-export", "repository", "gpu", "cpu"} <= set(stages)
     assert stages["export"][0].startswith("FROM ${EXPORT_BASE_IMAGE}")
-    assert any("vitserve-export build --repository /models" in line for line in stages["export"])
+    assert any('vitserve-export "${EXPORT_COMMAND}" --repository /models' in line for line in stages["export"])
+    assert "ARG EXPORT_COMMAND=train" in stages["export"], "the demo repository is what the image gets by default"
     assert stages["gpu"][0].startswith("FROM ${CUDA_BASE_IMAGE}")
     assert stages["cpu"][0].startswith("FROM ${BASE_IMAGE}")
     for name, flavour in (("gpu", "gpu"), ("cpu", "cpu")):

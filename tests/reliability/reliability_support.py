@@ -212,6 +212,7 @@ class GoodTraffic:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        wait_until(lambda: len(self.statuses) >= 4, 30)  # the good traffic overlaps the attack, however short
         self._stop.set()
         for t in self._threads:
             t.join(60)

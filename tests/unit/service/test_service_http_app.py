@@ -48,7 +48,7 @@ def run(settings: Settings, body: Callable[[httpx.AsyncClient], Awaitable[None]]
 
 @pytest.fixture
 def settings(tiny_repository: Path) -> Settings:
-    return Settings(repository=tiny_repository, warmup="one", api_key=KEY, max_body_bytes=200_000,
+    return Settings(repository=tiny_repository, warmup="one", api_key=KEY, max_body_bytes=4_000_000,
                     max_image_pixels=1_000_000)
 
 
@@ -122,7 +122,7 @@ def test_models_listing_shows_state_reason_provider_and_costs(settings: Settings
         ("/v1/models/tiny_a/classify?top_k=1000", dict(content=png(), headers={"content-type": "image/png"}), 400),
         ("/v1/models/tiny_a/classify?deadline_ms=-1", dict(content=png(), headers={"content-type": "image/png"}), 400),
         ("/v1/models/tiny_a/classify", dict(content=png(1200, 1000), headers={"content-type": "image/png"}), 413),
-        ("/v1/models/tiny_a/classify", dict(content=b"x" * 300_000, headers={"content-type": "image/png"}), 413),
+        ("/v1/models/tiny_a/classify", dict(content=b"x" * 4_100_000, headers={"content-type": "image/png"}), 413),
         ("/v1/models/nope/classify", dict(content=png(), headers={"content-type": "image/png"}), 404),
         ("/v1/models/..%2Fetc/classify", dict(content=png(), headers={"content-type": "image/png"}), 404),
         ("/v1/models/tiny_corrupt/classify", dict(content=png(), headers={"content-type": "image/png"}), 503),
@@ -144,8 +144,8 @@ def test_error_statuses_are_json(settings: Settings, path: str, kw: dict, status
 def test_body_limit_applies_while_streaming_without_content_length(settings: Settings) -> None:
     async def body(c: httpx.AsyncClient) -> None:
         async def chunks() -> AsyncIterator[bytes]:
-            for _ in range(40):
-                yield b"x" * 10_000
+            for _ in range(50):
+                yield b"x" * 100_000
 
         r = await c.post("/v1/models/tiny_a/classify", content=chunks(), headers={"content-type": "image/png"})
         assert r.status_code == 413 and "error" in r.json()
@@ -182,6 +182,10 @@ def test_v2_json_infer_matches_onnx_runtime_in_process(settings: Settings, tiny_
         wrong_type = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "INT64",
                                   "data": [0] * 3072}]}
         assert (await c.post("/v2/models/tiny_b/infer", json=wrong_type)).status_code == 400
+        huge = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                            "data": [0.0] * (8 * 3072 * 7)}]}  # more numbers than any legal request
+        r = await c.post("/v2/models/tiny_b/infer", json=huge)
+        assert r.status_code == 413 and "binary tensor extension" in r.json()["error"]
         r = await c.post("/v2/models/tiny_b/infer", content=b"{}xx", headers={
             "Inference-Header-Content-Length": "999", "content-type": "application/octet-stream"})
         assert r.status_code == 400 and "error" in r.json()

@@ -267,3 +267,42 @@ def test_polling_retries_a_failed_model_only_after_its_directory_changes(repo: P
         assert registry.get_model("tiny_badsha").state == "ready"
 
     run(Settings(repository=repo, models=["tiny_badsha"], poll_interval_s=0.02), factory, body)
+
+
+def test_failed_reload_is_an_error_while_the_previous_version_keeps_serving(repo: Path) -> None:
+    async def body(registry: ModelRegistry) -> None:
+        add_version(repo, TinyModel("tiny_a"), 2)
+        (repo / "tiny_a" / "2" / "model.onnx").write_bytes(b"tampered")  # sha256 no longer matches
+        with pytest.raises(InvalidInput, match="sha256 mismatch"):
+            await registry.load("tiny_a")
+        info = registry.get_model("tiny_a")
+        assert info.state == "ready" and info.version == 1 and info.reason.startswith("reload failed")
+        assert (await registry.infer("tiny_a", ids([5.0]))).outputs[0, 0] == 5.0
+
+    run(Settings(repository=repo, models=["tiny_a"]), fake_factory(EchoRuntime), body)
+
+
+def test_drain_starts_at_begin_drain_and_the_rest_gets_503_at_the_timeout(tiny_repository: Path) -> None:
+    class Gated(GatedRuntime):
+        def warmup(self, batch_sizes):
+            pass
+
+    factory = fake_factory(Gated)
+
+    async def main() -> None:
+        registry = ModelRegistry(Settings(repository=tiny_repository, models=["tiny_a"], drain_timeout_s=0.05),
+                                 runtime_factory=factory)
+        await registry.start(wait=True)
+        rt = factory.instances[-1]  # type: ignore[attr-defined]
+        accepted = [asyncio.create_task(registry.infer("tiny_a", ids([float(i)]))) for i in range(1, 6)]
+        while not rt.entered.is_set():
+            await asyncio.sleep(0.001)
+        registry.begin_drain()  # what SIGTERM does, before uvicorn waits for the connections
+        assert not registry.ready
+        done, _ = await asyncio.wait(accepted[1:], timeout=5)
+        assert all(isinstance(t.exception(), ModelNotReady) for t in done) and len(done) == 4
+        rt.gate.set()
+        assert (await accepted[0]).outputs[0, 0] == 1.0  # the batch in flight still completes
+        await registry.shutdown()
+
+    asyncio.run(main())

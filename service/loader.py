@@ -1,0 +1,77 @@
+"""Turning a repository entry into a warmed-up runtime: batching limits, session, warm-up.
+
+Blocking work the registry runs in its load thread: verify the model file against the manifest,
+open the session through the runtime factory, run every batch size the batcher can produce.
+Every failure becomes a `ModelLoadError` whose reason the API shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from service.batcher import BatchLimits
+from service.repository import ModelEntry, ModelLoadError
+from service.runtime import InferenceRuntime, RuntimeSpec, SessionConfig, warmup_sizes
+from service.settings import Settings
+
+RuntimeFactory = Callable[[RuntimeSpec], InferenceRuntime]
+
+
+def batch_limits(entry: ModelEntry, settings: Settings) -> BatchLimits:
+    """The model's batching limits: config.pbtxt's dynamic_batching block, overridden by settings."""
+    cfg = entry.config
+    max_batch = settings.max_batch_size or cfg.max_batch_size
+    db = cfg.dynamic_batching
+    if settings.max_queue_delay_ms is not None:
+        delay_s = settings.max_queue_delay_ms / 1000
+    else:
+        delay_s = db.max_queue_delay_microseconds / 1e6 if db else 0.0
+    policy_size = db.default_queue_policy.max_queue_size if db and db.default_queue_policy else 0
+    queue = settings.max_queue_size or policy_size or 8 * max_batch
+    return BatchLimits(max_batch_size=max_batch, max_queue_delay_s=delay_s, max_queue_size=max(queue, max_batch))
+
+
+def build_version(
+    entry: ModelEntry, version: int, settings: Settings, session: SessionConfig, factory: RuntimeFactory
+) -> InferenceRuntime:
+    """Blocking: verify the file, open the session, warm up every batch size. Runs in a thread."""
+    path = entry.verify(version)
+    limits = batch_limits(entry, settings)
+    spec = RuntimeSpec(
+        name=entry.name,
+        version=version,
+        manifest=entry.manifest,
+        max_batch_size=limits.max_batch_size,
+        model_path=path,
+        session=session,
+    )
+    try:
+        runtime = factory(spec)
+    except Exception as exc:  # noqa: BLE001 - corrupt graph, provider failure...
+        raise ModelLoadError(entry.name, f"version {version}: cannot create session: {first_line(exc)}") from exc
+    try:
+        runtime.warmup(warmup_sizes(limits.max_batch_size, settings.warmup))
+    except Exception as exc:  # noqa: BLE001
+        runtime.close()
+        raise ModelLoadError(entry.name, f"version {version}: warm-up failed: {first_line(exc)}") from exc
+    return runtime
+
+
+def directory_fingerprint(root: Path, name: str) -> tuple[Any, ...]:
+    """What changes when a model directory is edited: names and mtimes of its files and version dirs."""
+    directory = root / name
+    try:
+        items = [(p.name, p.stat().st_mtime_ns) for p in sorted(directory.iterdir())]
+        items += [(f"{p.parent.name}/{p.name}", p.stat().st_mtime_ns) for p in sorted(directory.glob("*/*"))]
+    except OSError:
+        return ()
+    return tuple(items)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """'Type: first line of the message', short enough for an API field."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
+    return text[:limit]

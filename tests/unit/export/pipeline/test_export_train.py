@@ -1,0 +1,84 @@
+"""Demo training data and the committed demo repository (models/demo): held-out accuracy through
+ONNX Runtime on the 397 held-out digits."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export.presets import get_preset
+from export.train import DEMO_SPECS, NUM_TRAIN, digit_png, digits_split, onnx_accuracy, pixel_values
+from service.manifest import Manifest, sha256_file
+
+DEMO_REPOSITORY = Path(__file__).resolve().parents[4] / "models" / "demo"
+MIN_ACCURACY = 0.95
+
+
+def test_digits_split_is_sklearn_order_first_1400_then_397():
+    from sklearn.datasets import load_digits
+
+    split = digits_split()
+    digits = load_digits()
+    assert split.train_images.shape == (NUM_TRAIN, 8, 8) and split.test_images.shape == (397, 8, 8)
+    assert split.train_images.dtype == np.uint8 and split.test_images.max() == 255
+    np.testing.assert_array_equal(split.train_labels, digits.target[:1400])
+    np.testing.assert_array_equal(split.test_labels, digits.target[1400:])
+    np.testing.assert_array_equal(split.test_images, np.rint(digits.images[1400:] * 255 / 16).astype(np.uint8))
+
+
+def test_pixel_values_scale_normalise_and_replicate_to_rgb():
+    data = get_preset("demo").data
+    images = np.zeros((2, 8, 8), np.uint8)
+    images[1] = 255
+    x = pixel_values(images, data)
+    assert x.shape == (2, 3, 32, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], (0.0 - 0.5) / 0.5)
+    np.testing.assert_allclose(x[1], (1.0 - 0.5) / 0.5)
+    digit = digits_split().test_images[:1]
+    y = pixel_values(digit, data)[0]
+    np.testing.assert_array_equal(y[0], y[1])
+    np.testing.assert_array_equal(y[0], y[2])
+
+
+def test_digit_png_decodes_to_the_same_pixels():
+    image = digits_split().test_images[5]
+    decoded = np.asarray(Image.open(io.BytesIO(digit_png(image))))
+    np.testing.assert_array_equal(decoded, image)
+
+
+def _demo_names() -> list[str]:
+    from export.spec import parse_spec
+
+    return [parse_spec(s).name for s in DEMO_SPECS]
+
+
+@pytest.mark.parametrize("name", _demo_names())
+def test_committed_demo_model_classifies_heldout_digits(name):
+    model_dir = DEMO_REPOSITORY / name
+    manifest = Manifest.load(model_dir)
+    assert manifest.labels == [str(i) for i in range(10)]
+    assert manifest.provenance.weights == "trained:sklearn-digits"
+    assert manifest.files["1/model.onnx"] == sha256_file(model_dir / "1" / "model.onnx")
+    split = digits_split()
+    accuracy = onnx_accuracy(model_dir / "1" / "model.onnx", pixel_values(split.test_images, manifest.preprocess),
+                             split.test_labels)
+    assert accuracy >= MIN_ACCURACY
+    assert accuracy == pytest.approx(manifest.evaluation["heldout_accuracy"])
+
+
+def test_committed_demo_repository_is_small():
+    total = sum(p.stat().st_size for p in DEMO_REPOSITORY.rglob("*") if p.is_file())
+    assert total < 15 * 2**20
+
+
+@pytest.mark.slow
+def test_training_the_demo_model_reaches_95_percent(tmp_path):
+    from export.train import train_demo_repository
+
+    results = train_demo_repository(tmp_path, ["demo"], progress=False)
+    assert results["demo"] >= MIN_ACCURACY
+    assert Manifest.load(tmp_path / "demo").evaluation["heldout_accuracy"] == results["demo"]
