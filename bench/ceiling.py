@@ -64,7 +64,8 @@ def tune(repository: Path, name: str, spec: RequestSpec, cfg: MeasureConfig, bas
         print(f"[ceiling] tuning: {label} {extra}", file=sys.stderr, flush=True)
         with vitserve_server(repository, [name], env={**base_env, **extra}, log_path=log_dir / f"tune-{name}.log") as srv:
             stats = f"/v2/models/{name}/stats"
-            out[label] = sweep(srv.url, spec, concurrencies=[16], cfg=cfg, protocol="v2-binary", stats_path=stats)[0]
+            out[label] = sweep(srv.url, spec, concurrencies=[16], cfg=cfg, protocol="v2-binary", stats_path=stats,
+                               server_pgid=srv.pid)[0]
     return out
 
 
@@ -103,10 +104,12 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
     log = (out_dir or Path(__file__).resolve().parent / "results") / "tmp" / f"ceiling-{name}.log"
     with vitserve_server(repository, [name], env=env, log_path=log) as srv:
         print(f"[ceiling] vitserve pid {srv.pid} at {srv.url}", file=sys.stderr, flush=True)
+        server_env = dict(srv.env or {})
         stats = f"/v2/models/{name}/stats"
-        v2_points = sweep(srv.url, v2, concurrencies=concurrencies, cfg=cfg, protocol="v2-binary", stats_path=stats)
+        v2_points = sweep(srv.url, v2, concurrencies=concurrencies, cfg=cfg, protocol="v2-binary", stats_path=stats,
+                          server_pgid=srv.pid)
         jpeg_points = sweep(srv.url, v1, concurrencies=[1, 16] if quick else concurrencies, cfg=cfg, protocol="v1-jpeg",
-                            stats_path=stats)
+                            stats_path=stats, server_pgid=srv.pid)
     tuned = tune(repository, name, v2, cfg, env or {}, log.parent) if tuning else {}
     machine = machine.finish()
 
@@ -139,7 +142,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "service_v2": v2_points,
         "service_jpeg": jpeg_points,
         "generator_overhead": overhead,
-        "server_env": env or {},
+        "server_env": server_env,
         "tuning": {label: {"env": TUNING[label], "point": p, "ratio_to_raw": p.inferences_per_second / best.images_per_s}
                    for label, p in tuned.items()},
         "targets": targets,
@@ -176,10 +179,12 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
             "",
             "## ORT thread settings (v2 binary, concurrency 16, each on a fresh server)",
             "",
-            md_table(["setting", "env", "ratio to raw best", "infer/s", "p50 ms", "p99 ms", "server compute us", "server queue us"],
+            md_table(["setting", "env", "ratio to raw best", "infer/s", "p50 ms", "p99 ms", "server compute us",
+                      "server queue us", "server CPU us/inference"],
                      [[label, " ".join(f"{k}={v}" for k, v in TUNING[label].items()) or "—",
                        p.inferences_per_second / best.images_per_s, p.inferences_per_second, p.latency_us["p50"] / 1e3,
-                       p.latency_us["p99"] / 1e3, p.server_us.get("compute"), p.server_us.get("queue")]
+                       p.latency_us["p99"] / 1e3, p.server_us.get("compute"), p.server_us.get("queue"),
+                       p.server_cpu_us_per_inference]
                       for label, p in tuned.items()]),
         ]
     directory = write_result("ceiling", data, "\n".join(md), out_dir)

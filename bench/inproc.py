@@ -62,6 +62,37 @@ def time_call(
     )
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], batch_size: int, *, min_repeats: int = 5, min_time_s: float = 1.0,
+    warmup: int = 2,
+) -> dict[str, Timing]:
+    """Time several calls round-robin (one call of each per round) so they share the machine's background load.
+
+    On a shared, noisy machine, timing A then B lets a burst of other work land on one of them;
+    alternating them makes their *ratio* robust, which is what the variant comparison reports.
+    Rounds continue until `min_repeats` rounds and `min_time_s` seconds per call have passed.
+    """
+    if min_repeats < 1:
+        raise ValueError(f"min_repeats must be >= 1, got {min_repeats}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    while any(len(t) < min_repeats for t in times.values()) or min(spent.values()) < min_time_s:
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            times[key].append(dt)
+            spent[key] += dt
+    return {
+        k: Timing(batch_size=batch_size, repeats=len(v), median_s=percentile(v, 50), p90_s=percentile(v, 90),
+                  mean_s=mean(v), min_s=min(v))
+        for k, v in times.items()
+    }
+
+
 def ort_session(model: Path | str | bytes, threads: int = 0, spinning: bool = True) -> Any:
     """An ORT CPU session (from a path or serialised bytes) configured like the service's single-model session."""
     import onnxruntime as ort

@@ -35,6 +35,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from bench.payloads import RequestSpec
+from bench.procs import group_cpu_seconds
 from bench.stats import PERCENTILES, Window, is_stable, mean, percentile
 
 Mode = Literal["concurrency", "rate"]
@@ -153,6 +154,10 @@ class LoadPoint(BaseModel):
     )
     errors_by_status: dict[str, int] = Field(default_factory=dict)
     client_cpu_cores: float = Field(description="CPU time of the generator process / wall time during the measurement")
+    server_cpu_cores: float | None = Field(None, description="CPU time of the server's process group / wall time")
+    server_cpu_us_per_inference: float | None = Field(
+        None, description="server CPU time per successful inference (robust to other load on the machine)"
+    )
     client_cpu_us_per_request: float
 
     @property
@@ -213,6 +218,8 @@ class MeasureConfig:
     max_windows: int = 10
     fixed_duration_s: float | None = None  # measure exactly this long instead of until stable
     request_timeout_s: float = 60.0
+    min_requests_per_window: int = 20  # a window with fewer completions doubles the next window's length...
+    max_window_s: float = 12.0  # ...up to this (slow models: perf_analyzer's count-windows idea)
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.warmup_s < 0:
@@ -236,6 +243,7 @@ def summarise(
     spec: RequestSpec | None = None,
     protocol: str = "",
     server_stats_us: dict[str, float] | None = None,
+    server_cpu_s: float | None = None,
 ) -> LoadPoint:
     """Reduce the samples of the reported windows to a LoadPoint."""
     if wall_s <= 0:
@@ -281,6 +289,10 @@ def summarise(
         network_server_send_recv_us=net,
         errors_by_status=dict(errors),
         client_cpu_cores=cpu_s / wall_s,
+        server_cpu_cores=server_cpu_s / wall_s if server_cpu_s is not None else None,
+        server_cpu_us_per_inference=(
+            server_cpu_s / sum(s.images for s in ok) * 1e6 if server_cpu_s is not None and ok else None
+        ),
         client_cpu_us_per_request=(cpu_s / len(samples) * 1e6) if samples else math.nan,
     )
 
@@ -363,13 +375,19 @@ async def _measure(
     label: str,
     progress: Progress | None,
     snapshot: Snapshot | None = None,
-) -> tuple[list[Sample], float, float, int, bool, dict[str, float] | None]:
+    server_pgid: int | None = None,
+) -> tuple[list[Sample], float, float, int, bool, dict[str, float] | None, float | None]:
     """Run the window loop over the growing `samples` list.
 
     Returns (reported samples, wall, cpu, windows, stable, server stats per request over the reported windows).
     """
     await asyncio.sleep(cfg.warmup_s)
+    waited = cfg.warmup_s
+    while not samples and waited < cfg.max_window_s:  # a slow model: warm up until something has completed
+        await asyncio.sleep(0.1)
+        waited += 0.1
     snaps: list[dict[str, float]] = [await snapshot()] if snapshot else []
+    server_cpu: list[float] = [group_cpu_seconds(server_pgid)] if server_pgid else []
     windows: list[Window] = []
     bounds: list[tuple[int, int, float, float]] = []  # sample index range, wall, cpu per window
     idx = len(samples)
@@ -393,6 +411,10 @@ async def _measure(
         idx = end_idx
         if snapshot:
             snaps.append(await snapshot())
+        if server_pgid:
+            server_cpu.append(group_cpu_seconds(server_pgid))
+        if cfg.fixed_duration_s is None and len(ok) < cfg.min_requests_per_window and window_s < cfg.max_window_s:
+            window_s = min(cfg.max_window_s, window_s * 2)
         if progress:
             errs = len(chunk) - len(ok)
             progress(
@@ -412,7 +434,8 @@ async def _measure(
     wall = sum(b[2] for b in use)
     cpu = sum(b[3] for b in use)
     server = stats_delta(snaps[first], snaps[-1]) if snapshot else None
-    return reported, wall, cpu, len(windows), stable, server
+    server_cpu_s = server_cpu[-1] - server_cpu[first] if server_pgid else None
+    return reported, wall, cpu, len(windows), stable, server, server_cpu_s
 
 
 def _stats_snapshot(session: object, stats_path: str | None) -> Snapshot | None:
@@ -440,6 +463,7 @@ async def closed_loop(
     protocol: str = "",
     parse_json: bool = True,
     stats_path: str | None = None,
+    server_pgid: int | None = None,
     progress: Progress | None = None,
 ) -> LoadPoint:
     """Keep `concurrency` requests outstanding until the measurement is done."""
@@ -457,8 +481,8 @@ async def closed_loop(
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
         try:
-            reported, wall, cpu, n, stable, stats = await _measure(
-                samples, cfg, f"c={concurrency}", progress, _stats_snapshot(session, stats_path)
+            reported, wall, cpu, n, stable, stats, server_cpu = await _measure(
+                samples, cfg, f"c={concurrency}", progress, _stats_snapshot(session, stats_path), server_pgid
             )
         finally:
             stop.set()
@@ -467,7 +491,7 @@ async def closed_loop(
             await asyncio.gather(*tasks, return_exceptions=True)
     return summarise(
         reported, wall, cpu, mode="concurrency", windows=n, stable=stable, concurrency=concurrency, spec=spec,
-        protocol=protocol, server_stats_us=stats,
+        protocol=protocol, server_stats_us=stats, server_cpu_s=server_cpu,
     )
 
 
@@ -482,6 +506,7 @@ async def open_loop(
     max_outstanding: int = 1024,
     seed: int = 0,
     stats_path: str | None = None,
+    server_pgid: int | None = None,
     progress: Progress | None = None,
 ) -> LoadPoint:
     """Start requests at Poisson arrival times of mean `rate` per second; latency counts from the scheduled start."""
@@ -513,8 +538,8 @@ async def open_loop(
 
         gen = asyncio.create_task(arrivals())
         try:
-            reported, wall, cpu, n, stable, stats = await _measure(
-                samples, cfg, f"rate={rate:g}/s", progress, _stats_snapshot(session, stats_path)
+            reported, wall, cpu, n, stable, stats, server_cpu = await _measure(
+                samples, cfg, f"rate={rate:g}/s", progress, _stats_snapshot(session, stats_path), server_pgid
             )
         finally:
             gen.cancel()
@@ -523,7 +548,7 @@ async def open_loop(
             await asyncio.gather(gen, *inflight, return_exceptions=True)
     return summarise(
         reported, wall, cpu, mode="rate", windows=n, stable=stable, request_rate=rate, spec=spec, protocol=protocol,
-        server_stats_us=stats,
+        server_stats_us=stats, server_cpu_s=server_cpu,
     )
 
 
@@ -546,6 +571,7 @@ def sweep(
     cfg: MeasureConfig | None = None,
     protocol: str = "",
     stats_path: str | None = None,
+    server_pgid: int | None = None,
     progress: Progress | None = stderr_progress,
 ) -> list[LoadPoint]:
     """Closed-loop points for each concurrency, then open-loop points for each rate."""
@@ -557,14 +583,18 @@ def sweep(
         for c in concurrencies:
             if progress:
                 progress(f"concurrency {c}: {spec.description}")
-            p = await closed_loop(base_url, spec, c, cfg, protocol=protocol, stats_path=stats_path, progress=progress)
+            p = await closed_loop(
+                base_url, spec, c, cfg, protocol=protocol, stats_path=stats_path, server_pgid=server_pgid, progress=progress
+            )
             points.append(p)
             if progress:
                 progress(_point_line(p))
         for r in rates:
             if progress:
                 progress(f"rate {r:g}/s: {spec.description}")
-            p = await open_loop(base_url, spec, r, cfg, protocol=protocol, stats_path=stats_path, progress=progress)
+            p = await open_loop(
+                base_url, spec, r, cfg, protocol=protocol, stats_path=stats_path, server_pgid=server_pgid, progress=progress
+            )
             points.append(p)
             if progress:
                 progress(_point_line(p))
@@ -577,5 +607,8 @@ def _point_line(p: LoadPoint) -> str:
     lat = p.latency_us
     return (
         f"  => {p.inferences_per_second:.1f} infer/s, p50 {lat['p50'] / 1000:.2f} ms, p99 {lat['p99'] / 1000:.2f} ms, "
-        f"errors {p.errors_by_status or 0}, client CPU {p.client_cpu_cores:.2f} cores, {'stable' if p.stable else 'UNSTABLE'}"
+        f"errors {p.errors_by_status or 0}, client CPU {p.client_cpu_cores:.2f} cores"
+        + (f", server CPU {p.server_cpu_cores:.2f} cores ({p.server_cpu_us_per_inference:.0f} us/inference)"
+           if p.server_cpu_cores is not None and p.server_cpu_us_per_inference is not None else "")
+        + f", {'stable' if p.stable else 'UNSTABLE'}"
     )

@@ -145,7 +145,7 @@ def _measure_server(
         print(f"[peers] {label}: pid {srv.pid} at {srv.url}", file=sys.stderr, flush=True)
         warm_up(srv.url, spec)
         return sweep(srv.url, spec, concurrencies=concurrencies or [], rates=[rate] if rate else [], cfg=cfg,
-                     protocol=label)
+                     protocol=label, server_pgid=srv.pid)
 
 
 def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None) -> Path:
@@ -205,6 +205,7 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
                 failures[f"{label} (common load)"] = str(e)[-2000:]
         results[name] = {
             "max_batch_size": max_batch, "max_delay_ms": MAX_DELAY_MS, "saturation": saturation,
+            "vitserve_env": dict(vitserve_server(repository, [name]).env or {}),
             "saturation_rate": sat_rate, "common_rate": moderate, "at_common_load": at_load, "failures": failures,
         }
         goal = TARGET_THROUGHPUT.get(preset, 1.0)
@@ -234,10 +235,13 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
     for name, r in results.items():
         for label, rate in r["saturation_rate"].items():
             p = r["at_common_load"].get(label)
+            best_pt = max(r["saturation"][label], key=lambda q: q.inferences_per_second)
             summary_rows.append([name, label, rate, r["saturation_rate"].get("vitserve", float("nan")) / rate,
+                                 best_pt.server_cpu_us_per_inference,
                                  p.latency_us["p50"] / 1e3 if p else None, p.latency_us["p99"] / 1e3 if p else None,
                                  ", ".join(f"{k}: {v}" for k, v in (p.errors_by_status if p else {}).items()) or "0"])
     summary_table = md_table(["model", "server", "saturation infer/s (this machine)", "vitserve ÷ server",
+                              "server CPU us/inference at saturation",
                               "p50 ms at common load", "p99 ms at common load", "errors at common load"], summary_rows)
     md += ["", "## Summary", "", summary_table]
     for name, r in results.items():

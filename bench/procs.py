@@ -160,11 +160,13 @@ def vitserve_server(
     """`vitserve serve` on a free loopback port, serving `models` (all when None) from `repository`.
 
     Settings beyond repository/host/port go through `VITSERVE_*` environment variables (the
-    service's pydantic-settings), e.g. `VITSERVE_MAX_QUEUE_DELAY_MS`. Access logging is turned
-    down to warnings so the log does not cost the server CPU under load.
+    service's pydantic-settings), e.g. `VITSERVE_MAX_QUEUE_DELAY_MS`; `env` overrides the defaults
+    here (warnings-only log, CPU provider, power-of-two warm-up).
     """
     port = port or free_port()
-    full_env = {"VITSERVE_LOG_LEVEL": "warning"}
+    # CPU only (this machine has no GPU; skips the failing CUDA/TensorRT provider loads) and warm-up at the
+    # power-of-two batch sizes (warming every size 1..max_batch takes minutes for vit_small on 2 cores)
+    full_env = {"VITSERVE_LOG_LEVEL": "warning", "VITSERVE_PROVIDERS": "CPUExecutionProvider", "VITSERVE_WARMUP": "pow2"}
     if models:
         full_env["VITSERVE_MODELS"] = ",".join(models)
     full_env.update(env or {})
@@ -173,3 +175,28 @@ def vitserve_server(
         "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
     ]
     return ServerProcess(argv, "/v2/health/ready", port, env=full_env, log_path=log_path, ready_timeout_s=ready_timeout_s)
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group `pgid` (Linux /proc).
+
+    Servers are started in their own session, so their group holds every worker they spawn
+    (LitServe's inference worker, Ray's replicas, PyTriton's tritonserver): the whole server's cost.
+    """
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        # after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK

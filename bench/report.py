@@ -55,14 +55,16 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def perf_analyzer_table(points: Sequence[LoadPoint]) -> str:
     """Load points as perf_analyzer's table (usec), plus errors and the generator's CPU use."""
-    headers = [*PERF_ANALYZER_COLUMNS, "errors", "client CPU (cores)", "stable"]
+    headers = [*PERF_ANALYZER_COLUMNS, "errors", "client CPU (cores)", "server CPU (cores)", "server CPU us/inference",
+               "stable"]
     if points and points[0].mode == "rate":
         headers[0] = "Request Rate"
     rows = []
     for p in points:
         row = list(p.perf_analyzer_row().values())
         errs = ", ".join(f"{k}: {v}" for k, v in sorted(p.errors_by_status.items())) or "0"
-        rows.append([*row, errs, round(p.client_cpu_cores, 2), "yes" if p.stable else "no"])
+        rows.append([*row, errs, round(p.client_cpu_cores, 2), p.server_cpu_cores, p.server_cpu_us_per_inference,
+                     "yes" if p.stable else "no"])
     return md_table(headers, rows)
 
 

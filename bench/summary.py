@@ -147,17 +147,19 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         best = c["raw_best"]
         gen = c["generator_overhead"]
         md += [f"### {c['model']}", "", md_table(
-            ["", "ratio to raw best", "inferences/s (this machine)", "p50 ms", "p99 ms", "client CPU (cores)"],
-            [["raw ORT, best batch " + str(best["batch_size"]), 1.0, best["batch_size"] / best["median_s"], "—", "—", "—"],
+            ["", "ratio to raw best", "inferences/s (this machine)", "p50 ms", "p99 ms", "client CPU (cores)",
+             "server CPU us/inference"],
+            [["raw ORT, best batch " + str(best["batch_size"]) + " (CPU: wall x cores)", 1.0, best["batch_size"] / best["median_s"], "—", "—", "—",
+              best["median_s"] / best["batch_size"] * 1e6 * c["machine"]["cores"]],
              ["service v2 binary, c=16", v2[16]["inferences_per_second"] / (best["batch_size"] / best["median_s"]),
               v2[16]["inferences_per_second"], v2[16]["latency_us"]["p50"] / 1e3, v2[16]["latency_us"]["p99"] / 1e3,
-              v2[16]["client_cpu_cores"]],
+              v2[16]["client_cpu_cores"], v2[16].get("server_cpu_us_per_inference")],
              ["service JPEG, c=16", jp[16]["inferences_per_second"] / (best["batch_size"] / best["median_s"]),
               jp[16]["inferences_per_second"], jp[16]["latency_us"]["p50"] / 1e3, jp[16]["latency_us"]["p99"] / 1e3,
-              jp[16]["client_cpu_cores"]],
+              jp[16]["client_cpu_cores"], jp[16].get("server_cpu_us_per_inference")],
              ["service v2 binary, c=1", v2[1]["inferences_per_second"] / (best["batch_size"] / best["median_s"]),
               v2[1]["inferences_per_second"], v2[1]["latency_us"]["p50"] / 1e3, v2[1]["latency_us"]["p99"] / 1e3,
-              v2[1]["client_cpu_cores"]]]),
+              v2[1]["client_cpu_cores"], v2[1].get("server_cpu_us_per_inference")]]),
             "",
             f"Raw batch-1 latency {raw_b1['median_s'] * 1e3:.2f} ms; service p50 at c=1 "
             f"{v2[1]['latency_us']['p50'] / 1e3:.2f} ms. Server-side split at c=16 (v2, usec): "
@@ -223,7 +225,9 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         "",
         "```sh",
         "vitserve-bench variants --preset demo --preset vit_small --quick",
-        "vitserve-bench ceiling --preset demo --preset vit_small --quick",
+        "vitserve-bench ceiling --preset demo --quick --tune   # --tune: also ORT thread/spinning settings",
+        "vitserve-bench ceiling --preset vit_small --quick",
+        "vitserve-bench peers --preset demo --preset vit_small --quick   # venvs per peer on first use",
         "vitserve-bench gemm --preset vit_small --quick",
         "vitserve-bench int8 --preset demo --preset vit_small --quick",
         "vitserve-bench load --url http://127.0.0.1:8000 --model demo --protocol v2 --concurrency 1,2,4,8,16,32 --overhead",

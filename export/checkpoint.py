@@ -107,10 +107,11 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
 
     new_keys = [k for k in missing if k in own]
     new_set = set(new_keys)
-    # New parameters take their function-preserving initialisation.
+    # New parameters take their function-preserving initialisation (deterministic: no RNG draws).
     for name, module in model.named_modules():
-        if hasattr(module, "init_weights") and module is not model and any(k.startswith(name + ".") for k in new_set):
-            module.init_weights()
+        reset = getattr(module, "reset_function_preserving", None)
+        if reset is not None and any(k.startswith(name + ".") for k in new_set):
+            reset()
     spec = getattr(model, "spec", None)
     amplitude_set = spec is not None and "gab_amplitude_init" in spec.options
     if not amplitude_set:

@@ -8,7 +8,7 @@ crop_pct) that flows unchanged into the manifest's `preprocess` block, so `servi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 

@@ -368,7 +368,8 @@ class ModelRegistry:
             )
         if default is not None:
             info = info.model_copy(
-                update={"version": default.version, "versions": sorted(h.versions), "provider": default.runtime.provider}
+                update={"version": default.version, "versions": sorted(h.versions), "provider": default.runtime.provider,
+                        "last_error": default.observer.last_error}
             )
         return info
 

@@ -52,6 +52,7 @@ class ModelInfo(BaseModel):
     input_size: list[int] | None = None
     batching: BatchingInfo | None = None
     load_seconds: float | None = None
+    last_error: str | None = Field(None, description="the last runtime failure of a batch (the model still serves)")
 
 
 class ClassifyResult(BaseModel):

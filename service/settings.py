@@ -107,7 +107,8 @@ class Settings(BaseSettings):
         "without it those endpoints are disabled (401)"
     )
     inference_api_key: SecretStr | None = Field(
-        None, description="Optional key required for inference and model endpoints (same headers)"
+        None, description="Optional key required for inference (/v1 classify and compare, /v2 infer; same headers); "
+        "health, metadata and metrics stay open"
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long accepted requests may take to finish")
     poll_interval_s: float = Field(

@@ -7,6 +7,8 @@ app's `Metrics` and a `ModelStatsAccumulator` (service/v2_meta.py) whose snapsho
 
 from __future__ import annotations
 
+import time
+
 from service.batcher import BatcherHooks, PendingRequest
 from service.metrics import Metrics
 from service.v2_meta import ModelStatistics, ModelStatsAccumulator
@@ -21,6 +23,7 @@ class VersionObserver(BatcherHooks):
         self.version = str(version)
         self.flops_per_image = flops_per_image
         self.stats = ModelStatsAccumulator()
+        self.last_error: str | None = None
         self._labels = {"model": model, "version": self.version}
 
     def on_queue_depth(self, images: int) -> None:
@@ -40,6 +43,9 @@ class VersionObserver(BatcherHooks):
 
     def on_batch_failed(self, size: int, error: BaseException) -> None:
         self.metrics.batch_failures.labels(**self._labels).inc()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        text = (str(error).strip().splitlines() or [""])[0][:200]
+        self.last_error = f"{stamp} batch of {size} failed: {type(error).__name__}: {text}"
 
     def on_expired(self, images: int) -> None:
         self.metrics.deadline_expired.labels(model=self.model).inc()

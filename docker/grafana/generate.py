@@ -300,7 +300,10 @@ def build_dashboard() -> Dashboard:
 
 def render() -> str:
     """The dashboard as Grafana JSON text (stable key order, trailing newline)."""
-    data: dict[str, Any] = build_dashboard().to_json_data()
+    data: dict[str, Any] = json.loads(json.dumps(build_dashboard().to_json_data(), cls=DashboardEncoder))
+    for variable in data["templating"]["list"]:
+        if variable.get("includeAll") and variable["current"].get("value") == "$__all":
+            variable["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
     return json.dumps(data, cls=DashboardEncoder, sort_keys=True, indent=2) + "\n"
 
 

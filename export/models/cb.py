@@ -36,5 +36,9 @@ class ScaledContextBroadcast(nn.Module):
         """Function-preserving start (lambda = 0); timm's weight init calls this."""
         nn.init.zeros_(self.scale)
 
+    def reset_function_preserving(self) -> None:
+        """The deterministic function-preserving start (same as `init_weights`)."""
+        self.init_weights()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.scale * x.mean(dim=1, keepdim=True)

@@ -60,6 +60,10 @@ class GaussianAttentionBias(nn.Module):
             self.sigma.fill_(self.sigma_init)
             self.amplitude.fill_(self.amplitude_init)
 
+    def reset_function_preserving(self) -> None:
+        """The deterministic function-preserving start (same as `init_weights`)."""
+        self.init_weights()
+
     def forward(self) -> torch.Tensor:
         sigma = self.sigma.view(-1, 1, 1)
         amp = self.amplitude.view(-1, 1, 1)

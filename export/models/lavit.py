@@ -47,6 +47,10 @@ class LessAttentionTransform(nn.Module):
             self.theta.copy_(torch.eye(self.num_tokens))
             self.psi.copy_(torch.eye(self.num_tokens))
 
+    def reset_function_preserving(self) -> None:
+        """The deterministic function-preserving start (same as `init_weights`)."""
+        self.init_weights()
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.matmul(torch.matmul(self.psi.t(), logits), self.theta)
 

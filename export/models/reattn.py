@@ -42,6 +42,10 @@ class ReAttention(nn.Module):
                 self.norm.reset_parameters()
                 self.norm.running_var.fill_(1.0 - self.norm.eps)
 
+    def reset_function_preserving(self) -> None:
+        """The deterministic function-preserving start (same as `init_weights`)."""
+        self.init_weights()
+
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(attn))
 

@@ -48,5 +48,10 @@ class AttentionRefiner(nn.Module):
         nn.init.zeros_(self.reduce.weight)
         nn.init.zeros_(self.reduce.bias)
 
+    def reset_function_preserving(self) -> None:
+        """Zero the reduction (the refiner becomes the identity); Expand/DW keep their values."""
+        nn.init.zeros_(self.reduce.weight)
+        nn.init.zeros_(self.reduce.bias)
+
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
         return attn + self.reduce(self.dw(self.expand(attn)))

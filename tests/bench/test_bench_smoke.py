@@ -34,7 +34,7 @@ def test_tiny_sweep_against_a_demo_server_has_a_complete_report_and_no_errors(de
     else:
         spec = classify_request("demo", encode_image(synthetic_image(32, 32), "png"), "png")
     points = sweep(demo_server.url, spec, concurrencies=[1, 2], cfg=CFG, protocol=protocol,
-                   stats_path="/v2/models/demo/stats", progress=None)
+                   stats_path="/v2/models/demo/stats", server_pgid=demo_server.pid, progress=None)
     assert [p.concurrency for p in points] == [1, 2]
     for p in points:
         assert p.errors_by_status == {}
@@ -44,6 +44,7 @@ def test_tiny_sweep_against_a_demo_server_has_a_complete_report_and_no_errors(de
         # the server's queue/compute split: per response on /v1, from /v2/models/demo/stats on /v2
         assert {"queue", "compute"} <= set(p.server_us)
         assert p.server_timing_source == ("response" if protocol == "v1" else "v2-stats")
+        assert p.server_cpu_cores is not None and p.server_cpu_cores > 0  # the server's process group was read
     table = perf_analyzer_table(points)
     assert table.splitlines()[0].startswith("| Concurrency | Inferences/Second |")
     assert len(table.splitlines()) == 2 + len(points)

@@ -252,3 +252,15 @@ def test_queue_time_hpa_matches_the_adapter_rule_and_exported_metrics() -> None:
     query = re.sub(r"<<\.\w+>>", "x", served[metric]["metricsQuery"])
     names = metric_names(query) | metric_names(served[metric]["seriesQuery"])
     assert names and names <= exported_sample_names()
+
+
+def test_prometheus_rule_carries_exactly_the_alert_rules() -> None:
+    """CRD (no offline schema): generated from alerts.yml, rendered by the monitoring kustomization."""
+    import sys
+
+    rule = _by_kind(_kustomize(K8S / "monitoring"))["PrometheusRule/vitserve"]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    alerts = yaml.safe_load((DOCKER_DIR / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    result = _run(sys.executable, str(DOCKER_DIR / "prometheus" / "prometheusrule.py"), "--check")
+    assert result.returncode == 0, result.stderr

@@ -200,7 +200,8 @@ def multipart(body_parts: list[tuple[str, str | None, str | None, bytes]], bound
 
 
 def v2_json(shape: list[int], data: object, datatype: str = "FP32", name: str = "pixel_values") -> bytes:
-    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}).encode()
+    body = {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def v2_binary(header: dict[str, object], binary: bytes) -> tuple[bytes, int]:
@@ -320,7 +321,7 @@ def build_cases() -> list[tuple[Case, bytes]]:
     add("v2_overflow_dims", "infer", v2, [400], "dims whose product overflows int64",
         v2_json([2**62, 2**62, 32, 32], [0.0]), "json")
     add("v2_batch_over_max", "infer", v2, [400], "9 images for max_batch_size 8",
-        v2_json([9, 3, 32, 32], [0.0] * (9 * 3072)), "json")
+        v2_json([9, 3, 32, 32], [0] * (9 * 3072)), "json")
     add("v2_zero_batch", "infer", v2, [400], "batch 0", v2_json([0, 3, 32, 32], []), "json")
     add("v2_strings", "infer", v2, [400], "strings as FP32 data", v2_json([1, 3, 32, 32], ["a"] * 3072), "json")
     add("v2_nan", "infer", v2, [400], "NaN (as a JSON extension literal) in the data",
@@ -337,6 +338,26 @@ def build_cases() -> list[tuple[Case, bytes]]:
         + b"]" * 20000 + b"}]}", "json")
     add("v2_not_json", "infer", v2, [400], "not JSON", b"\x00\x01\x02 not json", "json")
     add("v2_shape_strings", "infer", v2, [400], "shape of strings", v2_json(["1", "3", "a", "32"], [0.0] * 3072), "json")
+    def v2_with(**extra: object) -> bytes:
+        body: dict[str, object] = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                               "data": [0.5] * 3072}]}
+        body.update(extra)
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    add("v2_timeout_negative", "infer", v2, [400], "timeout parameter -5", v2_with(parameters={"timeout": -5}), "json")
+    add("v2_timeout_string", "infer", v2, [400], "timeout parameter 'soon'", v2_with(parameters={"timeout": "soon"}),
+        "json")
+    add("v2_timeout_huge", "infer", v2, [200], "timeout 10^30 us is capped by the server's deadline",
+        v2_with(parameters={"timeout": 10**30}), "json")
+    add("v2_classification_huge", "infer", v2, [200, 400], "classification count 10^9 for 10 classes",
+        v2_with(outputs=[{"name": "logits", "parameters": {"classification": 10**9}}]), "json")
+    add("v2_classification_negative", "infer", v2, [400], "classification count -3",
+        v2_with(outputs=[{"name": "logits", "parameters": {"classification": -3}}]), "json")
+    add("v2_output_unknown", "infer", v2, [400], "an output the model does not have", v2_with(outputs=[{"name": "x"}]),
+        "json")
+    add("v2_params_deep", "infer", v2, [400], "a parameter nested 5000 deep",
+        v2_with(parameters={"p": 0}).replace(b'{"p":0}', b'{"p":' + b"[" * 5000 + b"]" * 5000 + b"}"), "json")
+    add("v2_id_long", "infer", v2, [200, 400], "a 64 KB request id", v2_with(id="i" * 65536), "json")
     # v2 binary extension
     octet = "application/octet-stream"
     body, hlen = v2_binary(binary_input(3072 * 4), ones.tobytes())

@@ -148,6 +148,14 @@ def proc_status_kb(pid: int, field_name: str = "VmRSS") -> int:
     raise ValueError(f"{field_name} not in /proc/{pid}/status")
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs), so a peak is measured from now on."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass  # then VmHWM is the peak since start: a stricter measurement, never a laxer one
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` (0 when none)."""
     from prometheus_client.parser import text_string_to_metric_families

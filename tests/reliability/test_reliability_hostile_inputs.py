@@ -14,19 +14,28 @@ from urllib.parse import quote
 import httpx
 import pytest
 from make_corpus import CORPUS, Case, load_corpus
-from reliability_support import FIGURES, GoodTraffic, ServerProcess, assert_clean_error, proc_status_kb
+from reliability_support import (
+    FIGURES,
+    GoodTraffic,
+    ServerProcess,
+    assert_clean_error,
+    proc_status_kb,
+    reset_peak_rss,
+)
 
 CASES = load_corpus()
 # the resident memory the server may gain from the whole corpus (bombs decoded would need GBs)
 PEAK_GROWTH_LIMIT_KB = 400 * 1024
 
 
-def send(client: httpx.Client, case: Case, model: str = "tiny_a") -> httpx.Response:
+def send(client: httpx.Client, case: Case, model: str = "tiny_a", compare: bool = False) -> httpx.Response:
     body = (CORPUS / case.file).read_bytes()
     headers = dict(case.headers)
     if case.content_type is not None:
         headers["content-type"] = case.content_type
     path = f"/v1/models/{model}/classify" if case.endpoint == "classify" else f"/v2/models/{model}/infer"
+    if compare:
+        path = f"/v1/compare?models={model}"
     request = client.build_request("POST", path, content=body, headers=headers)
     if case.content_type is None:
         request.headers.pop("content-type", None)
@@ -40,6 +49,7 @@ def test_corpus_files_match_the_index() -> None:
 
 def test_every_corpus_case_gets_its_status_and_good_requests_are_undisturbed(hostile_server: ServerProcess) -> None:
     pid = hostile_server.proc.pid
+    reset_peak_rss(pid)
     baseline_kb = proc_status_kb(pid, "VmRSS")
     failures: list[str] = []
     with GoodTraffic(hostile_server.base_url) as good, httpx.Client(base_url=hostile_server.base_url, timeout=60) as c:
@@ -56,6 +66,37 @@ def test_every_corpus_case_gets_its_status_and_good_requests_are_undisturbed(hos
     assert hostile_server.proc.poll() is None, "the server died"
     assert peak_kb - baseline_kb < PEAK_GROWTH_LIMIT_KB, (
         f"resident memory peaked at {peak_kb // 1024} MB from {baseline_kb // 1024} MB")
+
+
+def test_image_cases_through_compare(hostile_server: ServerProcess) -> None:
+    """/v1/compare reads the image the same way; when every model refuses it, its status is the answer."""
+    failures = []
+    with httpx.Client(base_url=hostile_server.base_url, timeout=60) as c:
+        for case in (c_ for c_ in CASES if c_.endpoint == "classify"):
+            try:
+                assert_clean_error(send(c, case, compare=True), case.expect)
+            except (AssertionError, httpx.HTTPError) as exc:
+                failures.append(f"{case.name}: {type(exc).__name__}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_huge_json_tensor_body_is_refused_before_it_is_parsed(hostile_server: ServerProcess) -> None:
+    """28 MB of JSON numbers (under the 32 MB body limit, far over what tiny_a's 8 x 3x32x32 can need): parsed,
+    it cost ~750 MB and stalled the event loop for 2 s; it must get 413 without being turned into floats."""
+    pid = hostile_server.proc.pid
+    reset_peak_rss(pid)
+    before_kb = proc_status_kb(pid, "VmRSS")
+    n = 14_000_000
+    body = (b'{"inputs":[{"name":"pixel_values","shape":[1,3,32,32],"datatype":"FP32","data":['
+            + b"0," * (n - 1) + b"0]}]}")
+    with httpx.Client(base_url=hostile_server.base_url, timeout=60) as c:
+        r = c.post("/v2/models/tiny_a/infer", content=body, headers={"content-type": "application/json"})
+    assert_clean_error(r, [413])
+    growth_mb = (proc_status_kb(pid, "VmHWM") - before_kb) / 1024
+    # the raw body is buffered (~28 MB, plus a copy while it is joined); parsed it would be ~750 MB
+    assert growth_mb < 200, f"resident memory peaked {growth_mb:.0f} MB above its level before the request"
+    FIGURES["huge_json_body"] = {"body_mb": round(len(body) / 2**20, 1), "status": r.status_code,
+                                 "peak_growth_mb": round(growth_mb)}
 
 
 @pytest.mark.parametrize(

@@ -143,3 +143,58 @@ def test_load_call_swaps_and_unload_drains_first(tmp_path: Path) -> None:
                                            "unload_with_queue": summary(queued)}
     finally:
         assert server.stop() == 0, server.log()[-3000:]
+
+
+def test_load_unload_storm_answers_only_200_or_503(tmp_path: Path) -> None:
+    """Load and unload in a tight loop while traffic runs: no race ever shows as a 500 or a lost request."""
+    root = build_tiny_repository(tmp_path / "repo", [TINY_A])
+    server = start_server(root, tmp_path, "--warmup", "one")
+    base = server.base_url
+    try:
+        def storm() -> int:
+            actions = 0
+            with httpx.Client(base_url=base, headers=AUTH, timeout=60) as c:
+                for i in range(12):
+                    r = c.post(f"/v2/repository/models/tiny_a/{'unload' if i % 3 == 0 else 'load'}")
+                    assert r.status_code == 200, r.text
+                    actions += 1
+                assert c.post("/v2/repository/models/tiny_a/load").status_code == 200
+            return actions
+
+        outcomes, xs, actions = run_traffic_during(base, storm, seconds=4.0)
+        bad = [o for o in outcomes if o.status not in (200, 503)]
+        assert not bad, [(o.status, o.error, o.body[:200]) for o in bad[:5]]
+        assert any(o.status == 200 for o in outcomes)
+        for o in outcomes:
+            if o.status == 503:
+                assert json.loads(o.body)["error"] and o.retry_after, o.body  # not ready: loading / unloading
+        check_versions([o for o in outcomes if o.status == 200], xs)
+        assert httpx.get(base + "/v2/models/tiny_a/ready").status_code == 200
+        FIGURES["load_unload_storm"] = {"actions": actions, "answers": summary(outcomes)}
+    finally:
+        assert server.stop() == 0, server.log()[-3000:]
+    assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+def test_a_half_written_version_is_retried_until_complete(tmp_path: Path) -> None:
+    """Poll mode sees a version directory before its file is complete: v1 keeps serving, v2 follows later."""
+    root = build_tiny_repository(tmp_path / "repo", [TINY_A])
+    server = start_server(root, tmp_path, "--warmup", "one", "--poll-interval-s", "0.2")
+    base = server.base_url
+    try:
+        vdir = root / "tiny_a" / "2"
+        vdir.mkdir()
+        (vdir / "model.onnx").write_bytes(b"\x08\x09partial")
+        assert wait_until(lambda: "reload failed" in (httpx.get(base + "/v1/models/tiny_a").json()["reason"] or ""), 10)
+        info = httpx.get(base + "/v1/models/tiny_a").json()
+        assert info["state"] == "ready" and info["version"] == 1
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        body = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        assert httpx.post(base + "/v2/models/tiny_a/infer", json=body).json()["model_version"] == "1"
+        (vdir / "model.onnx").unlink()
+        vdir.rmdir()
+        add_version(root, TINY_A, 2)  # the writer finishes: file, then manifest with its sha256
+        assert wait_until(lambda: httpx.get(base + "/v1/models/tiny_a").json()["version"] == 2, 10)
+        assert httpx.post(base + "/v2/models/tiny_a/infer", json=body).json()["model_version"] == "2"
+    finally:
+        assert server.stop() == 0, server.log()[-3000:]

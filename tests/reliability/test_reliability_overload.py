@@ -18,7 +18,15 @@ import httpx
 import pytest
 from PIL import Image
 from reliability_load import Outcome, Request, closed_loop, make_session, open_loop, summary, throughput
-from reliability_support import FIGURES, ServerProcess, metric, percentile, proc_status_kb, start_server
+from reliability_support import (
+    FIGURES,
+    ServerProcess,
+    metric,
+    percentile,
+    proc_status_kb,
+    start_server,
+    wait_until,
+)
 
 DEADLINE_MS = 3000
 QUEUE = 32  # images per model version
@@ -148,3 +156,31 @@ def test_expired_requests_are_never_computed(overload_server: ServerProcess) -> 
     stats = httpx.get(base + "/v2/models/tiny_slow/stats").json()["model_stats"][0]
     assert stats["inference_count"] == metric(after, "vitserve_inferences_total", model="tiny_slow")
     FIGURES["deadlines"] = {"burst": summary(outcomes), "computed": computed, "expired_counted": counted_expired}
+
+
+def test_disconnected_clients_leave_the_queue(overload_server: ServerProcess) -> None:
+    """Clients that give up while queued are not computed for: most of a full queue is never run."""
+    base = overload_server.base_url
+    before = httpx.get(base + "/metrics").text
+    sent = QUEUE
+
+    async def impatient() -> list[Outcome]:
+        async with make_session(timeout_s=0.15) as s:  # every client hangs up after 150 ms
+            return await open_loop(s, classify(base), 1000, QUEUE / 1000)
+
+    outcomes = asyncio.run(impatient())
+    assert len(outcomes) == sent and any(o.status == 0 for o in outcomes), summary(outcomes)
+
+    def settled() -> bool:
+        text = httpx.get(base + "/metrics").text
+        return metric(text, "vitserve_queue_depth", model="tiny_slow") == 0
+
+    assert wait_until(settled, 10)
+    after = httpx.get(base + "/metrics").text
+    computed = metric(after, "vitserve_inferences_total", model="tiny_slow") - metric(
+        before, "vitserve_inferences_total", model="tiny_slow")
+    # 32 queued images are 8 batches of ~90 ms: within the clients' 150 ms only the first one or two can start
+    assert computed <= sent // 2, f"{computed} of {sent} abandoned requests were computed ({summary(outcomes)})"
+    assert httpx.post(base + "/v1/models/tiny_slow/classify", content=small_png(),
+                      headers={"content-type": "image/png"}, timeout=30).status_code == 200
+    FIGURES["disconnects"] = {"sent": sent, "answers": summary(outcomes), "computed": computed}

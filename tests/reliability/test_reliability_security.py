@@ -6,7 +6,6 @@ See SECURITY.md for the threat model these tests pin down.
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The CI soak: 60 s at ~80 % of the measured sustainable rate on the exported `demo` model.
 
-Zero errors, resident memory growth ≤ 5 % from the first to the last window after a 15 s warm-up,
+Zero errors, resident memory growth ≤ 5 % after a 15 s warm-up (last window's median over the first
+window's peak),
 and a finite p99 in the last window. The figures (rate, windows, RSS, p99 drift) are reported in the
 terminal summary; the same runner does the 10-minute soak outside CI (tests/reliability/soak.py).
 """
@@ -35,7 +36,8 @@ def test_soak_60s_no_errors_bounded_memory(demo_repository: Path, tmp_path: Path
         "rss_growth_pct": None if report.rss_growth is None else round(report.rss_growth * 100, 2),
         "p99_first_last_ms": [report.p99_first_ms, report.p99_last_ms],
         "p99_drift_pct": round(report.p99_drift * 100, 1),
-        "windows": [[w.start_s, w.requests, w.p50_ms, w.p99_ms, w.rss_mb] for w in report.windows],
+        "windows_start_n_p50_p99_rss_rssmax": [[w.start_s, w.requests, w.p50_ms, w.p99_ms, w.rss_mb, w.rss_max_mb]
+                                               for w in report.windows],
     }
     assert code == 0, server.log()[-3000:]
     assert report.requests > 0 and report.errors == 0, report.error_samples

@@ -183,7 +183,7 @@ def test_v2_json_infer_matches_onnx_runtime_in_process(settings: Settings, tiny_
                                   "data": [0] * 3072}]}
         assert (await c.post("/v2/models/tiny_b/infer", json=wrong_type)).status_code == 400
         huge = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
-                            "data": [0.0] * (8 * 3072 * 7)}]}  # more numbers than any legal request
+                            "data": [0.0] * (8 * 3072 * 30)}]}  # far more than any legal request
         r = await c.post("/v2/models/tiny_b/infer", json=huge)
         assert r.status_code == 413 and "binary tensor extension" in r.json()["error"]
         r = await c.post("/v2/models/tiny_b/infer", content=b"{}xx", headers={

@@ -19,91 +19,116 @@ TEST_ARCH = dict(patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=1
 @pytest.fixture(scope="module")
 def timm_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
     """A seeded timm vit_tiny_patch16_224 (random weights, no download) and its state dict on disk."""
+    return _timm_checkpoint(tmp_path_factory, "vit_tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def timm_small_arch(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    """The same for a timm ViT with the `test` preset's architecture (fast)."""
+    return _timm_checkpoint(tmp_path_factory, "test.pth", img_size=32, **TEST_ARCH)
+
+
+def _timm_checkpoint(factory: pytest.TempPathFactory, name: str, **kwargs) -> tuple[torch.nn.Module, Path]:
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs).eval()
     with torch.no_grad():  # non-zero biases and norms, so every shared tensor matters
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("ckpt") / "vit_tiny.pth"
+    path = factory.mktemp("ckpt") / name
     torch.save(model.state_dict(), path)
     return model, path
 
 
-@pytest.fixture(scope="module")
-def tiny_images() -> torch.Tensor:
-    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
-
-
-@pytest.fixture(scope="module")
-def timm_logits(timm_tiny: tuple[torch.nn.Module, Path], tiny_images: torch.Tensor) -> torch.Tensor:
+def test_vanilla_vit_tiny_with_a_timm_checkpoint_gives_timms_logits(timm_tiny: tuple[torch.nn.Module, Path]) -> None:
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    model = create_model(parse_spec("vit_tiny"), seed=1)
+    assert load_checkpoint(model, timm_tiny[1]) == []
     with torch.no_grad():
-        return timm_tiny[0](tiny_images)
+        torch.testing.assert_close(model.eval()(images), timm_tiny[0](images), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("text", ["vit_tiny", "vit_tiny+cbs", "vit_tiny+gab", "vit_tiny+reattn", "vit_tiny+refiner"])
+@pytest.mark.parametrize("variant", ["cb", "cbs", "lavit", "gab", "reattn", "refiner"])
+def test_timm_checkpoint_loads_into_each_vit_tiny_variant_with_only_new_keys_missing(
+    timm_tiny: tuple[torch.nn.Module, Path], variant: str
+) -> None:
+    model = create_model(parse_spec(f"vit_tiny+{variant}"))
+    new = load_checkpoint(model, timm_tiny[1])
+    assert sorted(new) == sorted(model.variant_state_keys())
+    assert (new == []) == (variant == "cb")
+    state = model.state_dict()
+    for key, value in timm_tiny[0].state_dict().items():
+        assert torch.equal(state[key], value), key
+    if variant == "lavit":  # Less-Attention maps start as the identity
+        assert torch.equal(model.blocks[5].attn.lavit.theta, torch.eye(197))
+
+
+@pytest.mark.parametrize(
+    "text", ["test+cbs", "test+gab", "test+reattn", "test+refiner", "test+cbs+gab+reattn+refiner"]
+)
 def test_function_preserving_variants_reproduce_timm_logits(
-    timm_tiny: tuple[torch.nn.Module, Path], tiny_images: torch.Tensor, timm_logits: torch.Tensor, text: str
+    timm_small_arch: tuple[torch.nn.Module, Path], images: torch.Tensor, text: str
 ) -> None:
     model = create_model(parse_spec(text), seed=1)
-    new = load_checkpoint(model, timm_tiny[1])
-    assert sorted(new) == sorted(model.variant_state_keys())
-    assert (new == []) == (text == "vit_tiny")
-    model.eval()
+    new = load_checkpoint(model, timm_small_arch[1])
+    assert new and sorted(new) == sorted(model.variant_state_keys())
     with torch.no_grad():
-        torch.testing.assert_close(model(tiny_images), timm_logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.eval()(images), timm_small_arch[0](images), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("text", ["vit_tiny+cb", "vit_tiny+lavit", "vit_tiny+cb+lavit+gab+reattn+refiner"])
-def test_other_variants_load_with_only_their_new_keys_missing(
-    timm_tiny: tuple[torch.nn.Module, Path], tiny_images: torch.Tensor, text: str
+def test_all_variants_together_load_and_run(timm_small_arch: tuple[torch.nn.Module, Path], images: torch.Tensor) -> None:
+    model = create_model(parse_spec("test+cb+lavit+gab+reattn+refiner"))
+    assert sorted(load_checkpoint(model, timm_small_arch[1])) == sorted(model.variant_state_keys())
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(images)).all()
+
+
+def test_gab_amplitude_is_zeroed_on_load_unless_the_user_set_it(
+    timm_small_arch: tuple[torch.nn.Module, Path]
 ) -> None:
-    model = create_model(parse_spec(text))
-    new = load_checkpoint(model, timm_tiny[1])
-    assert sorted(new) == sorted(model.variant_state_keys())
-    for key, value in timm_tiny[0].state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
-    if "lavit" in text:  # Less-Attention maps start as the identity
-        assert torch.equal(model.blocks[5].attn.lavit.theta, torch.eye(197))
-    with torch.no_grad():
-        assert torch.isfinite(model.eval()(tiny_images)).all()
-
-
-def test_gab_amplitude_is_zeroed_on_load_unless_the_user_set_it(timm_tiny: tuple[torch.nn.Module, Path]) -> None:
-    default = create_model(parse_spec("vit_tiny+gab"))
+    default = create_model(parse_spec("test+gab"))
     assert default.blocks[0].attn.gab.amplitude.eq(1.0).all()
-    load_checkpoint(default, timm_tiny[1])
+    load_checkpoint(default, timm_small_arch[1])
     assert all(b.attn.gab.amplitude.eq(0.0).all() for b in default.blocks)
     assert all(b.attn.gab.sigma.eq(5.0).all() for b in default.blocks)
-    chosen = create_model(parse_spec("vit_tiny+gab", gab_amplitude_init=0.5))
-    load_checkpoint(chosen, timm_tiny[1])
+    chosen = create_model(parse_spec("test+gab", gab_amplitude_init=0.5))
+    load_checkpoint(chosen, timm_small_arch[1])
     assert all(b.attn.gab.amplitude.eq(0.5).all() for b in chosen.blocks)
 
 
-def test_new_parameters_are_reset_to_their_function_preserving_init(timm_tiny: tuple[torch.nn.Module, Path]) -> None:
-    model = create_model(parse_spec("vit_tiny+reattn+refiner"))
+def test_new_parameters_are_reset_to_their_function_preserving_init(
+    timm_small_arch: tuple[torch.nn.Module, Path]
+) -> None:
+    model = create_model(parse_spec("test+reattn+refiner"))
     with torch.no_grad():
-        model.blocks[11].attn.refiner.reduce.weight.fill_(1.0)
-        model.blocks[11].attn.reattn.conv.weight.fill_(1.0)
-    load_checkpoint(model, timm_tiny[1])
-    assert model.blocks[11].attn.refiner.reduce.weight.eq(0).all()
-    assert torch.equal(model.blocks[11].attn.reattn.conv.weight.view(3, 3), torch.eye(3))
+        model.blocks[3].attn.refiner.reduce.weight.fill_(1.0)
+        model.blocks[3].attn.reattn.conv.weight.fill_(1.0)
+    expand = model.blocks[3].attn.refiner.expand.weight.clone()
+    rng = torch.random.get_rng_state()
+    load_checkpoint(model, timm_small_arch[1])
+    assert model.blocks[3].attn.refiner.reduce.weight.eq(0).all()
+    assert torch.equal(model.blocks[3].attn.reattn.conv.weight.view(2, 2), torch.eye(2))
+    # deterministic: the seeded expand/depthwise weights are kept and no random numbers are drawn
+    assert torch.equal(model.blocks[3].attn.refiner.expand.weight, expand)
+    assert torch.equal(torch.random.get_rng_state(), rng)
 
 
 def test_safetensors_wrapped_and_prefixed_files_load(
-    tmp_path: Path, timm_tiny: tuple[torch.nn.Module, Path], tiny_images: torch.Tensor, timm_logits: torch.Tensor
+    tmp_path: Path, timm_small_arch: tuple[torch.nn.Module, Path], images: torch.Tensor
 ) -> None:
     from safetensors.torch import save_file
 
-    state = timm_tiny[0].state_dict()
+    with torch.no_grad():
+        expected = timm_small_arch[0](images)
+    state = timm_small_arch[0].state_dict()
     st = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(st))
     wrapped = tmp_path / "w.bin"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, wrapped)
     for path in (st, wrapped):
-        model = create_model(parse_spec("vit_tiny"))
+        model = create_model(parse_spec("test"))
         assert load_checkpoint(model, path) == []
         with torch.no_grad():
-            torch.testing.assert_close(model.eval()(tiny_images), timm_logits, atol=1e-5, rtol=0)
+            torch.testing.assert_close(model.eval()(images), expected, atol=1e-5, rtol=0)
 
 
 def test_convert_is_pure_and_resamples_pos_embed() -> None:

@@ -19,7 +19,6 @@ from export.models.refiner import AttentionRefiner
 from export.models.vit import AttentionMap, VariantAttention
 from export.spec import VARIANTS, BlockConfig, parse_spec
 
-torch.set_grad_enabled(True)
 
 
 def _valid_variant_sets() -> list[tuple[str, ...]]:

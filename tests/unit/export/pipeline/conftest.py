@@ -7,18 +7,6 @@ from dataclasses import dataclass
 
 import pytest
 
-#: every single variant, a few option forms and a combination of everything, on the tiny `test` preset
-VARIANT_SPECS: tuple[str, ...] = (
-    "test",
-    "test+cb",
-    "test+cbs",
-    "test+lavit",
-    "test+gab",
-    "test+reattn",
-    "test+refiner",
-    "test+cb+lavit+gab+reattn+refiner",
-)
-
 
 @dataclass
 class Exported:

@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import VARIANT_SPECS  # type: ignore[import-not-found]
+from export_pipeline_specs import VARIANT_SPECS  # type: ignore[import-not-found]
 from export.flops import count_costs, count_flops_by_op, count_graph_parameters
 
 REL_TOL = 0.02

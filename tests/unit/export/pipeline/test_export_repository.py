@@ -158,3 +158,37 @@ def test_timm_checkpoint_gives_timm_logits_in_onnx_runtime(tmp_path):
         expected = reference(torch.from_numpy(x)).numpy()
     (got,) = ort_session(str(model_dir / "1" / "model.onnx")).run(None, {INPUT_NAME: x})
     assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_variants_built_from_a_timm_checkpoint_start_as_timm(tmp_path):
+    """cbs/gab/reattn/refiner take function-preserving inits for their new parameters, so the
+    exported graph of a variant loaded from a timm checkpoint still computes timm's logits."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(1)
+    reference = VisionTransformer(**get_preset("test").arch).eval()
+    ckpt = tmp_path / "test.pth"
+    torch.save(reference.state_dict(), ckpt)
+    model_dir = build_model("test+cbs+gab+reattn+refiner", tmp_path / "repo", checkpoint=ckpt, progress=False)
+    m = Manifest.load(model_dir)
+    tags = (".cb.scale", ".attn.gab.", ".attn.reattn.", ".attn.refiner.")
+    new = m.provenance.new_parameters
+    assert all(any(tag in k for tag in tags) for k in new)
+    assert all(any(tag in k for k in new) for tag in tags)
+    x = random_inputs((3, 32, 32), 4, seed=2)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    (got,) = ort_session(str(model_dir / "1" / "model.onnx")).run(None, {INPUT_NAME: x})
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_build_test_repository_writes_servable_models(tmp_path):
+    from export.build import build_test_repository
+
+    repo = build_test_repository(tmp_path / "r", specs=("test", "test+cb"))
+    for name in ("test", "test-cb"):
+        m = Manifest.load(repo / name)
+        session = ort_session(str(repo / name / "1" / "model.onnx"))
+        (logits,) = session.run(None, {INPUT_NAME: random_inputs(m.preprocess.input_size, 2, seed=0)})
+        assert logits.shape == (2, m.num_classes)

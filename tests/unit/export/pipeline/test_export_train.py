@@ -82,3 +82,19 @@ def test_training_the_demo_model_reaches_95_percent(tmp_path):
     results = train_demo_repository(tmp_path, ["demo"], progress=False)
     assert results["demo"] >= MIN_ACCURACY
     assert Manifest.load(tmp_path / "demo").evaluation["heldout_accuracy"] == results["demo"]
+
+
+def test_augmentation_is_identity_when_off_and_keeps_the_background_black():
+    import torch
+
+    from export.train import TrainConfig, _augment
+
+    x = torch.from_numpy(pixel_values(digits_split().train_images[:4], get_preset("demo").data))
+    gen = torch.Generator().manual_seed(0)
+    off = TrainConfig(max_shift=0, max_rotation_deg=0, max_scale=0)
+    assert torch.equal(_augment(x, off, gen), x)
+    moved = _augment(x, TrainConfig(), gen)
+    assert moved.shape == x.shape and not torch.allclose(moved, x)
+    assert moved.min() >= x.min() - 1e-6 and moved.max() <= x.max() + 1e-6
+    # corners stay background: a rotated/shifted digit does not drag in non-black padding
+    assert torch.allclose(moved[:, :, 0, 0], x.min().expand(4, 3), atol=1e-5)
