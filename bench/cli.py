@@ -6,6 +6,7 @@
     vitserve-bench gemm --preset vit_small (alias: roofline)         # comparison 4
     vitserve-bench int8 [--preset demo --preset vit_small]           # comparison 5
     vitserve-bench peers [--preset demo --preset vit_small] [--peer litserve ...]   # comparison 3
+    vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
 Results go to bench/results/<comparison>/ (JSON, markdown, PNG); models are built with export/
@@ -155,6 +156,35 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_all(args: argparse.Namespace) -> int:
+    """Every comparison in turn with the same --quick/--cache/--out, then BENCHMARKS.md."""
+    import time
+
+    from bench import ceiling, gemm, int8, peers, variants
+    from bench.summary import REPO_ROOT, build_summary
+    from bench.report import RESULTS_DIR
+
+    steps: list[tuple[str, object]] = [
+        ("variants", lambda: variants.run(["demo", "vit_small"], quick=args.quick, cache=args.cache, out_dir=args.out)),
+        ("ceiling demo", lambda: ceiling.run("demo", quick=args.quick, cache=args.cache, out_dir=args.out, tuning=True)),
+        ("ceiling vit_small", lambda: ceiling.run("vit_small", quick=args.quick, cache=args.cache, out_dir=args.out)),
+        ("gemm", lambda: gemm.run("vit_small", quick=args.quick, cache=args.cache, out_dir=args.out)),
+        ("int8", lambda: int8.run(["demo", "vit_small"], quick=args.quick, cache=args.cache, out_dir=args.out)),
+    ]
+    if not args.skip_peers:
+        steps.append(("peers", lambda: peers.run(["demo", "vit_small"], list(peers.ALL_PEERS), quick=args.quick,
+                                                 cache=args.cache, out_dir=args.out)))
+    for label, step in steps:
+        started = time.perf_counter()
+        print(f"=== {label}", file=sys.stderr, flush=True)
+        step()  # type: ignore[operator]
+        print(f"=== {label} done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    if args.out is None:
+        build_summary(RESULTS_DIR, REPO_ROOT / "BENCHMARKS.md")
+        print(f"wrote {REPO_ROOT / 'BENCHMARKS.md'}")
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from bench.summary import REPO_ROOT, build_summary
     from bench.report import RESULTS_DIR
@@ -222,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeatable (default: all four)")
     _common(p)
     p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("all", help="every comparison in turn (peers last), then BENCHMARKS.md")
+    p.add_argument("--skip-peers", action="store_true", help="leave out comparison 3 (the most expensive)")
+    _common(p)
+    p.set_defaults(func=cmd_all)
 
     p = sub.add_parser("summary", help="write BENCHMARKS.md from the latest results")
     p.add_argument("--results", type=Path, default=None, help="results directory (default bench/results)")

@@ -31,6 +31,7 @@ class Timing(BaseModel):
     p90_s: float
     mean_s: float
     min_s: float
+    cpu_s: float | None = None  # mean CPU time of this process per call (all threads), when measured
 
     @property
     def images_per_s(self) -> float:
@@ -48,10 +49,12 @@ def time_call(
         fn()
     times: list[float] = []
     started = time.perf_counter()
+    cpu0 = time.process_time()
     while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - started < min_time_s):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - cpu0
     return Timing(
         batch_size=batch_size,
         repeats=len(times),
@@ -59,6 +62,7 @@ def time_call(
         p90_s=percentile(times, 90),
         mean_s=mean(times),
         min_s=min(times),
+        cpu_s=cpu / len(times),
     )
 
 

@@ -398,9 +398,11 @@ async def _measure(
         n_windows = cfg.max_windows
         window_s = cfg.window_s
     stable = False
+    # windows are contiguous: the next starts where the last ended (snapshot time included), so no
+    # completion falls between two windows and wall time adds up
+    w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n_windows):
-        w0, c0 = time.perf_counter(), time.process_time()
-        await asyncio.sleep(window_s)
+        await asyncio.sleep(max(0.0, window_s - (time.perf_counter() - w0)))
         w1, c1 = time.perf_counter(), time.process_time()
         end_idx = len(samples)
         chunk = samples[idx:end_idx]
@@ -424,6 +426,7 @@ async def _measure(
         if cfg.fixed_duration_s is None and is_stable(windows, cfg.stability_windows, cfg.tolerance):
             stable = True
             break
+        w0, c0 = w1, c1
     first = 0
     if cfg.fixed_duration_s is not None:
         stable = is_stable(windows, min(cfg.stability_windows, len(windows)), cfg.tolerance)

@@ -149,8 +149,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         md += [f"### {c['model']}", "", md_table(
             ["", "ratio to raw best", "inferences/s (this machine)", "p50 ms", "p99 ms", "client CPU (cores)",
              "server CPU us/inference"],
-            [["raw ORT, best batch " + str(best["batch_size"]) + " (CPU: wall x cores)", 1.0, best["batch_size"] / best["median_s"], "—", "—", "—",
-              best["median_s"] / best["batch_size"] * 1e6 * c["machine"]["cores"]],
+            [["raw ORT, best batch " + str(best["batch_size"]), 1.0, best["batch_size"] / best["median_s"], "—", "—", "—",
+              c.get("raw_cpu_us_per_image")],
              ["service v2 binary, c=16", v2[16]["inferences_per_second"] / (best["batch_size"] / best["median_s"]),
               v2[16]["inferences_per_second"], v2[16]["latency_us"]["p50"] / 1e3, v2[16]["latency_us"]["p99"] / 1e3,
               v2[16]["client_cpu_cores"], v2[16].get("server_cpu_us_per_inference")],
@@ -160,6 +160,9 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
              ["service v2 binary, c=1", v2[1]["inferences_per_second"] / (best["batch_size"] / best["median_s"]),
               v2[1]["inferences_per_second"], v2[1]["latency_us"]["p50"] / 1e3, v2[1]["latency_us"]["p99"] / 1e3,
               v2[1]["client_cpu_cores"], v2[1].get("server_cpu_us_per_inference")]]),
+            "",
+            "CPU per inference, service ÷ raw in-process (insensitive to other load on the machine): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in (c.get("server_cpu_over_raw_cpu") or {}).items()) + ".",
             "",
             f"Raw batch-1 latency {raw_b1['median_s'] * 1e3:.2f} ms; service p50 at c=1 "
             f"{v2[1]['latency_us']['p50'] / 1e3:.2f} ms. Server-side split at c=16 (v2, usec): "

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--repository", "-r", type=Path, required=True)
     train.add_argument("--spec", action="append", dest="specs", metavar="SPEC",
                        help="train only these specs (repeatable; default: demo and each single variant)")
-    train.add_argument("--epochs", type=int, help="training epochs (default: TrainConfig.epochs)")
+    train.add_argument("--epochs", type=int, help="training epochs for every spec (default: TrainConfig.epochs, longer for specs in SPEC_EPOCHS)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--int8", action="store_true", help="also write dynamic int8 copies")
     train.add_argument("--jobs", "-j", type=int, default=2, help="models trained at once (default 2)")
@@ -128,14 +128,16 @@ def _train(args: argparse.Namespace) -> int:
         if spec.preset not in ("demo", "test"):
             raise ValueError(f"train fits 32x32 digits presets ('demo', 'test'), not {spec.preset!r}")
     config = TrainConfig(seed=args.seed)
+    spec_epochs = None  # the per-spec defaults (export.train.SPEC_EPOCHS)
     if args.epochs is not None:
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         config = replace(config, epochs=args.epochs)
+        spec_epochs = {}  # --epochs applies to every spec
     args.repository.mkdir(parents=True, exist_ok=True)
     results = train_demo_repository(args.repository, specs, config=config, int8=args.int8,
                                     progress=not args.quiet, min_accuracy=args.min_accuracy, jobs=args.jobs,
-                                    threads=args.threads, **_batching(args))
+                                    threads=args.threads, spec_epochs=spec_epochs, **_batching(args))
     _summary([args.repository / name for name in results], int8=args.int8)
     return 0
 

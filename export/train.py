@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,10 @@ DEMO_SPECS: tuple[str, ...] = (
     "demo", "demo+cb", "demo+cbs", "demo+lavit", "demo+gab", "demo+reattn", "demo+refiner",
 )
 DATASET = "sklearn-digits"
+#: specs that train longer than `TrainConfig.epochs` by default: the refiner's attention-map
+#: convolutions start at zero (function-preserving init) and need more steps to pay off
+#: (94.7 % held out after 40 epochs, below the 95 % target).
+SPEC_EPOCHS: dict[str, int] = {"demo+refiner": 60}
 
 
 @dataclass(frozen=True)
@@ -226,10 +230,12 @@ def train_demo_repository(
     min_accuracy: float | None = None,
     jobs: int = 1,
     threads: int = 1,
+    spec_epochs: dict[str, int] | None = None,
     **build_kwargs: Any,
 ) -> dict[str, float]:
     """Train each spec on the digits, export it with its held-out accuracy; return {name: accuracy}.
 
+    `spec_epochs` overrides the epochs per spec text (default SPEC_EPOCHS; {} for none).
     `jobs` models train at once in worker processes with `threads` torch threads each (on a small,
     shared CPU one thread per model is much faster than two fighting for the same cores). Results do
     not depend on `jobs`: each model has its own seeded generators. Export runs in this process.
@@ -246,13 +252,15 @@ def train_demo_repository(
     if jobs < 1 or threads < 1:
         raise ValueError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
     specs = [str(parse_spec(text)) for text in specs]  # fail fast on a bad spec
+    epochs = SPEC_EPOCHS if spec_epochs is None else spec_epochs
+    configs = [replace(config, epochs=epochs[text]) if text in epochs else config for text in specs]
     split = digits_split()
     if jobs == 1:
-        trained = (_train_one(text, config, threads, progress) for text in specs)
+        trained = (_train_one(text, cfg, threads, progress) for text, cfg in zip(specs, configs))
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-        futures = [pool.submit(_train_one, text, config, threads, False) for text in specs]
+        futures = [pool.submit(_train_one, text, cfg, threads, False) for text, cfg in zip(specs, configs)]
         trained = (f.result() for f in futures)
     results: dict[str, float] = {}
     try:

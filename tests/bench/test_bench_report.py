@@ -57,7 +57,7 @@ def test_summary_without_results_says_so_and_lists_targets_not_run(tmp_path: Pat
 @pytest.mark.parametrize("argv", [
     ["load", "--url", "http://127.0.0.1:1", "--model", "m", "--concurrency", "1,2"],
     ["variants", "--quick"], ["ceiling", "--preset", "demo", "--quick"], ["gemm", "--quick"], ["roofline"],
-    ["int8", "--quick"], ["peers", "--peer", "litserve", "--quick"], ["summary"],
+    ["int8", "--quick"], ["peers", "--peer", "litserve", "--quick"], ["summary"], ["all", "--quick", "--skip-peers"],
 ])
 def test_every_comparison_has_a_subcommand(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)

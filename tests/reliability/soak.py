@@ -113,7 +113,7 @@ async def run_soak_async(base_url: str, model: str, duration_s: float, *, pid: i
             rate = fraction * sustainable
             check = await open_loop(session, lambda i: req, rate, probe_s, poisson=True, seed=7)
             keeps_up = (all(o.status == 200 for o in check) and throughput(check) >= 0.9 * rate
-                        and _pct([o.latency for o in check], 50) <= max(4 * closed_p50, 0.05))
+                        and _pct([o.latency for o in check], 50) <= max(closed_p50, 0.02))
             if keeps_up:
                 break
             log(f"open-loop check at {rate:.1f} req/s fell behind; stepping down")

@@ -3,13 +3,16 @@
 While an open-loop load runs on the slow model and a readiness prober polls, SIGTERM: from that moment
 readiness never answers 200, requests that arrive later are refused (503 or connection refused), every
 request the server had accepted is answered 200, and the process exits 0 within the drain timeout.
-A second test shows the drain timeout bounds the shutdown when the accepted work cannot finish in time.
+A second test shows the drain timeout bounds the shutdown when the accepted work cannot finish in time,
+a third that SIGTERM during a long warm-up does not wait for the warm-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +20,16 @@ from pathlib import Path
 import aiohttp
 import httpx
 from reliability_load import Outcome, Request, make_session, open_loop, summary
-from reliability_support import FIGURES, png_bytes, start_server
+from reliability_support import (
+    API_KEY,
+    FIGURES,
+    TinyModel,
+    add_version,
+    build_tiny_repository,
+    free_port,
+    png_bytes,
+    start_server,
+)
 
 SIGNAL_SLACK_S = 0.5  # signal delivery and the event loop noticing it
 
@@ -128,3 +140,78 @@ def test_drain_timeout_bounds_the_shutdown(reliability_repository: Path, tmp_pat
     assert took < 1 + 8, f"shutdown took {took:.1f}s with a 1 s drain timeout"
     FIGURES["drain_timeout_1s"] = {"answers": summary(outcomes), "exit_s_after_sigterm": round(took, 2),
                                    "refused_connections": len(refused), "lost": len(lost)}
+
+
+def test_sigterm_while_models_warm_up_exits_within_the_drain_timeout(
+    reliability_repository: Path, tmp_path: Path,
+) -> None:
+    """A pod told to stop while it is still warming up (a rollout cancelled, a node drained) must not
+    finish a long warm-up first: Kubernetes kills it after its grace period (exit 137)."""
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    # warm-up of tiny_slow at every batch size 1..64: ~2000 images, tens of seconds on one thread
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--repository", str(reliability_repository),
+           "--host", "127.0.0.1", "--port", str(port), "--models", "tiny_slow", "--warmup", "all",
+           "--max-batch-size", "64", "--intra-op-threads", "1", "--drain-timeout-s", "2"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/v2/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert httpx.get(base + "/v2/health/ready").status_code == 503, "warm-up finished too fast to test this"
+        time.sleep(0.5)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(2 + 8)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - t
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    FIGURES["sigterm_during_warmup"] = {"exit_code": code, "exit_s_after_sigterm": round(took, 1)}
+    assert code == 0, f"still running {took:.0f} s after SIGTERM with a 2 s drain timeout (exit {code})"
+
+
+def test_sigterm_during_a_version_swap_loses_nothing(tmp_path: Path) -> None:
+    """SIGTERM right after a reload swapped versions: requests held by the retiring version and by the new
+    one are all answered (200, or 503 if they arrived after intake stopped) and the process exits 0."""
+    model = TinyModel("tiny_a")
+    root = build_tiny_repository(tmp_path / "repo", [model])
+    server = start_server(root, tmp_path, "--warmup", "one", "--drain-timeout-s", "10")
+    body = ('{"inputs":[{"name":"pixel_values","shape":[1,3,32,32],"datatype":"FP32","data":['
+            + ",".join(["0.25"] * 3072) + "]}]}").encode()
+    req = Request("POST", f"{server.base_url}/v2/models/tiny_a/infer", body, {"content-type": "application/json"})
+
+    async def main() -> list[Outcome]:
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as s:
+            load = asyncio.create_task(open_loop(s, lambda i: req, 150, 3.0))
+            await asyncio.sleep(0.8)
+            add_version(root, model, 2)
+            async with s.post(f"{server.base_url}/v2/repository/models/tiny_a/load",
+                              headers={"authorization": f"Bearer {API_KEY}"}) as r:
+                assert r.status == 200, await r.text()
+            server.proc.send_signal(signal.SIGTERM)
+            return await load
+
+    try:
+        outcomes = asyncio.run(main())
+        code = server.proc.wait(30)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    refused = [o for o in outcomes if o.status == 0 and "Connect" in (o.error or "")]
+    lost = [o for o in outcomes if o.status == 0 and o not in refused]
+    assert not lost, [o.error for o in lost[:3]]
+    assert all(o.status in (0, 200, 503) for o in outcomes), summary(outcomes)
+    assert code == 0, server.log()[-3000:]
+    FIGURES["sigterm_during_swap"] = {"answers": summary(outcomes), "lost": len(lost)}

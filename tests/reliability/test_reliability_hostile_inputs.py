@@ -19,6 +19,7 @@ from reliability_support import (
     GoodTraffic,
     ServerProcess,
     assert_clean_error,
+    metric,
     proc_status_kb,
     reset_peak_rss,
 )
@@ -162,6 +163,29 @@ def test_oversized_body_gets_413_before_it_is_read(hostile_server: ServerProcess
         assert b" 413 " in status_line + b" ", data[:300]
         assert b'"error"' in rest
     FIGURES["oversized_body_413_s"] = [round(x, 4) for x in latencies]
+
+
+def test_stalled_uploads_do_not_block_other_clients(hostile_server: ServerProcess) -> None:
+    """200 clients that send half a body and stall (slowloris on the body) hold connections, not the server;
+    when they hang up, that is a client's doing: no 5xx in the metrics (alerts) and no stack trace in the log."""
+    host, port = hostile_server.base_url.removeprefix("http://").split(":")
+    sockets = []
+    try:
+        for i in range(200):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall((f"POST /v1/models/tiny_a/classify HTTP/1.1\r\nHost: {host}\r\n"
+                          f"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n").encode() + b"\x89PNG" * 8)
+            sockets.append(sock)
+        with GoodTraffic(hostile_server.base_url) as good:
+            time.sleep(1.0)
+        good.check(minimum=4)
+    finally:
+        for sock in sockets:
+            sock.close()
+    time.sleep(1.0)
+    text = httpx.get(hostile_server.base_url + "/metrics").text
+    assert metric(text, "vitserve_requests_total", model="tiny_a", code="500") == 0, "client disconnects counted as 500"
+    assert "Traceback" not in hostile_server.log(), hostile_server.log()[-2000:]
 
 
 def test_streamed_body_without_length_is_cut_at_the_limit(hostile_server: ServerProcess) -> None:

@@ -151,15 +151,23 @@ def test_load_unload_storm_answers_only_200_or_503(tmp_path: Path) -> None:
     server = start_server(root, tmp_path, "--warmup", "one")
     base = server.base_url
     try:
-        def storm() -> int:
-            actions = 0
+        def operator(seed: int) -> list[int]:
+            statuses = []
             with httpx.Client(base_url=base, headers=AUTH, timeout=60) as c:
-                for i in range(12):
-                    r = c.post(f"/v2/repository/models/tiny_a/{'unload' if i % 3 == 0 else 'load'}")
-                    assert r.status_code == 200, r.text
-                    actions += 1
-                assert c.post("/v2/repository/models/tiny_a/load").status_code == 200
-            return actions
+                for i in range(8):
+                    action = "unload" if (i + seed) % 3 == 0 else "load"
+                    statuses.append(c.post(f"/v2/repository/models/tiny_a/{action}").status_code)
+            return statuses
+
+        def storm() -> int:
+            """Three operators load and unload at once (the registry must serialise them)."""
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(3) as pool:
+                results = [s for r in pool.map(operator, range(3)) for s in r]
+            assert set(results) <= {200}, results
+            assert httpx.post(base + "/v2/repository/models/tiny_a/load", headers=AUTH, timeout=60).status_code == 200
+            return len(results)
 
         outcomes, xs, actions = run_traffic_during(base, storm, seconds=4.0)
         bad = [o for o in outcomes if o.status not in (200, 503)]

@@ -1,8 +1,8 @@
 """Overload and deadlines against the real server, with a deliberately slow model (tiny_slow, ~20 ms/image).
 
-At several times the measured sustainable rate: the excess gets 503 + Retry-After at once, accepted
-requests finish within their deadline, resident memory stays bounded, and throughput recovers when
-the load drops. Deadlines: a request past its deadline gets 504 and is never computed, counted by
+At several times the measured sustainable rate (alternating /v1 classify and /v2 binary infer requests):
+the excess gets 503 + Retry-After at once, accepted requests finish within their deadline, resident
+memory stays bounded, and throughput recovers when the load drops. Deadlines: a request past its deadline gets 504 and is never computed, counted by
 comparing the server's computed-image counters with the answers the clients got.
 """
 
@@ -77,11 +77,26 @@ class RssSampler:
         self._thread.join()
 
 
+def v1_and_v2(base: str):
+    """Alternate /v1 classify (PNG) and /v2 infer (binary tensor extension) requests."""
+    import json
+
+    import numpy as np
+
+    image = classify(base)(0)
+    x = np.random.default_rng(1).normal(size=(1, 3, 64, 64)).astype(np.float32).tobytes()
+    header = json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, 3, 64, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(x)}}]}).encode()
+    infer = Request("POST", f"{base}/v2/models/tiny_slow/infer", header + x,
+                    {"content-type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+    return lambda i: image if i % 2 else infer
+
+
 def test_overload_is_refused_fast_accepted_work_meets_its_deadline_and_throughput_recovers(
     overload_server: ServerProcess,
 ) -> None:
     base = overload_server.base_url
-    make = classify(base)
+    make = v1_and_v2(base)
 
     async def phases() -> tuple[list[Outcome], list[Outcome], list[Outcome], float]:
         async with make_session() as s:

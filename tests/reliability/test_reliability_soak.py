@@ -26,7 +26,7 @@ def test_soak_60s_no_errors_bounded_memory(demo_repository: Path, tmp_path: Path
     server = start_server(demo_repository, tmp_path, "--models", "demo", "--warmup", "pow2")
     try:
         report = asyncio.run(run_soak_async(server.base_url, "demo", SOAK_S, pid=server.proc.pid, fraction=0.8,
-                                            warmup_s=WARMUP_S, window_s=15.0, probe_s=4.0, probe_concurrency=8,
+                                            warmup_s=WARMUP_S, window_s=15.0, probe_s=4.0, probe_concurrency=4,
                                             log=lambda *_: None))
     finally:
         code = server.stop()

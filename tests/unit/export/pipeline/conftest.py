@@ -57,8 +57,10 @@ def _randomise_variant_parameters(model) -> None:
         for name, p in list(model.named_parameters()) + list(model.named_buffers()):
             if name not in keys or not p.is_floating_point():
                 continue
-            if name.endswith(("running_var", "sigma")):
+            if name.endswith("running_var"):
                 p.mul_(1.0 + 0.3 * torch.rand(p.shape, generator=gen))
+            elif name.endswith("sigma"):  # a local bias (0.5-2 patches), not a near-constant one
+                p.mul_(0.1 + 0.3 * torch.rand(p.shape, generator=gen))
             elif name.endswith("num_batches_tracked"):
                 continue
             else:

@@ -70,6 +70,18 @@ def test_committed_demo_model_classifies_heldout_digits(name):
     assert accuracy == pytest.approx(manifest.evaluation["heldout_accuracy"])
 
 
+@pytest.mark.parametrize("name", _demo_names())
+def test_committed_int8_demo_model_reports_measured_agreement_and_accuracy(name):
+    model_dir = DEMO_REPOSITORY / f"{name}-int8"
+    manifest = Manifest.load(model_dir)
+    assert manifest.quantization is not None and manifest.quantization.source_model == name
+    assert manifest.quantization.num_samples == 397
+    split = digits_split()
+    accuracy = onnx_accuracy(model_dir / "1" / "model.onnx", pixel_values(split.test_images, manifest.preprocess),
+                             split.test_labels)
+    assert accuracy == pytest.approx(manifest.evaluation["heldout_accuracy"])
+
+
 def test_committed_demo_repository_is_small():
     total = sum(p.stat().st_size for p in DEMO_REPOSITORY.rglob("*") if p.is_file())
     assert total < 15 * 2**20
