@@ -289,10 +289,9 @@ def summarise(
         network_server_send_recv_us=net,
         errors_by_status=dict(errors),
         client_cpu_cores=cpu_s / wall_s,
-        server_cpu_cores=server_cpu_s / wall_s if server_cpu_s is not None else None,
-        server_cpu_us_per_inference=(
-            server_cpu_s / sum(s.images for s in ok) * 1e6 if server_cpu_s is not None and ok else None
-        ),
+        # zero CPU for a server that answered means its processes were not found: unknown, not free
+        server_cpu_cores=server_cpu_s / wall_s if server_cpu_s else None,
+        server_cpu_us_per_inference=server_cpu_s / sum(s.images for s in ok) * 1e6 if server_cpu_s and ok else None,
         client_cpu_us_per_request=(cpu_s / len(samples) * 1e6) if samples else math.nan,
     )
 

@@ -181,12 +181,13 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of process group `pgid` (Linux /proc).
+    """CPU seconds (user + system) used so far by a server: its process group and all its descendants (Linux /proc).
 
-    Servers are started in their own session, so their group holds every worker they spawn
-    (LitServe's inference worker, Ray's replicas, PyTriton's tritonserver): the whole server's cost.
+    Servers are started in their own session, so their group holds most workers they spawn (LitServe's
+    inference worker, PyTriton's tritonserver); descendants are added for servers whose workers start a
+    session of their own (BentoML's, Ray's). Processes that have exited are no longer counted.
     """
-    total = 0
+    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, pgrp, ticks)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -197,6 +198,17 @@ def group_cpu_seconds(pgid: int) -> float:
             continue
         fields = data[data.rfind(b")") + 2 :].split()
         # after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / _CLK_TCK
+        procs[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12]))
+    members = {pid for pid, (_, pgrp, _) in procs.items() if pgrp == pgid}
+    if pgid in procs:
+        members.add(pgid)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    stack = list(members)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in members:
+                members.add(child)
+                stack.append(child)
+    return sum(procs[pid][2] for pid in members) / _CLK_TCK

@@ -54,6 +54,8 @@ def _randomise_variant_parameters(model) -> None:
     gen = torch.Generator().manual_seed(123)
     keys = set(model.variant_state_keys())
     with torch.no_grad():
+        # logits of a trained classifier's magnitude (several units), not timm's near-zero init
+        model.head.weight.mul_(20.0)
         for name, p in list(model.named_parameters()) + list(model.named_buffers()):
             if name not in keys or not p.is_floating_point():
                 continue

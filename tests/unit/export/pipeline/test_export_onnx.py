@@ -114,6 +114,7 @@ def test_randomised_variant_terms_change_the_logits(exported):
         for text in VARIANT_SPECS[1:]:
             # far above the parity tolerance, so parity would catch a graph that dropped the variant
             assert (exported(text).model(x) - base).abs().max().item() > 10 * PARITY_TOL, text
+        assert base.abs().max().item() > 1.0
 
 
 def test_parity_fails_loudly_when_the_graph_computes_something_else(exported):
