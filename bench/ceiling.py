@@ -56,6 +56,11 @@ def raw_batch_sizes(max_batch: int) -> list[int]:
     return [b for b in sizes if b <= max_batch] + ([max_batch] if max_batch not in sizes else [])
 
 
+def _status(met: bool | None) -> str:
+    return "inconclusive (negative: raw and service timed under different load)" if met is None else (
+        "met" if met else "MISSED")
+
+
 def tune(repository: Path, name: str, spec: RequestSpec, cfg: MeasureConfig, base_env: dict[str, str],
          log_dir: Path) -> dict[str, LoadPoint]:
     """The service at concurrency 16 under each TUNING setting (each on a fresh server)."""
@@ -132,8 +137,9 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
          "met": ratio_v2 >= TARGET_BINARY},
         {"target": "service (JPEG, c=16) ÷ raw ORT best", "goal": f">= {TARGET_JPEG}", "measured": ratio_jpeg,
          "met": ratio_jpeg >= TARGET_JPEG},
+        # negative: the service beat the raw session, i.e. the two were timed under different background load
         {"target": "p50 at c=1 (v2) − raw batch-1 latency (ms)", "goal": f"<= {TARGET_ADDED_MS}", "measured": added_ms,
-         "met": added_ms <= TARGET_ADDED_MS},
+         "met": None if added_ms < 0 else added_ms <= TARGET_ADDED_MS},
     ]
     data: dict[str, Any] = {
         "comparison": "ceiling",
@@ -166,7 +172,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "## Targets",
         "",
         md_table(["target", "goal", "measured", "met"],
-                 [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets]),
+                 [[t["target"], t["goal"], t["measured"], _status(t["met"])] for t in targets]),
         "",
         "## Raw ONNX Runtime in-process (this machine)",
         "",

@@ -37,7 +37,11 @@ def _machine_line(m: dict[str, Any]) -> str:
 
 
 def _targets(rows: list[dict[str, Any]], source: str) -> list[list[Any]]:
-    return [[t["target"], t["goal"], fmt(t["measured"]), "**met**" if t["met"] else "**missed**", source] for t in rows]
+    def status(met: bool | None) -> str:
+        return "**inconclusive** (negative difference: timed under different load)" if met is None else (
+            "**met**" if met else "**missed**")
+
+    return [[t["target"], t["goal"], fmt(t["measured"]), status(t["met"]), source] for t in rows]
 
 
 def _tuning_lines(c: dict[str, Any]) -> list[str]:
