@@ -141,11 +141,13 @@ def _measure_server(
     label: str, server: ServerProcess, spec: RequestSpec, *, concurrencies: list[int] | None, rate: float | None,
     cfg: MeasureConfig,
 ) -> list[LoadPoint]:
+    # v2 servers (vitserve, Triton) report queue/compute through Triton's statistics endpoint
+    stats = spec.path.removesuffix("/infer") + "/stats" if spec.path.startswith("/v2/") else None
     with server as srv:
         print(f"[peers] {label}: pid {srv.pid} at {srv.url}", file=sys.stderr, flush=True)
         warm_up(srv.url, spec)
         return sweep(srv.url, spec, concurrencies=concurrencies or [], rates=[rate] if rate else [], cfg=cfg,
-                     protocol=label, server_pgid=srv.pid)
+                     protocol=label, stats_path=stats, server_pgid=srv.pid)
 
 
 def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None) -> Path:

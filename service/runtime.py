@@ -59,14 +59,16 @@ def session_config(
 ) -> SessionConfig:
     """Threads chosen deliberately: sessions that run at the same time share the cores.
 
-    intra-op threads = cores // concurrent sessions (at least 1) unless set; spinning (busy-wait of
-    idle pool threads) only when a single session owns the machine, since spinning threads of one
-    session steal the cores another session computes on.
+    intra-op threads = cores // concurrent sessions (at least 1) unless set. Spinning (busy-wait of
+    idle pool threads) stays off unless asked for: the event loop, the image decoders and the other
+    sessions share these cores, and spinning threads steal them. Measured with
+    `vitserve-bench ceiling --tune` on the demo model (2 cores): server CPU per inference 1,477 us
+    with spinning, 1,067 us without (BENCHMARKS.md).
     """
     cores = cpu_count or os.cpu_count() or 1
     sessions = max(1, concurrent_sessions)
     intra = intra_op_threads or max(1, cores // sessions)
-    spinning = allow_spinning if allow_spinning is not None else sessions == 1
+    spinning = bool(allow_spinning)
     return SessionConfig(
         providers=list(providers),
         intra_op_threads=intra,
