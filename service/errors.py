@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("vitserve.errors")
 
@@ -125,6 +126,11 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(status, message, dict(exc.headers or {}))
 
 
+async def _client_disconnected(_: Request, exc: Exception) -> JSONResponse:
+    """499: the client hung up mid-request (e.g. during the upload); nobody reads this, nothing to log."""
+    return error_response(499, "client disconnected")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error")
@@ -135,4 +141,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _unexpected)

@@ -7,6 +7,7 @@ Every failure becomes a `ModelLoadError` whose reason the API shows.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,24 @@ def batch_limits(entry: ModelEntry, settings: Settings) -> BatchLimits:
 
 
 def build_version(
-    entry: ModelEntry, version: int, settings: Settings, session: SessionConfig, factory: RuntimeFactory
+    entry: ModelEntry,
+    version: int,
+    settings: Settings,
+    session: SessionConfig,
+    factory: RuntimeFactory,
+    stop: threading.Event | None = None,
 ) -> InferenceRuntime:
-    """Blocking: verify the file, open the session, warm up every batch size. Runs in a thread."""
+    """Blocking: verify the file, open the session, warm up every batch size. Runs in a thread.
+
+    `stop` (set when the server shuts down) cancels the load between warm-up batch sizes, so a
+    SIGTERM during a long warm-up does not keep the process alive until the warm-up ends.
+    """
+
+    def check_stop() -> None:
+        if stop is not None and stop.is_set():
+            raise ModelLoadError(entry.name, f"version {version}: load cancelled, the server is shutting down")
+
+    check_stop()
     path = entry.verify(version)
     limits = batch_limits(entry, settings)
     spec = RuntimeSpec(
@@ -47,12 +63,18 @@ def build_version(
         model_path=path,
         session=session,
     )
+    check_stop()
     try:
         runtime = factory(spec)
     except Exception as exc:  # noqa: BLE001 - corrupt graph, provider failure...
         raise ModelLoadError(entry.name, f"version {version}: cannot create session: {first_line(exc)}") from exc
     try:
-        runtime.warmup(warmup_sizes(limits.max_batch_size, settings.warmup))
+        for size in warmup_sizes(limits.max_batch_size, settings.warmup):
+            check_stop()
+            runtime.warmup([size])
+    except ModelLoadError:
+        runtime.close()
+        raise
     except Exception as exc:  # noqa: BLE001
         runtime.close()
         raise ModelLoadError(entry.name, f"version {version}: warm-up failed: {first_line(exc)}") from exc

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,7 @@ class ModelRegistry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: set[asyncio.Task[Any]] = set()
         self._drain_task: asyncio.Task[int] | None = None
+        self._stop_loads = threading.Event()  # set at shutdown: loads in progress stop between warm-up sizes
         threads = settings.preprocess_threads or os.cpu_count() or 1
         self._preprocess_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vitserve-preprocess")
         self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitserve-load")
@@ -142,6 +144,7 @@ class ModelRegistry:
         draining now, so what is left at the drain timeout gets a clean 503 (not a cancelled connection).
 
         Safe to call from a signal handler (it only schedules the drain on the loop)."""
+        self._stop_loads.set()
         if self._draining:
             return
         self._draining = True
@@ -201,7 +204,8 @@ class ModelRegistry:
         return batch_limits(entry, self.settings)
 
     def _build_version(self, entry: ModelEntry, version: int) -> InferenceRuntime:
-        return build_version(entry, version, self.settings, self._session or SessionConfig(), self._factory)
+        return build_version(entry, version, self.settings, self._session or SessionConfig(), self._factory,
+                             stop=self._stop_loads)
 
     async def _load(self, handle: ModelHandle, only_if_changed: bool = False) -> None:
         async with handle.lock:

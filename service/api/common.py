@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import SecretStr
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge, ServiceError, Unauthorized
@@ -117,7 +118,7 @@ async def track(metrics: Metrics, model: str, endpoint: str) -> AsyncIterator[No
     except ServiceError as exc:
         code = exc.status
         raise
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ClientDisconnect):
         code = 499
         raise
     except Exception:

@@ -174,14 +174,15 @@ def test_expired_requests_are_never_computed(overload_server: ServerProcess) -> 
 
 
 def test_disconnected_clients_leave_the_queue(overload_server: ServerProcess) -> None:
-    """Clients that give up while queued are not computed for: most of a full queue is never run."""
+    """Clients that give up while queued are not computed for: beyond the requests answered 200, the server
+    computes at most the batch(es) already dispatched when the clients hung up (max_batch_size = 4 each)."""
     base = overload_server.base_url
     before = httpx.get(base + "/metrics").text
     sent = QUEUE
 
     async def impatient() -> list[Outcome]:
-        async with make_session(timeout_s=0.15) as s:  # every client hangs up after 150 ms
-            return await open_loop(s, classify(base), 1000, QUEUE / 1000)
+        async with make_session(timeout_s=0.03) as s:  # every client hangs up after 30 ms
+            return await open_loop(s, classify(base), 5000, QUEUE / 5000)
 
     outcomes = asyncio.run(impatient())
     assert len(outcomes) == sent and any(o.status == 0 for o in outcomes), summary(outcomes)
@@ -194,8 +195,14 @@ def test_disconnected_clients_leave_the_queue(overload_server: ServerProcess) ->
     after = httpx.get(base + "/metrics").text
     computed = metric(after, "vitserve_inferences_total", model="tiny_slow") - metric(
         before, "vitserve_inferences_total", model="tiny_slow")
-    # 32 queued images are 8 batches of ~90 ms: within the clients' 150 ms only the first one or two can start
-    assert computed <= sent // 2, f"{computed} of {sent} abandoned requests were computed ({summary(outcomes)})"
+    ok = sum(o.status == 200 for o in outcomes)
+    abandoned = sent - ok
+    # abandoned requests still queued leave the queue; only the batch in flight when the clients hung up (and
+    # one or two dispatched while the server learns of it) compute images nobody waits for
+    wasted = computed - ok
+    assert wasted <= 3 * 4, f"{computed} images computed for {ok} answered requests ({summary(outcomes)})"
+    assert abandoned - wasted >= abandoned / 2, f"most abandoned requests were computed ({summary(outcomes)})"
     assert httpx.post(base + "/v1/models/tiny_slow/classify", content=small_png(),
                       headers={"content-type": "image/png"}, timeout=30).status_code == 200
-    FIGURES["disconnects"] = {"sent": sent, "answers": summary(outcomes), "computed": computed}
+    FIGURES["disconnects"] = {"sent": sent, "answers": summary(outcomes), "computed": computed,
+                              "computed_for_abandoned": computed - ok}
