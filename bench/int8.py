@@ -27,10 +27,14 @@ def _trained_demo(cache: Path, trained: Path | None) -> Path:
     """A repository with the demo model trained on the digits and its int8 copy (trained once, cached).
 
     `trained` names an existing repository holding `demo` and `demo-int8` (e.g. the one the Docker
-    image builds) to reuse instead of training.
+    image builds) to reuse instead of training; by default the committed built-in demo repository
+    (models/demo), so the figures describe the models `make run` serves.
     """
     from bench.models import is_built
 
+    committed = Path(__file__).resolve().parents[1] / "models" / "demo"
+    if trained is None and is_built(committed, "demo") and is_built(committed, "demo-int8"):
+        trained = committed
     if trained is not None:
         if not (is_built(trained, "demo") and is_built(trained, "demo-int8")):
             raise ValueError(f"{trained} does not hold both demo and demo-int8 (build it with int8 copies)")
