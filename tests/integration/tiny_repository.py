@@ -113,7 +113,13 @@ def write_model(root: Path, model: TinyModel) -> Path:
         elif model.breakage == "missing_file":
             path.unlink()
     write_manifest(directory, model, files)
-    config = ModelConfig(
+    triton_config(model).save(directory / "config.pbtxt")
+    return directory
+
+
+def triton_config(model: TinyModel) -> ModelConfig:
+    """The config.pbtxt of a tiny model: its batching limits as Triton's dynamic_batching block."""
+    return ModelConfig(
         name=model.name,
         max_batch_size=model.max_batch_size,
         input=[TensorConfig(name="pixel_values", dims=[3, model.size, model.size])],
@@ -125,8 +131,6 @@ def write_model(root: Path, model: TinyModel) -> Path:
         ),
         latest_versions=model.latest_versions,
     )
-    config.save(directory / "config.pbtxt")
-    return directory
 
 
 def write_manifest(directory: Path, model: TinyModel, files: dict[str, str]) -> None:

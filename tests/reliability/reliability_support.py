@@ -33,12 +33,12 @@ from tiny_repository import (  # noqa: E402,F401
     add_version,
     build_tiny_repository,
     expected_logits,
+    triton_config,
     write_manifest,
     write_model,
 )
 
 from service.manifest import sha256_file  # noqa: E402
-from service.model_config import DynamicBatching, ModelConfig, QueuePolicy, TensorConfig  # noqa: E402
 
 STACK_TRACE = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
 # Figures measured by the suite (overload rejection latency, drain, soak): printed in the terminal summary.
@@ -106,18 +106,7 @@ def write_custom_model(root: Path, model: TinyModel, build: Callable[[TinyModel,
         onnx.save(build(model, version), str(path))
         files[f"{version}/model.onnx"] = sha256_file(path)
     write_manifest(directory, model, files)
-    ModelConfig(
-        name=model.name,
-        max_batch_size=model.max_batch_size,
-        input=[TensorConfig(name="pixel_values", dims=[3, model.size, model.size])],
-        output=[TensorConfig(name="logits", dims=[model.num_classes])],
-        dynamic_batching=DynamicBatching(
-            preferred_batch_size=[model.max_batch_size],
-            max_queue_delay_microseconds=model.max_queue_delay_us,
-            default_queue_policy=QueuePolicy(max_queue_size=model.max_queue_size),
-        ),
-        latest_versions=model.latest_versions,
-    ).save(directory / "config.pbtxt")
+    triton_config(model).save(directory / "config.pbtxt")
     return directory
 
 
