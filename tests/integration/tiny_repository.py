@@ -9,6 +9,7 @@ mismatch, a missing model file.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -95,7 +96,10 @@ def onnx_model(model: TinyModel, version: int) -> onnx.ModelProto:
     return proto
 
 
-def write_model(root: Path, model: TinyModel) -> Path:
+def write_model(root: Path, model: TinyModel,
+                build: Callable[[TinyModel, int], onnx.ModelProto] | None = None) -> Path:
+    """Write `model` (every version, its manifest and config.pbtxt); `build` replaces the ONNX graph."""
+    build = build or onnx_model
     directory = root / model.name
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
@@ -103,7 +107,7 @@ def write_model(root: Path, model: TinyModel) -> Path:
         vdir = directory / str(version)
         vdir.mkdir(exist_ok=True)
         path = vdir / "model.onnx"
-        onnx.save(onnx_model(model, version), str(path))
+        onnx.save(build(model, version), str(path))
         files[f"{version}/model.onnx"] = sha256_file(path)
         if model.breakage == "corrupt_onnx":
             path.write_bytes(b"this is not an onnx graph" * 10)

@@ -33,12 +33,9 @@ from tiny_repository import (  # noqa: E402,F401
     add_version,
     build_tiny_repository,
     expected_logits,
-    triton_config,
-    write_manifest,
     write_model,
 )
 
-from service.manifest import sha256_file  # noqa: E402
 
 STACK_TRACE = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
 # Figures measured by the suite (overload rejection latency, drain, soak): printed in the terminal summary.
@@ -95,19 +92,8 @@ def batch_one_only_onnx(model: TinyModel, version: int) -> onnx.ModelProto:
 
 
 def write_custom_model(root: Path, model: TinyModel, build: Callable[[TinyModel, int], onnx.ModelProto]) -> Path:
-    """Like tiny_repository.write_model, with the ONNX graph from `build(model, version)`."""
-    directory = root / model.name
-    directory.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
-    for version in model.versions:
-        vdir = directory / str(version)
-        vdir.mkdir(exist_ok=True)
-        path = vdir / "model.onnx"
-        onnx.save(build(model, version), str(path))
-        files[f"{version}/model.onnx"] = sha256_file(path)
-    write_manifest(directory, model, files)
-    triton_config(model).save(directory / "config.pbtxt")
-    return directory
+    """tiny_repository.write_model with the ONNX graph from `build(model, version)`."""
+    return write_model(root, model, build)
 
 
 SLOW = TinyModel("tiny_slow", size=64, max_batch_size=4, max_queue_size=8)
