@@ -582,20 +582,14 @@ def sweep(
 
     async def _all() -> list[LoadPoint]:
         points: list[LoadPoint] = []
-        for c in concurrencies:
+        runs = [(f"concurrency {c}", closed_loop, c) for c in concurrencies]
+        runs += [(f"rate {r:g}/s", open_loop, r) for r in rates]
+        for label, loop, level in runs:
             if progress:
-                progress(f"concurrency {c}: {spec.description}")
-            p = await closed_loop(
-                base_url, spec, c, cfg, protocol=protocol, stats_path=stats_path, server_pgid=server_pgid, progress=progress
-            )
-            points.append(p)
-            if progress:
-                progress(_point_line(p))
-        for r in rates:
-            if progress:
-                progress(f"rate {r:g}/s: {spec.description}")
-            p = await open_loop(
-                base_url, spec, r, cfg, protocol=protocol, stats_path=stats_path, server_pgid=server_pgid, progress=progress
+                progress(f"{label}: {spec.description}")
+            p = await loop(
+                base_url, spec, level, cfg, protocol=protocol, stats_path=stats_path, server_pgid=server_pgid,
+                progress=progress,
             )
             points.append(p)
             if progress:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from monitoring_support import MIN_MODELS, ROOT, free_port, repository_models, require_tool, wait_http_ok
+from monitoring_support import MIN_MODELS, ROOT, free_port, repository_models, require_tool, running_process
 
 
 @pytest.fixture(scope="session")
@@ -56,24 +56,8 @@ def live_service(monitoring_repository: Path, tmp_path_factory: pytest.TempPathF
     vitserve = require_tool("vitserve")
     port = free_port()
     log = tmp_path_factory.mktemp("vitserve") / "vitserve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [vitserve, "serve", "--repository", str(monitoring_repository), "--host", "127.0.0.1",
-             "--port", str(port), "--providers", "CPUExecutionProvider", "--intra-op-threads", "1",
-             "--warmup", "pow2"],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_http_ok(f"{base}/v2/health/ready", 180.0, proc)
-        except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"vitserve did not become ready: {exc}\n{log.read_text()[-3000:]}")
+    cmd = [vitserve, "serve", "--repository", str(monitoring_repository), "--host", "127.0.0.1",
+           "--port", str(port), "--providers", "CPUExecutionProvider", "--intra-op-threads", "1", "--warmup", "pow2"]
+    with running_process(cmd, log, f"{base}/v2/health/ready", what="vitserve", ready_s=180.0, stop_s=40):
         yield LiveService(base, repository_models(monitoring_repository), log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -64,3 +66,25 @@ def wait_http_ok(url: str, deadline_s: float, proc: subprocess.Popen[bytes] | No
 
 def repository_models(repository: Path) -> list[str]:
     return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+
+
+@contextmanager
+def running_process(cmd: list[str], log: Path, ready_url: str, *, what: str, ready_s: float,
+                    stop_s: float) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `cmd` (output to `log`), wait until `ready_url` answers 200, and stop it afterwards
+    (SIGTERM, then kill after `stop_s`); a process that never becomes ready fails the test with its log."""
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_http_ok(ready_url, ready_s, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{what} did not become ready: {exc}\n{log.read_text()[-3000:]}")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=stop_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import math
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from monitoring_promql import (
     substitute,
     template_variables,
 )
-from monitoring_support import free_port, require_tool, wait_http_ok
+from monitoring_support import free_port, require_tool, running_process
 from PIL import Image
 
 pytestmark = pytest.mark.timeout(600)
@@ -72,26 +71,11 @@ def prometheus(live_service: Any, tmp_path_factory: pytest.TempPathFactory) -> I
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = workdir / "prometheus.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_http_ok(f"{url}/-/ready", 60.0, proc)
-        except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"prometheus did not start: {exc}\n{log.read_text()[-3000:]}")
+    cmd = [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+           f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"]
+    with running_process(cmd, log, f"{url}/-/ready", what="prometheus", ready_s=60.0, stop_s=20):
         yield Prometheus(url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _png(seed: int) -> bytes:
