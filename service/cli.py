@@ -1,7 +1,8 @@
 """`vitserve serve --repository DIR [...]`: build Settings from flags + VITSERVE_* env, run uvicorn.
 
-SIGTERM/SIGINT: readiness turns false at once, uvicorn stops accepting connections and waits for
-in-flight requests (up to the drain timeout), the lifespan drains the batchers, the process exits 0.
+SIGTERM/SIGINT: readiness turns false at once and intake stops (new requests get 503 + Connection: close);
+accepted requests drain (up to the drain timeout) while the socket stays open for at least the shutdown
+delay; then uvicorn closes the socket and the idle connections, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.settings import Settings
+
+log = logging.getLogger("vitserve.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int)
     serve.add_argument("--warmup", choices=["all", "pow2", "one"])
     serve.add_argument("--drain-timeout-s", type=float)
+    serve.add_argument("--shutdown-delay-s", type=float)
     serve.add_argument("--poll-interval-s", type=float)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     return parser
@@ -51,25 +55,41 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 class _DrainingServer:
     """uvicorn.Server whose exit signal first turns readiness off, and whose graceful exit is status 0.
 
-    uvicorn re-raises a captured SIGTERM after its graceful shutdown (the process then dies with
-    -15); a drained, orderly shutdown is a success, so SIGTERM is not re-raised. SIGINT keeps
-    uvicorn's behaviour (a second Ctrl-C forces exit).
+    uvicorn closes its listening socket as soon as it starts shutting down; connections still in the
+    kernel's accept queue are then reset, unanswered. Here the socket stays open while the accepted
+    requests drain and for at least `shutdown_delay_s`, answering newcomers 503 + Connection: close,
+    and only then closes. uvicorn re-raises a captured SIGTERM after its graceful shutdown (the process
+    then dies with -15); a drained, orderly shutdown is a success, so SIGTERM is not re-raised. SIGINT
+    keeps uvicorn's behaviour (a second Ctrl-C forces exit).
     """
 
     @staticmethod
-    def make(config: Any, app: Any) -> Any:
+    def make(config: Any, app: Any, shutdown_delay_s: float) -> Any:
+        import asyncio
         import signal
+        import time
 
         import uvicorn
 
         class Server(uvicorn.Server):
+            signalled_at: float | None = None
+
             def handle_exit(self, sig: int, frame: Any) -> None:
+                if self.signalled_at is None:
+                    self.signalled_at = time.monotonic()
                 app.state.registry.begin_drain()
                 super().handle_exit(sig, frame)
                 captured = getattr(self, "_captured_signals", None)
                 if isinstance(captured, list) and sig == signal.SIGTERM:
                     while signal.SIGTERM in captured:
                         captured.remove(signal.SIGTERM)
+
+            async def shutdown(self, sockets: Any = None) -> None:
+                if self.signalled_at is not None and not self.force_exit:
+                    await app.state.registry.drained()
+                    await asyncio.sleep(max(0.0, self.signalled_at + shutdown_delay_s - time.monotonic()))
+                    log.info("drained; closing the listening socket")
+                await super().shutdown(sockets)
 
         return Server(config)
 
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         server_header=False,
     )
-    server = _DrainingServer.make(config, app)
+    server = _DrainingServer.make(config, app, settings.shutdown_delay_s)
     server.run()
     return 0
 

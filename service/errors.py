@@ -87,6 +87,14 @@ class ModelNotReady(ServiceError):
         return {"Retry-After": "1"}
 
 
+class ShuttingDown(ModelNotReady):
+    """503 while the server drains: intake has stopped; retry elsewhere. The connection is closed after the
+    answer, so keep-alive clients reconnect (to another replica) instead of reusing a socket about to go."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1", "Connection": "close"}
+
+
 class DeadlineExceeded(ServiceError):
     """504: the request's deadline passed before it could be computed (it never was)."""
 

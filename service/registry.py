@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from service.batcher import Batcher, BatcherStopped, BatchLimits
-from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelNotReady, Overloaded, ServiceError
+from service.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    ServiceError,
+    ShuttingDown,
+)
 from service.loader import RuntimeFactory, batch_limits, build_version, directory_fingerprint, first_line
 from service.metrics import Metrics
 from service.repository import (
@@ -170,6 +178,13 @@ class ModelRegistry:
             log.warning("drain timeout: %d accepted requests failed", failed)
         return failed
 
+    async def drained(self) -> None:
+        """Wait until the drain begun by begin_drain() is over (accepted requests answered or timed out)."""
+        while self._draining and self._drain_task is None:
+            await asyncio.sleep(0.01)  # begin_drain() from a signal handler schedules the task on the loop
+        if self._drain_task is not None:
+            await asyncio.shield(self._drain_task)
+
     async def shutdown(self) -> None:
         """Stop intake, drain every batcher up to the drain timeout, close the sessions."""
         self.begin_drain()
@@ -310,7 +325,7 @@ class ModelRegistry:
         if not is_valid_model_name(name):
             raise InvalidInput(f"invalid model name {name!r}")
         if self._draining:
-            raise ModelNotReady("server is shutting down")
+            raise ShuttingDown("server is shutting down")
         if name not in self._models and not (self.settings.repository / name).is_dir():
             raise ModelNotFound(f"no model {name!r} in the repository")
         handle = self._models.setdefault(name, ModelHandle(name=name))
@@ -411,7 +426,7 @@ class ModelRegistry:
     def admit(self, name: str, version: int | None = None, images: int = 1) -> LoadedVersion:
         """Cheap early check before reading or decoding a body: known, ready, and room in the queue."""
         if self._draining:
-            raise ModelNotReady("server is shutting down")
+            raise ShuttingDown("server is shutting down")
         lv = self.serving(name, version)
         if lv.batcher.is_overloaded(images):
             lv.observer.on_rejected(images)
@@ -475,7 +490,7 @@ class ModelRegistry:
         """Run `inputs` float32 [n, 3, H, W] through the model's batcher; `deadline` is absolute monotonic."""
         start = time.monotonic()
         if self._draining:
-            raise ModelNotReady("server is shutting down")
+            raise ShuttingDown("server is shutting down")
         deadline = deadline if deadline is not None else self.deadline(None, start)
         lv = self.serving(name, version)
         self._check_inputs(lv, inputs)

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         "health, metadata and metrics stay open"
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, how long accepted requests may take to finish")
+    shutdown_delay_s: float = Field(
+        1.0, ge=0, description="On shutdown, keep the listening socket open at least this long after the signal, "
+        "answering new requests 503 (readiness is already false): requests already on their way get an answer "
+        "instead of a reset connection. Set it to how long your load balancer takes to stop sending"
+    )
     poll_interval_s: float = Field(
         0.0, ge=0, description="Poll the repository for new version directories every N seconds (0 = off)"
     )

@@ -182,8 +182,10 @@ def test_deployment_probes_grace_resources_and_volume() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     drain = float(env["VITSERVE_DRAIN_TIMEOUT_S"])
     pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] > drain + pre_stop
     from service.settings import Settings
+
+    delay = float(env.get("VITSERVE_SHUTDOWN_DELAY_S", Settings.model_fields["shutdown_delay_s"].default))
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + delay + drain
 
     assert float(Settings.model_fields["drain_timeout_s"].default) <= drain
     assert pod["securityContext"]["runAsNonRoot"] is True
