@@ -31,12 +31,13 @@ TARGET_BINARY = 0.90
 TARGET_JPEG = 0.80
 TARGET_ADDED_MS = 2.0
 
-#: ORT thread settings tried by `--tune` (issue 5: thread settings, spinning), as service settings
+#: Settings tried by `--tune` (issue 5: thread settings, spinning; execution instances), as service settings.
+#: The default is one instance with every core and spinning off.
 TUNING: dict[str, dict[str, str]] = {
     "service default": {},
-    "spinning off": {"VITSERVE_ALLOW_SPINNING": "false"},
+    "spinning on": {"VITSERVE_ALLOW_SPINNING": "true"},
     "1 intra-op thread": {"VITSERVE_INTRA_OP_THREADS": "1"},
-    "1 intra-op thread, spinning off": {"VITSERVE_INTRA_OP_THREADS": "1", "VITSERVE_ALLOW_SPINNING": "false"},
+    "2 instances (1 thread each)": {"VITSERVE_INSTANCES": "2"},
 }
 
 

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api.common import BodyLimitMiddleware
+from service.api.fast_path import FastPathMiddleware
 from service.api.system import register_system
 from service.api.v1 import register_v1
 from service.api.v2 import SERVER_VERSION, register_v2
@@ -64,8 +65,8 @@ def create_app(
     app.state.registry = registry
     app.state.metrics = metrics
     install_error_handlers(app)
-    register_v1(app, registry)
-    register_v2(app, registry)
+    hot = register_v1(app, registry) + register_v2(app, registry)
     register_system(app, registry)
+    app.add_middleware(FastPathMiddleware, routes=hot)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

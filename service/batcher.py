@@ -5,7 +5,9 @@ after LitServe's `collate_requests`): it drops cancelled requests, returns the e
 (they get 504 and are never computed) and forms a batch when `max_batch_size` images wait, when
 the oldest has waited `max_queue_delay`, or at once when the runtime is idle, so light load never
 pays the delay. With one worker (the default) that means: whenever the worker is free, everything
-waiting (up to the limit) goes; while it computes, the next batch collects.
+waiting (up to the limit) goes; while it computes, the next batch collects. A worker that finishes
+gets its next batch before the finished batch's requests are answered, so it never waits for the
+event loop to write responses.
 
 A request may carry several images (a v2 batch); it occupies that many slots in the queue and in
 a batch, and is never split. The queue is bounded in images: past it, `Overloaded` (503 +
@@ -171,7 +173,6 @@ class Batcher:
         self._clock = clock
         self._hooks = hooks or BatcherHooks()
         self._queue: deque[PendingRequest] = deque()
-        self._inflight: set[int] = set()
         self._inflight_batches: dict[int, _Inflight] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -271,11 +272,28 @@ class Batcher:
 
     # -- collector ---------------------------------------------------------------------------
     async def _collector(self) -> None:
+        """Dispatches on news (a submit, a finished batch) and on timers (queue delay, deadlines)."""
         while True:
             self._wake.clear()
-            now = self._clock()
+            self._dispatch()
+            if self._stopping and not self._queue and not self._inflight_batches:
+                return
             can_dispatch = len(self._inflight_batches) < self._instances
-            if can_dispatch:
+            wake_at = next_wakeup(self._queue, self.limits, can_dispatch)
+            timeout = None if wake_at is None else max(0.0, wake_at - self._clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+
+    def _dispatch(self) -> None:
+        """Start every batch that is due now, each on a free worker; fail the expired requests.
+
+        Synchronous, so a worker that just finished gets its next batch *before* the loop spends its
+        time answering the finished batch's requests (the worker would otherwise idle meanwhile)."""
+        while True:
+            now = self._clock()
+            if len(self._inflight_batches) < self._instances:
                 batch, expired = collect_batch(self._queue, self.limits, now, idle=not self._inflight_batches)
             else:
                 batch, expired = [], drop_expired(self._queue, now)
@@ -284,21 +302,16 @@ class Batcher:
                 self._hooks.on_expired(req.size)
             if batch or expired:
                 self._hooks.on_queue_depth(self.queued_images)
-            if batch:
-                self._batch_ids += 1
-                self._inflight_batches[self._batch_ids] = _Inflight(batch)
-                task = asyncio.get_running_loop().create_task(self._execute(self._batch_ids, batch, now))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                continue
-            if self._stopping and not self._queue and not self._inflight_batches:
+            if not batch:
                 return
-            wake_at = next_wakeup(self._queue, self.limits, can_dispatch)
-            timeout = None if wake_at is None else max(0.0, wake_at - self._clock())
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass
+            self._batch_ids += 1
+            self._inflight_batches[self._batch_ids] = _Inflight(batch)
+            running = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._compute, [r.inputs for r in batch]
+            )
+            task = asyncio.get_running_loop().create_task(self._finish(self._batch_ids, batch, running, now))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
         batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
@@ -306,33 +319,47 @@ class Batcher:
         out = self._run(batch)
         return out, time.perf_counter() - start
 
-    async def _execute(self, batch_id: int, batch: list[PendingRequest], dispatched_at: float) -> None:
+    async def _finish(
+        self,
+        batch_id: int,
+        batch: list[PendingRequest],
+        running: asyncio.Future[tuple[np.ndarray, float]],
+        dispatched_at: float,
+    ) -> None:
+        """Wait for a batch on its worker, start the next one, then answer each member."""
         total = sum(r.size for r in batch)
         try:
-            try:
-                loop = asyncio.get_running_loop()
-                outputs, compute_s = await loop.run_in_executor(self._executor, self._compute, [r.inputs for r in batch])
-                if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or outputs.shape[0] != total:
-                    got = getattr(outputs, "shape", type(outputs).__name__)
-                    raise InferenceFailed(f"runtime returned outputs of shape {got} for {total} inputs")
-            except Exception as exc:  # noqa: BLE001 - every member must get an answer
-                log.error("model %s: batch of %d failed", self.name, total, exc_info=exc)
-                self._hooks.on_batch_failed(total, exc)
-                error = exc if isinstance(exc, ServiceError) else InferenceFailed(
-                    f"inference failed in the runtime ({type(exc).__name__})"
-                )
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(error)
-                return
-            self._last_compute_s = compute_s
-            self._hooks.on_batch(total, compute_s, batch, dispatched_at)
-            offset = 0
+            outputs, compute_s = await running
+            if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or outputs.shape[0] != total:
+                got = getattr(outputs, "shape", type(outputs).__name__)
+                raise InferenceFailed(f"runtime returned outputs of shape {got} for {total} inputs")
+        except Exception as exc:  # noqa: BLE001 - every member must get an answer
+            self._release(batch_id)
+            log.error("model %s: batch of %d failed", self.name, total, exc_info=exc)
+            self._hooks.on_batch_failed(total, exc)
+            error = exc if isinstance(exc, ServiceError) else InferenceFailed(
+                f"inference failed in the runtime ({type(exc).__name__})"
+            )
             for req in batch:
-                rows = outputs[offset : offset + req.size]
-                offset += req.size
                 if not req.future.done():
-                    req.future.set_result(BatchOutput(rows, dispatched_at - req.enqueued_at, compute_s, total))
-        finally:
-            self._inflight_batches.pop(batch_id, None)
-            self._wake.set()
+                    req.future.set_exception(error)
+            return
+        except BaseException:  # cancelled (stop timed out): the members were failed by stop()
+            self._release(batch_id)
+            raise
+        self._release(batch_id)
+        self._last_compute_s = compute_s
+        self._hooks.on_batch(total, compute_s, batch, dispatched_at)
+        offset = 0
+        for req in batch:
+            rows = outputs[offset : offset + req.size]
+            offset += req.size
+            if not req.future.done():
+                req.future.set_result(BatchOutput(rows, dispatched_at - req.enqueued_at, compute_s, total))
+
+    def _release(self, batch_id: int) -> None:
+        """The batch's worker is free: hand it the next due batch at once, and let the collector re-plan."""
+        self._inflight_batches.pop(batch_id, None)
+        if self._task is not None and not self._task.done():  # not after a stop() that timed out
+            self._dispatch()
+        self._wake.set()

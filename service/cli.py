@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-size", type=int)
     serve.add_argument("--max-queue-delay-ms", type=float)
     serve.add_argument("--max-queue-size", type=int)
+    serve.add_argument("--instances", type=int, help="execution instances per model (0 = config.pbtxt instance_group)")
     serve.add_argument("--default-deadline-ms", type=float)
     serve.add_argument("--max-body-bytes", type=int)
     serve.add_argument("--warmup", choices=["all", "pow2", "one"])

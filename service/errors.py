@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -144,10 +145,24 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal error")
 
 
+HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Awaitable[JSONResponse]]]] = [
+    (ServiceError, _service_error),
+    (RequestValidationError, _validation_error),
+    (StarletteHTTPException, _http_error),
+    (ClientDisconnect, _client_disconnected),
+    (Exception, _unexpected),
+]
+"""The one table from exception type to response (most specific first)."""
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """The one table from exception type to response."""
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(ClientDisconnect, _client_disconnected)
-    app.add_exception_handler(Exception, _unexpected)
+    for exc_type, handler in HANDLERS:
+        app.add_exception_handler(exc_type, handler)
+
+
+async def exception_response(request: Request, exc: Exception) -> JSONResponse:
+    """The response FastAPI's handlers would give for `exc` (for routes served outside FastAPI's router)."""
+    for exc_type, handler in HANDLERS:
+        if isinstance(exc, exc_type):
+            return await handler(request, exc)
+    raise exc  # unreachable: Exception matches everything

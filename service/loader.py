@@ -7,6 +7,7 @@ Every failure becomes a `ModelLoadError` whose reason the API shows.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,20 @@ def batch_limits(entry: ModelEntry, settings: Settings) -> BatchLimits:
     policy_size = db.default_queue_policy.max_queue_size if db and db.default_queue_policy else 0
     queue = settings.max_queue_size or policy_size or 8 * max_batch
     return BatchLimits(max_batch_size=max_batch, max_queue_delay_s=delay_s, max_queue_size=max(queue, max_batch))
+
+
+def instance_count(entry: ModelEntry, settings: Settings) -> int:
+    """Execution instances (batches computed at once on the version's one session): settings, else the
+    config.pbtxt instance_group counts (Triton's), else 1. The session's intra-op threads are divided
+    among them (`instance_session`)."""
+    return settings.instances or sum(g.count for g in entry.config.instance_group) or 1
+
+
+def instance_session(session: SessionConfig, instances: int, settings: Settings) -> SessionConfig:
+    """Automatic intra-op threads are shared by the instances: n instances x (threads // n) each."""
+    if settings.intra_op_threads or instances <= 1:
+        return session
+    return dataclasses.replace(session, intra_op_threads=max(1, session.intra_op_threads // instances))
 
 
 def build_version(

@@ -34,7 +34,15 @@ from service.errors import (
     ServiceError,
     ShuttingDown,
 )
-from service.loader import RuntimeFactory, batch_limits, build_version, directory_fingerprint, first_line
+from service.loader import (
+    RuntimeFactory,
+    batch_limits,
+    build_version,
+    directory_fingerprint,
+    first_line,
+    instance_count,
+    instance_session,
+)
 from service.metrics import Metrics
 from service.repository import (
     ModelEntry,
@@ -219,8 +227,9 @@ class ModelRegistry:
         return batch_limits(entry, self.settings)
 
     def _build_version(self, entry: ModelEntry, version: int) -> InferenceRuntime:
-        return build_version(entry, version, self.settings, self._session or SessionConfig(), self._factory,
-                             stop=self._stop_loads)
+        session = instance_session(self._session or SessionConfig(), instance_count(entry, self.settings),
+                                   self.settings)
+        return build_version(entry, version, self.settings, session, self._factory, stop=self._stop_loads)
 
     async def _load(self, handle: ModelHandle, only_if_changed: bool = False) -> None:
         async with handle.lock:
@@ -257,7 +266,8 @@ class ModelRegistry:
             new_versions: dict[int, LoadedVersion] = {}
             for version, runtime in runtimes.items():
                 observer = VersionObserver(self.metrics, entry.name, version, entry.manifest.costs.flops)
-                batcher = Batcher(runtime.run, limits, name=f"{entry.name}:{version}", hooks=observer)
+                batcher = Batcher(runtime.run, limits, name=f"{entry.name}:{version}", hooks=observer,
+                                  instances=instance_count(entry, self.settings))
                 batcher.start()
                 new_versions[version] = LoadedVersion(version, runtime, batcher, observer)
             old = handle.versions
@@ -382,6 +392,7 @@ class ModelRegistry:
                         max_queue_delay_ms=limits.max_queue_delay_s * 1000,
                         max_queue_size=limits.max_queue_size,
                         preferred_batch_sizes=list(db.preferred_batch_size) if db else [],
+                        instances=instance_count(entry, self.settings),
                     ),
                 }
             )

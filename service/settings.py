@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         description="Override the longest a request waits for a batch to fill while the runtime is busy "
         "(default: config.pbtxt dynamic_batching.max_queue_delay_microseconds)",
     )
+    instances: int = Field(
+        0, ge=0, description="Execution instances per model version: batches computed at once on its one "
+        "session, the automatic intra-op threads divided among them (0 = config.pbtxt instance_group count). "
+        "On CPU, 2 raise throughput under load (overlapping the HTTP work with compute) at the cost of "
+        "batch-1 latency on large models (BENCHMARKS.md)"
+    )
     max_queue_size: int | None = Field(
         None,
         ge=1,

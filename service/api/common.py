@@ -15,11 +15,11 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi import Request
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, ServiceError, Unauthorized
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unauthorized
 from service.metrics import Metrics
 
 T = TypeVar("T")
@@ -156,6 +156,32 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         return task.result()
     task.cancel()
     raise ClientClosedRequest("client disconnected")
+
+
+Q = TypeVar("Q", bound=BaseModel)
+
+
+def parse_query(model: type[Q], request: Request) -> Q:
+    """Validate query parameters with a pydantic model; errors read like FastAPI's (400)."""
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors()[:5]:
+            loc = ".".join(["query", *(str(p) for p in err.get("loc", ()))])
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        raise InvalidInput("invalid request: " + "; ".join(parts)) from None
+
+
+def query_parameters_doc(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI `parameters` for a query model, for routes that parse their query themselves."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop,
+         **({"description": prop["description"]} if "description" in prop else {})}
+        for name, prop in schema["properties"].items()
+    ]
 
 
 def server_timing(timings: Any) -> str:

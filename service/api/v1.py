@@ -12,9 +12,19 @@ import json
 import time
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from service.api.common import cancel_on_disconnect, check_key, model_label, server_timing, track
+from service.api.common import (
+    cancel_on_disconnect,
+    check_key,
+    model_label,
+    parse_query,
+    query_parameters_doc,
+    server_timing,
+    track,
+)
+from service.api.fast_path import fast_routes
 from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
 from service.registry import ModelRegistry
 from service.schemas import ClassifyResult, ModelInfo, Prediction, Timings
@@ -47,6 +57,14 @@ IMAGE_BODY_DOC = {
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+class ClassifyQuery(BaseModel):
+    """Query parameters of POST /v1/models/{model}/classify."""
+
+    top_k: int = Field(5, ge=1, description="how many classes to return")
+    deadline_ms: float | None = Field(None, gt=0, description="give up (504) if not computed by then")
+    version: int | None = Field(None, ge=1, description="model version (default: highest loaded)")
 
 
 class CompareEntry(BaseModel):
@@ -103,8 +121,8 @@ async def read_image(request: Request) -> bytes:
     raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r} (send multipart/form-data, image/*, or JSON)")
 
 
-def register_v1(app: FastAPI, registry: ModelRegistry) -> None:
-    """Declare every /v1 route."""
+def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
+    """Declare every /v1 route; return the hot endpoints (for the fast path)."""
     router = APIRouter(prefix="/v1", tags=["v1"])
     settings, metrics = registry.settings, registry.metrics
 
@@ -120,26 +138,22 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> None:
         "/models/{model}/classify",
         response_model=ClassifyResult,
         summary="Classify one image: top-k labels with queue / preprocess / compute timings",
-        openapi_extra=IMAGE_BODY_DOC,
+        openapi_extra={**IMAGE_BODY_DOC, "parameters": query_parameters_doc(ClassifyQuery)},
         responses={400: {}, 404: {}, 413: {}, 415: {}, 503: {}, 504: {}},
     )
-    async def classify(
-        model: str,
-        request: Request,
-        response: Response,
-        top_k: int = Query(5, ge=1, description="how many classes to return"),
-        deadline_ms: float | None = Query(None, gt=0, description="give up (504) if not computed by then"),
-        version: int | None = Query(None, ge=1, description="model version (default: highest loaded)"),
-    ) -> ClassifyResult:
+    async def classify(model: str, request: Request) -> Response:
+        # a hot route: takes only the path and the Request (see service/api/fast_path.py)
         async with track(metrics, model_label(model, registry.model_names()), "v1_classify"):
+            query = parse_query(ClassifyQuery, request)
             check_key(request, settings.inference_api_key, required=False, what="inference")
-            registry.admit(model, version)  # 404 / 503 before reading a body
+            registry.admit(model, query.version)  # 404 / 503 before reading a body
             image = await read_image(request)
             result = await cancel_on_disconnect(
-                request, registry.classify(model, image, top_k, version=version, deadline_ms=deadline_ms)
+                request,
+                registry.classify(model, image, query.top_k, version=query.version, deadline_ms=query.deadline_ms),
             )
-            response.headers["Server-Timing"] = server_timing(result.timings)
-            return result
+            return Response(result.model_dump_json(), media_type="application/json",
+                            headers={"Server-Timing": server_timing(result.timings)})
 
     @router.post(
         "/compare",
@@ -186,3 +200,4 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> None:
             )
 
     app.include_router(router)
+    return fast_routes(router, classify)

@@ -14,10 +14,13 @@ from typing import Any
 
 from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from service.api.common import cancel_on_disconnect, check_key, model_label, track
+from service.api.fast_path import fast_routes
 from service.errors import ModelNotFound, PayloadTooLarge
+from service.model_config import InstanceGroup
 from service.registry import ModelRegistry
 from service.repository import parse_version
 from service.schemas import ModelInfo
@@ -84,7 +87,7 @@ def _version(text: str | None) -> int | None:
         raise ModelNotFound(f"no version {text!r}") from None
 
 
-def register_v2(app: FastAPI, registry: ModelRegistry) -> None:
+def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
     """Declare every /v2 route."""
     router = APIRouter(prefix="/v2", tags=["v2"])
     settings, metrics = registry.settings, registry.metrics
@@ -119,6 +122,8 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> None:
         cfg = entry.config
         if info.batching is not None and info.batching.max_batch_size != cfg.max_batch_size:
             cfg = cfg.model_copy(update={"max_batch_size": info.batching.max_batch_size})
+        if info.batching is not None and sum(g.count for g in cfg.instance_group) != info.batching.instances:
+            cfg = cfg.model_copy(update={"instance_group": [InstanceGroup(count=info.batching.instances)]})
         return cfg
 
     @router.get("/models/stats", response_model=ModelStatisticsResponse, summary="Statistics of every model")
@@ -170,11 +175,9 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> None:
             start = time.monotonic()
             check_key(request, settings.inference_api_key, required=False, what="inference")
             v = _version(version)
-            registry.admit(model, v)  # 404 / 503 (not ready, queue full) before reading the body
+            lv = registry.admit(model, v)  # 404 / 503 (not ready, queue full) before reading the body
             entry = registry.entry(model)
-            info = registry.get_model(model)
-            max_batch = min(settings.max_images_per_request,
-                            info.batching.max_batch_size if info.batching else entry.config.max_batch_size)
+            max_batch = min(settings.max_images_per_request, lv.batcher.limits.max_batch_size)
             body = decode_content_encoding(
                 await request.body(), request.headers.get("content-encoding"), max_size=settings.max_body_bytes
             )
@@ -229,6 +232,7 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> None:
         },
     }
 
+    # hot routes: they take only the path and the Request (see service/api/fast_path.py)
     @router.post("/models/{model}/infer", summary="Inference (JSON or binary tensor extension)", **infer_doc)
     async def infer(model: str, request: Request) -> Response:
         return await _infer(model, None, request)
@@ -266,3 +270,4 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> None:
         return await registry.unload(model)
 
     app.include_router(router)
+    return fast_routes(router, infer, infer_version)

@@ -10,7 +10,7 @@ import re
 import httpx
 import numpy as np
 import pytest
-from service_server import API_KEY, INTEGRATION_MODELS, ServerProcess
+from service_server import API_KEY, INTEGRATION_MODELS, ServerProcess, start_server
 from PIL import Image
 from tiny_repository import expected_logits
 
@@ -88,6 +88,14 @@ def test_classify_in_three_encodings_and_compare(server: ServerProcess) -> None:
         ("post", "/v1/models/tiny_a/classify", dict(content=b"hello", headers={"content-type": "text/plain"}), 415),
         ("post", "/v1/models/tiny_a/classify", dict(content=b"x" * (40 * 1024 * 1024), headers={"content-type": "image/png"}), 413),
         ("post", "/v1/models/missing/classify", dict(content=b"x", headers={"content-type": "image/png"}), 404),
+        ("post", "/v1/models/tiny_a/classify?top_k=0", dict(content=png(), headers={"content-type": "image/png"}), 400),
+        ("post", "/v1/models/tiny_a/classify?top_k=two", dict(content=png(), headers={"content-type": "image/png"}), 400),
+        ("post", "/v1/models/tiny_a/classify?version=0", dict(content=png(), headers={"content-type": "image/png"}), 400),
+        ("post", "/v1/models/tiny_a/classify?deadline_ms=-1", dict(content=png(), headers={"content-type": "image/png"}),
+         400),
+        ("post", "/v1/models/tiny_a/classify?version=7", dict(content=png(), headers={"content-type": "image/png"}), 404),
+        ("post", "/v2/models/tiny_a/versions/x/infer", dict(content=b"{}", headers={"content-type": "application/json"}),
+         404),
         ("get", "/v2/models/..%2F..%2Fetc%2Fpasswd", dict(), 404),
         ("post", "/v2/repository/models/tiny_a/unload", dict(), 401),
         ("post", "/v2/models/tiny_a/infer", dict(json={"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32],
@@ -168,3 +176,36 @@ def test_repository_unload_and_load_with_the_api_key(server: ServerProcess) -> N
         assert c.get("/v2/models/tiny_b/ready").status_code == 503
         assert c.post("/v2/repository/models/tiny_b/load", headers=auth).json()["state"] == "ready"
         assert c.get("/v2/models/tiny_b/ready").status_code == 200
+
+
+def test_execution_instances_from_settings_compute_batches_side_by_side(
+    service_repository, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`--instances 2` (or instance_group count 2 in config.pbtxt): reported in /v1/models and in the
+    Triton config, and concurrent requests still get exactly their own outputs."""
+    srv = start_server(service_repository, tmp_path_factory.mktemp("instances"), "--models", "tiny_heavy",
+                       "--warmup", "one", "--instances", "2")
+    try:
+        info = httpx.get(srv.base_url + "/v1/models/tiny_heavy").json()
+        assert info["batching"]["instances"] == 2
+        config = httpx.get(srv.base_url + "/v2/models/tiny_heavy/config").json()
+        assert sum(g["count"] for g in config["instance_group"]) == 2
+        rng = np.random.default_rng(11)
+        inputs = [rng.normal(size=(1, 3, 32, 32)).astype(np.float32) for _ in range(48)]
+
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.base_url, timeout=60,
+                                         limits=httpx.Limits(max_connections=48)) as c:
+                return await asyncio.gather(*(
+                    c.post("/v2/models/tiny_heavy/infer", json={"inputs": [
+                        {"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x.ravel().tolist()}
+                    ]}) for x in inputs
+                ))
+
+        responses = asyncio.run(main())
+        assert [r.status_code for r in responses] == [200] * len(inputs)
+        for x, r in zip(inputs, responses):
+            got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32)
+            np.testing.assert_allclose(got, expected_logits(HEAVY, 1, x)[0], rtol=1e-4, atol=1e-4)
+    finally:
+        assert srv.stop() == 0, srv.log()[-3000:]

@@ -173,6 +173,47 @@ def test_concurrent_requests_share_a_batch_while_the_runtime_is_busy() -> None:
     asyncio.run(main())
 
 
+def test_a_finished_worker_gets_the_next_batch_before_its_requests_are_answered() -> None:
+    """The worker must not idle while the event loop writes the finished batch's responses."""
+
+    async def main() -> None:
+        gate = Gate()
+        b = Batcher(gate, LIMITS)
+        b.start()
+        async def answered_first() -> int:
+            await b.submit(images([1.0]))
+            return b.inflight_batches  # looked at in the very step the answer arrives
+
+        first = asyncio.create_task(answered_first())
+        await _wait_entered(gate)
+        second = asyncio.create_task(b.submit(images([2.0])))
+        await asyncio.sleep(0.01)
+        gate.open.set()
+        assert await first == 1, "the second batch was not on the worker when the first was answered"
+        await second
+        assert gate.batches == [1, 1]
+        await b.stop(1.0)
+
+    asyncio.run(main())
+
+
+def test_two_instances_compute_two_batches_at_once() -> None:
+    async def main() -> None:
+        both = threading.Barrier(2, timeout=5)
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            both.wait()  # raises BrokenBarrierError (failing the batch) unless two batches run together
+            return echo(batch)
+
+        b = Batcher(run, BatchLimits(1, 0.0, 4), instances=2)
+        b.start()
+        results = await asyncio.gather(b.submit(images([1.0])), b.submit(images([2.0])))
+        assert [float(r.outputs[0, 0]) for r in results] == [1.0, 2.0]
+        await b.stop(1.0)
+
+    asyncio.run(main())
+
+
 def test_full_queue_rejects_at_once_with_overloaded() -> None:
     async def main() -> None:
         gate, hooks = Gate(), RecordingHooks()
@@ -315,8 +356,9 @@ def test_stop_after_drain_timeout_fails_what_is_left() -> None:
     ),
     max_batch=st.integers(3, 6),
     compute_ticks=st.integers(0, 2),
+    instances=st.integers(1, 2),
 )
-def test_every_accepted_request_gets_exactly_its_own_result(plan, max_batch, compute_ticks) -> None:
+def test_every_accepted_request_gets_exactly_its_own_result(plan, max_batch, compute_ticks, instances) -> None:
     computed: list[float] = []
     lock = threading.Lock()
 
@@ -343,7 +385,7 @@ def test_every_accepted_request_gets_exactly_its_own_result(plan, max_batch, com
             return ids, "rejected"
 
     async def main() -> None:
-        b = Batcher(run, BatchLimits(max_batch, 0.001, max_batch * 3))
+        b = Batcher(run, BatchLimits(max_batch, 0.001, max_batch * 3), instances=instances)
         b.start()
         next_id = 1.0
         jobs = []

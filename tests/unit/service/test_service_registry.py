@@ -311,3 +311,17 @@ def test_drain_starts_at_begin_drain_and_the_rest_gets_503_at_the_timeout(tiny_r
         assert 9.0 not in rt.computed_ids
 
     asyncio.run(main())
+
+
+def test_instances_share_the_automatic_intra_op_threads(tmp_path: Path) -> None:
+    from service.loader import instance_session
+    from service.runtime import SessionConfig
+    from service.settings import Settings
+
+    session = SessionConfig(intra_op_threads=4)
+    auto = Settings(repository=tmp_path)
+    assert instance_session(session, 2, auto).intra_op_threads == 2
+    assert instance_session(session, 8, auto).intra_op_threads == 1
+    assert instance_session(session, 1, auto).intra_op_threads == 4
+    by_hand = Settings(repository=tmp_path, intra_op_threads=4)
+    assert instance_session(session, 2, by_hand).intra_op_threads == 4  # set by hand: kept

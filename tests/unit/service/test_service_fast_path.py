@@ -1,0 +1,71 @@
+"""The fast path calls the hot endpoints straight from ASGI: matched POSTs never reach the inner app,
+everything else does, and errors get the same JSON answers as under FastAPI's handlers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api.fast_path import FastPathMiddleware, fast_routes
+from service.errors import ModelNotFound
+
+
+def make_app() -> tuple[FastPathMiddleware, list[str]]:
+    router = APIRouter(prefix="/v2")
+
+    @router.post("/models/{model}/infer")
+    async def infer(model: str, request: Request) -> Response:
+        if model == "missing":
+            raise ModelNotFound("no model 'missing'")
+        if model == "boom":
+            raise RuntimeError("a bug with a secret path /etc/x")
+        return JSONResponse({"model": model, "body": (await request.body()).decode(),
+                             "path_params": request.path_params})
+
+    @router.post("/models/{model}/other")
+    async def other(model: str) -> Response:
+        return JSONResponse({})
+
+    inner_calls: list[str] = []
+
+    async def inner(scope, receive, send) -> None:
+        inner_calls.append(f'{scope["method"]} {scope["path"]}')
+        await JSONResponse({"inner": True})(scope, receive, send)
+
+    return FastPathMiddleware(inner, fast_routes(router, infer)), inner_calls
+
+
+def request(app: FastPathMiddleware, method: str, path: str, body: bytes = b"") -> httpx.Response:
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.request(method, path, content=body)
+
+    return asyncio.run(main())
+
+
+def test_matched_posts_skip_the_inner_app() -> None:
+    app, inner_calls = make_app()
+    r = request(app, "POST", "/v2/models/m1/infer", b"hello")
+    assert r.status_code == 200
+    assert r.json() == {"model": "m1", "body": "hello", "path_params": {"model": "m1"}}
+    assert inner_calls == []
+
+
+def test_other_methods_and_routes_reach_the_inner_app() -> None:
+    app, inner_calls = make_app()
+    assert request(app, "GET", "/v2/models/m1/infer").json() == {"inner": True}
+    assert request(app, "POST", "/v2/models/m1/other").json() == {"inner": True}
+    assert request(app, "POST", "/v2/models/m1/infer/extra").json() == {"inner": True}
+    assert inner_calls == ["GET /v2/models/m1/infer", "POST /v2/models/m1/other", "POST /v2/models/m1/infer/extra"]
+
+
+def test_errors_use_the_service_error_table() -> None:
+    app, _ = make_app()
+    r = request(app, "POST", "/v2/models/missing/infer")
+    assert r.status_code == 404 and r.json() == {"error": "no model 'missing'"}
+    r = request(app, "POST", "/v2/models/boom/infer")
+    assert r.status_code == 500 and r.json() == {"error": "internal error"}  # no trace, no path
