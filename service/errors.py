@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -117,13 +118,18 @@ async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.headers())
 
 
+def validation_message(errors: Sequence[Any], prefix: tuple[str, ...] = ()) -> str:
+    """One line from pydantic's error list: 'invalid request: query.top_k: Input should be ...'."""
+    parts = []
+    for err in list(errors)[:5]:
+        loc = ".".join(str(p) for p in (*prefix, *err.get("loc", ())) if p != "body")
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return "invalid request: " + "; ".join(parts)
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
-    return error_response(400, "invalid request: " + "; ".join(parts))
+    return error_response(400, validation_message(exc.errors()))
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

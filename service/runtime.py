@@ -60,15 +60,16 @@ def session_config(
     """Threads chosen deliberately: sessions that run at the same time share the cores.
 
     intra-op threads = cores // concurrent sessions (at least 1) unless set. Spinning (busy-wait of
-    idle pool threads) stays off unless asked for: the event loop, the image decoders and the other
-    sessions share these cores, and spinning threads steal them. Measured with
-    `vitserve-bench ceiling --tune` on the demo model (2 cores): server CPU per inference 1,477 us
-    with spinning, 1,067 us without (BENCHMARKS.md).
+    idle pool threads) unless set: on for a single session, off when several sessions share the cores
+    (one's spinning threads would steal the cores another needs). Measured with `vitserve-bench
+    ceiling --tune` on 2 cores (BENCHMARKS.md): a single session with spinning on gained throughput
+    on demo (1,613 vs 1,352 infer/s at concurrency 16) and batch-1 latency on vit_small (p50 45.2 vs
+    50.6 ms), at the same throughput on vit_small.
     """
     cores = cpu_count or os.cpu_count() or 1
     sessions = max(1, concurrent_sessions)
     intra = intra_op_threads or max(1, cores // sessions)
-    spinning = bool(allow_spinning)
+    spinning = allow_spinning if allow_spinning is not None else sessions == 1
     return SessionConfig(
         providers=list(providers),
         intra_op_threads=intra,

@@ -62,8 +62,8 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime inter-op threads per session (sequential mode)")
     allow_spinning: bool | None = Field(
         None,
-        description="Let ORT worker threads spin-wait between ops; unset = off: the event loop, the image "
-        "decoders and other sessions share the cores, and spinning threads steal them (see BENCHMARKS.md)",
+        description="Let ORT worker threads spin-wait between ops; unset = on when one model session is "
+        "loaded, off when several share the cores (their spinning threads would steal each other's; BENCHMARKS.md)",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level"

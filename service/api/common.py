@@ -19,7 +19,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unauthorized
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unauthorized, validation_message
 from service.metrics import Metrics
 
 T = TypeVar("T")
@@ -166,11 +166,7 @@ def parse_query(model: type[Q], request: Request) -> Q:
     try:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors()[:5]:
-            loc = ".".join(["query", *(str(p) for p in err.get("loc", ()))])
-            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-        raise InvalidInput("invalid request: " + "; ".join(parts)) from None
+        raise InvalidInput(validation_message(exc.errors(), prefix=("query",))) from None
 
 
 def query_parameters_doc(model: type[BaseModel]) -> list[dict[str, Any]]:

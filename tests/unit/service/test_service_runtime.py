@@ -45,7 +45,7 @@ def test_thread_settings_share_the_cores() -> None:
     two = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=2, cpu_count=8)
     one = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=1, cpu_count=8)
     assert (two.intra_op_threads, two.allow_spinning) == (4, False)
-    assert (one.intra_op_threads, one.allow_spinning) == (8, False)
+    assert (one.intra_op_threads, one.allow_spinning) == (8, True)  # alone on the cores: spinning pays
     many = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=16, cpu_count=2)
     assert many.intra_op_threads == 1
     explicit = session_config(["CPUExecutionProvider"], 3, 1, True, "all", concurrent_sessions=16, cpu_count=2)
