@@ -77,12 +77,17 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         m = runs[0]["machine"]
         md.append(f"- CPU: {m['cpu_model']}, {m['cores']} usable cores; flags {', '.join(m.get('cpu_flags', [])) or '—'}")
         md.append(f"- Software: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
-        high = [r for r in runs if (r["machine"].get("load_average_start") or [0])[0] > 0.5 * r["machine"]["cores"]]
+        # a benchmark started right after another inherits its 1-minute load average (up to the core count);
+        # more than the core count means something else was running too
+        high = [r for r in runs if (r["machine"].get("load_average_start") or [0])[0] > r["machine"]["cores"]]
         if high:
             md.append(
-                "- **Other processes were running** during some runs (load average above half the core count at "
+                "- **Other processes were running** during some runs (load average above the core count at "
                 "start, listed per run below): absolute figures are pessimistic and noisy; re-run on a quiet machine."
             )
+        else:
+            md.append("- Load average at the start of each run is listed below; up to the core count it is the "
+                      "previous benchmark of the same sequence decaying out of the 1-minute average.")
         md += ["", md_table(["comparison", "command", "quick", "machine / load"],
                             [[r["comparison"] + (f" ({r.get('model')})" if r["comparison"] == "ceiling" else ""),
                               f"`{r['command']}`", "yes" if r.get("quick") else "no", _machine_line(r["machine"])]
