@@ -77,19 +77,25 @@ async def closed_loop(session: aiohttp.ClientSession, make: MakeRequest, concurr
 
 async def open_loop(session: aiohttp.ClientSession, make: MakeRequest, rate: float, duration_s: float,
                     poisson: bool = False, seed: int = 0, keep_body: bool = False) -> list[Outcome]:
-    """Start requests at `rate` per second for `duration_s` (Poisson arrivals if asked); wait for all."""
+    """Start requests at `rate` per second for `duration_s` (Poisson arrivals if asked); wait for all.
+
+    At a constant rate exactly round(rate x duration) requests start, at start + i / rate (offsets summed in
+    floating point on a large monotonic clock could add one more)."""
     rng = random.Random(seed)
     tasks: list[asyncio.Task[Outcome]] = []
     start = time.monotonic()
-    next_at = start
-    i = 0
-    while next_at < start + duration_s:
-        delay = next_at - time.monotonic()
+    if poisson:
+        arrivals, offset = [], 0.0
+        while offset < duration_s:
+            arrivals.append(offset)
+            offset += rng.expovariate(rate)
+    else:
+        arrivals = [i / rate for i in range(round(rate * duration_s))]
+    for i, offset in enumerate(arrivals, start=1):
+        delay = start + offset - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        i += 1
         tasks.append(asyncio.create_task(send(session, make(i), keep_body)))
-        next_at += rng.expovariate(rate) if poisson else 1.0 / rate
     return list(await asyncio.gather(*tasks))
 
 
