@@ -263,12 +263,14 @@ def plan_for_model(
         notes.append("no tensorrt accelerator in config.pbtxt")
     if CPU not in providers:
         providers.append(CPU)
+    # validated even where TensorRT will not run: a config Triton would refuse fails here too
+    trt_options = tensorrt_options(trt, input_name=input_name, input_dims=input_dims, max_batch_size=max_batch_size,
+                                   engine_cache_dir=engine_cache_dir,
+                                   model_name=config.name if config is not None else "") if trt is not None else {}
     options: list[dict[str, str]] = []
     for p in providers:
-        if p == TENSORRT and trt is not None:
-            options.append(tensorrt_options(trt, input_name=input_name, input_dims=input_dims,
-                                            max_batch_size=max_batch_size, engine_cache_dir=engine_cache_dir,
-                                            model_name=config.name if config is not None else ""))
+        if p == TENSORRT:
+            options.append(trt_options)
         elif p == CUDA and cuda is not None:
             options.append(dict(cuda.parameters))
         else:

@@ -31,8 +31,13 @@ def _cuda_usable() -> bool:
 def cpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     if _cuda_usable():
         pytest.skip("this machine has a usable CUDA: the CPU-only start is not what runs here")
-    repo = build_tiny_repository(tmp_path_factory.mktemp("providers_repo"), [TinyModel("tiny_a"), TinyModel("tiny_trt")])
+    names = ["tiny_a", "tiny_trt", "tiny_badtrt"]
+    repo = build_tiny_repository(tmp_path_factory.mktemp("providers_repo"), [TinyModel(n) for n in names])
     triton_config(TinyModel("tiny_trt")).model_copy(update={"optimization": TRT}).save(repo / "tiny_trt" / "config.pbtxt")
+    bad = TRT.model_copy(deep=True)
+    bad.execution_accelerators.gpu_execution_accelerator[0].parameters["max_workspace_size"] = "1"  # not a key
+    triton_config(TinyModel("tiny_badtrt")).model_copy(update={"optimization": bad}).save(
+        repo / "tiny_badtrt" / "config.pbtxt")
     cache = tmp_path_factory.mktemp("engines")
     srv = start_server(repo, tmp_path_factory.mktemp("providers_server"), "--warmup", "one",
                        env={"VITSERVE_TRT_ENGINE_CACHE_DIR": str(cache)})
@@ -60,6 +65,8 @@ def test_models_show_the_provider_and_why(cpu_server: ServerProcess) -> None:
         assert models[name]["provider"] == "CPUExecutionProvider"
         note = models[name]["provider_note"]  # e.g. "no NVIDIA driver (libcuda.so.1 not found)"
         assert note and note in [line for line in cpu_server.log().splitlines() if "execution provider:" in line][0]
+    assert models["tiny_badtrt"]["state"] == "failed"
+    assert "unknown tensorrt parameter 'max_workspace_size'" in models["tiny_badtrt"]["reason"]
     config = httpx.get(cpu_server.base_url + "/v2/models/tiny_trt/config", timeout=10).json()
     params = config["optimization"]["execution_accelerators"]["gpu_execution_accelerator"][0]["parameters"]
     assert params == {"precision_mode": "FP16", "trt_engine_cache_enable": "1"}

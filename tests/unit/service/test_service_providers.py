@@ -113,6 +113,12 @@ def test_bad_accelerator_parameters_are_refused(params: dict[str, str], message:
                          max_batch_size=2)
 
 
+def test_a_bad_tensorrt_block_fails_the_load_even_where_tensorrt_cannot_run() -> None:
+    bad = TRITON_CONFIG.replace('"precision_mode" value: "FP16"', '"precision_mode" value: "FP64"')
+    with pytest.raises(AcceleratorConfigError, match="precision_mode"):
+        _plan(bad, [CPU])
+
+
 def test_tensorrt_only_when_the_config_asks_and_cpu_instances_stay_on_cpu() -> None:
     plain = ModelConfig(name="m", max_batch_size=4, input=[TensorConfig(name="x", dims=[3])],
                         output=[TensorConfig(name="y", dims=[2])])
