@@ -1,4 +1,4 @@
-"""Running a GPU session through ONNX Runtime's I/O binding with page-locked (pinned) host buffers.
+"""Running a GPU session (CUDA or TensorRT provider) through ONNX Runtime's I/O binding with pinned host buffers.
 
 Why: `session.run` with numpy arrays copies the batch from pageable memory (the driver stages it
 through a bounce buffer) and allocates the output anew on every call. Bound buffers are allocated

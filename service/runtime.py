@@ -28,7 +28,9 @@ from service.providers import (
     CPU,
     CUDA,
     TENSORRT,
+    CudaStatus,
     cuda_status,
+    describe,
     engine_cache_path,
     plan_for_model,
     usable_providers,
@@ -167,14 +169,12 @@ _UNUSABLE_PROVIDERS: set[str] = set()
 _ANNOUNCED: set[tuple[str, ...]] = set()
 
 
-def _announce(requested: list[str], usable: list[str], status: object) -> None:
+def _announce(requested: list[str], usable: list[str], status: CudaStatus) -> None:
     """Say once per process (per provider request) which provider serves and why, in one line."""
-    from service.providers import describe
-
     key = tuple(requested)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
-        log.info("%s", describe(requested, usable, status))  # type: ignore[arg-type]
+        log.info("%s", describe(requested, usable, status))
 
 
 class OnnxRuntime(InferenceRuntime):
@@ -237,12 +237,12 @@ class OnnxRuntime(InferenceRuntime):
         self._options = dict(zip(providers, plan.options)).get(self.provider, {})
         self._warmed = False
         self._bound = None
-        if self.provider == CUDA:
+        if self.provider in (TENSORRT, CUDA):  # the graph runs on the GPU: bound, pinned host buffers
             from service.io_binding import BoundRunner, host_allocator
 
             allocate, kind = host_allocator(CUDA)
             self._bound = BoundRunner(session, m.input_name, m.output_name, m.num_classes, allocate)
-            log.info("%s v%d: CUDA I/O binding with %s host buffers", spec.name, spec.version, kind)
+            log.info("%s v%d: I/O binding with %s host buffers", spec.name, spec.version, kind)
         log.info("%s v%d: session on %s (intra-op threads %d, spinning %s)", spec.name, spec.version,
                  self.provider, cfg.intra_op_threads, "on" if cfg.allow_spinning else "off")
         self._check_signature()
@@ -256,15 +256,14 @@ class OnnxRuntime(InferenceRuntime):
             return
         started = time.perf_counter()
         super().warmup(batch_sizes)
+        first = time.perf_counter() - started
         self._warmed = True
-        cache = self._options.get("trt_engine_cache_path") if self._options.get("trt_engine_cache_enable") == "True" \
-            else None
+        opts = self._options
+        cache = opts.get("trt_engine_cache_path") if opts.get("trt_engine_cache_enable") == "True" else None
         log.info("%s v%d: TensorRT engines ready in %.1fs (session %.1fs + first batch %.1fs; profile %s..%s; "
-                 "fp16 %s; engine cache %s)", self.spec.name, self.spec.version,
-                 self._session_seconds + time.perf_counter() - started, self._session_seconds,
-                 time.perf_counter() - started, self._options.get("trt_profile_min_shapes", "?"),
-                 self._options.get("trt_profile_max_shapes", "?"), self._options.get("trt_fp16_enable", "False"),
-                 cache or "off")
+                 "fp16 %s; engine cache %s)", self.spec.name, self.spec.version, self._session_seconds + first,
+                 self._session_seconds, first, opts.get("trt_profile_min_shapes", "?"),
+                 opts.get("trt_profile_max_shapes", "?"), opts.get("trt_fp16_enable", "False"), cache or "off")
 
     def _check_signature(self) -> None:
         m = self.spec.manifest
