@@ -6,6 +6,7 @@
     vitserve-bench gemm --preset vit_small (alias: roofline)         # comparison 4
     vitserve-bench int8 [--preset demo --preset vit_small]           # comparison 5
     vitserve-bench peers [--preset demo --preset vit_small] [--peer litserve ...]   # comparison 3
+    vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
     vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
@@ -148,6 +149,15 @@ def cmd_int8(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu(args: argparse.Namespace) -> int:
+    from bench import gpu
+
+    directory = gpu.run(_presets(args, ["vit_small", "vit_base"]), quick=args.quick, cache=args.cache,
+                        out_dir=args.out, cpu_check=args.cpu_check, concurrencies=tuple(args.concurrency))
+    print(f"results in {directory}")
+    return 0
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
     from bench import peers
 
@@ -245,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse a repository holding the trained demo and demo-int8 instead of training them")
     _common(p)
     p.set_defaults(func=cmd_int8)
+
+    p = sub.add_parser("gpu", help="comparison 6: fp32 vs fp16 vs TensorRT through the service on a GPU")
+    p.add_argument("--preset", action="append", help="repeatable (default: vit_small and vit_base)")
+    p.add_argument("--concurrency", type=_int_list, default=[1, 16, 64], help="default 1,16,64")
+    p.add_argument("--cpu-check", action="store_true",
+                   help="run the harness on the CPU provider (checks the script; not GPU figures)")
+    _common(p)
+    p.set_defaults(func=cmd_gpu)
 
     p = sub.add_parser("peers", help="comparison 3: vitserve vs LitServe, BentoML, Ray Serve, Triton (PyTriton)")
     p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")

@@ -55,6 +55,44 @@ def _tuning_lines(c: dict[str, Any]) -> list[str]:
             md_table(["setting", "env", "ratio to raw best", "infer/s (this machine)", "p50 ms", "p99 ms"], rows), ""]
 
 
+GPU_PRESETS = ("vit_small", "vit_base")
+GPU_CONFIGS = ("fp32 CUDA", "fp16 CUDA", "TensorRT FP16")
+GPU_CONCURRENCIES = (1, 16, 64)
+UNMEASURED = "unmeasured on GPU"
+
+
+def _gpu_section(gpu: dict[str, Any] | None) -> list[str]:
+    """Comparison 6; every figure not measured on a GPU says so (a --cpu-check run is not a GPU figure)."""
+    md = ["## 6. GPU: fp32 vs fp16 vs TensorRT (through the service)", ""]
+    measured: dict[tuple[str, str, int], dict[str, Any]] = {}
+    builds: dict[str, dict[str, Any]] = {}
+    if gpu and not gpu.get("cpu_check"):
+        md += [f"Machine: {gpu['machine'].get('cpu_model', '?')}; command `{gpu['command']}`.", ""]
+        for r in gpu["results"]:
+            if r.get("valid"):
+                for p in r["points"]:
+                    measured[(r["preset"], r["config"], p["concurrency"])] = {**p, "provider": r["provider"]}
+            if "engine_build_load_seconds" in r:
+                builds[r["preset"]] = r
+    else:
+        md += ["No GPU was available to any run so far: every figure below is **unmeasured on GPU**. The table is "
+               "what `vitserve-bench gpu` fills on a machine with an NVIDIA GPU (fresh server per configuration, "
+               "v2 binary batch-1 requests, closed loop).", ""]
+    rows = []
+    for preset in GPU_PRESETS:
+        for config in GPU_CONFIGS:
+            for c in GPU_CONCURRENCIES:
+                p = measured.get((preset, config, c))
+                rows.append([preset, config, c] + ([p["inferences_per_second"], p["latency_us"]["p50"] / 1e3,
+                                                    p.get("server_cpu_cores")] if p else [UNMEASURED] * 3))
+    md += [md_table(["preset", "configuration", "concurrency", "infer/s", "p50 ms", "front-end CPU cores"], rows), ""]
+    build_rows = [[preset] + ([builds[preset]["engine_build_load_seconds"], builds[preset]["cached_engine_load_seconds"]]
+                              if preset in builds else [UNMEASURED] * 2) for preset in GPU_PRESETS]
+    md += ["TensorRT engine build (load + warm-up of a model with a `tensorrt` accelerator, seconds):", "",
+           md_table(["preset", "empty engine cache", "cached engines"], build_rows), ""]
+    return md
+
+
 def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     out = out or REPO_ROOT / "BENCHMARKS.md"
     base = out.parent
@@ -226,6 +264,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     else:
         md += ["Not run.", ""]
 
+    md += _gpu_section(_load(results / "gpu" / "gpu.json"))
+
     analysis = results / "analysis.md"
     if analysis.is_file():
         md += [analysis.read_text().rstrip(), ""]
@@ -244,6 +284,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         "vitserve-bench peers --preset demo --preset vit_small --quick   # venvs per peer on first use",
         "vitserve-bench gemm --preset vit_small --quick",
         "vitserve-bench int8 --preset demo --preset vit_small --quick",
+        "vitserve-bench gpu --preset vit_small --preset vit_base   # on a machine with an NVIDIA GPU",
         "vitserve-bench load --url http://127.0.0.1:8000 --model demo --protocol v2 --concurrency 1,2,4,8,16,32 --overhead",
         "vitserve-bench summary            # regenerates this file",
         "```",

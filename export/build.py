@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 #: what `build_test_repository` builds by default: vanilla plus a variant of each folding kind.
 DEFAULT_TEST_SPECS: tuple[str, ...] = ("demo", "demo+cb", "demo+gab", "demo+reattn")
-INT8_SAMPLES = 64
+#: random inputs for a reduced-precision copy's agreement report when no real images are given
+COPY_SAMPLES = 64
+#: model-name suffix of each reduced-precision copy
+COPY_SUFFIX = {"dynamic-int8": "int8", "fp16": "fp16"}
 
 Evaluator = Callable[[Path], Mapping[str, float]]
 
@@ -59,6 +62,7 @@ def build_model(
     seed: int = 0,
     name: str | None = None,
     int8: bool = False,
+    fp16: bool = False,
     labels: Sequence[str] | None = None,
     max_batch_size: int | None = None,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
@@ -68,7 +72,10 @@ def build_model(
     model: torch.nn.Module | None = None,
     weights: str | None = None,
     evaluate: Evaluator | None = None,
+    agreement_inputs: np.ndarray | None = None,
+    agreement_inputs_description: str | None = None,
     int8_inputs: np.ndarray | None = None,
+    tensorrt: Mapping[str, str] | None = None,
     parity_tolerance: float = 1e-4,
     progress: bool = True,
 ) -> Path:
@@ -82,8 +89,13 @@ def build_model(
         model: an already trained model for `spec` (export/train.py); `weights` then names its source.
         evaluate: called with the written ONNX file, returns metrics for the manifest's `evaluation`
             (training passes held-out accuracy measured through ONNX Runtime).
-        int8: also write a dynamically quantised copy as its own model `<name>-int8`, with its top-1
-            agreement to fp32 on `int8_inputs` (default: 64 seeded random inputs).
+        int8: also write a dynamically quantised copy as its own model `<name>-int8`.
+        fp16: also write an fp16 copy (fp32 inputs/outputs kept) as its own model `<name>-fp16`.
+            Each copy's manifest holds its top-1 agreement and max |logit difference| to fp32 on
+            `agreement_inputs` (described by `agreement_inputs_description`; default: 64 seeded
+            random inputs, so described). `int8_inputs` is the older name of `agreement_inputs`.
+        tensorrt: Triton onnxruntime-backend TensorRT parameters (e.g. {"precision_mode": "FP16"}) written
+            into every config.pbtxt as a `tensorrt` GPU execution accelerator (export.repository.make_config).
         version: version directory to write; other versions already present stay listed.
     """
     from export.costs import count_parameters
@@ -98,7 +110,8 @@ def build_model(
     preset = get_preset(spec.preset)
     name = name or spec.name
     input_size = tuple(preset.data.input_size)
-    steps = 6 + (1 if checkpoint else 0) + (2 if int8 else 0) + (1 if evaluate else 0)
+    copies = [method for method, wanted in (("dynamic-int8", int8), ("fp16", fp16)) if wanted]
+    steps = 6 + (1 if checkpoint else 0) + 2 * len(copies) + (1 if evaluate else 0)
     bar = _progress(steps, name, progress)
 
     def step(what: str) -> None:
@@ -181,38 +194,56 @@ def build_model(
                 provenance=Provenance(weights=weights, new_parameters=new_parameters, tool_versions=tool_versions()),
             )
             config_args = dict(input_size=input_size, num_classes=classes, max_batch_size=max_batch_size,
-                               max_queue_delay_us=max_queue_delay_us, max_queue_size=max_queue_size)
+                               max_queue_delay_us=max_queue_delay_us, max_queue_size=max_queue_size,
+                               tensorrt=tensorrt)
             step("write")
             model_dir = write_model(repository, onnx_file=onnx_file, manifest=manifest,
                                     config=make_config(name, **config_args), version=version)
             bar.update()
 
-            if int8:
-                from export.quantize import quantize_int8, top1_agreement
-
-                step("int8")
-                int8_name = f"{name}-int8"
-                int8_file = Path(tmp) / "model-int8.onnx"
-                quantize_int8(onnx_file, int8_file)
-                bar.update()
-                samples = int8_inputs if int8_inputs is not None else random_inputs(input_size, INT8_SAMPLES, seed)
-                report = top1_agreement(onnx_file, int8_file, samples, source_model=name)
+            if copies:
                 import onnx
 
-                int8_costs = count_costs(onnx.load_model(str(int8_file)), parameters=parameters)
-                int8_eval = {k: float(v) for k, v in evaluate(int8_file).items()} if evaluate is not None else {}
-                write_model(
-                    repository,
-                    onnx_file=int8_file,
-                    manifest={**manifest, "name": int8_name, "costs": int8_costs, "parity": None,
-                              "quantization": report, "evaluation": int8_eval},
-                    config=make_config(int8_name, **config_args),
-                    version=version,
-                )
-                bar.update()
+                from export.quantize import agreement_report
+
+                samples = agreement_inputs if agreement_inputs is not None else int8_inputs
+                described = agreement_inputs_description
+                if samples is None:
+                    samples = random_inputs(input_size, COPY_SAMPLES, seed)
+                    described = f"{COPY_SAMPLES} seeded random normal pixel_values (seed={seed}), not images"
+                for method in copies:
+                    suffix = COPY_SUFFIX[method]
+                    step(suffix)
+                    copy_name, copy_file = f"{name}-{suffix}", Path(tmp) / f"model-{suffix}.onnx"
+                    _make_copy(method, onnx_file, copy_file)
+                    bar.update()
+                    report = agreement_report(onnx_file, copy_file, samples, source_model=name, method=method,
+                                              inputs_description=described)
+                    copy_costs = count_costs(onnx.load_model(str(copy_file)), parameters=parameters)
+                    copy_eval = {k: float(v) for k, v in evaluate(copy_file).items()} if evaluate is not None else {}
+                    write_model(
+                        repository,
+                        onnx_file=copy_file,
+                        manifest={**manifest, "name": copy_name, "costs": copy_costs, "parity": None,
+                                  "quantization": report, "evaluation": copy_eval},
+                        config=make_config(copy_name, **config_args),
+                        version=version,
+                    )
+                    bar.update()
         return model_dir
     finally:
         bar.close()
+
+
+def _make_copy(method: str, fp32_file: Path, out: Path) -> None:
+    if method == "fp16":
+        from export.fp16 import convert_fp16
+
+        convert_fp16(fp32_file, out)
+    else:
+        from export.quantize import quantize_int8
+
+        quantize_int8(fp32_file, out)
 
 
 def build_repository(
@@ -235,7 +266,8 @@ def build_repository(
     return out
 
 
-def build_test_repository(path: Path, specs: Sequence[str] = DEFAULT_TEST_SPECS, *, int8: bool = False) -> Path:
+def build_test_repository(path: Path, specs: Sequence[str] = DEFAULT_TEST_SPECS, *, int8: bool = False,
+                          fp16: bool = False) -> Path:
     """A small seeded repository for tests (random weights, quiet); returns `path`."""
-    build_repository(specs, Path(path), progress=False, int8=int8, seed=0)
+    build_repository(specs, Path(path), progress=False, int8=int8, fp16=fp16, seed=0)
     return Path(path)

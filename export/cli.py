@@ -1,9 +1,10 @@
 """`vitserve-export`: build a model repository from specs, or train the demo models into one.
 
     vitserve-export build --repository DIR SPEC [SPEC ...] [--checkpoint F] [--num-classes N]
-                          [--opset 18] [--seed 0] [--name NAME] [--int8] [--opt key=value ...]
+                          [--opset 18] [--seed 0] [--name NAME] [--int8] [--fp16] [--opt key=value ...]
                           [--max-batch-size N] [--max-queue-delay-us N] [--version N]
-    vitserve-export train --repository DIR [--spec SPEC ...] [--epochs N] [--int8]
+                          [--tensorrt [FP16|FP32|INT8]] [--trt-workspace-bytes N] [--trt-engine-cache PATH]
+    vitserve-export train --repository DIR [--spec SPEC ...] [--epochs N] [--int8] [--no-fp16]
     vitserve-export list   (presets, variants and options)
 
 Bad user input (unknown preset/variant/option, a refused combination, a missing checkpoint)
@@ -33,10 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="random init seed (and parity inputs)")
     build.add_argument("--name", help="model name (single spec only; default PRESET-VARIANT-...)")
     build.add_argument("--int8", action="store_true", help="also write a dynamic int8 copy <name>-int8")
+    build.add_argument("--fp16", action="store_true",
+                       help="also write an fp16 copy <name>-fp16 (fp32 inputs/outputs kept)")
     build.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                        help="variant option, e.g. --opt reattn_layers=8,9,10,11 (repeatable)")
     build.add_argument("--labels", type=Path, help="text file with one label per line")
     _batching_args(build)
+    _accelerator_args(build)
     build.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
     train = sub.add_parser("train", help="train the demo models on sklearn digits and export them")
@@ -46,10 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="training epochs for every spec (default: TrainConfig.epochs, longer for specs in SPEC_EPOCHS)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--int8", action="store_true", help="also write dynamic int8 copies")
+    train.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
+                       help="also write fp16 copies <name>-fp16 with their agreement on the held-out digits "
+                       "(default on)")
     train.add_argument("--jobs", "-j", type=int, default=2, help="models trained at once (default 2)")
     train.add_argument("--threads", type=int, default=1, help="torch threads per training job (default 1)")
     train.add_argument("--min-accuracy", type=float, help="fail if a model's held-out accuracy is below this")
     _batching_args(train)
+    _accelerator_args(train)
     train.add_argument("--quiet", "-q", action="store_true")
 
     sub.add_parser("list", help="show presets, variants and variant options")
@@ -63,9 +71,36 @@ def _batching_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, default=1, help="version directory to write (default 1)")
 
 
+def _accelerator_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tensorrt", nargs="?", const="FP16", choices=["FP32", "FP16", "INT8"], type=str.upper,
+                        metavar="PRECISION", help="write a Triton `tensorrt` GPU execution accelerator into "
+                        "config.pbtxt with this precision_mode (default FP16) and a batch 1..max profile")
+    parser.add_argument("--trt-workspace-bytes", type=int, metavar="N",
+                        help="TensorRT max_workspace_size_bytes (with --tensorrt)")
+    parser.add_argument("--trt-engine-cache", metavar="PATH",
+                        help="enable TensorRT's engine cache at PATH (trt_engine_cache_path; with --tensorrt); "
+                        "the service's VITSERVE_TRT_ENGINE_CACHE_DIR overrides it")
+
+
+def _tensorrt(args: argparse.Namespace) -> dict[str, str] | None:
+    if args.tensorrt is None:
+        if args.trt_workspace_bytes is not None or args.trt_engine_cache is not None:
+            raise ValueError("--trt-workspace-bytes and --trt-engine-cache need --tensorrt")
+        return None
+    params = {"precision_mode": args.tensorrt}
+    if args.trt_workspace_bytes is not None:
+        if args.trt_workspace_bytes < 1:
+            raise ValueError(f"--trt-workspace-bytes must be >= 1, got {args.trt_workspace_bytes}")
+        params["max_workspace_size_bytes"] = str(args.trt_workspace_bytes)
+    if args.trt_engine_cache is not None:
+        params["trt_engine_cache_enable"] = "1"
+        params["trt_engine_cache_path"] = args.trt_engine_cache
+    return params
+
+
 def _batching(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"max_batch_size": args.max_batch_size, "max_queue_size": args.max_queue_size,
-                           "version": args.version}
+                           "version": args.version, "tensorrt": _tensorrt(args)}
     if args.max_queue_delay_us is not None:
         out["max_queue_delay_us"] = args.max_queue_delay_us
     return out
@@ -95,21 +130,26 @@ def _build(args: argparse.Namespace) -> int:
         labels = [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
     dirs = build_repository(
         specs, args.repository, checkpoint=args.checkpoint, num_classes=args.num_classes, opset=args.opset,
-        seed=args.seed, name=args.name, int8=args.int8, labels=labels, progress=not args.quiet, **_batching(args),
+        seed=args.seed, name=args.name, int8=args.int8, fp16=args.fp16, labels=labels, progress=not args.quiet,
+        **_batching(args),
     )
-    _summary(dirs, int8=args.int8)
+    _summary(dirs, int8=args.int8, fp16=args.fp16)
     return 0
 
 
-def _summary(dirs: Sequence[Path], *, int8: bool) -> None:
+def _summary(dirs: Sequence[Path], *, int8: bool, fp16: bool = False) -> None:
     from service.manifest import Manifest
 
+    suffixes = [s for s, wanted in (("-int8", int8), ("-fp16", fp16)) if wanted]
     for model_dir in dirs:
-        names = [model_dir] + ([model_dir.with_name(model_dir.name + "-int8")] if int8 else [])
+        names = [model_dir] + [model_dir.with_name(model_dir.name + suffix) for suffix in suffixes]
         for d in names:
             m = Manifest.load(d)
+            q = m.quantization
             extra = f"parity {m.parity.max_abs_diff:.1e}" if m.parity else (
-                f"int8 top-1 agreement {m.quantization.top1_agreement:.1%}" if m.quantization else "")
+                f"{q.method} top-1 agreement {q.top1_agreement:.1%}"
+                + (f", max |dlogit| {q.max_abs_logit_diff:.2g}" if q.max_abs_logit_diff is not None else "")
+                if q else "")
             acc = m.evaluation.get("heldout_accuracy")
             acc_text = f"  held-out acc {acc:.2%}" if acc is not None else ""
             print(f"{m.name:<28} {m.costs.flops / 1e9:8.3f} GFLOPs  {m.costs.parameters / 1e6:7.3f} M params  "
@@ -135,10 +175,10 @@ def _train(args: argparse.Namespace) -> int:
         config = replace(config, epochs=args.epochs)
         spec_epochs = {}  # --epochs applies to every spec
     args.repository.mkdir(parents=True, exist_ok=True)
-    results = train_demo_repository(args.repository, specs, config=config, int8=args.int8,
+    results = train_demo_repository(args.repository, specs, config=config, int8=args.int8, fp16=args.fp16,
                                     progress=not args.quiet, min_accuracy=args.min_accuracy, jobs=args.jobs,
                                     threads=args.threads, spec_epochs=spec_epochs, **_batching(args))
-    _summary([args.repository / name for name in results], int8=args.int8)
+    _summary([args.repository / name for name in results], int8=args.int8, fp16=args.fp16)
     return 0
 
 

@@ -1,16 +1,16 @@
-"""Dynamically quantised int8 copy of an exported model (`<name>-int8`).
+"""Reduced-precision copies of an exported model: dynamic int8 (`<name>-int8`) and the shared agreement report.
 
-Why a separate model, not a second version: the int8 graph computes different numbers, so it
-gets its own name, manifest and agreement report, and the service can serve both side by side
-(`/v1/compare`). ONNX Runtime's dynamic quantisation stores MatMul/Gemm weights as int8 and
-quantises activations per batch at run time; no calibration data is needed.
+Why a separate model, not a second version: the int8 (or fp16, export/fp16.py) graph computes
+different numbers, so it gets its own name, manifest and agreement report, and the service can serve
+both side by side (`/v1/compare`). ONNX Runtime's dynamic quantisation stores MatMul/Gemm weights as
+int8 and quantises activations per batch at run time; no calibration data is needed.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from service.manifest import INPUT_NAME, QuantizationReport
 
@@ -47,22 +47,37 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
     return int8_path
 
 
-def top1_agreement(fp32_path: Path, int8_path: Path, inputs: np.ndarray, *, source_model: str) -> QuantizationReport:
-    """Fraction of `inputs` whose top-1 class is the same in the int8 and fp32 graphs (each run at batch 1)."""
+def agreement_report(
+    fp32_path: Path,
+    copy_path: Path,
+    inputs: np.ndarray,
+    *,
+    source_model: str,
+    method: Literal["dynamic-int8", "fp16"] = "dynamic-int8",
+    inputs_description: str | None = None,
+) -> QuantizationReport:
+    """Top-1 agreement and max |logit difference| of a reduced-precision copy against fp32 on `inputs`.
+
+    One image per run: dynamic quantisation picks activation scales per batch, so an image's int8
+    logits depend on what it is batched with; batch 1 makes the report reproducible (and the same
+    protocol for every method).
+    """
     import numpy as np
 
     from export.parity import ort_session
 
     if len(inputs) == 0:
-        raise ValueError("top1_agreement needs at least one input")
+        raise ValueError("an agreement report needs at least one input")
     fp32 = ort_session(str(fp32_path))
-    int8 = ort_session(str(int8_path))
-    agree = 0
-    # One image per run: dynamic quantisation picks activation scales per batch, so an image's int8
-    # logits depend on what it is batched with; batch 1 makes the report reproducible.
+    other = ort_session(str(copy_path))
+    agree, worst = 0, 0.0
     for image in inputs:
         chunk = np.ascontiguousarray(image[None], dtype=np.float32)
-        a = fp32.run(None, {INPUT_NAME: chunk})[0].argmax(axis=1)
-        b = int8.run(None, {INPUT_NAME: chunk})[0].argmax(axis=1)
-        agree += int((a == b).sum())
-    return QuantizationReport(source_model=source_model, top1_agreement=agree / len(inputs), num_samples=len(inputs))
+        a = fp32.run(None, {INPUT_NAME: chunk})[0]
+        b = other.run(None, {INPUT_NAME: chunk})[0]
+        if not np.isfinite(b).all():
+            raise RuntimeError(f"the {method} copy of {source_model} produced non-finite logits")
+        agree += int((a.argmax(axis=1) == b.argmax(axis=1)).sum())
+        worst = max(worst, float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()))
+    return QuantizationReport(method=method, source_model=source_model, top1_agreement=agree / len(inputs),
+                              num_samples=len(inputs), max_abs_logit_diff=worst, inputs=inputs_description)

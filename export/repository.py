@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,17 @@ from service.manifest import (
     Manifest,
     sha256_file,
 )
-from service.model_config import DynamicBatching, InstanceGroup, ModelConfig, QueuePolicy, TensorConfig
+from service.model_config import (
+    Accelerator,
+    DynamicBatching,
+    ExecutionAccelerators,
+    InstanceGroup,
+    ModelConfig,
+    ModelOptimization,
+    QueuePolicy,
+    TensorConfig,
+)
+from service.providers import profile_shapes, tensorrt_options
 
 #: defaults for the dynamic batcher (Triton's `dynamic_batching` block; the service reads them back)
 DEFAULT_MAX_QUEUE_DELAY_US = 2_000
@@ -52,8 +63,15 @@ def make_config(
     max_batch_size: int | None = None,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     max_queue_size: int | None = None,
+    tensorrt: Mapping[str, str] | None = None,
 ) -> ModelConfig:
-    """The Triton config for a `pixel_values [B, 3, H, W] -> logits [B, classes]` ONNX model."""
+    """The Triton config for a `pixel_values [B, 3, H, W] -> logits [B, classes]` ONNX model.
+
+    `tensorrt`: Triton onnxruntime-backend TensorRT parameters (precision_mode, max_workspace_size_bytes,
+    trt_engine_cache_enable, trt_engine_cache_path, ...) written as a `tensorrt` GPU execution
+    accelerator, with an optimisation profile for batch 1..max_batch_size unless they give one, so
+    Triton and vitserve build the same engines.
+    """
     mbs = default_max_batch_size(input_size) if max_batch_size is None else max_batch_size
     if mbs < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {mbs}")
@@ -75,7 +93,21 @@ def make_config(
         ),
         instance_group=[InstanceGroup(count=1, kind="KIND_AUTO")],
         latest_versions=1,
+        optimization=_tensorrt_optimization(tensorrt, input_size, mbs) if tensorrt is not None else None,
     )
+
+
+def _tensorrt_optimization(parameters: Mapping[str, str], input_size: tuple[int, int, int],
+                           max_batch_size: int) -> ModelOptimization:
+    params = {k: str(v) for k, v in parameters.items()}
+    accelerator = Accelerator(name="tensorrt", parameters=params)
+    # fail here, not at serving time, on a key or value the service (and Triton) would refuse
+    options = tensorrt_options(accelerator, input_name=INPUT_NAME, input_dims=input_size,
+                               max_batch_size=max_batch_size)
+    if not any(k.startswith("trt_profile_") for k in params):
+        params.update({k: options[k] for k in profile_shapes(INPUT_NAME, input_size, max_batch_size)})
+    return ModelOptimization(execution_accelerators=ExecutionAccelerators(
+        gpu_execution_accelerator=[Accelerator(name="tensorrt", parameters=params)]))
 
 
 def default_labels(num_classes: int, *, digits: bool = False) -> list[str]:

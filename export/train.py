@@ -226,6 +226,7 @@ def train_demo_repository(
     *,
     config: TrainConfig = TrainConfig(),
     int8: bool = False,
+    fp16: bool = False,
     progress: bool = True,
     min_accuracy: float | None = None,
     jobs: int = 1,
@@ -276,7 +277,8 @@ def train_demo_repository(
 
             model_dir = build_model(
                 spec, repository, model=model, weights=f"trained:{DATASET}", labels=[str(i) for i in range(10)],
-                evaluate=evaluate, int8=int8, int8_inputs=x_test, seed=config.seed, progress=progress,
+                evaluate=evaluate, int8=int8, fp16=fp16, agreement_inputs=x_test, seed=config.seed,
+                agreement_inputs_description=f"{DATASET} held-out (last {len(x_test)} images)", progress=progress,
                 **build_kwargs,
             )
             accuracy = Manifest.load(model_dir).evaluation["heldout_accuracy"]

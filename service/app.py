@@ -20,6 +20,7 @@ from service.api.system import register_system
 from service.api.v1 import register_v1
 from service.api.v2 import SERVER_VERSION, register_v2
 from service.errors import install_error_handlers
+from service.gpu_metrics import register_gpu_metrics
 from service.metrics import Metrics
 from service.registry import ModelRegistry, RuntimeFactory
 from service.runtime import onnx_runtime_factory
@@ -48,6 +49,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. `wait_for_models` makes startup block until the initial load is done (tests)."""
     metrics = Metrics()
+    register_gpu_metrics(metrics.registry)  # Triton's nv_gpu_* series; absent without a GPU
     registry = ModelRegistry(settings, metrics, runtime_factory)
 
     @asynccontextmanager

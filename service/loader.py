@@ -77,6 +77,7 @@ def build_version(
         max_batch_size=limits.max_batch_size,
         model_path=path,
         session=session,
+        config=entry.config,
     )
     check_stop()
     try:

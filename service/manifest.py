@@ -67,12 +67,19 @@ class ParityReport(_Strict):
 
 
 class QuantizationReport(_Strict):
-    """How a quantised copy relates to the fp32 model it was made from."""
+    """How a reduced-precision copy (dynamic int8 or fp16) relates to the fp32 model it was made from.
 
-    method: Literal["dynamic-int8"] = "dynamic-int8"
+    Measured at export on `inputs` (e.g. the demo's held-out digits; random pixel values for models
+    with random weights, where agreement says little about real images): each sample run at batch 1
+    through both graphs in ONNX Runtime (CPU).
+    """
+
+    method: Literal["dynamic-int8", "fp16"] = "dynamic-int8"
     source_model: str
     top1_agreement: float = Field(ge=0.0, le=1.0, description="fraction of inputs whose top-1 matches fp32")
     num_samples: int = Field(gt=0)
+    max_abs_logit_diff: float | None = Field(None, ge=0.0, description="max |logit - fp32 logit| over the samples")
+    inputs: str | None = Field(None, description="what the samples were, e.g. 'sklearn-digits held-out (397 images)'")
 
 
 class Costs(_Strict):

@@ -54,6 +54,33 @@ class InstanceGroup(_Cfg):
     kind: Literal["KIND_AUTO", "KIND_GPU", "KIND_CPU"] = "KIND_AUTO"
 
 
+class Accelerator(_Cfg):
+    """Triton's `ModelOptimizationPolicy.ExecutionAccelerators.Accelerator`: a name and string parameters,
+    e.g. `{ name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } }`."""
+
+    name: str
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class ExecutionAccelerators(_Cfg):
+    gpu_execution_accelerator: list[Accelerator] = Field(default_factory=list)
+    cpu_execution_accelerator: list[Accelerator] = Field(default_factory=list)
+
+
+class ModelOptimization(_Cfg):
+    """Triton's `optimization` block (`ModelOptimizationPolicy`): the execution accelerators part.
+
+    The service turns a `tensorrt` / `cuda` GPU accelerator into ONNX Runtime provider options
+    (service/providers.py), as Triton's onnxruntime backend does, so one repository configures both.
+    """
+
+    execution_accelerators: ExecutionAccelerators | None = None
+
+    def gpu_accelerator(self, name: str) -> Accelerator | None:
+        ea = self.execution_accelerators
+        return next((a for a in ea.gpu_execution_accelerator if a.name == name), None) if ea else None
+
+
 class ModelConfig(_Cfg):
     """The Triton `ModelConfig` fields vitserve uses."""
 
@@ -65,6 +92,7 @@ class ModelConfig(_Cfg):
     dynamic_batching: DynamicBatching | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)
     latest_versions: int = Field(1, ge=1, description="version_policy { latest { num_versions } }")
+    optimization: ModelOptimization | None = None
 
     # -- writing -----------------------------------------------------------------------------
     def to_pbtxt(self) -> str:
@@ -102,6 +130,8 @@ class ModelConfig(_Cfg):
         if self.instance_group:
             groups = ", ".join(f"{{ count: {g.count} kind: {g.kind} }}" for g in self.instance_group)
             out.append(f"instance_group [ {groups} ]")
+        if self.optimization is not None:
+            out.extend(_optimization_pbtxt(self.optimization))
         return "\n".join(out) + "\n"
 
     def save(self, path: Path) -> None:
@@ -111,7 +141,10 @@ class ModelConfig(_Cfg):
     @classmethod
     def from_pbtxt(cls, text: str) -> ModelConfig:
         raw = parse_pbtxt(text)
+        optimization = raw.pop("optimization", None)
         data: dict[str, Any] = {k: _single(v) for k, v in raw.items() if k not in {"input", "output", "instance_group"}}
+        if optimization:
+            data["optimization"] = _optimization_from_raw(optimization[-1])
         for key in ("input", "output", "instance_group"):
             data[key] = [_normalise(m) for m in raw.get(key, [])]
         for t in data["input"] + data["output"]:
@@ -132,6 +165,49 @@ class ModelConfig(_Cfg):
     @classmethod
     def load(cls, path: Path) -> ModelConfig:
         return cls.from_pbtxt(path.read_text())
+
+
+def _optimization_pbtxt(opt: ModelOptimization) -> list[str]:
+    ea = opt.execution_accelerators
+    if ea is None:
+        return ["optimization { }"]
+    out = ["optimization {", "  execution_accelerators {"]
+    for key, accelerators in (("gpu_execution_accelerator", ea.gpu_execution_accelerator),
+                              ("cpu_execution_accelerator", ea.cpu_execution_accelerator)):
+        if not accelerators:
+            continue
+        items = []
+        for acc in accelerators:
+            lines = [f"      {{\n        name: {_quote(acc.name)}"]
+            lines += [f"        parameters {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in acc.parameters.items()]
+            items.append("\n".join(lines) + "\n      }")
+        out += [f"    {key} [", ",\n".join(items), "    ]"]
+    out += ["  }", "}"]
+    return out
+
+
+def _optimization_from_raw(raw: dict[str, list[Any]]) -> dict[str, Any]:
+    """The parsed `optimization` message -> ModelOptimization data (map entries become a dict)."""
+    out: dict[str, Any] = {}
+    if "execution_accelerators" in raw:
+        ea_raw = raw["execution_accelerators"][-1]
+        if not isinstance(ea_raw, dict):
+            raise PbtxtError("optimization.execution_accelerators must be a message")
+        ea: dict[str, Any] = {}
+        for key in ("gpu_execution_accelerator", "cpu_execution_accelerator"):
+            accs = []
+            for acc in ea_raw.get(key, []):
+                if not isinstance(acc, dict):
+                    raise PbtxtError(f"{key} entries must be messages")
+                params = {}
+                for entry in acc.get("parameters", []):
+                    if not isinstance(entry, dict) or "key" not in entry:
+                        raise PbtxtError(f"{key} parameters must be {{ key: ... value: ... }} entries")
+                    params[str(_single(entry["key"]))] = str(_single(entry.get("value", [""])))
+                accs.append({"name": _single(acc.get("name", [""])), "parameters": params})
+            ea[key] = accs
+        out["execution_accelerators"] = ea
+    return out
 
 
 def _quote(text: str) -> str:

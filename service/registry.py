@@ -137,6 +137,7 @@ class ModelRegistry:
             self.settings.allow_spinning,
             self.settings.graph_optimization_level,
             concurrent_sessions=max(1, len(names)),
+            engine_cache_dir=self.settings.trt_engine_cache_dir,
         )
         for name in names:
             self._models[name] = ModelHandle(name=name)
@@ -399,7 +400,7 @@ class ModelRegistry:
         if default is not None:
             info = info.model_copy(
                 update={"version": default.version, "versions": sorted(h.versions), "provider": default.runtime.provider,
-                        "last_error": default.observer.last_error}
+                        "provider_note": default.runtime.provider_note, "last_error": default.observer.last_error}
             )
         return info
 

@@ -3,14 +3,17 @@
 After infinity's pre/core/post split: the batcher only calls `run` on a float32 batch; the
 registry calls `preprocess` (off the event loop) before queueing and `postprocess` after.
 `OnnxRuntime` holds one `InferenceSession` per model version, with execution providers chosen from
-settings and filtered by availability; the provider it really got (`session.get_providers()[0]`)
-is what the API and metrics report. Fakes for tests live in `service.fakes`.
+settings, filtered by what this machine can run and narrowed by the model's config.pbtxt
+(service/providers.py); the provider it really got (`session.get_providers()[0]`) is what the API
+and metrics report. On the CUDA provider batches run through I/O binding with pinned host buffers
+(service/io_binding.py); the CPU path calls `session.run`. Fakes for tests live in `service.fakes`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from service.manifest import Manifest
+from service.model_config import ModelConfig
 from service.preprocess import preprocess_image
+from service.providers import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    CudaStatus,
+    cuda_status,
+    describe,
+    engine_cache_path,
+    plan_for_model,
+    usable_providers,
+)
 from service.schemas import Prediction
 
 log = logging.getLogger("vitserve.runtime")
@@ -34,6 +49,7 @@ class SessionConfig:
     inter_op_threads: int = 1
     allow_spinning: bool = False
     graph_optimization_level: str = "all"
+    engine_cache_dir: Path | None = None  # TensorRT engine cache (service/providers.py: tensorrt_options)
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,7 @@ class RuntimeSpec:
     max_batch_size: int
     model_path: Path | None = None
     session: SessionConfig = field(default_factory=SessionConfig)
+    config: ModelConfig | None = None  # config.pbtxt: execution accelerators, instance kind
 
 
 def session_config(
@@ -56,6 +73,7 @@ def session_config(
     graph_optimization_level: str,
     concurrent_sessions: int,
     cpu_count: int | None = None,
+    engine_cache_dir: Path | None = None,
 ) -> SessionConfig:
     """Threads chosen deliberately: sessions that run at the same time share the cores.
 
@@ -76,6 +94,7 @@ def session_config(
         inter_op_threads=inter_op_threads,
         allow_spinning=spinning,
         graph_optimization_level=graph_optimization_level,
+        engine_cache_dir=engine_cache_dir,
     )
 
 
@@ -83,6 +102,7 @@ class InferenceRuntime(ABC):
     """One servable model version: preprocess an image, run a batch, postprocess logits, warm up."""
 
     provider: str = "none"
+    provider_note: str | None = None  # why this provider (the ones preferred to it were skipped)
 
     def __init__(self, spec: RuntimeSpec) -> None:
         self.spec = spec
@@ -143,19 +163,18 @@ def warmup_sizes(max_batch_size: int, mode: str) -> list[int]:
     return list(range(1, max_batch_size + 1))
 
 
-# Providers this process tried and did not get (e.g. CUDA listed by onnxruntime-gpu on a machine
-# without CUDA libraries): later sessions skip them instead of failing over again, noisily.
+# Providers this process tried and did not get although the probe found them usable (a library
+# missing beyond the probe's reach): later sessions skip them instead of failing over again, noisily.
 _UNUSABLE_PROVIDERS: set[str] = set()
+_ANNOUNCED: set[tuple[str, ...]] = set()
 
 
-def choose_providers(requested: list[str], available: list[str], unusable: Iterable[str] = ()) -> list[str]:
-    """Requested providers that this onnxruntime build offers (minus known-unusable ones), in order;
-    CPU always last resort."""
-    skip = set(unusable)
-    chosen = [p for p in requested if p in available and p not in skip]
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
+def _announce(requested: list[str], usable: list[str], status: CudaStatus) -> None:
+    """Say once per process (per provider request) which provider serves and why, in one line."""
+    key = tuple(requested)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        log.info("%s", describe(requested, usable, status))
 
 
 class OnnxRuntime(InferenceRuntime):
@@ -180,15 +199,28 @@ class OnnxRuntime(InferenceRuntime):
         }[cfg.graph_optimization_level]
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0")
-        providers = choose_providers(cfg.providers, ort.get_available_providers(), _UNUSABLE_PROVIDERS)
+        available = ort.get_available_providers()
+        status = cuda_status(tuple(available))
+        usable = [p for p in usable_providers(cfg.providers, available, status) if p not in _UNUSABLE_PROVIDERS]
+        _announce(cfg.providers, usable, status)
+        m = spec.manifest
+        plan = plan_for_model(usable or [CPU], spec.config, input_name=m.input_name,
+                              input_dims=m.preprocess.input_size, max_batch_size=spec.max_batch_size,
+                              engine_cache_dir=cfg.engine_cache_dir)
+        providers = plan.providers
+        for options in plan.options:
+            engine_cache_path(options)
+        started = time.perf_counter()
         try:
-            session = ort.InferenceSession(str(spec.model_path), sess_options=opts, providers=providers)
+            session = ort.InferenceSession(str(spec.model_path), sess_options=opts, providers=providers,
+                                           provider_options=plan.options)
         except Exception as exc:  # noqa: BLE001 - a GPU provider that fails to initialise
-            if providers == ["CPUExecutionProvider"]:
+            if providers == [CPU]:
                 raise
             log.warning("%s v%d: session with %s failed (%s); retrying with CPUExecutionProvider only",
                         spec.name, spec.version, providers, str(exc).splitlines()[0][:200])
-            session = ort.InferenceSession(str(spec.model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(spec.model_path), sess_options=opts, providers=[CPU])
+        self._session_seconds = time.perf_counter() - started
         self._session = session
         self.provider = session.get_providers()[0]
         if self.provider in providers:  # everything ahead of the provider we got did not work here
@@ -197,12 +229,41 @@ class OnnxRuntime(InferenceRuntime):
                 log.warning("%s not usable in this process (session fell back to %s); later sessions skip them",
                             ", ".join(skipped), self.provider)
             _UNUSABLE_PROVIDERS.update(skipped)
-        if self.provider != cfg.providers[0]:
-            log.warning("%s v%d: requested %s first, session runs on %s", spec.name, spec.version,
-                        cfg.providers[0], self.provider)
+        notes = [status.reasons[p] for p in cfg.providers if p not in usable and p in status.reasons]
+        notes += [plan.note] if plan.note else []
+        if self.provider != providers[0]:
+            notes.append(f"{providers[0]} failed to start")
+        self.provider_note = "; ".join(dict.fromkeys(notes)) or None
+        self._options = dict(zip(providers, plan.options)).get(self.provider, {})
+        self._warmed = False
+        self._bound = None
+        if self.provider in (TENSORRT, CUDA):  # the graph runs on the GPU: bound, pinned host buffers
+            from service.io_binding import BoundRunner, host_allocator
+
+            allocate, kind = host_allocator(CUDA)
+            self._bound = BoundRunner(session, m.input_name, m.output_name, m.num_classes, allocate)
+            log.info("%s v%d: I/O binding with %s host buffers", spec.name, spec.version, kind)
         log.info("%s v%d: session on %s (intra-op threads %d, spinning %s)", spec.name, spec.version,
                  self.provider, cfg.intra_op_threads, "on" if cfg.allow_spinning else "off")
         self._check_signature()
+
+    def warmup(self, batch_sizes: Iterable[int]) -> None:
+        """As the base class; on TensorRT the first warm-up also logs how long its engines took (built, or
+        loaded from the engine cache, before the model reports ready)."""
+        if self._warmed or self.provider != TENSORRT:
+            super().warmup(batch_sizes)
+            self._warmed = True
+            return
+        started = time.perf_counter()
+        super().warmup(batch_sizes)
+        first = time.perf_counter() - started
+        self._warmed = True
+        opts = self._options
+        cache = opts.get("trt_engine_cache_path") if opts.get("trt_engine_cache_enable") == "True" else None
+        log.info("%s v%d: TensorRT engines ready in %.1fs (session %.1fs + first batch %.1fs; profile %s..%s; "
+                 "fp16 %s; engine cache %s)", self.spec.name, self.spec.version, self._session_seconds + first,
+                 self._session_seconds, first, opts.get("trt_profile_min_shapes", "?"),
+                 opts.get("trt_profile_max_shapes", "?"), opts.get("trt_fp16_enable", "False"), cache or "off")
 
     def _check_signature(self) -> None:
         m = self.spec.manifest
@@ -220,6 +281,8 @@ class OnnxRuntime(InferenceRuntime):
                 raise ValueError(f"input shape {shape} does not match manifest input_size {m.preprocess.input_size}")
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        if self._bound is not None:
+            return self._bound.run(pixel_values)
         m = self.spec.manifest
         return self._session.run([m.output_name], {m.input_name: pixel_values})[0]
 

@@ -44,6 +44,10 @@ class ModelInfo(BaseModel):
     versions: list[int] = Field(default_factory=list, description="loaded versions")
     available_versions: list[int] = Field(default_factory=list, description="versions on disk")
     provider: str | None = Field(None, description="execution provider the session really got")
+    provider_note: str | None = Field(
+        None, description="why not a provider requested ahead of it (e.g. no NVIDIA driver; no tensorrt accelerator "
+        "in config.pbtxt)"
+    )
     preset: str | None = None
     variants: list[str] = Field(default_factory=list)
     spec: str | None = None

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level"
     )
+    trt_engine_cache_dir: Path | None = Field(
+        None, description="Writable directory for TensorRT engines (one sub-directory per model): enables the "
+        "engine cache of every model served on TensorRT, overriding config.pbtxt's trt_engine_cache_path, so a "
+        "restart loads engines instead of rebuilding them"
+    )
 
     max_batch_size: int | None = Field(
         None, ge=1, description="Override every model's max batch size (default: config.pbtxt max_batch_size)"

@@ -108,6 +108,8 @@ def config_to_v2_json(cfg: ModelConfig) -> dict[str, Any]:
         out["dynamic_batching"] = batching
     if cfg.instance_group:
         out["instance_group"] = [{"kind": g.kind, "count": g.count} for g in cfg.instance_group]
+    if cfg.optimization is not None:
+        out["optimization"] = cfg.optimization.model_dump(exclude_none=True)
     return out
 
 

@@ -1,7 +1,8 @@
 """Generate the vitserve Grafana dashboard (docker/grafana/dashboards/vitserve.json) with grafanalib.
 
 Why generated: one panel per question an operator asks (how slow, how busy, how well batched, how
-close to overload, how many FLOPs really executed, what fails, what is loaded where), written as
+close to overload, how many FLOPs really executed, what fails, what is loaded where, how busy the
+GPU is), written as
 code so every PromQL expression sits in one reviewable place. The committed JSON is what Grafana
 provisions; tests/monitoring/test_dashboard_generated.py fails when it drifts from this file, and
 tests/monitoring/test_dashboard_queries.py runs every expression against a real Prometheus
@@ -265,6 +266,38 @@ def _models_row(y: int) -> list[Any]:
     ]
 
 
+def _gpu_row(y: int) -> list[Any]:
+    """Triton's GPU series (service/gpu_metrics.py): absent, so these panels are empty, without a GPU."""
+    gpu = "gpu_uuid"
+    return [
+        RowPanel(title="GPU", gridPos=GridPos(h=1, w=24, x=0, y=y)),
+        _timeseries(
+            "GPU utilisation",
+            [_target(f"max by ({gpu}) (nv_gpu_utilization)", "{{gpu_uuid}}")],
+            GridPos(h=8, w=8, x=0, y=y + 1),
+            "percentunit",
+            "Fraction of time a kernel ran on each GPU (NVML, read at scrape). Empty on machines without a GPU.",
+        ),
+        _timeseries(
+            "GPU memory",
+            [
+                _target(f"max by ({gpu}) (nv_gpu_memory_used_bytes)", "{{gpu_uuid}} used"),
+                _target(f"max by ({gpu}) (nv_gpu_memory_total_bytes)", "{{gpu_uuid}} total", "B"),
+            ],
+            GridPos(h=8, w=8, x=8, y=y + 1),
+            "bytes",
+            "Device memory used (sessions, TensorRT engines, the CUDA arena) against the total.",
+        ),
+        _timeseries(
+            "GPU power",
+            [_target(f"max by ({gpu}) (nv_gpu_power_usage)", "{{gpu_uuid}}")],
+            GridPos(h=8, w=8, x=16, y=y + 1),
+            "watt",
+            "Board power draw in watts.",
+        ),
+    ]
+
+
 def build_dashboard() -> Dashboard:
     """The whole dashboard; panel ids are assigned in layout order."""
     panels = [
@@ -273,6 +306,7 @@ def build_dashboard() -> Dashboard:
         *_batching_row(26),
         *_errors_row(35),
         *_models_row(44),
+        *_gpu_row(53),
     ]
     model_var = Template(
         name="model",

@@ -127,11 +127,19 @@ def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in data["groups"] for rule in group["rules"] if "alert" in rule]
 
 
+def is_gpu_query(expr: str) -> bool:
+    """A query over Triton's GPU series only (service/gpu_metrics.py): absent on machines without a GPU."""
+    names = metric_names(expr)
+    return bool(names) and all(name.startswith("nv_gpu_") for name in names)
+
+
 def exported_sample_names() -> set[str]:
-    """Every sample name service/metrics.py can expose (histogram/counter suffixes expanded)."""
+    """Every sample name service/metrics.py and service/gpu_metrics.py can expose (histogram/counter
+    suffixes expanded)."""
+    from service.gpu_metrics import METRIC_NAMES
     from service.metrics import Metrics
 
-    names: set[str] = set()
+    names: set[str] = set(METRIC_NAMES)
     for family in Metrics().registry.collect():
         if family.type == "histogram":
             names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}

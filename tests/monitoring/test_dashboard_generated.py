@@ -16,6 +16,7 @@ from monitoring_promql import (
     DASHBOARD_DIR,
     all_panels,
     exported_sample_names,
+    is_gpu_query,
     load_dashboards,
     metric_names,
     panel_queries,
@@ -92,6 +93,8 @@ def test_model_variable_picks_models_and_every_query_honours_it(dashboards: dict
         metric, label = parse_label_values(model["query"])
         assert label == "model" and metric in exported_sample_names()
         for query in panel_queries(name, dashboard):
+            if is_gpu_query(query.expr):  # per device (gpu_uuid), shared by every model
+                continue
             assert 'model=~"$model"' in query.expr, f"{query.panel} {query.ref_id} ignores $model"
             substitute(query.expr, {"model": ["a", "b"]})  # nothing else left to fill in
 
@@ -121,6 +124,8 @@ def test_dashboard_answers_what_issue_4_asks(dashboards: dict[str, dict[str, Any
         "error rate by status": 'code!~"2.."',
         "readiness and provider": "(model, version, provider) (vitserve_model_ready",
     }
+    required |= {"GPU utilisation": "nv_gpu_utilization", "GPU memory": "nv_gpu_memory_used_bytes",
+                 "GPU memory total": "nv_gpu_memory_total_bytes", "GPU power": "nv_gpu_power_usage"}
     missing = [what for what, needle in required.items() if needle not in joined]
     assert not missing, missing
     heatmaps = [p for d in dashboards.values() for p in all_panels(d) if p["type"] == "heatmap"]

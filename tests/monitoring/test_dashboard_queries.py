@@ -24,6 +24,7 @@ from monitoring_promql import (
     PanelQuery,
     alert_rules,
     exported_sample_names,
+    is_gpu_query,
     load_dashboards,
     metric_names,
     panel_queries,
@@ -140,6 +141,12 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(live_service:
     dashboards = load_dashboards()
     queries = [q for name, dashboard in dashboards.items() for q in panel_queries(name, dashboard)]
     assert queries, "dashboards have no queries"
+    gpu_queries: list[PanelQuery] = []
+    if not any(n.startswith("nv_gpu_") for n in _scraped_sample_names(live_service.base_url)):
+        # no GPU here: its panels must be empty (series absent, never a misleading 0), the rest must have data
+        gpu_queries = [q for q in queries if is_gpu_query(q.expr)]
+        queries = [q for q in queries if not is_gpu_query(q.expr)]
+        assert gpu_queries, "the dashboard has no GPU panels"
 
     # Prometheus scrapes the service
     wait_until = time.monotonic() + 30
@@ -166,6 +173,8 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(live_service:
 
     assert statuses.get(200, 0) > 0 and any(400 <= code < 500 for code in statuses), statuses
     assert not problems, f"after {round_no} rounds of traffic ({statuses}):\n" + "\n".join(problems)
+    for query in gpu_queries:
+        assert prometheus.query(query.expr) == [], f"{query.panel}: GPU series without a GPU: {query.expr}"
     # the variable lists exactly the served models
     for dashboard in dashboards.values():
         assert _model_values(prometheus, dashboard) == sorted(live_service.models)
@@ -177,17 +186,22 @@ def test_no_panel_queries_a_metric_the_service_does_not_export(live_service: Any
     statuses = asyncio.run(_traffic_round(live_service.base_url, live_service.models, round_no=0))
     assert statuses.get(200), statuses
     queries = [q for name, dashboard in load_dashboards().items() for q in panel_queries(name, dashboard)]
-    wanted = set().union(*(metric_names(q.expr) for q in queries))
+    # GPU panels' series are absent without a GPU (checked below), so they are not waited for
+    wanted = set().union(*(metric_names(q.expr) for q in queries if not is_gpu_query(q.expr)))
     deadline = time.monotonic() + 30  # a response can reach the client before its metrics are recorded
     scraped = _scraped_sample_names(live_service.base_url)
     while not wanted <= scraped and time.monotonic() < deadline:
         time.sleep(0.2)
         scraped = _scraped_sample_names(live_service.base_url)
     declared = exported_sample_names()
+    has_gpu = any(n.startswith("nv_gpu_") for n in scraped)
     for query in queries:
         names = metric_names(query.expr)
         assert names, f"{query.panel}: no metric found in {query.expr}"
         assert names <= declared, f"{query.panel}: not in service/metrics.py: {sorted(names - declared)}"
+        if is_gpu_query(query.expr) and not has_gpu:
+            assert not names & scraped  # absent without a GPU, not zero
+            continue
         assert names <= scraped, f"{query.panel}: not on /metrics: {sorted(names - scraped)}"
 
 

@@ -125,6 +125,10 @@ def test_compose_gpu_reservation_cpu_variant_and_mounted_files() -> None:
             if host.startswith("./"):
                 assert (ROOT / host).exists(), f"{name} mounts missing {host}"
     assert int(gpu["stop_grace_period"].rstrip("s")) > float(gpu["environment"]["VITSERVE_DRAIN_TIMEOUT_S"])
+    # TensorRT engines go to a named volume (the image is read-only), set for the service by env
+    cache = gpu["environment"]["VITSERVE_TRT_ENGINE_CACHE_DIR"]
+    assert f"trt-engines:{cache}" in gpu["volumes"] and "trt-engines" in compose["volumes"]
+    assert gpu["environment"].items() >= cpu["environment"].items()  # the shared settings kept
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------------
@@ -216,6 +220,12 @@ def test_gpu_overlay_requests_a_gpu_and_the_gpu_image() -> None:
     assert env["VITSERVE_PROVIDERS"].split(",")[:2] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     # the strategic merge kept the probes and the volume of the base
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # and added a writable TensorRT engine cache, named to the service by env
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert {"models", "tmp", "trt-engines"} <= mounts.keys()
+    assert env["VITSERVE_TRT_ENGINE_CACHE_DIR"] == mounts["trt-engines"]["mountPath"]
+    volumes = {v["name"]: v for v in docs["Deployment/vitserve"]["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["trt-engines"] and "persistentVolumeClaim" in volumes["models"]
     cpu = _by_kind(_kustomize(K8S))["Deployment/vitserve"]["spec"]["template"]["spec"]["containers"][0]
     assert cpu["image"].endswith(":cpu") and "nvidia.com/gpu" not in cpu["resources"].get("limits", {})
 

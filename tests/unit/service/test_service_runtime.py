@@ -11,7 +11,6 @@ from service.repository import read_model
 from service.runtime import (
     OnnxRuntime,
     RuntimeSpec,
-    choose_providers,
     session_config,
     top_k_predictions,
     warmup_sizes,
@@ -53,14 +52,17 @@ def test_thread_settings_share_the_cores() -> None:
 
 
 def test_provider_choice_keeps_order_and_cpu_fallback() -> None:
-    assert choose_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"], ["CPUExecutionProvider"]) == [
+    from service.providers import CudaStatus, usable_providers
+
+    gpu = CudaStatus(usable={"TensorrtExecutionProvider": True, "CUDAExecutionProvider": True}, reasons={})
+    none = CudaStatus(usable={"TensorrtExecutionProvider": False, "CUDAExecutionProvider": False},
+                      reasons={"CUDAExecutionProvider": "no NVIDIA driver"})
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert usable_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"], ["CPUExecutionProvider"], gpu) == [
         "CPUExecutionProvider"
     ]
-    assert choose_providers(["CUDAExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                            unusable=["CUDAExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"],
-                            ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider",
-                                                                                    "CPUExecutionProvider"]
+    assert usable_providers(["CUDAExecutionProvider"], both, none) == ["CPUExecutionProvider"]
+    assert usable_providers(both, both, gpu) == both
 
 
 def test_warmup_covers_every_batch_size_the_batcher_can_make() -> None:
