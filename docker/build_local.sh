@@ -117,7 +117,14 @@ if ! "$DOCKER" info >/dev/null 2>&1; then
     for _ in $(seq 60); do "$DOCKER" info >/dev/null 2>&1 && break; sleep 1; done
     "$DOCKER" info >/dev/null 2>&1 || die "dockerd did not come up, see $WORK/dockerd.log"
 fi
-[[ -n "$DOCKERD_PID" ]] || log "docker engine already running (not started here)"
+if [[ -z "$DOCKERD_PID" ]]; then
+    earlier="$(cat "$WORK/dockerd.pid" 2>/dev/null || true)"
+    if [[ -n "$earlier" ]] && kill -0 "$earlier" 2>/dev/null; then
+        log "dockerd started by an earlier run is running (pid $earlier, --bridge=none): stop it with kill $earlier"
+    else
+        log "docker engine already running (not started by this script)"
+    fi
+fi
 log "docker: $("$DOCKER" version --format '{{.Client.Version}} / engine {{.Server.Version}}')"
 
 # --- 2. base image: Debian bookworm with python3, from the host's apt mirror -----------------------
@@ -144,9 +151,13 @@ mkdir -p "$WHEELHOUSE"
 locks=(-r "$LOCK")
 [[ "$MODEL_SOURCE" == export ]] && locks+=(-r requirements/full.txt)   # torch, timm, onnx: several GB
 log "wheelhouse: pip download ${locks[*]} (+ setuptools, wheel to build the project)"
+platforms=()   # pip does not widen a manylinux_2_36 tag to the older ones a wheel may carry: list them
+for glibc_minor in $(seq 36 -1 17); do platforms+=(--platform "manylinux_2_${glibc_minor}_x86_64"); done
+platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 "$PYTHON" -m pip download -q --disable-pip-version-check -d "$WHEELHOUSE" --no-deps --only-binary=:all: \
-    --python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_36_x86_64 \
-    "${locks[@]}" "setuptools>=77" wheel
+    --python-version 3.11 --implementation cp --abi cp311 "${platforms[@]}" \
+    "${locks[@]}" "setuptools>=77" wheel >"$WORK/pip-download.log" 2>&1 \
+    || { grep -v "^WARNING: Location" "$WORK/pip-download.log" | tail -20; die "pip download failed, see $WORK/pip-download.log"; }
 log "wheelhouse: $(find "$WHEELHOUSE" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
 "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$WHEEL_PORT" \
     >"$WORK/wheelhouse-http.log" 2>&1 &
@@ -169,6 +180,7 @@ log "repository: $REPOSITORY ($(ls "$REPOSITORY" | tr '\n' ' '))"
 # --- 5. docker build --------------------------------------------------------------------------------
 log "docker build --target $TARGET (BuildKit, --network host, pip from the wheelhouse only)"
 t0=$(date +%s)
+set +e   # the build's own status, not the filter's
 DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain --target "$TARGET" \
     --build-arg BASE_IMAGE="$BASE_TAG" \
     --build-arg CUDA_BASE_IMAGE="$BASE_TAG" \
@@ -180,14 +192,16 @@ DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain --target "$TAR
     --build-arg EXPORT_ARGS="$EXPORT_ARGS" \
     --build-arg PIP_NO_INDEX=1 \
     --build-arg PIP_FIND_LINKS="http://127.0.0.1:$WHEEL_PORT/" \
-    -t "$IMAGE_TAG" . 2>&1 | tee "$WORK/docker-build.log" | grep -E '^#[0-9]+ (\[|DONE|ERROR)|onnxruntime [0-9]|ERROR' || true
-[[ ${PIPESTATUS[0]} == 0 ]] || die "docker build failed, see $WORK/docker-build.log"
+    -t "$IMAGE_TAG" . 2>&1 | tee "$WORK/docker-build.log" | grep -E '^#[0-9]+ (\[|DONE|ERROR)|onnxruntime [0-9]|ERROR'
+build_rc=${PIPESTATUS[0]}
+set -e
+((build_rc == 0)) || die "docker build failed, see $WORK/docker-build.log"
 build_s=$(( $(date +%s) - t0 ))
 size=$("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE_TAG")
 log "built $IMAGE_TAG in ${build_s} s, size $((size / 1024 / 1024)) MiB"
 
 # --- 6. the image holds exactly the locked releases -------------------------------------------------
-"$DOCKER" run --rm --network none --entrypoint /opt/venv/bin/pip "$IMAGE_TAG" freeze --disable-pip-version-check \
+"$DOCKER" run --rm --network none --entrypoint /opt/venv/bin/pip "$IMAGE_TAG" freeze --no-cache-dir --disable-pip-version-check \
     | "$PYTHON" docker/freeze_matches_lock.py "$LOCK" || die "the image's pip freeze differs from $LOCK"
 
 # --- 7. run it and ask it ---------------------------------------------------------------------------
