@@ -26,6 +26,8 @@ export PROMETHEUS_IMAGE="$PROM_TAG"
 export COMPOSE_PROFILES=cpu
 export COMPOSE_PROJECT_NAME=vitserve-local
 export DOCKER_HOST="${DOCKER_HOST:-unix:///var/run/docker.sock}"
+WORK="$ROOT/docker/.build"
+mkdir -p "$WORK"
 
 log() { printf '[compose_local %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { log "ERROR: $*"; exit 1; }
@@ -35,6 +37,7 @@ die() { log "ERROR: $*"; exit 1; }
 "$DOCKER" image inspect "$BASE_TAG" >/dev/null 2>&1 || die "no $BASE_TAG image: run docker/build_local.sh first"
 if "$DOCKER" compose version >/dev/null 2>&1; then
     COMPOSE=("$DOCKER" compose -f docker-compose.yml)
+    COMPOSE_NAME="docker compose"
 else
     if ! command -v docker-compose >/dev/null 2>&1; then
         command -v apt-get >/dev/null 2>&1 || die "neither docker compose (v2) nor docker-compose found"
@@ -42,8 +45,9 @@ else
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
     fi
     COMPOSE=(docker-compose -f docker-compose.yml)
+    COMPOSE_NAME="docker-compose"
 fi
-log "compose: ${COMPOSE[*]:0:2} ($("${COMPOSE[@]}" version --short 2>/dev/null || true))"
+log "compose: $COMPOSE_NAME $("${COMPOSE[@]}" version --short 2>/dev/null || true)"
 
 if ! "$DOCKER" image inspect "$PROM_TAG" >/dev/null 2>&1; then
     log "building $PROM_TAG from Debian's prometheus package"
@@ -53,7 +57,8 @@ if ! "$DOCKER" image inspect "$PROM_TAG" >/dev/null 2>&1; then
         "RUN mkdir -p /prometheus && chown nobody /prometheus" \
         "USER nobody" \
         'ENTRYPOINT ["/usr/bin/prometheus"]' \
-        | DOCKER_BUILDKIT=1 "$DOCKER" build --network host -t "$PROM_TAG" - >/dev/null
+        | DOCKER_BUILDKIT=1 "$DOCKER" build --network host -t "$PROM_TAG" - >"$WORK/prometheus-build.log" 2>&1 \
+        || die "building $PROM_TAG failed, see $WORK/prometheus-build.log"
 fi
 
 cleanup() {
@@ -61,7 +66,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "${COMPOSE[*]:0:2} up -d vitserve-cpu prometheus (profile cpu; grafana left out: no image here)"
+log "$COMPOSE_NAME up -d vitserve-cpu prometheus (profile cpu; grafana left out: no image here)"
 "${COMPOSE[@]}" up -d --no-build vitserve-cpu prometheus
 
 log "waiting for vitserve to be healthy"
