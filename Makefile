@@ -13,7 +13,7 @@ PORT   ?= 8000
 REPOSITORY ?= models/demo
 PYTEST_ARGS ?=
 
-# The lock: requirements/full.txt (service + export + bench + dev, Linux x86_64, CPython 3.11) pins what
+# The lock: requirements/full.txt (the service and every extra, Linux x86_64, CPython 3.11) pins what
 # `make setup` / CI install; requirements/service-{cpu,gpu}.txt pin the images (no torch). `make lock`
 # rewrites them with uv, keeping every pin pyproject.toml still allows; `make lock UPGRADE=1` moves to the
 # newest releases.
@@ -68,7 +68,7 @@ $(UV):
 # Refresh the lock after changing dependencies in pyproject.toml (then commit requirements/). The CPU image
 # gets the CPU onnxruntime wheel of the same release as the locked onnxruntime-gpu.
 lock: $(UV)
-	$(UV) pip compile $(LOCK_ARGS) pyproject.toml --extra export --extra bench --extra dev -o $(LOCK)
+	$(UV) pip compile $(LOCK_ARGS) pyproject.toml --all-extras -o $(LOCK)
 	for flavour in cpu gpu; do \
 	    { $(PYTHON) docker/runtime_requirements.py --flavour $$flavour; \
 	      if [ $$flavour = cpu ]; then sed -n 's/^onnxruntime-gpu==/onnxruntime==/p' $(LOCK); fi; } \
