@@ -17,6 +17,7 @@
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX
 #                      passed to pip as environment (not kept in the image): a mirror, PyTorch's
 #                      CPU-only wheel index for the export stage, or a local wheelhouse.
+# Python packages: the releases in requirements/ (the lock, `make lock`), the same ones `make` and CI install.
 # Base images are arguments so the image builds where public registries are unreachable
 # (docker/build_local.sh makes a Debian base with debootstrap and installs from a wheelhouse).
 
@@ -38,12 +39,13 @@ ARG EXPORT_ARGS=""
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md* ./
+COPY requirements/full.txt ./requirements/
 COPY service ./service
 COPY export ./export
-# DL3013: this installs the project itself; its dependency versions are pinned in pyproject.toml
+# DL3013: this installs the project itself; its dependencies' versions come from the lock (-c)
 # hadolint ignore=DL3013
 RUN python3 -m venv /opt/venv \
-    && pip install --no-cache-dir --disable-pip-version-check ".[export]"
+    && pip install --no-cache-dir --disable-pip-version-check -c requirements/full.txt ".[export]"
 COPY docker/checkpoints /checkpoints
 # MODEL_SPECS / EXPORT_ARGS are split into words on purpose (several specs, several options)
 RUN vitserve-export "${EXPORT_COMMAND}" --repository /models ${MODEL_SPECS} ${EXPORT_ARGS} \
@@ -78,7 +80,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md* ./
-COPY docker/runtime_requirements.py docker/install_service.sh docker/healthcheck.py ./docker/
+COPY requirements/service-*.txt ./requirements/
+COPY docker/install_service.sh docker/healthcheck.py ./docker/
 COPY service ./service
 RUN sh docker/install_service.sh gpu \
     && rm -rf /src \
@@ -108,7 +111,8 @@ ARG PIP_FIND_LINKS
 ARG PIP_NO_INDEX
 WORKDIR /src
 COPY pyproject.toml README.md* ./
-COPY docker/runtime_requirements.py docker/install_service.sh docker/healthcheck.py ./docker/
+COPY requirements/service-*.txt ./requirements/
+COPY docker/install_service.sh docker/healthcheck.py ./docker/
 COPY service ./service
 RUN sh docker/install_service.sh cpu \
     && rm -rf /src \

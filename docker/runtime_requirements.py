@@ -3,8 +3,8 @@
 
 Why: pyproject.toml is the single list of what the service needs, but its ONNX Runtime line is chosen
 by platform markers (onnxruntime-gpu on Linux x86_64), while an image picks its flavour by target: the
-CPU image wants the small `onnxruntime` wheel, the CUDA image `onnxruntime-gpu`. The Dockerfile and
-docker/build_local.sh call this (stdlib only, it runs in a bare base image) instead of retyping the list.
+CPU image wants the small `onnxruntime` wheel, the CUDA image `onnxruntime-gpu`. `make lock` compiles this
+list into requirements/service-<flavour>.txt, the lock the images install, instead of retyping it.
 
     python3 docker/runtime_requirements.py --flavour cpu [--pyproject pyproject.toml]
 """

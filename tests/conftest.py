@@ -6,7 +6,9 @@ read-only; a test that changes a repository takes `demo_repository_copy`.
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,40 @@ def demo_repository_copy(demo_repository: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "repository"
     shutil.copytree(demo_repository, dst)
     return dst
+
+
+#: skip reasons of tests that need something `make test` does not install, and the command that adds it
+_MISSING = (
+    (re.compile(r"^(\S+) not found \(docker/ci_checks\.sh installs it\)"), "make tools"),
+    (re.compile(r"^no (vitserve:\w+ image|docker engine)"), "sudo bash docker/build_local.sh"),
+)
+
+
+def _skipped_for_missing(terminalreporter: pytest.TerminalReporter) -> dict[str, tuple[int, set[str]]]:
+    """command -> (number of tests skipped, what they lacked), from the skip reasons."""
+    found: dict[str, tuple[int, set[str]]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        for pattern, command in _MISSING:
+            match = pattern.match(reason)
+            if match:
+                count, what = found.get(command, (0, set()))
+                found[command] = (count + 1, what | {match.group(1)})
+    return found
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None, None, None]:
+    """After pytest's own summary sections, one line when tests were skipped for a missing tool.
+
+    Why: `make test` installs Python packages only; promtool, prometheus, docker-compose (and an image)
+    come from elsewhere, and a green run with silent skips is not CI's green run. pytest's closing
+    `N passed, N skipped` line still comes last (CI reads it).
+    """
+    yield
+    found = _skipped_for_missing(terminalreporter)
+    if found:
+        parts = [f"{count} need {', '.join(sorted(what))} -> {command}" for command, (count, what) in found.items()]
+        terminalreporter.write_line("SKIPPED FOR MISSING TOOLS: " + "; ".join(parts), yellow=True, bold=True)

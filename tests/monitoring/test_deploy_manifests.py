@@ -118,7 +118,7 @@ def test_compose_gpu_reservation_cpu_variant_and_mounted_files() -> None:
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu["build"]["target"] == "gpu" and gpu["profiles"] == ["gpu"]
     assert cpu["build"]["target"] == "cpu" and cpu["profiles"] == ["cpu"] and "deploy" not in cpu
-    assert "COMPOSE_PROFILES=gpu" in (ROOT / ".env").read_text().splitlines()
+    assert "COMPOSE_PROFILES=cpu" in (ROOT / ".env").read_text().splitlines(), "a plain `up` must work without a GPU"
     for name in ("prometheus", "grafana"):
         for volume in services[name]["volumes"]:
             host = volume.split(":", 1)[0]

@@ -4,6 +4,7 @@ container's HEALTHCHECK), tested as the image uses them."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import threading
@@ -108,3 +109,57 @@ def test_healthcheck_script_runs_without_the_project(health_server: tuple[str, t
                             text=True, env={"VITSERVE_PORT": port}, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HTTP 200" in result.stdout
+
+
+# --- docker/build_local.sh: prerequisites are checked first, with one message -----------------------------
+
+BUILD_LOCAL = DOCKER_DIR / "build_local.sh"
+
+
+def _build_local_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`build_local.sh --check`: the same checks a real run makes first, changing nothing."""
+    return subprocess.run(["bash", str(BUILD_LOCAL), "--check"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env})
+
+
+def _fake_python(tmp_path: Path, version: str) -> Path:
+    fake = tmp_path / f"python{version}"
+    fake.write_text(f"#!/bin/sh\n# a Python {version} stand-in\n"
+                    f"case \"$*\" in *version_info*) exit 1 ;; *) echo {version} ;; esac\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_build_local_check_passes_here_or_names_what_is_missing(tmp_path: Path) -> None:
+    result = _build_local_check(tmp_path, PYTHON=sys.executable)
+    if os.geteuid() == 0:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "prerequisites OK" in result.stdout
+    else:
+        assert result.returncode == 1 and "run as root" in result.stdout
+
+
+def test_build_local_stops_before_any_work_on_an_old_python(tmp_path: Path) -> None:
+    result = _build_local_check(tmp_path, PYTHON=str(_fake_python(tmp_path, "3.10.12")))
+    assert result.returncode == 1
+    assert "prerequisites missing, nothing was done" in result.stdout
+    assert "Python >= 3.11 is needed" in result.stdout and "3.10.12" in result.stdout
+
+
+def test_build_local_without_repository_or_exporter_says_make_setup(tmp_path: Path) -> None:
+    result = _build_local_check(tmp_path, PYTHON=sys.executable, REPOSITORY=str(tmp_path / "none"),
+                                VENV=str(tmp_path / "no-venv"))
+    assert result.returncode == 1
+    if not (ROOT / "docker" / ".build" / "models").is_dir():
+        assert "run make setup first" in result.stdout, result.stdout
+
+
+def test_build_local_all_problems_in_one_message(tmp_path: Path) -> None:
+    """Several problems at once are listed together, not discovered one run at a time."""
+    result = _build_local_check(tmp_path, PYTHON=str(tmp_path / "absent-python"), TARGET="cpu",
+                                REPOSITORY=str(tmp_path / "none"), VENV=str(tmp_path / "no-venv"))
+    assert result.returncode == 1
+    lines = [line for line in result.stdout.splitlines() if line.split("] ", 1)[-1].startswith("  - ")]
+    assert any("absent-python" in line for line in lines)
+    if not (ROOT / "docker" / ".build" / "models").is_dir():
+        assert len(lines) >= 2, result.stdout
