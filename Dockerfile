@@ -83,9 +83,13 @@ COPY pyproject.toml README.md* ./
 COPY requirements/service-*.txt ./requirements/
 COPY docker/install_service.sh docker/healthcheck.py ./docker/
 COPY service ./service
+# /var/cache/vitserve/trt: TensorRT engine cache (a named volume in compose copies this directory's owner,
+# so uid 10001 can write engines there)
 RUN sh docker/install_service.sh gpu \
     && rm -rf /src \
-    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vitserve
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vitserve \
+    && mkdir -p /var/cache/vitserve/trt \
+    && chown 10001:10001 /var/cache/vitserve/trt
 COPY --from=repository --chown=root:root /models /models
 WORKDIR /
 ENV PATH=/opt/venv/bin:$PATH \

@@ -18,12 +18,14 @@ import tomllib
 from pathlib import Path
 
 FLAVOURS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}
+#: optional-dependency groups an image flavour adds (the GPU image exports nv_gpu_* through nvidia-ml-py)
+FLAVOUR_EXTRAS: dict[str, tuple[str, ...]] = {"cpu": (), "gpu": ("gpu",)}
 _ORT_NAMES = frozenset(FLAVOURS.values())
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 def runtime_requirements(pyproject: Path, flavour: str) -> list[str]:
-    """The base dependencies with markers dropped and exactly one ONNX Runtime package, of `flavour`."""
+    """The base dependencies (+ the flavour's extras) with markers dropped and one ONNX Runtime package."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {sorted(FLAVOURS)}, got {flavour!r}")
     data = tomllib.loads(pyproject.read_text())
@@ -50,6 +52,9 @@ def runtime_requirements(pyproject: Path, flavour: str) -> list[str]:
     if ort_spec is None:
         raise ValueError(f"{pyproject} lists no onnxruntime dependency")
     out.append(f"{wanted}{ort_spec}")
+    extras = data["project"].get("optional-dependencies", {})
+    for extra in FLAVOUR_EXTRAS[flavour]:
+        out += [r.split(";", 1)[0].strip() for r in extras.get(extra, []) if r.split(";", 1)[0].strip() not in out]
     return out
 
 

@@ -40,7 +40,8 @@ def test_cpu_image_gets_onnxruntime_and_gpu_image_onnxruntime_gpu() -> None:
     assert "onnxruntime" in _names(cpu) and "onnxruntime-gpu" not in _names(cpu)
     assert "onnxruntime-gpu" in _names(gpu) and "onnxruntime" not in _names(gpu)
     assert not any(";" in line for line in cpu + gpu), "markers must be resolved for the image"
-    assert _names(cpu) - {"onnxruntime"} == _names(gpu) - {"onnxruntime-gpu"}
+    assert _names(cpu) - {"onnxruntime"} == _names(gpu) - {"onnxruntime-gpu", "nvidia-ml-py"}
+    assert "nvidia-ml-py" in _names(gpu), "the GPU image exports nv_gpu_* metrics"
 
 
 def test_requirements_follow_pyproject_and_never_pull_torch() -> None:
