@@ -38,7 +38,7 @@ class TinyModel:
     hidden: int = 0  # > 0: flatten -> MatMul [3*S*S, hidden] -> Relu -> MatMul [hidden, C] (a model that takes time)
     # the manifest's preprocess.input_range: wide, because fake-runtime tests send request ids as pixel values
     # (None: the service derives it from mean/std)
-    input_range: tuple[float, float] | None = (-100.0, 100.0)
+    input_range: tuple[float, float] | None = (-1e6, 1e6)
 
 
 def weights(name: str, version: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
