@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.settings import Settings
 
+LINGER_S = 2.0
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
@@ -39,8 +40,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True  # between requests or inside a request head
         self._head_bytes = 0
-        self._heads = 0  # request heads completed on this connection
+        self._events = 0  # request heads and messages completed on this connection
         self._timer: asyncio.TimerHandle | None = None
+        self._discarding = False  # answered and closing: read and drop what the client still sends
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -55,32 +57,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
+        if self._discarding or self.transport.is_closing():
             return
         if self._in_head:
             if self._timer is None and self._idle():
                 self._arm(self.header_timeout_s)  # the next request on a kept-alive connection has begun
         else:
             self._arm(self.body_timeout_s)  # the body made progress
-        heads = self._heads
+        events = self._events
         super().data_received(data)
         if self.transport.is_closing() or not self._in_head:
             return
-        # bytes of a head still incomplete after this piece (a piece that completed a head is not counted)
-        self._head_bytes = self._head_bytes + len(data) if heads == self._heads else 0
+        # bytes of a head still incomplete after this piece (a piece that completed a head or a body, and
+        # perhaps began the next head, is not counted)
+        self._head_bytes = self._head_bytes + len(data) if events == self._events else 0
         if self._head_bytes > self.max_header_bytes:
             self._reject(431, f"request line and headers exceed {self.max_header_bytes} bytes")
 
     # -- parser callbacks ------------------------------------------------------------------
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
-        self._heads += 1
+        self._events += 1
         self._arm(self.body_timeout_s)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0
+        self._events += 1
         self._disarm()  # the application has the request; uvicorn's keep-alive timer takes over after it
 
     # -- timers ----------------------------------------------------------------------------
@@ -111,16 +115,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _reject(self, status: int, message: str, *, retry_after: bool = False) -> None:
-        """Answer `status` with a JSON error (only when no response is in progress) and close."""
+        """Answer `status` with a JSON error (only when no response is in progress) and close.
+
+        A lingering close: the answer goes out, our side of the connection is shut, and whatever the
+        client is still sending is read and dropped for up to LINGER_S, so the kernel does not reset the
+        connection (and lose the answer) because unread bytes remain."""
         self._disarm()
-        if self._idle():
-            body = json.dumps({"error": message}).encode()
-            head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), b"content-type: application/json\r\n",
-                    b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
-            if retry_after:
-                head.append(b"retry-after: 1\r\n")
-            self.transport.write(b"".join(head) + b"\r\n" + body)
-        self.transport.close()
+        if not self._idle() or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        body = json.dumps({"error": message}).encode()
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
+        if retry_after:
+            head.append(b"retry-after: 1\r\n")
+        self.transport.write(b"".join(head) + b"\r\n" + body)
+        self.transport.write_eof()
+        self._discarding = True
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def eof_received(self) -> bool | None:
+        if self._discarding:
+            self.transport.close()
+        return super().eof_received()
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:

@@ -66,6 +66,8 @@ log = logging.getLogger("vitserve.registry")
 
 # set while a request the server has accepted is being served: a drain that begins meanwhile
 # lets it finish (an accepted request is answered) instead of refusing it half way
+# the 503 of a request refused at intake during a drain (never the answer to a request already accepted)
+INTAKE_CLOSED = "server is shutting down: request not accepted, retry elsewhere"
 _ACCEPTED: contextvars.ContextVar[bool] = contextvars.ContextVar("vitserve_accepted", default=False)
 
 @dataclass
@@ -457,7 +459,7 @@ class ModelRegistry:
     def admit(self, name: str, version: int | None = None, images: int = 1) -> LoadedVersion:
         """Cheap early check before reading or decoding a body: known, ready, and room in the queue."""
         if self._draining and not _ACCEPTED.get():
-            raise ShuttingDown("server is shutting down")
+            raise ShuttingDown(INTAKE_CLOSED)
         lv = self.serving(name, version)
         if lv.batcher.is_overloaded(images):
             lv.observer.on_rejected(images)
@@ -472,7 +474,7 @@ class ModelRegistry:
             yield
             return
         if self._draining:
-            raise ShuttingDown("server is shutting down")
+            raise ShuttingDown(INTAKE_CLOSED)
         token = _ACCEPTED.set(True)
         self._accepted += 1
         self._none_accepted.clear()
@@ -557,7 +559,7 @@ class ModelRegistry:
         """Run `inputs` float32 [n, 3, H, W] through the model's batcher; `deadline` is absolute monotonic."""
         start = time.monotonic()
         if self._draining and not _ACCEPTED.get():
-            raise ShuttingDown("server is shutting down")
+            raise ShuttingDown(INTAKE_CLOSED)
         deadline = deadline if deadline is not None else self.deadline(None, start)
         lv = self.serving(name, version)
         self._check_inputs(lv, inputs)
@@ -688,5 +690,7 @@ class ModelRegistry:
 
 
 def _preprocess_of(lv: LoadedVersion) -> PreprocessConfig:
-    """The preprocessing a loaded version's manifest asks for (models sharing it share a decode)."""
-    return lv.runtime.spec.manifest.preprocess
+    """The preprocessing a loaded version's manifest asks for (models sharing it share a decode; the
+    accepted input range plays no part in decoding)."""
+    cfg = lv.runtime.spec.manifest.preprocess
+    return cfg if cfg.input_range is None else cfg.model_copy(update={"input_range": None})
