@@ -367,8 +367,10 @@ def build_cases() -> list[tuple[Case, bytes]]:
     add("v2_timeout_negative", "infer", v2, [400], "timeout parameter -5", v2_with(parameters={"timeout": -5}), "json")
     add("v2_timeout_string", "infer", v2, [400], "timeout parameter 'soon'", v2_with(parameters={"timeout": "soon"}),
         "json")
-    add("v2_timeout_huge", "infer", v2, [200], "timeout 10^30 us is capped by the server's deadline",
+    add("v2_timeout_huge", "infer", v2, [400], "timeout 10^30 us does not fit Triton's 64-bit parameter",
         v2_with(parameters={"timeout": 10**30}), "json")
+    add("v2_timeout_int64_max", "infer", v2, [200], "timeout 2^63-1 us is capped by the server's deadline",
+        v2_with(parameters={"timeout": 2**63 - 1}), "json")
     add("v2_classification_huge", "infer", v2, [200, 400], "classification count 10^9 for 10 classes",
         v2_with(outputs=[{"name": "logits", "parameters": {"classification": 10**9}}]), "json")
     add("v2_classification_negative", "infer", v2, [400], "classification count -3",
