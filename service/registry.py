@@ -64,11 +64,12 @@ from service.v2_meta import ModelStatistics
 
 log = logging.getLogger("vitserve.registry")
 
-# set while a request the server has accepted is being served: a drain that begins meanwhile
-# lets it finish (an accepted request is answered) instead of refusing it half way
 # the 503 of a request refused at intake during a drain (never the answer to a request already accepted)
 INTAKE_CLOSED = "server is shutting down: request not accepted, retry elsewhere"
+# set while a request the server has accepted is being served: a drain that begins meanwhile
+# lets it finish (an accepted request is answered) instead of refusing it half way
 _ACCEPTED: contextvars.ContextVar[bool] = contextvars.ContextVar("vitserve_accepted", default=False)
+
 
 @dataclass
 class LoadedVersion:

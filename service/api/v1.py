@@ -101,9 +101,10 @@ def image_from_json(body: bytes) -> bytes:
     ignored); a larger one must be exactly that object, matched as bytes, and is refused otherwise
     without being parsed."""
     text = _exact_image_string(body)
-    if text is not None:
-        pass
-    elif len(body) <= SMALL_JSON_BYTES:
+    if text is None:
+        if len(body) > SMALL_JSON_BYTES:
+            raise InvalidInput('JSON body must be {"image": "<base64>"} (a large body must be exactly that '
+                               "object, with no escapes in the string)")
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -111,9 +112,6 @@ def image_from_json(body: bytes) -> bytes:
         if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
             raise InvalidInput('JSON body must be {"image": "<base64>"}')
         text = payload["image"]
-    else:
-        raise InvalidInput('JSON body must be {"image": "<base64>"} (a large body must be exactly that object, '
-                           "with no escapes in the string)")
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
     try:
