@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.manifest import ParityReport, Provenance
+from service.manifest import ParityReport, Provenance, default_input_range
 
 from export.repository import DEFAULT_MAX_QUEUE_DELAY_US, default_labels, make_config, tool_versions, write_model
 
@@ -186,7 +186,9 @@ def build_model(
                 architecture=preset.arch_kwargs(num_classes=classes),
                 num_classes=classes,
                 labels=labels,
-                preprocess=preset.data,
+                preprocess=preset.data.model_copy(
+                    update={"input_range": default_input_range(preset.data.mean, preset.data.std)}
+                ),
                 opset=opset,
                 costs=costs,
                 parity=parity,

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--instances", type=int, help="execution instances per model (0 = config.pbtxt instance_group)")
     serve.add_argument("--default-deadline-ms", type=float)
     serve.add_argument("--max-body-bytes", type=int)
+    serve.add_argument("--max-image-bytes", type=int, help="largest decoded image in bytes (413 above)")
+    serve.add_argument("--max-header-bytes", type=int, help="largest request line + headers (431 above)")
+    serve.add_argument("--header-timeout-s", type=float, help="time to deliver a request's headers (408 after)")
+    serve.add_argument("--body-timeout-s", type=float, help="longest pause inside a request body")
+    serve.add_argument("--max-connections", type=int, help="open connections at most (503 above)")
     serve.add_argument("--warmup", choices=["all", "pow2", "one"])
     serve.add_argument("--drain-timeout-s", type=float)
     serve.add_argument("--shutdown-delay-s", type=float)
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.http_protocol import guarded_protocol
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -115,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # header size, header/body timeouts and the connection cap, where the bytes arrive
+        http=guarded_protocol(settings),
         # a little longer than the batchers' drain, so requests failed at the drain timeout still get their 503
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 2,
         access_log=False,

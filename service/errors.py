@@ -21,12 +21,25 @@ from starlette.requests import ClientDisconnect
 log = logging.getLogger("vitserve.errors")
 
 
+# An error message never echoes more than this of what a client sent (a shape of a million numbers).
+MAX_MESSAGE_CHARS = 512
+
+
+def clip_message(message: str) -> str:
+    """`message` cut to MAX_MESSAGE_CHARS characters, saying how much was cut."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    cut = len(message) - MAX_MESSAGE_CHARS
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({cut} more characters)"
+
+
 class ServiceError(Exception):
     """Base of the errors a client may see; `status` is the HTTP status the edge answers with."""
 
     status: int = 500
 
     def __init__(self, message: str) -> None:
+        message = clip_message(message)
         super().__init__(message)
         self.message = message
 
@@ -109,8 +122,12 @@ class InferenceFailed(ServiceError):
     status = 500
 
 
+class NonFiniteOutput(InferenceFailed):
+    """500: the model computed NaN or infinity for this request; only this request fails, never a `null` score."""
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": clip_message(message)}, status_code=status, headers=headers)
 
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ that is not in the ONNX graph itself lives here: preprocessing, labels, costs an
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,17 @@ OUTPUT_NAME = "logits"
 SCHEMA_VERSION = 1
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+# How far beyond the values a normalised [0, 1] pixel can take an input tensor may go, in units of that
+# range's width (on each side): generous for clients that send their own tensors, finite for the model.
+INPUT_RANGE_MARGIN = 4.0
+
+
+def default_input_range(mean: tuple[float, float, float], std: tuple[float, float, float]) -> tuple[float, float]:
+    """The values `(pixel - mean) / std` takes for pixels in [0, 1], widened by INPUT_RANGE_MARGIN x its width."""
+    lo = min((0.0 - m) / s for m, s in zip(mean, std))
+    hi = max((1.0 - m) / s for m, s in zip(mean, std))
+    margin = INPUT_RANGE_MARGIN * (hi - lo)
+    return (round(lo - margin, 6), round(hi + margin, 6))
 
 
 class _Strict(BaseModel):
@@ -41,6 +53,24 @@ class PreprocessConfig(_Strict):
     interpolation: Interpolation = "bicubic"
     crop_pct: float = Field(0.875, gt=0.0, le=1.0)
     crop_mode: Literal["center"] = "center"
+    input_range: tuple[float, float] | None = Field(
+        None,
+        description="Smallest and largest value an input tensor element may have (v2 tensors outside get 400: "
+        "an extreme value in a batch corrupts the other requests' answers on int8 models). Absent: "
+        "`default_input_range(mean, std)`, the normalised pixel range widened by a margin",
+    )
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The accepted input value range: `input_range`, or the one derived from mean/std."""
+        return self.input_range if self.input_range is not None else default_input_range(self.mean, self.std)
+
+    @field_validator("input_range")
+    @classmethod
+    def _ordered_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
+            raise ValueError(f"input_range must be two finite numbers, low < high, got {v}")
+        return v
 
     @field_validator("input_size")
     @classmethod

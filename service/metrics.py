@@ -18,6 +18,7 @@ Counters
   vitserve_deadline_expired_total{model}                   requests past their deadline, never computed (504)
   vitserve_rejected_total{model,reason}                    requests refused before queueing
                                                            (reason: queue_full, not_ready)
+  vitserve_nonfinite_outputs_total{model}                  requests whose output had NaN/inf (answered 500)
 Gauges
   vitserve_queue_depth{model,version}                      images waiting in the queue
   vitserve_queue_capacity{model,version}                   the queue bound in images (alert on depth/capacity)
@@ -84,6 +85,10 @@ class Metrics:
         self.rejected = Counter(
             p + "rejected_total", "Requests refused before queueing", ["model", "reason"], registry=r
         )
+        self.nonfinite_outputs = Counter(
+            p + "nonfinite_outputs_total", "Requests whose model output held NaN or infinity (failed, never served)",
+            ["model"], registry=r,
+        )
         self.queue_depth = Gauge(p + "queue_depth", "Images waiting in the queue", ["model", "version"], registry=r)
         self.queue_capacity = Gauge(
             p + "queue_capacity", "Queue bound in images", ["model", "version"], registry=r
@@ -112,6 +117,7 @@ class Metrics:
         self.queue_capacity.labels(**lb).set(queue_capacity)
         self.preprocess_duration.labels(model=model)
         self.deadline_expired.labels(model=model)
+        self.nonfinite_outputs.labels(model=model)
         self.rejected.labels(model=model, reason="queue_full")
 
     def render(self) -> bytes:

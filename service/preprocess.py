@@ -1,9 +1,10 @@
 """Image bytes -> `pixel_values` float32 [3, H, W], as the model's manifest says (timm eval transform).
 
-Decode with Pillow behind explicit limits: the pixel count is checked from the header before
-any pixel is decoded (decompression bombs), the file is verified, only the first frame of an
+Decode with Pillow behind explicit limits: the pixel count and the decoded size in bytes are
+checked from the header before any pixel is decoded (decompression bombs), the file is verified, only the first frame of an
 animated/multi-frame image is used, EXIF orientation is applied, and every mode (palette,
-alpha, CMYK, 16-bit, float) becomes 8-bit RGB. Then: resize the shorter side to
+alpha, CMYK, 16-bit, float) becomes 8-bit RGB, after reducing an image far larger than the model
+needs in its own mode (so a 16-bit or float giant never gets a full-size float copy). Then: resize the shorter side to
 size / crop_pct with the manifest's interpolation, centre-crop, scale to [0, 1], normalise.
 These are plain functions; the registry runs them in a thread pool, off the event loop.
 """
@@ -16,7 +17,7 @@ import struct
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.manifest import PreprocessConfig
@@ -31,8 +32,16 @@ _RESAMPLE = {
 }
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode the first frame of an image to 8-bit RGB, refusing bombs, corrupt and unknown files."""
+def decode_image(
+    data: bytes, max_pixels: int, cfg: PreprocessConfig | None = None, max_bytes: int | None = None
+) -> Image.Image:
+    """Decode the first frame of an image to 8-bit RGB, refusing bombs, corrupt and unknown files.
+
+    With `cfg`, an image much larger than the model needs is reduced while it decodes (JPEG draft)
+    or right after, in its own mode (a box filter), before any conversion: no full-size copy in
+    another mode or in floating point is ever made. `max_bytes` bounds the decoded size in bytes
+    (a 16-bit or float image costs more per pixel than an 8-bit one).
+    """
     if not data:
         raise InvalidInput("empty image")
     try:
@@ -40,13 +49,26 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             probe = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             _check_pixels(probe.size, max_pixels)
+            _check_bytes(probe, max_bytes)
             probe.verify()
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             _check_pixels(image.size, max_pixels)
+            _check_bytes(image, max_bytes)
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
+            factor = _reduction_factor(image.size, cfg)
+            if factor > 1 and image.format == "JPEG":
+                image.draft(None, (image.width // factor, image.height // factor))  # decode at 1/2..1/8 scale
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            orientation = image.getexif().get(_ORIENTATION)
+            factor = _reduction_factor(image.size, cfg)
+            if factor > 1:
+                if image.mode in ("1", "P"):
+                    image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+                image = image.resize(
+                    (image.width // factor, image.height // factor), Image.Resampling.BOX, reducing_gap=None
+                )
+            image = _orient(image, orientation)
             return to_rgb(image)
     except (PayloadTooLarge, InvalidInput, UnsupportedMediaType):
         raise
@@ -58,6 +80,58 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise PayloadTooLarge(f"image has more than {max_pixels} pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, struct.error) as exc:
         raise InvalidInput(f"corrupt or truncated image: {type(exc).__name__}") from None
+
+
+_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orient(image: Image.Image, orientation: object) -> Image.Image:
+    """Apply the EXIF orientation read before decoding (a reduced copy no longer carries the EXIF)."""
+    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
+
+
+def _reduction_factor(size: tuple[int, int], cfg: PreprocessConfig | None) -> int:
+    """How much an image can shrink (box filter) and still be at least twice what the resize needs.
+
+    Twice keeps the final resize's own filter in charge of the result (Pillow's `reducing_gap`)."""
+    if cfg is None:
+        return 1
+    _, height, width = cfg.input_size
+    scale_h, scale_w = math.floor(height / cfg.crop_pct), math.floor(width / cfg.crop_pct)
+    w, h = size
+    if scale_h == scale_w:  # the shorter side is resized to the scale size
+        return max(1, min(w, h) // (2 * scale_w))
+    return max(1, min(w // (2 * scale_w), h // (2 * scale_h)))
+
+
+def decoded_bytes(mode: str, size: tuple[int, int]) -> int:
+    """Bytes Pillow holds for an image of this mode and size, plus an RGB copy when it needs converting."""
+    w, h = size
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    if mode in ("1", "P"):
+        per_pixel += 4  # converted to RGB(A) before any reduction
+    return w * h * per_pixel
+
+
+def _check_bytes(image: Image.Image, max_bytes: int | None) -> None:
+    if max_bytes is None:
+        return
+    need = decoded_bytes(image.mode, image.size)
+    if need > max_bytes:
+        raise PayloadTooLarge(
+            f"image {image.width}x{image.height} in mode {image.mode} decodes to {need} bytes, limit {max_bytes}"
+        )
 
 
 def looks_like_supported_image(data: bytes) -> bool:
@@ -82,19 +156,25 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 'RGB'. High bit-depth greys are rescaled to 8 bits instead of clipped."""
+    """Any Pillow mode -> 'RGB'. High bit-depth greys are rescaled to 8 bits instead of clipped.
+
+    Works in float32, in place: one 4-byte copy of the (already reduced) image, never float64."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
+        arr = np.asarray(image, dtype=np.float32)
+        if not arr.flags.writeable:
+            arr = arr.copy()
         if image.mode.startswith("I;16"):
             scale = 65535.0
         else:
-            finite = arr[np.isfinite(arr)]
-            scale = float(finite.max()) if finite.size and finite.max() > 255 else 255.0
-        arr = np.nan_to_num(arr, nan=0.0, posinf=scale, neginf=0.0)
-        grey = np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+            finite_max = float(np.nanmax(np.where(np.isinf(arr), np.nan, arr))) if arr.size else 0.0
+            scale = finite_max if math.isfinite(finite_max) and finite_max > 255 else 255.0
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=scale, neginf=0.0)
+        np.multiply(arr, np.float32(255.0 / scale), out=arr)
+        np.add(arr, np.float32(0.5), out=arr)
+        np.clip(arr, 0, 255, out=arr)
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
@@ -135,6 +215,8 @@ def normalise(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 
 
-def preprocess_image(data: bytes, cfg: PreprocessConfig, max_pixels: int) -> np.ndarray:
+def preprocess_image(
+    data: bytes, cfg: PreprocessConfig, max_pixels: int, max_bytes: int | None = None
+) -> np.ndarray:
     """Image file bytes -> float32 [3, H, W] for the model whose manifest holds `cfg`."""
-    return normalise(resize_and_crop(decode_image(data, max_pixels), cfg), cfg)
+    return normalise(resize_and_crop(decode_image(data, max_pixels, cfg, max_bytes), cfg), cfg)

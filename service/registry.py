@@ -13,11 +13,13 @@ queries: `list_models`, `get_model`, `is_model_ready`, `ready`, `repository_inde
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ from service.errors import (
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
+    NonFiniteOutput,
     Overloaded,
     ServiceError,
     ShuttingDown,
@@ -43,7 +46,9 @@ from service.loader import (
     instance_count,
     instance_session,
 )
+from service.manifest import PreprocessConfig
 from service.metrics import Metrics
+from service.preprocess import preprocess_image
 from service.repository import (
     ModelEntry,
     ModelLoadError,
@@ -58,6 +63,13 @@ from service.stats import VersionObserver
 from service.v2_meta import ModelStatistics
 
 log = logging.getLogger("vitserve.registry")
+
+# the 503 of a request refused at intake during a drain (never the answer to a request already accepted)
+INTAKE_CLOSED = "server is shutting down: request not accepted, retry elsewhere"
+# set while a request the server has accepted is being served: a drain that begins meanwhile
+# lets it finish (an accepted request is answered) instead of refusing it half way
+_ACCEPTED: contextvars.ContextVar[bool] = contextvars.ContextVar("vitserve_accepted", default=False)
+
 
 @dataclass
 class LoadedVersion:
@@ -120,6 +132,9 @@ class ModelRegistry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: set[asyncio.Task[Any]] = set()
         self._drain_task: asyncio.Task[int] | None = None
+        self._accepted = 0  # accepted requests not answered yet
+        self._none_accepted = asyncio.Event()
+        self._none_accepted.set()
         self._stop_loads = threading.Event()  # set at shutdown: loads in progress stop between warm-up sizes
         threads = settings.preprocess_threads or os.cpu_count() or 1
         self._preprocess_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vitserve-preprocess")
@@ -178,8 +193,16 @@ class ModelRegistry:
 
     async def _drain_batchers(self) -> int:
         """Accepted requests finish for up to drain_timeout_s; what is left then fails with 503."""
+        started = time.monotonic()
+        if self._accepted:
+            # requests accepted before the signal (reading their body, decoding) still reach their batcher
+            try:
+                await asyncio.wait_for(self._none_accepted.wait(), self.settings.drain_timeout_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                log.warning("drain timeout: %d accepted requests still being read or decoded", self._accepted)
+        left = max(0.0, self.settings.drain_timeout_s - (time.monotonic() - started))
         versions = [lv for h in self._models.values() for lv in h.versions.values()]
-        stops = [lv.batcher.stop(self.settings.drain_timeout_s) for lv in versions]
+        stops = [lv.batcher.stop(left) for lv in versions]
         # versions swapped out just before (still retiring) finish their requests in the same window
         results = await asyncio.gather(*stops, *list(self._retiring), return_exceptions=True)
         failed = sum(r for r in results[: len(stops)] if isinstance(r, int))
@@ -437,13 +460,40 @@ class ModelRegistry:
 
     def admit(self, name: str, version: int | None = None, images: int = 1) -> LoadedVersion:
         """Cheap early check before reading or decoding a body: known, ready, and room in the queue."""
-        if self._draining:
-            raise ShuttingDown("server is shutting down")
+        if self._draining and not _ACCEPTED.get():
+            raise ShuttingDown(INTAKE_CLOSED)
         lv = self.serving(name, version)
         if lv.batcher.is_overloaded(images):
             lv.observer.on_rejected(images)
             raise Overloaded(f"model {name} queue is full", retry_after_s=lv.batcher.retry_after_s())
         return lv
+
+    @contextmanager
+    def accepting(self) -> Iterator[None]:
+        """Mark a request accepted for its whole life: a drain begun meanwhile waits for it (up to the drain
+        timeout) instead of refusing it after its body was read or its image decoded. 503 when draining."""
+        if _ACCEPTED.get():
+            yield
+            return
+        if self._draining:
+            raise ShuttingDown(INTAKE_CLOSED)
+        token = _ACCEPTED.set(True)
+        self._accepted += 1
+        self._none_accepted.clear()
+        try:
+            yield
+        finally:
+            _ACCEPTED.reset(token)
+            self._accepted -= 1
+            if self._accepted == 0:
+                self._none_accepted.set()
+
+    @contextmanager
+    def accept(self, name: str, version: int | None = None, images: int = 1) -> Iterator[LoadedVersion]:
+        """`admit`, then hold the request as accepted (see `accepting`) until the block ends."""
+        lv = self.admit(name, version, images)
+        with self.accepting():
+            yield lv
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run CPU work (decoding a large body) in the worker pool, off the event loop."""
@@ -495,14 +545,23 @@ class ModelRegistry:
             raise InvalidInput(f"a request carries 1..{limit} images, got {inputs.shape[0]}")
         if not np.isfinite(inputs).all():
             raise InvalidInput("input contains NaN or infinity")
+        # an extreme (finite) value would skew the per-batch activation quantisation of int8 models and turn
+        # the other requests of its batch into NaN: only values the model's preprocessing can produce, widened
+        lo, hi = lv.runtime.spec.manifest.preprocess.value_range
+        smallest, largest = float(inputs.min()), float(inputs.max())
+        if smallest < lo or largest > hi:
+            raise InvalidInput(
+                f"input values must lie in [{lo:g}, {hi:g}] (the model's normalised pixel range with a margin), "
+                f"got [{smallest:g}, {largest:g}]"
+            )
 
     async def infer(
         self, name: str, inputs: np.ndarray, version: int | None = None, deadline: float | None = None
     ) -> InferOutput:
         """Run `inputs` float32 [n, 3, H, W] through the model's batcher; `deadline` is absolute monotonic."""
         start = time.monotonic()
-        if self._draining:
-            raise ShuttingDown("server is shutting down")
+        if self._draining and not _ACCEPTED.get():
+            raise ShuttingDown(INTAKE_CLOSED)
         deadline = deadline if deadline is not None else self.deadline(None, start)
         lv = self.serving(name, version)
         self._check_inputs(lv, inputs)
@@ -517,6 +576,11 @@ class ModelRegistry:
             except ServiceError:
                 lv.observer.request_failed(time.monotonic() - start)
                 raise
+        if not np.isfinite(out.outputs).all():
+            # never a `null` score: this request fails, the others of its batch are answered
+            self.metrics.nonfinite_outputs.labels(model=name).inc()
+            lv.observer.request_failed(time.monotonic() - start)
+            raise NonFiniteOutput(f"model {name} computed a non-finite output for this request")
         total = time.monotonic() - start
         lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
         return InferOutput(name, lv.version, out.outputs, out.queue_s, out.compute_s, out.batch_size, total)
@@ -531,17 +595,31 @@ class ModelRegistry:
     ) -> ClassifyResult:
         """Image bytes -> top-k predictions with queue / preprocess / compute / total timings."""
         start = time.monotonic()
+        self._check_top_k(top_k)
+        deadline = self.deadline(deadline_ms, start)
+        with self.accept(name, version) as lv:  # refuse before spending a decode on it
+            pixels, preprocess_s = await self._decode(image, _preprocess_of(lv))
+            self.metrics.preprocess_duration.labels(model=name).observe(preprocess_s)
+            return await self._classify_pixels(name, lv, pixels, preprocess_s, top_k, version, deadline, start)
+
+    def _check_top_k(self, top_k: int) -> None:
         if not 1 <= top_k <= self.settings.max_top_k:
             raise InvalidInput(f"top_k must be in 1..{self.settings.max_top_k}, got {top_k}")
-        deadline = self.deadline(deadline_ms, start)
-        lv = self.admit(name, version)  # refuse before spending a decode on it
+
+    async def _decode(self, image: bytes, cfg: PreprocessConfig) -> tuple[np.ndarray, float]:
+        """Decode and transform in the preprocessing pool: (pixels [3, H, W], seconds)."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         pixels = await loop.run_in_executor(
-            self._preprocess_pool, lv.runtime.preprocess, image, self.settings.max_image_pixels
+            self._preprocess_pool, preprocess_image, image, cfg, self.settings.max_image_pixels,
+            self.settings.max_image_bytes,
         )
-        preprocess_s = time.perf_counter() - t0
-        self.metrics.preprocess_duration.labels(model=name).observe(preprocess_s)
+        return pixels, time.perf_counter() - t0
+
+    async def _classify_pixels(
+        self, name: str, lv: LoadedVersion, pixels: np.ndarray, preprocess_s: float, top_k: int,
+        version: int | None, deadline: float, start: float,
+    ) -> ClassifyResult:
         if time.monotonic() >= deadline:
             lv.observer.on_expired(1)
             raise DeadlineExceeded("deadline passed during preprocessing")
@@ -567,19 +645,54 @@ class ModelRegistry:
     async def compare(
         self, image: bytes, names: list[str] | None, top_k: int = 5, deadline_ms: float | None = None
     ) -> list[tuple[str, ClassifyResult | ServiceError]]:
-        """One image through several models at once (all ready models when `names` is None)."""
+        """One image through several models at once (all ready models when `names` is None).
+
+        Each model is admitted first (a queue slot each; a full one fails only that model's part), then
+        the image is decoded once per distinct preprocessing, not once per model."""
+        start = time.monotonic()
         if names is None:
             names = [n for n in self.model_names() if self._models[n].state == "ready"]
         if not names:
             raise ModelNotReady("no model is ready")
         for n in names:
             self._handle(n)
-        results = await asyncio.gather(
-            *(self.classify(n, image, top_k, deadline_ms=deadline_ms) for n in names), return_exceptions=True
-        )
-        out: list[tuple[str, ClassifyResult | ServiceError]] = []
-        for n, r in zip(names, results):
-            if isinstance(r, BaseException) and not isinstance(r, ServiceError):
-                raise r
-            out.append((n, r))
-        return out
+        self._check_top_k(top_k)
+        deadline = self.deadline(deadline_ms, start)
+        with self.accepting():
+            results: dict[str, ClassifyResult | ServiceError] = {}
+            groups: dict[PreprocessConfig, list[tuple[str, LoadedVersion]]] = {}
+            for n in names:
+                try:
+                    lv = self.admit(n)
+                except ServiceError as exc:
+                    results[n] = exc
+                    continue
+                groups.setdefault(_preprocess_of(lv), []).append((n, lv))
+
+            async def run_group(cfg: PreprocessConfig, members: list[tuple[str, LoadedVersion]]) -> None:
+                try:
+                    pixels, preprocess_s = await self._decode(image, cfg)
+                except ServiceError as exc:
+                    results.update((n, exc) for n, _ in members)
+                    return
+                for n, _ in members:
+                    self.metrics.preprocess_duration.labels(model=n).observe(preprocess_s)
+                done = await asyncio.gather(
+                    *(self._classify_pixels(n, lv, pixels, preprocess_s, top_k, None, deadline, start)
+                      for n, lv in members),
+                    return_exceptions=True,
+                )
+                for (n, _), r in zip(members, done):
+                    if isinstance(r, BaseException) and not isinstance(r, ServiceError):
+                        raise r
+                    results[n] = r
+
+            await asyncio.gather(*(run_group(cfg, members) for cfg, members in groups.items()))
+        return [(n, results[n]) for n in names]
+
+
+def _preprocess_of(lv: LoadedVersion) -> PreprocessConfig:
+    """The preprocessing a loaded version's manifest asks for (models sharing it share a decode; the
+    accepted input range plays no part in decoding)."""
+    cfg = lv.runtime.spec.manifest.preprocess
+    return cfg if cfg.input_range is None else cfg.model_copy(update={"input_range": None})

@@ -107,11 +107,30 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image (width x height); bigger images get 413 before decoding"
     )
+    max_image_bytes: int = Field(
+        160 * 1024 * 1024, ge=1024, description="Largest decoded image in bytes (width x height x bytes per pixel "
+        "of its mode: 16-bit and float images cost more than 8-bit ones); bigger images get 413 before decoding"
+    )
     max_top_k: int = Field(100, ge=1, description="Largest accepted top_k")
     max_images_per_request: int = Field(
         64, ge=1, description="Most images one v2 infer request may carry (never more than the model's max batch)"
     )
     preprocess_threads: int = Field(0, ge=0, description="Threads decoding images; 0 = number of CPU cores")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024,
+        description="Largest request line + headers of one request (431 above, before they are parsed further)",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection must deliver a request's complete headers within this many seconds "
+        "of connecting or of starting the request (408 and closed otherwise: slowloris)",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest pause between two pieces of a request body; the connection is closed "
+        "after it (the request counts as a client disconnect)",
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections at most; above it a new connection gets 503 and is closed at once",
+    )
 
     api_key: SecretStr | None = Field(
         None, description="Key for /v2/repository load/unload (header 'Authorization: Bearer <key>' or 'X-API-Key'); "

@@ -226,19 +226,33 @@ def _validation_message(err: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
+# Triton's integer parameters are 64-bit; a larger one (10**400) is refused, not computed with
+MAX_INT_PARAM = 2**63 - 1
+# error messages quote at most this much of what the client sent (a shape of a million numbers)
+ECHO_CHARS = 120
+
+
+def echo(value: object) -> str:
+    """`repr(value)` cut to ECHO_CHARS characters, for error messages."""
+    text = repr(value) if not isinstance(value, list) or len(value) <= 64 else repr(value[:64])[:-1] + ", ...]"
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
+
+
 def _int_param(params: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int | None:
     value = params.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise V2ProtocolError(f"{where}: parameter {key!r} must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT_PARAM:
+        raise V2ProtocolError(
+            f"{where}: parameter {key!r} must be a non-negative integer up to {MAX_INT_PARAM}, got {echo(value)}"
+        )
     return value
 
 
 def _bool_param(params: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
     value = params.get(key, default)
     if not isinstance(value, bool):
-        raise V2ProtocolError(f"{where}: parameter {key!r} must be true or false, got {value!r}")
+        raise V2ProtocolError(f"{where}: parameter {key!r} must be true or false, got {echo(value)}")
     return value
 
 
@@ -246,14 +260,15 @@ _MAX_DIM = 2**31 - 1
 
 
 def _check_shape(name: str, shape: list[int], dims: Sequence[int], max_batch_size: int) -> None:
+    shown = echo(shape)
     if any(d < 0 for d in shape):
-        raise V2ProtocolError(f"input {name!r}: shape {shape} has a negative dimension")
+        raise V2ProtocolError(f"input {name!r}: shape {shown} has a negative dimension")
     if any(d > _MAX_DIM for d in shape):
-        raise V2ProtocolError(f"input {name!r}: shape {shape} has a dimension above {_MAX_DIM}")
+        raise V2ProtocolError(f"input {name!r}: shape {shown} has a dimension above {_MAX_DIM}")
     want = "[" + ", ".join(["batch"] * (max_batch_size > 0) + [str(d) if d >= 0 else "*" for d in dims]) + "]"
     rank = len(dims) + (1 if max_batch_size > 0 else 0)
     if len(shape) != rank:
-        raise V2ProtocolError(f"input {name!r}: shape {shape} does not match the model's {want}")
+        raise V2ProtocolError(f"input {name!r}: shape {shown} does not match the model's {want}")
     if max_batch_size > 0:
         if not 1 <= shape[0] <= max_batch_size:
             raise V2ProtocolError(
@@ -291,7 +306,7 @@ def _decode_binary(raw: memoryview, spec_dtype: str, shape: list[int], name: str
     dtype = V2_TO_NUMPY[spec_dtype]
     if len(raw) != count * dtype.itemsize:
         raise V2ProtocolError(
-            f"input {name!r}: binary_data_size is {len(raw)} bytes but shape {shape} of {spec_dtype} "
+            f"input {name!r}: binary_data_size is {len(raw)} bytes but shape {echo(shape)} of {spec_dtype} "
             f"needs {count * dtype.itemsize}"
         )
     if spec_dtype == "BOOL" and count and np.frombuffer(raw, dtype=np.uint8).max() > 1:
@@ -306,7 +321,7 @@ def _decode_json(data: list[Any], spec_dtype: str, shape: list[int], name: str) 
     except ValueError:
         raise V2ProtocolError(f"input {name!r}: data is a ragged nested list") from None
     if arr.size != count:
-        raise V2ProtocolError(f"input {name!r}: data has {arr.size} elements but shape {shape} needs {count}")
+        raise V2ProtocolError(f"input {name!r}: data has {arr.size} elements but shape {echo(shape)} needs {count}")
     if count == 0:
         return np.empty(shape, dtype=V2_TO_NUMPY[spec_dtype])
     kind = arr.dtype.kind

@@ -59,17 +59,35 @@ class BodyLimitMiddleware:
                 return
         received = 0
         limit = self.max_bytes
+        started = refused = False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    # answer 413 here, whoever reads the body (FastAPI's own body parsing would turn the
+                    # exception into 400 "error parsing the body"); what the app answers after is dropped
+                    if not started and not refused:
+                        refused = True
+                        await _send_error(send, 413, f"request body exceeds the limit of {limit} bytes")
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, guarded_send)
+        except PayloadTooLarge:
+            if not refused:
+                raise
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.routing import APIRoute
@@ -28,6 +30,8 @@ from service.api.fast_path import fast_routes
 from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
 from service.registry import ModelRegistry
 from service.schemas import ClassifyResult, ModelInfo, Prediction, Timings
+
+MAX_INT = 2**63 - 1  # integer parameters are 64-bit; larger ones are a 400, never arithmetic
 
 IMAGE_BODY_DOC = {
     "requestBody": {
@@ -62,9 +66,9 @@ class ModelsResponse(BaseModel):
 class ClassifyQuery(BaseModel):
     """Query parameters of POST /v1/models/{model}/classify."""
 
-    top_k: int = Field(5, ge=1, description="how many classes to return")
+    top_k: int = Field(5, ge=1, le=MAX_INT, description="how many classes to return")
     deadline_ms: float | None = Field(None, gt=0, description="give up (504) if not computed by then")
-    version: int | None = Field(None, ge=1, description="model version (default: highest loaded)")
+    version: int | None = Field(None, ge=1, le=MAX_INT, description="model version (default: highest loaded)")
 
 
 class CompareEntry(BaseModel):
@@ -80,6 +84,56 @@ class CompareResponse(BaseModel):
     results: list[CompareEntry]
     top1_agree: bool | None = Field(description="whether every model that answered has the same top-1 label")
     total_ms: float
+
+
+# the one JSON shape accepted, recognised without building the document: a large body of any other
+# shape (a 30 MB list of numbers) would cost seconds of GIL-holding parsing and hundreds of MB
+_JSON_IMAGE_START = re.compile(rb'\s*\{\s*"image"\s*:\s*"')
+_JSON_IMAGE_END = re.compile(rb'"\s*\}\s*\Z')
+SMALL_JSON_BYTES = 64 * 1024
+LARGE_BODY_BYTES = 256 * 1024
+
+
+def image_from_json(body: bytes) -> bytes:
+    """The image of a JSON body `{"image": "<base64 or data: URL>"}`.
+
+    Only a small body (SMALL_JSON_BYTES) is parsed as a JSON document (other keys are then
+    ignored); a larger one must be exactly that object, matched as bytes, and is refused otherwise
+    without being parsed."""
+    text = _exact_image_string(body)
+    if text is None:
+        if len(body) > SMALL_JSON_BYTES:
+            raise InvalidInput('JSON body must be {"image": "<base64>"} (a large body must be exactly that '
+                               "object, with no escapes in the string)")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise InvalidInput("body is not valid JSON") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+            raise InvalidInput('JSON body must be {"image": "<base64>"}')
+        text = payload["image"]
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("field 'image' is not valid base64") from None
+
+
+def _exact_image_string(body: bytes) -> str | None:
+    """The string of a body that is exactly {"image": "<no escapes>"}, found with memchr-speed scans."""
+    start = _JSON_IMAGE_START.match(body)
+    if start is None:
+        return None
+    end = body.find(b'"', start.end())
+    if end < 0 or body.find(b"\\", start.end(), end) >= 0 or _JSON_IMAGE_END.match(body, end) is None:
+        return None
+    return body[start.end():end].decode("ascii", errors="replace")
+
+
+async def run_blocking(request: Request, fn: Any, *args: Any) -> Any:
+    """CPU work on a request body in the registry's worker pool, off the event loop."""
+    return await request.app.state.registry.run_blocking(fn, *args)
 
 
 async def read_image(request: Request) -> bytes:
@@ -103,19 +157,9 @@ async def read_image(request: Request) -> bytes:
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         return body
     if ctype == "application/json" or ctype.endswith("+json"):
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise InvalidInput("body is not valid JSON") from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
-            raise InvalidInput('JSON body must be {"image": "<base64>"}')
-        text = payload["image"]
-        if text.startswith("data:") and "," in text:
-            text = text.split(",", 1)[1]
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput("field 'image' is not valid base64") from None
+        return await run_blocking(request, image_from_json, body) if len(body) > LARGE_BODY_BYTES else (
+            image_from_json(body)
+        )
     if not ctype:
         raise UnsupportedMediaType("missing Content-Type (send multipart/form-data, image/*, or application/json)")
     raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r} (send multipart/form-data, image/*, or JSON)")
@@ -146,12 +190,13 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
         async with track(metrics, model_label(model, registry.model_names()), "v1_classify"):
             query = parse_query(ClassifyQuery, request)
             check_key(request, settings.inference_api_key, required=False, what="inference")
-            registry.admit(model, query.version)  # 404 / 503 before reading a body
-            image = await read_image(request)
-            result = await cancel_on_disconnect(
-                request,
-                registry.classify(model, image, query.top_k, version=query.version, deadline_ms=query.deadline_ms),
-            )
+            with registry.accept(model, query.version):  # 404 / 503 before reading a body; then answered
+                image = await read_image(request)
+                result = await cancel_on_disconnect(
+                    request,
+                    registry.classify(model, image, query.top_k, version=query.version,
+                                      deadline_ms=query.deadline_ms),
+                )
             return Response(result.model_dump_json(), media_type="application/json",
                             headers={"Server-Timing": server_timing(result.timings)})
 
@@ -165,7 +210,7 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
     async def compare(
         request: Request,
         models: str | None = Query(None, description="comma-separated model names (default: every ready model)"),
-        top_k: int = Query(5, ge=1),
+        top_k: int = Query(5, ge=1, le=MAX_INT),
         deadline_ms: float | None = Query(None, gt=0),
     ) -> CompareResponse:
         async with track(metrics, "_compare", "v1_compare"):
@@ -178,8 +223,9 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
                     raise InvalidInput("models must name at least one model")
                 for n in names:
                     registry.get_model(n)
-            image = await read_image(request)
-            results = await cancel_on_disconnect(request, registry.compare(image, names, top_k, deadline_ms))
+            with registry.accepting():
+                image = await read_image(request)
+                results = await cancel_on_disconnect(request, registry.compare(image, names, top_k, deadline_ms))
             entries = []
             for name, r in results:
                 if isinstance(r, ClassifyResult):

@@ -12,16 +12,16 @@ import math
 import time
 from typing import Any
 
-from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.api.common import cancel_on_disconnect, check_key, model_label, track
 from service.api.fast_path import fast_routes
-from service.errors import ModelNotFound, PayloadTooLarge
+from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, validation_message
 from service.model_config import InstanceGroup
-from service.registry import ModelRegistry
+from service.registry import LoadedVersion, ModelRegistry
 from service.repository import parse_version
 from service.schemas import ModelInfo
 from service.v2_codec import (
@@ -75,7 +75,26 @@ class ModelReadyResponse(BaseModel):
 
 
 class RepositoryIndexRequest(BaseModel):
+    """Body of POST /v2/repository/index (optional): `{"ready": true}` lists only ready models."""
+
+    model_config = ConfigDict(extra="forbid")
+
     ready: bool = False
+
+
+INDEX_BODY_BYTES = 1024
+
+
+async def read_small_body(request: Request, limit: int) -> bytes:
+    """The body of a request that needs only a few bytes: 413 as soon as more than `limit` arrive."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"this endpoint takes a body of at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _version(text: str | None) -> int | None:
@@ -175,44 +194,54 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
             start = time.monotonic()
             check_key(request, settings.inference_api_key, required=False, what="inference")
             v = _version(version)
-            lv = registry.admit(model, v)  # 404 / 503 (not ready, queue full) before reading the body
-            entry = registry.entry(model)
-            max_batch = min(settings.max_images_per_request, lv.batcher.limits.max_batch_size)
-            body = decode_content_encoding(
-                await request.body(), request.headers.get("content-encoding"), max_size=settings.max_body_bytes
-            )
-            header_length = parse_header_length(request.headers.get(HEADER_LENGTH_HEADER))
-            specs = input_specs(entry.config)
-            if header_length is None and all(d >= 0 for spec in specs.values() for d in spec.dims):
-                # a JSON tensor is ~10-25 bytes per number: refuse bodies no legal request can need before
-                # pydantic builds millions of Python floats on the event loop (it holds the GIL)
-                numbers = max_batch * sum(math.prod(spec.dims) for spec in specs.values())
-                limit = numbers * JSON_BYTES_PER_NUMBER + JSON_ENVELOPE_BYTES
-                if len(body) > limit:
-                    raise PayloadTooLarge(
-                        f"JSON infer body of {len(body)} bytes exceeds {limit} bytes for {numbers} numbers; "
-                        "use the binary tensor extension for large tensors"
-                    )
-            parse = functools.partial(
-                parse_infer_request,
-                body,
-                header_length,
-                expected_inputs=specs,
-                max_batch_size=max_batch,
-            )
-            # a large JSON tensor takes a while to parse: not on the event loop
-            parsed, arrays = await registry.run_blocking(parse) if len(body) > LARGE_BODY_BYTES else parse()
-            timeout = request_timeout_s(parsed)
-            deadline = registry.deadline(timeout * 1000 if timeout else None, start)
-            pixels = arrays[entry.manifest.input_name]
-            out = await cancel_on_disconnect(request, registry.infer(model, pixels, version=v, deadline=deadline))
-            payload, headers = encode_infer_response(
-                model, str(out.version), {entry.manifest.output_name: out.outputs}, parsed,
-                labels=entry.manifest.labels,
-            )
-            payload, headers = encode_content_encoding(payload, headers, request.headers.get("accept-encoding"))
-            content_type = headers.pop("Content-Type", "application/json")
-            return Response(content=payload, media_type=content_type, headers=headers)
+            with registry.accept(model, v) as lv:  # 404 / 503 (not ready, queue full) before reading
+                return await _infer_accepted(model, v, lv, request, start)
+
+    async def _infer_accepted(model: str, v: int | None, lv: LoadedVersion, request: Request,
+                              start: float) -> Response:
+        """The body of an admitted v2 request: read, parse (off the loop when large), infer, encode."""
+        entry = registry.entry(model)
+        max_batch = min(settings.max_images_per_request, lv.batcher.limits.max_batch_size)
+        body = await request.body()
+        encoding = request.headers.get("content-encoding")
+        if encoding is not None and encoding.strip().lower() != "identity":
+            # a few KB can inflate to the body limit: not on the event loop
+            body = await registry.run_blocking(functools.partial(
+                decode_content_encoding, body, encoding, max_size=settings.max_body_bytes))
+        header_length = parse_header_length(request.headers.get(HEADER_LENGTH_HEADER))
+        specs = input_specs(entry.config)
+        json_bytes = len(body) if header_length is None else min(header_length, len(body))
+        if all(d >= 0 for spec in specs.values() for d in spec.dims):
+            # a JSON tensor is ~10-25 bytes per number: refuse a JSON part (the whole body, or the header
+            # before binary tensors; after inflating) no legal request can need, before pydantic builds
+            # millions of Python objects (it holds the GIL, stalling every other request)
+            numbers = max_batch * sum(math.prod(spec.dims) for spec in specs.values())
+            limit = numbers * JSON_BYTES_PER_NUMBER + JSON_ENVELOPE_BYTES
+            if json_bytes > limit:
+                raise PayloadTooLarge(
+                    f"JSON part of {json_bytes} bytes exceeds {limit} bytes for {numbers} numbers; "
+                    "use the binary tensor extension for large tensors"
+                )
+        parse = functools.partial(
+            parse_infer_request,
+            body,
+            header_length,
+            expected_inputs=specs,
+            max_batch_size=max_batch,
+        )
+        # a large JSON tensor takes a while to parse: not on the event loop
+        parsed, arrays = await registry.run_blocking(parse) if json_bytes > LARGE_BODY_BYTES else parse()
+        timeout = request_timeout_s(parsed)
+        deadline = registry.deadline(timeout * 1000 if timeout else None, start)
+        pixels = arrays[entry.manifest.input_name]
+        out = await cancel_on_disconnect(request, registry.infer(model, pixels, version=v, deadline=deadline))
+        payload, headers = encode_infer_response(
+            model, str(out.version), {entry.manifest.output_name: out.outputs}, parsed,
+            labels=entry.manifest.labels,
+        )
+        payload, headers = encode_content_encoding(payload, headers, request.headers.get("accept-encoding"))
+        content_type = headers.pop("Content-Type", "application/json")
+        return Response(content=payload, media_type=content_type, headers=headers)
 
     infer_doc: dict[str, Any] = {
         "response_model": InferenceResponse,
@@ -250,10 +279,20 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
     async def version_stats(model: str, version: str) -> ModelStatisticsResponse:
         return ModelStatisticsResponse(model_stats=registry.statistics(model, _version(version)))
 
-    @router.post("/repository/index", response_model=list[RepositoryIndexEntry], summary="Repository index")
-    async def repository_index(body: RepositoryIndexRequest | None = Body(None)) -> list[RepositoryIndexEntry]:
+    @router.post("/repository/index", response_model=list[RepositoryIndexEntry], summary="Repository index",
+                 openapi_extra={"requestBody": {"required": False, "content": {
+                     "application/json": {"schema": RepositoryIndexRequest.model_json_schema()}}}},
+                 responses={400: {}, 413: {}})
+    async def repository_index(request: Request) -> list[RepositoryIndexEntry]:
+        body = await read_small_body(request, INDEX_BODY_BYTES)
+        ready_only = False
+        if body.strip():
+            try:
+                ready_only = RepositoryIndexRequest.model_validate_json(body).ready
+            except ValidationError as exc:
+                raise InvalidInput(validation_message(exc.errors(), prefix=("body",))) from None
         entries = [RepositoryIndexEntry(**e) for e in registry.repository_index()]
-        if body is not None and body.ready:
+        if ready_only:
             entries = [e for e in entries if e.state == "READY"]
         return entries
 

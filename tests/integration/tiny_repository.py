@@ -36,6 +36,9 @@ class TinyModel:
     latest_versions: int = 1
     breakage: Breakage = "none"
     hidden: int = 0  # > 0: flatten -> MatMul [3*S*S, hidden] -> Relu -> MatMul [hidden, C] (a model that takes time)
+    # the manifest's preprocess.input_range: wide, because fake-runtime tests send request ids as pixel values
+    # (None: the service derives it from mean/std)
+    input_range: tuple[float, float] | None = (-1e6, 1e6)
 
 
 def weights(name: str, version: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +153,7 @@ def write_manifest(directory: Path, model: TinyModel, files: dict[str, str]) -> 
         labels=[f"class_{i}" for i in range(model.num_classes)],
         preprocess=PreprocessConfig(
             input_size=(3, model.size, model.size), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-            interpolation="bilinear", crop_pct=0.875,
+            interpolation="bilinear", crop_pct=0.875, input_range=model.input_range,
         ),
         opset=18,
         costs=Costs(flops=flops, macs=3 * model.num_classes, parameters=4 * model.num_classes),

@@ -188,6 +188,26 @@ def float_tiff() -> bytes:
 
 
 # -- request bodies ------------------------------------------------------------------------------
+def png_grey16_giant(width: int = 8000, height: int = 5000) -> bytes:
+    """A 40 Mpx 16-bit greyscale PNG of ~80 KB: 80 MB decoded; converted in float64 it cost ~1 GB."""
+    arr = np.zeros((height, width), dtype=np.uint16)
+    arr[::7, ::3] = 60000
+    return pil(Image.fromarray(arr), "PNG")
+
+
+def tiff_float_giant(width: int = 8000, height: int = 5000) -> bytes:
+    """A 40 Mpx 32-bit float TIFF of ~240 KB (deflate): 160 MB decoded, ~1.4 GB with float64 temporaries."""
+    return pil(Image.new("F", (width, height), 0.5), "TIFF", compression="tiff_adobe_deflate")
+
+
+def v2_json_header_bomb(numbers: int = 14_000_000) -> tuple[bytes, int]:
+    """(gzip body, JSON length): a JSON tensor of `numbers` zeros sent as the 'header' of a binary request,
+    gzip-compressed (~28 KB for 28 MB): the JSON size guard must apply whatever the framing."""
+    header = (b'{"inputs":[{"name":"pixel_values","shape":[1,3,32,32],"datatype":"FP32","data":['
+              + b"0," * (numbers - 1) + b"0]}]}")
+    return gzip.compress(header, 9, mtime=0), len(header)
+
+
 def multipart(body_parts: list[tuple[str, str | None, str | None, bytes]], boundary: str = "vitservebound") -> bytes:
     out = b""
     for name, filename, ctype, content in body_parts:
@@ -347,8 +367,10 @@ def build_cases() -> list[tuple[Case, bytes]]:
     add("v2_timeout_negative", "infer", v2, [400], "timeout parameter -5", v2_with(parameters={"timeout": -5}), "json")
     add("v2_timeout_string", "infer", v2, [400], "timeout parameter 'soon'", v2_with(parameters={"timeout": "soon"}),
         "json")
-    add("v2_timeout_huge", "infer", v2, [200], "timeout 10^30 us is capped by the server's deadline",
+    add("v2_timeout_huge", "infer", v2, [400], "timeout 10^30 us does not fit Triton's 64-bit parameter",
         v2_with(parameters={"timeout": 10**30}), "json")
+    add("v2_timeout_int64_max", "infer", v2, [200], "timeout 2^63-1 us is capped by the server's deadline",
+        v2_with(parameters={"timeout": 2**63 - 1}), "json")
     add("v2_classification_huge", "infer", v2, [200, 400], "classification count 10^9 for 10 classes",
         v2_with(outputs=[{"name": "logits", "parameters": {"classification": 10**9}}]), "json")
     add("v2_classification_negative", "infer", v2, [400], "classification count -3",
@@ -395,6 +417,27 @@ def build_cases() -> list[tuple[Case, bytes]]:
         "json", headers={"Content-Encoding": "br"})
     add("v2_gzip_bomb", "infer", v2, [413], "64 KB of gzip inflating to 64 MB",
         lambda: gzip.compress(b" " * (64 * 1024 * 1024), 9), "json.gz", headers={"Content-Encoding": "gzip"})
+    # round 2 (issue 11): the worst input of each class found by the second attack
+    add("png_grey16_giant", "classify", "image/png", [200, 413], "40 Mpx 16-bit grey PNG (~1 GB in float64 before)",
+        png_grey16_giant, "png")
+    add("tiff_float_giant", "classify", "image/tiff", [200, 413], "40 Mpx float TIFF (~1.4 GB in float64 before)",
+        tiff_float_giant, "tiff")
+    extreme = np.full(3 * 32 * 32, 3e38, dtype=np.float32)
+    extreme[::2] = -3e38
+    xb, xhlen = v2_binary(binary_input(3072 * 4), extreme.tobytes())
+    add("v2_bin_extreme_values", "infer", octet, [400], "finite +-3e38: NaN for the other requests of an int8 batch",
+        xb, headers={HEADER_LENGTH: str(xhlen)})
+    bomb, bomb_len = v2_json_header_bomb()
+    add("v2_gzip_json_header_bomb", "infer", octet, [413],
+        "28 KB gzip: a 28 MB JSON 'header' (Inference-Header-Content-Length) bypassed the JSON size guard",
+        bomb, "json.gz", headers={"Content-Encoding": "gzip", HEADER_LENGTH: str(bomb_len)})
+    add("v2_timeout_10e400", "infer", v2, [400], "timeout 10^400 us overflowed float conversion (500)",
+        v2_with(parameters={"timeout": 10**400}), "json")
+    add("v2_shape_100k", "infer", v2, [400], "a shape of 100000 dimensions (was echoed whole in the error)",
+        v2_json([1] * 100_000, [0.0]), "json")
+    add("v1_json_number_list", "classify", "application/json", [400],
+        "a JSON list of 300000 numbers instead of {'image': ...} (was parsed whatever its shape)",
+        b'{"image": [' + b"0," * 299_999 + b"0]}", "json")
     return cases
 
 

@@ -47,6 +47,7 @@ METRICS = {
     "vitserve_batch_failures_total": ("counter", {"model", "version"}),
     "vitserve_deadline_expired_total": ("counter", {"model"}),
     "vitserve_rejected_total": ("counter", {"model", "reason"}),
+    "vitserve_nonfinite_outputs_total": ("counter", {"model"}),
     "vitserve_queue_capacity": ("gauge", {"model", "version"}),
     "vitserve_model_state": ("gauge", {"model", "state"}),
     "vitserve_server_ready": ("gauge", set()),

@@ -158,3 +158,48 @@ def test_box_resize_matches_full_resize_then_crop(size: tuple[int, int]) -> None
     left, top = int(round((new[0] - width) / 2.0)), int(round((new[1] - height) / 2.0))
     ref = np.asarray(full.crop((left, top, left + width, top + height)), dtype=np.int16)
     assert np.abs(fast - ref).max() <= 1
+
+
+def test_default_input_range_is_the_normalised_pixel_range_widened() -> None:
+    from service.manifest import INPUT_RANGE_MARGIN, default_input_range
+
+    lo, hi = default_input_range((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # pixels normalise to [-1, 1]
+    assert (lo, hi) == (-1 - 2 * INPUT_RANGE_MARGIN, 1 + 2 * INPUT_RANGE_MARGIN)
+    assert CFG.value_range == default_input_range(CFG.mean, CFG.std)
+    assert CFG.model_copy(update={"input_range": (-3.0, 3.0)}).value_range == (-3.0, 3.0)
+    with pytest.raises(ValueError):
+        PreprocessConfig(input_size=(3, 8, 8), mean=(0, 0, 0), std=(1, 1, 1), input_range=(1.0, -1.0))
+
+
+def test_decoded_bytes_are_bounded_per_mode() -> None:
+    """A float image costs 4 bytes per pixel, a grey one 1: the byte bound tells them apart."""
+    float_image = encode(Image.new("F", (1000, 1000), 0.5), "TIFF")
+    grey_image = encode(Image.new("L", (1000, 1000), 128), "PNG")
+    with pytest.raises(PayloadTooLarge, match="decodes to 4000000 bytes"):
+        decode_image(float_image, 10**7, CFG, max_bytes=2_000_000)
+    assert decode_image(grey_image, 10**7, CFG, max_bytes=2_000_000).mode == "RGB"
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F", "RGB"])
+def test_a_giant_is_reduced_in_its_own_mode_with_the_same_result(mode: str) -> None:
+    """Reduced before converting (box filter, to at least twice the resize size): close to the full path."""
+    rgb = gradient(1600, 1200)
+    grey = np.asarray(rgb.convert("L"), dtype=np.float32)
+    image = {"I;16": Image.fromarray((grey * 257).astype(np.uint16)), "F": Image.fromarray(grey / 255 * 1000),
+             "RGB": rgb}[mode]
+    data = encode(image, "TIFF" if mode == "F" else "PNG")
+    from service.preprocess import normalise, resize_and_crop
+
+    reduced = preprocess_image(data, CFG, 10**7)
+    full = decode_image(data, 10**7)  # without cfg: decoded and converted at full size
+    assert full.size == (1600, 1200)
+    reference = normalise(resize_and_crop(full, CFG), CFG)
+    assert np.abs(reduced - reference).max() < 0.1  # of a normalised range of ~4.5
+
+
+def test_exif_orientation_survives_the_reduction() -> None:
+    img = gradient(1600, 800)  # landscape, reduced by 8 before the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb = decode_image(encode(img, "JPEG", exif=exif.tobytes()), 10**7, CFG)
+    assert rgb.width < rgb.height

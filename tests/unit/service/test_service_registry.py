@@ -87,6 +87,7 @@ def test_each_request_gets_its_own_rows_and_bad_inputs_are_refused_before_queuei
             ids([1.0], size=31),
             ids([0.0] * 9),
             np.full((1, 3, 32, 32), np.nan, dtype=np.float32),
+            ids([3e38]),  # finite, but far outside what a normalised image can hold
         ):
             with pytest.raises(InvalidInput):
                 await registry.infer("tiny_a", bad)

@@ -15,7 +15,14 @@ from export.build import build_model
 from export.flops import count_costs
 from export.parity import ort_session, random_inputs
 from export.presets import get_preset
-from service.manifest import CONFIG_FILENAME, INPUT_NAME, MANIFEST_FILENAME, Manifest, sha256_file
+from service.manifest import (
+    CONFIG_FILENAME,
+    INPUT_NAME,
+    MANIFEST_FILENAME,
+    Manifest,
+    default_input_range,
+    sha256_file,
+)
 from service.model_config import ModelConfig
 
 
@@ -71,7 +78,10 @@ def test_manifest_describes_the_model_beside_it(repo):
     assert m.name == "test-gab-reattn" and m.spec == "test+gab+reattn" and m.preset == "test"
     assert m.variants == ["gab", "reattn"]
     assert m.variant_options["gab_sigma_init"] == 5.0 and m.variant_options["reattn_layers"] == [2, 3]
-    assert m.preprocess == get_preset("test").data
+    data = get_preset("test").data
+    # export states the accepted input range (the normalised pixel range with the service's margin)
+    assert m.preprocess.input_range == default_input_range(data.mean, data.std)
+    assert m.preprocess.model_copy(update={"input_range": None}) == data
     assert m.labels == [f"class_{i}" for i in range(10)]
     assert m.opset == 18
     assert m.parity is not None and m.parity.max_abs_diff <= 1e-4 and m.parity.batch_sizes == [1, 8]

@@ -1,0 +1,155 @@
+"""HTTP/1.1 connection guards below the ASGI app: header size (431), header and body timeouts, connection cap.
+
+uvicorn's httptools protocol accepts a request head of any size (the parser joins a header's
+pieces as they arrive, so its cost grows with the square of the header's size), keeps a
+connection that sends nothing or half a request open for ever, and has no cap on connections
+(its `limit_concurrency` answers plain text and only once a request head has been parsed). This
+subclass adds those bounds where the bytes arrive, before a request reaches the application:
+
+- a request line + headers above `max_header_bytes` -> 431 and the connection closes;
+- a request head not complete `header_timeout_s` after the connection opened (or after the first
+  byte of a following request) -> 408 and the connection closes (slowloris on headers);
+- a body that stalls for `body_timeout_s` between two pieces -> the connection closes, which the
+  application sees as a client disconnect (slowloris on bodies);
+- more than `max_connections` open connections -> the new one gets 503 and closes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings
+
+LINGER_S = 2.0
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds above (class attributes, set by `guarded_protocol`)."""
+
+    max_header_bytes = 32 * 1024
+    header_timeout_s = 10.0
+    body_timeout_s = 30.0
+    max_connections = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # between requests or inside a request head
+        self._head_bytes = 0
+        self._events = 0  # request heads and messages completed on this connection
+        self._timer: asyncio.TimerHandle | None = None
+        self._discarding = False  # answered and closing: read and drop what the client still sends
+
+    # -- connection ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._reject(503, f"too many connections (limit {self.max_connections})", retry_after=True)
+            return
+        self._arm(self.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding or self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._timer is None and self._idle():
+                self._arm(self.header_timeout_s)  # the next request on a kept-alive connection has begun
+        else:
+            self._arm(self.body_timeout_s)  # the body made progress
+        events = self._events
+        super().data_received(data)
+        if self.transport.is_closing() or not self._in_head:
+            return
+        # bytes of a head still incomplete after this piece (a piece that completed a head or a body, and
+        # perhaps began the next head, is not counted)
+        self._head_bytes = self._head_bytes + len(data) if events == self._events else 0
+        if self._head_bytes > self.max_header_bytes:
+            self._reject(431, f"request line and headers exceed {self.max_header_bytes} bytes")
+
+    # -- parser callbacks ------------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        self._events += 1
+        self._arm(self.body_timeout_s)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0
+        self._events += 1
+        self._disarm()  # the application has the request; uvicorn's keep-alive timer takes over after it
+
+    # -- timers ----------------------------------------------------------------------------
+    def _idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay, self._on_timeout)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._idle():
+                self._reject(408, f"request headers not received within {self.header_timeout_s:g} s")
+            return
+        if self.flow.read_paused:  # we stopped reading (the app is behind), not the client
+            self._arm(self.body_timeout_s)
+            return
+        self.logger.info("closing a connection whose request body stalled for %.0f s", self.body_timeout_s)
+        self.transport.close()
+
+    def _reject(self, status: int, message: str, *, retry_after: bool = False) -> None:
+        """Answer `status` with a JSON error (only when no response is in progress) and close.
+
+        A lingering close: the answer goes out, our side of the connection is shut, and whatever the
+        client is still sending is read and dropped for up to LINGER_S, so the kernel does not reset the
+        connection (and lose the answer) because unread bytes remain."""
+        self._disarm()
+        if not self._idle() or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        body = json.dumps({"error": message}).encode()
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
+        if retry_after:
+            head.append(b"retry-after: 1\r\n")
+        self.transport.write(b"".join(head) + b"\r\n" + body)
+        self.transport.write_eof()
+        self._discarding = True
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def eof_received(self) -> bool | None:
+        if self._discarding:
+            self.transport.close()
+        return super().eof_received()
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class uvicorn should use (`uvicorn.Config(http=...)`), bounded by `settings`."""
+    return type(
+        "VitserveHttpProtocol",
+        (GuardedHttpToolsProtocol,),
+        {
+            "max_header_bytes": settings.max_header_bytes,
+            "header_timeout_s": settings.header_timeout_s,
+            "body_timeout_s": settings.body_timeout_s,
+            "max_connections": settings.max_connections,
+        },
+    )
