@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.manifest import ParityReport, Provenance
+from service.manifest import Evaluation, ParityReport, Provenance
 
 from export.repository import DEFAULT_MAX_QUEUE_DELAY_US, default_labels, make_config, tool_versions, write_model
 
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 DEFAULT_TEST_SPECS: tuple[str, ...] = ("demo", "demo+cb", "demo+gab", "demo+reattn")
 INT8_SAMPLES = 64
 
-Evaluator = Callable[[Path], Mapping[str, float]]
+#: called with a written ONNX file; returns its held-out evaluation (export/evaluate.py)
+Evaluator = Callable[[Path], Evaluation]
 
 
 def _progress(total: int, desc: str, enabled: bool):  # -> tqdm
@@ -80,8 +81,8 @@ def build_model(
             parameters) keep their function-preserving init and are listed in the manifest.
         num_classes: head size (default: the preset's).
         model: an already trained model for `spec` (export/train.py); `weights` then names its source.
-        evaluate: called with the written ONNX file, returns metrics for the manifest's `evaluation`
-            (training passes held-out accuracy measured through ONNX Runtime).
+        evaluate: called with the written ONNX file, returns the manifest's `evaluation` (fine-tuning
+            passes held-out accuracy measured through ONNX Runtime and the service's preprocessing).
         int8: also write a dynamically quantised copy as its own model `<name>-int8`, with its top-1
             agreement to fp32 on `int8_inputs` (default: 64 seeded random inputs).
         version: version directory to write; other versions already present stay listed.
@@ -158,10 +159,10 @@ def build_model(
             costs = count_costs(proto, parameters=parameters)
             bar.update()
 
-            evaluation: dict[str, float] = {}
+            evaluation: Evaluation | None = None
             if evaluate is not None:
                 step("evaluate")
-                evaluation = {k: float(v) for k, v in evaluate(onnx_file).items()}
+                evaluation = evaluate(onnx_file)
                 bar.update()
 
             manifest = dict(
@@ -200,7 +201,7 @@ def build_model(
                 import onnx
 
                 int8_costs = count_costs(onnx.load_model(str(int8_file)), parameters=parameters)
-                int8_eval = {k: float(v) for k, v in evaluate(int8_file).items()} if evaluate is not None else {}
+                int8_eval = evaluate(int8_file) if evaluate is not None else None
                 write_model(
                     repository,
                     onnx_file=int8_file,
