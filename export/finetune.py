@@ -331,6 +331,13 @@ def export_trained(trained: Trained, data: ImageFolderData, repository: Path, *,
     def evaluate(onnx_file: Path) -> Evaluation:
         return evaluate_onnx(onnx_file, data.heldout, preprocess, data.identity, recipe=trained.recipe)
 
+    if build_kwargs.get("int8") and build_kwargs.get("int8_inputs") is None:
+        import numpy as np
+
+        from export.evaluate import preprocess_files
+
+        # int8 agreement on the held-out images as the service sees them (not on random inputs)
+        build_kwargs["int8_inputs"] = np.stack(preprocess_files(data.heldout, preprocess)[1]).astype(np.float32)
     return build_model(trained.spec, repository, model=trained.model, weights=f"trained:{data.identity.key}",
                        labels=data.classes, evaluate=evaluate, progress=progress, **build_kwargs)
 
@@ -346,7 +353,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def device_line(config: FitConfig) -> str:
+def device_line(config: FitConfig, threads: int | None = None) -> str:
     """One line saying where training runs (logged once per command)."""
     import torch
 
@@ -355,7 +362,7 @@ def device_line(config: FitConfig) -> str:
         name = torch.cuda.get_device_name(device)
         amp = _amp_dtype(device, config.amp)
         return f"training on {device} ({name}), mixed precision {str(amp).removeprefix('torch.') if amp else 'off'}"
-    return f"training on cpu ({torch.get_num_threads()} threads), fp32"
+    return f"training on cpu ({threads or torch.get_num_threads()} torch threads per job), fp32"
 
 
 def finetune_repository(
@@ -401,7 +408,7 @@ def finetune_repository(
         make_model(parse_spec(text), len(data.classes), checkpoint, config.seed)
     state_dir = state_dir if state_dir is not None else repository / ".finetune"
     configs = [replace(config, epochs=(spec_epochs or {}).get(t, config.epochs)) for t in texts]
-    print(device_line(config), file=sys.stderr)
+    print(device_line(config, threads), file=sys.stderr)
     repository.mkdir(parents=True, exist_ok=True)
     kwargs = dict(checkpoint=checkpoint, state_dir=state_dir, threads=threads)
     if jobs == 1:
