@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import sys
@@ -37,9 +36,6 @@ if TYPE_CHECKING:
     import torch
 
     from export.spec import ModelSpec
-
-log = logging.getLogger("vitserve.export.finetune")
-
 
 @dataclass(frozen=True)
 class FitConfig:
