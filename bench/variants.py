@@ -239,7 +239,7 @@ def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = 
             dataset = res["rows"][0].get("dataset")
             plot_pareto(
                 acc_pts, directory / f"accuracy_vs_latency_{res['preset']}.png",
-                f"{res['preset']}: held-out top-1 vs ORT batch-1 latency ({dataset}; one run, this machine)",
+                f"{res['preset']}: held-out top-1 vs ORT batch-1 latency\n(dataset {dataset}; one run, this machine)",
                 "ms / image (ORT, batch 1)", "top-1 accuracy (%)",
             )
     return directory
