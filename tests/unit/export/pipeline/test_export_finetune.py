@@ -123,7 +123,7 @@ def _finetune_cmd(data: Path, repo: Path, weights: Path, state: Path) -> list[st
 def test_a_killed_finetune_resumes_after_its_last_saved_epoch(tmp_path: Path) -> None:
     import torch
 
-    data = _digits_folder(tmp_path / "digits", 400, 40)
+    data = _digits_folder(tmp_path / "digits", 200, 40)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     state = tmp_path / "state"
     cmd = _finetune_cmd(data, tmp_path / "repo", tmp_path / "w", state)
