@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[2]
 #: from-scratch epochs of the vanilla checkpoint, then fine-tuning epochs per spec (kept small: CI cost)
 VANILLA_EPOCHS = 24
-FINETUNE_EPOCHS = 4
+FINETUNE_EPOCHS = 6
 MIN_ACCURACY = 0.95
 MAX_GAP = 0.015
 
@@ -54,7 +54,8 @@ def finetuned_digits(tmp_path_factory: pytest.TempPathFactory) -> Finetuned:
     repository = root / "repository"
     cmd = [sys.executable, "-m", "export.cli", "finetune", "--data", str(data), "--checkpoint",
            str(weights / "demo.pth"), "--repository", str(repository), "--epochs", str(FINETUNE_EPOCHS),
-           "--lr", "1e-3", "--augment", "affine", "--jobs", "2", "--threads", "1", "--quiet", *DEMO_SPECS]
+           "--lr", "2e-3", "--batch-size", "32", "--augment", "affine", "--jobs", "2", "--threads", "1", "--quiet",
+           *DEMO_SPECS]
     done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=1500)
     assert done.returncode == 0, done.stderr[-4000:]
