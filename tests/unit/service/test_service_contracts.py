@@ -100,3 +100,10 @@ def test_accuracy_gauge_follows_the_manifest_evaluation_across_reloads() -> None
     assert "first@" not in text and 'metric="top5"' not in text  # a reload replaces the series
     m.set_accuracy("m", None)
     assert "vitserve_model_accuracy{" not in m.render().decode()
+
+
+def test_manifests_written_before_the_evaluation_schema_still_load() -> None:
+    legacy = Evaluation.model_validate({"heldout_accuracy": 0.95})
+    assert legacy.top1 == 0.95 and legacy.dataset is None and legacy.measured_with.startswith("legacy")
+    with pytest.raises(ValueError):
+        Evaluation.model_validate({"top1": 1.5})
