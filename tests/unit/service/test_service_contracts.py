@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import service.metrics as metrics_module
 from service.app import create_app
 from service.manifest import DatasetIdentity, Evaluation
