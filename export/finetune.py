@@ -53,6 +53,10 @@ class FitConfig:
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 with a grad scaler); fp32 on CPU
     workers: int = 0  # DataLoader worker processes
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke tests)
+    #: BatchNorm statistics (re-attention's BN) frozen at their converted values while training: in train
+    #: mode BN would normalise with batch statistics, which is not the function the checkpoint computed.
+    #: `train_spec` freezes them when it starts from a checkpoint.
+    freeze_norm_stats: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -188,6 +192,10 @@ def fit(
                                 num_workers=config.workers, pin_memory=device.type == "cuda",
                                 persistent_workers=False)
             model.train()
+            if config.freeze_norm_stats:
+                for module in model.modules():
+                    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                        module.eval()  # running statistics used and kept; its affine weights still train
             epoch_loss, batches = 0.0, 0
             for inputs, targets in loader:
                 inputs = inputs.to(device, non_blocking=True)
@@ -283,6 +291,7 @@ def recipe_of(model: torch.nn.Module, spec: ModelSpec, config: FitConfig, start:
         weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
         label_smoothing=config.label_smoothing, augmentation=config.augmentation, auxiliary_losses=aux,
         mixed_precision=result.mixed_precision, device=result.device, seed=config.seed, train_images=train_images,
+        norm_statistics="frozen" if config.freeze_norm_stats else "batch",
     )
 
 
@@ -306,6 +315,8 @@ def train_spec(
         torch.set_num_threads(threads)
     spec = parse_spec(spec_text)
     model, start = make_model(spec, len(data.classes), checkpoint, config.seed)
+    if checkpoint is not None:
+        config = replace(config, freeze_norm_stats=True)
     dataset = SampleDataset(data.train, train_transform(get_preset(spec.preset).data, config.augmentation))
     state_file = state_dir / f"{spec.name}.pt" if state_dir is not None else None
     started = time.perf_counter()

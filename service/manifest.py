@@ -126,6 +126,9 @@ class TrainingRecipe(_Strict):
     device: str
     seed: int
     train_images: int = Field(ge=1)
+    norm_statistics: Literal["batch", "frozen"] = Field(
+        "batch", description="BatchNorm in training: batch statistics, or frozen at the converted values "
+                             "(fine-tuning from a checkpoint keeps the function it starts from)")
 
 
 class Evaluation(_Strict):

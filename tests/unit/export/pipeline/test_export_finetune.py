@@ -190,3 +190,29 @@ def test_a_vit_tiny_checkpoint_finetunes_end_to_end_on_cpu(tmp_path: Path) -> No
     assert manifest.parity is not None and manifest.parity.max_abs_diff <= manifest.parity.tolerance
     assert manifest.num_classes == 2 and manifest.labels == ["blue", "red"]
     assert manifest.evaluation is not None and manifest.evaluation.num_images == 4
+
+
+# (lavit is left out: its Less-Attention blocks reuse the previous block's logits instead of computing their
+# own, so even at the identity transform it is close to, not equal to, the checkpoint's function)
+@pytest.mark.parametrize("spec", ["test+cbs", "test+gab", "test+reattn", "test+refiner"])
+def test_training_starts_from_the_function_the_checkpoint_computed(tmp_path: Path, spec: str) -> None:
+    """In training mode too (the loss the first step sees): re-attention's BatchNorm keeps its converted
+    statistics while fine-tuning from a checkpoint, instead of normalising with batch statistics."""
+    import torch
+
+    from export.finetune import make_model
+    from export.models import create_model
+    from export.spec import parse_spec
+
+    vanilla = create_model(parse_spec("test"), seed=3).eval()
+    checkpoint = tmp_path / "test.pth"
+    torch.save(vanilla.state_dict(), checkpoint)
+    model, start = make_model(parse_spec(spec), 10, checkpoint, seed=0)
+    model.train()
+    for module in model.modules():  # what `fit` does with freeze_norm_stats (set when starting from a checkpoint)
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), vanilla(x), atol=1e-5, rtol=1e-5)
+    assert start.startswith("checkpoint:test.pth")
