@@ -184,6 +184,7 @@ def test_a_vit_tiny_checkpoint_finetunes_end_to_end_on_cpu(tmp_path: Path) -> No
     losses = trained.result.epoch_losses
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     assert trained.result.images_per_s and trained.result.device == "cpu"
+    print(f"vit_tiny fine-tuning on CPU: {trained.result.images_per_s:.1f} images/s, epoch losses {losses}")
     assert trained.recipe.start.startswith("checkpoint:vit_tiny.pth") and "new 2-class head" in trained.recipe.start
     model_dir = export_trained(trained, data, tmp_path / "repo", progress=False)
     manifest = Manifest.load(model_dir)
