@@ -47,18 +47,34 @@ def _trained_models(preset: str, repository: Path) -> tuple[list[BenchModel], di
     return models, {m.model_name: Manifest.load(repository / m.model_name) for m in models}
 
 
-def _accuracy(man: Manifest) -> dict[str, Any]:
+#: the committed trained demo models: random-weight builds of the same architecture report their accuracy
+#: (latency does not depend on the weights), so the default run shows accuracy beside cost for `demo`
+TRAINED_DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+def _evaluated(man: Manifest, trained: Path | None) -> tuple[Manifest, str | None]:
+    """The manifest whose evaluation a row reports, and where it came from when not the timed model's own."""
+    if man.evaluation is not None or trained is None or not (trained / man.name / "vitserve.json").is_file():
+        return man, None
+    other = Manifest.load(trained / man.name)
+    same = (other.spec, other.variant_options, other.architecture) == (man.spec, man.variant_options, man.architecture)
+    return (other, str(trained)) if same and other.evaluation is not None else (man, None)
+
+
+def _accuracy(man: Manifest, source: str | None = None) -> dict[str, Any]:
     ev = man.evaluation
     if ev is None:
-        return {"top1": None, "top5": None, "dataset": None, "eval_images": None}
+        return {"top1": None, "top5": None, "dataset": None, "eval_images": None, "accuracy_from": None}
     return {"top1": ev.top1, "top5": ev.top5, "dataset": ev.dataset.key if ev.dataset else "unknown",
-            "eval_images": ev.num_images}
+            "eval_images": ev.num_images, "accuracy_from": source}
 
 
-def measure_preset(preset: str, repository: Path, *, quick: bool, trained: bool = False) -> dict[str, Any]:
+def measure_preset(preset: str, repository: Path, *, quick: bool, trained: bool = False,
+                   accuracy_from: Path | None = None) -> dict[str, Any]:
     """Build (if needed) and time every variant of `preset`, interleaved so they share the background load.
 
     `trained`: `repository` holds trained models to read (never build into); their accuracies are reported.
+    `accuracy_from`: a trained repository whose same-architecture models lend their accuracy to random builds.
     """
     import numpy as np
 
@@ -95,7 +111,7 @@ def measure_preset(preset: str, repository: Path, *, quick: bool, trained: bool 
                 "parameters": man.costs.parameters,
                 "ort": [t.model_dump() for t in ort_t[m.model_name]],
                 "torch_eager": [t.model_dump() for t in torch_t[m.model_name]],
-                **_accuracy(man),
+                **_accuracy(*_evaluated(man, accuracy_from)),
             }
         )
     base = rows[0]
@@ -192,7 +208,9 @@ def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = 
     """Time every variant of each preset; `models` reads trained models (with accuracy) instead of building."""
     machine = machine_info()
     repository = models if models is not None else cache / "repository"
-    results = [measure_preset(p, repository, quick=quick, trained=models is not None) for p in presets]
+    accuracy_from = TRAINED_DEMO if models is None and TRAINED_DEMO.is_dir() else None
+    results = [measure_preset(p, repository, quick=quick, trained=models is not None, accuracy_from=accuracy_from)
+               for p in presets]
     machine = machine.finish()
     md = [
         "# Comparison 1 — variants: FLOPs vs measured latency",
@@ -207,8 +225,10 @@ def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = 
     ]
     md += ["", "Accuracy columns: held-out top-1/top-5 from each manifest's evaluation (measured through the exported "
            "graph and the service's preprocessing); they are comparable only between rows with the same dataset "
-           "identity (the `dataset` column); Δ is left empty across identities. Empty without trained models "
-           "(`--models DIR`)."]
+           "identity (the `dataset` column); Δ is left empty across identities. With `--models DIR` they are the "
+           "timed models' own; otherwise random-weight builds report the accuracy of the same-architecture trained "
+           f"model in {TRAINED_DEMO.parent.name}/{TRAINED_DEMO.name} when there is one (latency does not depend on the "
+           "weights), else nothing."]
     for res in results:
         md += ["", f"## {res['preset']}", "", markdown(res)]
         pts = accuracy_points(res)

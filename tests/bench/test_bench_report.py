@@ -93,3 +93,22 @@ def test_variants_table_shows_accuracy_only_within_the_vanilla_dataset_identity(
     assert "top-1 %" in lines[0] and "dataset" in lines[0]
     cb, gab = lines[3].split(" | "), lines[4].split(" | ")
     assert cb[-2] == "1.00" and gab[-2] == "—"  # Δ vs vanilla only on the same dataset identity
+
+
+def test_random_builds_report_the_accuracy_of_the_same_architecture_trained_model(tmp_path: Path) -> None:
+    from bench.variants import _accuracy, _evaluated
+    from service.manifest import Manifest
+
+    trained = tmp_path / "trained"
+    committed = Path(__file__).resolve().parents[2] / "models" / "demo" / "demo-cb" / "vitserve.json"
+    data = json.loads(committed.read_text())
+    data["evaluation"] = {"top1": 0.96, "top5": 1.0, "num_images": 397, "dataset": {
+        "name": "digits", "fingerprint": "ab" * 32, "split": "val/", "num_classes": 10}}
+    (trained / "demo-cb").mkdir(parents=True)
+    (trained / "demo-cb" / "vitserve.json").write_text(json.dumps(data))
+    random_build = Manifest.model_validate({**data, "evaluation": None})
+    source, where = _evaluated(random_build, trained)
+    assert _accuracy(source, where)["top1"] == 0.96 and where == str(trained)
+    other = Manifest.model_validate({**data, "evaluation": None, "variant_options": {"cb_layers": [0]}})
+    assert _evaluated(other, trained) == (other, None)  # another architecture lends nothing
+    assert _accuracy(*_evaluated(random_build, None))["top1"] is None
