@@ -118,7 +118,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_variants(args: argparse.Namespace) -> int:
     from bench import variants
 
-    print(f"results in {variants.run(_presets(args, ['demo', 'vit_small']), quick=args.quick, cache=args.cache, out_dir=args.out)}")
+    presets = _presets(args, ["demo"] if args.models is not None else ["demo", "vit_small"])
+    print(f"results in {variants.run(presets, quick=args.quick, cache=args.cache, out_dir=args.out, models=args.models)}")
     return 0
 
 
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("variants", help="comparison 1: FLOPs, params, ORT and eager latency of every variant")
     p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
+    p.add_argument("--models", type=Path, metavar="DIR",
+                   help="time the trained models of this repository (e.g. models/demo) and report their accuracy "
+                        "and a Pareto plot, instead of building random-weight ones")
     _common(p)
     p.set_defaults(func=cmd_variants)
 

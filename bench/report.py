@@ -152,6 +152,39 @@ def plot_scatter(
     return path
 
 
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Labels of the (label, cost, gain) points no other point beats on both (lower cost, higher gain)."""
+    front = []
+    for label, cost, gain in points:
+        dominated = any((c <= cost and g >= gain) and (c < cost or g > gain) for _, c, g in points)
+        if not dominated:
+            front.append(label)
+    return front
+
+
+def plot_pareto(points: Sequence[tuple[str, float, float]], path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Accuracy (y) against a cost (x): every point labelled, the Pareto front joined by a line."""
+    plt = _plt()
+    front = set(pareto_front(points))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, x, y in points:
+        ax.scatter([x], [y], color="tab:blue" if label in front else "tab:grey")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    line = sorted((x, y) for label, x, y in points if label in front)
+    if len(line) > 1:
+        ax.plot([p[0] for p in line], [p[1] for p in line], linestyle="--", color="tab:blue", linewidth=1,
+                label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_bars(values: Mapping[str, float], path: Path, title: str, ylabel: str, target: float | None = None) -> Path:
     """Bar chart of named values, with an optional target line."""
     plt = _plt()

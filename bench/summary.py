@@ -175,13 +175,22 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
                     r["flops"] / 1e9, r["parameters"] / 1e6, ort[1]["median_s"] * 1e3, ort[32]["median_s"] / 32 * 1e3,
                     eager[1]["median_s"] * 1e3,
                 ])
+            accuracy = any(r.get("top1") is not None for r in res["rows"])
+            if accuracy:  # trained models (`--models`): accuracy beside cost
+                for row, r in zip(rows, res["rows"]):
+                    row += [r["top1"] * 100 if r.get("top1") is not None else None, r.get("dataset")]
             md += [f"### {res['preset']}", "", md_table(
                 ["variant", "FLOPs ÷ vanilla", "ORT latency ÷ vanilla (b1)", "ORT latency ÷ vanilla (b8)",
                  "ORT latency ÷ vanilla (b32)",
                  "GFLOPs/img", "params (M)", "ORT b1 ms (this machine)", "ORT b32 ms/img (this machine)",
-                 "PyTorch eager b1 ms (this machine)"], rows), "",
+                 "PyTorch eager b1 ms (this machine)",
+                 *(["held-out top-1 %", "dataset identity"] if accuracy else [])], rows), "",
                 "![FLOPs vs latency](" + _rel(results / "variants" / ("flops_vs_latency_" + res["preset"] + ".png"), base) + ")",
                 ""]
+            if accuracy:
+                md += ["Accuracies are comparable only between rows with the same dataset identity.", "",
+                       "![accuracy vs latency (Pareto)](" + _rel(results / "variants" / (
+                           "accuracy_vs_latency_" + res["preset"] + ".png"), base) + ")", ""]
         full = _rel(results / "variants" / "variants.md", base)
         md.append(f"Full table (batch 8, eager ratios): [{full}]({full})")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.manifest import ParityReport, Provenance, default_input_range
+from service.manifest import Evaluation, ParityReport, Provenance, default_input_range
 
 from export.repository import DEFAULT_MAX_QUEUE_DELAY_US, default_labels, make_config, tool_versions, write_model
 
@@ -32,7 +32,8 @@ COPY_SAMPLES = 64
 #: model-name suffix of each reduced-precision copy
 COPY_SUFFIX = {"dynamic-int8": "int8", "fp16": "fp16"}
 
-Evaluator = Callable[[Path], Mapping[str, float]]
+#: called with a written ONNX file; returns its held-out evaluation (export/evaluate.py)
+Evaluator = Callable[[Path], Evaluation]
 
 
 def _progress(total: int, desc: str, enabled: bool):  # -> tqdm
@@ -87,8 +88,8 @@ def build_model(
             parameters) keep their function-preserving init and are listed in the manifest.
         num_classes: head size (default: the preset's).
         model: an already trained model for `spec` (export/train.py); `weights` then names its source.
-        evaluate: called with the written ONNX file, returns metrics for the manifest's `evaluation`
-            (training passes held-out accuracy measured through ONNX Runtime).
+        evaluate: called with the written ONNX file, returns the manifest's `evaluation` (fine-tuning
+            passes held-out accuracy measured through ONNX Runtime and the service's preprocessing).
         int8: also write a dynamically quantised copy as its own model `<name>-int8`.
         fp16: also write an fp16 copy (fp32 inputs/outputs kept) as its own model `<name>-fp16`.
             Each copy's manifest holds its top-1 agreement and max |logit difference| to fp32 on
@@ -171,10 +172,10 @@ def build_model(
             costs = count_costs(proto, parameters=parameters)
             bar.update()
 
-            evaluation: dict[str, float] = {}
+            evaluation: Evaluation | None = None
             if evaluate is not None:
                 step("evaluate")
-                evaluation = {k: float(v) for k, v in evaluate(onnx_file).items()}
+                evaluation = evaluate(onnx_file)
                 bar.update()
 
             manifest = dict(
@@ -222,7 +223,7 @@ def build_model(
                     report = agreement_report(onnx_file, copy_file, samples, source_model=name, method=method,
                                               inputs_description=described)
                     copy_costs = count_costs(onnx.load_model(str(copy_file)), parameters=parameters)
-                    copy_eval = {k: float(v) for k, v in evaluate(copy_file).items()} if evaluate is not None else {}
+                    copy_eval = evaluate(copy_file) if evaluate is not None else None
                     write_model(
                         repository,
                         onnx_file=copy_file,

@@ -5,6 +5,9 @@
                           [--max-batch-size N] [--max-queue-delay-us N] [--version N]
                           [--tensorrt [FP16|FP32|INT8]] [--trt-workspace-bytes N] [--trt-engine-cache PATH]
     vitserve-export train --repository DIR [--spec SPEC ...] [--epochs N] [--int8] [--no-fp16]
+    vitserve-export finetune --data DIR --repository DIR [--checkpoint F] SPEC [SPEC ...]
+                          [--epochs N] [--lr X] [--batch-size N] [--augment timm|affine|none]
+                          [--val-fraction 0.2] [--device cuda] [--state-dir DIR] [--max-steps N]
     vitserve-export list   (presets, variants and options)
 
 Bad user input (unknown preset/variant/option, a refused combination, a missing checkpoint)
@@ -19,6 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from export.data import AUGMENTATIONS
+from export.finetune import FitConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--repository", "-r", type=Path, required=True)
     train.add_argument("--spec", action="append", dest="specs", metavar="SPEC",
                        help="train only these specs (repeatable; default: demo and each single variant)")
-    train.add_argument("--epochs", type=int, help="training epochs for every spec (default: TrainConfig.epochs, longer for specs in SPEC_EPOCHS)")
+    train.add_argument("--epochs", type=int, help="training epochs for every spec (default: DEMO_CONFIG.epochs, longer for specs in SPEC_EPOCHS)")
+    train.add_argument("--checkpoint", type=Path, help="start every spec from these weights instead of random")
+    train.add_argument("--save-weights", type=Path, metavar="DIR", help="also keep DIR/<model>.pth (trained weights)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--int8", action="store_true", help="also write dynamic int8 copies")
     train.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
@@ -59,6 +67,37 @@ def _parser() -> argparse.ArgumentParser:
     _batching_args(train)
     _accelerator_args(train)
     train.add_argument("--quiet", "-q", action="store_true")
+
+    ft = sub.add_parser("finetune", help="fine-tune a checkpoint into each spec on an image folder, export, evaluate")
+    ft.add_argument("specs", nargs="+", metavar="SPEC", help="PRESET[+VARIANT...]; include the vanilla preset as the baseline")
+    ft.add_argument("--data", type=Path, required=True,
+                    help="image folder: DIR/<class>/* (a fraction held out) or DIR/train/<class>/* and DIR/val/<class>/*")
+    ft.add_argument("--repository", "-r", type=Path, required=True, help="model repository directory")
+    ft.add_argument("--checkpoint", type=Path, help="timm-format weights to start from (default: random init)")
+    ft.add_argument("--epochs", type=int, default=FitConfig.epochs)
+    ft.add_argument("--batch-size", type=int, default=FitConfig.batch_size)
+    ft.add_argument("--lr", type=float, default=FitConfig.lr, help="peak learning rate (AdamW)")
+    ft.add_argument("--weight-decay", type=float, default=FitConfig.weight_decay)
+    ft.add_argument("--warmup-epochs", type=float, default=FitConfig.warmup_epochs)
+    ft.add_argument("--label-smoothing", type=float, default=FitConfig.label_smoothing)
+    ft.add_argument("--augment", choices=AUGMENTATIONS, default=FitConfig.augmentation,
+                    help="timm: timm's training transform; affine: small rotations/shifts (digits); none")
+    ft.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction without a val/ folder")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    ft.add_argument("--no-amp", action="store_true", help="train in fp32 on the GPU too")
+    ft.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    ft.add_argument("--max-steps", type=int, help="stop each spec after this many steps (smoke tests)")
+    ft.add_argument("--state-dir", type=Path, help="resumable training state (default REPOSITORY/.finetune)")
+    ft.add_argument("--jobs", "-j", type=int, default=1, help="specs trained at once (CPU; default 1)")
+    ft.add_argument("--threads", type=int, help="torch threads per job (default: torch's)")
+    ft.add_argument("--int8", action="store_true", help="also write dynamic int8 copies")
+    ft.add_argument("--fp16", action="store_true",
+                    help="also write fp16 copies <name>-fp16 (agreement measured on the held-out images)")
+    ft.add_argument("--save-weights", type=Path, metavar="DIR", help="also keep DIR/<model>.pth (trained weights)")
+    _batching_args(ft)
+    _accelerator_args(ft)
+    ft.add_argument("--quiet", "-q", action="store_true")
 
     sub.add_parser("list", help="show presets, variants and variant options")
     return parser
@@ -150,8 +189,8 @@ def _summary(dirs: Sequence[Path], *, int8: bool, fp16: bool = False) -> None:
                 f"{q.method} top-1 agreement {q.top1_agreement:.1%}"
                 + (f", max |dlogit| {q.max_abs_logit_diff:.2g}" if q.max_abs_logit_diff is not None else "")
                 if q else "")
-            acc = m.evaluation.get("heldout_accuracy")
-            acc_text = f"  held-out acc {acc:.2%}" if acc is not None else ""
+            ev = m.evaluation
+            acc_text = f"  held-out top-1 {ev.top1:.2%}" if ev is not None else ""
             print(f"{m.name:<28} {m.costs.flops / 1e9:8.3f} GFLOPs  {m.costs.parameters / 1e6:7.3f} M params  "
                   f"{extra}{acc_text}  -> {d}")
 
@@ -160,14 +199,16 @@ def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from export.spec import parse_spec
-    from export.train import DEMO_SPECS, TrainConfig, train_demo_repository
+    from export.train import DEMO_CONFIG, DEMO_SPECS, train_demo_repository
 
     specs = args.specs or list(DEMO_SPECS)
     for text in specs:
         spec = parse_spec(text)  # fail fast with a clear message
         if spec.preset not in ("demo", "test"):
             raise ValueError(f"train fits 32x32 digits presets ('demo', 'test'), not {spec.preset!r}")
-    config = TrainConfig(seed=args.seed)
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise ValueError(f"checkpoint file not found: {args.checkpoint}")
+    config = replace(DEMO_CONFIG, seed=args.seed)
     spec_epochs = None  # the per-spec defaults (export.train.SPEC_EPOCHS)
     if args.epochs is not None:
         if args.epochs < 1:
@@ -175,10 +216,35 @@ def _train(args: argparse.Namespace) -> int:
         config = replace(config, epochs=args.epochs)
         spec_epochs = {}  # --epochs applies to every spec
     args.repository.mkdir(parents=True, exist_ok=True)
-    results = train_demo_repository(args.repository, specs, config=config, int8=args.int8, fp16=args.fp16,
-                                    progress=not args.quiet, min_accuracy=args.min_accuracy, jobs=args.jobs,
-                                    threads=args.threads, spec_epochs=spec_epochs, **_batching(args))
+    results = train_demo_repository(args.repository, specs, config=config, checkpoint=args.checkpoint,
+                                    int8=args.int8, fp16=args.fp16, progress=not args.quiet, min_accuracy=args.min_accuracy,
+                                    jobs=args.jobs, threads=args.threads, spec_epochs=spec_epochs,
+                                    weights_dir=args.save_weights, **_batching(args))
     _summary([args.repository / name for name in results], int8=args.int8, fp16=args.fp16)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from export.finetune import finetune_repository
+
+    config = FitConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, augmentation=args.augment,
+        seed=args.seed, device=args.device, amp=not args.no_amp, workers=args.workers, max_steps=args.max_steps,
+    )
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    results = finetune_repository(
+        args.data, args.specs, args.repository, config, checkpoint=args.checkpoint, state_dir=args.state_dir,
+        val_fraction=args.val_fraction, jobs=args.jobs, threads=args.threads or torch.get_num_threads(),
+        progress=not args.quiet, int8=args.int8, fp16=args.fp16, weights_dir=args.save_weights, **_batching(args),
+    )
+    _summary([args.repository / name for name in results], int8=args.int8, fp16=args.fp16)
+    print("accuracies are comparable only between models evaluated on the same dataset identity", file=sys.stderr)
     return 0
 
 
@@ -206,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "finetune":
+            return _finetune(args)
         return _list()
     except ValueError as exc:  # bad user input: clear message, exit 2
         print(f"vitserve-export: error: {exc}", file=sys.stderr)

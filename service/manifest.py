@@ -131,6 +131,64 @@ class Provenance(_Strict):
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
 
+class DatasetIdentity(_Strict):
+    """Which images an evaluation used: accuracies are comparable only between equal identities."""
+
+    name: str = Field(description="dataset name (the image folder's name, or 'sklearn-digits')")
+    fingerprint: str = Field(description="sha256 of the sorted 'split/class/file' list of every image used")
+    split: str = Field(description="how the held-out images were chosen, e.g. 'val/' or 'fraction 0.2, seed 0'")
+    num_classes: int = Field(gt=0)
+
+    @property
+    def key(self) -> str:
+        """Short identity for labels and tables: `<name>@<first 12 hex digits of the fingerprint>`."""
+        return f"{self.name}@{self.fingerprint[:12]}"
+
+
+class TrainingRecipe(_Strict):
+    """How the weights were (fine-)trained, so two evaluations can be seen to be trained alike."""
+
+    start: str = Field(description="'checkpoint:<file>' (function-preserving conversion) or 'random(seed=N)'")
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimizer: str = "AdamW"
+    lr: float = Field(gt=0.0)
+    weight_decay: float = Field(ge=0.0)
+    schedule: str = "linear warm-up then cosine decay (per step)"
+    warmup_epochs: float = Field(ge=0.0)
+    label_smoothing: float = Field(ge=0.0, lt=1.0)
+    augmentation: str
+    auxiliary_losses: list[str] = Field(default_factory=list, description="e.g. 'lavit diagonality x 0.1'")
+    mixed_precision: str | None = Field(None, description="autocast dtype, None for fp32")
+    device: str
+    seed: int
+    train_images: int = Field(ge=1)
+    norm_statistics: Literal["batch", "frozen"] = Field(
+        "batch", description="BatchNorm in training: batch statistics, or frozen at the converted values "
+                             "(fine-tuning from a checkpoint keeps the function it starts from)")
+
+
+class Evaluation(_Strict):
+    """Held-out accuracy of this model file, measured through the exported graph and service preprocessing."""
+
+    top1: float = Field(ge=0.0, le=1.0)
+    top5: float | None = Field(None, ge=0.0, le=1.0)
+    num_images: int | None = Field(None, gt=0)
+    dataset: DatasetIdentity | None = Field(None, description="None only in manifests written before it existed")
+    skipped_images: int = Field(0, ge=0, description="held-out files that could not be read")
+    measured_with: str = "ONNX Runtime (CPU) on the model file, each image file through service.preprocess"
+    recipe: TrainingRecipe | None = None
+    note: str = "compare accuracies only between models evaluated on the same dataset identity"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        # manifests written before this schema held {"heldout_accuracy": x}: keep them loadable
+        if isinstance(data, dict) and "top1" not in data and "heldout_accuracy" in data:
+            return {"top1": data["heldout_accuracy"], "measured_with": "legacy: training-time evaluation"}
+        return data
+
+
 class Manifest(_Strict):
     """`vitserve.json`: one per model directory, describing every version in it."""
 
@@ -150,11 +208,16 @@ class Manifest(_Strict):
     costs: Costs
     parity: ParityReport | None = None
     quantization: QuantizationReport | None = None
-    evaluation: dict[str, float] = Field(default_factory=dict, description="e.g. held-out accuracy")
+    evaluation: Evaluation | None = Field(None, description="held-out top-1/top-5, dataset identity and recipe")
     files: dict[str, str] = Field(
         default_factory=dict, description="path relative to the model directory -> sha256, e.g. '1/model.onnx'"
     )
     provenance: Provenance
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _empty_evaluation(cls, v: Any) -> Any:
+        return None if v == {} else v  # older manifests wrote {} for "not evaluated"
 
     @model_validator(mode="after")
     def _labels_match_classes(self) -> Manifest:

@@ -28,6 +28,9 @@ Gauges
   vitserve_model_flops{model}                              FLOPs per image
   vitserve_model_parameters{model}                         parameter count
   vitserve_model_load_seconds{model}                       load + warm-up time of the last load
+  vitserve_model_accuracy{model,dataset,metric}            held-out accuracy from the manifest's evaluation
+                                                           (metric: top1, top5; dataset: `<name>@<fingerprint
+                                                           prefix>`): compare only within one dataset value
   vitserve_server_ready                                    1 while the server reports ready
 
 Label values: `model` is a model name from the repository; requests naming an unknown model are
@@ -40,6 +43,8 @@ at 0, so dashboards show them before traffic.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.manifest import Evaluation
 
 PREFIX = "vitserve_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -103,6 +108,11 @@ class Metrics:
             p + "model_load_seconds", "Load and warm-up time of the last load", ["model"], registry=r
         )
         self.server_ready = Gauge(p + "server_ready", "1 while the server reports ready", registry=r)
+        self.model_accuracy = Gauge(
+            p + "model_accuracy", "Held-out accuracy (fraction) from the manifest; comparable within one dataset",
+            ["model", "dataset", "metric"], registry=r,
+        )
+        self._accuracy_labels: dict[str, list[tuple[str, str, str]]] = {}
 
     def set_state(self, model: str, state: str) -> None:
         for s in MODEL_STATES:
@@ -119,6 +129,21 @@ class Metrics:
         self.deadline_expired.labels(model=model)
         self.nonfinite_outputs.labels(model=model)
         self.rejected.labels(model=model, reason="queue_full")
+
+    def set_accuracy(self, model: str, evaluation: Evaluation | None) -> None:
+        """Publish a model's held-out accuracy (replacing its previous series, e.g. after a reload)."""
+        for labels in self._accuracy_labels.pop(model, []):
+            self.model_accuracy.remove(*labels)
+        if evaluation is None:
+            return
+        dataset = evaluation.dataset.key if evaluation.dataset is not None else "unknown"
+        values = {"top1": evaluation.top1, "top5": evaluation.top5}
+        published = []
+        for metric, value in values.items():
+            if value is not None:
+                self.model_accuracy.labels(model=model, dataset=dataset, metric=metric).set(value)
+                published.append((model, dataset, metric))
+        self._accuracy_labels[model] = published
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -326,6 +326,7 @@ class ModelRegistry:
         if entry is not None:
             m.model_flops.labels(model=handle.name).set(entry.manifest.costs.flops)
             m.model_parameters.labels(model=handle.name).set(entry.manifest.costs.parameters)
+            m.set_accuracy(handle.name, entry.manifest.evaluation)
         if handle.load_seconds is not None:
             m.model_load_seconds.labels(model=handle.name).set(handle.load_seconds)
 
@@ -411,6 +412,7 @@ class ModelRegistry:
                     "parameters": m.costs.parameters,
                     "num_classes": m.num_classes,
                     "input_size": list(m.preprocess.input_size),
+                    "evaluation": m.evaluation,
                     "batching": BatchingInfo(
                         max_batch_size=limits.max_batch_size,
                         max_queue_delay_ms=limits.max_queue_delay_s * 1000,

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from service.manifest import Evaluation
+
 
 class Prediction(BaseModel):
     label: str
@@ -58,6 +60,9 @@ class ModelInfo(BaseModel):
     batching: BatchingInfo | None = None
     load_seconds: float | None = None
     last_error: str | None = Field(None, description="the last runtime failure of a batch (the model still serves)")
+    evaluation: Evaluation | None = Field(
+        None, description="held-out accuracy from the manifest (top-1/top-5, dataset identity, recipe); compare "
+                          "accuracies only between models with the same evaluation.dataset identity")
 
 
 class ClassifyResult(BaseModel):

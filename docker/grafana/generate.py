@@ -298,6 +298,37 @@ def _gpu_row(y: int) -> list[Any]:
     ]
 
 
+def _accuracy_row(y: int) -> list[Any]:
+    """Accuracy next to cost: what each variant gains beside what it costs (issue 10)."""
+    latency = _quantile(0.5, "vitserve_request_duration_seconds", selector=f'{MODEL}, code=~"2.."')
+    return [
+        RowPanel(title="Accuracy vs cost", gridPos=GridPos(h=1, w=24, x=0, y=y)),
+        Table(
+            title="Accuracy vs p50 latency vs GFLOPs",
+            description="Held-out top-1 accuracy from each model's manifest (measured through the exported graph "
+            "and the service's preprocessing), p50 end-to-end latency of successful requests, and GFLOPs per image. "
+            "Accuracies are comparable ONLY between rows with the same dataset identity (name@fingerprint).",
+            dataSource=DATASOURCE,
+            targets=[
+                _target(f'max by (model, dataset) (vitserve_model_accuracy{{{MODEL}, metric="top1"}})', "",
+                        "A", instant=True, fmt="table"),
+                _target(latency, "", "B", instant=True, fmt="table"),
+                _target(f"max by (model) (vitserve_model_flops{{{MODEL}}}) / 1e9", "", "C", instant=True,
+                        fmt="table"),
+            ],
+            transformations=[
+                {"id": "merge", "options": {}},
+                {"id": "organize", "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {"Value #A": "top-1 accuracy", "Value #B": "p50 latency (s)",
+                                     "Value #C": "GFLOPs / image"},
+                }},
+            ],
+            gridPos=GridPos(h=8, w=24, x=0, y=y + 1),
+        ),
+    ]
+
+
 def build_dashboard() -> Dashboard:
     """The whole dashboard; panel ids are assigned in layout order."""
     panels = [
@@ -306,7 +337,8 @@ def build_dashboard() -> Dashboard:
         *_batching_row(26),
         *_errors_row(35),
         *_models_row(44),
-        *_gpu_row(53),
+        *_accuracy_row(53),
+        *_gpu_row(62),
     ]
     model_var = Template(
         name="model",

@@ -28,6 +28,7 @@ from service.api.common import (
 )
 from service.api.fast_path import fast_routes
 from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
+from service.manifest import Evaluation
 from service.registry import ModelRegistry
 from service.schemas import ClassifyResult, ModelInfo, Prediction, Timings
 
@@ -78,12 +79,16 @@ class CompareEntry(BaseModel):
     predictions: list[Prediction] | None = None
     timings: Timings | None = None
     error: str | None = None
+    evaluation: Evaluation | None = Field(None, description="the model's held-out accuracy (from its manifest)")
 
 
 class CompareResponse(BaseModel):
     results: list[CompareEntry]
     top1_agree: bool | None = Field(description="whether every model that answered has the same top-1 label")
     total_ms: float
+    same_dataset: bool | None = Field(
+        None, description="whether every evaluated model was evaluated on the same dataset identity: accuracies "
+                          "are comparable only then (None when fewer than two models carry an evaluation)")
 
 
 # the one JSON shape accepted, recognised without building the document: a large body of any other
@@ -228,11 +233,13 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
                 results = await cancel_on_disconnect(request, registry.compare(image, names, top_k, deadline_ms))
             entries = []
             for name, r in results:
+                evaluation = registry.get_model(name).evaluation
                 if isinstance(r, ClassifyResult):
-                    entries.append(CompareEntry(model=name, status=200, version=r.version,
-                                                predictions=r.predictions, timings=r.timings))
+                    entries.append(CompareEntry(model=name, status=200, version=r.version, predictions=r.predictions,
+                                                timings=r.timings, evaluation=evaluation))
                 else:
-                    entries.append(CompareEntry(model=name, status=r.status, error=r.message))
+                    entries.append(CompareEntry(model=name, status=r.status, error=r.message, evaluation=evaluation))
+            datasets = [e.evaluation.dataset for e in entries if e.evaluation is not None]
             tops = {e.predictions[0].label for e in entries if e.predictions}
             answered = sum(1 for e in entries if e.predictions)
             if answered == 0 and all(e.status == entries[0].status for e in entries):
@@ -243,6 +250,8 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
                 results=entries,
                 top1_agree=(len(tops) == 1) if answered >= 1 else None,
                 total_ms=(time.perf_counter() - start) * 1000,
+                same_dataset=(None not in datasets and len({d.key for d in datasets if d}) == 1)
+                if len(datasets) >= 2 else None,
             )
 
     app.include_router(router)

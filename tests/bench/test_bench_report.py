@@ -67,3 +67,48 @@ def test_every_comparison_has_a_subcommand(argv: list[str]) -> None:
 def test_bad_concurrency_list_is_refused() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["load", "--url", "u", "--model", "m", "--concurrency", "0,x"])
+
+
+def test_pareto_front_keeps_points_no_other_beats_on_both_cost_and_accuracy(tmp_path: Path) -> None:
+    from bench.report import pareto_front, plot_pareto
+
+    points = [("vanilla", 1.0, 96.0), ("cb", 1.1, 97.0), ("gab", 1.2, 96.5), ("reattn", 1.5, 97.0), ("fast", 0.8, 90.0)]
+    assert pareto_front(points) == ["vanilla", "cb", "fast"]
+    assert plot_pareto(points, tmp_path / "p.png", "t", "ms", "top-1 %").stat().st_size > 0
+
+
+def test_variants_table_shows_accuracy_only_within_the_vanilla_dataset_identity() -> None:
+    from bench.variants import accuracy_points, markdown
+
+    def row(label: str, top1: float | None, dataset: str | None) -> dict:
+        timings = [{"batch_size": b, "median_s": 0.001 * b} for b in (1, 8, 32)]
+        return {"label": label, "flops": 1e9, "parameters": 1e6, "flops_ratio": 1.0, "ort": timings,
+                "torch_eager": timings, "ort_latency_ratio": {1: 1.0, 8: 1.0, 32: 1.0},
+                "torch_latency_ratio": {1: 1.0, 8: 1.0}, "top1": top1, "top5": top1, "dataset": dataset}
+
+    res = {"rows": [row("vanilla", 0.96, "d@1"), row("cb", 0.97, "d@1"), row("gab", 0.99, "other@2"),
+                    row("reattn", None, None)]}
+    assert [p[0] for p in accuracy_points(res)] == ["vanilla", "cb"]
+    lines = markdown(res).splitlines()
+    assert "top-1 %" in lines[0] and "dataset" in lines[0]
+    cb, gab = lines[3].split(" | "), lines[4].split(" | ")
+    assert cb[-2] == "1.00" and gab[-2] == "—"  # Δ vs vanilla only on the same dataset identity
+
+
+def test_random_builds_report_the_accuracy_of_the_same_architecture_trained_model(tmp_path: Path) -> None:
+    from bench.variants import _accuracy, _evaluated
+    from service.manifest import Manifest
+
+    trained = tmp_path / "trained"
+    committed = Path(__file__).resolve().parents[2] / "models" / "demo" / "demo-cb" / "vitserve.json"
+    data = json.loads(committed.read_text())
+    data["evaluation"] = {"top1": 0.96, "top5": 1.0, "num_images": 397, "dataset": {
+        "name": "digits", "fingerprint": "ab" * 32, "split": "val/", "num_classes": 10}}
+    (trained / "demo-cb").mkdir(parents=True)
+    (trained / "demo-cb" / "vitserve.json").write_text(json.dumps(data))
+    random_build = Manifest.model_validate({**data, "evaluation": None})
+    source, where = _evaluated(random_build, trained)
+    assert _accuracy(source, where)["top1"] == 0.96 and where == str(trained)
+    other = Manifest.model_validate({**data, "evaluation": None, "variant_options": {"cb_layers": [0]}})
+    assert _evaluated(other, trained) == (other, None)  # another architecture lends nothing
+    assert _accuracy(*_evaluated(random_build, None))["top1"] is None

@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import service.metrics as metrics_module
 from service.app import create_app
+from service.manifest import DatasetIdentity, Evaluation
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -51,6 +54,7 @@ METRICS = {
     "vitserve_queue_capacity": ("gauge", {"model", "version"}),
     "vitserve_model_state": ("gauge", {"model", "state"}),
     "vitserve_server_ready": ("gauge", set()),
+    "vitserve_model_accuracy": ("gauge", {"model", "dataset", "metric"}),
 }
 
 
@@ -70,6 +74,8 @@ def test_metric_names_types_and_labels_are_locked() -> None:
     m.model_parameters.labels(model="m").set(1)
     m.model_load_seconds.labels(model="m").set(1)
     m.set_state("m", "ready")
+    m.set_accuracy("m", Evaluation(top1=0.9, top5=1.0, num_images=10, dataset=DatasetIdentity(
+        name="d", fingerprint="ab" * 32, split="val/", num_classes=10)))
     text = m.render().decode()
     found: dict[str, tuple[str, set[str]]] = {}
     for family in m.registry.collect():
@@ -82,3 +88,25 @@ def test_metric_names_types_and_labels_are_locked() -> None:
     documented = set(re.findall(r"vitserve_[a-z_]+", metrics_module.__doc__ or ""))
     assert set(METRICS) <= documented, "every metric is listed in service/metrics.py's docstring"
     assert "# TYPE vitserve_batch_size histogram" in text
+
+
+def test_accuracy_gauge_follows_the_manifest_evaluation_across_reloads() -> None:
+    def evaluation(name: str, top1: float) -> Evaluation:
+        return Evaluation(top1=top1, top5=None, num_images=10, dataset=DatasetIdentity(
+            name=name, fingerprint="cd" * 32, split="val/", num_classes=10))
+
+    m = Metrics()
+    m.set_accuracy("m", evaluation("first", 0.5))
+    m.set_accuracy("m", evaluation("second", 0.75))
+    text = m.render().decode()
+    assert 'vitserve_model_accuracy{dataset="second@cdcdcdcdcdcd",metric="top1",model="m"} 0.75' in text
+    assert "first@" not in text and 'metric="top5"' not in text  # a reload replaces the series
+    m.set_accuracy("m", None)
+    assert "vitserve_model_accuracy{" not in m.render().decode()
+
+
+def test_manifests_written_before_the_evaluation_schema_still_load() -> None:
+    legacy = Evaluation.model_validate({"heldout_accuracy": 0.95})
+    assert legacy.top1 == 0.95 and legacy.dataset is None and legacy.measured_with.startswith("legacy")
+    with pytest.raises(ValueError):
+        Evaluation.model_validate({"top1": 1.5})

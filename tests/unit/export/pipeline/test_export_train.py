@@ -1,5 +1,6 @@
 """Demo training data and the committed demo repository (models/demo): held-out accuracy through
-ONNX Runtime on the 397 held-out digits."""
+ONNX Runtime on the 397 held-out digits (through the service's preprocessing of the PNG files for
+manifests that record their dataset identity; older manifests were measured on `pixel_values`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from export.data import load_image_folder, write_digits_folder
+from export.evaluate import evaluate_onnx
 from export.presets import get_preset
-from export.train import DEMO_SPECS, NUM_TRAIN, digit_png, digits_split, onnx_accuracy, pixel_values
+from export.train import DATASET, DEMO_SPECS, NUM_TRAIN, digit_png, digits_split, onnx_accuracy, pixel_values
 from service.manifest import Manifest, sha256_file
 
 DEMO_REPOSITORY = Path(__file__).resolve().parents[4] / "models" / "demo"
@@ -56,30 +59,43 @@ def _demo_names() -> list[str]:
     return [parse_spec(s).name for s in DEMO_SPECS]
 
 
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory):
+    return load_image_folder(write_digits_folder(tmp_path_factory.mktemp("digits") / DATASET), name=DATASET)
+
+
+def _measured(model_dir: Path, manifest: Manifest, digits_folder) -> float:
+    """Held-out top-1 measured the way the manifest says it was measured."""
+    assert manifest.evaluation is not None
+    if manifest.evaluation.dataset is None:  # legacy manifest: training-time tensors
+        split = digits_split()
+        return onnx_accuracy(model_dir / "1" / "model.onnx", pixel_values(split.test_images, manifest.preprocess),
+                             split.test_labels)
+    assert manifest.evaluation.dataset == digits_folder.identity
+    assert manifest.evaluation.num_images == 397
+    return evaluate_onnx(model_dir / "1" / "model.onnx", digits_folder.heldout, manifest.preprocess,
+                         digits_folder.identity).top1
+
+
 @pytest.mark.parametrize("name", _demo_names())
-def test_committed_demo_model_classifies_heldout_digits(name):
+def test_committed_demo_model_classifies_heldout_digits(name, digits_folder):
     model_dir = DEMO_REPOSITORY / name
     manifest = Manifest.load(model_dir)
     assert manifest.labels == [str(i) for i in range(10)]
-    assert manifest.provenance.weights == "trained:sklearn-digits"
+    assert manifest.provenance.weights.startswith("trained:sklearn-digits")
     assert manifest.files["1/model.onnx"] == sha256_file(model_dir / "1" / "model.onnx")
-    split = digits_split()
-    accuracy = onnx_accuracy(model_dir / "1" / "model.onnx", pixel_values(split.test_images, manifest.preprocess),
-                             split.test_labels)
+    accuracy = _measured(model_dir, manifest, digits_folder)
     assert accuracy >= MIN_ACCURACY
-    assert accuracy == pytest.approx(manifest.evaluation["heldout_accuracy"])
+    assert accuracy == pytest.approx(manifest.evaluation.top1)
 
 
 @pytest.mark.parametrize("name", _demo_names())
-def test_committed_int8_demo_model_reports_measured_agreement_and_accuracy(name):
+def test_committed_int8_demo_model_reports_measured_agreement_and_accuracy(name, digits_folder):
     model_dir = DEMO_REPOSITORY / f"{name}-int8"
     manifest = Manifest.load(model_dir)
     assert manifest.quantization is not None and manifest.quantization.source_model == name
     assert manifest.quantization.num_samples == 397
-    split = digits_split()
-    accuracy = onnx_accuracy(model_dir / "1" / "model.onnx", pixel_values(split.test_images, manifest.preprocess),
-                             split.test_labels)
-    assert accuracy == pytest.approx(manifest.evaluation["heldout_accuracy"])
+    assert _measured(model_dir, manifest, digits_folder) == pytest.approx(manifest.evaluation.top1)
 
 
 def test_committed_demo_repository_is_small():
@@ -93,20 +109,27 @@ def test_training_the_demo_model_reaches_95_percent(tmp_path):
 
     results = train_demo_repository(tmp_path, ["demo"], progress=False)
     assert results["demo"] >= MIN_ACCURACY
-    assert Manifest.load(tmp_path / "demo").evaluation["heldout_accuracy"] == results["demo"]
+    evaluation = Manifest.load(tmp_path / "demo").evaluation
+    assert evaluation.top1 == results["demo"] and evaluation.dataset.name == DATASET
+    assert evaluation.recipe is not None and evaluation.recipe.start == "random(seed=0)"
 
 
-def test_augmentation_is_identity_when_off_and_keeps_the_background_black():
+def test_training_transforms_see_digits_as_the_service_does_and_affine_keeps_the_background_black(digits_folder):
     import torch
 
-    from export.train import TrainConfig, _augment
+    from export.data import train_transform
+    from service.preprocess import preprocess_image
 
-    x = torch.from_numpy(pixel_values(digits_split().train_images[:4], get_preset("demo").data))
-    gen = torch.Generator().manual_seed(0)
-    off = TrainConfig(max_shift=0, max_rotation_deg=0, max_scale=0)
-    assert torch.equal(_augment(x, off, gen), x)
-    moved = _augment(x, TrainConfig(), gen)
-    assert moved.shape == x.shape and not torch.allclose(moved, x)
-    assert moved.min() >= x.min() - 1e-6 and moved.max() <= x.max() + 1e-6
-    # corners stay background: a rotated/shifted digit does not drag in non-black padding
-    assert torch.allclose(moved[:, :, 0, 0], x.min().expand(4, 3), atol=1e-5)
+    preprocess = get_preset("demo").data
+    sample = digits_folder.train[3]
+    from torchvision.datasets.folder import default_loader
+
+    image = default_loader(str(sample.path))
+    plain = train_transform(preprocess, "none")(image)
+    served = preprocess_image(sample.path.read_bytes(), preprocess, 10**6)
+    np.testing.assert_allclose(plain.numpy(), served, atol=1e-6)
+    torch.manual_seed(0)
+    moved = train_transform(preprocess, "affine")(image)
+    assert moved.shape == plain.shape and not torch.allclose(moved, plain)
+    black = (0.0 - 0.5) / 0.5
+    assert torch.allclose(moved[:, 0, 0], torch.full((3,), black))  # corners stay background

@@ -1,0 +1,449 @@
+"""Fine-tuning: one training loop for every model, from a converted checkpoint or from scratch.
+
+`vitserve-export finetune` and the digits demo (`vitserve-export train`) both come here. Per spec:
+create the model and convert the checkpoint into it (export/checkpoint.py: the variant's new
+parameters start function-preserving; a classifier of another size is replaced), train with AdamW,
+a per-step linear warm-up then cosine decay, label smoothing and the variant's own auxiliary loss
+(LaViT's diagonality loss), on the GPU with autocast where there is one, then export through
+`build_model` (the same gate as `vitserve-export build`) with the held-out evaluation of
+export/evaluate.py written into the manifest.
+
+Resuming: after every epoch the model, optimizer, scheduler and scaler state go to
+`<state dir>/<model name>.pt` (atomically). A re-run with the same spec, data and recipe continues
+after the last saved epoch; each epoch's shuffling and augmentation are seeded by (seed, epoch), so
+a resumed run sees the epochs an uninterrupted run would have seen. A saved state that belongs to
+another dataset or recipe is refused rather than silently reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.manifest import Evaluation, TrainingRecipe
+
+from export.data import Augmentation, ImageFolderData, SampleDataset, load_image_folder, train_transform
+
+if TYPE_CHECKING:
+    import torch
+
+    from export.spec import ModelSpec
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The training recipe (the manifest's `evaluation.recipe` records it, with the device used)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augmentation: Augmentation = "timm"
+    seed: int = 0
+    device: str | None = None  # None: cuda when available, else cpu
+    amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 with a grad scaler); fp32 on CPU
+    workers: int = 0  # DataLoader worker processes
+    max_steps: int | None = None  # stop after this many optimizer steps in total (smoke tests)
+    #: BatchNorm statistics (re-attention's BN) frozen at their converted values while training: in train
+    #: mode BN would normalise with batch statistics, which is not the function the checkpoint computed.
+    #: `train_spec` freezes them when it starts from a checkpoint.
+    freeze_norm_stats: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ValueError("lr must be > 0, weight decay and warm-up >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class FitResult:
+    epoch_losses: list[float] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    images_per_s: float | None = None
+    device: str = "cpu"
+    mixed_precision: str | None = None
+    resumed_from_epoch: int = 0
+
+
+@dataclass
+class Trained:
+    """A trained model (CPU, eval mode) and what the manifest needs to describe it."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    recipe: TrainingRecipe
+    result: FitResult
+    seconds: float
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """`requested`, else CUDA when available, else CPU."""
+    import torch
+
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda requested but no CUDA device is available")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    import torch
+
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # no weight decay on norms, biases, embeddings and what the model names (GAB sigma/amplitude, CB_S scale)
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    model: torch.nn.Module,
+    dataset: SampleDataset,
+    config: FitConfig,
+    *,
+    state_file: Path | None = None,
+    identity: str = "",
+    desc: str = "train",
+    progress: bool = True,
+) -> FitResult:
+    """Train `model` in place (and leave it on the CPU in eval mode); resumable through `state_file`.
+
+    `identity` names what the state belongs to (spec, data, recipe); a state file with another
+    identity raises ValueError.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    device = pick_device(config.device)
+    amp_dtype = _amp_dtype(device, config.amp)
+    result = FitResult(device=str(device), mixed_precision=str(amp_dtype).removeprefix("torch.") if amp_dtype else None)
+    model.to(device)
+    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    start_epoch = 0
+    if state_file is not None and state_file.exists():
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        if state.get("identity") != identity:
+            raise ValueError(f"saved fine-tuning state {state_file} belongs to another spec, dataset or recipe; "
+                             "delete it (or pass another --state-dir) to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch = int(state["epoch"])
+        result.epoch_losses = list(state["epoch_losses"])
+        result.resumed_from_epoch = start_epoch
+        print(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {state_file}", file=sys.stderr)
+    aux = getattr(model, "auxiliary_loss", None)
+    steps_done = start_epoch * steps_per_epoch
+    bar = tqdm(total=(config.epochs - start_epoch) * len(dataset), desc=desc, unit="img", disable=not progress,
+               file=sys.stderr, leave=False, dynamic_ncols=True)
+    images, started = 0, time.perf_counter()
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            if config.max_steps is not None and steps_done >= config.max_steps:
+                break
+            torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation draws (transforms use torch's RNG)
+            order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=order,
+                                num_workers=config.workers, pin_memory=device.type == "cuda",
+                                persistent_workers=False)
+            model.train()
+            if config.freeze_norm_stats:
+                for module in model.modules():
+                    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                        module.eval()  # running statistics used and kept; its affine weights still train
+            epoch_loss, batches = 0.0, 0
+            for inputs, targets in loader:
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss = F.cross_entropy(model(inputs), targets, label_smoothing=config.label_smoothing)
+                    if aux is not None:
+                        loss = loss + aux()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                value = float(loss.detach())
+                result.step_losses.append(value)
+                epoch_loss, batches = epoch_loss + value, batches + 1
+                images += len(targets)
+                steps_done += 1
+                bar.update(len(targets))
+                bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{value:.3f}")
+                if config.max_steps is not None and steps_done >= config.max_steps:
+                    break
+            result.epoch_losses.append(epoch_loss / max(1, batches))
+            if state_file is not None and batches == steps_per_epoch:  # only whole epochs are resumable
+                _save_state(state_file, {
+                    "identity": identity, "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch_losses": result.epoch_losses,
+                })
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    result.images_per_s = images / elapsed if images and elapsed > 0 else None
+    model.to("cpu").eval()
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# one spec: create + convert, train, export
+
+
+def checkpoint_classes(checkpoint: Path) -> int | None:
+    """The classifier size a checkpoint was trained with (its `head.weight` rows), if it has a head."""
+    from export.checkpoint import load_state_dict_file
+
+    state = load_state_dict_file(checkpoint)
+    head = {k.removeprefix("module."): v for k, v in state.items()}.get("head.weight")
+    return int(head.shape[0]) if head is not None else None
+
+
+def make_model(spec: ModelSpec, num_classes: int, checkpoint: Path | None, seed: int) -> tuple[torch.nn.Module, str]:
+    """The model to train and how it starts: the checkpoint converted into the spec (function-preserving
+    start; a head of another size is replaced by a fresh seeded one), or seeded random weights.
+
+    Raises ValueError before any training when the checkpoint does not fit the spec's architecture.
+    """
+    import torch
+
+    from export.checkpoint import load_checkpoint
+    from export.models import create_model
+
+    if checkpoint is None:
+        return create_model(spec, num_classes=num_classes, seed=seed), f"random(seed={seed})"
+    ckpt_classes = checkpoint_classes(checkpoint) or num_classes
+    model = create_model(spec, num_classes=ckpt_classes, seed=seed)
+    try:
+        load_checkpoint(model, checkpoint)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint does not fit {spec} (a checkpoint of another architecture?): {exc}") from None
+    start = f"checkpoint:{checkpoint.name} (function-preserving conversion)"
+    if ckpt_classes != num_classes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.reset_classifier(num_classes)
+        start += f", new {num_classes}-class head"
+    return model, start
+
+
+def _identity(spec: ModelSpec, data: ImageFolderData, config: FitConfig, start: str) -> str:
+    recipe = {k: v for k, v in asdict(config).items() if k not in ("device", "workers", "max_steps")}
+    text = json.dumps({"spec": str(spec), "options": spec.options, "data": data.identity.model_dump(),
+                       "recipe": recipe, "start": start}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def recipe_of(model: torch.nn.Module, spec: ModelSpec, config: FitConfig, start: str, result: FitResult,
+              train_images: int) -> TrainingRecipe:
+    aux = []
+    if spec.has("lavit") and getattr(model, "lavit_loss_weight", 0):
+        aux.append(f"lavit diagonality x {model.lavit_loss_weight:g}")
+    return TrainingRecipe(
+        start=start, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+        weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
+        label_smoothing=config.label_smoothing, augmentation=config.augmentation, auxiliary_losses=aux,
+        mixed_precision=result.mixed_precision, device=result.device, seed=config.seed, train_images=train_images,
+        norm_statistics="frozen" if config.freeze_norm_stats else "batch",
+    )
+
+
+def train_spec(
+    spec_text: str,
+    data: ImageFolderData,
+    config: FitConfig,
+    *,
+    checkpoint: Path | None = None,
+    state_dir: Path | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> Trained:
+    """Create (and convert) the model for one spec and train it on `data` (see `fit`)."""
+    import torch
+
+    from export.presets import get_preset
+    from export.spec import parse_spec
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    spec = parse_spec(spec_text)
+    model, start = make_model(spec, len(data.classes), checkpoint, config.seed)
+    if checkpoint is not None:
+        config = replace(config, freeze_norm_stats=True)
+    dataset = SampleDataset(data.train, train_transform(get_preset(spec.preset).data, config.augmentation))
+    state_file = state_dir / f"{spec.name}.pt" if state_dir is not None else None
+    started = time.perf_counter()
+    result = fit(model, dataset, config, state_file=state_file, identity=_identity(spec, data, config, start),
+                 desc=f"train {spec.name}", progress=progress)
+    recipe = recipe_of(model, spec, config, start, result, len(data.train))
+    return Trained(spec, model, recipe, result, time.perf_counter() - started)
+
+
+def export_trained(trained: Trained, data: ImageFolderData, repository: Path, *, progress: bool = True,
+                   **build_kwargs: Any) -> Path:
+    """Export like `vitserve-export build`, with the held-out evaluation (served path) in the manifest."""
+    from export.build import build_model
+    from export.evaluate import evaluate_onnx
+    from export.presets import get_preset
+
+    preprocess = get_preset(trained.spec.preset).data
+
+    def evaluate(onnx_file: Path) -> Evaluation:
+        return evaluate_onnx(onnx_file, data.heldout, preprocess, data.identity, recipe=trained.recipe)
+
+    wants_copies = build_kwargs.get("int8") or build_kwargs.get("fp16")
+    if wants_copies and build_kwargs.get("agreement_inputs") is None and build_kwargs.get("int8_inputs") is None:
+        import numpy as np
+
+        from export.evaluate import preprocess_files
+
+        # int8/fp16 agreement on the held-out images as the service sees them (not on random inputs)
+        build_kwargs["agreement_inputs"] = np.stack(preprocess_files(data.heldout, preprocess)[1]).astype(np.float32)
+        build_kwargs["agreement_inputs_description"] = (
+            f"{data.identity.key} held-out ({len(data.heldout)} images, the service's preprocessing)")
+    return build_model(trained.spec, repository, model=trained.model, weights=f"trained:{data.identity.key}",
+                       labels=data.classes, evaluate=evaluate, progress=progress, **build_kwargs)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> Path:
+    """The model's state dict as a weights-only torch file (atomically)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def device_line(config: FitConfig, threads: int | None = None) -> str:
+    """One line saying where training runs (logged once per command)."""
+    import torch
+
+    device = pick_device(config.device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        amp = _amp_dtype(device, config.amp)
+        return f"training on {device} ({name}), mixed precision {str(amp).removeprefix('torch.') if amp else 'off'}"
+    return f"training on cpu ({threads or torch.get_num_threads()} torch threads per job), fp32"
+
+
+def finetune_repository(
+    data_dir: Path,
+    specs: Sequence[str],
+    repository: Path,
+    config: FitConfig,
+    *,
+    checkpoint: Path | None = None,
+    state_dir: Path | None = None,
+    val_fraction: float = 0.2,
+    dataset_name: str | None = None,
+    spec_epochs: dict[str, int] | None = None,
+    jobs: int = 1,
+    threads: int = 1,
+    progress: bool = True,
+    weights_dir: Path | None = None,
+    **build_kwargs: Any,
+) -> dict[str, Evaluation]:
+    """Fine-tune every spec on the image folder and export it; return {model name: evaluation}.
+
+    Everything that can be refused is checked first (specs, data, the checkpoint against every spec).
+    `jobs` specs train at once in worker processes with `threads` torch threads each (results do not
+    depend on it: each spec has its own seeded generators); export runs in this process.
+    `weights_dir` also keeps each trained state dict as `<dir>/<model name>.pth` (a checkpoint that
+    `--checkpoint` accepts, e.g. a fine-tuned vanilla model to convert into variants).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from export.spec import parse_spec
+
+    if jobs < 1 or threads < 1:
+        raise ValueError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
+    texts = [str(parse_spec(t)) for t in specs]
+    if len({parse_spec(t).name for t in texts}) != len(texts):
+        raise ValueError("the same spec is given twice")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ValueError(f"checkpoint file not found: {checkpoint}")
+    data = load_image_folder(Path(data_dir), val_fraction=val_fraction, seed=config.seed, name=dataset_name)
+    print(data.summary(), file=sys.stderr)
+    for text in texts:  # refuse a checkpoint that does not fit before training anything
+        make_model(parse_spec(text), len(data.classes), checkpoint, config.seed)
+    state_dir = state_dir if state_dir is not None else repository / ".finetune"
+    configs = [replace(config, epochs=(spec_epochs or {}).get(t, config.epochs)) for t in texts]
+    print(device_line(config, threads), file=sys.stderr)
+    repository.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(checkpoint=checkpoint, state_dir=state_dir, threads=threads)
+    if jobs == 1:
+        trained_iter = (train_spec(t, data, c, progress=progress, **kwargs) for t, c in zip(texts, configs))
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        futures = [pool.submit(train_spec, t, data, c, progress=False, **kwargs) for t, c in zip(texts, configs)]
+        trained_iter = (f.result() for f in futures)
+    out: dict[str, Evaluation] = {}
+    try:
+        for trained in trained_iter:
+            model_dir = export_trained(trained, data, repository, progress=progress, **build_kwargs)
+            from service.manifest import Manifest
+
+            evaluation = Manifest.load(model_dir).evaluation
+            assert evaluation is not None
+            out[trained.spec.name] = evaluation
+            speed = f"{trained.result.images_per_s:.0f} img/s" if trained.result.images_per_s else "no steps run"
+            print(f"{trained.spec.name:<16} held-out top-1 {evaluation.top1:.2%} top-5 {evaluation.top5:.2%} "
+                  f"({evaluation.num_images} images, {data.identity.key}); trained {trained.seconds:.0f}s, "
+                  f"{speed} on {trained.result.device}", file=sys.stderr)
+            if weights_dir is not None:
+                save_weights(trained.model, Path(weights_dir) / f"{trained.spec.name}.pth")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return out
