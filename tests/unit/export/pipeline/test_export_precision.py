@@ -13,7 +13,11 @@ from google.protobuf import text_format
 
 from export.cli import main as export_main
 from export.parity import ort_session
-from export.train import TrainConfig, digits_split, onnx_accuracy, pixel_values, train_demo_repository
+from dataclasses import replace
+
+from export.data import load_image_folder, write_digits_folder
+from export.evaluate import preprocess_files
+from export.train import DATASET, DEMO_CONFIG, onnx_accuracy, train_demo_repository
 from service.manifest import CONFIG_FILENAME, INPUT_NAME, Manifest, sha256_file
 from service.model_config import ModelConfig
 
@@ -22,13 +26,17 @@ from service.model_config import ModelConfig
 def trained(tmp_path_factory) -> Path:
     """The demo builder's own path (`vitserve-export train`), one epoch: fp32, int8 and fp16 copies."""
     repo = tmp_path_factory.mktemp("precision")
-    train_demo_repository(repo, ["demo"], config=TrainConfig(epochs=1), int8=True, fp16=True, progress=False)
+    train_demo_repository(repo, ["demo"], config=replace(DEMO_CONFIG, epochs=1), int8=True, fp16=True,
+                          progress=False)
     return repo
 
 
-def _heldout(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-    split = digits_split()
-    return pixel_values(split.test_images, manifest.preprocess), split.test_labels
+def _heldout(manifest: Manifest, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits as the service sees them (PNG files through its preprocessing)."""
+    data = load_image_folder(write_digits_folder(tmp_path / DATASET), name=DATASET)
+    kept, arrays = preprocess_files(data.heldout, manifest.preprocess)
+    assert len(kept) == len(data.heldout)
+    return np.stack(arrays).astype(np.float32), np.asarray([s.target for s in data.heldout])
 
 
 def _recompute(fp32: Path, other: Path, x: np.ndarray) -> tuple[float, float]:
@@ -43,18 +51,21 @@ def _recompute(fp32: Path, other: Path, x: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("suffix,method", [("fp16", "fp16"), ("int8", "dynamic-int8")])
-def test_copies_state_their_agreement_on_the_heldout_digits(trained: Path, suffix: str, method: str) -> None:
+def test_copies_state_their_agreement_on_the_heldout_digits(trained: Path, suffix: str, method: str,
+                                                            tmp_path: Path) -> None:
     model_dir = trained / f"demo-{suffix}"
     m = Manifest.load(model_dir)
     q = m.quantization
     assert q is not None and q.method == method and q.source_model == "demo"
-    assert q.num_samples == 397 and q.inputs == "sklearn-digits held-out (last 397 images)"
+    assert q.num_samples == 397 and q.inputs is not None and q.inputs.startswith(f"{DATASET}@")
+    assert "held-out (397 images" in q.inputs
     assert m.parity is None and m.files["1/model.onnx"] == sha256_file(model_dir / "1" / "model.onnx")
-    x, y = _heldout(m)
+    x, y = _heldout(m, tmp_path)
     agreement, worst = _recompute(trained / "demo" / "1" / "model.onnx", model_dir / "1" / "model.onnx", x)
     assert q.top1_agreement == pytest.approx(agreement)  # measured, not assumed
     assert q.max_abs_logit_diff == pytest.approx(worst, rel=1e-6, abs=1e-9) and worst > 0
-    assert m.evaluation["heldout_accuracy"] == pytest.approx(onnx_accuracy(model_dir / "1" / "model.onnx", x, y))
+    assert m.evaluation is not None
+    assert m.evaluation.top1 == pytest.approx(onnx_accuracy(model_dir / "1" / "model.onnx", x, y))
 
 
 def test_fp16_copy_is_fp16_inside_with_the_fp32_signature(trained: Path) -> None:
@@ -73,7 +84,7 @@ def test_fp16_copy_is_fp16_inside_with_the_fp32_signature(trained: Path) -> None
     assert (a.input, a.output, a.max_batch_size) == (b.input, b.output, b.max_batch_size)
 
 
-def test_fp16_copy_serves_on_the_cpu_provider(trained: Path) -> None:
+def test_fp16_copy_serves_on_the_cpu_provider(trained: Path, tmp_path: Path) -> None:
     from service.repository import read_model
     from service.runtime import OnnxRuntime, RuntimeSpec, session_config
 
@@ -81,7 +92,7 @@ def test_fp16_copy_serves_on_the_cpu_provider(trained: Path) -> None:
     cfg = session_config(["CPUExecutionProvider"], 1, 1, False, "all", concurrent_sessions=1)
     rt = OnnxRuntime(RuntimeSpec("demo-fp16", 1, entry.manifest, 8, entry.verify(1), cfg, entry.config))
     rt.warmup([1, 8])
-    x, _ = _heldout(entry.manifest)
+    x, _ = _heldout(entry.manifest, tmp_path)
     out = rt.run(x[:8])
     assert out.dtype == np.float32 and out.shape == (8, 10)
     ref = ort_session(str(trained / "demo" / "1" / "model.onnx")).run(None, {INPUT_NAME: x[:8]})[0]
