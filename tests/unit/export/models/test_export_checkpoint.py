@@ -57,9 +57,12 @@ def test_timm_checkpoint_loads_into_each_vit_tiny_variant_with_only_new_keys_mis
     assert (new == []) == (variant == "cb")
     state = model.state_dict()
     for key, value in timm_tiny[0].state_dict().items():
+        if key not in state and ".attn.qkv." in key:  # a V-only block holds the checkpoint's V rows
+            key, value = key.replace(".attn.qkv.", ".attn.v."), value[2 * 192:]
         assert torch.equal(state[key], value), key
-    if variant == "lavit":  # Less-Attention maps start as the identity
+    if variant == "lavit":  # Less-Attention maps start as the identity; those blocks carry V only
         assert torch.equal(model.blocks[5].attn.lavit.theta, torch.eye(197))
+        assert not hasattr(model.blocks[5].attn, "qkv") and model.blocks[5].attn.v.weight.shape == (192, 192)
 
 
 @pytest.mark.parametrize(
@@ -82,13 +85,16 @@ def test_all_variants_together_load_and_run(timm_small_arch: tuple[torch.nn.Modu
         assert torch.isfinite(model.eval()(images)).all()
 
 
-def test_gab_amplitude_is_zeroed_on_load_unless_the_user_set_it(
+def test_gab_amplitude_starts_small_on_load_unless_the_user_set_it(
     timm_small_arch: tuple[torch.nn.Module, Path]
 ) -> None:
+    from export.models.gab import CONVERTED_AMPLITUDE
+
     default = create_model(parse_spec("test+gab"))
     assert default.blocks[0].attn.gab.amplitude.eq(1.0).all()
     load_checkpoint(default, timm_small_arch[1])
-    assert all(b.attn.gab.amplitude.eq(0.0).all() for b in default.blocks)
+    assert CONVERTED_AMPLITUDE == 1e-3
+    assert all(b.attn.gab.amplitude.eq(CONVERTED_AMPLITUDE).all() for b in default.blocks)
     assert all(b.attn.gab.sigma.eq(5.0).all() for b in default.blocks)
     chosen = create_model(parse_spec("test+gab", gab_amplitude_init=0.5))
     load_checkpoint(chosen, timm_small_arch[1])
@@ -99,14 +105,19 @@ def test_new_parameters_are_reset_to_their_function_preserving_init(
     timm_small_arch: tuple[torch.nn.Module, Path]
 ) -> None:
     model = create_model(parse_spec("test+reattn+refiner"))
+    refiner, reattn = model.blocks[3].attn.refiner, model.blocks[3].attn.reattn
     with torch.no_grad():
-        model.blocks[3].attn.refiner.reduce.weight.fill_(1.0)
-        model.blocks[3].attn.reattn.conv.weight.fill_(1.0)
-    expand = model.blocks[3].attn.refiner.expand.weight.clone()
+        refiner.bn3.weight.fill_(1.0)
+        refiner.norm.running_mean.fill_(0.3)
+        reattn.conv.weight.fill_(1.0)
+    assert not refiner.bn3.frozen_stats and not reattn.norm.frozen_stats  # from scratch: batch statistics
+    expand = refiner.expand.weight.clone()
     rng = torch.random.get_rng_state()
     load_checkpoint(model, timm_small_arch[1])
-    assert model.blocks[3].attn.refiner.reduce.weight.eq(0).all()
-    assert torch.equal(model.blocks[3].attn.reattn.conv.weight.view(2, 2), torch.eye(2))
+    assert refiner.bn3.weight.eq(0).all() and refiner.norm.weight.eq(1).all() and refiner.norm.running_mean.eq(0).all()
+    assert torch.equal(reattn.conv.weight.view(2, 2), torch.eye(2))
+    bns = [refiner.bn1, refiner.bn2, refiner.bn3, refiner.norm, reattn.norm]
+    assert all(bn.frozen_stats for bn in bns)  # converted: train mode keeps the checkpoint's function
     # deterministic: the seeded expand/depthwise weights are kept and no random numbers are drawn
     assert torch.equal(model.blocks[3].attn.refiner.expand.weight, expand)
     assert torch.equal(torch.random.get_rng_state(), rng)

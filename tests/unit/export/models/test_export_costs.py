@@ -36,9 +36,9 @@ def test_vanilla_macs_follow_the_block_formula_plus_embedding_and_head() -> None
         ("vit_small+lavit", {}, 10 * (2 * H * N**3 - 2 * N * D * D - N * N * D)),
         ("vit_small+lavit", {"lavit_transform": "none"}, -10 * (2 * N * D * D + N * N * D)),
         ("vit_small+lavit", {"lavit_stages": 3}, 6 * (2 * H * N**3 - 2 * N * D * D - N * N * D)),
-        # sharing blocks (odd ones) skip Q, K and QK^T but refine
+        # sharing blocks (odd ones) skip Q, K and QK^T and are the only ones that refine
         ("vit_small+refiner", {"refiner_share": True},
-         DEPTH * 3 * H * N * N * (2 * H + 9) - 6 * (2 * N * D * D + N * N * D)),
+         6 * 3 * H * N * N * (2 * H + 9) - 6 * (2 * N * D * D + N * N * D)),
     ],
 )
 def test_variant_macs_add_their_formula_term(text: str, options: dict, delta: int) -> None:
