@@ -11,8 +11,11 @@ Decisions on combinations (VARIANTS.md leaves them to us):
 - Blocks that compute no Q/K logits ("reuse" blocks: LaViT Less-Attention blocks, and the sharing
   blocks of `refiner_share`) cannot take `gab` (nothing to add the bias to), `reattn` or a second
   attention-computing refiner. Such variants are *restricted* to the blocks that compute attention:
-  their default layer set is taken among those blocks (`gab`: all of them; `reattn`: the last half of
-  them), and an explicit `gab_layers`/`reattn_layers` naming a reuse block is refused.
+  their default layer set is taken among those blocks (`gab`: all of them but the model's last block;
+  `reattn`: the last half of them), and an explicit `gab_layers`/`reattn_layers` naming a reuse block is
+  refused. GAB skips the last block by default because its bias cannot change the logits: G's
+  class-token row is 0 and only the class token's output of the last block reaches the head, so its
+  sigma and a would be dead parameters (never a gradient).
 - `lavit` with `refiner_share` is refused (two different reuse schedules on one stack).
 - `lavit` with `refiner`: the refiner applies on the blocks that compute attention; Less-Attention blocks
   reuse the previous block's softmax map (before its head mixing / refinement) as VARIANTS.md 2 defines.
@@ -100,7 +103,7 @@ OPTION_HELP: dict[str, str] = {
     "lavit_loss_weight": "weight of the diagonality-preserving loss in training (default 0.1)",
     "gab_sigma_init": "initial Gaussian width sigma in patches (default 5.0)",
     "gab_amplitude_init": "initial amplitude a (bias a^2 exp(...)); default 1.0, 1e-3 when loading a checkpoint",
-    "gab_layers": "blocks with the Gaussian bias (default: all attention-computing blocks)",
+    "gab_layers": "blocks with the Gaussian bias (default: the attention-computing blocks but the last)",
     "reattn_layers": "blocks with re-attention (default: last half of the attention-computing blocks)",
     "reattn_scale": "multiply the re-attended map by s = d^-1/2 (the authors' transform_scale; default false)",
     "refiner_expand": "expansion ratio E of the refiner (default 3)",
@@ -336,7 +339,9 @@ def block_layout(spec: ModelSpec, depth: int | None = None) -> tuple[BlockConfig
     all_blocks = list(range(depth))
     cb = layers("cb", "cb_layers", all_blocks, False)
     cbs = layers("cbs", "cbs_layers", all_blocks, False)
-    gab = layers("gab", "gab_layers", computing, True)
+    # the last block's bias cannot reach the logits (G's class-token row is 0 and only the class token
+    # leaves the last block), so by default it has none: its sigma/a would never get a gradient
+    gab = layers("gab", "gab_layers", [i for i in computing if i != depth - 1] or computing, True)
     reattn = layers("reattn", "reattn_layers", computing[len(computing) - len(computing) // 2 :]
                     if len(computing) > 1 else computing, True)
     refiner = layers("refiner", "refiner_layers", all_blocks, False)

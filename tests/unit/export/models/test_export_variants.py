@@ -474,7 +474,7 @@ def test_fold_precomputes_one_bias_buffer_per_block_and_leaves_the_original(
     model = perturb(create_model(parse_spec("test+gab+reattn"))).eval()
     folded = fold_for_inference(model)
     biases = [m for m in folded.modules() if isinstance(m, FoldedAttentionBias)]
-    assert len(biases) == 4 and all(b.bias.shape == (1, 2, 17, 17) for b in biases)
+    assert len(biases) == 3 and all(b.bias.shape == (1, 2, 17, 17) for b in biases)  # blocks 0-2
     torch.testing.assert_close(biases[1].bias, model.blocks[1].attn.gab().detach())
     assert isinstance(model.blocks[0].attn.gab, GaussianAttentionBias)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -504,5 +504,5 @@ def test_num_classes_override_and_no_weight_decay() -> None:
     model = create_model(parse_spec("test+cbs+gab"), num_classes=3)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
     nwd = model.no_weight_decay()
-    assert {"pos_embed", "cls_token", "blocks.0.attn.gab.sigma", "blocks.3.attn.gab.amplitude",
+    assert {"pos_embed", "cls_token", "blocks.0.attn.gab.sigma", "blocks.2.attn.gab.amplitude",
             "blocks.2.cb.scale"} <= nwd
