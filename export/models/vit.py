@@ -251,8 +251,8 @@ class VariantViT(VisionTransformer):
             cb_layers=cb_layers, cbs_layers=cbs_layers, lavit_full=lavit_full, lavit_stages=lavit_stages,
             lavit_transform=lavit_transform, lavit_loss_weight=lavit_loss_weight, gab_sigma_init=gab_sigma_init,
             gab_amplitude_init=gab_amplitude_init, gab_layers=gab_layers, reattn_layers=reattn_layers,
-            reattn_scale=reattn_scale, refiner_expand=refiner_expand, refiner_kernel=refiner_kernel, refiner_share=refiner_share,
-            refiner_layers=refiner_layers,
+            reattn_scale=reattn_scale, refiner_expand=refiner_expand, refiner_kernel=refiner_kernel,
+            refiner_share=refiner_share, refiner_layers=refiner_layers,
         )
         options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
         spec = ModelSpec(preset=preset, variants=tuple(variants), options=options)

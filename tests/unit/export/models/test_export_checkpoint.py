@@ -165,7 +165,8 @@ def test_new_parameters_are_reset_to_their_function_preserving_init(
     expand = refiner.expand.weight.clone()
     rng = torch.random.get_rng_state()
     load_checkpoint(model, timm_small_arch[1])
-    assert refiner.bn3.weight.eq(0).all() and refiner.norm.weight.eq(1).all() and refiner.norm.running_mean.eq(0).all()
+    assert refiner.bn3.weight.eq(0).all() and refiner.norm.weight.eq(1).all()
+    assert refiner.norm.running_mean.eq(0).all()
     assert torch.equal(reattn.conv.weight.view(2, 2), torch.eye(2))
     bns = [refiner.bn1, refiner.bn2, refiner.bn3, refiner.norm, reattn.norm]
     assert all(bn.frozen_stats for bn in bns)  # converted: train mode keeps the checkpoint's function
