@@ -1,15 +1,20 @@
 """Checkpoint import: timm-format state dicts into any variant, by parameter name.
 
 `convert_timm_state_dict` is a pure function (state dict in, state dict out) shared by every variant:
-it strips `module.` prefixes (DataParallel/DDP) and resamples `pos_embed` when the checkpoint's patch grid
-differs from the model's. `load_checkpoint` then loads it and allows only the variant's own new
-parameters to be missing; they keep (are reset to) their function-preserving initialisation and are
-reported. Unexpected keys or a missing shared key raise ValueError.
+it strips `module.` prefixes (DataParallel/DDP), resamples `pos_embed` when the checkpoint's patch grid
+differs from the model's, and gives the blocks that compute only V (LaViT Less-Attention, refiner
+sharing: `attn.v`, [D, D]) the V rows of the checkpoint's full `attn.qkv`. `load_checkpoint` then loads
+it and allows only the variant's own new parameters to be missing; they are reset to their converted
+start (`reset_function_preserving`) and reported. Unexpected keys or a missing shared key raise ValueError.
 
-Decision on GAB: `gab_amplitude_init` defaults to 1.0, which is not function-preserving. When a checkpoint
-is loaded and the spec did not set `gab_amplitude_init` explicitly, the missing GAB amplitudes are set to
-0 so the converted model computes exactly what the checkpoint computed; an explicit value is honoured.
-(a = 0 is a stationary point of a^2: to fine-tune the bias, set a small non-zero value.)
+Converted starts (the model computes what the checkpoint computed, in eval mode and in train mode with
+dropout off, and every new parameter can learn):
+- re-attention and Refiner BatchNorms start as the identity (Refiner: BN3's gamma = 0) with frozen
+  statistics (`export.models.norms.AttentionBatchNorm`): batch statistics would renormalise the maps;
+- GAB: `gab_amplitude_init` defaults to 1.0, which is not function-preserving, and a = 0 is a stationary
+  point of a^2. Unless the spec set `gab_amplitude_init`, new GAB amplitudes start at
+  `CONVERTED_AMPLITUDE` (1e-3: a bias of at most 1e-6 on the logits, non-zero gradients for a and sigma);
+  an explicit value is honoured.
 """
 
 from __future__ import annotations
@@ -77,6 +82,16 @@ def convert_timm_state_dict(
         out["pos_embed"] = resample_abs_pos_embed(
             pos, new_size=list(grid), old_size=[side, side], num_prefix_tokens=prefix, verbose=False
         )
+    for key in target:
+        if not key.endswith(".attn.v.weight") and not key.endswith(".attn.v.bias"):
+            continue
+        full = key.replace(".attn.v.", ".attn.qkv.")
+        if key not in out and full in out:  # a V-only block: take the V rows of the full projection
+            qkv = out.pop(full)
+            rows = target[key].shape[0]
+            if qkv.shape[0] != 3 * rows:
+                raise ValueError(f"{full} has {qkv.shape[0]} rows; expected 3 x {rows} (Q, K, V) for {key}")
+            out[key] = qkv[2 * rows:].clone()
     missing = [k for k in target if k not in out]
     return out, missing
 
@@ -113,11 +128,10 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
         if reset is not None and any(k.startswith(name + ".") for k in new_set):
             reset()
     spec = getattr(model, "spec", None)
-    amplitude_set = spec is not None and "gab_amplitude_init" in spec.options
-    if not amplitude_set:
+    if spec is not None and "gab_amplitude_init" in spec.options:  # the user's explicit amplitude wins
         with torch.no_grad():
             for name, module in model.named_modules():
                 if isinstance(module, GaussianAttentionBias) and f"{name}.amplitude" in new_set:
-                    module.amplitude.zero_()
+                    module.amplitude.fill_(float(spec.options["gab_amplitude_init"]))
     model.load_state_dict(converted, strict=False)
     return new_keys

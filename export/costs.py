@@ -9,14 +9,17 @@ MACs (multiply-adds in MatMul / Gemm / Conv):
 - a block computing attention: (4 + 2r) N D^2 + 2 N^2 D;
 - a reuse block (LaViT Less-Attention, refiner sharing) computes V only: (2 + 2r) N D^2 + N^2 D, plus
   2 H N^3 for LaViT's token-axis maps (`lavit_transform = token`);
-- re-attention H^2 N^2; refiner E H N^2 (2H + k^2); CB, CB_S, GAB: none.
+- re-attention H^2 N^2; refiner E H N^2 (2H + k^2) per refining block (every block, or the sharing
+  blocks under `refiner_share`); CB, CB_S, GAB: none.
 
 FLOPs follow `export/flops.py`'s convention so the two can be compared: 2 x MACs, plus 1 per output
 element of a bias add (Linear, Conv), 1 per element of element-wise ops (residual adds, the q scaling,
-the GAB add, CB's mean/mul/add, the refiner's residual, GELU as 5 element-wise ops (x/sqrt2, erf, +1,
-x*, *0.5) as exported at opset 18), 1 per input element of a ReduceMean, 5 per Softmax element and 7 per
-LayerNormalization element. The FLOP formula is of the *folded* model (GAB bias a constant, re-attention
-BatchNorm folded into its conv).
+the GAB add, CB's mean/mul/add, GELU as 5 element-wise ops (x/sqrt2, erf, +1, x*, *0.5) as exported at
+opset 18), 1 per input element of a ReduceMean, 5 per Softmax element and 7 per LayerNormalization
+element. The FLOP formula is of the *folded* model (GAB bias a constant, every attention BatchNorm folded):
+a refining block adds 4 H (E + 1) N^2 element-wise FLOPs (three conv biases E H + E H + H, two Clip
+E H + E H, the residual H, the head affine Mul + Add 2 H, all times N^2), and a `refiner_share` attention
+block that receives a map adds 2 H N^2 (s A_prev: Mul + Add).
 """
 
 from __future__ import annotations
@@ -129,7 +132,10 @@ def cost_breakdown(spec_or_model: ModelSpec | nn.Module, *, num_classes: int | N
             add("elementwise.reattn", H * N * N)  # conv bias
         if b.refiner:
             add("macs.refiner", E * H * N * N * (2 * H + k * k))
-            add("elementwise.refiner", (2 * E * H + 2 * H) * N * N)  # three conv biases, residual
+            # conv biases (EH + EH + H), Clip (2EH), residual (H), head affine Mul + Add (2H)
+            add("elementwise.refiner", 4 * H * (E + 1) * N * N)
+        if b.adds_prev_map:
+            add("elementwise.refiner_share", 2 * H * N * N)  # + s * A_prev
         if b.cb == "cb":
             add("elementwise.cb", 3 * N * D)  # ReduceMean, Add, Mul
         elif b.cb == "cbs":
@@ -153,6 +159,10 @@ def formula_flops(spec_or_model: ModelSpec | nn.Module, *, num_classes: int | No
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameter elements (buffers excluded). LaViT Less-Attention blocks keep timm's full
-    `qkv` weight for checkpoint compatibility, so their unused Q/K rows are counted too."""
+    """Number of PyTorch parameter elements (buffers excluded), before folding.
+
+    Blocks that compute only V carry only their V projection, so nothing unused is counted. The
+    manifest's `parameters` is counted on the exported graph instead (`export.flops.graph_parameters`):
+    folding turns BatchNorm gamma/beta into conv biases and GAB's sigma/a into a constant table.
+    """
     return sum(p.numel() for p in model.parameters())

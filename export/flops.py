@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from service.manifest import Costs
@@ -51,18 +52,19 @@ CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 Shape = tuple[int, ...]
 
 
-def count_costs(proto: onnx.ModelProto, *, parameters: int | None = None) -> Costs:
-    """Count FLOPs and MACs per image on `proto`; `parameters` defaults to the graph's weight count.
+def count_costs(
+    proto: onnx.ModelProto, *, parameters: int | None = None, num_tokens: int | None = None
+) -> Costs:
+    """Count FLOPs and MACs per image on `proto`; `parameters` defaults to `graph_parameters(proto, num_tokens)`.
 
-    Pass the PyTorch model's parameter count as `parameters` when you have it: folding turns some
-    parameters into constants of another size (GAB's sigma/amplitude become an [H, N, N] bias;
-    re-attention's BatchNorm disappears into the head-mixing weights).
+    Pass `parameters` to carry a count over from another graph (e.g. an int8 copy, whose weights are
+    no longer float initializers, reports its fp32 source's count).
     """
     flops_by_op, macs = count_flops_by_op(proto)
     return Costs(
         flops=sum(flops_by_op.values()),
         macs=macs,
-        parameters=count_graph_parameters(proto) if parameters is None else parameters,
+        parameters=graph_parameters(proto, num_tokens=num_tokens) if parameters is None else parameters,
         convention=CONVENTION,
         by_op=dict(sorted(flops_by_op.items())),
     )
@@ -113,12 +115,13 @@ def _numel(shape: Shape) -> int:
     return math.prod(shape)
 
 
-def count_graph_parameters(proto: onnx.ModelProto) -> int:
-    """Elements of float initializers (>1 element) counted once per consuming node.
+def count_graph_parameters(proto: onnx.ModelProto, *, exclude: Collection[str] = ()) -> int:
+    """Elements of float initializers (>1 element) counted once per consuming node, except `exclude`.
 
     Counting per use, not per initializer, undoes the exporter's de-duplication of identical
     tensors (e.g. every LayerNorm weight of a freshly initialised model is all ones and is stored
-    once). Scalars and shape constants are not parameters.
+    once); on a graph whose weights are all distinct it is the plain sum of initializer sizes.
+    Scalars and shape constants are not parameters.
     """
     import onnx
 
@@ -126,12 +129,50 @@ def count_graph_parameters(proto: onnx.ModelProto) -> int:
         i.name: _numel(tuple(i.dims))
         for i in proto.graph.initializer
         if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and _numel(tuple(i.dims)) > 1
+        and i.name not in exclude
     }
     total = 0
     for node in proto.graph.node:
         for name in set(node.input):
             total += sizes.get(name, 0)
     return total
+
+
+def folded_constants(proto: onnx.ModelProto, num_tokens: int) -> dict[str, int]:
+    """Name -> size of the folded constants in the graph: float initializers [.., N, N] added by an Add.
+
+    These are GAB's bias tables (`export.fold`): a precomputed [1, H, N, N] value of 2 H learned numbers
+    per block (sigma, a), a constant of the graph rather than a parameter. LaViT's N x N maps are
+    parameters and feed MatMul, not Add, so they are not matched.
+    """
+    return {name: _numel(dims) for name, dims in added_token_tables(proto, num_tokens)}
+
+
+def added_token_tables(proto: onnx.ModelProto, num_tokens: int) -> list[tuple[str, Shape]]:
+    """(name, shape) of float initializers [.., N, N] consumed by an Add, once per consuming Add."""
+    import onnx
+
+    inits = {i.name: tuple(i.dims) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    found: list[tuple[str, Shape]] = []
+    for node in proto.graph.node:
+        if node.op_type != "Add":
+            continue
+        for name in node.input:
+            dims = inits.get(name)
+            if dims and len(dims) >= 3 and dims[-1] == dims[-2] == num_tokens:
+                found.append((name, dims))
+    return found
+
+
+def graph_parameters(proto: onnx.ModelProto, *, num_tokens: int | None = None) -> int:
+    """The parameters the exported graph needs: `count_graph_parameters` minus `folded_constants`.
+
+    This is the manifest's `parameters`. It differs from the PyTorch count by what folding does:
+    BatchNorm gamma/beta/statistics become conv biases or a per-head affine map (re-attention, Refiner),
+    GAB's sigma/a become a constant table (not counted), and unused weights do not exist.
+    """
+    exclude = folded_constants(proto, num_tokens) if num_tokens else {}
+    return count_graph_parameters(proto, exclude=exclude)
 
 
 def static_shapes(proto: onnx.ModelProto, *, batch: int = 1) -> tuple[dict[str, Shape], set[str]]:

@@ -33,12 +33,13 @@ Exporter = Literal["dynamo", "torchscript"]
 FORBIDDEN_OPS: dict[str, frozenset[str]] = {
     "gab": frozenset({"Exp", "Pow", "Sqrt", "Range"}),
     "reattn": frozenset({"BatchNormalization"}),
+    "refiner": frozenset({"BatchNormalization"}),
 }
 #: op types that must be present, per variant.
 REQUIRED_OPS: dict[str, frozenset[str]] = {
     "cb": frozenset({"ReduceMean", "Mul", "Add"}),
     "cbs": frozenset({"ReduceMean", "Mul", "Add"}),
-    "refiner": frozenset({"Conv"}),
+    "refiner": frozenset({"Conv", "Clip"}),  # DLA convs and ReLU6 as Clip(0, 6)
 }
 #: never in an inference graph, whatever the variant.
 TRAINING_OPS = frozenset({"Dropout", "BatchNormalization"})
@@ -134,19 +135,10 @@ def graph_op_counts(proto: onnx.ModelProto) -> Counter[str]:
 
 
 def constant_bias_shapes(proto: onnx.ModelProto, num_tokens: int) -> list[tuple[int, ...]]:
-    """Shapes of float initializers [.., N, N] that an Add consumes: the folded GAB biases."""
-    import onnx
+    """Shapes of float initializers [.., N, N] that an Add consumes (once per Add): the folded GAB biases."""
+    from export.flops import added_token_tables
 
-    inits = {i.name: tuple(i.dims) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    found = []
-    for node in proto.graph.node:
-        if node.op_type != "Add":
-            continue
-        for name in node.input:
-            dims = inits.get(name)
-            if dims and len(dims) >= 3 and dims[-1] == dims[-2] == num_tokens:
-                found.append(dims)
-    return found
+    return [dims for _, dims in added_token_tables(proto, num_tokens)]
 
 
 def verify_folding(
@@ -161,8 +153,8 @@ def verify_folding(
     - every graph: no Dropout, no BatchNormalization (eval mode, BN folded);
     - `gab`: no Exp/Pow/Sqrt/Range (the bias is a constant), and, given `num_tokens`, one constant
       [.., N, N] initializer added to the logits per GAB block (`gab_layers`, if given);
-    - `cb`/`cbs`: ReduceMean, Mul and Add present; `refiner`: more Conv nodes than the patch embedding,
-      one of them depthwise (group > 1).
+    - `cb`/`cbs`: ReduceMean, Mul and Add present; `refiner`: Clip present (ReLU6), more Conv nodes than
+      the patch embedding, one of them depthwise (group > 1), and no BatchNormalization.
     """
     variants = list(variants)
     counts = graph_op_counts(proto)

@@ -11,11 +11,22 @@ Decisions on combinations (VARIANTS.md leaves them to us):
 - Blocks that compute no Q/K logits ("reuse" blocks: LaViT Less-Attention blocks, and the sharing
   blocks of `refiner_share`) cannot take `gab` (nothing to add the bias to), `reattn` or a second
   attention-computing refiner. Such variants are *restricted* to the blocks that compute attention:
-  their default layer set is taken among those blocks (`gab`: all of them; `reattn`: the last half of
-  them), and an explicit `gab_layers`/`reattn_layers` naming a reuse block is refused.
+  their default layer set is taken among those blocks (`gab`: all of them but the model's last block;
+  `reattn`: the last half of them), and an explicit `gab_layers`/`reattn_layers` naming a reuse block is
+  refused. GAB skips the last block by default because its bias cannot change the logits: G's
+  class-token row is 0 and only the class token's output of the last block reaches the head, so its
+  sigma and a would be dead parameters (never a gradient).
 - `lavit` with `refiner_share` is refused (two different reuse schedules on one stack).
 - `lavit` with `refiner`: the refiner applies on the blocks that compute attention; Less-Attention blocks
   reuse the previous block's softmax map (before its head mixing / refinement) as VARIANTS.md 2 defines.
+- `refiner_share` (the authors' Refined_Attention with share_atten, as in their released S/M/L models):
+  even blocks compute attention and do not refine; from block 2 on they add s * (the map handed on by
+  the previous pair) to their softmax and hand that sum on. Odd blocks compute only V, refine the handed
+  map (DLA + BN_H, times s), use it, and hand on the map they received, unrefined. The map an attention
+  block hands on is taken before any re-attention head mixing.
+- `lavit_transform = none` has no diagonality loss: its Less-Attention maps are the full block's softmax
+  unchanged, so there is no transformed map to regularise (the loss would only push the full block's
+  Q/K, once per reuse block); an explicit `lavit_loss_weight` > 0 with it is refused.
 - A spec whose variant would touch no block (e.g. `lavit` where every stage is all full blocks) is refused.
 """
 
@@ -55,7 +66,7 @@ VARIANT_OPTIONS: dict[str, dict[str, type]] = {
         "lavit_loss_weight": float,
     },
     "gab": {"gab_sigma_init": float, "gab_amplitude_init": float, "gab_layers": tuple},
-    "reattn": {"reattn_layers": tuple},
+    "reattn": {"reattn_layers": tuple, "reattn_scale": bool},
     "refiner": {
         "refiner_expand": int,
         "refiner_kernel": int,
@@ -76,6 +87,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "gab_amplitude_init": 1.0,
     "gab_layers": None,
     "reattn_layers": None,
+    "reattn_scale": False,
     "refiner_expand": 3,
     "refiner_kernel": 3,
     "refiner_share": False,
@@ -90,13 +102,14 @@ OPTION_HELP: dict[str, str] = {
     "lavit_transform": "'token' (learned N x N maps, paper) or 'none' (reuse previous softmax)",
     "lavit_loss_weight": "weight of the diagonality-preserving loss in training (default 0.1)",
     "gab_sigma_init": "initial Gaussian width sigma in patches (default 5.0)",
-    "gab_amplitude_init": "initial amplitude a (bias a^2 exp(...)); default 1.0, 0 when loading a checkpoint",
-    "gab_layers": "blocks with the Gaussian bias (default: all attention-computing blocks)",
+    "gab_amplitude_init": "initial amplitude a (bias a^2 exp(...)); default 1.0, 1e-3 when loading a checkpoint",
+    "gab_layers": "blocks with the Gaussian bias (default: the attention-computing blocks but the last)",
     "reattn_layers": "blocks with re-attention (default: last half of the attention-computing blocks)",
+    "reattn_scale": "multiply the re-attended map by s = d^-1/2 (the authors' transform_scale; default false)",
     "refiner_expand": "expansion ratio E of the refiner (default 3)",
     "refiner_kernel": "odd depthwise kernel size k (default 3)",
-    "refiner_share": "alternate attention blocks with blocks that only refine the previous map",
-    "refiner_layers": "blocks with the refiner (default: all)",
+    "refiner_share": "the authors' sharing form: odd blocks compute only V and refine the previous block's map",
+    "refiner_layers": "blocks with the refiner (default: all; the sharing blocks under refiner_share)",
 }
 
 _OPTION_OWNER: dict[str, str] = {opt: var for var, opts in VARIANT_OPTIONS.items() for opt in opts}
@@ -226,14 +239,14 @@ class BlockConfig:
         map from the previous block (LaViT Less-Attention, or a refiner sharing block).
     lavit_transform: for LaViT reuse blocks, 'token' (learned N x N maps) or 'none'.
     provides_map: the next block reuses this block's map, so it is handed on.
-    provides_refined: the handed-on map is this block's refined map (refiner_share), not its softmax.
+    adds_prev_map: (refiner_share) this attention block adds s * the previous pair's map to its softmax.
     """
 
     index: int
     attention: Literal["full", "reuse"] = "full"
     lavit_transform: Literal["token", "none"] | None = None
     provides_map: bool = False
-    provides_refined: bool = False
+    adds_prev_map: bool = False
     cb: Literal["cb", "cbs"] | None = None
     gab: bool = False
     reattn: bool = False
@@ -293,10 +306,15 @@ def block_layout(spec: ModelSpec, depth: int | None = None) -> tuple[BlockConfig
         if spec.has("lavit"):
             raise ValueError("refiner_share cannot be combined with lavit: both make blocks reuse a previous map")
         if "refiner_layers" in spec.options:
-            raise ValueError("refiner_share refines every block; do not set refiner_layers with it")
+            raise ValueError("refiner_share refines every sharing block; do not set refiner_layers with it")
         if depth < 2:
             raise ValueError("refiner_share needs at least two blocks")
         reuse = [i % 2 == 1 for i in range(depth)]
+    if spec.has("lavit") and lavit_transform == "none" and spec.options.get("lavit_loss_weight", 0) > 0:
+        raise ValueError(
+            "lavit_loss_weight has no effect with lavit_transform=none (no transformed map to regularise); "
+            "drop it or use lavit_transform=token"
+        )
     computing = [i for i in range(depth) if not reuse[i]]
 
     def layers(variant: str, key: str, default: list[int], computing_only: bool) -> set[int]:
@@ -321,10 +339,14 @@ def block_layout(spec: ModelSpec, depth: int | None = None) -> tuple[BlockConfig
     all_blocks = list(range(depth))
     cb = layers("cb", "cb_layers", all_blocks, False)
     cbs = layers("cbs", "cbs_layers", all_blocks, False)
-    gab = layers("gab", "gab_layers", computing, True)
+    # the last block's bias cannot reach the logits (G's class-token row is 0 and only the class token
+    # leaves the last block), so by default it has none: its sigma/a would never get a gradient
+    gab = layers("gab", "gab_layers", [i for i in computing if i != depth - 1] or computing, True)
     reattn = layers("reattn", "reattn_layers", computing[len(computing) - len(computing) // 2 :]
                     if len(computing) > 1 else computing, True)
-    refiner = layers("refiner", "refiner_layers", all_blocks, share)
+    refiner = layers("refiner", "refiner_layers", all_blocks, False)
+    if share:  # only the sharing blocks refine (the authors' released models)
+        refiner = {i for i in refiner if reuse[i]}
     if spec.has("lavit"):
         bad = sorted(i for i in refiner if reuse[i])
         if bad and "refiner_layers" in spec.options:
@@ -343,7 +365,7 @@ def block_layout(spec: ModelSpec, depth: int | None = None) -> tuple[BlockConfig
             attention="reuse" if reuse[i] else "full",
             lavit_transform=lavit_transform if (reuse[i] and spec.has("lavit")) else None,  # type: ignore[arg-type]
             provides_map=i + 1 < depth and reuse[i + 1],
-            provides_refined=bool(share) and i + 1 < depth and reuse[i + 1],
+            adds_prev_map=bool(share) and not reuse[i] and i > 0,
             cb="cb" if i in cb else "cbs" if i in cbs else None,
             gab=i in gab,
             reattn=i in reattn,

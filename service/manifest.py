@@ -117,7 +117,11 @@ class Costs(_Strict):
 
     flops: int = Field(ge=0, description="FLOPs per image, FLOPs = 2 x multiply-adds for MatMul/Gemm/Conv")
     macs: int = Field(ge=0, description="multiply-adds per image in MatMul, Gemm and Conv")
-    parameters: int = Field(ge=0)
+    parameters: int = Field(
+        ge=0,
+        description="parameter elements the exported graph needs: its float initializers with more than one "
+        "element, less folded constants (GAB bias tables); see export/flops.py graph_parameters",
+    )
     convention: str = "FLOPs = 2*MACs (MatMul, Gemm, Conv) + 1 per element for element-wise ops, 5 per Softmax element"
     by_op: dict[str, int] = Field(default_factory=dict, description="FLOPs per image by ONNX op type")
 

@@ -1,7 +1,7 @@
 """Context Broadcasting (`cb`) and its dimension-scaled form (`cbs`).
 
 Paper: Nam et al., "Scratching Visual Transformer's Back with Uniform Attention", ICCV 2023
-(arXiv 2210.08457); authors' code: github.com/naver-ai/cbtv.
+(arXiv 2210.08457). No official code release is known; built from the paper and VARIANTS.md 1.
 
 CB(X) = 1/2 X + 1/2 mean_tokens(X): a uniform attention map mixed half-and-half with the identity, no
 parameters. CB_S(X) = X + lambda * mean_tokens(X) with a learnable lambda in R^D initialised to 0, so a

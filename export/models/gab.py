@@ -12,9 +12,12 @@ one per head per block, and take no weight decay.
 At inference G is constant: `export.fold` replaces `GaussianAttentionBias` by `FoldedAttentionBias`, one
 precomputed [1, H, N, N] buffer per block, so the exported graph holds no Exp/Pow/Sqrt or coordinates.
 
-Note (reported): with the a^2 parameterisation, a = 0 (the function-preserving start VARIANTS.md gives for
-converted checkpoints) is a stationary point: d(a^2)/da = 0, so fine-tuning never moves a away from 0.
-Use a small non-zero `gab_amplitude_init` to fine-tune the bias; a = 0 only reproduces the checkpoint.
+Converted checkpoints (`reset_function_preserving`): a = 0 would reproduce the checkpoint but is a
+stationary point of a^2 (d(a^2)/da = 0 and G = 0 whatever sigma is), so the bias could never be learnt.
+They start at a = `CONVERTED_AMPLITUDE` = 1e-3 instead: G is at most a^2 = 1e-6 on the logits (the
+logits of the model move by far less than 1e-5), and both a and sigma have a non-zero gradient on the
+first batch. We keep the paper's a^2 (one parameterisation for every model, nothing to record beside
+the weights); AdamW's normalised steps move a at the learning rate from there.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["GaussianAttentionBias", "FoldedAttentionBias", "squared_patch_distances"]
+__all__ = ["CONVERTED_AMPLITUDE", "GaussianAttentionBias", "FoldedAttentionBias", "squared_patch_distances"]
+
+#: amplitude a of a converted checkpoint's new GAB blocks: near-function-preserving (G <= a^2) and trainable.
+CONVERTED_AMPLITUDE = 1e-3
 
 
 def squared_patch_distances(grid_size: tuple[int, int]) -> torch.Tensor:
@@ -61,8 +67,10 @@ class GaussianAttentionBias(nn.Module):
             self.amplitude.fill_(self.amplitude_init)
 
     def reset_function_preserving(self) -> None:
-        """The deterministic function-preserving start (same as `init_weights`)."""
-        self.init_weights()
+        """Converted start: sigma at its init, a = CONVERTED_AMPLITUDE (bias at most a^2, gradients non-zero)."""
+        with torch.no_grad():
+            self.sigma.fill_(self.sigma_init)
+            self.amplitude.fill_(CONVERTED_AMPLITUDE)
 
     def forward(self) -> torch.Tensor:
         sigma = self.sigma.view(-1, 1, 1)

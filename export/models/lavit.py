@@ -11,13 +11,16 @@ Z = softmax(A^l) V^l, the output projection and the MLP (VARIANTS.md 2). `lavit_
 reuses the previous softmax map as is.
 
 Decisions:
-- Checkpoint compatibility: a Less-Attention block keeps timm's `attn.qkv` Linear with its full
-  [3D, D] weight (so timm checkpoints load with no unexpected key) and uses only its V rows; the Q/K
-  rows are unused (no gradient) and are counted by `count_parameters`, not by the FLOP formulas.
+- Weights: a Less-Attention block carries only a V projection (`attn.v`, [D, D]); the exported graph
+  holds no unused Q/K rows and the parameter count is what the graph needs. A checkpoint's full
+  [3D, D] `attn.qkv` still imports: `export.checkpoint` takes its V rows.
 - The logits a full block hands on are the ones its softmax used (s QK^T plus a GAB bias, if any); the
   map a 'none' block reuses is that softmax, before any re-attention head mixing or refinement.
-- The maps P = softmax(A^l) of the Less-Attention blocks of the last forward are kept for the training
-  loss (`VariantViT.lavit_attention_maps`), except while tracing/exporting.
+- The maps P = softmax(A^l) of the `token` Less-Attention blocks of the last forward are kept for the
+  training loss (`VariantViT.lavit_attention_maps`), except while tracing/exporting. With
+  `lavit_transform = none` there is no transformed map and no loss: P would be the full block's own
+  softmax, so the loss would regularise that block's Q/K instead (once per reuse block), which is not
+  what the paper's loss is for.
 - Diagonality loss, per map P [B, H, N, N]: symmetry mean|P - P^T| plus diagonal term
   mean over rows of relu(max_{j != i} P_ij - P_ii); both lie in [0, 1]; averaged over maps.
 """

@@ -1,18 +1,31 @@
-"""Refiner (`refiner`): local refinement of attention maps.
+"""Refiner (`refiner`): the authors' DLA refinement of attention maps.
 
 Paper: Zhou et al., "Refiner: Refining Self-attention for Vision Transformers" (arXiv 2106.03714);
-authors' code: github.com/zhoudaquan/Refiner_ViT.
+authors' code: github.com/zhoudaquan/Refiner_ViT (`models/refiner_utils.py` DLA,
+`models/refined_transformer.py` Refined_Attention).
 
-A = softmax(s QK^T) in [B, H, N, N] is an H-channel image of size N x N (query index, key index, in
-token order, class token included). A_ref = A + Reduce(DW_k(Expand(A))) with Expand a 1x1 conv
-H -> E*H, DW_k a depthwise k x k conv with same padding, Reduce a 1x1 conv E*H -> H initialised to
-zero, so a converted model starts unchanged; out = A_ref V (VARIANTS.md 5).
+A in [B, H, N, N] is an H-channel image of size N x N (query index, key index, in token order, class
+token included). The DLA module, with its nonlinearities (without them the three convolutions collapse
+into one linear k x k convolution and the variant is not the paper's):
+    R(A) = BN3(Reduce(ReLU6(BN2(DW_k(ReLU6(BN1(Expand(A))))))))
+Expand a 1x1 conv H -> E*H, DW_k a depthwise k x k conv (same padding), Reduce a 1x1 conv E*H -> H, all
+without bias (the BNs carry it); then the identity residual and the head BatchNorm (`adapt_bn`):
+    A'' = BN_H(A + R(A)) * c,
+c = 1 except in the sharing blocks of `refiner_share`, where the authors scale the refined map by
+s = d^-1/2 (VARIANTS.md 5). Unlike the authors' DLA, Expand is kept at E = 1 too (one formula for
+every E).
 
-Deviation from the authors' code (as VARIANTS.md specifies): their DLA module puts BatchNorm and ReLU6
-between the convolutions; here the three convolutions are linear (with biases), so the refinement is a
-linear filter of the map, and nothing needs folding at export.
-`refiner_share` (the authors' alternating form) is handled by the block: odd blocks compute no Q/K and
-refine the previous block's refined map with their own refiner.
+Starts:
+- trained from scratch (`init_weights`): the authors' PyTorch defaults (convs Kaiming-uniform,
+  BN gamma 1, beta 0) and ordinary batch-statistics BN;
+- converted checkpoint (`reset_function_preserving`): every BN the identity with frozen statistics
+  (`AttentionBatchNorm`), BN3's gamma = 0 (so R(A) = 0) and BN_H's gamma = 1/c: A'' = A exactly, in
+  eval mode and in train mode. BN3's gamma has a non-zero gradient at once; the convolutions and
+  BN1/BN2 behind it receive gradients from the first optimiser step that moves it (the zero-gamma
+  residual start).
+
+Folding (`fold`, inference only): every BN folds into the conv before it, BN_H and c into one per-head
+affine (`HeadAffine`: Mul + Add); ReLU6 exports as Clip(0, 6). No BatchNormalization is left.
 """
 
 from __future__ import annotations
@@ -20,38 +33,80 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-__all__ = ["AttentionRefiner"]
+from export.models.norms import AttentionBatchNorm, bn_scale_shift, fold_bn_into_conv, freeze_statistics
+
+__all__ = ["AttentionRefiner", "HeadAffine"]
+
+
+class HeadAffine(nn.Module):
+    """A per-head affine map x -> scale * x + shift on [B, H, N, N] (the folded head BatchNorm)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(scale.detach().clone().view(1, -1, 1, 1))
+        self.shift = nn.Parameter(shift.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
 
 
 class AttentionRefiner(nn.Module):
-    """A -> A + Reduce(DW_k(Expand(A))) on [B, H, N, N] maps; Reduce starts at zero."""
+    """A -> BN_H(A + DLA(A)) * out_scale on [B, H, N, N] maps (the authors' DLA and `adapt_bn`)."""
 
-    def __init__(self, num_heads: int, expand: int = 3, kernel_size: int = 3) -> None:
+    def __init__(self, num_heads: int, expand: int = 3, kernel_size: int = 3, out_scale: float = 1.0) -> None:
         super().__init__()
         hidden = num_heads * expand
         self.num_heads = num_heads
-        self.expand = skip_init(nn.Conv2d, num_heads, hidden, kernel_size=1, bias=True)
+        self.out_scale = float(out_scale)
+        self.expand = skip_init(nn.Conv2d, num_heads, hidden, kernel_size=1, bias=False)
+        self.bn1 = AttentionBatchNorm(hidden)
         self.dw = skip_init(nn.Conv2d, hidden, hidden, kernel_size=kernel_size, padding=kernel_size // 2,
-                            groups=hidden, bias=True)
-        self.reduce = skip_init(nn.Conv2d, hidden, num_heads, kernel_size=1, bias=True)
+                            groups=hidden, bias=False)
+        self.bn2 = AttentionBatchNorm(hidden)
+        self.reduce = skip_init(nn.Conv2d, hidden, num_heads, kernel_size=1, bias=False)
+        self.bn3 = AttentionBatchNorm(num_heads)
+        self.norm: nn.Module = AttentionBatchNorm(num_heads)  # the authors' adapt_bn
+        self.folded = False
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Expand/DW: PyTorch's default conv init; Reduce: zero (function-preserving)."""
-        for conv in (self.expand, self.dw):
+        """The authors' start for training from scratch: PyTorch's conv and BN defaults."""
+        for conv in (self.expand, self.dw, self.reduce):
             nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
-            fan_in = conv.weight[0].numel()
-            nn.init.uniform_(conv.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-        nn.init.zeros_(self.reduce.weight)
-        nn.init.zeros_(self.reduce.bias)
+        for bn in (self.bn1, self.bn2, self.bn3, self.norm):
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.reset_parameters()
+                bn.frozen_stats = False
 
+    @torch.no_grad()
     def reset_function_preserving(self) -> None:
-        """Zero the reduction (the refiner becomes the identity); Expand/DW keep their values."""
-        nn.init.zeros_(self.reduce.weight)
-        nn.init.zeros_(self.reduce.bias)
+        """Converted start: R(A) = 0 (BN3 gamma 0), BN_H = 1/out_scale, frozen statistics; convs kept."""
+        self.bn1.set_identity()
+        self.bn2.set_identity()
+        self.bn3.set_identity(gamma=0.0)
+        self.norm.set_identity(gamma=1.0 / self.out_scale)
+        freeze_statistics(self)
 
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
-        return attn + self.reduce(self.dw(self.expand(attn)))
+        x = F.relu6(self.bn1(self.expand(attn)))
+        x = F.relu6(self.bn2(self.dw(x)))
+        x = self.bn3(self.reduce(x))
+        out = self.norm(attn + x)
+        return out if self.folded or self.out_scale == 1.0 else out * self.out_scale
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Fold BN1-3 into their convs and BN_H (times out_scale) into a `HeadAffine` (eval-mode maths)."""
+        if self.folded:
+            return
+        self.expand = fold_bn_into_conv(self.expand, self.bn1)
+        self.dw = fold_bn_into_conv(self.dw, self.bn2)
+        self.reduce = fold_bn_into_conv(self.reduce, self.bn3)
+        self.bn1, self.bn2, self.bn3 = nn.Identity(), nn.Identity(), nn.Identity()
+        scale, shift = bn_scale_shift(self.norm)
+        self.norm = HeadAffine(scale * self.out_scale, shift * self.out_scale)
+        self.folded = True

@@ -8,7 +8,9 @@ hand-over through the blocks), and `create_model`.
 Every shared parameter keeps timm's name (`blocks.{i}.attn.qkv`, ...), so timm checkpoints load; the
 variants' own parameters live in sub-modules: `blocks.{i}.cb.scale` (cbs), `blocks.{i}.attn.gab.{sigma,
 amplitude}`, `blocks.{i}.attn.lavit.{theta,psi}`, `blocks.{i}.attn.reattn.{conv,norm}.*`,
-`blocks.{i}.attn.refiner.{expand,dw,reduce}.*`.
+`blocks.{i}.attn.refiner.{expand,bn1,dw,bn2,reduce,bn3,norm}.*`. A block that computes no Q/K (LaViT
+Less-Attention, refiner sharing) carries only the V projection, `blocks.{i}.attn.v` ([D, D]): the graph
+ships no unused Q/K rows; `export.checkpoint` slices it out of a checkpoint's full `qkv`.
 
 Fused or unfused attention is an argument (`fused_attn`): the fused path calls
 `F.scaled_dot_product_attention` (with the GAB bias as an additive mask); blocks that need the explicit
@@ -55,9 +57,9 @@ def _is_tracing() -> bool:
 class VariantAttention(Attention):
     """timm multi-head self-attention with the variants' hooks on the attention map.
 
-    Logits = s QK^T (+ G); P = softmax(logits); P' = P, re-attention BN(Theta * P), or refined
-    P + Reduce(DW(Expand(P))); out = proj(P' V). A 'reuse' block computes only V and takes its logits
-    or map from the previous block.
+    Logits = s QK^T (+ G); P = softmax(logits) (+ s A_prev under refiner_share); P' = P, re-attention
+    BN(Theta * P), and/or the refined BN_H(P + DLA(P)); out = proj(P' V). A 'reuse' block computes only
+    V (its own [D, D] projection `v`) and takes its logits or map from the previous block.
     """
 
     def __init__(
@@ -74,11 +76,15 @@ class VariantAttention(Attention):
         gab_amplitude_init: float = OPTION_DEFAULTS["gab_amplitude_init"],
         refiner_expand: int = OPTION_DEFAULTS["refiner_expand"],
         refiner_kernel: int = OPTION_DEFAULTS["refiner_kernel"],
+        reattn_scale: bool = OPTION_DEFAULTS["reattn_scale"],
         **kwargs: Any,
     ) -> None:
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, **kwargs)
         self.cfg = cfg
         self.fused_attn = fused_attn
+        if cfg.attention == "reuse":  # V only: no Q/K rows to ship
+            del self.qkv
+            self.v = nn.Linear(dim, self.attn_dim, bias=qkv_bias)
         num_tokens = grid_size[0] * grid_size[1] + num_prefix_tokens
         self.gab: nn.Module | None = (
             GaussianAttentionBias(num_heads, grid_size, num_prefix_tokens, gab_sigma_init, gab_amplitude_init)
@@ -87,15 +93,20 @@ class VariantAttention(Attention):
         self.lavit: nn.Module | None = (
             LessAttentionTransform(num_tokens) if cfg.lavit_transform == "token" else None
         )
-        self.reattn: ReAttention | None = ReAttention(num_heads) if cfg.reattn else None
+        self.reattn: ReAttention | None = (
+            ReAttention(num_heads, self.scale if reattn_scale else 1.0) if cfg.reattn else None
+        )
+        # the authors' sharing blocks scale their refined map by s
+        refiner_scale = self.scale if cfg.refiner and cfg.attention == "reuse" and cfg.lavit_transform is None else 1.0
         self.refiner: AttentionRefiner | None = (
-            AttentionRefiner(num_heads, refiner_expand, refiner_kernel) if cfg.refiner else None
+            AttentionRefiner(num_heads, refiner_expand, refiner_kernel, refiner_scale) if cfg.refiner else None
         )
 
     @property
     def needs_explicit_map(self) -> bool:
         cfg = self.cfg
-        return cfg.attention == "reuse" or cfg.provides_map or self.reattn is not None or self.refiner is not None
+        return (cfg.attention == "reuse" or cfg.provides_map or cfg.adds_prev_map or self.reattn is not None
+                or self.refiner is not None)
 
     def _split_heads(self, t: torch.Tensor, B: int, N: int) -> torch.Tensor:
         return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
@@ -108,14 +119,12 @@ class VariantAttention(Attention):
         if self.cfg.attention == "reuse":
             if prev is None:
                 raise RuntimeError(f"block {self.cfg.index} reuses attention but no map was handed to it")
-            d = self.attn_dim
-            v = F.linear(x, self.qkv.weight[2 * d:], None if self.qkv.bias is None else self.qkv.bias[2 * d:])
-            v = self._split_heads(v, B, N)
+            v = self._split_heads(self.v(x), B, N)
             if self.cfg.lavit_transform == "token":
                 logits = self.lavit(prev.logits)  # A^l = Psi^T A^{l-1} Theta
                 attn = logits.softmax(dim=-1)
                 handed = AttentionMap(logits, attn)
-            else:  # 'none' (pure reuse) or refiner sharing: the previous map as is
+            else:  # 'none' (pure reuse) or refiner sharing: the previous map, handed on unrefined
                 attn = prev.probs
                 handed = prev
         else:
@@ -132,13 +141,13 @@ class VariantAttention(Attention):
             if bias is not None:
                 logits = logits + bias
             attn = logits.softmax(dim=-1)
+            if self.cfg.adds_prev_map and prev is not None:  # refiner_share: + s A of the previous pair
+                attn = attn + self.scale * prev.probs
             handed = AttentionMap(logits, attn)
         if self.reattn is not None:
             attn = self.reattn(attn)
         if self.refiner is not None:
             attn = self.refiner(attn)
-            if self.cfg.provides_refined:
-                handed = AttentionMap(None, attn)  # refiner sharing hands on the refined map
         attn = self.attn_drop(attn)
         x = attn @ v
         return self._project(x, B, N), (handed if self.cfg.provides_map or self.cfg.attention == "reuse" else None)
@@ -209,6 +218,7 @@ class VariantViT(VisionTransformer):
         lavit_loss_weight: weight of the diagonality loss in `auxiliary_loss` (default 0.1).
         gab_sigma_init, gab_amplitude_init, gab_layers: Gaussian bias init (5.0, 1.0) and blocks.
         reattn_layers: re-attention blocks (default last half of the attention-computing blocks).
+        reattn_scale: multiply the re-attended map by s (the authors' transform_scale; default False).
         refiner_expand, refiner_kernel, refiner_share, refiner_layers: refiner E (3), k (3), sharing, blocks.
         fused_attn: use `scaled_dot_product_attention` where no explicit map is needed.
         **kwargs: timm `VisionTransformer` arguments (img_size, patch_size, embed_dim, depth, ...).
@@ -228,6 +238,7 @@ class VariantViT(VisionTransformer):
         gab_amplitude_init: float | None = None,
         gab_layers: Sequence[int] | None = None,
         reattn_layers: Sequence[int] | None = None,
+        reattn_scale: bool | None = None,
         refiner_expand: int | None = None,
         refiner_kernel: int | None = None,
         refiner_share: bool | None = None,
@@ -240,8 +251,8 @@ class VariantViT(VisionTransformer):
             cb_layers=cb_layers, cbs_layers=cbs_layers, lavit_full=lavit_full, lavit_stages=lavit_stages,
             lavit_transform=lavit_transform, lavit_loss_weight=lavit_loss_weight, gab_sigma_init=gab_sigma_init,
             gab_amplitude_init=gab_amplitude_init, gab_layers=gab_layers, reattn_layers=reattn_layers,
-            refiner_expand=refiner_expand, refiner_kernel=refiner_kernel, refiner_share=refiner_share,
-            refiner_layers=refiner_layers,
+            reattn_scale=reattn_scale, refiner_expand=refiner_expand, refiner_kernel=refiner_kernel,
+            refiner_share=refiner_share, refiner_layers=refiner_layers,
         )
         options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
         spec = ModelSpec(preset=preset, variants=tuple(variants), options=options)
@@ -253,7 +264,7 @@ class VariantViT(VisionTransformer):
         grid_size = (img[0] // patch[0], img[1] // patch[1])
         variant_kwargs = {
             k: spec.option(k)
-            for k in ("gab_sigma_init", "gab_amplitude_init", "refiner_expand", "refiner_kernel")
+            for k in ("gab_sigma_init", "gab_amplitude_init", "refiner_expand", "refiner_kernel", "reattn_scale")
         }
         block_fn = partial(
             VariantBlock, layout=layout, grid_size=grid_size, variant_kwargs=variant_kwargs, fused_attn=fused_attn
@@ -308,7 +319,7 @@ class VariantViT(VisionTransformer):
         maps: list[torch.Tensor] = []
         for blk in self.blocks:
             x, handed = blk(x, handed)
-            if blk.cfg.is_lavit_less and handed is not None and handed.probs is not None:
+            if blk.cfg.lavit_transform == "token" and handed is not None and handed.probs is not None:
                 maps.append(handed.probs)
         if not _is_tracing():
             self._lavit_maps = maps
@@ -319,7 +330,10 @@ class VariantViT(VisionTransformer):
         return self.forward_head(self.forward_features(pixel_values))
 
     def lavit_attention_maps(self) -> list[torch.Tensor]:
-        """The Less-Attention maps P = softmax(A^l) [B, H, N, N] of the last forward (empty without lavit)."""
+        """The transformed Less-Attention maps P = softmax(A^l) [B, H, N, N] of the last forward.
+
+        Empty without lavit and with `lavit_transform = none` (nothing is transformed: see export.spec).
+        """
         return list(self._lavit_maps)
 
     def auxiliary_loss(self) -> torch.Tensor:

@@ -135,15 +135,25 @@ def test_with_lavit_gab_and_reattn_default_to_blocks_that_compute_attention() ->
 
 
 def test_refiner_share_alternates_computing_and_sharing_blocks() -> None:
+    """The authors' released form: only the sharing (odd) blocks refine; attention blocks from block 2
+    on add s * the previous pair's map; every block but the last hands its map on."""
     layout = block_layout(parse_spec("test+refiner", refiner_share=True))
     assert [b.attention for b in layout] == ["full", "reuse", "full", "reuse"]
-    assert all(b.refiner for b in layout)
-    assert [b.provides_refined for b in layout] == [True, False, True, False]
+    assert [b.refiner for b in layout] == [False, True, False, True]
+    assert [b.adds_prev_map for b in layout] == [False, False, True, False]
+    assert [b.provides_map for b in layout] == [True, False, True, False]
+    assert resolved_options(parse_spec("test+refiner", refiner_share=True))["refiner_layers"] == [1, 3]
+
+
+def test_lavit_loss_weight_is_refused_without_a_transform() -> None:
+    with pytest.raises(ValueError, match="no effect with lavit_transform=none"):
+        parse_spec("test+lavit", lavit_transform="none", lavit_loss_weight=0.5)
+    assert parse_spec("test+lavit", lavit_transform="none", lavit_loss_weight=0)  # explicitly off is fine
 
 
 def test_resolved_options_fill_defaults_and_list_blocks() -> None:
     resolved = resolved_options(parse_spec("test+cb+reattn"))
-    assert resolved == {"cb_layers": [0, 1, 2, 3], "reattn_layers": [2, 3]}
+    assert resolved == {"cb_layers": [0, 1, 2, 3], "reattn_layers": [2, 3], "reattn_scale": False}
 
 
 def test_presets_carry_their_data_config() -> None:

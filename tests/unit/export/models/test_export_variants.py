@@ -54,7 +54,8 @@ def _attention(cfg: BlockConfig, dim: int = 8, heads: int = 2, grid: tuple[int, 
     torch.manual_seed(0)
     attn = VariantAttention(dim, heads, cfg=cfg, grid_size=grid, qkv_bias=True, **kw).eval()
     with torch.no_grad():
-        for p in (attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias):
+        qkv = attn.v if cfg.attention == "reuse" else attn.qkv
+        for p in (qkv.weight, qkv.bias, attn.proj.weight, attn.proj.bias):
             p.copy_(0.3 * torch.randn_like(p))
     return attn
 
@@ -171,57 +172,143 @@ def test_reattn_fold_removes_batchnorm_and_keeps_the_output(perturb) -> None:
 # ------------------------------------------------------------------------------------------ refiner
 
 
-def test_refiner_is_residual_plus_reduce_of_depthwise_of_expand() -> None:
-    ref = AttentionRefiner(num_heads=1, expand=1, kernel_size=3)
+def _bn(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Eval-mode BatchNorm written out: gamma (x - mu) / sqrt(var + eps) + beta per channel."""
+    shape = (1, -1, 1, 1)
+    return (bn.weight.view(shape) * (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+            + bn.bias.view(shape))
+
+
+def _dla_reference(r: AttentionRefiner, a: torch.Tensor) -> torch.Tensor:
+    """The authors' DLA + adapt_bn, written out: BN_H(A + BN3(Reduce(ReLU6(BN2(DW(ReLU6(BN1(Expand A))))))))."""
+    h = torch.einsum("oc,bcij->boij", r.expand.weight[:, :, 0, 0], a)
+    h = _bn(h, r.bn1).clamp(0.0, 6.0)
+    h = F.conv2d(h, r.dw.weight, padding=r.dw.kernel_size[0] // 2, groups=h.shape[1])
+    h = _bn(h, r.bn2).clamp(0.0, 6.0)
+    h = _bn(torch.einsum("oc,bcij->boij", r.reduce.weight[:, :, 0, 0], h), r.bn3)
+    return _bn(a + h, r.norm) * r.out_scale
+
+
+def _randomised_refiner(heads: int = 2, expand: int = 3, kernel: int = 3, out_scale: float = 1.0) -> AttentionRefiner:
+    """A refiner away from its init (weights, gammas, betas and statistics), so both ReLU6 bounds bite."""
+    torch.manual_seed(3)
+    ref = AttentionRefiner(heads, expand, kernel, out_scale)
+    gen = torch.Generator().manual_seed(11)
     with torch.no_grad():
-        ref.expand.weight.fill_(2.0)
-        ref.expand.bias.zero_()
-        ref.dw.weight.fill_(1.0)
-        ref.dw.bias.zero_()
-        ref.reduce.weight.fill_(0.5)
-        ref.reduce.bias.fill_(0.1)
-    a = torch.rand(1, 1, 4, 4)
-    # 3x3 box sum with zero ("same") padding, written out element by element
-    padded = F.pad(a, (1, 1, 1, 1))
-    box = torch.zeros_like(a)
-    for i in range(4):
-        for j in range(4):
-            box[0, 0, i, j] = padded[0, 0, i:i + 3, j:j + 3].sum()
-    torch.testing.assert_close(ref(a), a + box + 0.1)
+        for conv in (ref.expand, ref.dw, ref.reduce):
+            conv.weight.copy_(3.0 * torch.randn(conv.weight.shape, generator=gen))
+        for bn in (ref.bn1, ref.bn2, ref.bn3, ref.norm):
+            bn.weight.copy_(1.0 + 2.0 * torch.rand(bn.weight.shape, generator=gen))
+            bn.bias.copy_(torch.randn(bn.bias.shape, generator=gen))
+            bn.running_mean.copy_(0.2 * torch.randn(bn.running_mean.shape, generator=gen))
+            bn.running_var.copy_(0.05 + torch.rand(bn.running_var.shape, generator=gen))
+    return ref.eval()
 
 
-def test_refiner_with_zero_reduction_is_the_identity() -> None:
-    ref = AttentionRefiner(num_heads=3, expand=3, kernel_size=5)
-    a = torch.rand(2, 3, 7, 7)
-    assert torch.equal(ref(a), a)
-    assert ref.expand.weight.abs().sum() > 0 and ref.dw.weight.abs().sum() > 0  # only Reduce starts at zero
+def _maps(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Attention maps: rows are softmax distributions."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).mul(2.0).softmax(-1)
 
 
-def test_refiner_in_attention_uses_the_refined_map(perturb) -> None:
+def test_refiner_is_the_authors_dla_with_relu6_batchnorms_and_head_bn() -> None:
+    ref = _randomised_refiner(out_scale=0.5)
+    a = _maps(2, 2, 9, 9)
+    with torch.no_grad():
+        h = F.relu6(ref.bn1(ref.expand(a)))
+        assert (h == 0).any() and (h == 6).any()  # both bounds of ReLU6 are exercised
+        torch.testing.assert_close(ref(a), _dla_reference(ref, a), atol=1e-5, rtol=1e-5)
+    assert ref.expand.bias is None and ref.dw.bias is None and ref.reduce.bias is None  # the BNs carry it
+    assert ref.dw.groups == 6 and ref.dw.kernel_size == (3, 3)
+
+
+def test_a_randomised_refiner_is_not_a_linear_filter() -> None:
+    """Any single (affine) convolution obeys superposition, R(a) + R(b) = R(a + b) + R(0); the DLA does not.
+
+    Without the nonlinearities (the earlier refiner) this held to float rounding."""
+    ref = _randomised_refiner()
+    a, b = _maps(4, 2, 9, 9, seed=1), _maps(4, 2, 9, 9, seed=2)
+    with torch.no_grad():
+        violation = ref(a) + ref(b) - ref(a + b) - ref(torch.zeros_like(a))
+        scale = ref(a).abs().mean()
+    assert violation.abs().mean() > 0.05 * scale
+
+
+def test_refiner_converted_start_is_the_identity_in_eval_and_train_mode() -> None:
+    ref = _randomised_refiner(out_scale=0.25)
+    ref.reset_function_preserving()
+    a = _maps(3, 2, 9, 9)
+    for train in (False, True):
+        ref.train(train)
+        torch.testing.assert_close(ref(a), a, atol=1e-6, rtol=0)
+    assert ref.bn3.weight.eq(0).all() and all(bn.frozen_stats for bn in (ref.bn1, ref.bn2, ref.bn3, ref.norm))
+    ref(a).sum().backward()  # the zero gamma of BN3 is not stuck: it has a gradient at once
+    assert ref.bn3.weight.grad.abs().sum() > 0
+
+
+def test_refiner_from_scratch_uses_batch_statistics() -> None:
+    """Trained from scratch (the authors' setting) every BN normalises with its batch statistics."""
+    torch.manual_seed(0)
+    ref = AttentionRefiner(2).train()
+    a = _maps(4, 2, 9, 9)
+    out = ref(a)
+    assert not ref.norm.frozen_stats
+    per_head = out.transpose(0, 1).reshape(2, -1)
+    torch.testing.assert_close(per_head.mean(1), torch.zeros(2), atol=1e-5, rtol=0)  # BN_H's output
+    assert ref.norm.num_batches_tracked.item() == 1
+
+
+def test_refiner_fold_leaves_convs_with_biases_and_a_head_affine() -> None:
+    ref = _randomised_refiner(out_scale=0.5)
+    a = _maps(2, 2, 9, 9)
+    with torch.no_grad():
+        expected = ref(a)
+        ref.fold()
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in ref.modules())
+        assert all(c.bias is not None for c in (ref.expand, ref.dw, ref.reduce))
+        torch.testing.assert_close(ref(a), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_refiner_in_attention_uses_the_refined_map() -> None:
     attn = _attention(BlockConfig(index=0, refiner=True), refiner_expand=2, refiner_kernel=3)
-    perturb(attn.refiner, scale=0.2)
+    attn.refiner = _randomised_refiner(expand=2)
     x = torch.randn(2, 10, 8)
     q, k, v = _qkv(attn, x)
     a = (q @ k.transpose(-2, -1) / 2.0).softmax(-1)
-    r = attn.refiner
-    refined = a + r.reduce(r.dw(r.expand(a)))
-    torch.testing.assert_close(attn(x)[0], _attend(attn, refined, v), atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x)[0], _attend(attn, _dla_reference(attn.refiner, a), v), atol=1e-5, rtol=1e-5)
 
 
-def test_refiner_share_blocks_refine_the_previous_refined_map(perturb) -> None:
-    full = _attention(BlockConfig(index=0, refiner=True, provides_map=True, provides_refined=True))
-    share = _attention(BlockConfig(index=1, attention="reuse", refiner=True))
-    perturb(full.refiner, scale=0.2, seed=1)
-    perturb(share.refiner, scale=0.2, seed=2)
-    x0, x1 = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
-    _, handed = full(x0)
-    q, k, _ = _qkv(full, x0)
-    a0 = (q @ k.transpose(-2, -1) / 2.0).softmax(-1)
-    r0 = a0 + full.refiner.reduce(full.refiner.dw(full.refiner.expand(a0)))
-    torch.testing.assert_close(handed.probs, r0, atol=1e-6, rtol=1e-5)
-    _, _, v1 = _qkv(share, x1)
-    r1 = r0 + share.refiner.reduce(share.refiner.dw(share.refiner.expand(r0)))
-    torch.testing.assert_close(share(x1, handed)[0], _attend(share, r1, v1), atol=1e-5, rtol=1e-5)
+def _v(attn: VariantAttention, x: torch.Tensor) -> torch.Tensor:
+    """V [B, H, N, d] of a V-only block, from its own [D, D] projection."""
+    B, N, D = x.shape
+    return (x @ attn.v.weight.T + attn.v.bias).reshape(B, N, attn.num_heads, D // attn.num_heads).transpose(1, 2)
+
+
+def test_refiner_share_is_the_authors_refined_attention_with_shared_maps() -> None:
+    """Attention blocks add s * the handed map to their softmax and hand the sum on unrefined; sharing
+    blocks carry only V, use BN_H(DLA(map)) * s and hand on the map they received."""
+    model = create_model(parse_spec("test+refiner", refiner_share=True)).eval()
+    for blk in model.blocks[1::2]:
+        blk.attn.refiner = _randomised_refiner(out_scale=blk.attn.scale)
+    s = model.blocks[0].attn.scale
+    assert s == 16 ** -0.5
+    assert [hasattr(b.attn, "qkv") for b in model.blocks] == [True, False, True, False]
+    assert [b.attn.refiner is not None for b in model.blocks] == [False, True, False, True]
+    x = torch.randn(2, 17, 32)
+    with torch.no_grad():
+        a0 = (lambda q, k: (q @ k.transpose(-2, -1) * s).softmax(-1))(*_qkv(model.blocks[0].attn, x)[:2])
+        out0, handed0 = model.blocks[0].attn(x)
+        torch.testing.assert_close(handed0.probs, a0)
+        out1, handed1 = model.blocks[1].attn(x, handed0)
+        used1 = _dla_reference(model.blocks[1].attn.refiner, a0)
+        torch.testing.assert_close(out1, _attend(model.blocks[1].attn, used1, _v(model.blocks[1].attn, x)),
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(handed1.probs, a0)  # handed on unrefined
+        q2, k2, v2 = _qkv(model.blocks[2].attn, x)
+        a2 = (q2 @ k2.transpose(-2, -1) * s).softmax(-1) + s * a0
+        out2, handed2 = model.blocks[2].attn(x, handed1)
+        torch.testing.assert_close(out2, _attend(model.blocks[2].attn, a2, v2), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(handed2.probs, a2)
 
 
 # ------------------------------------------------------------------------------------------ LaViT
@@ -230,15 +317,16 @@ def test_refiner_share_blocks_refine_the_previous_refined_map(perturb) -> None:
 def test_less_attention_block_uses_psi_t_a_theta_and_only_v() -> None:
     attn = _attention(BlockConfig(index=2, attention="reuse", lavit_transform="token"))
     n = 10
+    assert not hasattr(attn, "qkv") and attn.v.weight.shape == (8, 8)  # only a V projection: no Q/K rows
     with torch.no_grad():
         attn.lavit.theta.copy_(torch.eye(n) + 0.1 * torch.randn(n, n))
         attn.lavit.psi.copy_(torch.eye(n) + 0.1 * torch.randn(n, n))
-        attn.qkv.weight[:16].fill_(float("nan"))  # Q and K rows must not be used
+        attn.v.bias.copy_(0.3 * torch.randn(8))
     prev_logits = torch.randn(2, 2, n, n)
     x = torch.randn(2, n, 8)
     out, handed = attn(x, AttentionMap(prev_logits, prev_logits.softmax(-1)))
     logits = attn.lavit.psi.T @ prev_logits @ attn.lavit.theta
-    _, _, v = _qkv(attn, x)
+    v = _v(attn, x)
     torch.testing.assert_close(handed.logits, logits)
     torch.testing.assert_close(out, _attend(attn, logits.softmax(-1), v), atol=1e-5, rtol=1e-5)
     assert not torch.isnan(out).any()
@@ -253,11 +341,8 @@ def _block1_logits(model: VariantViT, images: torch.Tensor) -> torch.Tensor:
     return q @ k.transpose(-2, -1) * attn.scale
 
 
-@pytest.mark.parametrize("transform", ["token", "none"])
-def test_lavit_with_identity_maps_reuses_the_previous_attention_exactly(
-    images: torch.Tensor, transform: str
-) -> None:
-    model = create_model(parse_spec("test+lavit", lavit_transform=transform)).eval()
+def test_lavit_with_identity_maps_reuses_the_previous_attention_exactly(images: torch.Tensor) -> None:
+    model = create_model(parse_spec("test+lavit")).eval()
     with torch.no_grad():
         model(images)
         expected = _block1_logits(model, images).softmax(-1)
@@ -265,6 +350,25 @@ def test_lavit_with_identity_maps_reuses_the_previous_attention_exactly(
     assert len(maps) == 2  # blocks 2 and 3 are Less-Attention blocks
     for p in maps:
         torch.testing.assert_close(p, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_lavit_none_reuses_the_softmax_and_has_no_diagonality_loss(images: torch.Tensor) -> None:
+    """`none` transforms nothing: blocks 2 and 3 use block 1's softmax as is, and there is no transformed
+    map for the loss to regularise (VARIANTS.md 2; the decision is in export.spec)."""
+    model = create_model(parse_spec("test+lavit", lavit_transform="none")).train()
+    x = model.norm_pre(model._pos_embed(model.patch_embed(images)))
+    with torch.no_grad():
+        x, handed = model.blocks[0](x)
+        x, handed = model.blocks[1](x, handed)
+        expected = _block1_logits(model, images).softmax(-1)
+        torch.testing.assert_close(handed.probs, expected, atol=1e-6, rtol=1e-5)
+        y = model.blocks[2].norm1(x)
+        out, handed2 = model.blocks[2].attn(y, handed)
+        torch.testing.assert_close(out, _attend(model.blocks[2].attn, expected, _v(model.blocks[2].attn, y)),
+                                   atol=1e-5, rtol=1e-5)
+        assert handed2 is handed
+    model(images)
+    assert model.lavit_attention_maps() == [] and model.auxiliary_loss().item() == 0.0
 
 
 def test_lavit_token_maps_transform_the_previous_logits(images: torch.Tensor) -> None:
@@ -312,25 +416,23 @@ def test_auxiliary_loss_is_weighted_diagonality_of_the_less_attention_maps(image
 
 
 @pytest.mark.parametrize(
-    ("text", "options"),
-    [
-        ("test+cbs", {}),
-        ("test+gab", {"gab_amplitude_init": 0.0}),
-        ("test+reattn", {}),
-        ("test+refiner", {}),
-        ("test+cbs+gab+reattn+refiner", {"gab_amplitude_init": 0.0}),
-    ],
+    "text", ["test+cbs", "test+gab", "test+reattn", "test+refiner", "test+cbs+gab+reattn+refiner"]
 )
-def test_function_preserving_variants_equal_vanilla_with_its_weights(
-    images: torch.Tensor, text: str, options: dict, perturb
-) -> None:
+def test_converted_start_equals_vanilla_in_eval_and_train_mode(images: torch.Tensor, text: str, perturb) -> None:
+    """The vanilla weights plus each new module's converted start (`reset_function_preserving`, what
+    checkpoint import runs) give the vanilla logits, in eval mode and in train mode (dropout is off)."""
     vanilla = perturb(create_model(parse_spec("test"))).eval()
-    model = create_model(parse_spec(text, **options), seed=1).eval()
+    model = create_model(parse_spec(text), seed=1)
     result = model.load_state_dict(vanilla.state_dict(), strict=False)
     new = {k for k in model.variant_state_keys() if not k.endswith("num_batches_tracked")}  # torch omits those
     assert not result.unexpected_keys and set(result.missing_keys) == new
+    for module in model.modules():
+        if hasattr(module, "reset_function_preserving"):
+            module.reset_function_preserving()
     with torch.no_grad():
-        torch.testing.assert_close(model(images), vanilla(images), atol=1e-6, rtol=1e-5)
+        expected = vanilla(images)
+        for train in (False, True):
+            torch.testing.assert_close(model.train(train)(images), expected, atol=1e-5, rtol=0)
 
 
 def test_shared_parameter_names_are_timms() -> None:
@@ -372,7 +474,7 @@ def test_fold_precomputes_one_bias_buffer_per_block_and_leaves_the_original(
     model = perturb(create_model(parse_spec("test+gab+reattn"))).eval()
     folded = fold_for_inference(model)
     biases = [m for m in folded.modules() if isinstance(m, FoldedAttentionBias)]
-    assert len(biases) == 4 and all(b.bias.shape == (1, 2, 17, 17) for b in biases)
+    assert len(biases) == 3 and all(b.bias.shape == (1, 2, 17, 17) for b in biases)  # blocks 0-2
     torch.testing.assert_close(biases[1].bias, model.blocks[1].attn.gab().detach())
     assert isinstance(model.blocks[0].attn.gab, GaussianAttentionBias)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -402,5 +504,5 @@ def test_num_classes_override_and_no_weight_decay() -> None:
     model = create_model(parse_spec("test+cbs+gab"), num_classes=3)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
     nwd = model.no_weight_decay()
-    assert {"pos_embed", "cls_token", "blocks.0.attn.gab.sigma", "blocks.3.attn.gab.amplitude",
+    assert {"pos_embed", "cls_token", "blocks.0.attn.gab.sigma", "blocks.2.attn.gab.amplitude",
             "blocks.2.cb.scale"} <= nwd

@@ -1,0 +1,67 @@
+"""BatchNorm over attention maps (re-attention, Refiner): frozen statistics and folding helpers.
+
+Why a subclass: a BatchNorm that normalises with batch statistics is not the identity on attention
+maps (their per-head mean is 1/N), so a converted checkpoint whose new BNs were set to the identity
+would change its function as soon as fine-tuning puts the model in train mode. `AttentionBatchNorm`
+is an ordinary `nn.BatchNorm2d` (same state-dict keys, batch statistics when trained from scratch)
+with one switch, `frozen_stats`: when set, it normalises with its running statistics in train mode
+too and never updates them, so it is a learnable per-channel affine map whose value at the start is
+exactly what eval mode (and the exported graph) computes. Converted models set it on every new BN
+(the variants' `reset_function_preserving`); the flag is a module attribute, not a tensor, so it
+survives copies and pickling but not a fresh `create_model` (call `freeze_statistics` again there).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AttentionBatchNorm", "bn_scale_shift", "fold_bn_into_conv", "freeze_statistics"]
+
+
+class AttentionBatchNorm(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` that can keep its running statistics fixed in train mode (`frozen_stats`)."""
+
+    def __init__(self, num_features: int, **kwargs: object) -> None:
+        super().__init__(num_features, **kwargs)  # type: ignore[arg-type]
+        self.frozen_stats = False
+
+    @torch.no_grad()
+    def set_identity(self, gamma: float = 1.0) -> None:
+        """gamma (default 1), beta 0, mean 0, variance 1 - eps: exactly x -> gamma * x with running stats."""
+        self.weight.fill_(gamma)
+        self.bias.zero_()
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0 - self.eps)
+        self.num_batches_tracked.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.frozen_stats:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def freeze_statistics(module: nn.Module, frozen: bool = True) -> None:
+    """Set `frozen_stats` on every `AttentionBatchNorm` inside `module`."""
+    for m in module.modules():
+        if isinstance(m, AttentionBatchNorm):
+            m.frozen_stats = frozen
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BN as y = scale * x + shift per channel: scale = gamma/sqrt(var+eps), shift = beta - mu*scale."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+@torch.no_grad()
+def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new conv computing bn(conv(x)) in eval mode: W' = diag(scale) W, b' = scale * b + shift."""
+    scale, shift = bn_scale_shift(bn)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True)
+    fused.weight.copy_(conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(scale * bias + shift)
+    return fused
