@@ -34,9 +34,10 @@ DEMO_SPECS: tuple[str, ...] = (
     "demo", "demo+cb", "demo+cbs", "demo+lavit", "demo+gab", "demo+reattn", "demo+refiner",
 )
 DATASET = "sklearn-digits"
-#: specs that train longer than `DEMO_CONFIG.epochs` by default. None at present: the authors' Refiner
-#: (BatchNorms, ReLU6, trained from its PyTorch-default start) clears the 95 % target in the default epochs.
-SPEC_EPOCHS: dict[str, int] = {}
+#: specs that train longer than `DEMO_CONFIG.epochs` by default: from scratch, re-attention and the Refiner
+#: (their BatchNorms over attention maps) can end just under the 95 % held-out target after the default
+#: epochs; 60 clear it (BENCHMARKS.md / the manifests hold the measured accuracies).
+SPEC_EPOCHS: dict[str, int] = {"demo+reattn": 60, "demo+refiner": 60}
 
 
 @dataclass(frozen=True)

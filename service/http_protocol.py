@@ -9,8 +9,9 @@ subclass adds those bounds where the bytes arrive, before a request reaches the 
 - a request line + headers above `max_header_bytes` -> 431 and the connection closes;
 - a request head not complete `header_timeout_s` after the connection opened (or after the first
   byte of a following request) -> 408 and the connection closes (slowloris on headers);
-- a body that stalls for `body_timeout_s` between two pieces -> the connection closes, which the
-  application sees as a client disconnect (slowloris on bodies);
+- a body that stalls for `body_timeout_s`, or trickles in slower than MIN_BODY_RATE bytes/s once
+  `body_timeout_s` has passed, -> the connection closes, which the application sees as a client
+  disconnect (slowloris on bodies: a byte every few seconds must not hold a connection slot for ever);
 - more than `max_connections` open connections -> the new one gets 503 and closes at once.
 """
 
@@ -25,6 +26,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.settings import Settings
 
 LINGER_S = 2.0
+#: bytes/s a request body must average: each piece extends the body's deadline by len / MIN_BODY_RATE,
+#: never beyond `body_timeout_s` from now (Apache's mod_reqtimeout `MinRate`, whose default is 500)
+MIN_BODY_RATE = 1024.0
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
@@ -42,6 +46,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._events = 0  # request heads and messages completed on this connection
         self._timer: asyncio.TimerHandle | None = None
+        self._body_deadline = 0.0  # loop time by which the body must have progressed (see MIN_BODY_RATE)
         self._discarding = False  # answered and closing: read and drop what the client still sends
 
     # -- connection ------------------------------------------------------------------------
@@ -62,8 +67,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             if self._timer is None and self._idle():
                 self._arm(self.header_timeout_s)  # the next request on a kept-alive connection has begun
-        else:
-            self._arm(self.body_timeout_s)  # the body made progress
+        else:  # the body made progress: extend its deadline by what these bytes earn, at most a full timeout
+            now = self.loop.time()
+            self._body_deadline = min(self._body_deadline + len(data) / MIN_BODY_RATE, now + self.body_timeout_s)
+            self._arm(self._body_deadline - now)
         events = self._events
         super().data_received(data)
         if self.transport.is_closing() or not self._in_head:
@@ -78,6 +85,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
         self._events += 1
+        self._body_deadline = self.loop.time() + self.body_timeout_s
         self._arm(self.body_timeout_s)
         super().on_headers_complete()
 
@@ -109,9 +117,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._reject(408, f"request headers not received within {self.header_timeout_s:g} s")
             return
         if self.flow.read_paused:  # we stopped reading (the app is behind), not the client
+            self._body_deadline = self.loop.time() + self.body_timeout_s
             self._arm(self.body_timeout_s)
             return
-        self.logger.info("closing a connection whose request body stalled for %.0f s", self.body_timeout_s)
+        self.logger.info("closing a connection whose request body stalled or trickled (under %.0f B/s after %.0f s)",
+                         MIN_BODY_RATE, self.body_timeout_s)
         self.transport.close()
 
     def _reject(self, status: int, message: str, *, retry_after: bool = False) -> None:

@@ -194,6 +194,7 @@ def tensorrt_options(
     max_batch_size: int,
     engine_cache_dir: Path | None = None,
     model_name: str = "",
+    model_digest: str = "",
 ) -> dict[str, str]:
     """A Triton `tensorrt` accelerator -> ONNX Runtime TensorRT provider options (string values).
 
@@ -201,6 +202,12 @@ def tensorrt_options(
     overriding the config's path: the directory a deployment mounts writable. A cache enabled by the
     config without a path goes to DEFAULT_ENGINE_CACHE (ONNX Runtime's default, the working
     directory, is read-only in the container).
+
+    The cache directory ends in the model file's digest (`model_digest`, from vitserve.json): ONNX
+    Runtime names a cached engine after the graph's file and node names, not its weights, so a
+    retrained model with the same architecture would otherwise be served by the old weights' engine.
+    A profile from the config that does not reach `max_batch_size` (the service's batch limit can
+    be raised above the exported one) is replaced by one that does: TensorRT refuses shapes outside it.
     """
     out: dict[str, str] = {}
     for key, value in accelerator.parameters.items():
@@ -221,14 +228,25 @@ def tensorrt_options(
             out[option] = str(_as_int(key, value))
         else:
             out[option] = value
-    if not any(k.startswith("trt_profile_") for k in out):
+    if not any(k.startswith("trt_profile_") for k in out) or _profile_max_batch(out) < max_batch_size:
         out.update(profile_shapes(input_name, input_dims, max_batch_size))
     if engine_cache_dir is not None:
         out["trt_engine_cache_enable"] = "True"
         out["trt_engine_cache_path"] = str(Path(engine_cache_dir) / model_name if model_name else engine_cache_dir)
     elif out.get("trt_engine_cache_enable") == "True" and not out.get("trt_engine_cache_path"):
         out["trt_engine_cache_path"] = str(DEFAULT_ENGINE_CACHE / model_name if model_name else DEFAULT_ENGINE_CACHE)
+    if out.get("trt_engine_cache_enable") == "True" and model_digest:
+        out["trt_engine_cache_path"] = str(Path(out["trt_engine_cache_path"]) / model_digest[:16])
     return out
+
+
+def _profile_max_batch(options: dict[str, str]) -> int:
+    """The smallest batch dimension in `trt_profile_max_shapes` ("name:8x3x224x224,other:8x..."); 0 if absent."""
+    shapes = [part.rsplit(":", 1)[-1] for part in options.get("trt_profile_max_shapes", "").split(",") if part]
+    try:
+        return min(int(shape.split("x", 1)[0]) for shape in shapes) if shapes else 0
+    except ValueError:
+        raise AcceleratorConfigError(f"cannot read trt_profile_max_shapes {options['trt_profile_max_shapes']!r}")
 
 
 @dataclass(frozen=True)
@@ -248,6 +266,7 @@ def plan_for_model(
     input_dims: Sequence[int],
     max_batch_size: int,
     engine_cache_dir: Path | None = None,
+    model_digest: str = "",
 ) -> ProviderPlan:
     """The session's providers and options: the usable providers, narrowed by the model's config.pbtxt."""
     providers = list(usable)
@@ -265,7 +284,7 @@ def plan_for_model(
         providers.append(CPU)
     # validated even where TensorRT will not run: a config Triton would refuse fails here too
     trt_options = tensorrt_options(trt, input_name=input_name, input_dims=input_dims, max_batch_size=max_batch_size,
-                                   engine_cache_dir=engine_cache_dir,
+                                   engine_cache_dir=engine_cache_dir, model_digest=model_digest,
                                    model_name=config.name if config is not None else "") if trt is not None else {}
     options: list[dict[str, str]] = []
     for p in providers:

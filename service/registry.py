@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,8 @@ log = logging.getLogger("vitserve.registry")
 INTAKE_CLOSED = "server is shutting down: request not accepted, retry elsewhere"
 # set while a request the server has accepted is being served: a drain that begins meanwhile
 # lets it finish (an accepted request is answered) instead of refusing it half way
+#: input tensors larger than this are checked (finite, in range) in the worker pool, not on the event loop
+LARGE_CHECK_BYTES = 1 << 20
 _ACCEPTED: contextvars.ContextVar[bool] = contextvars.ContextVar("vitserve_accepted", default=False)
 
 
@@ -545,12 +548,13 @@ class ModelRegistry:
         limit = min(self.settings.max_images_per_request, lv.batcher.limits.max_batch_size)
         if not 1 <= inputs.shape[0] <= limit:
             raise InvalidInput(f"a request carries 1..{limit} images, got {inputs.shape[0]}")
-        if not np.isfinite(inputs).all():
+        # min/max propagate NaN and keep +-inf: two passes check finiteness and the range together
+        smallest, largest = float(inputs.min()), float(inputs.max())
+        if not (math.isfinite(smallest) and math.isfinite(largest)):
             raise InvalidInput("input contains NaN or infinity")
         # an extreme (finite) value would skew the per-batch activation quantisation of int8 models and turn
         # the other requests of its batch into NaN: only values the model's preprocessing can produce, widened
         lo, hi = lv.runtime.spec.manifest.preprocess.value_range
-        smallest, largest = float(inputs.min()), float(inputs.max())
         if smallest < lo or largest > hi:
             raise InvalidInput(
                 f"input values must lie in [{lo:g}, {hi:g}] (the model's normalised pixel range with a margin), "
@@ -566,7 +570,10 @@ class ModelRegistry:
             raise ShuttingDown(INTAKE_CLOSED)
         deadline = deadline if deadline is not None else self.deadline(None, start)
         lv = self.serving(name, version)
-        self._check_inputs(lv, inputs)
+        if inputs.nbytes > LARGE_CHECK_BYTES:  # a large batch's scan would hold up every other connection
+            await self.run_blocking(self._check_inputs, lv, inputs)
+        else:
+            self._check_inputs(lv, inputs)
         for attempt in range(3):
             try:
                 out = await lv.batcher.submit(inputs, deadline)
@@ -594,12 +601,17 @@ class ModelRegistry:
         top_k: int = 5,
         version: int | None = None,
         deadline_ms: float | None = None,
+        admitted: LoadedVersion | None = None,
     ) -> ClassifyResult:
-        """Image bytes -> top-k predictions with queue / preprocess / compute / total timings."""
+        """Image bytes -> top-k predictions with queue / preprocess / compute / total timings.
+
+        `admitted`: the version a caller already accepted the request for (`accept`), so a request
+        admitted before its body was read is not checked against the queue a second time."""
         start = time.monotonic()
         self._check_top_k(top_k)
         deadline = self.deadline(deadline_ms, start)
-        with self.accept(name, version) as lv:  # refuse before spending a decode on it
+        # refuse before spending a decode on it (unless the caller already admitted it)
+        with self.accept(name, version) if admitted is None else nullcontext(admitted) as lv:
             pixels, preprocess_s = await self._decode(image, _preprocess_of(lv))
             self.metrics.preprocess_duration.labels(model=name).observe(preprocess_s)
             return await self._classify_pixels(name, lv, pixels, preprocess_s, top_k, version, deadline, start)

@@ -206,7 +206,8 @@ class OnnxRuntime(InferenceRuntime):
         m = spec.manifest
         plan = plan_for_model(usable or [CPU], spec.config, input_name=m.input_name,
                               input_dims=m.preprocess.input_size, max_batch_size=spec.max_batch_size,
-                              engine_cache_dir=cfg.engine_cache_dir)
+                              engine_cache_dir=cfg.engine_cache_dir,
+                              model_digest=m.files.get(f"{spec.version}/model.onnx", ""))
         providers = plan.providers
         for options in plan.options:
             engine_cache_path(options)

@@ -195,12 +195,12 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
         async with track(metrics, model_label(model, registry.model_names()), "v1_classify"):
             query = parse_query(ClassifyQuery, request)
             check_key(request, settings.inference_api_key, required=False, what="inference")
-            with registry.accept(model, query.version):  # 404 / 503 before reading a body; then answered
+            with registry.accept(model, query.version) as lv:  # 404 / 503 before reading a body; then answered
                 image = await read_image(request)
                 result = await cancel_on_disconnect(
                     request,
                     registry.classify(model, image, query.top_k, version=query.version,
-                                      deadline_ms=query.deadline_ms),
+                                      deadline_ms=query.deadline_ms, admitted=lv),
                 )
             return Response(result.model_dump_json(), media_type="application/json",
                             headers={"Server-Timing": server_timing(result.timings)})

@@ -165,6 +165,23 @@ def test_the_json_size_guard_applies_whatever_the_framing(server: ServerProcess,
         "status": r.status_code, "peak_growth_mb": round(growth), "s": round(took, 2)}
 
 
+@pytest.mark.parametrize("compressed", [True, False])
+def test_short_numbers_cannot_pass_the_size_guard(server: ServerProcess, compressed: bool) -> None:
+    """The size bound assumes ~32 bytes per number; "0," is 2: a body under the bound held 16x the numbers
+    the model can take and pydantic built an object for each (a 32 MB JSON from 32 KB of gzip at 224 px)
+    before answering 400. Now the separators are counted first: 413, nothing parsed."""
+    numbers = 400_000  # tiny_a takes at most max_batch x 3072 numbers; this is far more, in ~800 KB
+    body = ('{"inputs":[{"name":"pixel_values","shape":[1,3,32,32],"datatype":"FP32","data":['
+            + "0," * (numbers - 1) + '0]}]}').encode()
+    headers = {"content-type": "application/json"}
+    if compressed:
+        body, headers["content-encoding"] = gzip.compress(body), "gzip"
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        r = c.post("/v2/models/tiny_a/infer", content=body, headers=headers)
+    assert_clean_error(r, [413])
+    assert "binary tensor extension" in r.json()["error"]
+
+
 # -- 3: high bit-depth giants -----------------------------------------------------------------------
 def test_high_bit_depth_giants_cost_their_decoded_bytes_not_float64_copies(server: ServerProcess) -> None:
     """A 40 Mpx 16-bit PNG (85 KB) and a 40 Mpx float TIFF (240 KB) cost ~1 GB each in float64 temporaries.
@@ -258,6 +275,42 @@ def test_idle_and_partial_requests_are_timed_out(server: ServerProcess, kind: st
     if kind != "partial_body":
         assert received.startswith(b"HTTP/1.1 408 "), received[:200]
     FIGURES[f"slowloris_{kind}_closed_after_s"] = round(closed_after, 2)
+
+
+def test_a_trickled_body_is_closed_like_a_stalled_one(server: ServerProcess) -> None:
+    """A byte every half timeout reset a per-piece timer for ever, so 1024 such connections held every slot
+    (and every accepted request kept a drain waiting). A body must average MIN_BODY_RATE once the body
+    timeout has passed."""
+    import socket
+
+    from service.http_protocol import MIN_BODY_RATE
+
+    host, port = server.base_url.removeprefix("http://").split(":")
+    head = (f"POST /v1/models/tiny_a/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+            "Content-Length: 100000\r\n\r\n").encode()
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    started = time.monotonic()
+    closed_after = None
+    try:
+        sock.sendall(head)
+        sock.settimeout(BODY_TIMEOUT_S / 2)
+        while time.monotonic() - started < BODY_TIMEOUT_S * 10:
+            try:
+                sock.sendall(b"\x89")  # one byte per half body timeout: never a full stall
+                if sock.recv(4096) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+    finally:
+        sock.close()
+    assert closed_after is not None, f"a body trickling at {2 / BODY_TIMEOUT_S:g} B/s held the connection open"
+    assert MIN_BODY_RATE > 2 / BODY_TIMEOUT_S  # the trickle above is below the minimum rate
+    assert httpx.get(server.base_url + "/v2/health/live").status_code == 200
+    FIGURES["slowloris_trickled_body_closed_after_s"] = round(closed_after, 2)
 
 
 def test_connections_above_the_cap_get_503(round2_repository: Path, tmp_path: Path) -> None:

@@ -95,10 +95,25 @@ def test_explicit_profiles_and_other_backend_keys_pass_through() -> None:
     params = {"trt_profile_min_shapes": "x:2x3", "trt_profile_opt_shapes": "x:4x3", "trt_profile_max_shapes": "x:4x3",
               "trt_builder_optimization_level": "5", "trt_timing_cache_enable": "false", "trt_min_subgraph_size": "1"}
     opts = tensorrt_options(Accelerator(name="tensorrt", parameters=params), input_name="x", input_dims=[3],
-                            max_batch_size=16)
+                            max_batch_size=4)
     assert opts == {"trt_profile_min_shapes": "x:2x3", "trt_profile_opt_shapes": "x:4x3",
                     "trt_profile_max_shapes": "x:4x3", "trt_builder_optimization_level": "5",
                     "trt_timing_cache_enable": "False", "trt_min_subgraph_size": "1"}
+    # the service's batch limit raised above the exported profile: a profile that covers it replaces it
+    raised = tensorrt_options(Accelerator(name="tensorrt", parameters=params), input_name="x", input_dims=[3],
+                              max_batch_size=16)
+    assert (raised["trt_profile_min_shapes"], raised["trt_profile_max_shapes"]) == ("x:1x3", "x:16x3")
+
+
+def test_engine_cache_is_keyed_on_the_model_files_digest(tmp_path: Path) -> None:
+    """ONNX Runtime names cached engines after file and node names, not weights: a retrained model of the
+    same architecture must not be served by the previous weights' engine."""
+    acc = Accelerator(name="tensorrt", parameters={"trt_engine_cache_enable": "1", "trt_engine_cache_path": "/c"})
+    paths = {tensorrt_options(acc, input_name="x", input_dims=[3], max_batch_size=2, model_digest=digest,
+                              engine_cache_dir=cache, model_name="m")["trt_engine_cache_path"]
+             for digest in ("a" * 64, "b" * 64) for cache in (None, tmp_path)}
+    assert paths == {"/c/" + "a" * 16, "/c/" + "b" * 16, str(tmp_path / "m" / ("a" * 16)),
+                     str(tmp_path / "m" / ("b" * 16))}
 
 
 @pytest.mark.parametrize("params,message", [
