@@ -134,7 +134,7 @@ def hostile_clients(run: Run) -> list[threading.Thread]:
     big_index = b'{"ready": true, "pad": [' + b"0," * 1_000_000 + b"0]}"
     big_compare = pil(gradient(size=(3000, 2000)), "PNG")
     v1_numbers = b'{"image": [' + b"0.5," * 7_500_000 + b"0]}"
-    long_shape = b'{"inputs":[{"name":"pixel_values","shape":[' + b"1," * 150_000 + b'1],"datatype":"FP32","data":[0]}]}'
+    long_shape = b'{"inputs":[{"name":"pixel_values","shape":[' + b"1," * 20_000 + b'1],"datatype":"FP32","data":[0]}]}'
     huge_int = json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
                                        "data": [0.5] * 3072}], "parameters": {"timeout": 10**400}})
 
