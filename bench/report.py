@@ -100,6 +100,18 @@ def _plt() -> Any:
     return plt
 
 
+def _save_axes(plt: Any, fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Label, grid and save a one-axes figure (the scatter plots' common finish)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_latency_throughput(
     curves: Mapping[str, Sequence[LoadPoint]], path: Path, title: str, percentile_key: str = "p99"
 ) -> Path:
@@ -142,14 +154,7 @@ def plot_scatter(
         hi = max(max(p[1], p[2]) for p in points) * 1.05
         ax.plot([lo, hi], [lo, hi], linestyle="--", color="grey", linewidth=1, label="y = x")
         ax.legend(fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_axes(plt, fig, ax, path, title, xlabel, ylabel)
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
@@ -175,14 +180,7 @@ def plot_pareto(points: Sequence[tuple[str, float, float]], path: Path, title: s
         ax.plot([p[0] for p in line], [p[1] for p in line], linestyle="--", color="tab:blue", linewidth=1,
                 label="Pareto front")
         ax.legend(fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_axes(plt, fig, ax, path, title, xlabel, ylabel)
 
 
 def plot_bars(values: Mapping[str, float], path: Path, title: str, ylabel: str, target: float | None = None) -> Path:

@@ -7,6 +7,7 @@ see monitoring_support.require_tool: skipped when absent on a developer machine,
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,26 +17,34 @@ import pytest
 from monitoring_support import MIN_MODELS, ROOT, free_port, repository_models, require_tool, running_process
 
 
+#: trained models of the committed demo repository served by the monitoring tests: vanilla and a variant of each
+#: folding kind, each with a held-out evaluation (so the accuracy panel has data, as it would in production)
+MONITORED_MODELS = ("demo", "demo-cb", "demo-gab", "demo-reattn")
+
+
 @pytest.fixture(scope="session")
 def monitoring_repository(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository with at least two demo variants.
+    """A model repository with at least two demo variants, every one evaluated.
 
-    VITSERVE_MONITORING_REPOSITORY when set (a local shortcut), else the coordinator's session fixture
-    `demo_repository` when it exists, else the committed models/demo, else one built here with the
-    exporter's CLI (`vitserve-export build ... demo demo+cb`).
+    VITSERVE_MONITORING_REPOSITORY when set (a local shortcut), else four trained models copied from the
+    committed models/demo, else the coordinator's session fixture `demo_repository` when it exists (random
+    weights: the accuracy panel stays empty), else one built here with the exporter's CLI.
     """
     override = os.environ.get("VITSERVE_MONITORING_REPOSITORY")
     if override:
         return Path(override)
+    committed = ROOT / "models" / "demo"
+    if all((committed / name).is_dir() for name in MONITORED_MODELS):
+        repository = tmp_path_factory.mktemp("monitoring") / "repository"
+        for name in MONITORED_MODELS:
+            shutil.copytree(committed / name, repository / name)
+        return repository
     try:
         repository = Path(request.getfixturevalue("demo_repository"))
         if len(repository_models(repository)) >= MIN_MODELS:
             return repository
     except pytest.FixtureLookupError:
         pass
-    committed = ROOT / "models" / "demo"
-    if committed.is_dir() and len(repository_models(committed)) >= MIN_MODELS:
-        return committed
     exporter = require_tool("vitserve-export")
     repository = tmp_path_factory.mktemp("monitoring") / "repository"
     subprocess.run([exporter, "build", "--repository", str(repository), "demo", "demo+cb"], check=True,

@@ -21,6 +21,7 @@ from reliability_support import (
     build_tiny_repository,
     slow_conv_onnx,
     start_server,
+    stopped_cleanly,
     write_custom_model,
 )
 
@@ -39,13 +40,8 @@ def hostile_server(reliability_repository: Path, tmp_path_factory: pytest.TempPa
     """A server on tiny_a only, for the attack tests; it must still exit 0 and log no unhandled error."""
     srv = start_server(reliability_repository, tmp_path_factory.mktemp("hostile"), "--models", "tiny_a",
                        "--warmup", "one")
-    try:
+    with stopped_cleanly(srv):
         yield srv
-    finally:
-        code = srv.stop()
-        log = srv.log()
-        assert code == 0, f"server exited with {code}:\n{log[-3000:]}"
-        assert "unhandled error" not in log and "Traceback" not in log, log[-5000:]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

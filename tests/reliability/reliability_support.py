@@ -13,7 +13,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,3 +213,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return predicate()
+
+
+@contextmanager
+def stopped_cleanly(srv: ServerProcess) -> Iterator[ServerProcess]:
+    """Yield `srv`; afterwards stop it and require exit 0 and no unhandled error or traceback in its log."""
+    try:
+        yield srv
+    finally:
+        code = srv.stop()
+        log = srv.log()
+        assert code == 0, f"server exited with {code}:\n{log[-3000:]}"
+        assert "unhandled error" not in log and "Traceback" not in log, log[-5000:]

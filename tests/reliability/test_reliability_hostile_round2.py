@@ -26,6 +26,7 @@ from reliability_support import (
     proc_status_kb,
     reset_peak_rss,
     start_server,
+    stopped_cleanly,
 )
 from round2_support import (
     COMPARE_MODELS,
@@ -51,13 +52,8 @@ def server(round2_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
     srv = start_server(round2_repository, tmp_path_factory.mktemp("round2"), "--warmup", "one",
                        "--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s", str(BODY_TIMEOUT_S),
                        "--max-image-bytes", str(MAX_IMAGE_BYTES))
-    try:
+    with stopped_cleanly(srv):
         yield srv
-    finally:
-        code = srv.stop()
-        log = srv.log()
-        assert code == 0, f"server exited with {code}:\n{log[-3000:]}"
-        assert "unhandled error" not in log and "Traceback" not in log, log[-5000:]
 
 
 def peak_growth_mb(srv: ServerProcess, before_kb: int) -> float:

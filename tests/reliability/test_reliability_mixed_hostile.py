@@ -26,7 +26,14 @@ import httpx
 import numpy as np
 import pytest
 from make_corpus import gradient, pil, png_grey16_giant, v2_json_header_bomb
-from reliability_support import FIGURES, ServerProcess, percentile, proc_status_kb, start_server
+from reliability_support import (
+    FIGURES,
+    ServerProcess,
+    percentile,
+    proc_status_kb,
+    start_server,
+    stopped_cleanly,
+)
 from round2_support import COMPARE_MODELS, build_round2_repository, extreme_pixels, raw_exchange, v2_binary_request
 from tiny_repository import TinyModel, expected_logits
 
@@ -42,13 +49,8 @@ def mixed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     root = build_round2_repository(tmp_path_factory.mktemp("mixed_repo"))
     srv = start_server(root, tmp_path_factory.mktemp("mixed"), "--warmup", "one", "--header-timeout-s", "2",
                        "--body-timeout-s", "2", "--max-image-bytes", "100000000")
-    try:
+    with stopped_cleanly(srv):
         yield srv
-    finally:
-        code = srv.stop()
-        log = srv.log()
-        assert code == 0, f"server exited with {code}:\n{log[-3000:]}"
-        assert "unhandled error" not in log and "Traceback" not in log, log[-5000:]
 
 
 class Run:
