@@ -10,6 +10,13 @@ this model (so its session gets every core, as the raw session does), and stoppe
 Targets (issue 5): service ÷ raw ≥ 0.90 with binary tensors, ≥ 0.80 with JPEG; p50 at
 concurrency 1 minus raw batch-1 latency ≤ 2 ms. The client runs on the same cores: its CPU use is
 reported beside each point, and its own ceiling is measured against a trivial server.
+
+Front-end CPU per inference (issue 13): the server's CPU time per inference at concurrency 16 (its
+whole process group: event loop, decoding threads, the session's threads, spinning included) minus
+the raw session's CPU time per image. A session's CPU per image depends on the batch size (batch 1
+costs more per image), so the raw figure is taken at the batch size the server really executed
+(its mean, from the /v2 statistics; interpolated between the batch sizes timed raw). CPU time, unlike
+throughput, hardly depends on what else the machine runs, so this locates the serving work per request.
 """
 
 from __future__ import annotations
@@ -18,18 +25,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.inproc import best_throughput, ort_session, time_ort
+from bench.inproc import Timing, best_throughput, ort_session, time_ort
 from bench.loadgen import LoadPoint, MeasureConfig, sweep
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models, model_file
 from bench.overhead import measure_overhead
 from bench.payloads import RequestSpec, classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import vitserve_server
-from bench.report import command_line, md_table, perf_analyzer_table, plot_latency_throughput, write_result
+from bench.report import command_line, frontend_table, md_table, perf_analyzer_table, plot_latency_throughput, write_result
 
 TARGET_BINARY = 0.90
 TARGET_JPEG = 0.80
 TARGET_ADDED_MS = 2.0
+#: issue 13: front-end CPU per inference at concurrency 16, in µs
+TARGET_FRONTEND_V2_US = 250.0
+TARGET_FRONTEND_JPEG_US = 600.0
 
 #: Settings tried by `--tune` (issue 5: thread settings, spinning; execution instances), as service settings.
 #: The default is one instance with every core and spinning off.
@@ -55,6 +65,32 @@ def image_side(input_hw: tuple[int, int]) -> int:
 def raw_batch_sizes(max_batch: int) -> list[int]:
     sizes = [1, 2, 4, 8, 16, 32, 64]
     return [b for b in sizes if b <= max_batch] + ([max_batch] if max_batch not in sizes else [])
+
+
+def raw_cpu_us_at(raw: list[Timing], batch: float) -> float:
+    """Raw CPU µs per image at `batch` images per run: linear between the timed batch sizes, clamped to them."""
+    points = sorted((t.batch_size, t.cpu_s / t.batch_size * 1e6) for t in raw if t.cpu_s)
+    if not points:
+        return float("nan")
+    if batch <= points[0][0]:
+        return points[0][1]
+    for (b0, c0), (b1, c1) in zip(points, points[1:]):
+        if batch <= b1:
+            return c0 + (c1 - c0) * (batch - b0) / (b1 - b0)
+    return points[-1][1]
+
+
+def frontend_cpu(point: LoadPoint, raw: list[Timing]) -> dict[str, float | None]:
+    """Server CPU per inference, the raw CPU per image at the server's batch size, and their difference."""
+    server = point.server_cpu_us_per_inference
+    batch = point.server_mean_batch_size
+    raw_us = raw_cpu_us_at(raw, batch) if batch else None
+    return {
+        "server_cpu_us_per_inference": server,
+        "server_mean_batch_size": batch,
+        "raw_cpu_us_per_image": raw_us,
+        "frontend_cpu_us_per_inference": server - raw_us if server is not None and raw_us is not None else None,
+    }
 
 
 def _status(met: bool | None) -> str:
@@ -133,6 +169,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "v2 c=16": (v2_16.server_cpu_us_per_inference or float("nan")) / raw_cpu_us,
         "jpeg c=16": (jpeg_16.server_cpu_us_per_inference or float("nan")) / raw_cpu_us,
     }
+    frontend = {"v2 c=16": frontend_cpu(v2_16, raw), "jpeg c=16": frontend_cpu(jpeg_16, raw)}
+    fe_v2, fe_jpeg = (frontend[k]["frontend_cpu_us_per_inference"] for k in ("v2 c=16", "jpeg c=16"))
     targets = [
         {"target": "service (v2 binary, c=16) ÷ raw ORT best", "goal": f">= {TARGET_BINARY}", "measured": ratio_v2,
          "met": ratio_v2 >= TARGET_BINARY},
@@ -141,6 +179,11 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         # negative: the service beat the raw session, i.e. the two were timed under different background load
         {"target": "p50 at c=1 (v2) − raw batch-1 latency (ms)", "goal": f"<= {TARGET_ADDED_MS}", "measured": added_ms,
          "met": None if added_ms < 0 else added_ms <= TARGET_ADDED_MS},
+        {"target": "front-end CPU per inference, v2 binary c=16 (µs)", "goal": f"<= {TARGET_FRONTEND_V2_US:.0f}",
+         "measured": fe_v2, "met": None if fe_v2 is None or fe_v2 < 0 else fe_v2 <= TARGET_FRONTEND_V2_US},
+        {"target": "front-end CPU per inference, JPEG c=16 (µs)", "goal": f"<= {TARGET_FRONTEND_JPEG_US:.0f}",
+         "measured": fe_jpeg,
+         "met": None if fe_jpeg is None or fe_jpeg < 0 else fe_jpeg <= TARGET_FRONTEND_JPEG_US},
     ]
     data: dict[str, Any] = {
         "comparison": "ceiling",
@@ -154,6 +197,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "raw_best": best.model_dump(),
         "raw_cpu_us_per_image": raw_cpu_us,
         "server_cpu_over_raw_cpu": cpu_ratio,
+        "frontend_cpu": frontend,
         "upload": {"format": "jpeg", "side_px": side, "bytes": len(jpeg)},
         "service_v2": v2_points,
         "service_jpeg": jpeg_points,
@@ -185,6 +229,10 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "",
         "CPU per inference, service ÷ raw (robust to other load on the machine): "
         + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ratio.items()) + ".",
+        "",
+        "## Front-end CPU per inference (server CPU − raw CPU at the server's batch size)",
+        "",
+        frontend_table(frontend),
         "",
         "## Service, v2 binary tensors (batch-1 requests; usec, perf_analyzer columns)",
         "",

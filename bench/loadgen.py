@@ -110,6 +110,8 @@ def parse_v2_stats(doc: object) -> dict[str, float]:
         return out
     for model in doc.get("model_stats", []) or []:
         inf = (model or {}).get("inference_stats") or {}
+        for key in ("inference_count", "execution_count"):  # images computed, batches executed
+            out[key] = out.get(key, 0.0) + float((model or {}).get(key, 0) or 0)
         for key in ("success", *_STATS_KEYS):
             entry = inf.get(key) or {}
             out[f"{key}.count"] = out.get(f"{key}.count", 0.0) + float(entry.get("count", 0) or 0)
@@ -126,6 +128,13 @@ def stats_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         if count > 0:
             out[name] = ns / count / 1000.0
     return out
+
+
+def mean_batch_size(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Images per executed batch between two stats snapshots (None when no batch ran or no statistics)."""
+    batches = after.get("execution_count", 0.0) - before.get("execution_count", 0.0)
+    images = after.get("inference_count", 0.0) - before.get("inference_count", 0.0)
+    return images / batches if batches > 0 else None
 
 
 class LoadPoint(BaseModel):
@@ -159,6 +168,9 @@ class LoadPoint(BaseModel):
         None, description="server CPU time per successful inference (robust to other load on the machine)"
     )
     client_cpu_us_per_request: float
+    server_mean_batch_size: float | None = Field(
+        None, description="images per batch the server executed (from /v2/models/{m}/stats deltas)"
+    )
 
     @property
     def errors(self) -> int:
@@ -244,6 +256,7 @@ def summarise(
     protocol: str = "",
     server_stats_us: dict[str, float] | None = None,
     server_cpu_s: float | None = None,
+    server_mean_batch_size: float | None = None,
 ) -> LoadPoint:
     """Reduce the samples of the reported windows to a LoadPoint."""
     if wall_s <= 0:
@@ -293,6 +306,7 @@ def summarise(
         server_cpu_cores=server_cpu_s / wall_s if server_cpu_s else None,
         server_cpu_us_per_inference=server_cpu_s / sum(s.images for s in ok) * 1e6 if server_cpu_s and ok else None,
         client_cpu_us_per_request=(cpu_s / len(samples) * 1e6) if samples else math.nan,
+        server_mean_batch_size=server_mean_batch_size,
     )
 
 
@@ -375,10 +389,11 @@ async def _measure(
     progress: Progress | None,
     snapshot: Snapshot | None = None,
     server_pgid: int | None = None,
-) -> tuple[list[Sample], float, float, int, bool, dict[str, float] | None, float | None]:
+) -> tuple[list[Sample], float, float, int, bool, dict[str, float] | None, float | None, float | None]:
     """Run the window loop over the growing `samples` list.
 
-    Returns (reported samples, wall, cpu, windows, stable, server stats per request over the reported windows).
+    Returns (reported samples, wall, cpu, windows, stable, server stats per request over the reported windows,
+    server CPU seconds, images per executed batch).
     """
     await asyncio.sleep(cfg.warmup_s)
     waited = cfg.warmup_s
@@ -437,7 +452,8 @@ async def _measure(
     cpu = sum(b[3] for b in use)
     server = stats_delta(snaps[first], snaps[-1]) if snapshot else None
     server_cpu_s = server_cpu[-1] - server_cpu[first] if server_pgid else None
-    return reported, wall, cpu, len(windows), stable, server, server_cpu_s
+    batch = mean_batch_size(snaps[first], snaps[-1]) if snapshot else None
+    return reported, wall, cpu, len(windows), stable, server, server_cpu_s, batch
 
 
 def _stats_snapshot(session: object, stats_path: str | None) -> Snapshot | None:
@@ -483,7 +499,7 @@ async def closed_loop(
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
         try:
-            reported, wall, cpu, n, stable, stats, server_cpu = await _measure(
+            reported, wall, cpu, n, stable, stats, server_cpu, batch = await _measure(
                 samples, cfg, f"c={concurrency}", progress, _stats_snapshot(session, stats_path), server_pgid
             )
         finally:
@@ -493,7 +509,7 @@ async def closed_loop(
             await asyncio.gather(*tasks, return_exceptions=True)
     return summarise(
         reported, wall, cpu, mode="concurrency", windows=n, stable=stable, concurrency=concurrency, spec=spec,
-        protocol=protocol, server_stats_us=stats, server_cpu_s=server_cpu,
+        protocol=protocol, server_stats_us=stats, server_cpu_s=server_cpu, server_mean_batch_size=batch,
     )
 
 
@@ -540,7 +556,7 @@ async def open_loop(
 
         gen = asyncio.create_task(arrivals())
         try:
-            reported, wall, cpu, n, stable, stats, server_cpu = await _measure(
+            reported, wall, cpu, n, stable, stats, server_cpu, batch = await _measure(
                 samples, cfg, f"rate={rate:g}/s", progress, _stats_snapshot(session, stats_path), server_pgid
             )
         finally:
@@ -550,7 +566,7 @@ async def open_loop(
             await asyncio.gather(gen, *inflight, return_exceptions=True)
     return summarise(
         reported, wall, cpu, mode="rate", windows=n, stable=stable, request_rate=rate, spec=spec, protocol=protocol,
-        server_stats_us=stats, server_cpu_s=server_cpu,
+        server_stats_us=stats, server_cpu_s=server_cpu, server_mean_batch_size=batch,
     )
 
 

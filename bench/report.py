@@ -53,6 +53,19 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+def frontend_table(frontend: dict[str, dict[str, float | None]]) -> str:
+    """Front-end CPU per inference per path (bench/ceiling.py: `frontend_cpu`), as a markdown table."""
+    return md_table(["path", "server CPU µs/inference", "server mean batch", "raw CPU µs/image at that batch",
+                     "front-end CPU µs/inference"],
+                    [[path, _us(f["server_cpu_us_per_inference"]), f["server_mean_batch_size"],
+                      _us(f["raw_cpu_us_per_image"]), _us(f["frontend_cpu_us_per_inference"])]
+                     for path, f in frontend.items()])
+
+
+def _us(value: float | None) -> int | None:
+    return None if value is None or math.isnan(value) else round(value)
+
+
 def perf_analyzer_table(points: Sequence[LoadPoint]) -> str:
     """Load points as perf_analyzer's table (usec), plus errors and the generator's CPU use."""
     headers = [*PERF_ANALYZER_COLUMNS, "errors", "client CPU (cores)", "server CPU (cores)", "server CPU us/inference",

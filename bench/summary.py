@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.report import RESULTS_DIR, fmt, md_table
+from bench.report import RESULTS_DIR, fmt, frontend_table, md_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +91,15 @@ def _gpu_section(gpu: dict[str, Any] | None) -> list[str]:
     md += ["TensorRT engine build (load + warm-up of a model with a `tensorrt` accelerator, seconds):", "",
            md_table(["preset", "empty engine cache", "cached engines"], build_rows), ""]
     return md
+
+
+def _frontend_lines(c: dict[str, Any]) -> list[str]:
+    """Front-end CPU per inference (issue 13), when the run measured it."""
+    fe = c.get("frontend_cpu")
+    if not fe:
+        return []
+    return ["Front-end CPU per inference (server CPU − raw CPU per image at the batch size the server executed):",
+            "", frontend_table(fe), ""]
 
 
 def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
@@ -222,6 +231,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
             "CPU per inference, service ÷ raw in-process (insensitive to other load on the machine): "
             + ", ".join(f"{k} {v:.2f}" for k, v in (c.get("server_cpu_over_raw_cpu") or {}).items()) + ".",
             "",
+            *_frontend_lines(c),
             f"Raw batch-1 latency {raw_b1['median_s'] * 1e3:.2f} ms; service p50 at c=1 "
             f"{v2[1]['latency_us']['p50'] / 1e3:.2f} ms. Server-side split at c=16 (v2, usec): "
             + ", ".join(f"{k} {v:.0f}" for k, v in v2[16]["server_us"].items())
