@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.common import BodyLimitMiddleware
 from service.api.fast_path import FastPathMiddleware
@@ -41,12 +43,25 @@ Errors are JSON `{"error": "..."}`: 400 bad input, 401 missing API key, 404 unkn
 """
 
 
+class ServiceApp(FastAPI):
+    """FastAPI whose hot inference routes are dispatched before its middleware stack (service/api/fast_path.py)."""
+
+    entry: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.entry is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self  # as Starlette sets it (`request.app`)
+        await self.entry(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
     runtime_factory: RuntimeFactory = onnx_runtime_factory,
     wait_for_models: bool = False,
-) -> FastAPI:
+) -> ServiceApp:
     """Build the app. `wait_for_models` makes startup block until the initial load is done (tests)."""
     metrics = Metrics()
     register_gpu_metrics(metrics.registry)  # Triton's nv_gpu_* series; absent without a GPU
@@ -62,13 +77,14 @@ def create_app(
             await registry.shutdown()
             log.info("shutdown complete")
 
-    app = FastAPI(title="vitserve", version=SERVER_VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app = ServiceApp(title="vitserve", version=SERVER_VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
     install_error_handlers(app)
     hot = register_v1(app, registry) + register_v2(app, registry)
     register_system(app, registry)
-    app.add_middleware(FastPathMiddleware, routes=hot)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # the hot routes first, under the same body limit; everything else through FastAPI's stack
+    app.entry = FastPathMiddleware(partial(FastAPI.__call__, app), hot, max_body_bytes=settings.max_body_bytes)
     return app

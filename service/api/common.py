@@ -33,7 +33,11 @@ class ClientClosedRequest(ServiceError):
 
 
 class BodyLimitMiddleware:
-    """413 from Content-Length before reading anything, and again while streaming a body without one."""
+    """413 from Content-Length before reading anything, and again while streaming a body without one.
+
+    A body with a Content-Length within the limit is passed through untouched: the HTTP parser
+    delivers exactly the declared bytes (more would be the next request), so only a body without
+    one (chunked) needs counting as it streams."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -43,8 +47,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
+        length = None
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                length = value
         if length is not None:
             try:
                 declared = int(length)
@@ -57,6 +63,8 @@ class BodyLimitMiddleware:
             if declared > self.max_bytes:
                 await _send_error(send, 413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
                 return
+            await self.app(scope, receive, send)
+            return
         received = 0
         limit = self.max_bytes
         started = refused = False
