@@ -42,6 +42,8 @@ at 0, so dashboards show them before traffic.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from service.manifest import Evaluation
@@ -113,6 +115,20 @@ class Metrics:
             ["model", "dataset", "metric"], registry=r,
         )
         self._accuracy_labels: dict[str, list[tuple[str, str, str]]] = {}
+        # the children of the per-request series, by (model, endpoint, code): `labels()` costs more than the update
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, model: str, endpoint: str, code: int, seconds: float) -> None:
+        """One answered request: `requests_total` and `request_duration_seconds`."""
+        key = (model, endpoint, code)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (
+                self.requests.labels(model=model, code=str(code)),
+                self.request_duration.labels(model=model, endpoint=endpoint, code=str(code)),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def set_state(self, model: str, state: str) -> None:
         for s in MODEL_STATES:

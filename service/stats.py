@@ -25,20 +25,27 @@ class VersionObserver(BatcherHooks):
         self.stats = ModelStatsAccumulator()
         self.last_error: str | None = None
         self._labels = {"model": model, "version": self.version}
+        # this version's series, looked up once (they are updated on every request and batch)
+        lb = self._labels
+        self._queue_depth = metrics.queue_depth.labels(**lb)
+        self._batch_size = metrics.batch_size.labels(**lb)
+        self._compute = metrics.compute_duration.labels(**lb)
+        self._batches = metrics.batches.labels(**lb)
+        self._inferences = metrics.inferences.labels(**lb)
+        self._flops = metrics.flops.labels(**lb)
+        self._queue = metrics.queue_duration.labels(**lb)
 
     def on_queue_depth(self, images: int) -> None:
-        self.metrics.queue_depth.labels(**self._labels).set(images)
+        self._queue_depth.set(images)
 
     def on_batch(self, size: int, compute_s: float, requests: list[PendingRequest], dispatched_at: float) -> None:
-        m, lb = self.metrics, self._labels
-        m.batch_size.labels(**lb).observe(size)
-        m.compute_duration.labels(**lb).observe(compute_s)
-        m.batches.labels(**lb).inc()
-        m.inferences.labels(**lb).inc(size)
-        m.flops.labels(**lb).inc(size * self.flops_per_image)
-        queue_hist = m.queue_duration.labels(**lb)
+        self._batch_size.observe(size)
+        self._compute.observe(compute_s)
+        self._batches.inc()
+        self._inferences.inc(size)
+        self._flops.inc(size * self.flops_per_image)
         for req in requests:
-            queue_hist.observe(max(0.0, dispatched_at - req.enqueued_at))
+            self._queue.observe(max(0.0, dispatched_at - req.enqueued_at))
         self.stats.record_execution(batch_size=size, compute_infer_ns=int(compute_s * 1e9))
 
     def on_batch_failed(self, size: int, error: BaseException) -> None:

@@ -10,8 +10,7 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -134,27 +133,31 @@ def model_label(model: str, known: list[str]) -> str:
     return model if model in known else UNKNOWN_MODEL_LABEL
 
 
-@asynccontextmanager
-async def track(metrics: Metrics, model: str, endpoint: str) -> AsyncIterator[None]:
-    """Count the request and observe its duration by status code."""
-    start = time.perf_counter()
-    code = 200
-    try:
-        yield
-    except ServiceError as exc:
-        code = exc.status
-        raise
-    except (asyncio.CancelledError, ClientDisconnect):
-        code = 499
-        raise
-    except Exception:
-        code = 500
-        raise
-    finally:
-        metrics.requests.labels(model=model, code=str(code)).inc()
-        metrics.request_duration.labels(model=model, endpoint=endpoint, code=str(code)).observe(
-            time.perf_counter() - start
-        )
+class track:  # noqa: N801 - used as `async with track(...)`, like a context-manager function
+    """Count the request and observe its duration by status code (`async with track(metrics, model, endpoint)`).
+
+    A plain class, not a generator-based context manager: it runs on every inference request."""
+
+    __slots__ = ("_metrics", "_model", "_endpoint", "_start")
+
+    def __init__(self, metrics: Metrics, model: str, endpoint: str) -> None:
+        self._metrics, self._model, self._endpoint = metrics, model, endpoint
+        self._start = 0.0
+
+    async def __aenter__(self) -> None:
+        self._start = time.perf_counter()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if kind is None:
+            code = 200
+        elif isinstance(exc, ServiceError):
+            code = exc.status
+        elif isinstance(exc, (asyncio.CancelledError, ClientDisconnect)):
+            code = 499
+        else:
+            code = 500
+        self._metrics.observe_request(self._model, self._endpoint, code, time.perf_counter() - self._start)
+        return False
 
 
 async def _until_disconnected(request: Request) -> None:
