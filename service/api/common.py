@@ -168,23 +168,31 @@ async def _until_disconnected(request: Request) -> None:
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (so its request leaves the batch queue) if the client disconnects.
+    """Await `work` in this task, cancelling it (so its request leaves the batch queue) if the client disconnects.
 
-    Call only after the body has been read: the next ASGI message is then the disconnect.
-    """
-    task: asyncio.Future[T] = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
+    Call only after the body has been read: the next ASGI message is then the disconnect. One watcher
+    task per request, which cancels this task on a disconnect (no second task, no asyncio.wait)."""
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"finished": False, "disconnected": False}
+
+    def on_watcher_done(watcher: asyncio.Task[None]) -> None:
+        if state["finished"] or watcher.cancelled() or watcher.exception() is not None:
+            return
+        state["disconnected"] = True
         task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(_until_disconnected(request))
+    watcher.add_done_callback(on_watcher_done)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if state["disconnected"] and task.uncancel() == 0:
+            raise ClientClosedRequest("client disconnected") from None
         raise
     finally:
+        state["finished"] = True
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    raise ClientClosedRequest("client disconnected")
 
 
 Q = TypeVar("Q", bound=BaseModel)
