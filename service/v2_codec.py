@@ -429,9 +429,10 @@ def parse_infer_request(
     if offset != len(binary):
         raise V2ProtocolError(f"{len(binary) - offset} bytes of binary data after the header belong to no input")
 
-    request = request.model_copy(
-        update={"inputs": [i.model_copy(update={"data": None}) for i in request.inputs]}
-    )
+    if any(i.data is not None for i in request.inputs):
+        request = request.model_copy(
+            update={"inputs": [i.model_copy(update={"data": None}) for i in request.inputs]}
+        )
     for key in ("binary_data_output",):
         _bool_param(request.parameters or {}, key, "request", False)
     request_timeout_s(request)
@@ -530,16 +531,17 @@ def encode_infer_response(
             ).tobytes()
             chunks.append(raw)
             out_tensors.append(
-                ResponseOutput(
+                ResponseOutput.model_construct(
                     name=name, shape=list(arr.shape), datatype=datatype, parameters={"binary_data_size": len(raw)}
                 )
             )
         else:
-            out_tensors.append(
-                ResponseOutput(name=name, shape=list(arr.shape), datatype=datatype, data=_json_data(arr, datatype))
-            )
+            out_tensors.append(ResponseOutput.model_construct(
+                name=name, shape=list(arr.shape), datatype=datatype, data=_json_data(arr, datatype)))
 
-    response = InferenceResponse(model_name=model_name, model_version=version, id=request.id, outputs=out_tensors)
+    # built from values the server produced (not client input): constructed without re-validation
+    response = InferenceResponse.model_construct(model_name=model_name, model_version=version, id=request.id,
+                                                 outputs=out_tensors)
     header = response.model_dump_json(exclude_none=True).encode("utf-8")
     if not chunks:
         return header, {"Content-Type": JSON_CONTENT_TYPE}

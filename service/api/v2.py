@@ -22,12 +22,13 @@ from service.api.fast_path import fast_routes
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, validation_message
 from service.model_config import InstanceGroup
 from service.registry import LoadedVersion, ModelRegistry
-from service.repository import parse_version
+from service.repository import ModelEntry, parse_version
 from service.schemas import ModelInfo
 from service.v2_codec import (
     HEADER_LENGTH_HEADER,
     InferenceRequest,
     InferenceResponse,
+    TensorSpec,
     decode_content_encoding,
     encode_content_encoding,
     encode_infer_response,
@@ -199,6 +200,18 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
             with registry.accept(model, v) as lv:  # 404 / 503 (not ready, queue full) before reading
                 return await _infer_accepted(model, v, lv, request, start)
 
+    inputs_cache: dict[str, tuple[ModelEntry, dict[str, TensorSpec], int | None]] = {}
+
+    def _inputs_of(model: str, entry: ModelEntry) -> tuple[dict[str, TensorSpec], int | None]:
+        """The model's input specs and numbers per batch item (None when a dimension is variable), per entry."""
+        cached = inputs_cache.get(model)
+        if cached is None or cached[0] is not entry:  # first request, or the model was reloaded
+            specs = input_specs(entry.config)
+            fixed = all(d >= 0 for spec in specs.values() for d in spec.dims)
+            numbers = sum(math.prod(spec.dims) for spec in specs.values()) if fixed else None
+            cached = inputs_cache[model] = (entry, specs, numbers)
+        return cached[1], cached[2]
+
     async def _infer_accepted(model: str, v: int | None, lv: LoadedVersion, request: Request,
                               start: float) -> Response:
         """The body of an admitted v2 request: read, parse (off the loop when large), infer, encode."""
@@ -211,13 +224,13 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
             body = await registry.run_blocking(functools.partial(
                 decode_content_encoding, body, encoding, max_size=settings.max_body_bytes))
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH_HEADER))
-        specs = input_specs(entry.config)
+        specs, image_numbers = _inputs_of(model, entry)
         json_bytes = len(body) if header_length is None else min(header_length, len(body))
-        if all(d >= 0 for spec in specs.values() for d in spec.dims):
+        if image_numbers is not None:
             # a JSON tensor is ~10-25 bytes per number: refuse a JSON part (the whole body, or the header
             # before binary tensors; after inflating) no legal request can need, before pydantic builds
             # millions of Python objects (it holds the GIL, stalling every other request)
-            numbers = max_batch * sum(math.prod(spec.dims) for spec in specs.values())
+            numbers = max_batch * image_numbers
             limit = numbers * JSON_BYTES_PER_NUMBER + JSON_ENVELOPE_BYTES
             if json_bytes > limit:
                 raise PayloadTooLarge(
