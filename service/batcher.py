@@ -173,6 +173,7 @@ class Batcher:
         self._clock = clock
         self._hooks = hooks or BatcherHooks()
         self._queue: deque[PendingRequest] = deque()
+        self._queued = 0  # images in the queue whose request is still waiting (kept as the queue changes)
         self._inflight_batches: dict[int, _Inflight] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -185,7 +186,7 @@ class Batcher:
     # -- state -------------------------------------------------------------------------------
     @property
     def queued_images(self) -> int:
-        return sum(r.size for r in self._queue if not r.future.done())
+        return self._queued
 
     @property
     def inflight_batches(self) -> int:
@@ -223,6 +224,7 @@ class Batcher:
                 error = BatcherStopped(f"model {self.name} stopped before the request was computed")
                 pending = list(self._queue) + [r for b in self._inflight_batches.values() for r in b.requests]
                 self._queue.clear()
+                self._queued = 0
                 for req in pending:
                     if not req.future.done():
                         req.future.set_exception(error)
@@ -255,7 +257,8 @@ class Batcher:
         future: asyncio.Future[BatchOutput] = asyncio.get_running_loop().create_future()
         req = PendingRequest(inputs=inputs, future=future, enqueued_at=self._clock(), deadline=deadline)
         self._queue.append(req)
-        self._hooks.on_queue_depth(self.queued_images)
+        self._queued += size
+        self._hooks.on_queue_depth(self._queued)
         self._wake.set()
         try:
             return await future
@@ -264,9 +267,10 @@ class Batcher:
                 future.cancel()
             try:
                 self._queue.remove(req)
-            except ValueError:
+                self._queued -= req.size
+            except ValueError:  # already taken into a batch
                 pass
-            self._hooks.on_queue_depth(self.queued_images)
+            self._hooks.on_queue_depth(self._queued)
             self._wake.set()
             raise
 
@@ -280,11 +284,16 @@ class Batcher:
                 return
             can_dispatch = len(self._inflight_batches) < self._instances
             wake_at = next_wakeup(self._queue, self.limits, can_dispatch)
-            timeout = None if wake_at is None else max(0.0, wake_at - self._clock())
+            if wake_at is None:
+                await self._wake.wait()
+                continue
+            # a timer that sets the event, not asyncio.wait_for (which wraps the wait in a new task each time:
+            # this loop turns once per submitted request under load)
+            timer = asyncio.get_running_loop().call_later(max(0.0, wake_at - self._clock()), self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     def _dispatch(self) -> None:
         """Start every batch that is due now, each on a free worker; fail the expired requests.
@@ -293,6 +302,7 @@ class Batcher:
         time answering the finished batch's requests (the worker would otherwise idle meanwhile)."""
         while True:
             now = self._clock()
+            waiting = len(self._queue)
             if len(self._inflight_batches) < self._instances:
                 batch, expired = collect_batch(self._queue, self.limits, now, idle=not self._inflight_batches)
             else:
@@ -300,8 +310,10 @@ class Batcher:
             for req in expired:
                 req.future.set_exception(DeadlineExceeded("deadline passed while queued; not computed"))
                 self._hooks.on_expired(req.size)
+            if len(self._queue) != waiting:  # taken, expired or cancelled requests left the queue
+                self._queued = sum(r.size for r in self._queue if not r.future.done())
             if batch or expired:
-                self._hooks.on_queue_depth(self.queued_images)
+                self._hooks.on_queue_depth(self._queued)
             if not batch:
                 return
             self._batch_ids += 1

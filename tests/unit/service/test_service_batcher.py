@@ -257,6 +257,29 @@ def test_expired_request_is_never_computed() -> None:
     asyncio.run(main())
 
 
+def test_queued_images_follow_submits_expiries_and_dispatches() -> None:
+    async def main() -> None:
+        gate = Gate()
+        loop = asyncio.get_running_loop()
+        b = Batcher(gate, LIMITS, clock=loop.time)
+        b.start()
+        running = asyncio.create_task(b.submit(images([1.0])))
+        await _wait_entered(gate)
+        waiting = asyncio.create_task(b.submit(images([2.0, 3.0])))
+        doomed = asyncio.create_task(b.submit(images([4.0]), deadline=loop.time() + 0.01))
+        await asyncio.sleep(0)
+        assert b.queued_images == 3 and b.is_overloaded(14) and not b.is_overloaded(13)
+        with pytest.raises(DeadlineExceeded):
+            await doomed
+        assert b.queued_images == 2
+        gate.open.set()
+        await asyncio.gather(running, waiting)
+        assert b.queued_images == 0 and not b.is_overloaded(16)
+        await b.stop(1.0)
+
+    asyncio.run(main())
+
+
 def test_cancelled_request_leaves_the_queue_and_is_not_computed() -> None:
     async def main() -> None:
         gate = Gate()
