@@ -17,7 +17,7 @@ import struct
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.manifest import PreprocessConfig
@@ -47,13 +47,16 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            probe = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            _check_pixels(probe.size, max_pixels)
-            _check_bytes(probe, max_bytes)
-            probe.verify()
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             _check_pixels(image.size, max_pixels)
             _check_bytes(image, max_bytes)
+            if type(image).verify is not ImageFile.ImageFile.verify:
+                # a format with an integrity check of its own (PNG's chunk CRCs): verify() consumes the
+                # file, so it is opened again; for the others verify() only closes it (one open suffices)
+                image.verify()
+                image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+                _check_pixels(image.size, max_pixels)
+                _check_bytes(image, max_bytes)
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             factor = _reduction_factor(image.size, cfg)
