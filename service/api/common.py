@@ -7,6 +7,7 @@ Only this layer knows about HTTP; it turns requests into registry calls and lets
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import time
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, SecretStr, ValidationError
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -198,12 +200,27 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
 Q = TypeVar("Q", bound=BaseModel)
 
 
+#: query strings up to this long are cached once validated (bounds the cache's memory: 1024 entries)
+CACHED_QUERY_BYTES = 256
+
+
 def parse_query(model: type[Q], request: Request) -> Q:
-    """Validate query parameters with a pydantic model; errors read like FastAPI's (400)."""
+    """Validate query parameters with a pydantic model; errors read like FastAPI's (400).
+
+    Clients repeat the same few query strings: a short one is validated once and the result (only
+    ever read) reused. Errors are not cached."""
+    raw: bytes = request.scope.get("query_string", b"")
+    return _parse_query_cached(model, raw) if len(raw) <= CACHED_QUERY_BYTES else _parse_query(model, raw)
+
+
+def _parse_query(model: type[Q], query_string: bytes) -> Q:
     try:
-        return model.model_validate(dict(request.query_params))
+        return model.model_validate(dict(QueryParams(query_string)))
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc.errors(), prefix=("query",))) from None
+
+
+_parse_query_cached = functools.lru_cache(maxsize=1024)(_parse_query)
 
 
 def query_parameters_doc(model: type[BaseModel]) -> list[dict[str, Any]]:

@@ -87,3 +87,23 @@ def test_api_key_check() -> None:
             check_key(req(headers), key, required=True, what="x")
     with pytest.raises(Unauthorized, match="no API key configured"):
         check_key(req({"X-API-Key": "anything"}), None, required=True, what="x")
+
+
+def test_query_parameters_are_validated_once_per_short_query_string() -> None:
+    from service.api.common import CACHED_QUERY_BYTES, _parse_query_cached, parse_query
+    from service.api.v1 import ClassifyQuery
+    from service.errors import InvalidInput
+
+    def req(query: bytes) -> Request:
+        return Request({"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": query})
+
+    first = parse_query(ClassifyQuery, req(b"top_k=3&version=2"))
+    hits = _parse_query_cached.cache_info().hits
+    assert parse_query(ClassifyQuery, req(b"top_k=3&version=2")) == first
+    assert (first.top_k, first.version) == (3, 2) and _parse_query_cached.cache_info().hits == hits + 1
+    for _ in range(2):  # an error is raised every time (never cached as a result)
+        with pytest.raises(InvalidInput, match="top_k"):
+            parse_query(ClassifyQuery, req(b"top_k=0"))
+    long = b"top_k=4&pad=" + b"x" * CACHED_QUERY_BYTES
+    size = _parse_query_cached.cache_info().currsize
+    assert parse_query(ClassifyQuery, req(long)).top_k == 4 and _parse_query_cached.cache_info().currsize == size
