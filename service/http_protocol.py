@@ -13,12 +13,17 @@ subclass adds those bounds where the bytes arrive, before a request reaches the 
   `body_timeout_s` has passed, -> the connection closes, which the application sees as a client
   disconnect (slowloris on bodies: a byte every few seconds must not hold a connection slot for ever);
 - more than `max_connections` open connections -> the new one gets 503 and closes at once.
+
+It also tells the application when a connection is lost without a task per request listening for
+it: a request's scope carries the connection under DISCONNECT_WATCH, whose `watch_disconnect(cb)`
+calls `cb` when the connection is lost (see service/api/common.py: `cancel_on_disconnect`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -29,6 +34,8 @@ LINGER_S = 2.0
 #: bytes/s a request body must average: each piece extends the body's deadline by len / MIN_BODY_RATE,
 #: never beyond `body_timeout_s` from now (Apache's mod_reqtimeout `MinRate`, whose default is 500)
 MIN_BODY_RATE = 1024.0
+#: scope key of the connection (a `GuardedHttpToolsProtocol`) for `watch_disconnect` / `unwatch_disconnect`
+DISCONNECT_WATCH = "vitserve.connection"
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
@@ -48,6 +55,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._body_deadline = 0.0  # loop time by which the body must have progressed (see MIN_BODY_RATE)
         self._discarding = False  # answered and closing: read and drop what the client still sends
+        self._lost = False
+        self._on_lost: list[Callable[[], None]] = []  # callbacks of the requests in progress on this connection
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -59,7 +68,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._lost = True
         super().connection_lost(exc)
+        callbacks, self._on_lost = self._on_lost, []
+        for callback in callbacks:
+            callback()
+
+    def watch_disconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (once) when this connection is lost; soon, if it already is."""
+        if self._lost:
+            self.loop.call_soon(callback)
+        else:
+            self._on_lost.append(callback)
+
+    def unwatch_disconnect(self, callback: Callable[[], None]) -> None:
+        try:
+            self._on_lost.remove(callback)
+        except ValueError:  # already called
+            pass
 
     def data_received(self, data: bytes) -> None:
         if self._discarding or self.transport.is_closing():
@@ -88,6 +114,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_deadline = self.loop.time() + self.body_timeout_s
         self._arm(self.body_timeout_s)
         super().on_headers_complete()
+        self.scope[DISCONNECT_WATCH] = self  # type: ignore[literal-required]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unauthorized, validation_message
+from service.http_protocol import DISCONNECT_WATCH
 from service.metrics import Metrics
 
 T = TypeVar("T")
@@ -172,20 +173,29 @@ async def _until_disconnected(request: Request) -> None:
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await `work` in this task, cancelling it (so its request leaves the batch queue) if the client disconnects.
 
-    Call only after the body has been read: the next ASGI message is then the disconnect. One watcher
-    task per request, which cancels this task on a disconnect (no second task, no asyncio.wait)."""
+    Call only after the body has been read. Under vitserve's HTTP protocol the connection says when it is
+    lost (`DISCONNECT_WATCH` in the scope: no task per request); under any other ASGI server one watcher
+    task waits for the `http.disconnect` message (the next ASGI message once the body has been read)."""
     task = asyncio.current_task()
     assert task is not None
     state = {"finished": False, "disconnected": False}
 
-    def on_watcher_done(watcher: asyncio.Task[None]) -> None:
-        if state["finished"] or watcher.cancelled() or watcher.exception() is not None:
-            return
-        state["disconnected"] = True
-        task.cancel()
+    def on_disconnect() -> None:
+        if not state["finished"]:
+            state["disconnected"] = True
+            task.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(_until_disconnected(request))
-    watcher.add_done_callback(on_watcher_done)
+    def on_watcher_done(watcher: asyncio.Task[None]) -> None:
+        if not watcher.cancelled() and watcher.exception() is None:
+            on_disconnect()
+
+    connection = request.scope.get(DISCONNECT_WATCH)
+    watcher: asyncio.Task[None] | None = None
+    if connection is not None:
+        connection.watch_disconnect(on_disconnect)
+    else:
+        watcher = asyncio.get_running_loop().create_task(_until_disconnected(request))
+        watcher.add_done_callback(on_watcher_done)
     try:
         return await work
     except asyncio.CancelledError:
@@ -194,7 +204,10 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         raise
     finally:
         state["finished"] = True
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        else:
+            connection.unwatch_disconnect(on_disconnect)
 
 
 Q = TypeVar("Q", bound=BaseModel)

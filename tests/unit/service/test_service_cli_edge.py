@@ -107,3 +107,56 @@ def test_query_parameters_are_validated_once_per_short_query_string() -> None:
     long = b"top_k=4&pad=" + b"x" * CACHED_QUERY_BYTES
     size = _parse_query_cached.cache_info().currsize
     assert parse_query(ClassifyQuery, req(long)).top_k == 4 and _parse_query_cached.cache_info().currsize == size
+
+
+class _Connection:
+    """The part of vitserve's HTTP protocol that reports a lost connection (service/http_protocol.py)."""
+
+    def __init__(self) -> None:
+        self.callbacks: list = []
+
+    def watch_disconnect(self, callback) -> None:
+        self.callbacks.append(callback)
+
+    def unwatch_disconnect(self, callback) -> None:
+        self.callbacks.remove(callback)
+
+    def lose(self) -> None:
+        for callback in list(self.callbacks):
+            callback()
+
+
+def test_a_lost_connection_reported_by_the_protocol_cancels_the_work_without_a_watcher_task() -> None:
+    from service.http_protocol import DISCONNECT_WATCH
+
+    async def main_() -> None:
+        conn = _Connection()
+
+        async def receive():
+            raise AssertionError("no ASGI receive needed: the protocol reports the disconnect")
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [], DISCONNECT_WATCH: conn}
+        cancelled = asyncio.Event()
+
+        async def work() -> int:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return 1
+
+        task = asyncio.create_task(cancel_on_disconnect(Request(scope, receive), work()))
+        await asyncio.sleep(0.01)
+        conn.lose()
+        with pytest.raises(ClientClosedRequest):
+            await task
+        assert cancelled.is_set() and conn.callbacks == []
+
+        async def quick() -> int:
+            return 5
+
+        assert await cancel_on_disconnect(Request(scope, receive), quick()) == 5
+        assert conn.callbacks == []  # unwatched once answered
+
+    asyncio.run(main_())
