@@ -14,7 +14,9 @@ subclass adds those bounds where the bytes arrive, before a request reaches the 
   disconnect (slowloris on bodies: a byte every few seconds must not hold a connection slot for ever);
 - more than `max_connections` open connections -> the new one gets 503 and closes at once.
 
-It also tells the application when a connection is lost without a task per request listening for
+Two costs per request go too. uvicorn writes a response's head and its body with two writes (two
+send syscalls, two segments): here the head waits for the body's first piece, so both leave in one
+write (`_OneWrite`). And it tells the application when a connection is lost without a task per request listening for
 it: a request's scope carries the connection under DISCONNECT_WATCH, whose `watch_disconnect(cb)`
 calls `cb` when the connection is lost (see service/api/common.py: `cancel_on_disconnect`).
 """
@@ -115,6 +117,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.body_timeout_s)
         super().on_headers_complete()
         self.scope[DISCONNECT_WATCH] = self  # type: ignore[literal-required]
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # this request's cycle (not an upgrade)
+            cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -176,6 +181,46 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._discarding:
             self.transport.close()
         return super().eof_received()
+
+
+class _OneWrite:
+    """A request cycle's view of the transport: the response head (uvicorn writes it alone, on
+    `http.response.start`) is held until the body's first piece and both go out in one `writelines`.
+    A head with no body write in the same turn (HEAD, a body that comes later) goes out at the loop's
+    next turn, and before a close. Bytes are never reordered: a held head goes first."""
+
+    __slots__ = ("_transport", "_loop", "_head", "_flush_handle")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self._flush_handle: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._transport.writelines((head, data))
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
+            self._head = data
+            self._flush_handle = self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
