@@ -6,7 +6,8 @@ animated/multi-frame image is used, EXIF orientation is applied, and every mode 
 alpha, CMYK, 16-bit, float) becomes 8-bit RGB, after reducing an image far larger than the model
 needs in its own mode (so a 16-bit or float giant never gets a full-size float copy). Then: resize the shorter side to
 size / crop_pct with the manifest's interpolation, centre-crop, scale to [0, 1], normalise.
-These are plain functions; the registry runs them in a thread pool, off the event loop.
+These are plain functions; the registry runs them in a thread pool, off the event loop, except for
+small images (`decodes_inline`), whose hand-off to a thread would cost more CPU than their decode.
 """
 
 from __future__ import annotations
@@ -30,6 +31,22 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+
+#: images whose header declares at most this many pixels are decoded where the request is handled
+INLINE_DECODE_PIXELS = 128 * 128
+
+
+def decodes_inline(data: bytes) -> bool:
+    """Whether `data` is an image small enough to decode on the calling thread (its header declares at
+    most INLINE_DECODE_PIXELS pixels). Whatever cannot be read is not: the worker pool decodes it and
+    reports why."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - every failure is reported by the real decode
+        return False
+    return 0 < width * height <= INLINE_DECODE_PIXELS
 
 
 def decode_image(

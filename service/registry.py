@@ -49,7 +49,7 @@ from service.loader import (
 )
 from service.manifest import PreprocessConfig
 from service.metrics import Metrics
-from service.preprocess import preprocess_image
+from service.preprocess import decodes_inline, preprocess_image
 from service.repository import (
     ModelEntry,
     ModelLoadError,
@@ -621,13 +621,13 @@ class ModelRegistry:
             raise InvalidInput(f"top_k must be in 1..{self.settings.max_top_k}, got {top_k}")
 
     async def _decode(self, image: bytes, cfg: PreprocessConfig) -> tuple[np.ndarray, float]:
-        """Decode and transform in the preprocessing pool: (pixels [3, H, W], seconds)."""
-        loop = asyncio.get_running_loop()
+        """Decode and transform (in the preprocessing pool unless the image is small): (pixels [3, H, W], seconds)."""
         t0 = time.perf_counter()
-        pixels = await loop.run_in_executor(
-            self._preprocess_pool, preprocess_image, image, cfg, self.settings.max_image_pixels,
-            self.settings.max_image_bytes,
-        )
+        args = (image, cfg, self.settings.max_image_pixels, self.settings.max_image_bytes)
+        if decodes_inline(image):  # a small image: decoding it costs less than a hand-off to a thread
+            pixels = preprocess_image(*args)
+        else:
+            pixels = await asyncio.get_running_loop().run_in_executor(self._preprocess_pool, preprocess_image, *args)
         return pixels, time.perf_counter() - t0
 
     async def _classify_pixels(

@@ -203,3 +203,22 @@ def test_exif_orientation_survives_the_reduction() -> None:
     exif[0x0112] = 6
     rgb = decode_image(encode(img, "JPEG", exif=exif.tobytes()), 10**7, CFG)
     assert rgb.width < rgb.height
+
+
+def test_only_images_declaring_few_pixels_are_decoded_inline() -> None:
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from service.preprocess import INLINE_DECODE_PIXELS, decodes_inline
+
+    def encoded(w: int, h: int, fmt: str) -> bytes:
+        buf = _io.BytesIO()
+        _Image.new("RGB", (w, h)).save(buf, format=fmt)
+        return buf.getvalue()
+
+    assert decodes_inline(encoded(32, 32, "JPEG")) and decodes_inline(encoded(128, 128, "PNG"))
+    assert not decodes_inline(encoded(129, 128, "PNG"))  # over INLINE_DECODE_PIXELS: the worker pool
+    assert INLINE_DECODE_PIXELS == 128 * 128
+    for unreadable in (b"", b"not an image", encoded(8, 8, "JPEG")[:20], encoded(8, 8, "PPM")):
+        assert not decodes_inline(unreadable)  # the pool's decode reports why
