@@ -1,6 +1,6 @@
 """Pieces every router shares: body limit middleware, API-key check, request metrics, disconnects.
 
-Only this layer knows about HTTP; it turns requests into registry calls and lets
+Only this layer knows about HTTP; it turns requests into pipeline calls and lets
 `service.errors` turn domain errors into responses.
 """
 
@@ -19,17 +19,18 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unauthorized, validation_message
+from service.errors import (
+    ClientClosedRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    validation_message,
+)
 from service.metrics import Metrics
 
 T = TypeVar("T")
 UNKNOWN_MODEL_LABEL = "_unknown"
-
-
-class ClientClosedRequest(ServiceError):
-    """499 (nginx's code): the client went away; its request left the queue and was not answered."""
-
-    status = 499
 
 
 class BodyLimitMiddleware:
