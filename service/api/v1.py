@@ -11,7 +11,6 @@ import binascii
 import json
 import re
 import time
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.routing import APIRoute

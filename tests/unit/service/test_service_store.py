@@ -331,3 +331,17 @@ def test_instances_share_the_automatic_intra_op_threads(tmp_path: Path) -> None:
     assert instance_session(auto, 1).intra_op_threads == 4
     by_hand = settings_session_config(Settings(repository=tmp_path, intra_op_threads=4), 1)
     assert instance_session(by_hand, 2).intra_op_threads == 4  # set by hand: kept
+
+
+def test_a_model_whose_backend_no_runtime_serves_fails_with_the_reason_and_the_others_serve(repo: Path) -> None:
+    from service.model_config import ModelConfig
+
+    path = repo / "tiny_b" / "config.pbtxt"
+    ModelConfig.load(path).model_copy(update={"backend": "no_such_backend"}).save(path)
+
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        info = store.get_model("tiny_b")
+        assert info.state == "failed" and "no runtime for backend/platform 'no_such_backend'" in info.reason
+        assert (await pipe.infer("tiny_a", ids([4.0]))).outputs[0, 0] == 4.0
+
+    run(Settings(repository=repo, models=["tiny_a", "tiny_b"], warmup="one"), fake_factory(EchoRuntime), body)
