@@ -235,6 +235,8 @@ class Batcher:
 
         `deadline` is on this batcher's clock. Raises Overloaded when the queue is full,
         DeadlineExceeded when the deadline passes before compute, BatcherStopped when stopping.
+        This signature is the seam between the request pipeline and execution (the pipeline reaches it as
+        `LoadedVersion.executor`): a remote executor of a multi-process front end keeps it.
         """
         if self._task is None or self._stopping:
             raise BatcherStopped(f"model {self.name} is not accepting requests")

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -382,8 +382,8 @@ class ModelStore:
             raise ModelNotFound(f"unknown model {name!r}")
         return handle
 
-    def model_names(self) -> list[str]:
-        """Every model the store knows, sorted (kept sorted as models appear, not sorted per call)."""
+    def model_names(self) -> Sequence[str]:
+        """Every model the store knows, sorted (kept sorted as models appear, not sorted per call; read only)."""
         return self._names
 
     def get_model(self, name: str) -> ModelInfo:
@@ -517,7 +517,7 @@ class ModelStore:
 
     def statistics(self, name: str | None = None, version: int | None = None) -> list[VersionCounts]:
         """Plain statistics of every serving version (of one model, of one version)."""
-        names = [name] if name is not None else self.model_names()
+        names = [name] if name is not None else list(self._names)
         out = []
         for n in names:
             h = self._handle(n)

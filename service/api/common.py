@@ -10,7 +10,7 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Collection
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -122,7 +122,7 @@ def check_key(request: Request, key: SecretStr | None, *, required: bool, what: 
         raise Unauthorized(f"{what} needs a valid API key (Authorization: Bearer <key> or X-API-Key)")
 
 
-def model_label(model: str, known: list[str]) -> str:
+def model_label(model: str, known: Collection[str]) -> str:
     """Metric label for a model from a URL: unknown names collapse to one value (bounded cardinality)."""
     return model if model in known else UNKNOWN_MODEL_LABEL
 

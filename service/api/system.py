@@ -18,7 +18,7 @@ def register_system(app: FastAPI, store: ModelStore) -> None:
         return {
             "service": "vitserve",
             "ready": store.ready,
-            "models": store.model_names(),
+            "models": list(store.model_names()),
             "docs": "/docs",
             "endpoints": ["/v1/models", "/v1/models/{model}/classify", "/v1/compare", "/v2", "/metrics"],
         }
