@@ -109,6 +109,7 @@ class ModelStore:
         self.metrics = metrics or Metrics()
         self._models: dict[str, ModelHandle] = {}
         self._names: list[str] = []  # sorted, kept in step with _models
+        self._valid_names: set[str] = set()  # the keys of _models that are valid model names
         self._started = False
         self._initial_done = False
         self._draining = False
@@ -131,6 +132,8 @@ class ModelStore:
         if handle is None:
             handle = self._models[name] = ModelHandle(name=name)
             bisect.insort(self._names, name)
+            if is_valid_model_name(name):
+                self._valid_names.add(name)
         return handle
 
     # -- life cycle --------------------------------------------------------------------------
@@ -377,7 +380,8 @@ class ModelStore:
 
     # -- queries -----------------------------------------------------------------------------
     def _handle(self, name: str) -> ModelHandle:
-        handle = self._models.get(name) if is_valid_model_name(name) else None
+        # the name pattern checked once per model (when its handle is made), not on every request
+        handle = self._models.get(name) if name in self._valid_names else None
         if handle is None:
             raise ModelNotFound(f"unknown model {name!r}")
         return handle
