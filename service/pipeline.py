@@ -29,7 +29,7 @@ from service.errors import (
     ServiceError,
 )
 from service.manifest import PreprocessConfig
-from service.preprocess import decodes_inline, preprocess_image
+from service.preprocess import preprocess_image, preprocess_small_image
 from service.schemas import ClassifyResult, Timings
 from service.store import LoadedVersion, ModelStore
 
@@ -165,9 +165,8 @@ class Pipeline:
         """Decode and transform (in the preprocessing pool unless the image is small): (pixels [3, H, W], seconds)."""
         t0 = time.perf_counter()
         args = (image, cfg, self.settings.max_image_pixels, self.settings.max_image_bytes)
-        if decodes_inline(image):  # a small image: decoding it costs less than a hand-off to a thread
-            pixels = preprocess_image(*args)
-        else:
+        pixels = preprocess_small_image(*args)  # a small image here: cheaper than a hand-off to a thread
+        if pixels is None:
             pixels = await self.store.run_blocking(preprocess_image, *args)
         return pixels, time.perf_counter() - t0
 
@@ -195,11 +194,12 @@ class Pipeline:
         # the version that computed it (a newer one if `lv` was swapped out meanwhile) names the labels
         predictions = out.served.runtime.postprocess(out.outputs, top_k)[0]
         total = time.monotonic() - start
-        return ClassifyResult(
+        # the server's own values: constructed without re-validation (this runs for every classified image)
+        return ClassifyResult.model_construct(
             model=lv.model,
             version=out.version,
             predictions=predictions,
-            timings=Timings(
+            timings=Timings.model_construct(
                 queue_ms=out.queue_s * 1000,
                 preprocess_ms=preprocess_s * 1000,
                 compute_ms=out.compute_s * 1000,

@@ -7,11 +7,12 @@ alpha, CMYK, 16-bit, float) becomes 8-bit RGB, after reducing an image far large
 needs in its own mode (so a 16-bit or float giant never gets a full-size float copy). Then: resize the shorter side to
 size / crop_pct with the manifest's interpolation, centre-crop, scale to [0, 1], normalise.
 These are plain functions; the model store runs them in its thread pool, off the event loop, except
-for small images (`decodes_inline`), whose hand-off to a thread would cost more CPU than their decode.
+for small images (`preprocess_small_image`), whose hand-off to a thread would cost more CPU than their decode.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
@@ -37,27 +38,17 @@ _RESAMPLE = {
 INLINE_DECODE_PIXELS = 128 * 128
 
 
-def decodes_inline(data: bytes) -> bool:
-    """Whether `data` is an image small enough to decode on the calling thread (its header declares at
-    most INLINE_DECODE_PIXELS pixels). Whatever cannot be read is not: the worker pool decodes it and
-    reports why."""
-    try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - every failure is reported by the real decode
-        return False
-    return 0 < width * height <= INLINE_DECODE_PIXELS
-
-
 def decode_image(
-    data: bytes, max_pixels: int, cfg: PreprocessConfig | None = None, max_bytes: int | None = None
-) -> Image.Image:
+    data: bytes, max_pixels: int, cfg: PreprocessConfig | None = None, max_bytes: int | None = None,
+    inline_pixels: int | None = None,
+) -> Image.Image | None:
     """Decode the first frame of an image to 8-bit RGB, refusing bombs, corrupt and unknown files.
 
     With `cfg`, an image much larger than the model needs is reduced while it decodes (JPEG draft)
     or right after, in its own mode (a box filter), before any conversion: no full-size copy in
     another mode or in floating point is ever made. `max_bytes` bounds the decoded size in bytes
-    (a 16-bit or float image costs more per pixel than an 8-bit one).
+    (a 16-bit or float image costs more per pixel than an 8-bit one). With `inline_pixels`, an image
+    whose header declares more pixels than that is not decoded: None (see `preprocess_small_image`).
     """
     if not data:
         raise InvalidInput("empty image")
@@ -67,6 +58,8 @@ def decode_image(
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             _check_pixels(image.size, max_pixels)
             _check_bytes(image, max_bytes)
+            if inline_pixels is not None and image.width * image.height > inline_pixels:
+                return None
             if type(image).verify is not ImageFile.ImageFile.verify:
                 # a format with an integrity check of its own (PNG's chunk CRCs): verify() consumes the
                 # file, so it is opened again; for the others verify() only closes it (one open suffices)
@@ -228,15 +221,33 @@ def resize_and_crop(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
 
 def normalise(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """uint8 HWC RGB -> float32 CHW, scaled to [0, 1] then (x - mean) / std."""
-    arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    mean = np.asarray(cfg.mean, dtype=np.float32)
-    std = np.asarray(cfg.std, dtype=np.float32)
-    arr = (arr - mean) / std
+    arr = np.array(image, dtype=np.float32)  # a fresh array: the steps below work in place (same rounding)
+    mean, std = _mean_std(cfg.mean, cfg.std)
+    arr /= np.float32(255.0)
+    arr -= mean
+    arr /= std
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+
+
+def preprocess_small_image(
+    data: bytes, cfg: PreprocessConfig, max_pixels: int, max_bytes: int | None = None
+) -> np.ndarray | None:
+    """`preprocess_image` on the calling thread for an image whose header declares at most
+    INLINE_DECODE_PIXELS pixels (a thread hand-off would cost more than its decode); None, with nothing
+    decoded, for a larger one, which belongs in a worker thread. Bad images raise as in `preprocess_image`."""
+    image = decode_image(data, max_pixels, cfg, max_bytes, inline_pixels=INLINE_DECODE_PIXELS)
+    return None if image is None else normalise(resize_and_crop(image, cfg), cfg)
 
 
 def preprocess_image(
     data: bytes, cfg: PreprocessConfig, max_pixels: int, max_bytes: int | None = None
 ) -> np.ndarray:
     """Image file bytes -> float32 [3, H, W] for the model whose manifest holds `cfg`."""
-    return normalise(resize_and_crop(decode_image(data, max_pixels, cfg, max_bytes), cfg), cfg)
+    image = decode_image(data, max_pixels, cfg, max_bytes)
+    assert image is not None  # only a call with `inline_pixels` returns None
+    return normalise(resize_and_crop(image, cfg), cfg)

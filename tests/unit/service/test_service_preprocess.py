@@ -210,15 +210,18 @@ def test_only_images_declaring_few_pixels_are_decoded_inline() -> None:
 
     from PIL import Image as _Image
 
-    from service.preprocess import INLINE_DECODE_PIXELS, decodes_inline
+    from service.errors import InvalidInput as _InvalidInput
+    from service.preprocess import INLINE_DECODE_PIXELS, preprocess_small_image
 
     def encoded(w: int, h: int, fmt: str) -> bytes:
         buf = _io.BytesIO()
-        _Image.new("RGB", (w, h)).save(buf, format=fmt)
+        _Image.new("RGB", (w, h), (10, 200, 30)).save(buf, format=fmt)
         return buf.getvalue()
 
-    assert decodes_inline(encoded(32, 32, "JPEG")) and decodes_inline(encoded(128, 128, "PNG"))
-    assert not decodes_inline(encoded(129, 128, "PNG"))  # over INLINE_DECODE_PIXELS: the worker pool
+    cfg = CFG
+    small = encoded(128, 128, "PNG")
     assert INLINE_DECODE_PIXELS == 128 * 128
-    for unreadable in (b"", b"not an image", encoded(8, 8, "JPEG")[:20], encoded(8, 8, "PPM")):
-        assert not decodes_inline(unreadable)  # the pool's decode reports why
+    np.testing.assert_array_equal(preprocess_small_image(small, cfg, 10**6), preprocess_image(small, cfg, 10**6))
+    assert preprocess_small_image(encoded(129, 128, "PNG"), cfg, 10**6) is None  # left to the worker pool
+    with pytest.raises(_InvalidInput):  # a bad small image fails as in the pool
+        preprocess_small_image(encoded(8, 8, "JPEG")[:200], cfg, 10**6)
