@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import time
@@ -15,6 +16,7 @@ import time
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from python_multipart.multipart import parse_options_header
 
 from service.api.common import (
     cancel_on_disconnect,
@@ -135,10 +137,65 @@ def _exact_image_string(body: bytes) -> str | None:
     return body[start.end():end].decode("ascii", errors="replace")
 
 
+#: multipart bodies up to this size are read whole and tried as one file part (`single_file_part`)
+SMALL_MULTIPART_BYTES = 1 << 20
+_PART_HEADERS = (b"content-disposition", b"content-type")
+
+
+@functools.lru_cache(maxsize=256)
+def _multipart_boundary(content_type: str) -> bytes | None:
+    """The boundary of a multipart Content-Type (None when absent, or with a charset: the full parser's case)."""
+    _, params = parse_options_header(content_type)
+    return None if b"charset" in params else params.get(b"boundary")
+
+
+def single_file_part(body: bytes, content_type: str) -> bytes | None:
+    """The file of a multipart body that is exactly one part, a file named "image"; None for any other body.
+
+    The shape every client sends for one upload, recognised with a few bytes searches; whatever else
+    (more parts, fields, other names or headers, a preamble, an epilogue, bare LF line ends, data that
+    holds the delimiter's bytes) returns
+    None and goes to the full multipart parser, which gives such bodies their answer. Headers are read
+    as the full parser reads them (python-multipart's `parse_options_header`)."""
+    boundary = _multipart_boundary(content_type)
+    if not boundary:
+        return None
+    delimiter = b"--" + boundary
+    start = len(delimiter) + 2
+    if not body.startswith(delimiter + b"\r\n"):
+        return None
+    head_end = body.find(b"\r\n\r\n", start - 2)
+    if head_end < 0:
+        return None
+    disposition = None
+    for line in body[start:head_end].split(b"\r\n") if head_end >= start else ():
+        name, colon, value = line.partition(b":")
+        name = name.lower()
+        if not colon or name not in _PART_HEADERS or (name == b"content-disposition" and disposition is not None):
+            return None
+        if name == b"content-disposition":
+            disposition = value.strip(b" \t")
+    if disposition is None:
+        return None
+    _, options = parse_options_header(disposition)
+    if options.get(b"name") != b"image" or b"filename" not in options:
+        return None
+    end = body.find(b"\r\n" + delimiter, head_end + 4)
+    if end < 0 or end != body.rfind(b"\r\n" + delimiter) or body[end + 2 + len(delimiter):] not in (b"--", b"--\r\n"):
+        return None  # not exactly one closing delimiter, at the very end
+    return body[head_end + 4:end]
+
+
 async def read_image(request: Request) -> bytes:
     """The image bytes of a request, whichever of the three accepted forms it uses."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
+    ctype = content_type.split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= SMALL_MULTIPART_BYTES:
+            image = single_file_part(await request.body(), content_type)
+            if image is not None:
+                return image
         try:
             form = await request.form(max_files=1, max_fields=16)
         except ServiceError:
