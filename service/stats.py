@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from service.batcher import BatcherHooks, PendingRequest
 from service.errors import exception_summary
@@ -24,9 +24,6 @@ class Duration:
     count: int = 0
     ns: int = 0
 
-    def add(self, ns: int) -> Duration:
-        return Duration(self.count + 1, self.ns + max(0, int(ns)))
-
 
 @dataclass(frozen=True)
 class Phases:
@@ -35,10 +32,6 @@ class Phases:
     compute_input: Duration = Duration()
     compute_infer: Duration = Duration()
     compute_output: Duration = Duration()
-
-    def add(self, input_ns: int, infer_ns: int, output_ns: int) -> Phases:
-        return Phases(self.compute_input.add(input_ns), self.compute_infer.add(infer_ns),
-                      self.compute_output.add(output_ns))
 
 
 @dataclass(frozen=True)
@@ -62,26 +55,35 @@ class StatsAccumulator:
 
     Per request (`record_success` / `record_failure`): success or fail duration end to end, time
     queued and the compute phases of the batch it rode in. Per execution (`record_execution`):
-    inference and execution counts and the per-batch-size compute times.
+    inference and execution counts and the per-batch-size compute times. Recording adds to plain
+    running totals (it runs for every request); `snapshot` builds the immutable `VersionCounts`.
     """
 
     def __init__(self, model: str, version: str) -> None:
         self._lock = threading.Lock()
-        self._counts = VersionCounts(model, version)
+        self._model, self._version = model, version
+        self._last_inference_ms = 0
+        self._inference_count = 0
+        self._execution_count = 0
+        # [count, ns] per duration; [count, input ns, infer ns, output ns] per set of phases
+        self._success = [0, 0]
+        self._fail = [0, 0]
+        self._queue = [0, 0]
+        self._phases = [0, 0, 0, 0]
+        self._batches: dict[int, list[int]] = {}
 
     def record_success(
         self, *, total_ns: int, queue_ns: int, compute_input_ns: int = 0, compute_infer_ns: int = 0,
         compute_output_ns: int = 0,
     ) -> None:
         with self._lock:
-            c = self._counts
-            self._counts = replace(c, success=c.success.add(total_ns), queue=c.queue.add(queue_ns),
-                                   request_phases=c.request_phases.add(compute_input_ns, compute_infer_ns,
-                                                                       compute_output_ns))
+            _add(self._success, total_ns)
+            _add(self._queue, queue_ns)
+            _add_phases(self._phases, compute_input_ns, compute_infer_ns, compute_output_ns)
 
     def record_failure(self, *, total_ns: int) -> None:
         with self._lock:
-            self._counts = replace(self._counts, fail=self._counts.fail.add(total_ns))
+            _add(self._fail, total_ns)
 
     def record_execution(
         self, *, batch_size: int, compute_input_ns: int = 0, compute_infer_ns: int = 0, compute_output_ns: int = 0,
@@ -90,18 +92,40 @@ class StatsAccumulator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         with self._lock:
-            c = self._counts
-            batches = dict(c.batches)
-            batches[batch_size] = batches.get(batch_size, Phases()).add(compute_input_ns, compute_infer_ns,
-                                                                        compute_output_ns)
-            self._counts = replace(
-                c, inference_count=c.inference_count + batch_size, execution_count=c.execution_count + 1,
-                last_inference_ms=int(time.time() * 1000) if now_ms is None else now_ms, batches=batches,
-            )
+            phases = self._batches.get(batch_size)
+            if phases is None:
+                phases = self._batches[batch_size] = [0, 0, 0, 0]
+            _add_phases(phases, compute_input_ns, compute_infer_ns, compute_output_ns)
+            self._inference_count += batch_size
+            self._execution_count += 1
+            self._last_inference_ms = int(time.time() * 1000) if now_ms is None else now_ms
 
     def snapshot(self) -> VersionCounts:
         with self._lock:
-            return self._counts  # immutable: every record builds a new one
+            return VersionCounts(
+                self._model, self._version, last_inference_ms=self._last_inference_ms,
+                inference_count=self._inference_count, execution_count=self._execution_count,
+                success=Duration(*self._success), fail=Duration(*self._fail), queue=Duration(*self._queue),
+                request_phases=_phases(self._phases),
+                batches={size: _phases(p) for size, p in self._batches.items()},
+            )
+
+
+def _add(total: list[int], ns: int) -> None:
+    total[0] += 1
+    total[1] += max(0, int(ns))
+
+
+def _add_phases(total: list[int], input_ns: int, infer_ns: int, output_ns: int) -> None:
+    total[0] += 1
+    total[1] += max(0, int(input_ns))
+    total[2] += max(0, int(infer_ns))
+    total[3] += max(0, int(output_ns))
+
+
+def _phases(total: list[int]) -> Phases:
+    count = total[0]
+    return Phases(Duration(count, total[1]), Duration(count, total[2]), Duration(count, total[3]))
 
 
 class VersionObserver(BatcherHooks):
