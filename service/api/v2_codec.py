@@ -23,6 +23,7 @@ Metadata, the /config JSON and statistics live beside it in service/api/v2_meta.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 import zlib
@@ -76,8 +77,9 @@ def v2_to_numpy(datatype: str) -> np.dtype[Any]:
         raise V2ProtocolError(f"unsupported datatype {datatype!r}; supported: {sorted(V2_TO_NUMPY)}") from None
 
 
+@functools.lru_cache(maxsize=64)
 def numpy_to_v2(dtype: np.dtype[Any]) -> str:
-    """The v2 datatype name of a numpy dtype (object and bytes/str arrays are BYTES)."""
+    """The v2 datatype name of a numpy dtype (object and bytes/str arrays are BYTES); looked up once per dtype."""
     if dtype.kind in "OSU":
         return "BYTES"
     for name, np_dtype in V2_TO_NUMPY.items():
@@ -227,15 +229,14 @@ _MAX_DIM = 2**31 - 1
 
 
 def _check_shape(name: str, shape: list[int], dims: Sequence[int], max_batch_size: int) -> None:
-    shown = echo(shape)
     if any(d < 0 for d in shape):
-        raise V2ProtocolError(f"input {name!r}: shape {shown} has a negative dimension")
+        raise V2ProtocolError(f"input {name!r}: shape {echo(shape)} has a negative dimension")
     if any(d > _MAX_DIM for d in shape):
-        raise V2ProtocolError(f"input {name!r}: shape {shown} has a dimension above {_MAX_DIM}")
-    want = "[" + ", ".join(["batch"] * (max_batch_size > 0) + [str(d) if d >= 0 else "*" for d in dims]) + "]"
+        raise V2ProtocolError(f"input {name!r}: shape {echo(shape)} has a dimension above {_MAX_DIM}")
     rank = len(dims) + (1 if max_batch_size > 0 else 0)
     if len(shape) != rank:
-        raise V2ProtocolError(f"input {name!r}: shape {shown} does not match the model's {want}")
+        raise V2ProtocolError(f"input {name!r}: shape {echo(shape)} does not match the model's "
+                              f"{_wanted_shape(dims, max_batch_size)}")
     if max_batch_size > 0:
         if not 1 <= shape[0] <= max_batch_size:
             raise V2ProtocolError(
@@ -244,7 +245,13 @@ def _check_shape(name: str, shape: list[int], dims: Sequence[int], max_batch_siz
         shape = shape[1:]
     for got, expected in zip(shape, dims):
         if expected >= 0 and got != expected:
-            raise V2ProtocolError(f"input {name!r}: shape does not match the model's {want}")
+            raise V2ProtocolError(f"input {name!r}: shape does not match the model's "
+                                  f"{_wanted_shape(dims, max_batch_size)}")
+
+
+def _wanted_shape(dims: Sequence[int], max_batch_size: int) -> str:
+    """The model's input shape for an error message ("[batch, 3, 224, 224]"; "*" for a variable dimension)."""
+    return "[" + ", ".join(["batch"] * (max_batch_size > 0) + [str(d) if d >= 0 else "*" for d in dims]) + "]"
 
 
 def _decode_bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
@@ -349,10 +356,11 @@ def parse_infer_request(
             hint = f" (a body with binary tensor data needs the {HEADER_LENGTH_HEADER} header)"
         raise V2ProtocolError(validation_message(err.errors(), limit=3, lead="invalid inference request: ") + hint) from None
 
-    specs = {name: TensorSpec(s[0], tuple(s[1])) for name, s in expected_inputs.items()}
+    specs = {name: s if isinstance(s, TensorSpec) else TensorSpec(s[0], tuple(s[1]))
+             for name, s in expected_inputs.items()}
     names = [i.name for i in request.inputs]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
+    if len(set(names)) != len(names):
+        duplicated = sorted({n for n in names if names.count(n) > 1})
         raise V2ProtocolError(f"input {duplicated[0]!r} is given more than once")
     unknown = [n for n in names if n not in specs]
     if unknown:
