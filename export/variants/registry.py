@@ -2,9 +2,12 @@
 
 Built-in variants register in VARIANTS.md's order when `export.variants` is imported. Further variants
 come from plug-ins, loaded once on first use of the table:
-- modules named in the environment variable `VITSERVE_VARIANT_MODULES` (comma-separated import paths),
-- entry points of the group `vitserve.variants` (each loads a module that registers, or a `VariantDef`).
-A plug-in module calls `register(VariantDef(...))` at import; its variant is ordered after the built-ins.
+- the environment variable `VITSERVE_VARIANT_MODULES`: comma-separated entries, each `package.module`
+  (a module that calls `register(VariantDef(...))` when imported) or `package.module:NAME` (the
+  `VariantDef` called NAME in that module, registered here);
+- entry points of the group `vitserve.variants` (each loads such a module or a `VariantDef`), e.g. in a
+  plug-in's pyproject.toml: `[project.entry-points."vitserve.variants"] softcap = "mypkg.softcap:SOFTCAP"`.
+Plug-in variants are ordered after the built-ins, in the order they are loaded.
 """
 
 from __future__ import annotations
@@ -59,15 +62,25 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for module in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
+    for entry in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
+        module_name, _, attr = entry.partition(":")
         try:
-            importlib.import_module(module)
+            module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ValueError(f"{ENV_VAR}: cannot import variant module {module!r}: {exc}") from exc
+            raise ValueError(f"{ENV_VAR}: cannot import variant module {module_name!r}: {exc}") from exc
+        if attr:
+            _register_loaded(getattr(module, attr, None), entry)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         loaded: Any = ep.load()
-        if isinstance(loaded, VariantDef) and loaded.name not in _TABLE:
-            register(loaded)
+        if isinstance(loaded, VariantDef):
+            _register_loaded(loaded, ep.value)
+
+
+def _register_loaded(loaded: object, source: str) -> None:
+    if not isinstance(loaded, VariantDef):
+        raise ValueError(f"{source}: expected a VariantDef, got {type(loaded).__name__}")
+    if _TABLE.get(loaded.name) is not loaded:
+        register(loaded)
 
 
 def variants() -> tuple[VariantDef, ...]:
