@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.loadgen import LoadPoint, MeasureConfig, sweep
+from bench.loadgen import MeasureConfig, sweep
+from bench.results import LoadPoint
 from bench.machine import machine_info, usable_cores
 from bench.models import BenchModel, ensure_models, model_file
 from bench.payloads import RequestSpec, infer_request
