@@ -134,31 +134,25 @@ def _to_bool(value: Any) -> bool:
 
 
 def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    raise ValueError(f"expected an integer, got {value!r}")
+        value = int(value)
+    return _to_number(value, int, (int,), "an integer")
 
 
 def _to_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
+    return float(_to_number(value, float, (int, float), "a number"))
+
+
+def _to_number(value: Any, kind: type, accepted: tuple[type, ...], what: str) -> Any:
+    """`value` as `kind`: from an accepted number (never a bool) or a string; ValueError naming `what`."""
+    if isinstance(value, accepted) and not isinstance(value, bool):
+        return kind(value)
     if isinstance(value, str):
         try:
-            return float(value)
+            return kind(value)
         except ValueError:
             pass
-    raise ValueError(f"expected a number, got {value!r}")
+    raise ValueError(f"expected {what}, got {value!r}")
 
 
 _CONVERTERS: dict[type, Callable[[Any], Any]] = {
