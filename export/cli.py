@@ -203,9 +203,8 @@ def _train(args: argparse.Namespace) -> int:
     from export.spec import parse_spec
     from export.train import DEMO_CONFIG, DEMO_SPECS, train_demo_repository
 
-    specs = args.specs or list(DEMO_SPECS)
-    for text in specs:
-        spec = parse_spec(text)  # fail fast with a clear message
+    specs = [parse_spec(text) for text in args.specs or DEMO_SPECS]  # fail fast, and only once
+    for spec in specs:
         if spec.preset not in ("demo", "test"):
             raise ValueError(f"train fits 32x32 digits presets ('demo', 'test'), not {spec.preset!r}")
     if args.checkpoint is not None and not args.checkpoint.is_file():

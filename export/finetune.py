@@ -376,7 +376,7 @@ def device_line(config: FitConfig, threads: int | None = None) -> str:
 
 def finetune_repository(
     data_dir: Path,
-    specs: Sequence[str],
+    specs: Sequence[str | ModelSpec],
     repository: Path,
     config: FitConfig,
     *,
@@ -406,7 +406,7 @@ def finetune_repository(
 
     if jobs < 1 or threads < 1:
         raise ValueError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
-    parsed = [parse_spec(t) for t in specs]  # once: the specs travel parsed from here on
+    parsed = [t if not isinstance(t, str) else parse_spec(t) for t in specs]  # once: they travel parsed from here
     texts = [str(s) for s in parsed]
     if len({s.name for s in parsed}) != len(parsed):
         raise ValueError("the same spec is given twice")

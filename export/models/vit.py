@@ -14,7 +14,9 @@ ships no unused Q/K rows; `export.checkpoint` slices it out of a checkpoint's fu
 
 Which variant module sits where comes from the variant table (`export.variants`): each `VariantDef`
 names its hook point (logit bias, logits, map, reuse, block output), its attribute and its builder, so
-this file knows no variant by name.
+this file builds no variant's module by name. What stays here is the structure the block layout
+describes: which blocks compute only V and the hand-over of maps between blocks (and the collection of
+LaViT's transformed maps for its loss, `lavit_attention_maps`).
 
 Fused or unfused attention is an argument (`fused_attn`): the fused path calls
 `F.scaled_dot_product_attention` (with the bias as an additive mask); blocks that need the explicit
