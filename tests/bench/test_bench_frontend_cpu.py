@@ -8,7 +8,8 @@ import pytest
 
 from bench.ceiling import frontend_cpu, raw_cpu_us_at
 from bench.inproc import Timing
-from bench.loadgen import Sample, mean_batch_size, parse_v2_stats, summarise
+from bench.results import Sample, summarise
+from bench.timings import mean_batch_size, parse_v2_stats
 from bench.report import frontend_table
 
 
