@@ -32,6 +32,16 @@ def _request(receive) -> Request:
     return Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive)
 
 
+async def _waits_for_ever(cancelled: asyncio.Event) -> int:
+    """Work that only ends by being cancelled (and says so)."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+    return 1
+
+
 def test_disconnect_cancels_the_waiting_work() -> None:
     async def main_() -> None:
         gone = asyncio.Event()
@@ -42,15 +52,7 @@ def test_disconnect_cancels_the_waiting_work() -> None:
 
         cancelled = asyncio.Event()
 
-        async def work() -> int:
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
-            return 1
-
-        task = asyncio.create_task(cancel_on_disconnect(_request(receive), work()))
+        task = asyncio.create_task(cancel_on_disconnect(_request(receive), _waits_for_ever(cancelled)))
         await asyncio.sleep(0.01)
         gone.set()
         with pytest.raises(ClientClosedRequest):
@@ -139,15 +141,7 @@ def test_a_lost_connection_reported_by_the_protocol_cancels_the_work_without_a_w
         scope = {"type": "http", "method": "POST", "path": "/", "headers": [], DISCONNECT_WATCH: conn}
         cancelled = asyncio.Event()
 
-        async def work() -> int:
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
-            return 1
-
-        task = asyncio.create_task(cancel_on_disconnect(Request(scope, receive), work()))
+        task = asyncio.create_task(cancel_on_disconnect(Request(scope, receive), _waits_for_ever(cancelled)))
         await asyncio.sleep(0.01)
         conn.lose()
         with pytest.raises(ClientClosedRequest):
