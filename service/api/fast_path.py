@@ -14,7 +14,6 @@ wraps the hot routes as it wraps the rest of the app.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from fastapi.routing import APIRoute, APIRouter
 from starlette.requests import Request
