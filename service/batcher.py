@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,7 +164,10 @@ class Batcher:
         instances: int = 1,
         clock: Clock = time.monotonic,
         hooks: BatcherHooks | None = None,
+        gate: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
+        """`gate`: held around each batch's compute (service/compute_gate.py: models take turns on the cores);
+        the wait for it is neither queue nor compute time."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         self.name = name
@@ -172,6 +176,7 @@ class Batcher:
         self._instances = instances
         self._clock = clock
         self._hooks = hooks or BatcherHooks()
+        self._gate = gate or nullcontext
         self._queue: deque[PendingRequest] = deque()
         self._inflight_batches: dict[int, _Inflight] = {}
         self._wake = asyncio.Event()
@@ -315,9 +320,10 @@ class Batcher:
 
     def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
         batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
-        start = time.perf_counter()
-        out = self._run(batch)
-        return out, time.perf_counter() - start
+        with self._gate():
+            start = time.perf_counter()
+            out = self._run(batch)
+            return out, time.perf_counter() - start
 
     async def _finish(
         self,

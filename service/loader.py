@@ -7,6 +7,7 @@ Every failure becomes a `ModelLoadError` whose reason the API shows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service.batcher import BatchLimits
+from service.compute_gate import ComputeGate
 from service.repository import ModelEntry, ModelLoadError
 from service.runtime import InferenceRuntime, RuntimeSpec, SessionConfig, warmup_sizes
 from service.settings import Settings
@@ -56,11 +58,14 @@ def build_version(
     session: SessionConfig,
     factory: RuntimeFactory,
     stop: threading.Event | None = None,
+    gate: ComputeGate | None = None,
 ) -> InferenceRuntime:
-    """Blocking: verify the file, open the session, warm up every batch size. Runs in a thread.
+    """Blocking: verify the file, open the session, warm up the batch sizes that matter. Runs in a thread.
 
     `stop` (set when the server shuts down) cancels the load between warm-up batch sizes, so a
-    SIGTERM during a long warm-up does not keep the process alive until the warm-up ends.
+    SIGTERM during a long warm-up does not keep the process alive until the warm-up ends. `gate`:
+    warm-up runs take their turn on the cores like batches do, so a model still loading does not
+    slow the ones already serving more than a model of theirs would.
     """
 
     def check_stop() -> None:
@@ -84,10 +89,15 @@ def build_version(
         runtime = factory(spec)
     except Exception as exc:  # noqa: BLE001 - corrupt graph, provider failure...
         raise ModelLoadError(entry.name, f"version {version}: cannot create session: {first_line(exc)}") from exc
+    hold = gate.for_session(runtime.provider, session.intra_op_threads) if gate is not None else None
+    db = entry.config.dynamic_batching
+    sizes = warmup_sizes(limits.max_batch_size, settings.warmup, runtime.provider,
+                         db.preferred_batch_size if db else ())
     try:
-        for size in warmup_sizes(limits.max_batch_size, settings.warmup):
+        for size in sizes:
             check_stop()
-            runtime.warmup([size])
+            with hold() if hold is not None else contextlib.nullcontext():
+                runtime.warmup([size])
     except ModelLoadError:
         runtime.close()
         raise

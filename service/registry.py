@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from service.batcher import Batcher, BatcherStopped, BatchLimits
+from service.compute_gate import ComputeGate
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -139,9 +140,13 @@ class ModelRegistry:
         self._none_accepted = asyncio.Event()
         self._none_accepted.set()
         self._stop_loads = threading.Event()  # set at shutdown: loads in progress stop between warm-up sizes
-        threads = settings.preprocess_threads or os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+        threads = settings.preprocess_threads or cores
         self._preprocess_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vitserve-preprocess")
-        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitserve-load")
+        # models load side by side (session creation is mostly one thread); their warm-ups share the gate
+        self._load_pool = ThreadPoolExecutor(max_workers=settings.load_concurrency or cores,
+                                             thread_name_prefix="vitserve-load")
+        self.compute_gate = ComputeGate(settings.compute_threads or cores)
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self, wait: bool = False) -> None:
@@ -168,8 +173,8 @@ class ModelRegistry:
             await asyncio.shield(initial)
 
     async def _initial_load(self, names: list[str]) -> None:
-        for name in names:
-            await self._load(self._models[name])
+        """Every model at once, bounded by the load pool; each serves as soon as it is ready."""
+        await asyncio.gather(*(self._load(self._models[name]) for name in names))
         self._initial_done = True
         self.metrics.server_ready.set(1.0 if self.ready else 0.0)
         log.info("initial load done: %s", {n: h.state for n, h in self._models.items()})
@@ -256,7 +261,8 @@ class ModelRegistry:
     def _build_version(self, entry: ModelEntry, version: int) -> InferenceRuntime:
         session = instance_session(self._session or SessionConfig(), instance_count(entry, self.settings),
                                    self.settings)
-        return build_version(entry, version, self.settings, session, self._factory, stop=self._stop_loads)
+        return build_version(entry, version, self.settings, session, self._factory, stop=self._stop_loads,
+                             gate=self.compute_gate)
 
     async def _load(self, handle: ModelHandle, only_if_changed: bool = False) -> None:
         async with handle.lock:
@@ -294,7 +300,9 @@ class ModelRegistry:
             for version, runtime in runtimes.items():
                 observer = VersionObserver(self.metrics, entry.name, version, entry.manifest.costs.flops)
                 batcher = Batcher(runtime.run, limits, name=f"{entry.name}:{version}", hooks=observer,
-                                  instances=instance_count(entry, self.settings))
+                                  instances=instance_count(entry, self.settings),
+                                  gate=self.compute_gate.for_session(runtime.provider,
+                                                                     runtime.spec.session.intra_op_threads))
                 batcher.start()
                 new_versions[version] = LoadedVersion(version, runtime, batcher, observer)
             old = handle.versions

@@ -75,19 +75,17 @@ def session_config(
     cpu_count: int | None = None,
     engine_cache_dir: Path | None = None,
 ) -> SessionConfig:
-    """Threads chosen deliberately: sessions that run at the same time share the cores.
+    """Threads chosen deliberately: every session may use every core, the compute gate shares them.
 
-    intra-op threads = cores // concurrent sessions (at least 1) unless set. Spinning (busy-wait of
-    idle pool threads) unless set: on for a single session, off when several sessions share the cores
-    (one's spinning threads would steal the cores another needs). Measured with `vitserve-bench
-    ceiling --tune` on 2 cores (BENCHMARKS.md): a single session with spinning on gained throughput
-    on demo (1,613 vs 1,352 infer/s at concurrency 16) and batch-1 latency on vit_small (p50 45.2 vs
-    50.6 ms), at the same throughput on vit_small.
+    intra-op threads = cores unless set, however many sessions are loaded: a lone request on any model
+    gets the whole machine, and the process-wide compute gate (service/compute_gate.py) lets models
+    take turns instead of oversubscribing the cores. Spinning (busy-wait of idle pool threads) unless
+    set: see `default_spinning`.
     """
     cores = cpu_count or os.cpu_count() or 1
     sessions = max(1, concurrent_sessions)
-    intra = intra_op_threads or max(1, cores // sessions)
-    spinning = allow_spinning if allow_spinning is not None else sessions == 1
+    intra = intra_op_threads or cores
+    spinning = allow_spinning if allow_spinning is not None else default_spinning(sessions)
     return SessionConfig(
         providers=list(providers),
         intra_op_threads=intra,
@@ -96,6 +94,12 @@ def session_config(
         graph_optimization_level=graph_optimization_level,
         engine_cache_dir=engine_cache_dir,
     )
+
+
+def default_spinning(sessions: int) -> bool:
+    """Spinning when nobody sets it: on for a single session, off when several share the cores (one's
+    spinning threads would steal the cores another needs); the trade-off is measured in BENCHMARKS.md."""
+    return sessions == 1
 
 
 class InferenceRuntime(ABC):
@@ -153,8 +157,18 @@ def top_k_predictions(logits: np.ndarray, top_k: int, labels: list[str]) -> list
     return out
 
 
-def warmup_sizes(max_batch_size: int, mode: str) -> list[int]:
-    """The batch sizes warmed up before ready: every size the batcher can produce, or a documented subset."""
+def warmup_sizes(max_batch_size: int, mode: str, provider: str = CPU, preferred: Iterable[int] = ()) -> list[int]:
+    """The batch sizes warmed up before ready: every size the batcher can produce, or a documented subset.
+
+    'auto': batch 1 on the CPU provider, whose first run at a new batch size costs no more than the next
+    (only the session's very first run pays for lazy initialisation); on a GPU provider, where a new
+    shape may select kernels or build engines, the powers of two, the preferred batch sizes and the maximum.
+    """
+    if mode == "auto":
+        if provider == CPU:
+            return [1]
+        sizes = set(warmup_sizes(max_batch_size, "pow2")) | {s for s in preferred if 1 <= s <= max_batch_size}
+        return sorted(sizes)
     if mode == "one":
         return [1]
     if mode == "pow2":

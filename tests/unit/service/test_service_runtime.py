@@ -40,13 +40,13 @@ def test_session_runs_and_reports_the_provider_it_really_got(tiny_repository: Pa
     rt.warmup(warmup_sizes(8, "all"))
 
 
-def test_thread_settings_share_the_cores() -> None:
+def test_every_session_may_use_every_core_and_spinning_follows_the_session_count() -> None:
     two = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=2, cpu_count=8)
     one = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=1, cpu_count=8)
-    assert (two.intra_op_threads, two.allow_spinning) == (4, False)
-    assert (one.intra_op_threads, one.allow_spinning) == (8, True)  # alone on the cores: spinning pays
+    assert (two.intra_op_threads, two.allow_spinning) == (8, False)  # the compute gate shares the cores
+    assert (one.intra_op_threads, one.allow_spinning) == (8, True)
     many = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=16, cpu_count=2)
-    assert many.intra_op_threads == 1
+    assert many.intra_op_threads == 2
     explicit = session_config(["CPUExecutionProvider"], 3, 1, True, "all", concurrent_sessions=16, cpu_count=2)
     assert (explicit.intra_op_threads, explicit.allow_spinning) == (3, True)
 
@@ -69,6 +69,12 @@ def test_warmup_covers_every_batch_size_the_batcher_can_make() -> None:
     assert warmup_sizes(5, "all") == [1, 2, 3, 4, 5]
     assert warmup_sizes(12, "pow2") == [1, 2, 4, 8, 12]
     assert warmup_sizes(12, "one") == [1]
+
+
+def test_automatic_warmup_is_batch_one_on_cpu_and_the_sizes_that_matter_on_a_gpu() -> None:
+    assert warmup_sizes(32, "auto", "CPUExecutionProvider", [4, 8]) == [1]
+    assert warmup_sizes(32, "auto", "CUDAExecutionProvider", [3, 8, 40]) == [1, 2, 3, 4, 8, 16, 32]
+    assert warmup_sizes(12, "auto", "TensorrtExecutionProvider") == [1, 2, 4, 8, 12]
 
 
 def test_signature_mismatch_is_refused(tiny_repository: Path) -> None:
