@@ -7,6 +7,7 @@
     vitserve-bench int8 [--preset demo --preset vit_small]           # comparison 5
     vitserve-bench peers [--preset demo --preset vit_small] [--peer litserve ...]   # comparison 3
     vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
+    vitserve-bench multi [--preset vit_small] [--baseline-root DIR] [--server-root DIR]   # six variants side by side
     vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
@@ -167,6 +168,21 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_multi(args: argparse.Namespace) -> int:
+    from bench import multi
+
+    env = dict(kv.split("=", 1) for kv in args.server_env)
+    for root in (args.server_root, args.baseline_root):
+        if root is not None and not (root / "service" / "cli.py").is_file():
+            raise SystemExit(f"error: {root} is not a vitserve checkout (no service/cli.py)")
+    for preset in _presets(args, ["vit_small"]):
+        directory = multi.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, server_root=args.server_root,
+                              baseline_root=args.baseline_root, env=env, all_at_once=args.all_at_once,
+                              measured=args.measure)
+        print(f"results in {directory}")
+    return 0
+
+
 def cmd_all(args: argparse.Namespace) -> int:
     """Every comparison in turn with the same --quick/--cache/--out, then BENCHMARKS.md."""
     import time
@@ -274,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeatable (default: all four)")
     _common(p)
     p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("multi", help="the six variants of a preset served together vs a single-model server")
+    p.add_argument("--preset", action="append", help="repeatable (default: vit_small; demo or vit_tiny for a check)")
+    p.add_argument("--server-root", type=Path, default=None, metavar="DIR",
+                   help="run the server from this checkout (default: this one)")
+    p.add_argument("--baseline-root", type=Path, default=None, metavar="DIR",
+                   help="also measure this checkout first, in the same run (before -> after)")
+    p.add_argument("--server-env", action="append", default=[], metavar="VITSERVE_X=value",
+                   help="extra service setting as an environment variable, for every server (repeatable)")
+    p.add_argument("--all-at-once", action="store_true", help="also load every model at the same time")
+    p.add_argument("--measure", type=int, default=None, metavar="N",
+                   help="measure the first N models one by one (default: all six; 2 with --quick)")
+    _common(p)
+    p.set_defaults(func=cmd_multi)
 
     p = sub.add_parser("all", help="every comparison in turn (peers last), then BENCHMARKS.md")
     p.add_argument("--skip-peers", action="store_true", help="leave out comparison 3 (the most expensive)")

@@ -156,17 +156,26 @@ def vitserve_server(
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     ready_timeout_s: float = 300.0,
+    warmup: str | None = "pow2",
+    server_root: Path | None = None,
 ) -> ServerProcess:
     """`vitserve serve` on a free loopback port, serving `models` (all when None) from `repository`.
 
     Settings beyond repository/host/port go through `VITSERVE_*` environment variables (the
     service's pydantic-settings), e.g. `VITSERVE_MAX_QUEUE_DELAY_MS`; `env` overrides the defaults
-    here (warnings-only log, CPU provider, power-of-two warm-up).
+    here (warnings-only log, CPU provider, power-of-two warm-up; `warmup=None` keeps the server's own
+    default). `server_root`: run the service of another checkout (its directory is the server's
+    working directory and first on its PYTHONPATH), e.g. to measure a commit before a change.
     """
     port = port or free_port()
     # CPU only (this machine has no GPU; skips the failing CUDA/TensorRT provider loads) and warm-up at the
     # power-of-two batch sizes (warming every size 1..max_batch takes minutes for vit_small on 2 cores)
-    full_env = {"VITSERVE_LOG_LEVEL": "warning", "VITSERVE_PROVIDERS": "CPUExecutionProvider", "VITSERVE_WARMUP": "pow2"}
+    full_env = {"VITSERVE_LOG_LEVEL": "warning", "VITSERVE_PROVIDERS": "CPUExecutionProvider"}
+    if warmup is not None:
+        full_env["VITSERVE_WARMUP"] = warmup
+    if server_root is not None:
+        root = str(Path(server_root).resolve())
+        full_env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
     if models:
         full_env["VITSERVE_MODELS"] = ",".join(models)
     full_env.update(env or {})
@@ -174,7 +183,8 @@ def vitserve_server(
         sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())",
         "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
     ]
-    return ServerProcess(argv, "/v2/health/ready", port, env=full_env, log_path=log_path, ready_timeout_s=ready_timeout_s)
+    return ServerProcess(argv, "/v2/health/ready", port, env=full_env, log_path=log_path, ready_timeout_s=ready_timeout_s,
+                         cwd=Path(server_root).resolve() if server_root is not None else None)
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
