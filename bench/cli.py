@@ -8,6 +8,7 @@
     vitserve-bench peers [--preset demo --preset vit_small] [--peer litserve ...]   # comparison 3
     vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
     vitserve-bench multi [--preset vit_small] [--baseline-root DIR] [--server-root DIR]   # six variants side by side
+    vitserve-bench spinning [--preset demo --preset vit_small] [--rate 20]   # ORT spinning: CPU vs throughput
     vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
@@ -183,6 +184,15 @@ def cmd_multi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spinning(args: argparse.Namespace) -> int:
+    from bench import spinning
+
+    directory = spinning.run(_presets(args, ["demo", "vit_small"]), quick=args.quick, cache=args.cache,
+                             out_dir=args.out, rate=args.rate)
+    print(f"results in {directory}")
+    return 0
+
+
 def cmd_all(args: argparse.Namespace) -> int:
     """Every comparison in turn with the same --quick/--cache/--out, then BENCHMARKS.md."""
     import time
@@ -304,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the first N models one by one (default: all six; 2 with --quick)")
     _common(p)
     p.set_defaults(func=cmd_multi)
+
+    p = sub.add_parser("spinning", help="ORT spinning on vs off: server CPU per request at low load, c=16 throughput")
+    p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
+    p.add_argument("--rate", type=float, default=20.0, help="the low Poisson request rate (req/s), default 20")
+    _common(p)
+    p.set_defaults(func=cmd_spinning)
 
     p = sub.add_parser("all", help="every comparison in turn (peers last), then BENCHMARKS.md")
     p.add_argument("--skip-peers", action="store_true", help="leave out comparison 3 (the most expensive)")
