@@ -159,7 +159,6 @@ class ModelRegistry:
             self.settings.inter_op_threads,
             self.settings.allow_spinning,
             self.settings.graph_optimization_level,
-            concurrent_sessions=max(1, len(names)),
             engine_cache_dir=self.settings.trt_engine_cache_dir,
         )
         for name in names:

@@ -69,9 +69,8 @@ def session_config(
     providers: list[str],
     intra_op_threads: int,
     inter_op_threads: int,
-    allow_spinning: bool | None,
+    allow_spinning: bool,
     graph_optimization_level: str,
-    concurrent_sessions: int,
     cpu_count: int | None = None,
     engine_cache_dir: Path | None = None,
 ) -> SessionConfig:
@@ -79,27 +78,19 @@ def session_config(
 
     intra-op threads = cores unless set, however many sessions are loaded: a lone request on any model
     gets the whole machine, and the process-wide compute gate (service/compute_gate.py) lets models
-    take turns instead of oversubscribing the cores. Spinning (busy-wait of idle pool threads) unless
-    set: see `default_spinning`.
+    take turns instead of oversubscribing the cores. Spinning (busy-wait of idle pool threads) only when
+    asked for: at low load it multiplies the CPU a request costs, which a container's CPU limit
+    throttles, for a gain only on dedicated cores under load (BENCHMARKS.md, analysis).
     """
     cores = cpu_count or os.cpu_count() or 1
-    sessions = max(1, concurrent_sessions)
-    intra = intra_op_threads or cores
-    spinning = allow_spinning if allow_spinning is not None else default_spinning(sessions)
     return SessionConfig(
         providers=list(providers),
-        intra_op_threads=intra,
+        intra_op_threads=intra_op_threads or cores,
         inter_op_threads=inter_op_threads,
-        allow_spinning=spinning,
+        allow_spinning=bool(allow_spinning),
         graph_optimization_level=graph_optimization_level,
         engine_cache_dir=engine_cache_dir,
     )
-
-
-def default_spinning(sessions: int) -> bool:
-    """Spinning when nobody sets it: on for a single session, off when several share the cores (one's
-    spinning threads would steal the cores another needs); the trade-off is measured in BENCHMARKS.md."""
-    return sessions == 1
 
 
 class InferenceRuntime(ABC):

@@ -62,10 +62,12 @@ class Settings(BaseSettings):
         "keeps the sessions of several models from oversubscribing the cores"
     )
     inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime inter-op threads per session (sequential mode)")
-    allow_spinning: bool | None = Field(
-        None,
-        description="Let ORT worker threads spin-wait between ops; unset = on when one model session is "
-        "loaded, off when several share the cores (their spinning threads would steal each other's; BENCHMARKS.md)",
+    allow_spinning: bool = Field(
+        False,
+        description="Let ORT worker threads spin-wait between ops and after a run instead of sleeping: off by "
+        "default, because at low load it multiplies the CPU each request costs (throttled under a container CPU "
+        "limit) and under contention it slows compute; on dedicated cores it buys throughput on tiny models "
+        "(BENCHMARKS.md)",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level"

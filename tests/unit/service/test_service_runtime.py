@@ -19,7 +19,7 @@ from service.runtime import (
 
 def spec_for(repo: Path, name: str, providers: list[str]) -> RuntimeSpec:
     entry = read_model(repo, name)
-    cfg = session_config(providers, 0, 1, None, "all", concurrent_sessions=2, cpu_count=4)
+    cfg = session_config(providers, 0, 1, None, "all", cpu_count=4)
     return RuntimeSpec(name, entry.latest_version, entry.manifest, 8, entry.verify(entry.latest_version), cfg)
 
 
@@ -40,14 +40,10 @@ def test_session_runs_and_reports_the_provider_it_really_got(tiny_repository: Pa
     rt.warmup(warmup_sizes(8, "all"))
 
 
-def test_every_session_may_use_every_core_and_spinning_follows_the_session_count() -> None:
-    two = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=2, cpu_count=8)
-    one = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=1, cpu_count=8)
-    assert (two.intra_op_threads, two.allow_spinning) == (8, False)  # the compute gate shares the cores
-    assert (one.intra_op_threads, one.allow_spinning) == (8, True)
-    many = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=16, cpu_count=2)
-    assert many.intra_op_threads == 2
-    explicit = session_config(["CPUExecutionProvider"], 3, 1, True, "all", concurrent_sessions=16, cpu_count=2)
+def test_every_session_may_use_every_core_and_spins_only_when_asked() -> None:
+    auto = session_config(["CPUExecutionProvider"], 0, 1, None, "all", cpu_count=8)
+    assert (auto.intra_op_threads, auto.allow_spinning) == (8, False)  # the compute gate shares the cores
+    explicit = session_config(["CPUExecutionProvider"], 3, 1, True, "all", cpu_count=2)
     assert (explicit.intra_op_threads, explicit.allow_spinning) == (3, True)
 
 
