@@ -326,3 +326,55 @@ def test_instances_share_the_automatic_intra_op_threads(tmp_path: Path) -> None:
     assert instance_session(session, 1, auto).intra_op_threads == 4
     by_hand = Settings(repository=tmp_path, intra_op_threads=4)
     assert instance_session(session, 2, by_hand).intra_op_threads == 4  # set by hand: kept
+
+
+class CpuGated(GatedRuntime):
+    """A gated fake that reports the CPU provider, so its batches hold the compute gate as a CPU session's do."""
+
+    provider = "CPUExecutionProvider"
+
+    def warmup(self, batch_sizes):
+        pass
+
+
+def test_models_on_the_cpu_take_turns_at_the_compute_gate(tiny_repository: Path) -> None:
+    """Two CPU models, a budget of one thread: the second model's batch starts only when the first's ends."""
+
+    a, b = fake_factory(CpuGated), fake_factory(CpuGated)
+
+    async def body(registry: ModelRegistry) -> None:
+        assert registry.compute_gate.threads == 1
+        first = asyncio.create_task(registry.infer("tiny_a", ids([1.0])))
+        rt_a, rt_b = a.instances[-1], b.instances[-1]  # type: ignore[attr-defined]
+        assert await asyncio.to_thread(rt_a.entered.wait, 5)
+        second = asyncio.create_task(registry.infer("tiny_b", ids([2.0])))
+        while registry.compute_gate.waiting == 0:
+            await asyncio.sleep(0.005)
+        assert not rt_b.entered.is_set()  # waiting for the cores, not computing
+        rt_b.gate.set()
+        await asyncio.sleep(0.05)
+        assert not rt_b.entered.is_set() and not second.done()
+        rt_a.gate.set()
+        assert (await first).outputs[0, 0] == 1.0
+        assert (await second).outputs[0, 0] == 2.0
+        assert registry.compute_gate.free == 1
+
+    run(Settings(repository=tiny_repository, models=["tiny_a", "tiny_b"], compute_threads=1),
+        by_model(tiny_a=a, tiny_b=b), body)
+
+
+def test_a_gpu_model_is_not_held_by_the_compute_gate(tiny_repository: Path) -> None:
+    class Gpu(EchoRuntime):
+        provider = "CUDAExecutionProvider"
+
+    cpu = fake_factory(CpuGated)
+
+    async def body(registry: ModelRegistry) -> None:
+        first = asyncio.create_task(registry.infer("tiny_a", ids([1.0])))
+        assert await asyncio.to_thread(cpu.instances[-1].entered.wait, 5)  # type: ignore[attr-defined]
+        assert (await registry.infer("tiny_b", ids([2.0]))).outputs[0, 0] == 2.0  # the cores are held: no matter
+        cpu.instances[-1].gate.set()  # type: ignore[attr-defined]
+        await first
+
+    run(Settings(repository=tiny_repository, models=["tiny_a", "tiny_b"], compute_threads=1),
+        by_model(tiny_a=cpu, tiny_b=fake_factory(Gpu)), body)
