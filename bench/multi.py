@@ -35,6 +35,7 @@ from bench.models import BenchModel, ensure_models
 from bench.payloads import RequestSpec, infer_request
 from bench.procs import ServerProcess, vitserve_server
 from bench.report import RESULTS_DIR, command_line, jsonable, md_table, plot_bars, write_result
+from service.manifest import MANIFEST_FILENAME
 
 TARGET_P50_RATIO = 1.10
 TARGET_THROUGHPUT_RATIO = 0.90
@@ -54,8 +55,10 @@ def side_by_side_repository(cache: Path, preset: str, names: list[str]) -> Path:
     source = cache / "repository"
     target = cache / f"multi-{preset}"
     for name in names:
-        if (target / name).is_dir():
-            continue
+        manifest = Path(name) / MANIFEST_FILENAME
+        if (target / manifest).is_file() and (target / manifest).read_bytes() == (source / manifest).read_bytes():
+            continue  # still the cache's build
+        shutil.rmtree(target / name, ignore_errors=True)
         tmp = target / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source / name, tmp, copy_function=_link_or_copy)

@@ -50,3 +50,17 @@ def test_multi_compares_the_side_by_side_repository_with_single_model_servers(tm
     assert (cache / "multi-demo" / "demo" / "1" / "model.onnx").stat().st_nlink >= 2
     summary = build_summary(out, tmp_path / "BENCHMARKS.md")
     assert "## 7. Every variant side by side" in summary and "| before | demo |" in summary
+
+
+def test_the_side_by_side_repository_follows_a_rebuilt_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(ROOT / "models" / "demo" / "demo", cache / "repository" / "demo")
+    repo = multi.side_by_side_repository(cache, "demo", ["demo"])
+    linked = repo / "demo" / "1" / "model.onnx"
+    assert linked.samefile(cache / "repository" / "demo" / "1" / "model.onnx")
+    # the cache's model is rebuilt (new files, new manifest): the next run links the new build
+    shutil.rmtree(cache / "repository" / "demo")
+    shutil.copytree(ROOT / "models" / "demo" / "demo-cb", cache / "repository" / "demo")
+    multi.side_by_side_repository(cache, "demo", ["demo"])
+    assert linked.samefile(cache / "repository" / "demo" / "1" / "model.onnx")
+    assert not list(repo.glob(".*.tmp"))
