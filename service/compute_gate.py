@@ -5,8 +5,8 @@ on a single-model server. Without a bound, several models computing at once woul
 sessions x threads busy threads on the cores, and ONNX Runtime's statically partitioned operators
 wait for their slowest, descheduled thread. The gate admits a batch when its session's threads fit
 in the budget (the CPU cores by default): batches of different models take turns in arrival order
-instead of thrashing, and idle cores always go to whichever model is computing. Sessions on a GPU
-provider do not hold CPU threads and pass straight through.
+instead of thrashing, and idle cores always go to whichever model is computing. Runtimes that do not
+compute on the CPU's threads (a session on a GPU provider) pass straight through.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-
-CPU_PROVIDER = "CPUExecutionProvider"
 
 
 class ComputeGate:
@@ -69,9 +67,9 @@ class ComputeGate:
                 self._free += need
                 self._cond.notify_all()
 
-    def for_session(self, provider: str, threads: int) -> Callable[[], AbstractContextManager[None]] | None:
-        """What a session's batches (and warm-up runs) hold: its intra-op threads on the CPU provider, nothing
-        on a GPU provider (its compute does not use the CPU threads)."""
-        if provider != CPU_PROVIDER:
+    def for_runtime(self, threads: int) -> Callable[[], AbstractContextManager[None]] | None:
+        """What a runtime's batches (and warm-up runs) hold: `threads`, its `cpu_threads`; nothing for a runtime
+        that computes off the CPU's threads (0: a GPU provider, a fake)."""
+        if threads <= 0:
             return None
         return functools.partial(self.hold, threads)

@@ -89,7 +89,7 @@ def build_version(
         runtime = factory(spec)
     except Exception as exc:  # noqa: BLE001 - corrupt graph, provider failure...
         raise ModelLoadError(entry.name, f"version {version}: cannot create session: {first_line(exc)}") from exc
-    hold = gate.for_session(runtime.provider, session.intra_op_threads) if gate is not None else None
+    hold = gate.for_runtime(runtime.cpu_threads) if gate is not None else None
     db = entry.config.dynamic_batching
     sizes = warmup_sizes(limits.max_batch_size, settings.warmup, runtime.provider,
                          db.preferred_batch_size if db else ())

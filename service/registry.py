@@ -300,8 +300,7 @@ class ModelRegistry:
                 observer = VersionObserver(self.metrics, entry.name, version, entry.manifest.costs.flops)
                 batcher = Batcher(runtime.run, limits, name=f"{entry.name}:{version}", hooks=observer,
                                   instances=instance_count(entry, self.settings),
-                                  gate=self.compute_gate.for_session(runtime.provider,
-                                                                     runtime.spec.session.intra_op_threads))
+                                  gate=self.compute_gate.for_runtime(runtime.cpu_threads))
                 batcher.start()
                 new_versions[version] = LoadedVersion(version, runtime, batcher, observer)
             old = handle.versions

@@ -98,6 +98,8 @@ class InferenceRuntime(ABC):
 
     provider: str = "none"
     provider_note: str | None = None  # why this provider (the ones preferred to it were skipped)
+    #: CPU threads one batch keeps busy, what it holds at the compute gate (0: computes elsewhere, not gated)
+    cpu_threads: int = 0
 
     def __init__(self, spec: RuntimeSpec) -> None:
         self.spec = spec
@@ -229,6 +231,7 @@ class OnnxRuntime(InferenceRuntime):
         self._session_seconds = time.perf_counter() - started
         self._session = session
         self.provider = session.get_providers()[0]
+        self.cpu_threads = cfg.intra_op_threads if self.provider == CPU else 0
         if self.provider in providers:  # everything ahead of the provider we got did not work here
             skipped = providers[: providers.index(self.provider)]
             if skipped and not _UNUSABLE_PROVIDERS.issuperset(skipped):

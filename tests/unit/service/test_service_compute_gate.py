@@ -17,10 +17,10 @@ def test_weights_are_clamped_to_the_budget() -> None:
         ComputeGate(0)
 
 
-def test_sessions_on_a_gpu_provider_pass_straight_through() -> None:
+def test_runtimes_off_the_cpu_threads_pass_straight_through() -> None:
     gate = ComputeGate(2)
-    assert gate.for_session("CUDAExecutionProvider", 2) is None
-    hold = gate.for_session("CPUExecutionProvider", 2)
+    assert gate.for_runtime(0) is None
+    hold = gate.for_runtime(2)
     assert hold is not None
     with hold():
         assert gate.free == 0

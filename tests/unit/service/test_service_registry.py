@@ -329,9 +329,10 @@ def test_instances_share_the_automatic_intra_op_threads(tmp_path: Path) -> None:
 
 
 class CpuGated(GatedRuntime):
-    """A gated fake that reports the CPU provider, so its batches hold the compute gate as a CPU session's do."""
+    """A gated fake that computes on the CPU's threads, so its batches hold the compute gate as a CPU session's do."""
 
     provider = "CPUExecutionProvider"
+    cpu_threads = 2
 
     def warmup(self, batch_sizes):
         pass

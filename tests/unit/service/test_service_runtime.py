@@ -35,6 +35,9 @@ def test_session_runs_and_reports_the_provider_it_really_got(tiny_repository: Pa
     assert rt.provider == rt._session.get_providers()[0]
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
         assert rt.provider == "CPUExecutionProvider"
+    # what its batches hold at the compute gate: the session's intra-op threads on the CPU, nothing on a GPU
+    assert rt.cpu_threads == (4 if rt.provider == "CPUExecutionProvider" else 0)
+    assert rt._session.get_session_options().intra_op_num_threads == 4
     x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(rt.run(x), expected_logits(TinyModel("tiny_a"), 1, x), rtol=1e-5, atol=1e-5)
     rt.warmup(warmup_sizes(8, "all"))
