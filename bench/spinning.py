@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ceiling import measure_config
-from bench.loadgen import sweep
+from bench.loadgen import MeasureConfig, sweep
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models
 from bench.payloads import infer_request
@@ -25,9 +25,11 @@ from bench.report import RESULTS_DIR, command_line, md_table, write_result
 SETTINGS = {"spinning on": "true", "spinning off": "false"}
 
 
-def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None, rate: float = 20.0) -> Path:
+def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None, rate: float = 20.0,
+        cfg: MeasureConfig | None = None) -> Path:
+    """One fresh single-model server per preset and setting; `cfg` replaces the windows --quick chooses (tests)."""
     machine = machine_info()
-    cfg = measure_config(quick)
+    cfg = cfg or measure_config(quick)
     rows: list[dict[str, Any]] = []
     for preset in presets:
         model = BenchModel(preset)
