@@ -13,10 +13,19 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's cpuset, `taskset`), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity API on this platform
+        return os.cpu_count() or 1
 
 
 class ComputeGate:

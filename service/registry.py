@@ -16,7 +16,6 @@ import asyncio
 import contextvars
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from service.batcher import Batcher, BatcherStopped, BatchLimits
-from service.compute_gate import ComputeGate
+from service.compute_gate import ComputeGate, cpu_cores
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -140,7 +139,7 @@ class ModelRegistry:
         self._none_accepted = asyncio.Event()
         self._none_accepted.set()
         self._stop_loads = threading.Event()  # set at shutdown: loads in progress stop between warm-up sizes
-        cores = os.cpu_count() or 1
+        cores = cpu_cores()
         threads = settings.preprocess_threads or cores
         self._preprocess_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vitserve-preprocess")
         # models load side by side (session creation is mostly one thread); their warm-ups share the gate

@@ -12,7 +12,6 @@ and metrics report. On the CUDA provider batches run through I/O binding with pi
 from __future__ import annotations
 
 import logging
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.compute_gate import cpu_cores
 from service.manifest import Manifest
 from service.model_config import ModelConfig
 from service.preprocess import preprocess_image
@@ -82,7 +82,7 @@ def session_config(
     asked for: at low load it multiplies the CPU a request costs, which a container's CPU limit
     throttles, for a gain only on dedicated cores under load (BENCHMARKS.md, analysis).
     """
-    cores = cpu_count or os.cpu_count() or 1
+    cores = cpu_count or cpu_cores()
     return SessionConfig(
         providers=list(providers),
         intra_op_threads=intra_op_threads or cores,

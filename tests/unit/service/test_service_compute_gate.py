@@ -73,3 +73,15 @@ def test_two_one_thread_batches_compute_side_by_side() -> None:
     for t in threads:
         t.join(5)
     assert not inside.broken
+
+
+def test_cores_are_the_ones_this_process_may_run_on() -> None:
+    """A process pinned to one core (a container's cpuset, taskset) counts one core, whatever the machine has."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from service.compute_gate import cpu_cores; from service.runtime import session_config; "
+            "print(cpu_cores(), session_config(['CPUExecutionProvider'], 0, 1, False, 'all').intra_op_threads)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1"]
