@@ -7,20 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.postprocess import top_k_predictions
 from service.repository import read_model
-from service.runtime import (
-    OnnxRuntime,
-    RuntimeSpec,
-    session_config,
-    top_k_predictions,
-    warmup_sizes,
-)
+from service.runtimes import RuntimeSpec, warmup_sizes
+from service.runtimes.onnxruntime import OnnxRuntime, session_config
 
 
 def spec_for(repo: Path, name: str, providers: list[str]) -> RuntimeSpec:
     entry = read_model(repo, name)
-    cfg = session_config(providers, 0, 1, None, "all", cpu_count=4)
-    return RuntimeSpec(name, entry.latest_version, entry.manifest, 8, entry.verify(entry.latest_version), cfg)
+    cfg = session_config(providers, 0, 1, False, "all", cpu_count=4)
+    version = max(entry.versions)
+    return RuntimeSpec(name, version, entry.manifest, 8, entry.verify(version), entry.config, options=cfg)
 
 
 def test_session_runs_and_reports_the_provider_it_really_got(tiny_repository: Path) -> None:
@@ -70,17 +67,22 @@ def test_warmup_covers_every_batch_size_the_batcher_can_make() -> None:
     assert warmup_sizes(12, "one") == [1]
 
 
-def test_automatic_warmup_is_batch_one_on_cpu_and_the_sizes_that_matter_on_a_gpu() -> None:
-    assert warmup_sizes(32, "auto", "CPUExecutionProvider", [4, 8]) == [1]
-    assert warmup_sizes(32, "auto", "CUDAExecutionProvider", [3, 8, 40]) == [1, 2, 3, 4, 8, 16, 32]
-    assert warmup_sizes(12, "auto", "TensorrtExecutionProvider") == [1, 2, 4, 8, 12]
+def test_automatic_warmup_is_batch_one_on_cpu_and_the_sizes_that_matter_elsewhere(tiny_repository: Path) -> None:
+    from service.fakes import EchoRuntime
+
+    cpu = OnnxRuntime(spec_for(tiny_repository, "tiny_a", ["CPUExecutionProvider"]))
+    assert cpu.provider == "CPUExecutionProvider"
+    assert cpu.auto_warmup_sizes(32, [4, 8]) == [1]  # a new batch size costs no more on its first run
+    other = EchoRuntime(spec_for(tiny_repository, "tiny_a", ["CPUExecutionProvider"]))  # not ONNX Runtime's CPU
+    assert other.auto_warmup_sizes(32, [3, 8, 40]) == [1, 2, 3, 4, 8, 16, 32]
+    assert other.auto_warmup_sizes(12) == [1, 2, 4, 8, 12]
 
 
 def test_signature_mismatch_is_refused(tiny_repository: Path) -> None:
     spec = spec_for(tiny_repository, "tiny_a", ["CPUExecutionProvider"])
     bad = spec.manifest.model_copy(update={"input_name": "images"})
     with pytest.raises(ValueError, match="no input 'images'"):
-        OnnxRuntime(RuntimeSpec(spec.name, 1, bad, 8, spec.model_path, spec.session))
+        OnnxRuntime(RuntimeSpec(spec.name, 1, bad, 8, spec.model_path, options=spec.options))
 
 
 def test_top_k_is_sorted_softmax() -> None:
