@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ceiling import measure_config
-from bench.loadgen import LoadPoint, MeasureConfig, closed_loop, run as run_loop, sweep
+from bench.loadgen import LoadPoint, MeasureConfig, ServerReading, closed_loop, run as run_loop, sweep
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models
 from bench.payloads import RequestSpec, infer_request
@@ -97,9 +97,8 @@ def _all_at_once(url: str, specs: dict[str, RequestSpec], cfg: MeasureConfig) ->
     per_model = max(1, math.ceil(CONCURRENCY / len(specs)))
 
     async def both() -> list[LoadPoint]:
-        return await asyncio.gather(*(closed_loop(url, spec, per_model, cfg, protocol="v2-binary",
-                                                  stats_path=f"/v2/models/{name}/stats")
-                                      for name, spec in specs.items()))
+        return await asyncio.gather(*(closed_loop(url, spec, per_model, cfg, reading=ServerReading(
+            protocol="v2-binary", stats_path=f"/v2/models/{name}/stats")) for name, spec in specs.items()))
 
     return dict(zip(specs, run_loop(both())))  # type: ignore[arg-type]
 
