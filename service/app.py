@@ -23,8 +23,8 @@ from service.errors import install_error_handlers
 from service.gpu_metrics import register_gpu_metrics
 from service.metrics import Metrics
 from service.registry import ModelRegistry, RuntimeFactory
-from service.runtime import onnx_runtime_factory
 from service.settings import Settings
+from service.standin import platform_runtime_factory
 
 log = logging.getLogger("vitserve")
 
@@ -44,13 +44,17 @@ Errors are JSON `{"error": "..."}`: 400 bad input, 401 missing API key, 404 unkn
 def create_app(
     settings: Settings,
     *,
-    runtime_factory: RuntimeFactory = onnx_runtime_factory,
+    runtime_factory: RuntimeFactory = platform_runtime_factory,
     wait_for_models: bool = False,
+    registry: ModelRegistry | None = None,
 ) -> FastAPI:
-    """Build the app. `wait_for_models` makes startup block until the initial load is done (tests)."""
-    metrics = Metrics()
-    register_gpu_metrics(metrics.registry)  # Triton's nv_gpu_* series; absent without a GPU
-    registry = ModelRegistry(settings, metrics, runtime_factory)
+    """Build the app. `wait_for_models` makes startup block until the initial load is done (tests).
+    `registry`: serve this one (a front end's mirror of the engine's models, service/workers/)."""
+    if registry is None:
+        metrics = Metrics()
+        register_gpu_metrics(metrics.registry)  # Triton's nv_gpu_* series; absent without a GPU
+        registry = ModelRegistry(settings, metrics, runtime_factory)
+    metrics = registry.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,6 +73,7 @@ def create_app(
     install_error_handlers(app)
     hot = register_v1(app, registry) + register_v2(app, registry)
     register_system(app, registry)
+    app.state.hot_routes = hot
     app.add_middleware(FastPathMiddleware, routes=hot)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

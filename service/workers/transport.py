@@ -1,0 +1,138 @@
+"""Tensors between processes through shared memory; small control messages over a unix socket.
+
+A front-end process owns an `Arena`: shared-memory segments (files on tmpfs, /dev/shm, mapped by
+both processes) carved by a first-fit allocator into one block per request in flight. The front
+end writes a request's input tensor into its block and sends the engine only where it lies; the
+engine computes on a view of that memory and writes the outputs back into the same block (the
+inputs are consumed by then), so tensors are never pickled or copied through a socket. A segment's
+file is unlinked as soon as the engine has mapped it: nothing is left behind when either process
+dies, the memory is freed when the last mapping goes. The arena grows by a segment when a request
+does not fit (bounded in practice by the engine's queue bounds: a refused request frees its block).
+
+Control messages are pickled tuples with a 4-byte length prefix (`write_message` / `read_message`);
+both ends are processes of one server, on a socket in a private (0700) directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import mmap
+import os
+import pickle
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEGMENT_BYTES = 32 << 20
+ALIGN = 64
+MAX_MESSAGE_BYTES = 1 << 30
+_HEADER = struct.Struct("!I")
+
+
+def shm_directory() -> Path:
+    """tmpfs (/dev/shm) where there is one, so segments are memory, never written to a disk."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+class Segment:
+    """One mapped shared-memory file."""
+
+    def __init__(self, path: Path, size: int, *, create: bool) -> None:
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            self.size = os.fstat(fd).st_size
+            self.map = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.path = path
+
+    def array(self, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any] | str) -> np.ndarray:
+        return np.ndarray(shape, dtype=dtype, buffer=self.map, offset=offset)
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:  # a view is still alive somewhere: the mapping goes with the process
+            pass
+
+
+@dataclass(frozen=True)
+class Block:
+    segment: int
+    offset: int
+    size: int
+
+
+def _round(n: int) -> int:
+    return max(ALIGN, (n + ALIGN - 1) // ALIGN * ALIGN)
+
+
+class Arena:
+    """The front end's shared memory: segments carved into blocks, first fit, freed blocks merged."""
+
+    def __init__(self, prefix: str, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.prefix = prefix
+        self.segment_bytes = segment_bytes
+        self.segments: list[Segment] = []
+        self._free: list[list[tuple[int, int]]] = []  # per segment: sorted (offset, size)
+
+    def allocate(self, nbytes: int) -> tuple[Block, Segment | None]:
+        """A block of at least `nbytes`; the second value is a segment created for it (to announce)."""
+        size = _round(nbytes)
+        for index, free in enumerate(self._free):
+            for i, (offset, room) in enumerate(free):
+                if room >= size:
+                    if room == size:
+                        del free[i]
+                    else:
+                        free[i] = (offset + size, room - size)
+                    return Block(index, offset, size), None
+        index = len(self.segments)
+        seg_size = max(self.segment_bytes, size)
+        segment = Segment(shm_directory() / f"{self.prefix}-{index}", seg_size, create=True)
+        self.segments.append(segment)
+        self._free.append([(size, seg_size - size)] if seg_size > size else [])
+        return Block(index, 0, size), segment
+
+    def release(self, block: Block) -> None:
+        free = self._free[block.segment]
+        i = bisect.bisect_left(free, (block.offset, 0))
+        offset, size = block.offset, block.size
+        if i < len(free) and offset + size == free[i][0]:  # merge with the next free block
+            size += free[i][1]
+            del free[i]
+        if i > 0 and free[i - 1][0] + free[i - 1][1] == offset:  # and with the previous one
+            offset, size = free[i - 1][0], free[i - 1][1] + size
+            del free[i - 1]
+            i -= 1
+        free.insert(i, (offset, size))
+
+    def free_bytes(self) -> int:
+        return sum(size for free in self._free for _, size in free)
+
+    def close(self) -> None:
+        for segment in self.segments:
+            segment.path.unlink(missing_ok=True)
+            segment.close()
+
+
+async def read_message(reader: asyncio.StreamReader) -> Any:
+    """The next control message; IncompleteReadError when the peer closed."""
+    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if length > MAX_MESSAGE_BYTES:
+        raise ValueError(f"control message of {length} bytes")
+    return pickle.loads(await reader.readexactly(length))
+
+
+def write_message(writer: asyncio.StreamWriter, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEADER.pack(len(data)) + data)
