@@ -26,7 +26,7 @@ import numpy as np
 from service.batcher import BatcherStopped, BatchLimits, BatchOutput
 from service.errors import InferenceFailed, ModelNotReady
 from service.workers.protocol import ModelTable, decode_error
-from service.workers.transport import Arena, Block, read_message, write_message
+from service.workers.transport import Arena, Block, Channel
 
 log = logging.getLogger("vitserve.frontend")
 
@@ -47,51 +47,41 @@ class EngineClient:
         self.arena = Arena(f"vitserve-{os.getpid()}-{secrets.token_hex(4)}")
         self.table: ModelTable | None = None
         self.on_table: Callable[[ModelTable], None] | None = None
-        self.on_lost: Callable[[], None] | None = None
         self.connected = False
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._channel: Channel | None = None
         self._first_table: asyncio.Event | None = None
 
     async def connect(self) -> None:
         """Connect and wait for the engine's model table."""
-        reader, self._writer = await asyncio.open_unix_connection(str(self.path))
-        self.connected = True
         self._first_table = asyncio.Event()
-        self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
-        write_message(self._writer, ("hello", os.getpid()))
+        _, self._channel = await asyncio.get_running_loop().create_unix_connection(
+            lambda: Channel(self._dispatch, self._lost), str(self.path))
+        self.connected = True
+        self._send(("hello", os.getpid()))
         await self._first_table.wait()
+        if not self.connected:
+            raise ModelNotReady(ENGINE_GONE)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            await asyncio.gather(self._reader_task, return_exceptions=True)
+        if self._channel is not None:
+            self._channel.close()
         self.arena.close()
 
     def _send(self, message: Any) -> None:
-        if self._writer is None or not self.connected:
+        if self._channel is None or not self.connected:
             raise ModelNotReady(ENGINE_GONE)
-        write_message(self._writer, message)
+        self._channel.send(message)
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                self._dispatch(await read_message(reader))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        finally:
-            self.connected = False
-            for pending in self._pending.values():
-                if not pending.future.done():
-                    pending.future.set_exception(ModelNotReady(ENGINE_GONE))
-            self._pending.clear()
-            if self._first_table is not None:
-                self._first_table.set()
-            if self.on_lost is not None:
-                self.on_lost()
+    def _lost(self) -> None:
+        self.connected = False
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(ModelNotReady(ENGINE_GONE))
+        self._pending.clear()
+        if self._first_table is not None:
+            self._first_table.set()
 
     def _dispatch(self, message: Any) -> None:
         kind = message[0]

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from service.errors import InferenceFailed, ModelNotReady, ServiceError
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
-from service.workers.transport import Segment, read_message, write_message
+from service.workers.transport import Channel, Segment
 
 log = logging.getLogger("vitserve.engine")
 
@@ -62,77 +63,70 @@ class EngineServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        self._server = await asyncio.get_running_loop().create_unix_server(self._accept, path=str(self.path))
         self.registry.listeners.append(self.models_changed)
+
+    def _accept(self) -> Channel:
+        conn = _Connection(self)
+        self.connections.add(conn)
+        return conn.channel
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
-            conn.writer.close()
+            conn.channel.close()
 
     def models_changed(self) -> None:
         table = model_table(self.registry)
         for conn in self.connections:
             conn.send(("table", table))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(self, reader, writer)
-        self.connections.add(conn)
-        try:
-            await conn.run()
-        finally:
-            self.connections.discard(conn)
-
 
 class _Connection:
     """One front-end process: its mapped segments and its requests in flight."""
 
-    def __init__(self, server: EngineServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, server: EngineServer) -> None:
         self.server = server
-        self.reader = reader
-        self.writer = writer
+        self.channel = Channel(self._on_message, self._on_lost)
         self.segments: dict[int, Segment] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.peer = "?"
 
     def send(self, message: Any) -> None:
-        if not self.writer.is_closing():
-            write_message(self.writer, message)
+        self.channel.send(message)
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                message = await read_message(self.reader)
-                kind = message[0]
-                if kind == "submit":
-                    self._spawn(message[1], loop.create_task(self._submit(*message[1:])))
-                elif kind == "cancel":
-                    task = self.tasks.get(message[1])
-                    if task is not None:
-                        task.cancel()
-                elif kind == "http":
-                    self._spawn(message[1], loop.create_task(self._http(*message[1:])))
-                elif kind == "segment":
-                    index, path = message[1], Path(message[2])
-                    self.segments[index] = Segment(path, 0, create=False)
-                    self.send(("segment_ok", index))
-                elif kind == "hello":
-                    self.peer = f"front end pid {message[1]}"
-                    self.send(("table", model_table(self.server.registry)))
-                await self.writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        finally:
-            if self.tasks:  # its process is gone: its requests leave the queues
-                log.warning("%s disconnected with %d requests in flight", self.peer, len(self.tasks))
-            for task in list(self.tasks.values()):
+    def _on_message(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "submit":
+            self._spawn(message[1], asyncio.get_running_loop().create_task(self._submit(*message[1:])))
+        elif kind == "cancel":
+            task = self.tasks.get(message[1])
+            if task is not None:
                 task.cancel()
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-            self.writer.close()
-            for segment in self.segments.values():
-                segment.close()
+        elif kind == "http":
+            self._spawn(message[1], asyncio.get_running_loop().create_task(self._http(*message[1:])))
+        elif kind == "segment":
+            index, path = message[1], Path(message[2])
+            self.segments[index] = Segment(path, 0, create=False)
+            self.send(("segment_ok", index))
+        elif kind == "hello":
+            self.peer = f"front end pid {message[1]}"
+            self.send(("table", model_table(self.server.registry)))
+
+    def _on_lost(self) -> None:
+        """Its process is gone (or stopping): its requests leave the queues, its memory is unmapped."""
+        self.server.connections.discard(self)
+        if self.tasks:
+            log.warning("%s disconnected with %d requests in flight", self.peer, len(self.tasks))
+        for task in list(self.tasks.values()):
+            task.cancel()
+        asyncio.get_running_loop().create_task(self._unmap_when_done(list(self.tasks.values())))
+
+    async def _unmap_when_done(self, tasks: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for segment in self.segments.values():
+            segment.close()
 
     def _spawn(self, rid: int, task: asyncio.Task[None]) -> None:
         self.tasks[rid] = task
@@ -214,7 +208,17 @@ def engine_main(settings: Settings, control_path: Path, supervisor: Connection) 
     from service.app import create_app
 
     app = create_app(settings)
-    asyncio.run(_serve_engine(app, control_path, supervisor))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_serve_engine(app, control_path, supervisor))
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed (as uvicorn picks for the front ends), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection) -> None:

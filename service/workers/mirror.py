@@ -37,6 +37,15 @@ class MirrorRuntime(InferenceRuntime):
         raise RuntimeError("a front end computes nothing: the engine runs the model")
 
 
+class MirrorObserver(VersionObserver):
+    """A mirrored version's observer: the engine keeps the version's Triton statistics (it records every
+    request it answers), so a front end's copy records none (/v2/.../stats is answered by the engine)."""
+
+    def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None: ...
+
+    def request_failed(self, total_s: float) -> None: ...
+
+
 class MirrorRegistry(ModelRegistry):
     """`ModelRegistry` over the engine's models (never loads a session itself)."""
 
@@ -84,6 +93,6 @@ class MirrorRegistry(ModelRegistry):
         spec = RuntimeSpec(name=entry.name, version=version, manifest=m, max_batch_size=row.limits.max_batch_size,
                            config=entry.config)
         executor = RemoteExecutor(self.client, entry.name, version, row.limits, m.num_classes * 4)
-        observer = VersionObserver(self.metrics, entry.name, version, m.costs.flops)
+        observer = MirrorObserver(self.metrics, entry.name, version, m.costs.flops)
         return LoadedVersion(version, MirrorRuntime(spec, row.provider, row.provider_note),
                              executor, observer)  # type: ignore[arg-type]

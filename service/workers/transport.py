@@ -9,8 +9,8 @@ file is unlinked as soon as the engine has mapped it: nothing is left behind whe
 dies, the memory is freed when the last mapping goes. The arena grows by a segment when a request
 does not fit (bounded in practice by the engine's queue bounds: a refused request frees its block).
 
-Control messages are pickled tuples with a 4-byte length prefix (`write_message` / `read_message`);
-both ends are processes of one server, on a socket in a private (0700) directory.
+Control messages are pickled tuples with a 4-byte length prefix (`Channel`); both ends are
+processes of one server, on a socket in a private (0700) directory.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import pickle
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,14 +126,56 @@ class Arena:
             segment.close()
 
 
-async def read_message(reader: asyncio.StreamReader) -> Any:
-    """The next control message; IncompleteReadError when the peer closed."""
-    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if length > MAX_MESSAGE_BYTES:
-        raise ValueError(f"control message of {length} bytes")
-    return pickle.loads(await reader.readexactly(length))
+class Channel(asyncio.Protocol):
+    """Length-prefixed pickled messages over a stream socket, parsed as bytes arrive (no coroutine per
+    message) and written once per event-loop turn however many were sent in it (one system call for
+    a batch's worth of answers)."""
 
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self._in = bytearray()
+        self._out: list[bytes] = []
+        self.closed = False
 
-def write_message(writer: asyncio.StreamWriter, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_HEADER.pack(len(data)) + data)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._in
+        buf += data
+        start = 0
+        while len(buf) - start >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buf, start)
+            if length > MAX_MESSAGE_BYTES:
+                raise ValueError(f"control message of {length} bytes")
+            end = start + _HEADER.size + length
+            if len(buf) < end:
+                break
+            message = pickle.loads(memoryview(buf)[start + _HEADER.size:end])
+            start = end
+            self.on_message(message)
+        del buf[:start]
+
+    def send(self, message: Any) -> None:
+        if self.closed or self.transport is None:
+            return
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out += (_HEADER.pack(len(data)), data)
+
+    def _flush(self) -> None:
+        if self._out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def close(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.on_lost()
