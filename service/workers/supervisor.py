@@ -140,8 +140,13 @@ class Supervisor:
                                   name="vitserve-engine")
         engine.start()
         child_end.close()
-        try:
-            started = parent_end.poll(ENGINE_START_TIMEOUT_S) and parent_end.recv() == "listening"
+        started = False
+        deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+        try:  # in steps, so a signal meanwhile stops the start
+            while not self.stopping and time.monotonic() < deadline and engine.is_alive():
+                if parent_end.poll(0.2):
+                    started = parent_end.recv() == "listening"
+                    break
         except EOFError:
             started = False
         if not started:
