@@ -150,11 +150,12 @@ class Supervisor:
         except EOFError:
             started = False
         if not started:
-            log.error("the engine did not start (exit code %s)", engine.exitcode)
+            if not self.stopping:
+                log.error("the engine did not start (exit code %s)", engine.exitcode)
             engine.kill()
             engine.join(5)
             self._cleanup(sock)
-            return 1
+            return 0 if self.stopping else 1
         log.info("engine up (pid %s); listening on %s:%d with %d front ends", engine.pid, self.settings.host,
                  sock.getsockname()[1], self.settings.http_workers)
         for index in range(self.settings.http_workers):
