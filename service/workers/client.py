@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.batcher import BatcherStopped, BatchLimits, BatchOutput
-from service.errors import InferenceFailed, ModelNotReady
+from service.errors import InferenceFailed, ModelNotReady, Overloaded
 from service.workers.protocol import ModelTable, decode_error
 from service.workers.transport import Arena, Block, Channel
 
@@ -125,7 +125,11 @@ class EngineClient:
     async def infer(self, model: str, version: int, inputs: np.ndarray, deadline: float | None,
                     output_bytes: int) -> BatchOutput:
         """`inputs` through the engine's batcher of (model, version); the outputs come back in shared memory."""
-        block, created = self.arena.allocate(max(inputs.nbytes, output_bytes))
+        try:
+            block, created = self.arena.allocate(max(inputs.nbytes, output_bytes))
+        except OSError as exc:  # /dev/shm full: refuse this request, as a full queue would
+            log.warning("no shared memory for a request of %d bytes: %s", inputs.nbytes, exc)
+            raise Overloaded("no shared memory left for request tensors", retry_after_s=1.0) from None
         if created is not None:
             self._send(("segment", block.segment, str(created.path)))
         segment = self.arena.segments[block.segment]

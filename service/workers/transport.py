@@ -7,7 +7,8 @@ engine computes on a view of that memory and writes the outputs back into the sa
 inputs are consumed by then), so tensors are never pickled or copied through a socket. A segment's
 file is unlinked as soon as the engine has mapped it: nothing is left behind when either process
 dies, the memory is freed when the last mapping goes. The arena grows by a segment when a request
-does not fit (bounded in practice by the engine's queue bounds: a refused request frees its block).
+does not fit (bounded in practice by the engine's queue bounds: a refused request frees its block);
+segments are reserved when created, so a full /dev/shm refuses that request (503), never crashes.
 
 Control messages are pickled tuples with a 4-byte length prefix (`Channel`); both ends are
 processes of one server, on a socket in a private (0700) directory.
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-SEGMENT_BYTES = 32 << 20
+SEGMENT_BYTES = 16 << 20
 ALIGN = 64
 MAX_MESSAGE_BYTES = 1 << 30
 _HEADER = struct.Struct("!I")
@@ -48,8 +49,8 @@ class Segment:
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(path, flags, 0o600)
         try:
-            if create:
-                os.ftruncate(fd, size)
+            if create:  # reserved now: a full tmpfs fails here (OSError), not as SIGBUS at a later write
+                os.posix_fallocate(fd, 0, size)
             self.size = os.fstat(fd).st_size
             self.map = mmap.mmap(fd, self.size)
         finally:

@@ -87,3 +87,14 @@ def test_standin_model_loads_through_the_repository_and_computes_a_gather(
     assert np.array_equal(out, standin_outputs(x, 5)) and np.array_equal(out[1], x[1].ravel()[::38][:5])
     with pytest.raises(ValueError):
         runtime.run(np.zeros((5, 3, 8, 8), np.float32))  # above the max batch, as a real session would refuse
+
+
+def test_a_full_shared_memory_refuses_the_request_with_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.workers import client as client_module
+    from service.workers import transport
+
+    monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path / "missing")  # creating a segment fails
+    engine = client_module.EngineClient(tmp_path / "engine.sock")
+    with pytest.raises(Overloaded) as caught:
+        asyncio.run(engine.infer("m", 1, np.zeros((1, 3, 8, 8), np.float32), None, 40))
+    assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "1"}
