@@ -190,7 +190,8 @@ def test_every_endpoint_and_every_error_is_the_single_process_servers(
     bad = [
         ("/v2/models/tiny_a/infer", {"content": b"not json"}),
         ("/v2/models/tiny_a/infer", {"json": infer_body(np.zeros((1, 3, 8, 8), np.float32))}),
-        ("/v2/models/tiny_a/infer", {"content": json.dumps(infer_body(np.full((1, 3, SIZE, SIZE), np.nan, np.float32)))}),
+        ("/v2/models/tiny_a/infer", {"content": json.dumps(infer_body(np.full((1, 3, SIZE, SIZE), np.nan,
+                                                                              np.float32)))}),
         ("/v2/models/nope/infer", {"json": {}}),
         ("/v2/models/tiny_b/versions/7/infer", {"json": {}}),
         ("/v1/models/tiny_a/classify", {"content": b"not an image", "headers": {"Content-Type": "image/png"}}),
