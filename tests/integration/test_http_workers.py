@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from service_server import ServerProcess, start_server
-from tiny_repository import TinyModel, build_tiny_repository
+from tiny_repository import TinyModel, add_version, build_tiny_repository
 
 from service.standin import standin_outputs, write_standin_model
 
@@ -218,6 +218,40 @@ def test_every_endpoint_and_every_error_is_the_single_process_servers(
     with only(multi, 0):
         r = post(multi, "/v2/models/tiny_b/infer", json=infer_body(np.zeros((1, 3, SIZE, SIZE), np.float32)))
         assert r.status_code == 200, r.text
+
+
+def test_versions_swapped_under_load_lose_no_request_in_any_front_end(tmp_path: Path) -> None:
+    """The engine pushes its new model table before the old version refuses: a front end retries the new one."""
+    model = TinyModel("tiny_b", num_classes=5, versions=[1, 2])
+    root = build_tiny_repository(tmp_path / "repo", [model])
+    body = infer_body(np.zeros((1, 3, SIZE, SIZE), np.float32))
+
+    async def main() -> tuple[dict[int, int], set[str]]:
+        codes: dict[int, int] = {}
+        versions: set[str] = set()
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=0)  # both front ends take requests
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30, limits=limits) as client:
+            stop = time.monotonic() + 3.5
+
+            async def load() -> None:
+                while time.monotonic() < stop:
+                    r = await client.post("/v2/models/tiny_b/infer", json=body)
+                    codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                    if r.status_code == 200:
+                        versions.add(r.json()["model_version"])
+
+            async def swap() -> None:
+                for version in (3, 4):
+                    await asyncio.sleep(1.0)
+                    add_version(root, model, version)
+
+            await asyncio.gather(*(load() for _ in range(16)), swap())
+        return codes, versions
+
+    with running(root, tmp_path, "--http-workers", "2", "--poll-interval-s", "0.2") as server:
+        codes, versions = asyncio.run(main())
+    assert set(codes) == {200}, codes
+    assert {"3", "4"} <= versions
 
 
 async def _fire(server: ServerProcess, n: int) -> list[asyncio.Task[httpx.Response]]:
