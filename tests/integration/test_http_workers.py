@@ -297,6 +297,29 @@ def test_a_killed_front_end_is_replaced_and_the_others_requests_complete(slow_mu
     assert "front end 0" in server.log() and "replacing it" in server.log()
 
 
+def test_deadlines_and_disconnects_reach_the_engines_queue(slow_multi: ServerProcess) -> None:
+    server = slow_multi
+    body = infer_body(np.ones((1, 3, SIZE, SIZE), np.float32))
+
+    async def main() -> tuple[list[object], httpx.Response]:
+        with only(server, 0):
+            busy = await _fire(server, 12)  # three batches of 300 ms ahead
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+                late = await client.post(f"/v2/models/{STANDIN}/infer",
+                                         json={**body, "parameters": {"timeout": 100_000}})  # 100 ms
+                with pytest.raises(httpx.ReadTimeout):  # a client that gives up: its request leaves the queue
+                    await client.post(f"/v2/models/{STANDIN}/infer", json=body, timeout=0.2)
+        return await asyncio.gather(*busy, return_exceptions=True), late
+
+    before = httpx.get(server.base_url + f"/v2/models/{STANDIN}/stats").json()["model_stats"][0]["inference_count"]
+    busy, late = asyncio.run(main())
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in busy), busy
+    assert late.status_code == 504, late.text  # expired in the engine's queue, never computed
+    time.sleep(0.7)  # longer than a batch: had the abandoned request stayed queued, it would be computed by now
+    after = httpx.get(server.base_url + f"/v2/models/{STANDIN}/stats").json()["model_stats"][0]["inference_count"]
+    assert after - before == 12  # neither the expired nor the abandoned request was computed
+
+
 def test_sigterm_drains_every_front_end_and_loses_nothing(slow_multi: ServerProcess) -> None:
     server = slow_multi
 
