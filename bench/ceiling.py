@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.inproc import best_throughput, ort_session, time_ort
-from bench.loadgen import LoadPoint, MeasureConfig, sweep
+from bench.loadgen import MeasureConfig, sweep
+from bench.results import LoadPoint
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models, model_file
 from bench.overhead import measure_overhead

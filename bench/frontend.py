@@ -1,7 +1,7 @@
 """Issue 13 — the front end alone: the off-CPU stand-in served by 1 and by 2 front-end processes.
 
 On a GPU a small model's batch costs the host next to nothing and the HTTP front end is what limits
-throughput. The stand-in runtime (service/standin.py) shows that regime without a GPU: it waits a
+throughput. The stand-in runtime (service/runtimes/standin.py) shows that regime without a GPU: it waits a
 fixed time per batch (2 ms per batch of up to 64 by default) and computes nothing on the CPU, so
 the server's throughput is its front end's. The benchmark serves a demo-shaped stand-in model
 (3x32x32 input, 10 classes, max batch 64) with `--http-workers 1` (today's single-process server)
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.ceiling import measure_config
-from bench.loadgen import LoadPoint, sweep
+from bench.loadgen import sweep
+from bench.results import LoadPoint
 from bench.machine import machine_info
 from bench.payloads import classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import vitserve_server
@@ -35,7 +36,7 @@ WORKERS = (1, 2)
 
 def build_repository(cache: Path) -> Path:
     """The stand-in model, demo-shaped (a repository of its own, rewritten each run: it is a few bytes)."""
-    from service.standin import write_standin_model
+    from service.runtimes.standin import write_standin_model
 
     root = cache / "frontend_repository"
     write_standin_model(root, MODEL, size=SIZE, num_classes=CLASSES, max_batch_size=MAX_BATCH)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import LoadPoint, MeasureConfig, sweep
+from bench.loadgen import MeasureConfig, sweep
+from bench.results import LoadPoint
 from bench.machine import machine_info
 from bench.models import is_built
 from bench.payloads import infer_request

@@ -99,16 +99,9 @@ def time_interleaved(
 
 def ort_session(model: Path | str | bytes, threads: int = 0, spinning: bool = True) -> Any:
     """An ORT CPU session (from a path or serialised bytes) configured like the service's single-model session."""
-    import onnxruntime as ort
+    from service.runtimes.onnxruntime import SessionConfig, build_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or usable_cores()
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+    return build_session(model, SessionConfig(intra_op_threads=threads or usable_cores(), allow_spinning=spinning))
 
 
 def input_shape(session: Any) -> tuple[int, int, int]:
@@ -164,16 +157,11 @@ def ort_op_profile(model: Path | str, batch_size: int, *, runs: int = 3, seed: i
     import os
     import tempfile
 
-    import onnxruntime as ort
+    from service.runtimes.onnxruntime import SessionConfig, build_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = usable_cores()
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        opts.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        sess = build_session(model, SessionConfig(intra_op_threads=usable_cores(), allow_spinning=True),
+                             profile_prefix=os.path.join(tmp, "ort"))
         inp = sess.get_inputs()[0]
         x = np.random.default_rng(seed).standard_normal((batch_size, *input_shape(sess)), dtype=np.float32)
         sess.run(None, {inp.name: x})

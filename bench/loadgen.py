@@ -5,7 +5,9 @@ Triton's tooling) while driving vitserve's REST image endpoint as well as the v2
 protocol, and the client must be measured too, because on a small machine it shares the cores
 with the server. Design choices:
 
-- Bodies are prebuilt (bench/payloads.py): a request costs the client one write and one read.
+- Bodies are prebuilt (bench/payloads.py) and sent by bench/client.py; results are bench/results.py's
+  `Sample`s reduced to `LoadPoint`s; server timings are parsed by bench/timings.py. This module is the
+  measurement itself: the window loop, the closed and open loops, and the sweep.
 - Closed loop: `concurrency` workers, each sending its next request when the previous answers.
   Open loop: requests start at Poisson arrival times whatever the server does, and latency is
   measured from the *scheduled* start, so a stalled server cannot hide its queueing
@@ -22,188 +24,27 @@ with the server. Design choices:
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
 import sys
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
-
+from bench.client import Sender, Snapshot, open_session, stats_snapshot
 from bench.payloads import RequestSpec
 from bench.procs import group_cpu_seconds
-from bench.stats import PERCENTILES, Window, is_stable, mean, percentile
+from bench.results import LoadPoint, Sample, summarise
+from bench.stats import Window, is_stable, percentile
+from bench.timings import stats_delta
 
-Mode = Literal["concurrency", "rate"]
+__all__ = ["MeasureConfig", "ServerReading", "closed_loop", "open_loop", "run", "sweep", "stderr_progress"]
+
 Progress = Callable[[str], None]
-
-SERVER_TIMING_KEYS = ("queue", "preprocess", "compute", "postprocess", "total")
 
 
 def stderr_progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass(slots=True)
-class Sample:
-    """One finished request. Times are `time.perf_counter()` seconds; server timings in seconds."""
-
-    start: float
-    end: float
-    status: int  # HTTP status, 0 = connection error / timeout, -1 = not sent (client backlog full)
-    send_s: float = 0.0
-    recv_s: float = 0.0
-    server: dict[str, float] = field(default_factory=dict)
-    images: int = 1
-
-
-def parse_server_timing(value: str) -> dict[str, float]:
-    """Parse a `Server-Timing` header (`queue;dur=1.2, compute;dur=3.4`, dur in ms) into seconds."""
-    out: dict[str, float] = {}
-    for part in value.split(","):
-        items = [p.strip() for p in part.split(";")]
-        if not items or not items[0]:
-            continue
-        name = items[0]
-        for item in items[1:]:
-            if item.startswith("dur="):
-                try:
-                    out[name] = float(item[4:].strip('"')) / 1000.0
-                except ValueError:
-                    pass
-    return out
-
-
-def parse_json_timings(body: bytes) -> dict[str, float]:
-    """Server timings from a JSON body's `timings` object; keys ending in `_ms` are milliseconds, else seconds."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    timings = doc.get("timings") if isinstance(doc, dict) else None
-    if not isinstance(timings, dict):
-        return {}
-    out: dict[str, float] = {}
-    for key, val in timings.items():
-        if not isinstance(val, (int, float)):
-            continue
-        if key.endswith("_ms"):
-            out[key[:-3]] = float(val) / 1000.0
-        elif key.endswith("_s"):
-            out[key[:-2]] = float(val)
-        else:
-            out[key] = float(val)
-    return out
-
-
-_STATS_KEYS = {"queue": "queue", "compute_input": "preprocess", "compute_infer": "compute", "compute_output": "postprocess"}
-
-
-def parse_v2_stats(doc: object) -> dict[str, float]:
-    """Cumulative counters from a Triton-shaped `/v2/models/{m}/stats` answer: `success` count and ns per stage."""
-    out: dict[str, float] = {}
-    if not isinstance(doc, dict):
-        return out
-    for model in doc.get("model_stats", []) or []:
-        inf = (model or {}).get("inference_stats") or {}
-        for key in ("success", *_STATS_KEYS):
-            entry = inf.get(key) or {}
-            out[f"{key}.count"] = out.get(f"{key}.count", 0.0) + float(entry.get("count", 0) or 0)
-            out[f"{key}.ns"] = out.get(f"{key}.ns", 0.0) + float(entry.get("ns", 0) or 0)
-    return out
-
-
-def stats_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Mean server time per request (usec) by stage between two stats snapshots, as perf_analyzer computes it."""
-    out: dict[str, float] = {}
-    for key, name in _STATS_KEYS.items():
-        count = after.get(f"{key}.count", 0.0) - before.get(f"{key}.count", 0.0)
-        ns = after.get(f"{key}.ns", 0.0) - before.get(f"{key}.ns", 0.0)
-        if count > 0:
-            out[name] = ns / count / 1000.0
-    return out
-
-
-class LoadPoint(BaseModel):
-    """The result of one concurrency level or one arrival rate, perf_analyzer's figures plus ours."""
-
-    mode: Mode
-    concurrency: int | None = None
-    request_rate: float | None = None
-    protocol: str = ""
-    description: str = ""
-    measured_s: float
-    windows: int
-    stable: bool
-    requests: int = Field(description="successful requests in the reported windows")
-    inferences_per_second: float = Field(description="images per second (requests x batch)")
-    requests_per_second: float
-    latency_us: dict[str, float] = Field(description="p50/p90/p95/p99/avg/min/max of successful requests, usec")
-    client_send_us: float
-    client_recv_us: float
-    server_us: dict[str, float] = Field(default_factory=dict, description="mean server-reported timings, usec")
-    server_timing_source: Literal["response", "v2-stats", "none"] = Field(
-        "none", description="per-response timings (Server-Timing / JSON) or deltas of /v2/models/{m}/stats"
-    )
-    network_server_send_recv_us: float = Field(
-        description="avg latency - client send - client recv - server queue - server compute (perf_analyzer's split)"
-    )
-    errors_by_status: dict[str, int] = Field(default_factory=dict)
-    client_cpu_cores: float = Field(description="CPU time of the generator process / wall time during the measurement")
-    server_cpu_cores: float | None = Field(None, description="CPU time of the server's process group / wall time")
-    server_cpu_us_per_inference: float | None = Field(
-        None, description="server CPU time per successful inference (robust to other load on the machine)"
-    )
-    client_cpu_us_per_request: float
-
-    @property
-    def errors(self) -> int:
-        return sum(self.errors_by_status.values())
-
-    def perf_analyzer_row(self) -> dict[str, float | int]:
-        """This point as a perf_analyzer CSV row (usec), columns named as perf_analyzer names them."""
-        first = ("Concurrency", self.concurrency) if self.mode == "concurrency" else ("Request Rate", self.request_rate)
-        s = self.server_us
-        return {
-            first[0]: first[1] if first[1] is not None else 0,
-            "Inferences/Second": round(self.inferences_per_second, 2),
-            "Client Send": round(self.client_send_us),
-            "Network+Server Send/Recv": round(self.network_server_send_recv_us),
-            "Server Queue": round(s.get("queue", 0.0)),
-            "Server Compute Input": round(s.get("preprocess", 0.0)),
-            "Server Compute Infer": round(s.get("compute", 0.0)),
-            "Server Compute Output": round(s.get("postprocess", 0.0)),
-            "Client Recv": round(self.client_recv_us),
-            "p50 latency": round(self.latency_us["p50"]),
-            "p90 latency": round(self.latency_us["p90"]),
-            "p95 latency": round(self.latency_us["p95"]),
-            "p99 latency": round(self.latency_us["p99"]),
-            "Avg latency": round(self.latency_us["avg"]),
-        }
-
-
-PERF_ANALYZER_COLUMNS = list(
-    LoadPoint(
-        mode="concurrency",
-        concurrency=1,
-        measured_s=1,
-        windows=1,
-        stable=True,
-        requests=1,
-        inferences_per_second=1,
-        requests_per_second=1,
-        latency_us={"p50": 0, "p90": 0, "p95": 0, "p99": 0, "avg": 0},
-        client_send_us=0,
-        client_recv_us=0,
-        network_server_send_recv_us=0,
-        client_cpu_cores=0,
-        client_cpu_us_per_request=0,
-    ).perf_analyzer_row()
-)
 
 
 @dataclass
@@ -228,144 +69,6 @@ class MeasureConfig:
             raise ValueError("max_windows must be >= stability_windows")
         if self.fixed_duration_s is not None and self.fixed_duration_s <= 0:
             raise ValueError("fixed duration must be positive")
-
-
-def summarise(
-    samples: Sequence[Sample],
-    wall_s: float,
-    cpu_s: float,
-    *,
-    mode: Mode,
-    windows: int,
-    stable: bool,
-    concurrency: int | None = None,
-    request_rate: float | None = None,
-    spec: RequestSpec | None = None,
-    protocol: str = "",
-    server_stats_us: dict[str, float] | None = None,
-    server_cpu_s: float | None = None,
-) -> LoadPoint:
-    """Reduce the samples of the reported windows to a LoadPoint."""
-    if wall_s <= 0:
-        raise ValueError("measurement wall time must be positive")
-    ok = [s for s in samples if 200 <= s.status < 300]
-    errors = Counter(("conn" if s.status == 0 else "client_backlog" if s.status < 0 else str(s.status)) for s in samples if not 200 <= s.status < 300)
-    lat = [(s.end - s.start) * 1e6 for s in ok]
-    if lat:
-        latency = {f"p{q}": percentile(lat, q) for q in PERCENTILES}
-        latency |= {"avg": mean(lat), "min": min(lat), "max": max(lat)}
-        send = mean([s.send_s * 1e6 for s in ok])
-        recv = mean([s.recv_s * 1e6 for s in ok])
-    else:
-        latency = {f"p{q}": math.nan for q in PERCENTILES} | {"avg": math.nan, "min": math.nan, "max": math.nan}
-        send = recv = math.nan
-    server: dict[str, float] = {}
-    for key in SERVER_TIMING_KEYS:
-        vals = [s.server[key] * 1e6 for s in ok if key in s.server]
-        if vals:
-            server[key] = mean(vals)
-    source = "response" if server else "none"
-    if not server and server_stats_us:
-        server, source = dict(server_stats_us), "v2-stats"
-    net = latency["avg"] - send - recv - server.get("queue", 0.0) - server.get("preprocess", 0.0)
-    net -= server.get("compute", 0.0) + server.get("postprocess", 0.0)
-    return LoadPoint(
-        mode=mode,
-        concurrency=concurrency,
-        request_rate=request_rate,
-        protocol=protocol,
-        description=spec.description if spec else "",
-        measured_s=wall_s,
-        windows=windows,
-        stable=stable,
-        requests=len(ok),
-        inferences_per_second=sum(s.images for s in ok) / wall_s,
-        requests_per_second=len(ok) / wall_s,
-        latency_us=latency,
-        client_send_us=send,
-        client_recv_us=recv,
-        server_us=server,
-        server_timing_source=source,  # type: ignore[arg-type]
-        network_server_send_recv_us=net,
-        errors_by_status=dict(errors),
-        client_cpu_cores=cpu_s / wall_s,
-        # zero CPU for a server that answered means its processes were not found: unknown, not free
-        server_cpu_cores=server_cpu_s / wall_s if server_cpu_s else None,
-        server_cpu_us_per_inference=server_cpu_s / sum(s.images for s in ok) * 1e6 if server_cpu_s and ok else None,
-        client_cpu_us_per_request=(cpu_s / len(samples) * 1e6) if samples else math.nan,
-    )
-
-
-class _Sender:
-    """Sends one prebuilt request on a shared aiohttp session and records a Sample."""
-
-    def __init__(self, session: object, spec: RequestSpec, parse_json: bool) -> None:
-        self.session = session
-        self.spec = spec
-        self.parse_json = parse_json
-
-    async def send(self, start: float | None = None) -> Sample:
-        import aiohttp
-
-        t0 = time.perf_counter() if start is None else start
-        ctx: dict[str, float] = {}
-        try:
-            async with self.session.post(  # type: ignore[attr-defined]
-                self.spec.path, data=self.spec.body, headers=self.spec.headers, trace_request_ctx=ctx
-            ) as resp:
-                t_headers = time.perf_counter()
-                body = await resp.read()
-                server: dict[str, float] = {}
-                st = resp.headers.get("Server-Timing")
-                if st:
-                    server = parse_server_timing(st)
-                elif self.parse_json and resp.content_type == "application/json":
-                    server = parse_json_timings(body)
-                t1 = time.perf_counter()
-                status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            t1 = time.perf_counter()
-            return Sample(start=t0, end=t1, status=0, images=self.spec.images_per_request)
-        sent = ctx.get("sent", t0)
-        return Sample(
-            start=t0,
-            end=t1,
-            status=status,
-            send_s=max(0.0, sent - t0),
-            recv_s=t1 - t_headers,
-            server=server,
-            images=self.spec.images_per_request,
-        )
-
-
-def _trace_config() -> object:
-    import aiohttp
-
-    async def on_chunk_sent(session: object, ctx: object, params: object) -> None:
-        req_ctx = getattr(ctx, "trace_request_ctx", None)
-        if isinstance(req_ctx, dict):
-            req_ctx["sent"] = time.perf_counter()
-
-    tc = aiohttp.TraceConfig()
-    tc.on_request_chunk_sent.append(on_chunk_sent)
-    return tc
-
-
-def _session(base_url: str, limit: int, timeout_s: float) -> object:
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60)
-    return aiohttp.ClientSession(
-        base_url=base_url,
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=timeout_s),
-        trace_configs=[_trace_config()],  # type: ignore[list-item]
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),  # no gzip: perf_analyzer asks for none either
-    )
-
-
-Snapshot = Callable[[], Awaitable[dict[str, float]]]
 
 
 async def _measure(
@@ -440,86 +143,79 @@ async def _measure(
     return reported, wall, cpu, len(windows), stable, server, server_cpu_s
 
 
-def _stats_snapshot(session: object, stats_path: str | None) -> Snapshot | None:
-    if not stats_path:
-        return None
+@dataclass(frozen=True)
+class ServerReading:
+    """What a measurement reads besides the responses: how points are labelled and where server figures come from.
 
-    async def snap() -> dict[str, float]:
-        try:
-            async with session.get(stats_path) as resp:  # type: ignore[attr-defined]
-                if resp.status != 200:
-                    return {}
-                return parse_v2_stats(await resp.json(content_type=None))
-        except Exception:  # statistics are optional; a server without them just has no split
-            return {}
+    protocol: the label each LoadPoint records; parse_json: read a JSON `timings` object when a response
+    has no Server-Timing header; stats_path: a Triton-shaped statistics endpoint for the server's split;
+    server_pgid: the server's process group, whose CPU time is measured.
+    """
 
-    return snap
+    protocol: str = ""
+    parse_json: bool = True
+    stats_path: str | None = None
+    server_pgid: int | None = None
 
 
-async def closed_loop(
-    base_url: str,
-    spec: RequestSpec,
-    concurrency: int,
-    cfg: MeasureConfig | None = None,
-    *,
-    protocol: str = "",
-    parse_json: bool = True,
-    stats_path: str | None = None,
-    server_pgid: int | None = None,
-    progress: Progress | None = None,
-) -> LoadPoint:
-    """Keep `concurrency` requests outstanding until the measurement is done."""
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    cfg = cfg or MeasureConfig()
+#: starts the load on a sender, appending to the samples; returns what to cancel when the measurement ends
+Load = Callable[[Sender, list[Sample]], Callable[[], list["asyncio.Task[None]"]]]
+
+
+async def _drive(base_url: str, spec: RequestSpec, cfg: MeasureConfig, reading: ServerReading, *, connections: int,
+                 label: str, load: Load, progress: Progress | None, **point: object) -> LoadPoint:
+    """Open a session, start `load`, measure until done, stop the load, and reduce the samples to a LoadPoint."""
     samples: list[Sample] = []
-    stop = asyncio.Event()
-    async with _session(base_url, concurrency + 1, cfg.request_timeout_s) as session:  # type: ignore[attr-defined]
-        sender = _Sender(session, spec, parse_json)
-
-        async def worker() -> None:
-            while not stop.is_set():
-                samples.append(await sender.send())
-
-        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    async with open_session(base_url, connections, cfg.request_timeout_s) as session:  # type: ignore[attr-defined]
+        running = load(Sender(session, spec, reading.parse_json), samples)
         try:
             reported, wall, cpu, n, stable, stats, server_cpu = await _measure(
-                samples, cfg, f"c={concurrency}", progress, _stats_snapshot(session, stats_path), server_pgid
+                samples, cfg, label, progress, stats_snapshot(session, reading.stats_path), reading.server_pgid
             )
         finally:
-            stop.set()
+            tasks = running()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     return summarise(
-        reported, wall, cpu, mode="concurrency", windows=n, stable=stable, concurrency=concurrency, spec=spec,
-        protocol=protocol, server_stats_us=stats, server_cpu_s=server_cpu,
+        reported, wall, cpu, windows=n, stable=stable, spec=spec, protocol=reading.protocol, server_stats_us=stats,
+        server_cpu_s=server_cpu, **point,  # type: ignore[arg-type]
     )
 
 
+async def closed_loop(
+    base_url: str, spec: RequestSpec, concurrency: int, cfg: MeasureConfig | None = None, *,
+    reading: ServerReading = ServerReading(), progress: Progress | None = None,
+) -> LoadPoint:
+    """Keep `concurrency` requests outstanding until the measurement is done."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+
+    def load(sender: Sender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
+        async def worker() -> None:
+            while True:
+                samples.append(await sender.send())
+
+        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        return lambda: tasks
+
+    return await _drive(base_url, spec, cfg or MeasureConfig(), reading, connections=concurrency + 1,
+                        label=f"c={concurrency}", load=load, progress=progress, mode="concurrency",
+                        concurrency=concurrency)
+
+
 async def open_loop(
-    base_url: str,
-    spec: RequestSpec,
-    rate: float,
-    cfg: MeasureConfig | None = None,
-    *,
-    protocol: str = "",
-    parse_json: bool = True,
-    max_outstanding: int = 1024,
-    seed: int = 0,
-    stats_path: str | None = None,
-    server_pgid: int | None = None,
+    base_url: str, spec: RequestSpec, rate: float, cfg: MeasureConfig | None = None, *,
+    reading: ServerReading = ServerReading(), max_outstanding: int = 1024, seed: int = 0,
     progress: Progress | None = None,
 ) -> LoadPoint:
     """Start requests at Poisson arrival times of mean `rate` per second; latency counts from the scheduled start."""
     if rate <= 0:
         raise ValueError(f"request rate must be > 0, got {rate}")
-    cfg = cfg or MeasureConfig()
-    samples: list[Sample] = []
     rng = random.Random(seed)
-    inflight: set[asyncio.Task[None]] = set()
-    async with _session(base_url, max_outstanding + 1, cfg.request_timeout_s) as session:  # type: ignore[attr-defined]
-        sender = _Sender(session, spec, parse_json)
+
+    def load(sender: Sender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
+        inflight: set[asyncio.Task[None]] = set()
 
         async def one(at: float) -> None:
             samples.append(await sender.send(start=at))
@@ -539,19 +235,10 @@ async def open_loop(
                 t.add_done_callback(inflight.discard)
 
         gen = asyncio.create_task(arrivals())
-        try:
-            reported, wall, cpu, n, stable, stats, server_cpu = await _measure(
-                samples, cfg, f"rate={rate:g}/s", progress, _stats_snapshot(session, stats_path), server_pgid
-            )
-        finally:
-            gen.cancel()
-            for t in list(inflight):
-                t.cancel()
-            await asyncio.gather(gen, *inflight, return_exceptions=True)
-    return summarise(
-        reported, wall, cpu, mode="rate", windows=n, stable=stable, request_rate=rate, spec=spec, protocol=protocol,
-        server_stats_us=stats, server_cpu_s=server_cpu,
-    )
+        return lambda: [gen, *inflight]
+
+    return await _drive(base_url, spec, cfg or MeasureConfig(), reading, connections=max_outstanding + 1,
+                        label=f"rate={rate:g}/s", load=load, progress=progress, mode="rate", request_rate=rate)
 
 
 def run(coro: object) -> object:
@@ -580,6 +267,8 @@ def sweep(
     if not concurrencies and not rates:
         raise ValueError("give at least one concurrency or one request rate")
 
+    reading = ServerReading(protocol=protocol, stats_path=stats_path, server_pgid=server_pgid)
+
     async def _all() -> list[LoadPoint]:
         points: list[LoadPoint] = []
         runs = [(f"concurrency {c}", closed_loop, c) for c in concurrencies]
@@ -587,10 +276,7 @@ def sweep(
         for label, loop, level in runs:
             if progress:
                 progress(f"{label}: {spec.description}")
-            p = await loop(
-                base_url, spec, level, cfg, protocol=protocol, stats_path=stats_path, server_pgid=server_pgid,
-                progress=progress,
-            )
+            p = await loop(base_url, spec, level, cfg, reading=reading, progress=progress)
             points.append(p)
             if progress:
                 progress(_point_line(p))

@@ -39,17 +39,16 @@ class BenchModel:
 
 
 def variant_models(preset: str) -> list[BenchModel]:
-    """Vanilla and every single variant of `preset` (LaViT in both its forms, VARIANTS.md 2)."""
-    return [
-        BenchModel(preset, label="vanilla"),
-        BenchModel(f"{preset}+cb", label="cb"),
-        BenchModel(f"{preset}+cbs", label="cbs"),
-        BenchModel(f"{preset}+lavit", label="lavit (token)"),
-        BenchModel(f"{preset}+lavit", {"lavit_transform": "none"}, name=f"{preset}-lavit_none", label="lavit (none)"),
-        BenchModel(f"{preset}+gab", label="gab"),
-        BenchModel(f"{preset}+reattn", label="reattn"),
-        BenchModel(f"{preset}+refiner", label="refiner"),
-    ]
+    """Vanilla and every single variant of `preset`, from the variant table (with each variant's extra
+    forms, e.g. LaViT in both its forms, VARIANTS.md 2)."""
+    from export import variants as registry  # the table alone: no torch
+
+    out = [BenchModel(preset, label="vanilla")]
+    for variant in registry.variants():
+        out.append(BenchModel(f"{preset}+{variant.name}", label=variant.bench_label or variant.name))
+        for options, suffix, label in variant.bench:
+            out.append(BenchModel(f"{preset}+{variant.name}", dict(options), name=f"{preset}-{suffix}", label=label))
+    return out
 
 
 def model_file(repository: Path, name: str, version: int = 1) -> Path:

@@ -20,8 +20,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.loadgen import LoadPoint, MeasureConfig, sweep
+from bench.loadgen import MeasureConfig, sweep
+from bench.results import LoadPoint
 from bench.machine import machine_info, usable_cores
 from bench.models import BenchModel, ensure_models, model_file
 from bench.payloads import RequestSpec, infer_request
-from bench.procs import ServerProcess, free_port, vitserve_server
+from bench.procs import ServerProcess, free_port, poll_ok, vitserve_server
 from bench.report import command_line, md_table, perf_analyzer_table, plot_latency_throughput, write_result
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
@@ -103,25 +102,15 @@ def json_request(chw: tuple[int, ...], seed: int = 0) -> RequestSpec:
 
 def warm_up(url: str, spec: RequestSpec, timeout_s: float = 180.0) -> None:
     """Send the benchmark request until it succeeds (a server may report healthy before its model is)."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        req = urllib.request.Request(url + spec.path, data=spec.body, headers=spec.headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                if resp.status == 200:
-                    for _ in range(3):
-                        with urllib.request.urlopen(
-                            urllib.request.Request(url + spec.path, data=spec.body, headers=spec.headers), timeout=30
-                        ):
-                            pass
-                    return
-        except urllib.error.HTTPError as e:
-            last = f"status {e.code}: {e.read()[:200]!r}"
-        except (urllib.error.URLError, OSError) as e:
-            last = str(e)
-        time.sleep(0.5)
-    raise RuntimeError(f"{url}{spec.path} never answered 200 ({last})")
+    def request() -> urllib.request.Request:
+        return urllib.request.Request(url + spec.path, data=spec.body, headers=spec.headers, method="POST")
+
+    failure = poll_ok(request(), timeout_s, interval_s=0.5, attempt_timeout_s=30)
+    if failure is not None:
+        raise RuntimeError(f"{url}{spec.path} never answered 200 ({failure})")
+    for _ in range(3):
+        with urllib.request.urlopen(request(), timeout=30):
+            pass
 
 
 def peer_server(peer: Peer, python: Path, onnx_file: Path, max_batch: int, log: Path) -> ServerProcess:

@@ -28,24 +28,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll `url` until it answers 200; raise RuntimeError when `timeout_s` passes or `proc` exits."""
+def poll_ok(request: str | urllib.request.Request, timeout_s: float, *, proc: subprocess.Popen[bytes] | None = None,
+            interval_s: float = 0.2, attempt_timeout_s: float = 2.0) -> str | None:
+    """Send `request` until it answers 200: None once it has, else the last failure when `timeout_s` passes.
+
+    RuntimeError if `proc` exits first (the server died: waiting longer cannot help).
+    """
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
+            url = request if isinstance(request, str) else request.full_url
             raise RuntimeError(f"server exited with code {proc.returncode} before {url} was ready")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=attempt_timeout_s) as resp:
                 if resp.status == 200:
-                    return
+                    return None
                 last = f"status {resp.status}"
         except urllib.error.HTTPError as e:
-            last = f"status {e.code}"
+            last = f"status {e.code}: {e.read()[:200]!r}"
         except (urllib.error.URLError, OSError) as e:
             last = str(e)
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s ({last})")
+        time.sleep(interval_s)
+    return last
+
+
+def wait_ready(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `url` until it answers 200; raise RuntimeError when `timeout_s` passes or `proc` exits."""
+    failure = poll_ok(url, timeout_s, proc=proc)
+    if failure is not None:
+        raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s ({failure})")
 
 
 class ServerProcess:

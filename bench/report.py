@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bench.loadgen import PERF_ANALYZER_COLUMNS, LoadPoint
+from bench.results import PERF_ANALYZER_COLUMNS, LoadPoint
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
     from export.spec import ModelSpec
 
-#: what `build_test_repository` builds by default: vanilla plus a variant of each folding kind.
-DEFAULT_TEST_SPECS: tuple[str, ...] = ("demo", "demo+cb", "demo+gab", "demo+reattn")
 #: random inputs for a reduced-precision copy's agreement report when no real images are given
 COPY_SAMPLES = 64
 #: model-name suffix of each reduced-precision copy
@@ -104,7 +102,7 @@ def build_model(
     from export.onnx_export import export_onnx, verify_folding
     from export.parity import check_parity, random_inputs
     from export.presets import get_preset
-    from export.spec import block_layout, resolved_options
+    from export.spec import resolved_options
 
     spec = _resolve_spec(spec, options)
     preset = get_preset(spec.preset)
@@ -156,9 +154,9 @@ def build_model(
             bar.update()
 
             step("verify folding")
-            layout = block_layout(spec, depth=len(model.blocks))
+            layout = getattr(model, "layout", None) or spec.layout  # the model's, computed when it was built
             verify_folding(proto, spec.variants, num_tokens=preset.num_tokens if input_size == tuple(
-                preset.data.input_size) else None, gab_layers=sum(b.gab for b in layout))
+                preset.data.input_size) else None, layout=layout)
             bar.update()
 
             step("parity")
@@ -267,9 +265,3 @@ def build_repository(
         out.append(build_model(spec, repository, progress=progress, **kwargs))
     return out
 
-
-def build_test_repository(path: Path, specs: Sequence[str] = DEFAULT_TEST_SPECS, *, int8: bool = False,
-                          fp16: bool = False) -> Path:
-    """A small seeded repository for tests (random weights, quiet); returns `path`."""
-    build_repository(specs, Path(path), progress=False, int8=int8, fp16=fp16, seed=0)
-    return Path(path)

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitserve-export", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    build = sub.add_parser("build", help="export specs into a Triton-compatible model repository")
+    build = sub.add_parser("build", help="export specs into a Triton-compatible model repository",
+                           epilog=_variants_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     build.add_argument("specs", nargs="+", metavar="SPEC", help="PRESET[+VARIANT...], e.g. vit_small+cb+gab")
     build.add_argument("--repository", "-r", type=Path, required=True, help="model repository directory")
     build.add_argument("--checkpoint", type=Path, help="timm-format weights (.pth/.bin/.safetensors)")
@@ -147,17 +148,18 @@ def _batching(args: argparse.Namespace) -> dict[str, Any]:
 
 def _build(args: argparse.Namespace) -> int:
     from export.build import build_repository
-    from export.spec import VARIANT_OPTIONS, parse_option, parse_spec
+    from export import variants as registry
+    from export.spec import parse_option, parse_spec, split_spec
 
     options = dict(parse_option(text) for text in args.opt)
-    owner = {key: variant for variant, keys in VARIANT_OPTIONS.items() for key in keys}
-    bare = [parse_spec(text) for text in args.specs]
-    unused = sorted(k for k in options if not any(owner[k] in s.variants for s in bare))
+    owner = {key: registry.option_owner(key) for key in options}
+    named = [set(split_spec(text)[1]) for text in args.specs]
+    # each spec is parsed once, with the options of its variants (an option applies to every spec holding it)
+    specs = [parse_spec(text, **{k: v for k, v in options.items() if owner[k] in names})
+             for text, names in zip(args.specs, named)]
+    unused = sorted(k for k in options if not any(owner[k] in s.variants for s in specs))
     if unused:
         raise ValueError(f"option(s) {', '.join(unused)} belong to no variant in the given specs")
-    # an option applies to every spec holding its variant
-    specs = [parse_spec(text, **{k: v for k, v in options.items() if owner[k] in s.variants})
-             for text, s in zip(args.specs, bare)]
     if args.name and len(specs) > 1:
         raise ValueError("--name applies to a single spec; got several specs")
     if args.checkpoint is not None and not args.checkpoint.is_file():
@@ -201,9 +203,8 @@ def _train(args: argparse.Namespace) -> int:
     from export.spec import parse_spec
     from export.train import DEMO_CONFIG, DEMO_SPECS, train_demo_repository
 
-    specs = args.specs or list(DEMO_SPECS)
-    for text in specs:
-        spec = parse_spec(text)  # fail fast with a clear message
+    specs = [parse_spec(text) for text in args.specs or DEMO_SPECS]  # fail fast, and only once
+    for spec in specs:
         if spec.preset not in ("demo", "test"):
             raise ValueError(f"train fits 32x32 digits presets ('demo', 'test'), not {spec.preset!r}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
@@ -250,17 +251,25 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _list() -> int:
     from export.presets import PRESETS
-    from export.spec import OPTION_DEFAULTS, OPTION_HELP, VARIANT_OPTIONS
 
     print("presets:")
     for p in PRESETS.values():
         print(f"  {p.name:<10} {p.description}")
-    print("variants and options (--opt key=value):")
-    for variant, opts in VARIANT_OPTIONS.items():
-        print(f"  {variant}")
-        for key in opts:
-            print(f"    {key:<20} {OPTION_HELP.get(key, '')} [default {OPTION_DEFAULTS[key]!r}]")
+    print(_variants_text())
     return 0
+
+
+def _variants_text() -> str:
+    """Every variant of the table and its options (the `list` output and the `build --help` epilog)."""
+    from export import variants as registry
+
+    lines = ["variants and options (--opt key=value):"]
+    for variant in registry.variants():
+        lines.append(f"  {variant.name:<22} {variant.summary}")
+        for opt in variant.options:
+            allowed = f" (one of {', '.join(map(str, opt.choices))})" if opt.choices else ""
+            lines.append(f"    {opt.key:<20} {opt.help}{allowed} [default {opt.default!r}]")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,9 @@ element. The FLOP formula is of the *folded* model (GAB bias a constant, every a
 a refining block adds 4 H (E + 1) N^2 element-wise FLOPs (three conv biases E H + E H + H, two Clip
 E H + E H, the residual H, the head affine Mul + Add 2 H, all times N^2), and a `refiner_share` attention
 block that receives a map adds 2 H N^2 (s A_prev: Mul + Add).
+
+The vanilla terms are here; each variant's terms are its `VariantDef.cost` (export/variants/), called for
+every block of a spec holding the variant.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from export import variants as registry
 from export.presets import get_preset
 from export.spec import BlockConfig, ModelSpec, block_layout
+from export.variants.base import CostContext
 
 __all__ = ["ModelDims", "formula_macs", "formula_flops", "cost_breakdown", "count_parameters"]
 
@@ -47,8 +52,7 @@ class ModelDims:
     mlp_hidden: int
     num_classes: int
     layout: tuple[BlockConfig, ...]
-    refiner_expand: int
-    refiner_kernel: int
+    spec: ModelSpec
 
 
 def _dims(spec_or_model: ModelSpec | nn.Module, num_classes: int | None) -> ModelDims:
@@ -68,8 +72,7 @@ def _dims(spec_or_model: ModelSpec | nn.Module, num_classes: int | None) -> Mode
             mlp_hidden=int(dim * float(arch.get("mlp_ratio", 4.0))),
             num_classes=int(arch["num_classes"] if num_classes is None else num_classes),
             layout=block_layout(spec),
-            refiner_expand=int(spec.option("refiner_expand")),
-            refiner_kernel=int(spec.option("refiner_kernel")),
+            spec=spec,
         )
     model = spec_or_model
     spec = getattr(model, "spec", None)
@@ -89,8 +92,7 @@ def _dims(spec_or_model: ModelSpec | nn.Module, num_classes: int | None) -> Mode
         mlp_hidden=int(first.mlp.fc1.out_features),
         num_classes=int(model.num_classes if num_classes is None else num_classes),
         layout=tuple(layout),
-        refiner_expand=int(spec.option("refiner_expand")),
-        refiner_kernel=int(spec.option("refiner_kernel")),
+        spec=spec,
     )
 
 
@@ -98,7 +100,8 @@ def cost_breakdown(spec_or_model: ModelSpec | nn.Module, *, num_classes: int | N
     """MACs and element-wise FLOPs per image by component: keys `macs.<part>` and `elementwise.<part>`."""
     d = _dims(spec_or_model, num_classes)
     N, D, H, Fh, P = d.tokens, d.dim, d.heads, d.mlp_hidden, d.patches
-    E, k = d.refiner_expand, d.refiner_kernel
+    ctx = CostContext(tokens=N, dim=D, heads=H, mlp_hidden=Fh, option=d.spec.option)
+    costed = [registry.get(name) for name in d.spec.variants]
     out: dict[str, int] = {}
 
     def add(key: str, value: int) -> None:
@@ -116,30 +119,15 @@ def cost_breakdown(spec_or_model: ModelSpec | nn.Module, *, num_classes: int | N
             add("elementwise.softmax", 5 * H * N * N)
         else:
             add("macs.attention", N * N * D)  # PV only
-            if b.lavit_transform == "token":
-                add("macs.lavit", 2 * H * N**3)
-                add("elementwise.softmax", 5 * H * N * N)
         add("macs.proj", N * D * D)
         add("macs.mlp", 2 * N * D * Fh)
         add("elementwise.linear_bias", N * D + N * Fh + N * D)  # proj, fc1, fc2 biases
         add("elementwise.gelu", 5 * N * Fh)
         add("elementwise.layernorm", 2 * 7 * N * D)
         add("elementwise.residual", 2 * N * D)
-        if b.gab:
-            add("elementwise.gab", H * N * N)
-        if b.reattn:
-            add("macs.reattn", H * H * N * N)
-            add("elementwise.reattn", H * N * N)  # conv bias
-        if b.refiner:
-            add("macs.refiner", E * H * N * N * (2 * H + k * k))
-            # conv biases (EH + EH + H), Clip (2EH), residual (H), head affine Mul + Add (2H)
-            add("elementwise.refiner", 4 * H * (E + 1) * N * N)
-        if b.adds_prev_map:
-            add("elementwise.refiner_share", 2 * H * N * N)  # + s * A_prev
-        if b.cb == "cb":
-            add("elementwise.cb", 3 * N * D)  # ReduceMean, Add, Mul
-        elif b.cb == "cbs":
-            add("elementwise.cb", 2 * N * D + D)  # ReduceMean, lambda*mean, Add
+        for variant in costed:
+            for key, value in (variant.cost(b, ctx) if variant.cost is not None else ()):
+                add(key, value)
     add("elementwise.final_norm", 7 * N * D)
     add("macs.head", D * d.num_classes)
     add("elementwise.head", d.num_classes)

@@ -283,9 +283,8 @@ def _identity(spec: ModelSpec, data: ImageFolderData, config: FitConfig, start: 
 
 def recipe_of(model: torch.nn.Module, spec: ModelSpec, config: FitConfig, start: str, result: FitResult,
               train_images: int) -> TrainingRecipe:
-    aux = []
-    if spec.has("lavit") and getattr(model, "lavit_loss_weight", 0):
-        aux.append(f"lavit diagonality x {model.lavit_loss_weight:g}")
+    labels = getattr(model, "auxiliary_loss_labels", None)
+    aux = list(labels()) if labels is not None else []
     return TrainingRecipe(
         start=start, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
         weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
@@ -296,7 +295,7 @@ def recipe_of(model: torch.nn.Module, spec: ModelSpec, config: FitConfig, start:
 
 
 def train_spec(
-    spec_text: str,
+    spec_text: str | ModelSpec,
     data: ImageFolderData,
     config: FitConfig,
     *,
@@ -313,7 +312,7 @@ def train_spec(
 
     if threads is not None:
         torch.set_num_threads(threads)
-    spec = parse_spec(spec_text)
+    spec = parse_spec(spec_text) if isinstance(spec_text, str) else spec_text
     model, start = make_model(spec, len(data.classes), checkpoint, config.seed)
     if checkpoint is not None:
         config = replace(config, freeze_norm_stats=True)
@@ -377,7 +376,7 @@ def device_line(config: FitConfig, threads: int | None = None) -> str:
 
 def finetune_repository(
     data_dir: Path,
-    specs: Sequence[str],
+    specs: Sequence[str | ModelSpec],
     repository: Path,
     config: FitConfig,
     *,
@@ -407,26 +406,27 @@ def finetune_repository(
 
     if jobs < 1 or threads < 1:
         raise ValueError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
-    texts = [str(parse_spec(t)) for t in specs]
-    if len({parse_spec(t).name for t in texts}) != len(texts):
+    parsed = [t if not isinstance(t, str) else parse_spec(t) for t in specs]  # once: they travel parsed from here
+    texts = [str(s) for s in parsed]
+    if len({s.name for s in parsed}) != len(parsed):
         raise ValueError("the same spec is given twice")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint file not found: {checkpoint}")
     data = load_image_folder(Path(data_dir), val_fraction=val_fraction, seed=config.seed, name=dataset_name)
     print(data.summary(), file=sys.stderr)
-    for text in texts:  # refuse a checkpoint that does not fit before training anything
-        make_model(parse_spec(text), len(data.classes), checkpoint, config.seed)
+    for spec in parsed:  # refuse a checkpoint that does not fit before training anything
+        make_model(spec, len(data.classes), checkpoint, config.seed)
     state_dir = state_dir if state_dir is not None else repository / ".finetune"
     configs = [replace(config, epochs=(spec_epochs or {}).get(t, config.epochs)) for t in texts]
     print(device_line(config, threads), file=sys.stderr)
     repository.mkdir(parents=True, exist_ok=True)
     kwargs = dict(checkpoint=checkpoint, state_dir=state_dir, threads=threads)
     if jobs == 1:
-        trained_iter = (train_spec(t, data, c, progress=progress, **kwargs) for t, c in zip(texts, configs))
+        trained_iter = (train_spec(s, data, c, progress=progress, **kwargs) for s, c in zip(parsed, configs))
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-        futures = [pool.submit(train_spec, t, data, c, progress=False, **kwargs) for t, c in zip(texts, configs)]
+        futures = [pool.submit(train_spec, s, data, c, progress=False, **kwargs) for s, c in zip(parsed, configs)]
         trained_iter = (f.result() for f in futures)
     out: dict[str, Evaluation] = {}
     try:

@@ -220,7 +220,8 @@ def _shapes_by_running(proto: onnx.ModelProto, batch: int, names: list[str]) -> 
     """Run the graph once on zeros, exposing `names` as outputs, to read their concrete shapes."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
+
+    from service.runtimes.onnxruntime import SessionConfig, build_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
@@ -228,9 +229,8 @@ def _shapes_by_running(proto: onnx.ModelProto, batch: int, names: list[str]) -> 
     for name in names:
         if name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = build_session(probe.SerializeToString(),
+                            SessionConfig(intra_op_threads=0, allow_spinning=True, graph_optimization_level="disable"))
     feeds = {}
     for inp in session.get_inputs():
         shape = [d if isinstance(d, int) else batch for d in inp.shape]

@@ -7,7 +7,8 @@
   (W' = c diag(gamma/sqrt(var+eps)) Theta, b' = c (gamma (b - mu)/sqrt(var+eps) + beta)), and
 - every Refiner BatchNorm is folded into the convolution before it and the head BatchNorm (times the
   sharing blocks' s) into one per-head affine map, so no BatchNorm is left and ReLU6 traces to Clip.
-CB needs nothing: it already traces to ReduceMean + Mul + Add. The folded model computes the same
+CB needs nothing: it already traces to ReduceMean + Mul + Add. Each variant's `VariantDef.fold` says
+how its module folds (export/variants/); this module applies them. The folded model computes the same
 logits as the unfolded one in eval mode (up to float rounding).
 """
 
@@ -18,25 +19,23 @@ import copy
 import torch
 from torch import nn
 
-from export.models.gab import FoldedAttentionBias, GaussianAttentionBias
-from export.models.reattn import ReAttention
-from export.models.refiner import AttentionRefiner
-
 __all__ = ["fold_for_inference"]
 
 
 @torch.no_grad()
 def fold_for_inference(model: nn.Module) -> nn.Module:
-    """An eval-mode deep copy of `model` with GAB biases precomputed and every attention BN folded."""
+    """An eval-mode deep copy of `model` with every variant module in its inference form (`VariantDef.fold`)."""
+    from export.models.vit import variant_modules
+
     folded = copy.deepcopy(model).eval()
-    for module in list(folded.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, GaussianAttentionBias):
-                setattr(module, child_name, FoldedAttentionBias(child()))
-        if isinstance(module, ReAttention):
-            module.fold_norm()
-        elif isinstance(module, AttentionRefiner):
-            module.fold()
+    for name, d, module in variant_modules(folded):
+        if d.fold is None:
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = folded.get_submodule(owner_name)
+        replacement = d.fold(module)
+        if replacement is not module:
+            setattr(owner, attr, replacement)
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded

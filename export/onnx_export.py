@@ -17,7 +17,7 @@ import contextlib
 import io
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -27,22 +27,23 @@ if TYPE_CHECKING:  # heavy imports stay lazy
     import onnx
     import torch
 
+    from export.spec import BlockConfig
+
 Exporter = Literal["dynamo", "torchscript"]
 
-#: op types that must not survive folding, per variant (VARIANTS.md "Folding").
-FORBIDDEN_OPS: dict[str, frozenset[str]] = {
-    "gab": frozenset({"Exp", "Pow", "Sqrt", "Range"}),
-    "reattn": frozenset({"BatchNormalization"}),
-    "refiner": frozenset({"BatchNormalization"}),
-}
-#: op types that must be present, per variant.
-REQUIRED_OPS: dict[str, frozenset[str]] = {
-    "cb": frozenset({"ReduceMean", "Mul", "Add"}),
-    "cbs": frozenset({"ReduceMean", "Mul", "Add"}),
-    "refiner": frozenset({"Conv", "Clip"}),  # DLA convs and ReLU6 as Clip(0, 6)
-}
 #: never in an inference graph, whatever the variant.
 TRAINING_OPS = frozenset({"Dropout", "BatchNormalization"})
+
+
+def __getattr__(name: str) -> object:
+    """Per-variant op tables, read from the variant table (`VariantDef.forbidden_ops` / `required_ops`)."""
+    from export import variants as registry
+
+    if name == "FORBIDDEN_OPS":  # op types that must not survive folding (VARIANTS.md "Folding")
+        return {v.name: v.forbidden_ops for v in registry.variants() if v.forbidden_ops}
+    if name == "REQUIRED_OPS":  # op types that must be present
+        return {v.name: v.required_ops for v in registry.variants() if v.required_ops}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class FoldingError(ValueError):
@@ -147,37 +148,37 @@ def verify_folding(
     *,
     num_tokens: int | None = None,
     gab_layers: int | None = None,
+    layout: Sequence[BlockConfig] | None = None,
 ) -> Counter[str]:
     """Raise FoldingError unless the graph obeys VARIANTS.md's folding rules; return the op counts.
 
     - every graph: no Dropout, no BatchNormalization (eval mode, BN folded);
-    - `gab`: no Exp/Pow/Sqrt/Range (the bias is a constant), and, given `num_tokens`, one constant
-      [.., N, N] initializer added to the logits per GAB block (`gab_layers`, if given);
-    - `cb`/`cbs`: ReduceMean, Mul and Add present; `refiner`: Clip present (ReLU6), more Conv nodes than
-      the patch embedding, one of them depthwise (group > 1), and no BatchNormalization.
+    - each variant: its `forbidden_ops` absent, its `required_ops` present, and its `graph_check`
+      passed (export/variants/: e.g. `gab`, given `num_tokens`, one constant [.., N, N] initializer added
+      to the logits per GAB block, counted from `layout` or given as `gab_layers`; `refiner`, more Conv
+      nodes than the patch embedding, one of them depthwise).
     """
+    from export import variants as registry
+    from export.variants.base import GraphContext
+
     variants = list(variants)
     counts = graph_op_counts(proto)
+    ctx = GraphContext(num_tokens=num_tokens, layout=tuple(layout) if layout is not None else None,
+                       counts={"gab": gab_layers} if gab_layers is not None else {})
     problems: list[str] = []
     for op in sorted(TRAINING_OPS & counts.keys()):
         problems.append(f"{counts[op]} {op} node(s) left in an inference graph")
-    for variant in variants:
-        for op in sorted(FORBIDDEN_OPS.get(variant, frozenset()) & counts.keys()):
-            problems.append(f"{variant}: {counts[op]} {op} node(s); the variant's constants were not folded")
-        missing = sorted(REQUIRED_OPS.get(variant, frozenset()) - counts.keys())
+    for name in variants:
+        variant = registry.get(name)
+        for op in sorted(variant.forbidden_ops & counts.keys()):
+            problems.append(f"{name}: {counts[op]} {op} node(s); the variant's constants were not folded")
+        missing = sorted(variant.required_ops - counts.keys())
         if missing:
-            problems.append(f"{variant}: expected op(s) {missing} are absent from the graph")
-    if "gab" in variants and num_tokens is not None:
-        biases = constant_bias_shapes(proto, num_tokens)
-        if not biases:
-            problems.append(f"gab: no constant [.., {num_tokens}, {num_tokens}] bias is added in the graph")
-        elif gab_layers is not None and len(biases) != gab_layers:
-            problems.append(f"gab: {len(biases)} constant bias(es) for {gab_layers} GAB block(s)")
-    if "refiner" in variants:
-        convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-        groups = [a.i for n in convs for a in n.attribute if a.name == "group"]
-        if len(convs) < 4 or not any(g > 1 for g in groups):
-            problems.append(f"refiner: expected expand/depthwise/reduce Conv nodes, found {len(convs)} Conv(s)")
+            problems.append(f"{name}: expected op(s) {missing} are absent from the graph")
+    for name in variants:
+        check = registry.get(name).graph_check
+        if check is not None:
+            problems.extend(check(proto, ctx))
     if problems:
         raise FoldingError("folding check failed:\n  " + "\n  ".join(problems))
     return counts

@@ -28,13 +28,13 @@ class ParityError(RuntimeError):
 
 
 def ort_session(model: onnx.ModelProto | bytes | str):  # -> onnxruntime.InferenceSession
-    """A CPU ONNX Runtime session (all graph optimisations on, as the service runs it)."""
-    import onnxruntime as ort
+    """A CPU ONNX Runtime session built by the service's own session builder (all graph optimisations on),
+    so parity is checked on the session the service serves."""
+    from service.runtimes.onnxruntime import SessionConfig, build_session
 
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else model
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(source, options, providers=[PROVIDER])
+    config = SessionConfig(providers=[PROVIDER], intra_op_threads=0, allow_spinning=True)
+    return build_session(source, config, log_severity_level=3)
 
 
 def random_inputs(input_size: tuple[int, int, int], batch: int, seed: int) -> np.ndarray:

@@ -66,40 +66,27 @@ _SMALL_32 = PreprocessConfig(
 )
 
 
-def _vit(embed_dim: int, depth: int, num_heads: int) -> dict[str, Any]:
+def _vit(embed_dim: int, depth: int, num_heads: int, *, img_size: int = 224, patch_size: int = 16,
+         mlp_ratio: float = 4.0, num_classes: int = 1000) -> dict[str, Any]:
     return dict(
-        img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-        mlp_ratio=4.0, qkv_bias=True, num_classes=1000,
+        img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+        mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=num_classes,
     )
 
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({
     p.name: p
     for p in (
-        Preset(
-            name="demo",
-            arch=dict(
-                img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, qkv_bias=True,
-                num_classes=10,
-            ),
-            data=_SMALL_32,
-            description="small ViT for 32x32 inputs (8x8 grid), trained on sklearn digits",
-        ),
+        Preset(name="demo", arch=_vit(64, 4, 4, img_size=32, patch_size=4, mlp_ratio=2.0, num_classes=10),
+               data=_SMALL_32, description="small ViT for 32x32 inputs (8x8 grid), trained on sklearn digits"),
         Preset(name="vit_tiny", arch=_vit(192, 12, 3), data=_VIT_224,
                timm_arch="vit_tiny_patch16_224", description="ViT-Ti/16 at 224 px"),
         Preset(name="vit_small", arch=_vit(384, 12, 6), data=_VIT_224,
                timm_arch="vit_small_patch16_224", description="ViT-S/16 at 224 px"),
         Preset(name="vit_base", arch=_vit(768, 12, 12), data=_VIT_224,
                timm_arch="vit_base_patch16_224", description="ViT-B/16 at 224 px"),
-        Preset(
-            name="test",
-            arch=dict(
-                img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
-                num_classes=10,
-            ),
-            data=_SMALL_32,
-            description="tiny model for unit tests (4x4 grid, N=17)",
-        ),
+        Preset(name="test", arch=_vit(32, 4, 2, img_size=32, patch_size=8, num_classes=10),
+               data=_SMALL_32, description="tiny model for unit tests (4x4 grid, N=17)"),
     )
 })
 

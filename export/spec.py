@@ -1,5 +1,9 @@
 """Model specs: `PRESET[+VARIANT...]` plus variant options, parsed, validated and laid out per block.
 
+The variants, their options (type, default, help, allowed values) and their layer rules come from the
+variant table, `export.variants`; this module only applies them. A spec is parsed once per build and
+its layout computed once (`block_layout` is memoised on the spec's content).
+
 A spec names a base preset and a set of the variants of VARIANTS.md, e.g. `vit_small+cb+gab`
 (`-` is accepted as a separator too, so a model name parses back to its spec). Options carry the
 variant's prefix (`cb_layers`, `lavit_full`, `gab_sigma_init` ...) and belong to a variant in the spec.
@@ -37,7 +41,9 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from export import variants as registry
 from export.presets import PRESETS, get_preset
+from export.variants.base import LayoutContext, Schedule
 
 __all__ = [
     "VARIANTS",
@@ -48,72 +54,23 @@ __all__ = [
     "BlockConfig",
     "parse_spec",
     "parse_option",
+    "split_spec",
     "block_layout",
     "resolved_options",
 ]
 
-#: Canonical variant order: names and `str(spec)` list variants in this order.
-VARIANTS: tuple[str, ...] = ("cb", "cbs", "lavit", "gab", "reattn", "refiner")
 
-#: Options per variant and their value types (`tuple` = a tuple of block indices).
-VARIANT_OPTIONS: dict[str, dict[str, type]] = {
-    "cb": {"cb_layers": tuple},
-    "cbs": {"cbs_layers": tuple},
-    "lavit": {
-        "lavit_full": int,
-        "lavit_stages": int,
-        "lavit_transform": str,
-        "lavit_loss_weight": float,
-    },
-    "gab": {"gab_sigma_init": float, "gab_amplitude_init": float, "gab_layers": tuple},
-    "reattn": {"reattn_layers": tuple, "reattn_scale": bool},
-    "refiner": {
-        "refiner_expand": int,
-        "refiner_kernel": int,
-        "refiner_share": bool,
-        "refiner_layers": tuple,
-    },
-}
-
-#: Defaults; `None` for a layer set means "the variant's default blocks" (see `block_layout`).
-OPTION_DEFAULTS: dict[str, Any] = {
-    "cb_layers": None,
-    "cbs_layers": None,
-    "lavit_full": 2,
-    "lavit_stages": 1,
-    "lavit_transform": "token",
-    "lavit_loss_weight": 0.1,
-    "gab_sigma_init": 5.0,
-    "gab_amplitude_init": 1.0,
-    "gab_layers": None,
-    "reattn_layers": None,
-    "reattn_scale": False,
-    "refiner_expand": 3,
-    "refiner_kernel": 3,
-    "refiner_share": False,
-    "refiner_layers": None,
-}
-
-OPTION_HELP: dict[str, str] = {
-    "cb_layers": "blocks ending with CB (default: all)",
-    "cbs_layers": "blocks ending with CB_S (default: all)",
-    "lavit_full": "blocks computing full attention at the start of each stage (default 2)",
-    "lavit_stages": "number of equal stages the blocks are split into (default 1)",
-    "lavit_transform": "'token' (learned N x N maps, paper) or 'none' (reuse previous softmax)",
-    "lavit_loss_weight": "weight of the diagonality-preserving loss in training (default 0.1)",
-    "gab_sigma_init": "initial Gaussian width sigma in patches (default 5.0)",
-    "gab_amplitude_init": "initial amplitude a (bias a^2 exp(...)); default 1.0, 1e-3 when loading a checkpoint",
-    "gab_layers": "blocks with the Gaussian bias (default: the attention-computing blocks but the last)",
-    "reattn_layers": "blocks with re-attention (default: last half of the attention-computing blocks)",
-    "reattn_scale": "multiply the re-attended map by s = d^-1/2 (the authors' transform_scale; default false)",
-    "refiner_expand": "expansion ratio E of the refiner (default 3)",
-    "refiner_kernel": "odd depthwise kernel size k (default 3)",
-    "refiner_share": "the authors' sharing form: odd blocks compute only V and refine the previous block's map",
-    "refiner_layers": "blocks with the refiner (default: all; the sharing blocks under refiner_share)",
-}
-
-_OPTION_OWNER: dict[str, str] = {opt: var for var, opts in VARIANT_OPTIONS.items() for opt in opts}
-_LAVIT_TRANSFORMS = ("token", "none")
+def __getattr__(name: str) -> Any:
+    """The table's views under their historical names (computed: plug-in variants appear in them)."""
+    if name == "VARIANTS":  # canonical variant order: names and `str(spec)` list variants in this order
+        return registry.names()
+    if name == "VARIANT_OPTIONS":  # options per variant and their value types (`tuple` = block indices)
+        return {v.name: {o.key: o.type for o in v.options} for v in registry.variants()}
+    if name == "OPTION_DEFAULTS":  # `None` for a layer set means "the variant's default blocks"
+        return {key: o.default for key, o in registry.options().items()}
+    if name == "OPTION_HELP":
+        return {key: o.help for key, o in registry.options().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ModelSpec(BaseModel):
@@ -138,9 +95,14 @@ class ModelSpec(BaseModel):
 
     def option(self, key: str) -> Any:
         """The option's value: the caller's if set, else its default."""
-        if key not in OPTION_DEFAULTS:
-            raise ValueError(f"unknown option {key!r}")
-        return self.options.get(key, OPTION_DEFAULTS[key])
+        if key in self.options:
+            return self.options[key]
+        return registry.option(key).default
+
+    @property
+    def layout(self) -> tuple[BlockConfig, ...]:
+        """`block_layout(self)` at the preset's depth (computed once per distinct spec)."""
+        return block_layout(self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,31 +134,25 @@ def _to_bool(value: Any) -> bool:
 
 
 def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    raise ValueError(f"expected an integer, got {value!r}")
+        value = int(value)
+    return _to_number(value, int, (int,), "an integer")
 
 
 def _to_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
+    return float(_to_number(value, float, (int, float), "a number"))
+
+
+def _to_number(value: Any, kind: type, accepted: tuple[type, ...], what: str) -> Any:
+    """`value` as `kind`: from an accepted number (never a bool) or a string; ValueError naming `what`."""
+    if isinstance(value, accepted) and not isinstance(value, bool):
+        return kind(value)
     if isinstance(value, str):
         try:
-            return float(value)
+            return kind(value)
         except ValueError:
             pass
-    raise ValueError(f"expected a number, got {value!r}")
+    raise ValueError(f"expected {what}, got {value!r}")
 
 
 _CONVERTERS: dict[type, Callable[[Any], Any]] = {
@@ -209,11 +165,9 @@ _CONVERTERS: dict[type, Callable[[Any], Any]] = {
 
 
 def _convert(key: str, value: Any) -> Any:
-    owner = _OPTION_OWNER.get(key)
-    if owner is None:
-        raise ValueError(f"unknown option {key!r}; known options: {', '.join(sorted(_OPTION_OWNER))}")
+    opt = registry.option(key)
     try:
-        return _CONVERTERS[VARIANT_OPTIONS[owner][key]](value)
+        return _CONVERTERS[opt.type](value)
     except ValueError as exc:
         raise ValueError(f"option {key}: {exc}") from None
 
@@ -240,6 +194,7 @@ class BlockConfig:
     lavit_transform: for LaViT reuse blocks, 'token' (learned N x N maps) or 'none'.
     provides_map: the next block reuses this block's map, so it is handed on.
     adds_prev_map: (refiner_share) this attention block adds s * the previous pair's map to its softmax.
+    variants: the variants this block carries (a LaViT reuse block carries `lavit`).
     """
 
     index: int
@@ -247,14 +202,30 @@ class BlockConfig:
     lavit_transform: Literal["token", "none"] | None = None
     provides_map: bool = False
     adds_prev_map: bool = False
-    cb: Literal["cb", "cbs"] | None = None
-    gab: bool = False
-    reattn: bool = False
-    refiner: bool = False
+    variants: frozenset[str] = frozenset()
+
+    def has(self, variant: str) -> bool:
+        return variant in self.variants
 
     @property
     def is_lavit_less(self) -> bool:
         return self.lavit_transform is not None
+
+    @property
+    def cb(self) -> Literal["cb", "cbs"] | None:
+        return "cb" if "cb" in self.variants else "cbs" if "cbs" in self.variants else None
+
+    @property
+    def gab(self) -> bool:
+        return "gab" in self.variants
+
+    @property
+    def reattn(self) -> bool:
+        return "reattn" in self.variants
+
+    @property
+    def refiner(self) -> bool:
+        return "refiner" in self.variants
 
 
 def _layer_set(key: str, value: tuple[int, ...], depth: int) -> tuple[int, ...]:
@@ -271,125 +242,109 @@ def _layer_set(key: str, value: tuple[int, ...], depth: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _lavit_roles(depth: int, full: int, stages: int) -> list[bool]:
-    """True where a block is a Less-Attention (reuse) block."""
-    if stages < 1 or stages > depth:
-        raise ValueError(f"option lavit_stages must be between 1 and the depth {depth}, got {stages}")
-    if depth % stages:
-        raise ValueError(f"option lavit_stages={stages} does not divide the depth {depth} into equal stages")
-    if full < 1:
-        raise ValueError(f"option lavit_full must be >= 1 (a stage must start with full attention), got {full}")
-    per = depth // stages
-    return [(i % per) >= full for i in range(depth)]
-
-
 def block_layout(spec: ModelSpec, depth: int | None = None) -> tuple[BlockConfig, ...]:
     """Resolve a spec into one `BlockConfig` per block; ValueError for combinations that make no sense."""
     depth = get_preset(spec.preset).depth if depth is None else depth
+    key = (spec.preset, spec.variants, tuple(sorted(spec.options.items())), depth)
+    try:
+        hash(key)
+    except TypeError:  # an option value that is not hashable (a list): nothing to memoise on
+        return _compute_layout(spec, depth)
+    return _cached_layout(key, spec)
+
+
+#: memoised layouts by spec content and depth: a build asks for its spec's layout from several places
+_LAYOUTS: dict[tuple, tuple[BlockConfig, ...]] = {}
+
+
+def _cached_layout(key: tuple, spec: ModelSpec) -> tuple[BlockConfig, ...]:
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _compute_layout(spec, key[-1])
+        if len(_LAYOUTS) >= 512:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
+def _compute_layout(spec: ModelSpec, depth: int) -> tuple[BlockConfig, ...]:
     _validate_values(spec.options)
-    opt = spec.option
+    defs = [registry.get(name) for name in spec.variants]
 
-    reuse = [False] * depth
-    lavit_transform: str | None = None
-    if spec.has("lavit"):
-        lavit_transform = opt("lavit_transform")
-        if lavit_transform not in _LAVIT_TRANSFORMS:
-            raise ValueError(f"option lavit_transform must be one of {_LAVIT_TRANSFORMS}, got {lavit_transform!r}")
-        reuse = _lavit_roles(depth, opt("lavit_full"), opt("lavit_stages"))
-        if not any(reuse):
-            raise ValueError(
-                f"lavit with lavit_full={opt('lavit_full')} and lavit_stages={opt('lavit_stages')} at depth {depth} "
-                "leaves no Less-Attention block; lower lavit_full or the number of stages"
-            )
-    share = spec.has("refiner") and opt("refiner_share")
-    if share:
-        if spec.has("lavit"):
-            raise ValueError("refiner_share cannot be combined with lavit: both make blocks reuse a previous map")
-        if "refiner_layers" in spec.options:
-            raise ValueError("refiner_share refines every sharing block; do not set refiner_layers with it")
-        if depth < 2:
-            raise ValueError("refiner_share needs at least two blocks")
-        reuse = [i % 2 == 1 for i in range(depth)]
-    if spec.has("lavit") and lavit_transform == "none" and spec.options.get("lavit_loss_weight", 0) > 0:
-        raise ValueError(
-            "lavit_loss_weight has no effect with lavit_transform=none (no transformed map to regularise); "
-            "drop it or use lavit_transform=token"
-        )
-    computing = [i for i in range(depth) if not reuse[i]]
+    schedule: Schedule | None = None
+    for d in defs:
+        mine = d.schedule(spec, depth) if d.schedule is not None else None
+        if mine is None:
+            continue
+        if schedule is not None:
+            raise ValueError(f"{mine.label} cannot be combined with {schedule.label}: "
+                             "both make blocks reuse a previous map")
+        schedule = mine
+    for d in defs:
+        if d.validate is not None:
+            d.validate(spec)
+    reuse = schedule.reuse if schedule is not None else (False,) * depth
+    ctx = LayoutContext(depth=depth, reuse=tuple(reuse), computing=tuple(i for i in range(depth) if not reuse[i]))
 
-    def layers(variant: str, key: str, default: list[int], computing_only: bool) -> set[int]:
-        if not spec.has(variant):
-            return set()
-        value = spec.options.get(key)
-        if value is None:
-            chosen = set(default)
-        else:
-            chosen = set(_layer_set(key, value, depth))
-            bad = sorted(i for i in chosen if reuse[i]) if computing_only else []
-            if bad:
-                raise ValueError(
-                    f"option {key}: blocks {bad} compute no attention logits (they reuse the previous "
-                    f"block's map under {'lavit' if spec.has('lavit') else 'refiner_share'}); "
-                    f"{variant} can only apply to blocks {computing}"
-                )
-        if not chosen:
-            raise ValueError(f"{variant} would apply to no block; set {key}")
-        return chosen
+    carried: dict[int, set[str]] = {i: set() for i in range(depth)}
+    for d in defs:
+        if d.layers is None:
+            if schedule is not None and schedule.label == d.name:  # the schedule's own reuse blocks
+                for i in range(depth):
+                    if reuse[i]:
+                        carried[i].add(d.name)
+            continue
+        chosen = _chosen_layers(spec, d.name, d.layers.key, d.layers.default(ctx), d.layers.computing_only, ctx,
+                                schedule)
+        if d.adjust_layers is not None:
+            chosen = d.adjust_layers(spec, chosen, ctx)
+        for i in chosen:
+            carried[i].add(d.name)
 
-    all_blocks = list(range(depth))
-    cb = layers("cb", "cb_layers", all_blocks, False)
-    cbs = layers("cbs", "cbs_layers", all_blocks, False)
-    # the last block's bias cannot reach the logits (G's class-token row is 0 and only the class token
-    # leaves the last block), so by default it has none: its sigma/a would never get a gradient
-    gab = layers("gab", "gab_layers", [i for i in computing if i != depth - 1] or computing, True)
-    reattn = layers("reattn", "reattn_layers", computing[len(computing) - len(computing) // 2 :]
-                    if len(computing) > 1 else computing, True)
-    refiner = layers("refiner", "refiner_layers", all_blocks, False)
-    if share:  # only the sharing blocks refine (the authors' released models)
-        refiner = {i for i in refiner if reuse[i]}
-    if spec.has("lavit"):
-        bad = sorted(i for i in refiner if reuse[i])
-        if bad and "refiner_layers" in spec.options:
-            raise ValueError(
-                f"option refiner_layers: blocks {bad} are lavit Less-Attention blocks; the refiner applies only "
-                f"to blocks {computing}"
-            )
-        refiner = {i for i in refiner if not reuse[i]}
-        if spec.has("refiner") and not refiner:
-            raise ValueError("refiner would apply to no block; set refiner_layers")
-
-    out = []
-    for i in range(depth):
-        out.append(BlockConfig(
+    adds = schedule is not None and schedule.adds_prev_map
+    transform = schedule.lavit_transform if schedule is not None else None
+    return tuple(
+        BlockConfig(
             index=i,
             attention="reuse" if reuse[i] else "full",
-            lavit_transform=lavit_transform if (reuse[i] and spec.has("lavit")) else None,  # type: ignore[arg-type]
+            lavit_transform=transform if reuse[i] else None,  # type: ignore[arg-type]
             provides_map=i + 1 < depth and reuse[i + 1],
-            adds_prev_map=bool(share) and not reuse[i] and i > 0,
-            cb="cb" if i in cb else "cbs" if i in cbs else None,
-            gab=i in gab,
-            reattn=i in reattn,
-            refiner=i in refiner,
-        ))
-    return tuple(out)
+            adds_prev_map=adds and not reuse[i] and i > 0,
+            variants=frozenset(carried[i]),
+        )
+        for i in range(depth)
+    )
+
+
+def _chosen_layers(spec: ModelSpec, variant: str, key: str, default: list[int] | tuple[int, ...],
+                   computing_only: bool, ctx: LayoutContext, schedule: Schedule | None) -> set[int]:
+    value = spec.options.get(key)
+    if value is None:
+        chosen = set(default)
+    else:
+        chosen = set(_layer_set(key, value, ctx.depth))
+        bad = sorted(i for i in chosen if ctx.reuse[i]) if computing_only else []
+        if bad:
+            raise ValueError(
+                f"option {key}: blocks {bad} compute no attention logits (they reuse the previous "
+                f"block's map under {schedule.label if schedule else '?'}); "
+                f"{variant} can only apply to blocks {list(ctx.computing)}"
+            )
+    if not chosen:
+        raise ValueError(f"{variant} would apply to no block; set {key}")
+    return chosen
 
 
 def resolved_options(spec: ModelSpec) -> dict[str, Any]:
     """Every option of the spec's variants with defaults filled in (layer sets resolved to block lists)."""
     layout = block_layout(spec)
     out: dict[str, Any] = {}
-    for variant in spec.variants:
-        for key in VARIANT_OPTIONS[variant]:
-            out[key] = spec.option(key)
-    layer_of = {"cb_layers": "cb", "cbs_layers": "cb", "gab_layers": "gab", "reattn_layers": "reattn",
-                "refiner_layers": "refiner"}
-    for key, attr in layer_of.items():
-        if key in out:
-            if attr == "cb":
-                kind = key.split("_")[0]
-                out[key] = [b.index for b in layout if b.cb == kind]
-            else:
-                out[key] = [b.index for b in layout if getattr(b, attr)]
+    for name in spec.variants:
+        d = registry.get(name)
+        for opt in d.options:
+            out[opt.key] = spec.option(opt.key)
+        if d.layers is not None:
+            out[d.layers.key] = [b.index for b in layout if name in b.variants]
     return out
 
 
@@ -398,16 +353,16 @@ def resolved_options(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _validate_values(spec_options: dict[str, Any]) -> None:
-    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
-        "lavit_loss_weight": (lambda v: v >= 0, "must be >= 0"),
-        "gab_sigma_init": (lambda v: v > 0, "must be > 0"),
-        "refiner_expand": (lambda v: v >= 1, "must be >= 1"),
-        "refiner_kernel": (lambda v: v >= 1 and v % 2 == 1, "must be an odd integer >= 1 (same padding)"),
-        "lavit_transform": (lambda v: v in _LAVIT_TRANSFORMS, f"must be one of {_LAVIT_TRANSFORMS}"),
-    }
-    for key, (ok, msg) in checks.items():
-        if key in spec_options and not ok(spec_options[key]):
-            raise ValueError(f"option {key} {msg}, got {spec_options[key]!r}")
+    for key, value in spec_options.items():
+        problem = registry.option(key).problem(value)
+        if problem:
+            raise ValueError(f"option {key} {problem}, got {value!r}")
+
+
+def split_spec(text: str) -> tuple[str, list[str]]:
+    """`PRESET[+VARIANT...]` (or `-`-joined) -> (preset, variant names as written); no validation."""
+    parts = [p.strip() for p in text.strip().replace("-", "+").split("+")]
+    return parts[0], parts[1:]
 
 
 def parse_spec(text: str, **options: Any) -> ModelSpec:
@@ -417,36 +372,38 @@ def parse_spec(text: str, **options: Any) -> ModelSpec:
     variant, an option whose variant is not in the spec, a bad value, or a refused combination.
     """
     text = text.strip()
-    parts = [p.strip() for p in text.replace("-", "+").split("+")]
-    if not parts or not parts[0]:
+    preset, names = split_spec(text)
+    if not preset:
         raise ValueError(f"empty model spec {text!r}; expected PRESET[+VARIANT...], e.g. vit_small+cb")
-    preset, names = parts[0], parts[1:]
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} in spec {text!r}; known presets: {', '.join(PRESETS)}")
+    known = registry.names()
     for name in names:
         if not name:
             raise ValueError(f"empty variant name in spec {text!r}")
-        if name not in VARIANTS:
-            raise ValueError(f"unknown variant {name!r} in spec {text!r}; known variants: {', '.join(VARIANTS)}")
+        if name not in known:
+            raise ValueError(f"unknown variant {name!r} in spec {text!r}; known variants: {', '.join(known)}")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"variant(s) {', '.join(dupes)} given more than once in spec {text!r}")
-    if "cb" in names and "cbs" in names:
-        raise ValueError("cb and cbs both broadcast context into the same residual stream; choose one")
-    variants = tuple(v for v in VARIANTS if v in names)
+    for name in names:
+        for other, message in registry.get(name).conflicts.items():
+            if other in names:
+                raise ValueError(message)
+    variants = tuple(v for v in known if v in names)
 
     converted: dict[str, Any] = {}
     for key, value in options.items():
         value = _convert(key, value)
-        owner = _OPTION_OWNER[key]
+        owner = registry.option_owner(key)
         if owner not in variants:
             raise ValueError(f"option {key} belongs to variant {owner!r}, which is not in spec {text!r}")
         converted[key] = value
     _validate_values(converted)
     depth = get_preset(preset).depth
     for key, value in list(converted.items()):
-        if VARIANT_OPTIONS[_OPTION_OWNER[key]][key] is tuple:
+        if registry.option(key).type is tuple:
             converted[key] = _layer_set(key, value, depth)
     spec = ModelSpec(preset=preset, variants=variants, options=converted)
-    block_layout(spec)  # refuse nonsensical combinations now, not at build time
+    block_layout(spec)  # refuse nonsensical combinations now, not at build time (and memoise the layout)
     return spec

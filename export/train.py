@@ -27,6 +27,7 @@ from export.finetune import FitConfig
 if TYPE_CHECKING:
     import numpy as np
 
+    from export.spec import ModelSpec
     from service.manifest import PreprocessConfig
 
 NUM_TRAIN = 1400
@@ -115,7 +116,7 @@ def onnx_accuracy(onnx_file: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 def train_demo_repository(
     repository: Path,
-    specs: Sequence[str] = DEMO_SPECS,
+    specs: Sequence[str | ModelSpec] = DEMO_SPECS,
     *,
     config: FitConfig = DEMO_CONFIG,
     checkpoint: Path | None = None,
@@ -142,7 +143,7 @@ def train_demo_repository(
     from export.finetune import finetune_repository
     from export.spec import parse_spec
 
-    specs = [str(parse_spec(text)) for text in specs]  # fail fast on a bad spec
+    specs = [parse_spec(s) if isinstance(s, str) else s for s in specs]  # fail fast on a bad spec, parse once
     epochs = SPEC_EPOCHS if spec_epochs is None else spec_epochs
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="vitserve-digits-") as tmp:

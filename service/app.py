@@ -1,6 +1,6 @@
 """`create_app(settings)`: the FastAPI application, wired once from one Settings object.
 
-The lifespan owns start and stop: it starts the registry (models load and warm up in the
+The lifespan owns start and stop: it starts the model store (models load and warm up in the
 background; /v2/health/ready turns true when the initial load is done), and on shutdown turns
 readiness false first, stops intake, drains accepted requests for up to `drain_timeout_s` and
 closes the sessions.
@@ -22,9 +22,9 @@ from service.api.v2 import SERVER_VERSION, register_v2
 from service.errors import install_error_handlers
 from service.gpu_metrics import register_gpu_metrics
 from service.metrics import Metrics
-from service.registry import ModelRegistry, RuntimeFactory
+from service.pipeline import Pipeline
 from service.settings import Settings
-from service.standin import platform_runtime_factory
+from service.store import ModelStore
 
 log = logging.getLogger("vitserve")
 
@@ -41,38 +41,37 @@ Errors are JSON `{"error": "..."}`: 400 bad input, 401 missing API key, 404 unkn
 """
 
 
-def create_app(
-    settings: Settings,
-    *,
-    runtime_factory: RuntimeFactory = platform_runtime_factory,
-    wait_for_models: bool = False,
-    registry: ModelRegistry | None = None,
-) -> FastAPI:
+def create_app(settings: Settings, *, wait_for_models: bool = False, store: ModelStore | None = None) -> FastAPI:
     """Build the app. `wait_for_models` makes startup block until the initial load is done (tests).
-    `registry`: serve this one (a front end's mirror of the engine's models, service/workers/)."""
-    if registry is None:
+    `store`: serve this one (a front end's mirror of the engine's models, service/workers/).
+
+    Each model's runtime comes from the runtimes table (service/runtimes) by its config.pbtxt
+    `backend`/`platform`; `settings.runtime_modules` names modules that register more runtimes."""
+    if store is None:
         metrics = Metrics()
         register_gpu_metrics(metrics.registry)  # Triton's nv_gpu_* series; absent without a GPU
-        registry = ModelRegistry(settings, metrics, runtime_factory)
-    metrics = registry.metrics
+        store = ModelStore(settings, metrics)
+    metrics = store.metrics
+    pipeline = Pipeline(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await registry.start(wait=wait_for_models)
+        await store.start(wait=wait_for_models)
         try:
             yield
         finally:
             log.info("shutting down: readiness off, draining for up to %.1fs", settings.drain_timeout_s)
-            await registry.shutdown()
+            await store.shutdown()
             log.info("shutdown complete")
 
     app = FastAPI(title="vitserve", version=SERVER_VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.registry = registry
+    app.state.store = store
+    app.state.pipeline = pipeline
     app.state.metrics = metrics
     install_error_handlers(app)
-    hot = register_v1(app, registry) + register_v2(app, registry)
-    register_system(app, registry)
+    hot = register_v1(app, pipeline) + register_v2(app, pipeline)
+    register_system(app, store)
     app.state.hot_routes = hot
     app.add_middleware(FastPathMiddleware, routes=hot)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -146,11 +146,6 @@ class BatcherHooks:
     def on_rejected(self, images: int) -> None: ...
 
 
-@dataclass
-class _Inflight:
-    requests: list[PendingRequest] = field(default_factory=list)
-
-
 class Batcher:
     """Queue + collector task + worker thread(s) for one runtime's `run(batch) -> outputs`."""
 
@@ -173,7 +168,7 @@ class Batcher:
         self._clock = clock
         self._hooks = hooks or BatcherHooks()
         self._queue: deque[PendingRequest] = deque()
-        self._inflight_batches: dict[int, _Inflight] = {}
+        self._inflight_batches: dict[int, list[PendingRequest]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -221,7 +216,7 @@ class Batcher:
             except (TimeoutError, asyncio.TimeoutError):
                 self._task.cancel()
                 error = BatcherStopped(f"model {self.name} stopped before the request was computed")
-                pending = list(self._queue) + [r for b in self._inflight_batches.values() for r in b.requests]
+                pending = list(self._queue) + [r for b in self._inflight_batches.values() for r in b]
                 self._queue.clear()
                 for req in pending:
                     if not req.future.done():
@@ -240,6 +235,8 @@ class Batcher:
 
         `deadline` is on this batcher's clock. Raises Overloaded when the queue is full,
         DeadlineExceeded when the deadline passes before compute, BatcherStopped when stopping.
+        This signature is the seam between the request pipeline and execution (the pipeline reaches it as
+        `LoadedVersion.executor`): a remote executor of a multi-process front end keeps it.
         """
         if self._task is None or self._stopping:
             raise BatcherStopped(f"model {self.name} is not accepting requests")
@@ -305,7 +302,7 @@ class Batcher:
             if not batch:
                 return
             self._batch_ids += 1
-            self._inflight_batches[self._batch_ids] = _Inflight(batch)
+            self._inflight_batches[self._batch_ids] = batch
             running = asyncio.get_running_loop().run_in_executor(
                 self._executor, self._compute, [r.inputs for r in batch]
             )

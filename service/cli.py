@@ -85,7 +85,7 @@ class _DrainingServer:
             def handle_exit(self, sig: int, frame: Any) -> None:
                 if self.signalled_at is None:
                     self.signalled_at = time.monotonic()
-                app.state.registry.begin_drain()
+                app.state.store.begin_drain()
                 super().handle_exit(sig, frame)
                 captured = getattr(self, "_captured_signals", None)
                 if isinstance(captured, list) and sig == signal.SIGTERM:
@@ -94,7 +94,7 @@ class _DrainingServer:
 
             async def shutdown(self, sockets: Any = None) -> None:
                 if self.signalled_at is not None and not self.force_exit:
-                    await app.state.registry.drained()
+                    await app.state.store.drained()
                     await asyncio.sleep(max(0.0, self.signalled_at + shutdown_delay_s - time.monotonic()))
                     log.info("drained; closing the listening socket")
                 await super().shutdown(sockets)

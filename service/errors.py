@@ -1,6 +1,6 @@
 """Domain errors raised by the serving core, and the one table that maps them to HTTP.
 
-The core (repository, runtime, batcher, registry) raises these; only the edge (this module's
+Every domain error of the service lives here (the core, the runtimes and the wire codecs raise them); only the edge (this module's
 `install_error_handlers`) turns them into responses `{"error": "..."}`. A 500 logs the trace and
 says only "internal error", so no stack trace or path ever reaches a client.
 """
@@ -33,6 +33,18 @@ def clip_message(message: str) -> str:
     return f"{message[:MAX_MESSAGE_CHARS]}... ({cut} more characters)"
 
 
+def exception_summary(exc: BaseException, limit: int = 300, *, first_line: bool = True, with_type: bool = True) -> str:
+    """The one way a failure is shortened for a log line or an API field (a model's load reason, a version's
+    last error): 'Type: first line of the message' (or the whole message on one line), at most `limit`
+    characters."""
+    name = type(exc).__name__
+    lines = str(exc).strip().splitlines() or [name]
+    text = lines[0] if first_line else " ".join(lines)
+    if with_type and not text.startswith(name):
+        text = f"{name}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ServiceError(Exception):
     """Base of the errors a client may see; `status` is the HTTP status the edge answers with."""
 
@@ -51,6 +63,12 @@ class InvalidInput(ServiceError):
     """400: the request is malformed (bad image, bad tensor shape or datatype, bad parameter)."""
 
     status = 400
+
+
+class V2ProtocolError(InvalidInput, ValueError):
+    """400: a request that does not follow the v2 protocol or does not fit the model (also a `ValueError`:
+    bad user input). The v2 codec's too-large and unsupported-encoding cases raise `PayloadTooLarge` (413)
+    and `UnsupportedMediaType` (415), so every class here answers with its own status."""
 
 
 class Unauthorized(ServiceError):
@@ -110,6 +128,12 @@ class ShuttingDown(ModelNotReady):
         return {"Retry-After": "1", "Connection": "close"}
 
 
+class ClientClosedRequest(ServiceError):
+    """499 (nginx's code): the client went away; its request left the queue and was not answered."""
+
+    status = 499
+
+
 class DeadlineExceeded(ServiceError):
     """504: the request's deadline passed before it could be computed (it never was)."""
 
@@ -135,13 +159,18 @@ async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.headers())
 
 
-def validation_message(errors: Sequence[Any], prefix: tuple[str, ...] = ()) -> str:
-    """One line from pydantic's error list: 'invalid request: query.top_k: Input should be ...'."""
+def validation_message(
+    errors: Sequence[Any], prefix: tuple[str, ...] = (), *, limit: int = 5, lead: str = "invalid request: "
+) -> str:
+    """One line from pydantic's error list: 'invalid request: query.top_k: Input should be ...' (the first
+    `limit` errors, then how many more)."""
+    errors = list(errors)
     parts = []
-    for err in list(errors)[:5]:
+    for err in errors[:limit]:
         loc = ".".join(str(p) for p in (*prefix, *err.get("loc", ())) if p != "body")
         parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
-    return "invalid request: " + "; ".join(parts)
+    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    return lead + "; ".join(parts) + more
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

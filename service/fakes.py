@@ -1,4 +1,4 @@
-"""Fake runtimes named for their behaviour, for tests of the batcher, registry and HTTP layers.
+"""Fake runtimes named for their behaviour, for tests of the batcher, model store, pipeline and HTTP layers.
 
 They implement the `InferenceRuntime` interface without ONNX Runtime, with outputs derived from
 their inputs so a test can tell whose result is whose. Every fake records the batch sizes it ran
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from service.runtime import InferenceRuntime, RuntimeSpec
+from service.runtimes import InferenceRuntime, RuntimeSpec
 
 
 class EchoRuntime(InferenceRuntime):
@@ -106,7 +106,7 @@ class BrokenLoadRuntime(EchoRuntime):
 
 
 def fake_factory(cls: type[InferenceRuntime] = EchoRuntime, **attrs: object) -> Callable[[RuntimeSpec], InferenceRuntime]:
-    """A registry runtime factory that builds `cls` (with class attributes overridden by `attrs`) and
+    """A runtime factory (for `service.runtimes.runtime_override` or `register_runtime`) that builds `cls` (with class attributes overridden by `attrs`) and
     keeps every instance in `factory.instances` for inspection."""
     instances: list[InferenceRuntime] = []
 

@@ -1,24 +1,22 @@
-"""Turning a repository entry into a warmed-up runtime: batching limits, session, warm-up.
+"""Turning a repository entry into a warmed-up runtime: batching limits, runtime, warm-up.
 
-Blocking work the registry runs in its load thread: verify the model file against the manifest,
-open the session through the runtime factory, run every batch size the batcher can produce.
-Every failure becomes a `ModelLoadError` whose reason the API shows.
+Blocking work the model store (service/store.py) runs in its load thread: verify the model file against
+the manifest, build the runtime its config.pbtxt asks for (service/runtimes: the table's entry), run
+every batch size the batcher can produce. Every failure becomes a `ModelLoadError` whose reason the API
+shows.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from service.batcher import BatchLimits
+from service.errors import exception_summary
 from service.repository import ModelEntry, ModelLoadError
-from service.runtime import InferenceRuntime, RuntimeSpec, SessionConfig, warmup_sizes
+from service.runtimes import InferenceRuntime, RuntimeBackend, RuntimeSpec, warmup_sizes
 from service.settings import Settings
-
-RuntimeFactory = Callable[[RuntimeSpec], InferenceRuntime]
 
 
 def batch_limits(entry: ModelEntry, settings: Settings) -> BatchLimits:
@@ -37,27 +35,20 @@ def batch_limits(entry: ModelEntry, settings: Settings) -> BatchLimits:
 
 def instance_count(entry: ModelEntry, settings: Settings) -> int:
     """Execution instances (batches computed at once on the version's one session): settings, else the
-    config.pbtxt instance_group counts (Triton's), else 1. The session's intra-op threads are divided
-    among them (`instance_session`)."""
+    config.pbtxt instance_group counts (Triton's), else 1 (a runtime may share its threads among them)."""
     return settings.instances or sum(g.count for g in entry.config.instance_group) or 1
-
-
-def instance_session(session: SessionConfig, instances: int, settings: Settings) -> SessionConfig:
-    """Automatic intra-op threads are shared by the instances: n instances x (threads // n) each."""
-    if settings.intra_op_threads or instances <= 1:
-        return session
-    return dataclasses.replace(session, intra_op_threads=max(1, session.intra_op_threads // instances))
 
 
 def build_version(
     entry: ModelEntry,
     version: int,
     settings: Settings,
-    session: SessionConfig,
-    factory: RuntimeFactory,
+    backend: RuntimeBackend,
+    options: object,
     stop: threading.Event | None = None,
 ) -> InferenceRuntime:
-    """Blocking: verify the file, open the session, warm up every batch size. Runs in a thread.
+    """Blocking: verify the file, build the runtime (`backend`, with its `options`), warm up every batch size.
+    Runs in a thread.
 
     `stop` (set when the server shuts down) cancels the load between warm-up batch sizes, so a
     SIGTERM during a long warm-up does not keep the process alive until the warm-up ends.
@@ -76,14 +67,15 @@ def build_version(
         manifest=entry.manifest,
         max_batch_size=limits.max_batch_size,
         model_path=path,
-        session=session,
         config=entry.config,
+        instances=instance_count(entry, settings),
+        options=options,
     )
     check_stop()
     try:
-        runtime = factory(spec)
+        runtime = backend.create(spec)
     except Exception as exc:  # noqa: BLE001 - corrupt graph, provider failure...
-        raise ModelLoadError(entry.name, f"version {version}: cannot create session: {first_line(exc)}") from exc
+        raise ModelLoadError(entry.name, f"version {version}: cannot create session: {exception_summary(exc)}") from exc
     try:
         for size in warmup_sizes(limits.max_batch_size, settings.warmup):
             check_stop()
@@ -93,7 +85,7 @@ def build_version(
         raise
     except Exception as exc:  # noqa: BLE001
         runtime.close()
-        raise ModelLoadError(entry.name, f"version {version}: warm-up failed: {first_line(exc)}") from exc
+        raise ModelLoadError(entry.name, f"version {version}: warm-up failed: {exception_summary(exc)}") from exc
     return runtime
 
 
@@ -106,10 +98,3 @@ def directory_fingerprint(root: Path, name: str) -> tuple[Any, ...]:
     except OSError:
         return ()
     return tuple(items)
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """'Type: first line of the message', short enough for an API field."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    text = f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
-    return text[:limit]

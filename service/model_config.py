@@ -86,6 +86,7 @@ class ModelConfig(_Cfg):
 
     name: str
     platform: str = "onnxruntime_onnx"
+    backend: str | None = Field(None, description="Triton's `backend` (chooses the runtime before `platform`)")
     max_batch_size: int = Field(ge=0)
     input: list[TensorConfig]
     output: list[TensorConfig]
@@ -94,11 +95,17 @@ class ModelConfig(_Cfg):
     latest_versions: int = Field(1, ge=1, description="version_policy { latest { num_versions } }")
     optimization: ModelOptimization | None = None
 
+    @property
+    def runtime_key(self) -> str:
+        """The entry of the runtimes table (service/runtimes) that serves this model: `backend`, else `platform`."""
+        return self.backend or self.platform
+
     # -- writing -----------------------------------------------------------------------------
     def to_pbtxt(self) -> str:
         out: list[str] = [
             f"name: {_quote(self.name)}",
             f"platform: {_quote(self.platform)}",
+            *([f"backend: {_quote(self.backend)}"] if self.backend else []),
             f"max_batch_size: {self.max_batch_size}",
             f"version_policy: {{ latest: {{ num_versions: {self.latest_versions} }} }}",
         ]

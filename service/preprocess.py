@@ -6,7 +6,7 @@ animated/multi-frame image is used, EXIF orientation is applied, and every mode 
 alpha, CMYK, 16-bit, float) becomes 8-bit RGB, after reducing an image far larger than the model
 needs in its own mode (so a 16-bit or float giant never gets a full-size float copy). Then: resize the shorter side to
 size / crop_pct with the manifest's interpolation, centre-crop, scale to [0, 1], normalise.
-These are plain functions; the registry runs them in a thread pool, off the event loop.
+These are plain functions; the model store runs them in its thread pool, off the event loop.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
     <root>/<model>/config.pbtxt, <root>/<model>/vitserve.json, <root>/<model>/<version>/model.onnx
 
-Scanning never fails as a whole: each model is either a `ModelEntry` or a `ModelLoadError` with
-its reason, so one broken model directory is reported while the others serve. Model names are
+Each model is read on its own (`read_model`): a `ModelEntry`, or a `ModelLoadError` with its reason,
+so one broken model directory is reported while the others serve. Model names are
 checked against a strict pattern before they touch the filesystem, so no name can reach a path
 outside the repository.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.errors import exception_summary
 from service.manifest import CONFIG_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, Manifest, sha256_file
 from service.model_config import ModelConfig, PbtxtError
 
@@ -52,10 +53,6 @@ class ModelEntry:
     manifest: Manifest
     config: ModelConfig
     versions: dict[int, Path] = field(default_factory=dict)
-
-    @property
-    def latest_version(self) -> int:
-        return max(self.versions)
 
     def served_versions(self) -> list[int]:
         """The versions Triton's `version_policy { latest { num_versions: N } }` would serve, newest first."""
@@ -99,13 +96,13 @@ def read_model(root: Path, name: str) -> ModelEntry:
     except FileNotFoundError:
         raise ModelLoadError(name, f"missing {MANIFEST_FILENAME}") from None
     except (ValidationError, ValueError) as exc:
-        raise ModelLoadError(name, f"invalid {MANIFEST_FILENAME}: {_short(exc)}") from None
+        raise ModelLoadError(name, f"invalid {MANIFEST_FILENAME}: {exception_summary(exc, first_line=False, with_type=False)}") from None
     try:
         config = ModelConfig.load(directory / CONFIG_FILENAME)
     except FileNotFoundError:
         raise ModelLoadError(name, f"missing {CONFIG_FILENAME}") from None
     except (ValidationError, PbtxtError, ValueError) as exc:
-        raise ModelLoadError(name, f"invalid {CONFIG_FILENAME}: {_short(exc)}") from None
+        raise ModelLoadError(name, f"invalid {CONFIG_FILENAME}: {exception_summary(exc, first_line=False, with_type=False)}") from None
     if config.name != name:
         raise ModelLoadError(name, f"{CONFIG_FILENAME} names the model {config.name!r}, directory is {name!r}")
     if manifest.name != name:
@@ -135,19 +132,3 @@ def list_model_names(root: Path) -> list[str]:
             if (child / CONFIG_FILENAME).exists() or (child / MANIFEST_FILENAME).exists():
                 names.append(child.name)
     return names
-
-
-def scan_repository(root: Path, names: list[str] | None = None) -> dict[str, ModelEntry | ModelLoadError]:
-    """Every model of the repository (or the ones named), each parsed or with its error."""
-    out: dict[str, ModelEntry | ModelLoadError] = {}
-    for name in names if names is not None else list_model_names(root):
-        try:
-            out[name] = read_model(root, name)
-        except ModelLoadError as exc:
-            out[name] = exc
-    return out
-
-
-def _short(exc: Exception, limit: int = 300) -> str:
-    text = str(exc).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,4 +1,4 @@
-"""Response and request models shared by the registry and the /v1 router (OpenAPI documents them)."""
+"""Response and request models shared by the model store, the pipeline and the /v1 router (OpenAPI documents them)."""
 
 from __future__ import annotations
 

@@ -150,13 +150,18 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Poll the repository for new version directories every N seconds (0 = off)"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level")
+    runtime_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Python modules imported at start, before any model loads (comma "
+        "separated); each registers runtimes with service.runtimes.register_runtime for the config.pbtxt "
+        "`backend`/`platform` values it serves"
+    )
     http_workers: int = Field(
         1, ge=1, le=64, description="HTTP front-end processes sharing the port: they parse and preprocess and hand "
         "tensors (shared memory) to the one engine process that owns the sessions and batchers; 1 = the "
         "single-process server (service/workers/)",
     )
 
-    @field_validator("models", "providers", mode="before")
+    @field_validator("models", "providers", "runtime_modules", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -24,7 +24,7 @@ def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Built through the real export pipeline (fold, ONNX export, parity, FLOPs, writer), so every
     suite that serves it also exercises the contract between export/ and service/.
     """
-    from export.build import build_test_repository
+    from repository_builder import build_test_repository
 
     return build_test_repository(tmp_path_factory.mktemp("demo_repository"))
 

@@ -12,13 +12,20 @@ amplitude}`, `blocks.{i}.attn.lavit.{theta,psi}`, `blocks.{i}.attn.reattn.{conv,
 Less-Attention, refiner sharing) carries only the V projection, `blocks.{i}.attn.v` ([D, D]): the graph
 ships no unused Q/K rows; `export.checkpoint` slices it out of a checkpoint's full `qkv`.
 
+Which variant module sits where comes from the variant table (`export.variants`): each `VariantDef`
+names its hook point (logit bias, logits, map, reuse, block output), its attribute and its builder, so
+this file builds no variant's module by name. What stays here is the structure the block layout
+describes: which blocks compute only V and the hand-over of maps between blocks (and the collection of
+LaViT's transformed maps for its loss, `lavit_attention_maps`).
+
 Fused or unfused attention is an argument (`fused_attn`): the fused path calls
-`F.scaled_dot_product_attention` (with the GAB bias as an additive mask); blocks that need the explicit
-map (LaViT hand-over or reuse, re-attention, refiner) always take the explicit-math path.
+`F.scaled_dot_product_attention` (with the bias as an additive mask); blocks that need the explicit
+map (a hand-over or reuse, or a "logits"/"map" module) always take the explicit-math path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, NamedTuple, Sequence
 
@@ -28,15 +35,15 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from export.models.cb import ContextBroadcast, ScaledContextBroadcast
-from export.models.gab import FoldedAttentionBias, GaussianAttentionBias
-from export.models.lavit import LessAttentionTransform, diagonality_loss
-from export.models.reattn import ReAttention
-from export.models.refiner import AttentionRefiner
+from export import variants as registry
 from export.presets import get_preset
-from export.spec import OPTION_DEFAULTS, BlockConfig, ModelSpec, block_layout
+from export.spec import BlockConfig, ModelSpec, block_layout
+from export.variants.base import BuildContext, VariantDef
 
-__all__ = ["AttentionMap", "VariantAttention", "VariantBlock", "VariantViT", "create_model"]
+__all__ = ["AttentionMap", "VariantAttention", "VariantBlock", "VariantViT", "create_model", "variant_modules"]
+
+#: hook points that live in the attention module (the rest, "output", at the end of the block)
+_ATTENTION_HOOKS = ("reuse", "bias", "logits", "map")
 
 
 class AttentionMap(NamedTuple):
@@ -54,12 +61,28 @@ def _is_tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def _split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the variant options out of `kwargs` (the rest are timm's arguments)."""
+    known = registry.options()
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in known}
+
+
+def _reader(options: Mapping[str, Any]):  # -> OptionReader
+    return lambda key: options[key] if options.get(key) is not None else registry.option(key).default
+
+
+def _defs(hooks: Sequence[str]) -> list[VariantDef]:
+    return [d for d in registry.variants() if d.module_attr is not None and d.hook in hooks]
+
+
 class VariantAttention(Attention):
     """timm multi-head self-attention with the variants' hooks on the attention map.
 
-    Logits = s QK^T (+ G); P = softmax(logits) (+ s A_prev under refiner_share); P' = P, re-attention
-    BN(Theta * P), and/or the refined BN_H(P + DLA(P)); out = proj(P' V). A 'reuse' block computes only
-    V (its own [D, D] projection `v`) and takes its logits or map from the previous block.
+    Logits = s QK^T (+ bias modules) -> logits modules; P = softmax(logits) (+ s A_prev under
+    refiner_share); P' = the map modules applied in table order (re-attention BN(Theta * P), the refined
+    BN_H(P + DLA(P)), ...); out = proj(P' V). A 'reuse' block computes only V (its own [D, D] projection
+    `v`) and takes its logits (through its "reuse" module) or map from the previous block. Variant
+    options (`gab_sigma_init=...`) may be passed as keywords or in `options`.
     """
 
     def __init__(
@@ -72,41 +95,34 @@ class VariantAttention(Attention):
         num_prefix_tokens: int = 1,
         qkv_bias: bool = True,
         fused_attn: bool = False,
-        gab_sigma_init: float = OPTION_DEFAULTS["gab_sigma_init"],
-        gab_amplitude_init: float = OPTION_DEFAULTS["gab_amplitude_init"],
-        refiner_expand: int = OPTION_DEFAULTS["refiner_expand"],
-        refiner_kernel: int = OPTION_DEFAULTS["refiner_kernel"],
-        reattn_scale: bool = OPTION_DEFAULTS["reattn_scale"],
+        options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        options = {**(options or {}), **_split_options(kwargs)}
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, **kwargs)
         self.cfg = cfg
         self.fused_attn = fused_attn
         if cfg.attention == "reuse":  # V only: no Q/K rows to ship
             del self.qkv
             self.v = nn.Linear(dim, self.attn_dim, bias=qkv_bias)
-        num_tokens = grid_size[0] * grid_size[1] + num_prefix_tokens
-        self.gab: nn.Module | None = (
-            GaussianAttentionBias(num_heads, grid_size, num_prefix_tokens, gab_sigma_init, gab_amplitude_init)
-            if cfg.gab else None
-        )
-        self.lavit: nn.Module | None = (
-            LessAttentionTransform(num_tokens) if cfg.lavit_transform == "token" else None
-        )
-        self.reattn: ReAttention | None = (
-            ReAttention(num_heads, self.scale if reattn_scale else 1.0) if cfg.reattn else None
-        )
-        # the authors' sharing blocks scale their refined map by s
-        refiner_scale = self.scale if cfg.refiner and cfg.attention == "reuse" and cfg.lavit_transform is None else 1.0
-        self.refiner: AttentionRefiner | None = (
-            AttentionRefiner(num_heads, refiner_expand, refiner_kernel, refiner_scale) if cfg.refiner else None
-        )
+        ctx = BuildContext(dim=dim, num_heads=num_heads, scale=self.scale, grid_size=tuple(grid_size),
+                           num_prefix_tokens=num_prefix_tokens, cfg=cfg, option=_reader(options))
+        self._hooks: dict[str, list[str]] = {hook: [] for hook in _ATTENTION_HOOKS}
+        for d in _defs(_ATTENTION_HOOKS):
+            module = d.build(ctx) if cfg.has(d.name) else None
+            if not hasattr(self, d.attr) or module is not None:
+                setattr(self, d.attr, module)
+            if module is not None:
+                self._hooks[d.hook].append(d.attr)
+
+    def _modules_at(self, hook: str) -> list[nn.Module]:
+        return [getattr(self, attr) for attr in self._hooks[hook]]
 
     @property
     def needs_explicit_map(self) -> bool:
         cfg = self.cfg
-        return (cfg.attention == "reuse" or cfg.provides_map or cfg.adds_prev_map or self.reattn is not None
-                or self.refiner is not None)
+        return (cfg.attention == "reuse" or cfg.provides_map or cfg.adds_prev_map
+                or bool(self._hooks["logits"]) or bool(self._hooks["map"]))
 
     def _split_heads(self, t: torch.Tensor, B: int, N: int) -> torch.Tensor:
         return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
@@ -120,8 +136,11 @@ class VariantAttention(Attention):
             if prev is None:
                 raise RuntimeError(f"block {self.cfg.index} reuses attention but no map was handed to it")
             v = self._split_heads(self.v(x), B, N)
-            if self.cfg.lavit_transform == "token":
-                logits = self.lavit(prev.logits)  # A^l = Psi^T A^{l-1} Theta
+            transforms = self._modules_at("reuse")
+            if transforms:
+                logits = prev.logits
+                for transform in transforms:  # LaViT: A^l = Psi^T A^{l-1} Theta
+                    logits = transform(logits)
                 attn = logits.softmax(dim=-1)
                 handed = AttentionMap(logits, attn)
             else:  # 'none' (pure reuse) or refiner sharing: the previous map, handed on unrefined
@@ -131,7 +150,9 @@ class VariantAttention(Attention):
             qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
             q, k = self.q_norm(q), self.k_norm(k)
-            bias = self.gab() if self.gab is not None else None
+            bias = None
+            for module in self._modules_at("bias"):
+                bias = module() if bias is None else bias + module()
             if self.fused_attn and not self.needs_explicit_map:
                 x = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
@@ -140,14 +161,14 @@ class VariantAttention(Attention):
             logits = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
+            for module in self._modules_at("logits"):
+                logits = module(logits)
             attn = logits.softmax(dim=-1)
             if self.cfg.adds_prev_map and prev is not None:  # refiner_share: + s A of the previous pair
                 attn = attn + self.scale * prev.probs
             handed = AttentionMap(logits, attn)
-        if self.reattn is not None:
-            attn = self.reattn(attn)
-        if self.refiner is not None:
-            attn = self.refiner(attn)
+        for module in self._modules_at("map"):
+            attn = module(attn)
         attn = self.attn_drop(attn)
         x = attn @ v
         return self._project(x, B, N), (handed if self.cfg.provides_map or self.cfg.attention == "reuse" else None)
@@ -160,7 +181,7 @@ class VariantAttention(Attention):
 
 
 class VariantBlock(Block):
-    """timm pre-norm block with a `VariantAttention` and optional context broadcasting at its end.
+    """timm pre-norm block with a `VariantAttention` and the "output" modules (CB, CB_S) at its end.
 
     x = x + attn(norm1(x)); x = x + mlp(norm2(x)); x = CB(x). `forward(x, prev)` returns
     `(x, map)` where `map` is what the next block reuses (None unless it reuses attention).
@@ -173,7 +194,7 @@ class VariantBlock(Block):
         *,
         layout: Sequence[BlockConfig],
         grid_size: tuple[int, int],
-        variant_kwargs: dict[str, Any],
+        variant_kwargs: Mapping[str, Any],
         fused_attn: bool = False,
         depth: int = 0,
         qkv_bias: bool = False,
@@ -188,14 +209,18 @@ class VariantBlock(Block):
             attn_kwargs["scale_norm"] = True
         self.attn = VariantAttention(
             dim, num_heads, cfg=cfg, grid_size=grid_size, qkv_bias=qkv_bias, fused_attn=fused_attn,
-            **variant_kwargs, **attn_kwargs,
+            options=variant_kwargs, **attn_kwargs,
         )
-        if cfg.cb == "cb":
-            self.cb: nn.Module = ContextBroadcast()
-        elif cfg.cb == "cbs":
-            self.cb = ScaledContextBroadcast(dim)
-        else:
-            self.cb = nn.Identity()
+        ctx = BuildContext(dim=dim, num_heads=num_heads, scale=self.attn.scale, grid_size=tuple(grid_size),
+                           num_prefix_tokens=1, cfg=cfg, option=_reader(variant_kwargs))
+        self._outputs: list[str] = []
+        for d in _defs(("output",)):
+            module = d.build(ctx) if cfg.has(d.name) else None
+            if module is not None:
+                setattr(self, d.attr, module)
+                self._outputs.append(d.attr)
+            elif not hasattr(self, d.attr):
+                setattr(self, d.attr, nn.Identity())
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, prev: AttentionMap | None = None
@@ -203,23 +228,32 @@ class VariantBlock(Block):
         y, handed = self.attn(self.norm1(x), prev)
         x = x + self.drop_path1(self.ls1(y))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return self.cb(x), handed
+        for attr in self._outputs:
+            x = getattr(self, attr)(x)
+        return x, handed
+
+
+def variant_modules(model: nn.Module) -> list[tuple[str, VariantDef, nn.Module]]:
+    """(qualified name, its variant, module) of every variant module of a VariantViT."""
+    out = []
+    for i, blk in enumerate(model.blocks):
+        for d in registry.variants():
+            if d.module_attr is None or not blk.cfg.has(d.name):
+                continue
+            owner, prefix = (blk, f"blocks.{i}") if d.hook == "output" else (blk.attn, f"blocks.{i}.attn")
+            module = getattr(owner, d.attr, None)
+            if isinstance(module, nn.Module) and not isinstance(module, nn.Identity):
+                out.append((f"{prefix}.{d.attr}", d, module))
+    return out
 
 
 class VariantViT(VisionTransformer):
     """timm VisionTransformer whose blocks carry the variants of a `ModelSpec`.
 
     Args:
-        variants: variant names in canonical order (`cb`, `cbs`, `lavit`, `gab`, `reattn`, `refiner`).
-        cb_layers, cbs_layers: blocks ending with CB / CB_S (default all).
-        lavit_full: full-attention blocks at the start of each stage (default 2).
-        lavit_stages: number of equal stages (default 1).
-        lavit_transform: 'token' (learned N x N maps) or 'none' (reuse the previous softmax).
-        lavit_loss_weight: weight of the diagonality loss in `auxiliary_loss` (default 0.1).
-        gab_sigma_init, gab_amplitude_init, gab_layers: Gaussian bias init (5.0, 1.0) and blocks.
-        reattn_layers: re-attention blocks (default last half of the attention-computing blocks).
-        reattn_scale: multiply the re-attended map by s (the authors' transform_scale; default False).
-        refiner_expand, refiner_kernel, refiner_share, refiner_layers: refiner E (3), k (3), sharing, blocks.
+        spec: the parsed spec (its options are the variant options); or `variants` and the variant
+            options as keywords (`cb_layers=...`, `gab_sigma_init=...`: see `vitserve-export list`).
+        layout: the spec's block layout, if the caller has it (default: `block_layout(spec, depth)`).
         fused_attn: use `scaled_dot_product_attention` where no explicit map is needed.
         **kwargs: timm `VisionTransformer` arguments (img_size, patch_size, embed_dim, depth, ...).
     """
@@ -227,47 +261,25 @@ class VariantViT(VisionTransformer):
     def __init__(
         self,
         *,
+        spec: ModelSpec | None = None,
+        layout: Sequence[BlockConfig] | None = None,
         variants: Sequence[str] = (),
-        cb_layers: Sequence[int] | None = None,
-        cbs_layers: Sequence[int] | None = None,
-        lavit_full: int | None = None,
-        lavit_stages: int | None = None,
-        lavit_transform: str | None = None,
-        lavit_loss_weight: float | None = None,
-        gab_sigma_init: float | None = None,
-        gab_amplitude_init: float | None = None,
-        gab_layers: Sequence[int] | None = None,
-        reattn_layers: Sequence[int] | None = None,
-        reattn_scale: bool | None = None,
-        refiner_expand: int | None = None,
-        refiner_kernel: int | None = None,
-        refiner_share: bool | None = None,
-        refiner_layers: Sequence[int] | None = None,
         fused_attn: bool = False,
         preset: str = "custom",
         **kwargs: Any,
     ) -> None:
-        given = dict(
-            cb_layers=cb_layers, cbs_layers=cbs_layers, lavit_full=lavit_full, lavit_stages=lavit_stages,
-            lavit_transform=lavit_transform, lavit_loss_weight=lavit_loss_weight, gab_sigma_init=gab_sigma_init,
-            gab_amplitude_init=gab_amplitude_init, gab_layers=gab_layers, reattn_layers=reattn_layers,
-            reattn_scale=reattn_scale, refiner_expand=refiner_expand, refiner_kernel=refiner_kernel,
-            refiner_share=refiner_share, refiner_layers=refiner_layers,
-        )
-        options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
-        spec = ModelSpec(preset=preset, variants=tuple(variants), options=options)
+        if spec is None:
+            given = _split_options(kwargs)
+            options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
+            spec = ModelSpec(preset=preset, variants=tuple(variants), options=options)
         depth = int(kwargs.get("depth", 12))
-        layout = block_layout(spec, depth=depth)
+        layout = tuple(layout) if layout is not None else block_layout(spec, depth=depth)
         img, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
         img = (img, img) if isinstance(img, int) else tuple(img)
         patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
         grid_size = (img[0] // patch[0], img[1] // patch[1])
-        variant_kwargs = {
-            k: spec.option(k)
-            for k in ("gab_sigma_init", "gab_amplitude_init", "refiner_expand", "refiner_kernel", "reattn_scale")
-        }
         block_fn = partial(
-            VariantBlock, layout=layout, grid_size=grid_size, variant_kwargs=variant_kwargs, fused_attn=fused_attn
+            VariantBlock, layout=layout, grid_size=grid_size, variant_kwargs=dict(spec.options), fused_attn=fused_attn
         )
         if kwargs.get("global_pool", "token") != "token" or not kwargs.get("class_token", True):
             raise ValueError("VariantViT supports timm's class-token ViT only (global_pool='token')")
@@ -278,7 +290,6 @@ class VariantViT(VisionTransformer):
         self.layout = layout
         self.grid_size = grid_size
         self.fused_attn = fused_attn
-        self.lavit_loss_weight = float(spec.option("lavit_loss_weight"))
         self._lavit_maps: list[torch.Tensor] = []
 
     def __getstate__(self) -> dict[str, Any]:
@@ -292,22 +303,22 @@ class VariantViT(VisionTransformer):
     def num_tokens(self) -> int:
         return self.grid_size[0] * self.grid_size[1] + self.num_prefix_tokens
 
+    @property
+    def lavit_loss_weight(self) -> float:
+        return float(self.spec.option("lavit_loss_weight"))
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """timm's set plus the GAB sigma/amplitude and the CB_S scales."""
+        """timm's set plus the variants' own exempt parameters (GAB sigma/amplitude, CB_S scales, ...)."""
         names = set(super().no_weight_decay())
-        for name, module in self.named_modules():
-            if isinstance(module, GaussianAttentionBias):
-                names |= {f"{name}.sigma", f"{name}.amplitude"}
-            elif isinstance(module, ScaledContextBroadcast):
-                names.add(f"{name}.scale")
+        for name, d, module in variant_modules(self):
+            own = dict(module.named_parameters())
+            names |= {f"{name}.{p}" for p in d.no_weight_decay if p in own}
         return names
 
     def variant_state_keys(self) -> list[str]:
         """State-dict keys owned by the variants (absent from a timm checkpoint)."""
-        owned = (ScaledContextBroadcast, GaussianAttentionBias, FoldedAttentionBias, LessAttentionTransform,
-                 ReAttention, AttentionRefiner)
-        prefixes = [name + "." for name, m in self.named_modules() if isinstance(m, owned)]
+        prefixes = [name + "." for name, _, _ in variant_modules(self)]
         return [k for k in self.state_dict() if any(k.startswith(p) for p in prefixes)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -337,10 +348,24 @@ class VariantViT(VisionTransformer):
         return list(self._lavit_maps)
 
     def auxiliary_loss(self) -> torch.Tensor:
-        """lavit_loss_weight x diagonality loss of the last forward's Less-Attention maps; 0 without lavit."""
-        if not self.spec.has("lavit") or not self._lavit_maps:
-            return self.cls_token.new_zeros(())
-        return self.lavit_loss_weight * diagonality_loss(self._lavit_maps)
+        """The sum of the spec's variants' extra training losses for the last forward (0 when none)."""
+        total = self.cls_token.new_zeros(())
+        for name in self.spec.variants:
+            d = registry.get(name)
+            loss = d.loss(self) if d.loss is not None else None
+            if loss is not None:
+                total = total + loss
+        return total
+
+    def auxiliary_loss_labels(self) -> list[str]:
+        """How the manifest's training recipe names the extra losses of this model's variants."""
+        labels = []
+        for name in self.spec.variants:
+            d = registry.get(name)
+            label = d.loss_label(self.spec) if d.loss_label is not None else None
+            if label:
+                labels.append(label)
+        return labels
 
 
 def create_model(
@@ -351,7 +376,6 @@ def create_model(
     arch = preset.arch_kwargs(**({} if num_classes is None else {"num_classes": num_classes}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = VariantViT(preset=spec.preset, variants=spec.variants, fused_attn=fused_attn,
-                           **dict(spec.options), **arch)
-    model.spec = spec
+        model = VariantViT(spec=spec, layout=block_layout(spec, depth=int(arch.get("depth", preset.depth))),
+                           preset=spec.preset, fused_attn=fused_attn, **arch)
     return model

@@ -1,6 +1,6 @@
 """Pieces every router shares: body limit middleware, API-key check, request metrics, disconnects.
 
-Only this layer knows about HTTP; it turns requests into registry calls and lets
+Only this layer knows about HTTP; it turns requests into pipeline calls and lets
 `service.errors` turn domain errors into responses.
 """
 
@@ -10,7 +10,7 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Collection
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -19,17 +19,18 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError, Unauthorized, validation_message
+from service.errors import (
+    ClientClosedRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    validation_message,
+)
 from service.metrics import Metrics
 
 T = TypeVar("T")
 UNKNOWN_MODEL_LABEL = "_unknown"
-
-
-class ClientClosedRequest(ServiceError):
-    """499 (nginx's code): the client went away; its request left the queue and was not answered."""
-
-    status = 499
 
 
 class BodyLimitMiddleware:
@@ -121,7 +122,7 @@ def check_key(request: Request, key: SecretStr | None, *, required: bool, what: 
         raise Unauthorized(f"{what} needs a valid API key (Authorization: Bearer <key> or X-API-Key)")
 
 
-def model_label(model: str, known: list[str]) -> str:
+def model_label(model: str, known: Collection[str]) -> str:
     """Metric label for a model from a URL: unknown names collapse to one value (bounded cardinality)."""
     return model if model in known else UNKNOWN_MODEL_LABEL
 

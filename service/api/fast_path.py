@@ -2,8 +2,8 @@
 
 On a small model the service is bound by event-loop CPU per request. FastAPI's exception and
 exit-stack middleware, its router (a linear regex scan over every route) and its per-call
-dependency solving cost about as much as the inference endpoint itself (py-spy under 16
-concurrent v2 requests: 285 of 896 loop samples). The hot routes' endpoints take only path
+dependency solving cost a large share of that (profiled under concurrent v2 requests; see
+BENCHMARKS.md). The hot routes' endpoints take only path
 parameters and the `Request` and return a `Response`, so this middleware can call the very same
 endpoint functions directly; FastAPI keeps the routes for OpenAPI and for every other method.
 Errors go through the same table (`service.errors.exception_response`) as under FastAPI.

@@ -5,20 +5,20 @@ from __future__ import annotations
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.registry import ModelRegistry
+from service.store import ModelStore
 
 
-def register_system(app: FastAPI, registry: ModelRegistry) -> None:
+def register_system(app: FastAPI, store: ModelStore) -> None:
     @app.get("/metrics", summary="Prometheus metrics", tags=["system"], response_class=Response)
     async def metrics() -> Response:
-        return Response(registry.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(store.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", summary="Service index", tags=["system"])
     async def index() -> dict[str, object]:
         return {
             "service": "vitserve",
-            "ready": registry.ready,
-            "models": registry.model_names(),
+            "ready": store.ready,
+            "models": list(store.model_names()),
             "docs": "/docs",
             "endpoints": ["/v1/models", "/v1/models/{model}/classify", "/v1/compare", "/v2", "/metrics"],
         }

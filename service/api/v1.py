@@ -1,7 +1,7 @@
-"""/v1: the service's own REST API (classify, compare, models). A thin layer over the registry.
+"""/v1: the service's own REST API (classify, compare, models). A thin layer over the pipeline.
 
 An image arrives as a multipart field `image`, as a raw `image/*` (or octet-stream) body, or as JSON
-`{"image": "<base64>"}`; the registry does the rest.
+`{"image": "<base64>"}`; the pipeline (service/pipeline.py) does the rest.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import binascii
 import json
 import re
 import time
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.routing import APIRoute
@@ -29,7 +28,7 @@ from service.api.common import (
 from service.api.fast_path import fast_routes
 from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
 from service.manifest import Evaluation
-from service.registry import ModelRegistry
+from service.pipeline import Pipeline
 from service.schemas import ClassifyResult, ModelInfo, Prediction, Timings
 
 MAX_INT = 2**63 - 1  # integer parameters are 64-bit; larger ones are a 400, never arithmetic
@@ -136,11 +135,6 @@ def _exact_image_string(body: bytes) -> str | None:
     return body[start.end():end].decode("ascii", errors="replace")
 
 
-async def run_blocking(request: Request, fn: Any, *args: Any) -> Any:
-    """CPU work on a request body in the registry's worker pool, off the event loop."""
-    return await request.app.state.registry.run_blocking(fn, *args)
-
-
 async def read_image(request: Request) -> bytes:
     """The image bytes of a request, whichever of the three accepted forms it uses."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -162,7 +156,7 @@ async def read_image(request: Request) -> bytes:
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         return body
     if ctype == "application/json" or ctype.endswith("+json"):
-        return await run_blocking(request, image_from_json, body) if len(body) > LARGE_BODY_BYTES else (
+        return await request.app.state.store.run_blocking(image_from_json, body) if len(body) > LARGE_BODY_BYTES else (
             image_from_json(body)
         )
     if not ctype:
@@ -170,18 +164,18 @@ async def read_image(request: Request) -> bytes:
     raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r} (send multipart/form-data, image/*, or JSON)")
 
 
-def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
+def register_v1(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
     """Declare every /v1 route; return the hot endpoints (for the fast path)."""
     router = APIRouter(prefix="/v1", tags=["v1"])
-    settings, metrics = registry.settings, registry.metrics
+    store, settings, metrics = pipeline.store, pipeline.settings, pipeline.metrics
 
     @router.get("/models", response_model=ModelsResponse, summary="Every model: variants, costs, state, provider")
     async def list_models() -> ModelsResponse:
-        return ModelsResponse(models=registry.list_models())
+        return ModelsResponse(models=store.list_models())
 
     @router.get("/models/{model}", response_model=ModelInfo, summary="One model", responses={404: {}})
     async def get_model(model: str) -> ModelInfo:
-        return registry.get_model(model)
+        return store.get_model(model)
 
     @router.post(
         "/models/{model}/classify",
@@ -192,15 +186,14 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
     )
     async def classify(model: str, request: Request) -> Response:
         # a hot route: takes only the path and the Request (see service/api/fast_path.py)
-        async with track(metrics, model_label(model, registry.model_names()), "v1_classify"):
+        async with track(metrics, model_label(model, store.model_names()), "v1_classify"):
             query = parse_query(ClassifyQuery, request)
             check_key(request, settings.inference_api_key, required=False, what="inference")
-            with registry.accept(model, query.version) as lv:  # 404 / 503 before reading a body; then answered
+            with pipeline.accept(model, query.version) as lv:  # 404 / 503 before reading a body; then answered
                 image = await read_image(request)
                 result = await cancel_on_disconnect(
                     request,
-                    registry.classify(model, image, query.top_k, version=query.version,
-                                      deadline_ms=query.deadline_ms, admitted=lv),
+                    pipeline.classify(lv, image, query.top_k, query.deadline_ms, pinned=query.version is not None),
                 )
             return Response(result.model_dump_json(), media_type="application/json",
                             headers={"Server-Timing": server_timing(result.timings)})
@@ -227,13 +220,13 @@ def register_v1(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
                 if not names:
                     raise InvalidInput("models must name at least one model")
                 for n in names:
-                    registry.get_model(n)
-            with registry.accepting():
+                    store.require(n)
+            with store.accepting():
                 image = await read_image(request)
-                results = await cancel_on_disconnect(request, registry.compare(image, names, top_k, deadline_ms))
+                results = await cancel_on_disconnect(request, pipeline.compare(image, names, top_k, deadline_ms))
             entries = []
             for name, r in results:
-                evaluation = registry.get_model(name).evaluation
+                evaluation = store.evaluation(name)
                 if isinstance(r, ClassifyResult):
                     entries.append(CompareEntry(model=name, status=200, version=r.version, predictions=r.predictions,
                                                 timings=r.timings, evaluation=evaluation))

@@ -1,8 +1,9 @@
 """/v2: the Open Inference Protocol (KServe v2 / Triton REST), so `tritonclient.http` works unchanged.
 
 Health, server and model metadata, model config, infer (JSON tensors and Triton's binary tensor
-extension, via the pure codec in service/v2_codec.py), statistics, and the repository
-extension (index, load, unload — the last two behind the API key).
+extension, via the pure codec in service/api/v2_codec.py), statistics, and the repository
+extension (index, load, unload — the last two behind the API key). Statistics are the core's plain counts,
+shaped into Triton's response here (service/api/v2_meta.py).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from service.api.common import cancel_on_disconnect, check_key, model_label, tra
 from service.api.fast_path import fast_routes
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, validation_message
 from service.model_config import InstanceGroup
-from service.registry import LoadedVersion, ModelRegistry
+from service.pipeline import Pipeline
 from service.repository import parse_version
 from service.schemas import ModelInfo
-from service.v2_codec import (
+from service.store import LoadedVersion
+from service.api.v2_codec import (
     HEADER_LENGTH_HEADER,
     InferenceRequest,
     InferenceResponse,
@@ -36,13 +38,14 @@ from service.v2_codec import (
     parse_infer_request,
     request_timeout_s,
 )
-from service.v2_meta import (
+from service.api.v2_meta import (
     ModelMetadata,
     ModelStatisticsResponse,
     RepositoryIndexEntry,
     ServerMetadata,
     config_to_v2_json,
     model_metadata,
+    model_statistics,
     server_metadata,
 )
 
@@ -108,10 +111,13 @@ def _version(text: str | None) -> int | None:
         raise ModelNotFound(f"no version {text!r}") from None
 
 
-def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
+def register_v2(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
     """Declare every /v2 route; return the hot ones (for the fast path)."""
     router = APIRouter(prefix="/v2", tags=["v2"])
-    settings, metrics = registry.settings, registry.metrics
+    store, settings, metrics = pipeline.store, pipeline.settings, pipeline.metrics
+
+    def statistics(model: str | None = None, version: int | None = None) -> ModelStatisticsResponse:
+        return ModelStatisticsResponse(model_stats=[model_statistics(c) for c in store.statistics(model, version)])
 
     @router.get("", response_model=ServerMetadata, summary="Server metadata")
     async def server_meta() -> ServerMetadata:
@@ -119,27 +125,27 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
 
     @router.get("/health/live", response_model=LiveResponse, summary="Liveness")
     async def live() -> LiveResponse:
-        return LiveResponse(live=registry.live)
+        return LiveResponse(live=store.live)
 
     @router.get("/health/ready", response_model=ReadyResponse, summary="Readiness (503 while loading or draining)",
                 responses={503: {"model": ReadyResponse}})
     async def ready() -> Any:
-        if registry.ready:
+        if store.ready:
             return JSONResponse({"ready": True})
         return JSONResponse({"ready": False, "error": "server is not ready (loading or shutting down)"}, status_code=503)
 
     def _metadata(model: str, version: str | None) -> ModelMetadata:
         v = _version(version)
-        entry = registry.entry(model)
-        info = registry.get_model(model)
+        entry = store.entry(model)
+        info = store.get_model(model)
         if v is not None and v not in entry.versions:
             raise ModelNotFound(f"model {model} has no version {v}")
         versions = [v] if v is not None else (info.versions or info.available_versions)
         return model_metadata(model, versions, _effective_config(model))
 
     def _effective_config(model: str) -> Any:
-        entry = registry.entry(model)
-        info = registry.get_model(model)
+        entry = store.entry(model)
+        info = store.get_model(model)
         cfg = entry.config
         if info.batching is not None and info.batching.max_batch_size != cfg.max_batch_size:
             cfg = cfg.model_copy(update={"max_batch_size": info.batching.max_batch_size})
@@ -149,7 +155,7 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
 
     @router.get("/models/stats", response_model=ModelStatisticsResponse, summary="Statistics of every model")
     async def all_stats() -> ModelStatisticsResponse:
-        return ModelStatisticsResponse(model_stats=registry.statistics())
+        return statistics()
 
     @router.get("/models/{model}", response_model=ModelMetadata, summary="Model metadata")
     async def model_meta(model: str) -> ModelMetadata:
@@ -161,10 +167,10 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
 
     async def _ready(model: str, version: str | None) -> Any:
         v = _version(version)
-        ok = registry.is_model_ready(model, v)
+        ok = store.is_model_ready(model, v)
         if ok:
             return JSONResponse({"name": model, "ready": True})
-        info = registry.get_model(model)
+        info = store.get_model(model)
         if v is not None and v not in info.available_versions:
             raise ModelNotFound(f"model {model} has no version {v}")
         reason = f"model {model} is {info.state}" + (f": {info.reason}" if info.reason else "")
@@ -192,26 +198,25 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
         return config_to_v2_json(_effective_config(model))
 
     async def _infer(model: str, version: str | None, request: Request) -> Response:
-        async with track(metrics, model_label(model, registry.model_names()), "v2_infer"):
+        async with track(metrics, model_label(model, store.model_names()), "v2_infer"):
             start = time.monotonic()
             check_key(request, settings.inference_api_key, required=False, what="inference")
             v = _version(version)
-            with registry.accept(model, v) as lv:  # 404 / 503 (not ready, queue full) before reading
-                return await _infer_accepted(model, v, lv, request, start)
+            with pipeline.accept(model, v) as lv:  # 404 / 503 (not ready, queue full) before reading
+                return await _infer_accepted(lv, v is not None, request, start)
 
-    async def _infer_accepted(model: str, v: int | None, lv: LoadedVersion, request: Request,
-                              start: float) -> Response:
+    async def _infer_accepted(lv: LoadedVersion, pinned: bool, request: Request, start: float) -> Response:
         """The body of an admitted v2 request: read, parse (off the loop when large), infer, encode."""
-        entry = registry.entry(model)
-        max_batch = min(settings.max_images_per_request, lv.batcher.limits.max_batch_size)
+        model, manifest = lv.model, lv.entry.manifest
+        max_batch = pipeline.max_images(lv)
         body = await request.body()
         encoding = request.headers.get("content-encoding")
         if encoding is not None and encoding.strip().lower() != "identity":
             # a few KB can inflate to the body limit: not on the event loop
-            body = await registry.run_blocking(functools.partial(
+            body = await store.run_blocking(functools.partial(
                 decode_content_encoding, body, encoding, max_size=settings.max_body_bytes))
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH_HEADER))
-        specs = input_specs(entry.config)
+        specs = input_specs(lv.entry.config)
         json_bytes = len(body) if header_length is None else min(header_length, len(body))
         if all(d >= 0 for spec in specs.values() for d in spec.dims):
             # a JSON tensor is ~10-25 bytes per number: refuse a JSON part (the whole body, or the header
@@ -239,14 +244,14 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
             max_batch_size=max_batch,
         )
         # a large JSON tensor takes a while to parse: not on the event loop
-        parsed, arrays = await registry.run_blocking(parse) if json_bytes > LARGE_BODY_BYTES else parse()
+        parsed, arrays = await store.run_blocking(parse) if json_bytes > LARGE_BODY_BYTES else parse()
         timeout = request_timeout_s(parsed)
-        deadline = registry.deadline(timeout * 1000 if timeout else None, start)
-        pixels = arrays[entry.manifest.input_name]
-        out = await cancel_on_disconnect(request, registry.infer(model, pixels, version=v, deadline=deadline))
+        deadline = pipeline.deadline(timeout * 1000 if timeout else None, start)
+        pixels = arrays[manifest.input_name]
+        out = await cancel_on_disconnect(request, pipeline.run(lv, pixels, deadline, pinned=pinned))
+        served = out.served.entry.manifest  # the version that computed it (a newer one after a swap)
         payload, headers = encode_infer_response(
-            model, str(out.version), {entry.manifest.output_name: out.outputs}, parsed,
-            labels=entry.manifest.labels,
+            model, str(out.version), {served.output_name: out.outputs}, parsed, labels=served.labels,
         )
         payload, headers = encode_content_encoding(payload, headers, request.headers.get("accept-encoding"))
         content_type = headers.pop("Content-Type", "application/json")
@@ -281,12 +286,12 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
 
     @router.get("/models/{model}/stats", response_model=ModelStatisticsResponse, summary="Model statistics")
     async def stats(model: str) -> ModelStatisticsResponse:
-        return ModelStatisticsResponse(model_stats=registry.statistics(model))
+        return statistics(model)
 
     @router.get("/models/{model}/versions/{version}/stats", response_model=ModelStatisticsResponse,
                 summary="Model version statistics")
     async def version_stats(model: str, version: str) -> ModelStatisticsResponse:
-        return ModelStatisticsResponse(model_stats=registry.statistics(model, _version(version)))
+        return statistics(model, _version(version))
 
     @router.post("/repository/index", response_model=list[RepositoryIndexEntry], summary="Repository index",
                  openapi_extra={"requestBody": {"required": False, "content": {
@@ -300,7 +305,7 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
                 ready_only = RepositoryIndexRequest.model_validate_json(body).ready
             except ValidationError as exc:
                 raise InvalidInput(validation_message(exc.errors(), prefix=("body",))) from None
-        entries = [RepositoryIndexEntry(**e) for e in registry.repository_index()]
+        entries = [RepositoryIndexEntry(**e) for e in store.repository_index()]
         if ready_only:
             entries = [e for e in entries if e.state == "READY"]
         return entries
@@ -309,13 +314,13 @@ def register_v2(app: FastAPI, registry: ModelRegistry) -> list[APIRoute]:
                  summary="Load or reload a model (API key)", responses={400: {}, 401: {}, 404: {}})
     async def load(model: str, request: Request) -> ModelInfo:
         check_key(request, settings.api_key, required=True, what="repository control")
-        return await registry.load(model)
+        return await store.load(model)
 
     @router.post("/repository/models/{model}/unload", response_model=ModelInfo,
                  summary="Unload a model after draining it (API key)", responses={401: {}, 404: {}})
     async def unload(model: str, request: Request) -> ModelInfo:
         check_key(request, settings.api_key, required=True, what="repository control")
-        return await registry.unload(model)
+        return await store.unload(model)
 
     app.include_router(router)
     return fast_routes(router, infer, infer_version)

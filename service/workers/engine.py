@@ -1,6 +1,6 @@
 """The engine process: the one process that owns the sessions and the batchers.
 
-It is the single-process server's app (`create_app`) without an HTTP listener: its registry loads,
+It is the single-process server's app (`create_app`) without an HTTP listener: its model store loads,
 warms up and serves the models, and a unix-socket server (`EngineServer`) feeds the front ends'
 requests into the same per-version batchers, so batching stays global and there is one session
 per device. Tensors arrive in shared memory (service/workers/transport.py); every request that
@@ -31,7 +31,7 @@ from fastapi import FastAPI
 
 from service.batcher import BatcherStopped
 from service.errors import InferenceFailed, ModelNotReady, ServiceError
-from service.registry import ModelRegistry
+from service.store import ModelStore
 from service.settings import Settings
 from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
 from service.workers.transport import Channel, Segment
@@ -39,17 +39,17 @@ from service.workers.transport import Channel, Segment
 log = logging.getLogger("vitserve.engine")
 
 
-def model_table(registry: ModelRegistry) -> ModelTable:
-    """The registry's models as the front ends mirror them."""
+def model_table(store: ModelStore) -> ModelTable:
+    """The store's models as the front ends mirror them."""
     models: dict[str, ModelRow] = {}
-    for name, handle in registry._models.items():  # noqa: SLF001 - the engine adapter reads the registry's state
+    for name, handle in store._models.items():  # noqa: SLF001 - the engine adapter reads the store's state
         versions = {
-            v: VersionRow(lv.batcher.limits, lv.runtime.provider, lv.runtime.provider_note)
+            v: VersionRow(lv.executor.limits, lv.runtime.provider, lv.runtime.provider_note)
             for v, lv in handle.versions.items()
         }
         generation = tuple((v, id(lv)) for v, lv in sorted(handle.versions.items()))
         models[name] = ModelRow(handle.state, handle.reason, handle.load_seconds, handle.entry, generation, versions)
-    return ModelTable(registry._initial_done, registry._draining, models)  # noqa: SLF001
+    return ModelTable(store._initial_done, store.draining, models)  # noqa: SLF001
 
 
 class EngineServer:
@@ -57,14 +57,14 @@ class EngineServer:
 
     def __init__(self, app: FastAPI, path: Path) -> None:
         self.app = app
-        self.registry: ModelRegistry = app.state.registry
+        self.store: ModelStore = app.state.store
         self.path = path
         self.connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.get_running_loop().create_unix_server(self._accept, path=str(self.path))
-        self.registry.listeners.append(self.models_changed)
+        self.store.listeners.append(self.models_changed)
 
     def _accept(self) -> Channel:
         conn = _Connection(self)
@@ -78,7 +78,7 @@ class EngineServer:
             conn.channel.close()
 
     def models_changed(self) -> None:
-        table = model_table(self.registry)
+        table = model_table(self.store)
         for conn in self.connections:
             conn.send(("table", table))
 
@@ -112,7 +112,7 @@ class _Connection:
             self.send(("segment_ok", index))
         elif kind == "hello":
             self.peer = f"front end pid {message[1]}"
-            self.send(("table", model_table(self.server.registry)))
+            self.send(("table", model_table(self.server.store)))
 
     def _on_lost(self) -> None:
         """Its process is gone (or stopping): its requests leave the queues, its memory is unmapped."""
@@ -135,18 +135,18 @@ class _Connection:
     async def _submit(self, rid: int, model: str, version: int, seg: int, offset: int, size: int,
                       shape: tuple[int, ...], dtype: str, deadline: float | None) -> None:
         """One request into its version's batcher; the outputs go back into the request's block."""
-        registry = self.server.registry
+        store = self.server.store
         start = time.monotonic()
         lv = None
         try:
             try:
-                lv = registry.serving(model, version)
+                lv = store.version(model, version)
             except ModelNotReady as exc:
-                if registry.is_model_ready(model):  # swapped out meanwhile: the front end retries the new one
+                if store.is_model_ready(model):  # swapped out meanwhile: the front end retries the new one
                     raise BatcherStopped(exc.message) from None
                 raise
             segment = self.segments[seg]
-            out = await lv.batcher.submit(segment.array(offset, shape, dtype), deadline)
+            out = await lv.executor.submit(segment.array(offset, shape, dtype), deadline)
             outputs = out.outputs
             if outputs.nbytes > size:
                 raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
@@ -154,7 +154,7 @@ class _Connection:
             total = time.monotonic() - start
             if np.isfinite(outputs).all():
                 lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
-            else:  # the front end answers 500 (service.registry's check); counted here as Triton does
+            else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
                 lv.observer.request_failed(total)
             self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size))
         except asyncio.CancelledError:
@@ -222,7 +222,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection) -> None:
-    registry: ModelRegistry = app.state.registry
+    store: ModelStore = app.state.store
     stop = asyncio.Event()
 
     def on_message() -> None:  # "stop", or the pipe closed: the supervisor is gone
@@ -235,11 +235,11 @@ async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection
 
     server = EngineServer(app, control_path)
     await server.start()
-    await registry.start()
+    await store.start()
     supervisor.send("listening")
     asyncio.get_running_loop().add_reader(supervisor.fileno(), on_message)
     await stop.wait()
     log.info("engine stopping: draining the batchers")
-    await registry.shutdown()
+    await store.shutdown()
     await server.close()
     log.info("engine stopped")

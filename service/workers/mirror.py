@@ -1,10 +1,10 @@
-"""A front end's registry: the engine's models mirrored, every version's executor remote.
+"""A front end's model store: the engine's models mirrored, every version's executor remote.
 
-The front end runs the very same request path as the single-process server (admission, body
-parsing, image decoding, input checks, postprocessing, errors) on a `ModelRegistry` whose models
-are not loaded here but mirrored from the engine's model table (state, reason, repository entry,
-serving versions and their limits): a `RemoteExecutor` stands where each version's batcher
-stands. The engine pushes a new table whenever a model changes, on the connection that also
+The front end runs the very same request path as the single-process server (service/pipeline.py:
+admission, body parsing, image decoding, input checks, postprocessing, errors) over a `ModelStore`
+whose models are not loaded here but mirrored from the engine's model table (state, reason,
+repository entry, serving versions and their limits): a `RemoteExecutor` is each `LoadedVersion`'s
+executor. The engine pushes a new table whenever a model changes, on the connection that also
 carries the answers, so a front end sees a swap before it sees the old version refuse a request.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from service.metrics import Metrics
-from service.registry import LoadedVersion, ModelHandle, ModelRegistry
 from service.repository import ModelEntry
-from service.runtime import InferenceRuntime, RuntimeSpec
+from service.runtimes import InferenceRuntime, RuntimeSpec
 from service.settings import Settings
+from service.store import LoadedVersion, ModelStore, _decode_config  # noqa: PLC2701 - the store's own rule
 from service.stats import VersionObserver
 from service.workers.client import EngineClient, RemoteExecutor
 from service.workers.protocol import ModelTable, VersionRow
@@ -46,8 +46,8 @@ class MirrorObserver(VersionObserver):
     def request_failed(self, total_s: float) -> None: ...
 
 
-class MirrorRegistry(ModelRegistry):
-    """`ModelRegistry` over the engine's models (never loads a session itself)."""
+class MirrorStore(ModelStore):
+    """`ModelStore` over the engine's models (never loads a runtime itself)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, client: EngineClient) -> None:
         super().__init__(settings, metrics)
@@ -72,17 +72,16 @@ class MirrorRegistry(ModelRegistry):
         """Take the engine's table; versions swapped there are swapped here, the old ones drained."""
         self._initial_done = table.initial_done
         for name, row in table.models.items():
-            handle = self._models.setdefault(name, ModelHandle(name=name))
+            handle = self._handle_for(name)
             handle.state, handle.reason, handle.load_seconds = row.state, row.reason, row.load_seconds
             handle.entry = row.entry
             if self._generations.get(name) == row.generation:
                 continue
             self._generations[name] = row.generation
-            old = list(handle.versions.values())
             entry = row.entry
-            handle.versions = {} if entry is None else {
+            old = list(handle.serve({} if entry is None else {
                 v: self._mirror(entry, v, vr) for v, vr in row.versions.items()
-            }
+            }).values())
             if old:  # requests holding an old version finish on it (the engine drains it too)
                 task = asyncio.get_running_loop().create_task(self._retire(old))
                 self._retiring.add(task)
@@ -94,5 +93,6 @@ class MirrorRegistry(ModelRegistry):
                            config=entry.config)
         executor = RemoteExecutor(self.client, entry.name, version, row.limits, m.num_classes * 4)
         observer = MirrorObserver(self.metrics, entry.name, version, m.costs.flops)
-        return LoadedVersion(version, MirrorRuntime(spec, row.provider, row.provider_note),
-                             executor, observer)  # type: ignore[arg-type]
+        return LoadedVersion(entry.name, version, entry, MirrorRuntime(spec, row.provider, row.provider_note),
+                             executor, observer,  # type: ignore[arg-type]
+                             _decode_config(m.preprocess), m.preprocess.value_range)

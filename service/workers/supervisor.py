@@ -90,10 +90,10 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
     from service.metrics import Metrics
     from service.workers.client import EngineClient
     from service.workers.forward import ForwardMiddleware
-    from service.workers.mirror import MirrorRegistry
+    from service.workers.mirror import MirrorStore
 
     client = EngineClient(control_path)
-    app = create_app(settings, registry=MirrorRegistry(settings, Metrics(), client))
+    app = create_app(settings, store=MirrorStore(settings, Metrics(), client))
     asgi = BodyLimitMiddleware(ForwardMiddleware(app, client, app.state.hot_routes), settings.max_body_bytes)
     config = uvicorn.Config(
         asgi, log_level=settings.log_level, http=guarded_protocol(settings),

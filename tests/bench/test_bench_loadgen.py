@@ -6,16 +6,8 @@ import math
 
 import pytest
 
-from bench.loadgen import (
-    PERF_ANALYZER_COLUMNS,
-    MeasureConfig,
-    Sample,
-    closed_loop,
-    open_loop,
-    run,
-    summarise,
-    sweep,
-)
+from bench.loadgen import MeasureConfig, closed_loop, open_loop, run, sweep
+from bench.results import PERF_ANALYZER_COLUMNS, Sample, summarise
 from bench.payloads import infer_request
 from bench.procs import echo_server
 

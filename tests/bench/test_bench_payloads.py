@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.loadgen import parse_json_timings, parse_server_timing
+from bench.timings import parse_json_timings, parse_server_timing
 from bench.payloads import (
     classify_request,
     encode_image,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import PERF_ANALYZER_COLUMNS, MeasureConfig, sweep
+from bench.loadgen import MeasureConfig, sweep
+from bench.results import PERF_ANALYZER_COLUMNS
 from bench.payloads import classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import vitserve_server
 from bench.report import perf_analyzer_table

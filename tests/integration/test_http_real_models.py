@@ -26,8 +26,10 @@ def real_repository(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         return Path(request.getfixturevalue("demo_repository"))
     except pytest.FixtureLookupError:
         pass
-    build = pytest.importorskip("export.build")
-    return build.build_test_repository(tmp_path_factory.mktemp("real") / "repository", ["test", "test+cb"])
+    pytest.importorskip("export.build")
+    from repository_builder import build_test_repository
+
+    return build_test_repository(tmp_path_factory.mktemp("real") / "repository", ["test", "test+cb"])
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from PIL import Image
 from service_server import ServerProcess, start_server
 from tiny_repository import TinyModel, add_version, build_tiny_repository
 
-from service.standin import standin_outputs, write_standin_model
+from service.runtimes.standin import standin_outputs, write_standin_model
 
 STANDIN = "standin"
 SIZE = 32

@@ -49,7 +49,7 @@ def v2_repository(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         return Path(request.getfixturevalue("demo_repository"))
     except pytest.FixtureLookupError:
         pass
-    from export.build import build_test_repository
+    from repository_builder import build_test_repository
 
     return build_test_repository(tmp_path_factory.mktemp("v2") / "repository", ["test"])
 

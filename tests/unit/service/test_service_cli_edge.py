@@ -9,7 +9,8 @@ import pytest
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from service.api.common import ClientClosedRequest, cancel_on_disconnect, check_key
+from service.api.common import cancel_on_disconnect, check_key
+from service.errors import ClientClosedRequest
 from service.cli import build_parser, main, settings_from_args
 from service.errors import Unauthorized
 

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.fakes import EchoRuntime, GatedRuntime, fake_factory
-from service.runtime import onnx_runtime_factory
+from service.runtimes import RuntimeFactory, runtime_override
 from service.settings import Settings
 
 KEY = "test-api-key-123"
@@ -29,8 +29,8 @@ def png(w: int = 64, h: int = 48, color: tuple[int, int, int] = (200, 30, 30)) -
 
 
 @asynccontextmanager
-async def client_for(settings: Settings, factory=onnx_runtime_factory) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, runtime_factory=factory, wait_for_models=True)
+async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, wait_for_models=True)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://vitserve") as client:
@@ -38,12 +38,16 @@ async def client_for(settings: Settings, factory=onnx_runtime_factory) -> AsyncI
             yield client
 
 
-def run(settings: Settings, body: Callable[[httpx.AsyncClient], Awaitable[None]], factory=onnx_runtime_factory) -> None:
+def run(settings: Settings, body: Callable[[httpx.AsyncClient], Awaitable[None]],
+        factory: RuntimeFactory | None = None) -> None:
+    """Serve with ONNX Runtime, or with `factory` in its place in the runtimes table."""
+
     async def main() -> None:
-        async with client_for(settings, factory) as client:
+        async with client_for(settings) as client:
             await body(client)
 
-    asyncio.run(main())
+    with runtime_override(factory) if factory is not None else nullcontext():
+        asyncio.run(main())
 
 
 @pytest.fixture
@@ -264,8 +268,8 @@ def test_full_queue_answers_503_with_retry_after_and_deadline_504(tiny_repositor
         while not rt.entered.is_set():
             await asyncio.sleep(0.001)
         queued = [asyncio.create_task(c.post("/v2/models/tiny_a/infer", json=req)) for _ in range(8)]
-        registry = c.app.state.registry  # type: ignore[attr-defined]
-        while registry.serving("tiny_a").batcher.queued_images < 8:
+        store = c.app.state.store  # type: ignore[attr-defined]
+        while store.version("tiny_a").executor.queued_images < 8:
             await asyncio.sleep(0.001)
         r = await c.post("/v2/models/tiny_a/infer", json=req)
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "full" in r.json()["error"]

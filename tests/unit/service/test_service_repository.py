@@ -7,15 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from service.repository import ModelLoadError, model_directory, parse_version, read_model, scan_repository
+from service.repository import ModelEntry, ModelLoadError, list_model_names, model_directory, parse_version, read_model
+
+
+def scan(root: Path) -> dict[str, ModelEntry | ModelLoadError]:
+    """Every model of the repository, each parsed or with its error (what the model store does)."""
+    out: dict[str, ModelEntry | ModelLoadError] = {}
+    for name in list_model_names(root):
+        try:
+            out[name] = read_model(root, name)
+        except ModelLoadError as exc:
+            out[name] = exc
+    return out
 
 
 def test_scan_reports_each_model_on_its_own(tiny_repository: Path) -> None:
-    found = scan_repository(tiny_repository)
+    found = scan(tiny_repository)
     assert set(found) == {"tiny_a", "tiny_b", "tiny_corrupt", "tiny_badsha"}
     b = found["tiny_b"]
     assert not isinstance(b, ModelLoadError)
-    assert b.latest_version == 2 and b.served_versions() == [2]
+    assert sorted(b.versions) == [1, 2] and b.served_versions() == [2]
 
 
 def test_sha256_mismatch_is_a_load_error(tiny_repository: Path) -> None:
@@ -46,7 +57,7 @@ def test_broken_directories_give_reasons(tiny_repository: Path, tmp_path: Path) 
     shutil.copytree(tiny_repository / "tiny_a", root / "tiny_a")
     shutil.rmtree(root / "tiny_a" / "1")
     shutil.copytree(tiny_repository / "tiny_a", root / "renamed")
-    found = scan_repository(root)
+    found = scan(root)
     assert "missing vitserve.json" in found["no_manifest"].reason  # type: ignore[union-attr]
     assert "no version directory" in found["tiny_a"].reason  # type: ignore[union-attr]
     assert "names the model" in found["renamed"].reason  # type: ignore[union-attr]

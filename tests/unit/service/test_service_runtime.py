@@ -7,20 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.postprocess import top_k_predictions
 from service.repository import read_model
-from service.runtime import (
-    OnnxRuntime,
-    RuntimeSpec,
-    session_config,
-    top_k_predictions,
-    warmup_sizes,
-)
+from service.runtimes import RuntimeSpec, warmup_sizes
+from service.runtimes.onnxruntime import OnnxRuntime, session_config
 
 
 def spec_for(repo: Path, name: str, providers: list[str]) -> RuntimeSpec:
     entry = read_model(repo, name)
     cfg = session_config(providers, 0, 1, None, "all", concurrent_sessions=2, cpu_count=4)
-    return RuntimeSpec(name, entry.latest_version, entry.manifest, 8, entry.verify(entry.latest_version), cfg)
+    version = max(entry.versions)
+    return RuntimeSpec(name, version, entry.manifest, 8, entry.verify(version), entry.config, options=cfg)
 
 
 def test_session_runs_and_reports_the_provider_it_really_got(tiny_repository: Path) -> None:
@@ -75,7 +72,7 @@ def test_signature_mismatch_is_refused(tiny_repository: Path) -> None:
     spec = spec_for(tiny_repository, "tiny_a", ["CPUExecutionProvider"])
     bad = spec.manifest.model_copy(update={"input_name": "images"})
     with pytest.raises(ValueError, match="no input 'images'"):
-        OnnxRuntime(RuntimeSpec(spec.name, 1, bad, 8, spec.model_path, spec.session))
+        OnnxRuntime(RuntimeSpec(spec.name, 1, bad, 8, spec.model_path, options=spec.options))
 
 
 def test_top_k_is_sorted_softmax() -> None:

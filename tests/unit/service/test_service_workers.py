@@ -12,9 +12,9 @@ import pytest
 from service.errors import Overloaded
 from service.loader import build_version
 from service.repository import read_model
-from service.runtime import SessionConfig
+from service.runtimes import runtime_backend
+from service.runtimes.standin import OffCpuRuntime, standin_outputs, write_standin_model
 from service.settings import Settings
-from service.standin import OffCpuRuntime, platform_runtime_factory, standin_outputs, write_standin_model
 from service.workers.protocol import decode_error, encode_error
 from service.workers.transport import Arena, Channel, Segment
 
@@ -78,8 +78,8 @@ def test_standin_model_loads_through_the_repository_and_computes_a_gather(
     monkeypatch.setenv("VITSERVE_STANDIN_BATCH_MS", "0")
     write_standin_model(tmp_path, "standin", size=8, num_classes=5, max_batch_size=4)
     entry = read_model(tmp_path, "standin")
-    runtime = build_version(entry, 1, Settings(repository=tmp_path, warmup="one"), SessionConfig(),
-                            platform_runtime_factory)
+    backend = runtime_backend(entry.config.runtime_key)  # the runtimes table serves the stand-in's platform
+    runtime = build_version(entry, 1, Settings(repository=tmp_path, warmup="one"), backend, None)
     assert isinstance(runtime, OffCpuRuntime) and runtime.provider == "OffCpuStandIn"
     x = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
     out = runtime.run(x)

@@ -118,7 +118,7 @@ def test_gab_bias_values_at_given_patch_pairs() -> None:
 
 
 def test_gab_adds_the_bias_to_the_logits_before_softmax() -> None:
-    attn = _attention(BlockConfig(index=0, gab=True), gab_sigma_init=1.5, gab_amplitude_init=0.8)
+    attn = _attention(BlockConfig(index=0, variants=frozenset({"gab"})), gab_sigma_init=1.5, gab_amplitude_init=0.8)
     x = torch.randn(2, 10, 8)
     q, k, v = _qkv(attn, x)
     logits = q @ k.transpose(-2, -1) / math.sqrt(4) + attn.gab()
@@ -132,7 +132,7 @@ def test_gab_adds_the_bias_to_the_logits_before_softmax() -> None:
 
 
 def test_reattn_mixes_heads_then_batchnorms_without_renormalising() -> None:
-    attn = _attention(BlockConfig(index=0, reattn=True))
+    attn = _attention(BlockConfig(index=0, variants=frozenset({"reattn"})))
     theta = torch.tensor([[0.0, 1.0], [1.0, 0.5]])
     with torch.no_grad():
         attn.reattn.conv.weight.copy_(theta.view(2, 2, 1, 1))
@@ -269,7 +269,7 @@ def test_refiner_fold_leaves_convs_with_biases_and_a_head_affine() -> None:
 
 
 def test_refiner_in_attention_uses_the_refined_map() -> None:
-    attn = _attention(BlockConfig(index=0, refiner=True), refiner_expand=2, refiner_kernel=3)
+    attn = _attention(BlockConfig(index=0, variants=frozenset({"refiner"})), refiner_expand=2, refiner_kernel=3)
     attn.refiner = _randomised_refiner(expand=2)
     x = torch.randn(2, 10, 8)
     q, k, v = _qkv(attn, x)
@@ -315,7 +315,7 @@ def test_refiner_share_is_the_authors_refined_attention_with_shared_maps() -> No
 
 
 def test_less_attention_block_uses_psi_t_a_theta_and_only_v() -> None:
-    attn = _attention(BlockConfig(index=2, attention="reuse", lavit_transform="token"))
+    attn = _attention(BlockConfig(index=2, attention="reuse", lavit_transform="token", variants=frozenset({"lavit"})))
     n = 10
     assert not hasattr(attn, "qkv") and attn.v.weight.shape == (8, 8)  # only a V projection: no Q/K rows
     with torch.no_grad():

@@ -86,11 +86,12 @@ def test_fp16_copy_is_fp16_inside_with_the_fp32_signature(trained: Path) -> None
 
 def test_fp16_copy_serves_on_the_cpu_provider(trained: Path, tmp_path: Path) -> None:
     from service.repository import read_model
-    from service.runtime import OnnxRuntime, RuntimeSpec, session_config
+    from service.runtimes import RuntimeSpec
+    from service.runtimes.onnxruntime import OnnxRuntime, session_config
 
     entry = read_model(trained, "demo-fp16")
     cfg = session_config(["CPUExecutionProvider"], 1, 1, False, "all", concurrent_sessions=1)
-    rt = OnnxRuntime(RuntimeSpec("demo-fp16", 1, entry.manifest, 8, entry.verify(1), cfg, entry.config))
+    rt = OnnxRuntime(RuntimeSpec("demo-fp16", 1, entry.manifest, 8, entry.verify(1), entry.config, options=cfg))
     rt.warmup([1, 8])
     x, _ = _heldout(entry.manifest, tmp_path)
     out = rt.run(x[:8])

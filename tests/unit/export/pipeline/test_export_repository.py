@@ -197,7 +197,7 @@ def test_variants_built_from_a_timm_checkpoint_start_as_timm(tmp_path):
 
 
 def test_build_test_repository_writes_servable_models(tmp_path):
-    from export.build import build_test_repository
+    from repository_builder import build_test_repository
 
     repo = build_test_repository(tmp_path / "r", specs=("test", "test+cb"))
     for name in ("test", "test-cb"):

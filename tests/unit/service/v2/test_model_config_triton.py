@@ -21,7 +21,7 @@ from service.model_config import (
     QueuePolicy,
     TensorConfig,
 )
-from service.v2_meta import config_to_v2_json
+from service.api.v2_meta import config_to_v2_json
 
 DATA_TYPES = [n for n in pb.DataType.keys() if n != "TYPE_INVALID"]
 

@@ -14,13 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import np_to_triton_dtype
 
-from service.v2_codec import (
+from service.errors import PayloadTooLarge, UnsupportedMediaType, V2ProtocolError
+from service.api.v2_codec import (
     HEADER_LENGTH_HEADER,
     InferenceRequest,
     TensorSpec,
-    V2PayloadTooLarge,
-    V2ProtocolError,
-    V2UnsupportedEncoding,
     classify,
     decode_content_encoding,
     encode_content_encoding,
@@ -391,10 +389,10 @@ def test_decode_content_encoding(encoding, compress) -> None:
 
 def test_decode_content_encoding_limits_and_errors() -> None:
     bomb = gzip.compress(b"\0" * 1_000_000)
-    with pytest.raises(V2PayloadTooLarge) as info:
+    with pytest.raises(PayloadTooLarge) as info:
         decode_content_encoding(bomb, "gzip", max_size=10_000)
     assert info.value.status == 413
-    with pytest.raises(V2UnsupportedEncoding) as unsupported:
+    with pytest.raises(UnsupportedMediaType) as unsupported:
         decode_content_encoding(b"x", "br", max_size=10)
     assert unsupported.value.status == 415
     with pytest.raises(V2ProtocolError, match="not valid gzip"):

@@ -1,12 +1,13 @@
-"""Metadata, /config JSON and statistics of the v2 protocol (service/v2_meta.py)."""
+"""Metadata, /config JSON and statistics of the v2 protocol (service/api/v2_meta.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from service.model_config import DynamicBatching, ModelConfig, TensorConfig
-from service.v2_codec import TensorSpec, input_specs
-from service.v2_meta import ModelStatisticsResponse, ModelStatsAccumulator, model_metadata, server_metadata
+from service.api.v2_codec import TensorSpec, input_specs
+from service.api.v2_meta import ModelStatisticsResponse, model_metadata, model_statistics, server_metadata
+from service.stats import StatsAccumulator
 
 CFG = ModelConfig(
     name="demo",
@@ -35,13 +36,13 @@ def test_server_metadata_lists_extensions() -> None:
 
 
 def test_statistics_accumulate_like_triton() -> None:
-    acc = ModelStatsAccumulator()
+    acc = StatsAccumulator("demo", "1")
     acc.record_execution(batch_size=3, compute_infer_ns=900, now_ms=1234)
     acc.record_execution(batch_size=1, compute_infer_ns=100, compute_input_ns=5, now_ms=2000)
     for _ in range(4):
         acc.record_success(total_ns=1000, queue_ns=200, compute_infer_ns=300)
     acc.record_failure(total_ns=50)
-    stats = acc.snapshot("demo", "1")
+    stats = model_statistics(acc.snapshot())
     assert (stats.inference_count, stats.execution_count, stats.last_inference) == (4, 2, 2000)
     assert stats.inference_stats.success.model_dump() == {"count": 4, "ns": 4000}
     assert stats.inference_stats.fail.model_dump() == {"count": 1, "ns": 50}

@@ -4,8 +4,9 @@ On a GPU a small model's batch costs the host almost nothing: the batch is hande
 the thread waits. This runtime does exactly that without a device: `run` sleeps a fixed time per
 batch (whatever its size, up to the max batch) and returns outputs of the right shape derived from
 the inputs by a gather (a few numbers per row), so a test can check every result and a benchmark
-sees only the front end's CPU cost. Selected by config.pbtxt `platform: "vitserve_offcpu_standin"`;
-the wait per batch is `VITSERVE_STANDIN_BATCH_MS` (default 2 ms), read when a model loads.
+sees only the front end's CPU cost. Served (runtimes table, service/runtimes/table.py) for config.pbtxt
+`backend` or `platform` "vitserve_offcpu_standin"; the wait per batch is `VITSERVE_STANDIN_BATCH_MS`
+(default 2 ms), read when a model loads.
 `write_standin_model` writes such a model into a repository (tests, `vitserve-bench frontend`).
 """
 
@@ -19,7 +20,8 @@ import numpy as np
 
 from service.manifest import CONFIG_FILENAME, MODEL_FILENAME, Costs, Manifest, PreprocessConfig, Provenance, sha256_file
 from service.model_config import DynamicBatching, ModelConfig, QueuePolicy, TensorConfig
-from service.runtime import InferenceRuntime, RuntimeSpec
+from service.runtimes.base import InferenceRuntime, RuntimeSpec
+from service.runtimes.table import RuntimeBackend
 
 STANDIN_PLATFORM = "vitserve_offcpu_standin"
 BATCH_MS_ENV = "VITSERVE_STANDIN_BATCH_MS"
@@ -94,10 +96,5 @@ def write_standin_model(
     return directory
 
 
-def platform_runtime_factory(spec: RuntimeSpec) -> InferenceRuntime:
-    """config.pbtxt's platform picks the runtime: the stand-in for its platform, ONNX Runtime otherwise."""
-    if spec.config is not None and spec.config.platform == STANDIN_PLATFORM:
-        return OffCpuRuntime(spec)
-    from service.runtime import onnx_runtime_factory
-
-    return onnx_runtime_factory(spec)
+#: the runtimes table's entry (service/runtimes/table.py names it for STANDIN_PLATFORM)
+BACKEND = RuntimeBackend(OffCpuRuntime)

@@ -2,9 +2,10 @@
 
 Why a module of its own: the wire format is what `tritonclient.http` speaks, byte for byte, and it
 is easiest to get right (and to test against the real client) as pure functions from bytes to
-numpy arrays and back, with no routing, registry or batcher in sight. The /v2 router calls these
-functions; everything here raises `V2ProtocolError` (the service's `InvalidInput`, so HTTP 400
-unless a subclass says otherwise, and a `ValueError`) with a message meant for the client.
+numpy arrays and back, with no routing, model store or batcher in sight. The /v2 router calls these
+functions; everything here raises `V2ProtocolError` (service/errors.py: an `InvalidInput`, HTTP 400, and a
+`ValueError`) with a message meant for the client; an inflated body over the limit is a `PayloadTooLarge`
+(413) and an unknown Content-Encoding an `UnsupportedMediaType` (415).
 
 Specs followed:
 - KServe Open Inference Protocol v2, REST: request/response JSON, tensor data flat or nested in
@@ -17,7 +18,7 @@ Specs followed:
   length before each element.
 - Triton's classification extension: `outputs[].parameters.classification = k` returns, per batch
   item, the top-k as BYTES strings `"<value>:<index>[:<label>]"`.
-Metadata, the /config JSON and statistics live beside it in service/v2_meta.py.
+Metadata, the /config JSON and statistics live beside it in service/api/v2_meta.py.
 """
 
 from __future__ import annotations
@@ -32,32 +33,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from service.errors import InvalidInput
+from service.errors import PayloadTooLarge, UnsupportedMediaType, V2ProtocolError, validation_message
+from service.postprocess import top_k_indices
 from service.model_config import ModelConfig
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
-
-
-class V2ProtocolError(InvalidInput, ValueError):
-    """400: a request that does not follow the v2 protocol or does not fit the model.
-
-    An `InvalidInput` (the service's error table maps it) and a `ValueError` (bad user input)."""
-
-    status = 400
-
-
-class V2PayloadTooLarge(V2ProtocolError):
-    """413: a decompressed request body larger than the configured limit."""
-
-    status = 413
-
-
-class V2UnsupportedEncoding(V2ProtocolError):
-    """415: a Content-Encoding other than identity, gzip or deflate."""
-
-    status = 415
 
 
 # --- datatypes ---------------------------------------------------------------------------------
@@ -127,11 +109,13 @@ def output_specs(cfg: ModelConfig) -> dict[str, TensorSpec]:
 # --- pydantic models of the protocol -----------------------------------------------------------
 
 
-class _Wire(BaseModel):
+class WireModel(BaseModel):
+    """Base of every v2 wire model: unknown fields are ignored, as Triton does."""
+
     model_config = ConfigDict(extra="ignore")
 
 
-class RequestInput(_Wire):
+class RequestInput(WireModel):
     name: str
     shape: list[StrictInt]
     datatype: str
@@ -139,19 +123,19 @@ class RequestInput(_Wire):
     data: list[Any] | None = None
 
 
-class RequestOutput(_Wire):
+class RequestOutput(WireModel):
     name: str
     parameters: dict[str, Any] | None = None
 
 
-class InferenceRequest(_Wire):
+class InferenceRequest(WireModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 
 
-class ResponseOutput(_Wire):
+class ResponseOutput(WireModel):
     name: str
     shape: list[int]
     datatype: str
@@ -159,20 +143,12 @@ class ResponseOutput(_Wire):
     data: list[Any] | None = None
 
 
-class InferenceResponse(_Wire):
+class InferenceResponse(WireModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[ResponseOutput]
-
-
-class ErrorBody(_Wire):
-    error: str
-
-
-def error_body(message: str) -> dict[str, str]:
-    return {"error": message}
 
 
 # --- request decoding --------------------------------------------------------------------------
@@ -202,7 +178,7 @@ def decode_content_encoding(body: bytes, content_encoding: str | None, *, max_si
     elif encoding == "deflate":  # zlib-wrapped per RFC 9110 (what tritonclient sends); raw deflate also seen
         candidates = [zlib.MAX_WBITS, -zlib.MAX_WBITS]
     else:
-        raise V2UnsupportedEncoding(f"unsupported Content-Encoding {content_encoding!r} (use gzip or deflate)")
+        raise UnsupportedMediaType(f"unsupported Content-Encoding {content_encoding!r} (use gzip or deflate)")
     for wbits in candidates:
         inflater = zlib.decompressobj(wbits)
         try:
@@ -210,20 +186,11 @@ def decode_content_encoding(body: bytes, content_encoding: str | None, *, max_si
         except zlib.error:
             continue
         if len(out) > max_size:
-            raise V2PayloadTooLarge(f"decompressed request body exceeds {max_size} bytes")
+            raise PayloadTooLarge(f"decompressed request body exceeds {max_size} bytes")
         if not inflater.eof:
             raise V2ProtocolError(f"truncated {encoding} request body")
         return out
     raise V2ProtocolError(f"request body is not valid {encoding} data")
-
-
-def _validation_message(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors()[:3]:
-        loc = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    more = f" (and {err.error_count() - 3} more)" if err.error_count() > 3 else ""
-    return "; ".join(parts) + more
 
 
 # Triton's integer parameters are 64-bit; a larger one (10**400) is refused, not computed with
@@ -380,7 +347,7 @@ def parse_infer_request(
         hint = ""
         if header_length is None and any(e["type"] == "json_invalid" for e in err.errors()):
             hint = f" (a body with binary tensor data needs the {HEADER_LENGTH_HEADER} header)"
-        raise V2ProtocolError(f"invalid inference request: {_validation_message(err)}{hint}") from None
+        raise V2ProtocolError(validation_message(err.errors(), limit=3, lead="invalid inference request: ") + hint) from None
 
     specs = {name: TensorSpec(s[0], tuple(s[1])) for name, s in expected_inputs.items()}
     names = [i.name for i in request.inputs]
@@ -468,8 +435,8 @@ def classify(
 ) -> np.ndarray:
     """Triton's classification output: top-`count` per batch item as b"<value>:<index>[:<label>]"."""
     rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
-    k = min(count, rows.shape[1])
-    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
+    order = top_k_indices(rows, count)
+    k = order.shape[1]
     out = np.empty((rows.shape[0], k), dtype=np.object_)
     for r, idxs in enumerate(order):
         for c, idx in enumerate(idxs.tolist()):
@@ -575,9 +542,9 @@ def encode_content_encoding(
 
 __all__ = [
     "BINARY_CONTENT_TYPE", "CONFIG_TO_V2", "HEADER_LENGTH_HEADER", "JSON_CONTENT_TYPE", "V2_TO_NUMPY",
-    "ErrorBody", "InferenceRequest", "InferenceResponse", "RequestInput", "RequestOutput", "ResponseOutput",
-    "TensorSpec", "V2PayloadTooLarge", "V2ProtocolError", "V2UnsupportedEncoding", "classify",
-    "decode_content_encoding", "encode_content_encoding", "encode_infer_response", "error_body", "input_specs",
+    "InferenceRequest", "InferenceResponse", "RequestInput", "RequestOutput", "ResponseOutput",
+    "TensorSpec", "classify",
+    "decode_content_encoding", "encode_content_encoding", "encode_infer_response", "input_specs",
     "numpy_to_v2", "output_specs", "parse_header_length", "parse_infer_request", "request_timeout_s",
     "v2_to_numpy",
 ]

@@ -1,22 +1,21 @@
 """Open Inference Protocol v2 (KServe / Triton REST): everything but the tensors.
 
 Server and model metadata, the model configuration as Triton's /config endpoint prints it, the
-statistics extension's response and an accumulator that fills it, and the repository index.
-Pure data and functions (no routing, no registry); the /v2 router serves them. The tensor codec
-is service/v2_codec.py.
+statistics extension's response (shaped from the core's plain counts), and the repository index.
+Pure data and functions (no routing, no model store); the /v2 router serves them. The tensor codec
+is service/api/v2_codec.py.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from service.model_config import ModelConfig
-from service.v2_codec import TensorSpec, input_specs, output_specs
+from service.stats import Duration, Phases, VersionCounts
+from service.api.v2_codec import TensorSpec, WireModel, input_specs, output_specs
 
 # Triton's extension names; the ones vitserve implements.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
@@ -28,23 +27,19 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (
 )
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ServerMetadata(_Wire):
+class ServerMetadata(WireModel):
     name: str
     version: str
     extensions: list[str]
 
 
-class TensorMetadata(_Wire):
+class TensorMetadata(WireModel):
     name: str
     datatype: str
     shape: list[int]
 
 
-class ModelMetadata(_Wire):
+class ModelMetadata(WireModel):
     name: str
     versions: list[str]
     platform: str
@@ -94,7 +89,9 @@ def config_to_v2_json(cfg: ModelConfig) -> dict[str, Any]:
             for t in cfg.output
         ],
     }
-    if cfg.platform == "onnxruntime_onnx":
+    if cfg.backend:
+        out["backend"] = cfg.backend
+    elif cfg.platform == "onnxruntime_onnx":
         out["backend"] = "onnxruntime"
     if cfg.dynamic_batching is not None:
         db = cfg.dynamic_batching
@@ -116,12 +113,12 @@ def config_to_v2_json(cfg: ModelConfig) -> dict[str, Any]:
 # --- statistics (GET /v2/models/{m}/stats) -----------------------------------------------------
 
 
-class StatDuration(_Wire):
+class StatDuration(WireModel):
     count: int = 0
     ns: int = 0
 
 
-class InferStatistics(_Wire):
+class InferStatistics(WireModel):
     success: StatDuration = Field(default_factory=StatDuration)
     fail: StatDuration = Field(default_factory=StatDuration)
     queue: StatDuration = Field(default_factory=StatDuration)
@@ -132,14 +129,14 @@ class InferStatistics(_Wire):
     cache_miss: StatDuration = Field(default_factory=StatDuration)
 
 
-class BatchStatistics(_Wire):
+class BatchStatistics(WireModel):
     batch_size: int
     compute_input: StatDuration = Field(default_factory=StatDuration)
     compute_infer: StatDuration = Field(default_factory=StatDuration)
     compute_output: StatDuration = Field(default_factory=StatDuration)
 
 
-class ModelStatistics(_Wire):
+class ModelStatistics(WireModel):
     name: str
     version: str
     last_inference: int = Field(0, description="milliseconds since the epoch of the last execution")
@@ -150,73 +147,30 @@ class ModelStatistics(_Wire):
     memory_usage: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class ModelStatisticsResponse(_Wire):
+class ModelStatisticsResponse(WireModel):
     model_stats: list[ModelStatistics]
 
 
-class ModelStatsAccumulator:
-    """Triton-style cumulative statistics for one model version; thread-safe.
+def model_statistics(counts: VersionCounts) -> ModelStatistics:
+    """Triton's statistics shape of one version's plain counts (service/stats.py)."""
 
-    Per request (`record_success` / `record_failure`): success or fail duration end to end, time
-    queued and the compute phases of the batch it rode in. Per execution (`record_execution`):
-    inference and execution counts and the per-batch-size compute times.
-    """
+    def duration(d: Duration) -> StatDuration:
+        return StatDuration(count=d.count, ns=d.ns)
 
-    _PHASES = ("compute_input", "compute_infer", "compute_output")
+    def phases(p: Phases) -> dict[str, StatDuration]:
+        return {"compute_input": duration(p.compute_input), "compute_infer": duration(p.compute_infer),
+                "compute_output": duration(p.compute_output)}
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stats = InferStatistics()
-        self._batches: dict[int, BatchStatistics] = {}
-        self._inference_count = 0
-        self._execution_count = 0
-        self._last_inference_ms = 0
-
-    @staticmethod
-    def _add(d: StatDuration, ns: int) -> None:
-        d.count += 1
-        d.ns += max(0, int(ns))
-
-    def record_success(
-        self, *, total_ns: int, queue_ns: int, compute_input_ns: int = 0, compute_infer_ns: int = 0,
-        compute_output_ns: int = 0,
-    ) -> None:
-        with self._lock:
-            s = self._stats
-            self._add(s.success, total_ns)
-            self._add(s.queue, queue_ns)
-            for phase, ns in zip(self._PHASES, (compute_input_ns, compute_infer_ns, compute_output_ns)):
-                self._add(getattr(s, phase), ns)
-
-    def record_failure(self, *, total_ns: int) -> None:
-        with self._lock:
-            self._add(self._stats.fail, total_ns)
-
-    def record_execution(
-        self, *, batch_size: int, compute_input_ns: int = 0, compute_infer_ns: int = 0, compute_output_ns: int = 0,
-        now_ms: int | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        with self._lock:
-            self._inference_count += batch_size
-            self._execution_count += 1
-            self._last_inference_ms = int(time.time() * 1000) if now_ms is None else now_ms
-            b = self._batches.setdefault(batch_size, BatchStatistics(batch_size=batch_size))
-            for phase, ns in zip(self._PHASES, (compute_input_ns, compute_infer_ns, compute_output_ns)):
-                self._add(getattr(b, phase), ns)
-
-    def snapshot(self, name: str, version: str) -> ModelStatistics:
-        with self._lock:
-            return ModelStatistics(
-                name=name,
-                version=version,
-                last_inference=self._last_inference_ms,
-                inference_count=self._inference_count,
-                execution_count=self._execution_count,
-                inference_stats=self._stats.model_copy(deep=True),
-                batch_stats=[self._batches[k].model_copy(deep=True) for k in sorted(self._batches)],
-            )
+    return ModelStatistics(
+        name=counts.model,
+        version=counts.version,
+        last_inference=counts.last_inference_ms,
+        inference_count=counts.inference_count,
+        execution_count=counts.execution_count,
+        inference_stats=InferStatistics(success=duration(counts.success), fail=duration(counts.fail),
+                                        queue=duration(counts.queue), **phases(counts.request_phases)),
+        batch_stats=[BatchStatistics(batch_size=size, **phases(p)) for size, p in sorted(counts.batches.items())],
+    )
 
 
 # --- repository index (POST /v2/repository/index) ----------------------------------------------
@@ -224,7 +178,7 @@ class ModelStatsAccumulator:
 RepositoryState = Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
 
 
-class RepositoryIndexEntry(_Wire):
+class RepositoryIndexEntry(WireModel):
     """One entry of Triton's repository index: {name, version, state, reason}."""
 
     name: str
@@ -235,6 +189,6 @@ class RepositoryIndexEntry(_Wire):
 
 __all__ = [
     "SUPPORTED_EXTENSIONS", "BatchStatistics", "InferStatistics", "ModelMetadata", "ModelStatistics",
-    "ModelStatisticsResponse", "ModelStatsAccumulator", "RepositoryIndexEntry", "ServerMetadata", "StatDuration",
-    "TensorMetadata", "config_to_v2_json", "model_metadata", "server_metadata",
+    "ModelStatisticsResponse", "RepositoryIndexEntry", "ServerMetadata", "StatDuration",
+    "TensorMetadata", "config_to_v2_json", "model_metadata", "model_statistics", "server_metadata",
 ]

@@ -1,29 +1,28 @@
-"""The runtime interface (preprocess / run / postprocess / warmup) and its ONNX Runtime implementation.
+"""The ONNX Runtime runtime, and the one place an ONNX Runtime session is built (`build_session`).
 
-After infinity's pre/core/post split: the batcher only calls `run` on a float32 batch; the
-registry calls `preprocess` (off the event loop) before queueing and `postprocess` after.
-`OnnxRuntime` holds one `InferenceSession` per model version, with execution providers chosen from
-settings, filtered by what this machine can run and narrowed by the model's config.pbtxt
-(service/providers.py); the provider it really got (`session.get_providers()[0]`) is what the API
-and metrics report. On the CUDA provider batches run through I/O binding with pinned host buffers
-(service/io_binding.py); the CPU path calls `session.run`. Fakes for tests live in `service.fakes`.
+`build_session` is used by the service, by export's parity check and FLOPs probe, and by the in-process
+benchmarks, so what they measure and check is the session the service serves. `OnnxRuntime` holds one
+`InferenceSession` per model version, with execution providers chosen from settings, filtered by what
+this machine can run and narrowed by the model's config.pbtxt (service/providers.py); the provider it
+really got (`session.get_providers()[0]`) is what the API and metrics report. On the CUDA provider
+batches run through I/O binding with pinned host buffers (service/io_binding.py). Registered in the
+runtimes table for `backend: "onnxruntime"` and `platform: "onnxruntime_onnx"`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from service.manifest import Manifest
-from service.model_config import ModelConfig
-from service.preprocess import preprocess_image
+from service.errors import exception_summary
 from service.providers import (
     CPU,
     CUDA,
@@ -35,34 +34,26 @@ from service.providers import (
     plan_for_model,
     usable_providers,
 )
-from service.schemas import Prediction
+from service.runtimes.base import InferenceRuntime, RuntimeSpec
+from service.runtimes.table import RuntimeBackend
+from service.settings import Settings
 
 log = logging.getLogger("vitserve.runtime")
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """How ONNX Runtime sessions are built; derived from Settings by `session_config`."""
+    """How ONNX Runtime sessions are built (this runtime's options; derived from Settings by `session_config`)."""
 
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
-    intra_op_threads: int = 1
+    intra_op_threads: int = 1  # 0: ONNX Runtime's own default
     inter_op_threads: int = 1
     allow_spinning: bool = False
     graph_optimization_level: str = "all"
     engine_cache_dir: Path | None = None  # TensorRT engine cache (service/providers.py: tensorrt_options)
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """What a runtime needs to know about the model version it serves."""
-
-    name: str
-    version: int
-    manifest: Manifest
-    max_batch_size: int
-    model_path: Path | None = None
-    session: SessionConfig = field(default_factory=SessionConfig)
-    config: ModelConfig | None = None  # config.pbtxt: execution accelerators, instance kind
+    split_threads: bool = False  # intra-op threads were chosen automatically: the instances share them
 
 
 def session_config(
@@ -79,10 +70,7 @@ def session_config(
 
     intra-op threads = cores // concurrent sessions (at least 1) unless set. Spinning (busy-wait of
     idle pool threads) unless set: on for a single session, off when several sessions share the cores
-    (one's spinning threads would steal the cores another needs). Measured with `vitserve-bench
-    ceiling --tune` on 2 cores (BENCHMARKS.md): a single session with spinning on gained throughput
-    on demo (1,613 vs 1,352 infer/s at concurrency 16) and batch-1 latency on vit_small (p50 45.2 vs
-    50.6 ms), at the same throughput on vit_small.
+    (one's spinning threads would steal the cores another needs); BENCHMARKS.md has the measurements.
     """
     cores = cpu_count or os.cpu_count() or 1
     sessions = max(1, concurrent_sessions)
@@ -95,72 +83,68 @@ def session_config(
         allow_spinning=spinning,
         graph_optimization_level=graph_optimization_level,
         engine_cache_dir=engine_cache_dir,
+        split_threads=not intra_op_threads,
     )
 
 
-class InferenceRuntime(ABC):
-    """One servable model version: preprocess an image, run a batch, postprocess logits, warm up."""
-
-    provider: str = "none"
-    provider_note: str | None = None  # why this provider (the ones preferred to it were skipped)
-
-    def __init__(self, spec: RuntimeSpec) -> None:
-        self.spec = spec
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.spec.manifest.preprocess.input_size
-
-    def preprocess(self, data: bytes, max_pixels: int) -> np.ndarray:
-        """Image bytes -> float32 [3, H, W] per the manifest."""
-        return preprocess_image(data, self.spec.manifest.preprocess, max_pixels)
-
-    @abstractmethod
-    def run(self, pixel_values: np.ndarray) -> np.ndarray:
-        """float32 [B, 3, H, W] -> logits float32 [B, classes]. Called from one worker thread."""
-
-    def postprocess(self, logits: np.ndarray, top_k: int) -> list[list[Prediction]]:
-        """Softmax then the top_k classes of each row, best first."""
-        return top_k_predictions(logits, top_k, self.spec.manifest.labels)
-
-    def warmup(self, batch_sizes: Iterable[int]) -> None:
-        """Run every batch size once so the first real request pays no allocation or kernel selection."""
-        c, h, w = self.input_shape
-        for size in batch_sizes:
-            out = self.run(np.zeros((size, c, h, w), dtype=np.float32))
-            if out.shape != (size, self.spec.manifest.num_classes):
-                raise RuntimeError(
-                    f"warm-up at batch {size}: output shape {out.shape}, expected {(size, self.spec.manifest.num_classes)}"
-                )
-
-    def close(self) -> None:
-        """Release the session."""
+def settings_session_config(settings: Settings, concurrent_sessions: int) -> SessionConfig:
+    """This runtime's options from the service settings (the table entry's `options`)."""
+    return session_config(
+        settings.providers,
+        settings.intra_op_threads,
+        settings.inter_op_threads,
+        settings.allow_spinning,
+        settings.graph_optimization_level,
+        concurrent_sessions=concurrent_sessions,
+        engine_cache_dir=settings.trt_engine_cache_dir,
+    )
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+def instance_session(session: SessionConfig, instances: int) -> SessionConfig:
+    """Automatic intra-op threads are shared by the instances: n instances x (threads // n) each."""
+    if not session.split_threads or instances <= 1:
+        return session
+    return dataclasses.replace(session, intra_op_threads=max(1, session.intra_op_threads // instances))
 
 
-def top_k_predictions(logits: np.ndarray, top_k: int, labels: list[str]) -> list[list[Prediction]]:
-    probs = softmax(logits)
-    k = min(top_k, probs.shape[-1])
-    out = []
-    for row in probs:
-        idx = np.argsort(-row, kind="stable")[:k]
-        out.append([Prediction(label=labels[i], index=int(i), score=float(row[i])) for i in idx])
-    return out
+def build_session(
+    model: str | Path | bytes,
+    config: SessionConfig | None = None,
+    *,
+    providers: Sequence[str] | None = None,
+    provider_options: Sequence[dict[str, Any]] | None = None,
+    log_severity_level: int | None = None,
+    profile_prefix: str | None = None,
+) -> Any:  # -> onnxruntime.InferenceSession
+    """The one ONNX Runtime session builder: a model (path or serialised bytes) with `config`'s threads,
+    spinning and graph optimisations, sequential execution, on `providers` (default: the config's).
 
+    `profile_prefix` turns ONNX Runtime's profiler on (files start with it); `log_severity_level` quiets
+    ONNX Runtime's own log."""
+    import onnxruntime as ort
 
-def warmup_sizes(max_batch_size: int, mode: str) -> list[int]:
-    """The batch sizes warmed up before ready: every size the batcher can produce, or a documented subset."""
-    if mode == "one":
-        return [1]
-    if mode == "pow2":
-        sizes = {1 << i for i in range(max_batch_size.bit_length()) if (1 << i) <= max_batch_size}
-        return sorted(sizes | {max_batch_size})
-    return list(range(1, max_batch_size + 1))
+    cfg = config or SessionConfig()
+    opts = ort.SessionOptions()
+    if cfg.intra_op_threads:
+        opts.intra_op_num_threads = cfg.intra_op_threads
+    opts.inter_op_num_threads = cfg.inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[cfg.graph_optimization_level]
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+    if log_severity_level is not None:
+        opts.log_severity_level = log_severity_level
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=list(providers or cfg.providers),
+                                provider_options=list(provider_options) if provider_options is not None else None)
 
 
 # Providers this process tried and did not get although the probe found them usable (a library
@@ -186,19 +170,8 @@ class OnnxRuntime(InferenceRuntime):
 
         if spec.model_path is None:
             raise ValueError(f"{spec.name}: OnnxRuntime needs a model_path")
-        cfg = spec.session
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.intra_op_threads
-        opts.inter_op_num_threads = cfg.inter_op_threads
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[cfg.graph_optimization_level]
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+        base = spec.options if isinstance(spec.options, SessionConfig) else SessionConfig()
+        cfg = instance_session(base, spec.instances)
         available = ort.get_available_providers()
         status = cuda_status(tuple(available))
         usable = [p for p in usable_providers(cfg.providers, available, status) if p not in _UNUSABLE_PROVIDERS]
@@ -213,14 +186,13 @@ class OnnxRuntime(InferenceRuntime):
             engine_cache_path(options)
         started = time.perf_counter()
         try:
-            session = ort.InferenceSession(str(spec.model_path), sess_options=opts, providers=providers,
-                                           provider_options=plan.options)
+            session = build_session(spec.model_path, cfg, providers=providers, provider_options=plan.options)
         except Exception as exc:  # noqa: BLE001 - a GPU provider that fails to initialise
             if providers == [CPU]:
                 raise
             log.warning("%s v%d: session with %s failed (%s); retrying with CPUExecutionProvider only",
-                        spec.name, spec.version, providers, str(exc).splitlines()[0][:200])
-            session = ort.InferenceSession(str(spec.model_path), sess_options=opts, providers=[CPU])
+                        spec.name, spec.version, providers, exception_summary(exc, 200))
+            session = build_session(spec.model_path, cfg, providers=[CPU])
         self._session_seconds = time.perf_counter() - started
         self._session = session
         self.provider = session.get_providers()[0]
@@ -291,5 +263,5 @@ class OnnxRuntime(InferenceRuntime):
         self._session = None  # type: ignore[assignment]
 
 
-def onnx_runtime_factory(spec: RuntimeSpec) -> InferenceRuntime:
-    return OnnxRuntime(spec)
+BACKEND = RuntimeBackend(create=OnnxRuntime, options=settings_session_config)
+"""The runtimes table's entry (service/runtimes/table.py names it for onnxruntime / onnxruntime_onnx)."""

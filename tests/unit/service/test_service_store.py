@@ -1,12 +1,14 @@
-"""The registry with fake runtimes: failures stay local, swaps and unloads lose no request, deadlines hold."""
+"""The model store and pipeline with fake runtimes (through the runtimes table): failures stay local, swaps and unloads lose no request, deadlines hold."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import shutil
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,10 @@ from PIL import Image
 
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady
 from service.fakes import EchoRuntime, FailingRuntime, GatedRuntime, SlowRuntime, fake_factory
-from service.registry import ModelRegistry
-from service.runtime import InferenceRuntime, RuntimeSpec, onnx_runtime_factory
+from service.pipeline import Pipeline
+from service.runtimes import InferenceRuntime, RuntimeSpec, runtime_override
 from service.settings import Settings
+from service.store import ModelStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
 from tiny_repository import TinyModel, add_version  # noqa: E402
@@ -39,15 +42,18 @@ def by_model(**factories: Callable[[RuntimeSpec], InferenceRuntime]) -> Callable
 
 
 def run(settings: Settings, factory, body) -> None:
-    async def main() -> None:
-        registry = ModelRegistry(settings, runtime_factory=factory)
-        await registry.start(wait=True)
-        try:
-            await body(registry)
-        finally:
-            await registry.shutdown()
+    """Serve the repository with `factory` in place of ONNX Runtime (None: the real runtimes table)."""
 
-    asyncio.run(main())
+    async def main() -> None:
+        store = ModelStore(settings)
+        await store.start(wait=True)
+        try:
+            await body(store, Pipeline(store))
+        finally:
+            await store.shutdown()
+
+    with runtime_override(factory) if factory is not None else nullcontext():
+        asyncio.run(main())
 
 
 @pytest.fixture
@@ -58,28 +64,28 @@ def repo(tiny_repository: Path, tmp_path: Path) -> Path:
 
 
 def test_failed_model_is_reported_beside_serving_ones(tiny_repository: Path) -> None:
-    async def body(registry: ModelRegistry) -> None:
-        states = {m.name: m for m in registry.list_models()}
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        states = {m.name: m for m in store.list_models()}
         assert states["tiny_a"].state == "ready" and states["tiny_b"].version == 2
         assert states["tiny_corrupt"].state == "failed" and "cannot create session" in states["tiny_corrupt"].reason
         assert states["tiny_badsha"].state == "failed" and "sha256 mismatch" in states["tiny_badsha"].reason
         assert "<repository>" in states["tiny_corrupt"].reason or str(tiny_repository) not in states["tiny_corrupt"].reason
-        assert registry.ready
+        assert store.ready
         with pytest.raises(ModelNotReady, match="failed"):
-            await registry.infer("tiny_corrupt", ids([1.0]))
+            await pipe.infer("tiny_corrupt", ids([1.0]))
         with pytest.raises(ModelNotFound):
-            await registry.infer("nope", ids([1.0]))
-        out = await registry.infer("tiny_a", ids([1.0, 2.0]))
+            await pipe.infer("nope", ids([1.0]))
+        out = await pipe.infer("tiny_a", ids([1.0, 2.0]))
         assert out.outputs.shape == (2, 10)
 
-    run(Settings(repository=tiny_repository, warmup="one"), onnx_runtime_factory, body)
+    run(Settings(repository=tiny_repository, warmup="one"), None, body)
 
 
 def test_each_request_gets_its_own_rows_and_bad_inputs_are_refused_before_queueing(tiny_repository: Path) -> None:
     factory = fake_factory(EchoRuntime)
 
-    async def body(registry: ModelRegistry) -> None:
-        outs = await asyncio.gather(*(registry.infer("tiny_a", ids([float(i), float(i) + 0.5])) for i in range(1, 21)))
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        outs = await asyncio.gather(*(pipe.infer("tiny_a", ids([float(i), float(i) + 0.5])) for i in range(1, 21)))
         for i, out in enumerate(outs, start=1):
             assert out.outputs[:, 0].tolist() == [float(i), float(i) + 0.5]
         for bad in (
@@ -90,7 +96,7 @@ def test_each_request_gets_its_own_rows_and_bad_inputs_are_refused_before_queuei
             ids([3e38]),  # finite, but far outside what a normalised image can hold
         ):
             with pytest.raises(InvalidInput):
-                await registry.infer("tiny_a", bad)
+                await pipe.infer("tiny_a", bad)
         computed = [i for rt in factory.instances for i in rt.computed_ids]  # type: ignore[attr-defined]
         assert sorted(set(computed) - {0.0}) == sorted({float(i) for i in range(1, 21)} | {i + 0.5 for i in range(1, 21)})
 
@@ -100,11 +106,11 @@ def test_each_request_gets_its_own_rows_and_bad_inputs_are_refused_before_queuei
 def test_batches_form_under_concurrency(tiny_repository: Path) -> None:
     factory = fake_factory(SlowRuntime, delay_s=0.02)
 
-    async def body(registry: ModelRegistry) -> None:
-        await asyncio.gather(*(registry.infer("tiny_a", ids([float(i)])) for i in range(24)))
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        await asyncio.gather(*(pipe.infer("tiny_a", ids([float(i)])) for i in range(24)))
         batches = factory.instances[-1].batches  # type: ignore[attr-defined]
         assert max(batches) > 1 and max(batches) <= 8
-        text = registry.metrics.render().decode()
+        text = store.metrics.render().decode()
         assert 'vitserve_batch_size_count{model="tiny_a",version="1"}' in text
 
     run(Settings(repository=tiny_repository, models=["tiny_a"], warmup="one"), factory, body)
@@ -113,15 +119,15 @@ def test_batches_form_under_concurrency(tiny_repository: Path) -> None:
 def test_runtime_failure_fails_only_that_model(tiny_repository: Path) -> None:
     factory = by_model(tiny_a=fake_factory(FailingRuntime))
 
-    async def body(registry: ModelRegistry) -> None:
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
         with pytest.raises(InferenceFailed):
-            await registry.infer("tiny_a", ids([1.0]))
-        out = await registry.infer("tiny_b", ids([3.0]))
+            await pipe.infer("tiny_a", ids([1.0]))
+        out = await pipe.infer("tiny_b", ids([3.0]))
         assert out.outputs[0, 0] == 3.0
-        info = registry.get_model("tiny_a")
+        info = store.get_model("tiny_a")
         assert info.state == "ready" and "injected runtime failure" in info.last_error
-        assert registry.get_model("tiny_b").last_error is None
-        assert 'vitserve_batch_failures_total{model="tiny_a",version="1"} 1.0' in registry.metrics.render().decode()
+        assert store.get_model("tiny_b").last_error is None
+        assert 'vitserve_batch_failures_total{model="tiny_a",version="1"} 1.0' in store.metrics.render().decode()
 
     run(Settings(repository=tiny_repository, models=["tiny_a", "tiny_b"]), factory, body)
 
@@ -129,19 +135,19 @@ def test_runtime_failure_fails_only_that_model(tiny_repository: Path) -> None:
 def test_expired_request_gets_504_and_is_never_computed(tiny_repository: Path) -> None:
     factory = fake_factory(GatedRuntime)
 
-    async def body(registry: ModelRegistry) -> None:
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
         rt = factory.instances[-1]  # type: ignore[attr-defined]
         rt.computed_ids.clear()
-        first = asyncio.create_task(registry.infer("tiny_a", ids([1.0])))
+        first = asyncio.create_task(pipe.infer("tiny_a", ids([1.0])))
         while not rt.entered.is_set():
             await asyncio.sleep(0.001)
-        late = registry.infer("tiny_a", ids([2.0]), deadline=registry.deadline(20))
+        late = pipe.infer("tiny_a", ids([2.0]), deadline=pipe.deadline(20))
         with pytest.raises(DeadlineExceeded):
             await late
         rt.gate.set()
         await first
         assert rt.computed_ids == [1.0]
-        assert 'vitserve_deadline_expired_total{model="tiny_a"} 1.0' in registry.metrics.render().decode()
+        assert 'vitserve_deadline_expired_total{model="tiny_a"} 1.0' in store.metrics.render().decode()
 
     class OpenAfterWarmup(GatedRuntime):
         def warmup(self, batch_sizes):  # warm-up must not wait for the test's gate
@@ -154,15 +160,15 @@ def test_expired_request_gets_504_and_is_never_computed(tiny_repository: Path) -
 def test_hot_reload_swaps_versions_without_failing_requests(repo: Path) -> None:
     factory = fake_factory(SlowRuntime, delay_s=0.005)
 
-    async def body(registry: ModelRegistry) -> None:
-        assert registry.get_model("tiny_a").version == 1
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        assert store.get_model("tiny_a").version == 1
         stop = asyncio.Event()
         answered: list[int] = []
 
         async def client(k: int) -> None:
             i = 0
             while not stop.is_set():
-                out = await registry.infer("tiny_a", ids([k * 1000.0 + i]))
+                out = await pipe.infer("tiny_a", ids([k * 1000.0 + i]))
                 assert out.outputs[0, 0] == k * 1000.0 + i
                 answered.append(out.version)
                 i += 1
@@ -170,7 +176,7 @@ def test_hot_reload_swaps_versions_without_failing_requests(repo: Path) -> None:
         clients = [asyncio.create_task(client(k)) for k in range(4)]
         await asyncio.sleep(0.05)
         add_version(repo, TinyModel("tiny_a"), 2)
-        info = await registry.load("tiny_a")
+        info = await store.load("tiny_a")
         assert info.version == 2 and info.versions == [2]
         await asyncio.sleep(0.05)
         stop.set()
@@ -181,13 +187,13 @@ def test_hot_reload_swaps_versions_without_failing_requests(repo: Path) -> None:
 
 
 def test_polling_picks_up_a_new_version(repo: Path) -> None:
-    async def body(registry: ModelRegistry) -> None:
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
         add_version(repo, TinyModel("tiny_a"), 3)
         for _ in range(200):
-            if registry.get_model("tiny_a").version == 3:
+            if store.get_model("tiny_a").version == 3:
                 break
             await asyncio.sleep(0.01)
-        assert registry.get_model("tiny_a").version == 3
+        assert store.get_model("tiny_a").version == 3
 
     run(Settings(repository=repo, models=["tiny_a"], poll_interval_s=0.02), fake_factory(EchoRuntime), body)
 
@@ -195,17 +201,17 @@ def test_polling_picks_up_a_new_version(repo: Path) -> None:
 def test_unload_drains_in_flight_requests_then_refuses(tiny_repository: Path) -> None:
     factory = fake_factory(SlowRuntime, delay_s=0.02)
 
-    async def body(registry: ModelRegistry) -> None:
-        inflight = [asyncio.create_task(registry.infer("tiny_a", ids([float(i)]))) for i in range(12)]
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        inflight = [asyncio.create_task(pipe.infer("tiny_a", ids([float(i)]))) for i in range(12)]
         await asyncio.sleep(0.005)
-        info = await registry.unload("tiny_a")
+        info = await store.unload("tiny_a")
         assert info.state == "unloaded"
         results = await asyncio.gather(*inflight)
         assert [r.outputs[0, 0] for r in results] == [float(i) for i in range(12)]
         with pytest.raises(ModelNotReady):
-            await registry.infer("tiny_a", ids([1.0]))
-        assert not registry.is_model_ready("tiny_a")
-        info = await registry.load("tiny_a")
+            await pipe.infer("tiny_a", ids([1.0]))
+        assert not store.is_model_ready("tiny_a")
+        info = await store.load("tiny_a")
         assert info.state == "ready"
 
     run(Settings(repository=tiny_repository, models=["tiny_a"], warmup="one"), factory, body)
@@ -213,41 +219,41 @@ def test_unload_drains_in_flight_requests_then_refuses(tiny_repository: Path) ->
 
 def test_shutdown_turns_readiness_off_and_completes_accepted_work(tiny_repository: Path) -> None:
     async def main() -> None:
-        registry = ModelRegistry(
-            Settings(repository=tiny_repository, models=["tiny_a"], warmup="one"),
-            runtime_factory=fake_factory(SlowRuntime, delay_s=0.02),
-        )
-        await registry.start(wait=True)
-        assert registry.ready
-        accepted = [asyncio.create_task(registry.infer("tiny_a", ids([float(i)]))) for i in range(20)]
+        store = ModelStore(Settings(repository=tiny_repository, models=["tiny_a"], warmup="one"))
+        pipe = Pipeline(store)
+        await store.start(wait=True)
+        assert store.ready
+        accepted = [asyncio.create_task(pipe.infer("tiny_a", ids([float(i)]))) for i in range(20)]
         await asyncio.sleep(0.005)
-        shutting = asyncio.create_task(registry.shutdown())
+        shutting = asyncio.create_task(store.shutdown())
         await asyncio.sleep(0)
-        assert not registry.ready
+        assert not store.ready
         with pytest.raises(ModelNotReady):
-            await registry.infer("tiny_a", ids([99.0]))
+            await pipe.infer("tiny_a", ids([99.0]))
         results = await asyncio.gather(*accepted)
         await shutting
         assert [r.outputs[0, 0] for r in results] == [float(i) for i in range(20)]
 
-    asyncio.run(main())
+    with runtime_override(fake_factory(SlowRuntime, delay_s=0.02)):
+        asyncio.run(main())
 
 
 def test_classify_returns_top_k_with_timings(tiny_repository: Path) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (50, 40), (10, 200, 30)).save(buf, "PNG")
 
-    async def body(registry: ModelRegistry) -> None:
-        result = await registry.classify("tiny_b", buf.getvalue(), top_k=3)
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        with pipe.accept("tiny_b") as lv:
+            result = await pipe.classify(lv, buf.getvalue(), top_k=3)
         assert result.version == 2 and len(result.predictions) == 3
         scores = [p.score for p in result.predictions]
         assert scores == sorted(scores, reverse=True)
         t = result.timings
         assert t.total_ms >= t.queue_ms + t.compute_ms and t.batch_size == 1
-        with pytest.raises(InvalidInput, match="top_k"):
-            await registry.classify("tiny_b", buf.getvalue(), top_k=1000)
+        with pytest.raises(InvalidInput, match="top_k"), pipe.accept("tiny_b") as lv:
+            await pipe.classify(lv, buf.getvalue(), top_k=1000)
 
-    run(Settings(repository=tiny_repository, models=["tiny_b"], warmup="one"), onnx_runtime_factory, body)
+    run(Settings(repository=tiny_repository, models=["tiny_b"], warmup="one"), None, body)
 
 
 def test_polling_retries_a_failed_model_only_after_its_directory_changes(repo: Path) -> None:
@@ -255,8 +261,8 @@ def test_polling_retries_a_failed_model_only_after_its_directory_changes(repo: P
 
     factory = fake_factory(EchoRuntime)
 
-    async def body(registry: ModelRegistry) -> None:
-        assert registry.get_model("tiny_badsha").state == "failed"
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        assert store.get_model("tiny_badsha").state == "failed"
         await asyncio.sleep(0.1)
         assert not factory.instances  # unchanged: sha256 still wrong, no session was ever built
         directory = repo / "tiny_badsha"
@@ -264,23 +270,23 @@ def test_polling_retries_a_failed_model_only_after_its_directory_changes(repo: P
         fixed = manifest.model_copy(update={"files": {"1/model.onnx": sha256_file(directory / "1" / "model.onnx")}})
         fixed.save(directory)
         for _ in range(200):
-            if registry.get_model("tiny_badsha").state == "ready":
+            if store.get_model("tiny_badsha").state == "ready":
                 break
             await asyncio.sleep(0.01)
-        assert registry.get_model("tiny_badsha").state == "ready"
+        assert store.get_model("tiny_badsha").state == "ready"
 
     run(Settings(repository=repo, models=["tiny_badsha"], poll_interval_s=0.02), factory, body)
 
 
 def test_failed_reload_is_an_error_while_the_previous_version_keeps_serving(repo: Path) -> None:
-    async def body(registry: ModelRegistry) -> None:
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
         add_version(repo, TinyModel("tiny_a"), 2)
         (repo / "tiny_a" / "2" / "model.onnx").write_bytes(b"tampered")  # sha256 no longer matches
         with pytest.raises(InvalidInput, match="sha256 mismatch"):
-            await registry.load("tiny_a")
-        info = registry.get_model("tiny_a")
+            await store.load("tiny_a")
+        info = store.get_model("tiny_a")
         assert info.state == "ready" and info.version == 1 and info.reason.startswith("reload failed")
-        assert (await registry.infer("tiny_a", ids([5.0]))).outputs[0, 0] == 5.0
+        assert (await pipe.infer("tiny_a", ids([5.0]))).outputs[0, 0] == 5.0
 
     run(Settings(repository=repo, models=["tiny_a"]), fake_factory(EchoRuntime), body)
 
@@ -293,36 +299,49 @@ def test_drain_starts_at_begin_drain_and_the_rest_gets_503_at_the_timeout(tiny_r
     factory = fake_factory(Gated)
 
     async def main() -> None:
-        registry = ModelRegistry(Settings(repository=tiny_repository, models=["tiny_a"], drain_timeout_s=0.05),
-                                 runtime_factory=factory)
-        await registry.start(wait=True)
+        store = ModelStore(Settings(repository=tiny_repository, models=["tiny_a"], drain_timeout_s=0.05))
+        pipe = Pipeline(store)
+        await store.start(wait=True)
         rt = factory.instances[-1]  # type: ignore[attr-defined]
-        accepted = [asyncio.create_task(registry.infer("tiny_a", ids([float(i)]))) for i in range(1, 6)]
+        accepted = [asyncio.create_task(pipe.infer("tiny_a", ids([float(i)]))) for i in range(1, 6)]
         while not rt.entered.is_set():
             await asyncio.sleep(0.001)
-        registry.begin_drain()  # what SIGTERM does, before uvicorn waits for the connections
-        assert not registry.ready
+        store.begin_drain()  # what SIGTERM does, before uvicorn waits for the connections
+        assert not store.ready
         with pytest.raises(ModelNotReady):
-            await registry.infer("tiny_a", ids([9.0]))  # intake stopped
+            await pipe.infer("tiny_a", ids([9.0]))  # intake stopped
         # past the drain timeout every unanswered request (queued or computing) gets a 503 answer
         done, _ = await asyncio.wait(accepted, timeout=5)
         assert len(done) == 5 and all(isinstance(t.exception(), ModelNotReady) for t in done)
         rt.gate.set()
-        await registry.shutdown()
+        await store.shutdown()
         assert 9.0 not in rt.computed_ids
 
-    asyncio.run(main())
+    with runtime_override(factory):
+        asyncio.run(main())
 
 
 def test_instances_share_the_automatic_intra_op_threads(tmp_path: Path) -> None:
-    from service.loader import instance_session
-    from service.runtime import SessionConfig
-    from service.settings import Settings
+    from service.runtimes.onnxruntime import instance_session, settings_session_config
 
-    session = SessionConfig(intra_op_threads=4)
-    auto = Settings(repository=tmp_path)
-    assert instance_session(session, 2, auto).intra_op_threads == 2
-    assert instance_session(session, 8, auto).intra_op_threads == 1
-    assert instance_session(session, 1, auto).intra_op_threads == 4
-    by_hand = Settings(repository=tmp_path, intra_op_threads=4)
-    assert instance_session(session, 2, by_hand).intra_op_threads == 4  # set by hand: kept
+    auto = settings_session_config(Settings(repository=tmp_path, intra_op_threads=0), 1)
+    auto = dataclasses.replace(auto, intra_op_threads=4)
+    assert instance_session(auto, 2).intra_op_threads == 2
+    assert instance_session(auto, 8).intra_op_threads == 1
+    assert instance_session(auto, 1).intra_op_threads == 4
+    by_hand = settings_session_config(Settings(repository=tmp_path, intra_op_threads=4), 1)
+    assert instance_session(by_hand, 2).intra_op_threads == 4  # set by hand: kept
+
+
+def test_a_model_whose_backend_no_runtime_serves_fails_with_the_reason_and_the_others_serve(repo: Path) -> None:
+    from service.model_config import ModelConfig
+
+    path = repo / "tiny_b" / "config.pbtxt"
+    ModelConfig.load(path).model_copy(update={"backend": "no_such_backend"}).save(path)
+
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        info = store.get_model("tiny_b")
+        assert info.state == "failed" and "no runtime for backend/platform 'no_such_backend'" in info.reason
+        assert (await pipe.infer("tiny_a", ids([4.0]))).outputs[0, 0] == 4.0
+
+    run(Settings(repository=repo, models=["tiny_a", "tiny_b"], warmup="one"), fake_factory(EchoRuntime), body)

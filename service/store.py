@@ -1,87 +1,75 @@
-"""The model registry: the one serving core every router calls (after KServe's DataPlane).
+"""The model store: loads the repository's models and keeps, per model, its state and serving versions.
 
-It owns, per model, the loaded versions (runtime + batcher + statistics) and the model's state
+It owns, per model, the loaded versions (runtime + executor + statistics) and the model's state
 (`loading`, `ready`, `failed` with reason, `unloading`, `unloaded`). Loads run in the background
-(session creation and warm-up in a worker thread) and are swapped in atomically: requests that
-already hold the old version finish on it, the old batcher drains, then its session closes. A
-model that fails to load is `failed` with its reason; the others serve.
+(runtime creation and warm-up in a worker thread) and are swapped in atomically: requests that
+already hold the old version finish on it, the old batcher drains, then its runtime closes. A
+model that fails to load is `failed` with its reason; the others serve. It also owns the drain
+(readiness off, intake closed, accepted requests answered) and the worker thread pools.
 
-Public coroutine API: `infer`, `classify`, `compare`, `load`, `unload`, `shutdown`; synchronous
-queries: `list_models`, `get_model`, `is_model_ready`, `ready`, `repository_index`, `statistics`.
+The store knows nothing of HTTP, of a wire format or of a runtime implementation: runtimes come
+from the runtimes table (service/runtimes) by each model's config.pbtxt `backend`/`platform`, with
+options the table's entry builds and the store passes on unread. The request path lives in
+service/pipeline.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import logging
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from service.batcher import Batcher, BatcherStopped, BatchLimits
+from service.batcher import Batcher
 from service.errors import (
-    DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
-    NonFiniteOutput,
-    Overloaded,
-    ServiceError,
     ShuttingDown,
+    exception_summary,
 )
-from service.loader import (
-    RuntimeFactory,
-    batch_limits,
-    build_version,
-    directory_fingerprint,
-    first_line,
-    instance_count,
-    instance_session,
-)
-from service.manifest import PreprocessConfig
+from service.loader import batch_limits, build_version, directory_fingerprint, instance_count
+from service.manifest import Evaluation, PreprocessConfig
 from service.metrics import Metrics
-from service.preprocess import preprocess_image
-from service.repository import (
-    ModelEntry,
-    ModelLoadError,
-    is_valid_model_name,
-    list_model_names,
-    read_model,
-)
-from service.runtime import InferenceRuntime, SessionConfig, onnx_runtime_factory, session_config, top_k_predictions
-from service.schemas import BatchingInfo, ClassifyResult, ModelInfo, Timings
+from service.repository import ModelEntry, ModelLoadError, is_valid_model_name, list_model_names, read_model
+from service.runtimes import InferenceRuntime, import_runtime_modules, runtime_backend
+from service.schemas import BatchingInfo, ModelInfo
 from service.settings import Settings
-from service.stats import VersionObserver
-from service.v2_meta import ModelStatistics
+from service.stats import VersionCounts, VersionObserver
 
-log = logging.getLogger("vitserve.registry")
+log = logging.getLogger("vitserve.store")
 
 # the 503 of a request refused at intake during a drain (never the answer to a request already accepted)
 INTAKE_CLOSED = "server is shutting down: request not accepted, retry elsewhere"
 # set while a request the server has accepted is being served: a drain that begins meanwhile
 # lets it finish (an accepted request is answered) instead of refusing it half way
-#: input tensors larger than this are checked (finite, in range) in the worker pool, not on the event loop
-LARGE_CHECK_BYTES = 1 << 20
 _ACCEPTED: contextvars.ContextVar[bool] = contextvars.ContextVar("vitserve_accepted", default=False)
 
 
 @dataclass
 class LoadedVersion:
-    """One serving model version."""
+    """One serving model version: what a request resolves its model to, once, and carries along.
 
+    `executor.submit(inputs, deadline) -> BatchOutput` (service/batcher.py) is the only way the pipeline
+    runs a batch; a multi-process front end can put a remote executor with the same `submit` signature
+    (and `limits`, `is_overloaded`, `retry_after_s`) here without the pipeline changing."""
+
+    model: str
     version: int
+    entry: ModelEntry  # the repository entry it was loaded from (manifest, config.pbtxt)
     runtime: InferenceRuntime
-    batcher: Batcher
+    executor: Batcher
     observer: VersionObserver
+    preprocess: PreprocessConfig  # how its images are decoded (versions sharing it share a decode)
+    value_range: tuple[float, float]  # inputs outside it are refused (the model's normalised pixel range)
 
 
 @dataclass
@@ -93,45 +81,39 @@ class ModelHandle:
     reason: str | None = None
     entry: ModelEntry | None = None
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
+    default: LoadedVersion | None = None  # the highest serving version, set with `versions`
     load_seconds: float | None = None
     fingerprint: tuple[Any, ...] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    @property
-    def default(self) -> LoadedVersion | None:
-        return self.versions[max(self.versions)] if self.versions else None
+    def serve(self, versions: dict[int, LoadedVersion]) -> dict[int, LoadedVersion]:
+        """Swap in `versions` (atomically, for requests resolving now); return the old ones."""
+        old = self.versions
+        self.versions, self.default = versions, versions[max(versions)] if versions else None
+        return old
+
+    def not_ready(self) -> ModelNotReady:
+        return ModelNotReady(f"model {self.name} is {self.state}" + (f": {self.reason}" if self.reason else ""))
 
 
-@dataclass(frozen=True)
-class InferOutput:
-    """Logits of one request and how it got them."""
-
-    model: str
-    version: int
-    outputs: np.ndarray
-    queue_s: float
-    compute_s: float
-    batch_size: int
-    total_s: float
+def _decode_config(preprocess: PreprocessConfig) -> PreprocessConfig:
+    """The preprocessing that decoding uses (the accepted input range plays no part in it)."""
+    return preprocess if preprocess.input_range is None else preprocess.model_copy(update={"input_range": None})
 
 
-class ModelRegistry:
-    """Loads the repository's models and serves them through per-version batchers."""
+class ModelStore:
+    """Loads the repository's models and serves their versions to the pipeline."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: Metrics | None = None,
-        runtime_factory: RuntimeFactory = onnx_runtime_factory,
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self._factory = runtime_factory
         self._models: dict[str, ModelHandle] = {}
+        self._names: list[str] = []  # sorted, kept in step with _models
         self._started = False
         self._initial_done = False
         self._draining = False
-        self._session: SessionConfig | None = None
+        self._options: dict[str, object] = {}  # per runtimes-table key: its options (opaque here)
+        self._concurrent_sessions = 1
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: set[asyncio.Task[Any]] = set()
         self._drain_task: asyncio.Task[int] | None = None
@@ -145,22 +127,23 @@ class ModelRegistry:
         #: called (on the loop) after a model's state or serving versions changed (service/workers mirrors them)
         self.listeners: list[Callable[[], None]] = []
 
+    def _handle_for(self, name: str) -> ModelHandle:
+        """The handle of `name`, created (and listed) on first sight."""
+        handle = self._models.get(name)
+        if handle is None:
+            handle = self._models[name] = ModelHandle(name=name)
+            bisect.insort(self._names, name)
+        return handle
+
     # -- life cycle --------------------------------------------------------------------------
     async def start(self, wait: bool = False) -> None:
         """Find the models to serve and start loading them in the background (all of them if `wait`)."""
+        import_runtime_modules(self.settings.runtime_modules)  # the plugin hook (service/runtimes/table.py)
         root = self.settings.repository
         names = self.settings.models if self.settings.models is not None else list_model_names(root)
-        self._session = session_config(
-            self.settings.providers,
-            self.settings.intra_op_threads,
-            self.settings.inter_op_threads,
-            self.settings.allow_spinning,
-            self.settings.graph_optimization_level,
-            concurrent_sessions=max(1, len(names)),
-            engine_cache_dir=self.settings.trt_engine_cache_dir,
-        )
+        self._concurrent_sessions = max(1, len(names))
         for name in names:
-            self._models[name] = ModelHandle(name=name)
+            self._handle_for(name)
             self.metrics.set_state(name, "loading")
         self._started = True
         initial = self._spawn(self._initial_load(names))
@@ -208,7 +191,7 @@ class ModelRegistry:
                 log.warning("drain timeout: %d accepted requests still being read or decoded", self._accepted)
         left = max(0.0, self.settings.drain_timeout_s - (time.monotonic() - started))
         versions = [lv for h in self._models.values() for lv in h.versions.values()]
-        stops = [lv.batcher.stop(left) for lv in versions]
+        stops = [lv.executor.stop(left) for lv in versions]
         # versions swapped out just before (still retiring) finish their requests in the same window
         results = await asyncio.gather(*stops, *list(self._retiring), return_exceptions=True)
         failed = sum(r for r in results[: len(stops)] if isinstance(r, int))
@@ -253,13 +236,16 @@ class ModelRegistry:
         return task
 
     # -- loading -----------------------------------------------------------------------------
-    def _limits(self, entry: ModelEntry) -> BatchLimits:
-        return batch_limits(entry, self.settings)
-
     def _build_version(self, entry: ModelEntry, version: int) -> InferenceRuntime:
-        session = instance_session(self._session or SessionConfig(), instance_count(entry, self.settings),
-                                   self.settings)
-        return build_version(entry, version, self.settings, session, self._factory, stop=self._stop_loads)
+        """Blocking (load thread): the runtime the model's config.pbtxt asks for, warmed up."""
+        key = entry.config.runtime_key
+        try:
+            backend = runtime_backend(key)
+        except LookupError as exc:
+            raise ModelLoadError(entry.name, str(exc)) from None
+        if key not in self._options:  # built once per store, from the settings and how many models share it
+            self._options[key] = backend.options(self.settings, self._concurrent_sessions)
+        return build_version(entry, version, self.settings, backend, self._options[key], stop=self._stop_loads)
 
     async def _load(self, handle: ModelHandle, only_if_changed: bool = False) -> None:
         async with handle.lock:
@@ -291,18 +277,20 @@ class ModelRegistry:
                 return
             except Exception as exc:  # noqa: BLE001
                 log.exception("model %s: unexpected load error", handle.name)
-                self._load_failed(handle, f"unexpected load error: {first_line(exc)}", serving_before)
+                self._load_failed(handle, f"unexpected load error: {exception_summary(exc)}", serving_before)
                 return
-            limits = self._limits(entry)
+            limits = batch_limits(entry, self.settings)
+            preprocess = entry.manifest.preprocess
             new_versions: dict[int, LoadedVersion] = {}
             for version, runtime in runtimes.items():
                 observer = VersionObserver(self.metrics, entry.name, version, entry.manifest.costs.flops)
                 batcher = Batcher(runtime.run, limits, name=f"{entry.name}:{version}", hooks=observer,
                                   instances=instance_count(entry, self.settings))
                 batcher.start()
-                new_versions[version] = LoadedVersion(version, runtime, batcher, observer)
-            old = handle.versions
-            handle.entry, handle.versions = entry, new_versions  # the atomic swap
+                new_versions[version] = LoadedVersion(entry.name, version, entry, runtime, batcher, observer,
+                                                      _decode_config(preprocess), preprocess.value_range)
+            handle.entry = entry
+            old = handle.serve(new_versions)  # the atomic swap
             handle.state, handle.reason = "ready", None
             handle.load_seconds = time.perf_counter() - started
             self._publish(handle, old)
@@ -328,7 +316,7 @@ class ModelRegistry:
         for lv in old.values():
             m.model_ready.labels(model=handle.name, version=str(lv.version), provider=lv.runtime.provider).set(0)
         for lv in handle.versions.values():
-            m.init_version(handle.name, str(lv.version), lv.batcher.limits.max_queue_size)
+            m.init_version(handle.name, str(lv.version), lv.executor.limits.max_queue_size)
             m.model_ready.labels(model=handle.name, version=str(lv.version), provider=lv.runtime.provider).set(1)
         m.set_state(handle.name, handle.state)
         if entry is not None:
@@ -345,7 +333,7 @@ class ModelRegistry:
 
     async def _retire(self, versions: list[LoadedVersion]) -> None:
         """Drain old versions (requests that hold them finish), then close their sessions."""
-        await asyncio.gather(*(lv.batcher.stop(self.settings.drain_timeout_s) for lv in versions))
+        await asyncio.gather(*(lv.executor.stop(self.settings.drain_timeout_s) for lv in versions))
         for lv in versions:
             lv.runtime.close()
 
@@ -359,7 +347,7 @@ class ModelRegistry:
             if self.settings.models is None:
                 names += [n for n in list_model_names(self.settings.repository) if n not in self._models]
             for name in names:
-                handle = self._models.setdefault(name, ModelHandle(name=name))
+                handle = self._handle_for(name)
                 if handle.state in ("unloading", "unloaded") or handle.lock.locked():
                     continue
                 if handle.state == "failed" and handle.fingerprint == directory_fingerprint(
@@ -376,7 +364,7 @@ class ModelRegistry:
             raise ShuttingDown("server is shutting down")
         if name not in self._models and not (self.settings.repository / name).is_dir():
             raise ModelNotFound(f"no model {name!r} in the repository")
-        handle = self._models.setdefault(name, ModelHandle(name=name))
+        handle = self._handle_for(name)
         await self._load(handle)
         if handle.state == "failed" or (handle.reason or "").startswith("reload failed"):
             # like Triton: a failed load is an error even when the previous version keeps serving
@@ -387,8 +375,8 @@ class ModelRegistry:
         """Stop routing to the model, let its accepted requests finish, close its sessions."""
         handle = self._handle(name)
         async with handle.lock:
-            old = handle.versions
-            handle.versions, handle.state, handle.reason = {}, "unloading", None
+            old = handle.serve({})
+            handle.state, handle.reason = "unloading", None
             self.metrics.set_state(name, "unloading")
             self._notify()
             for lv in old.values():
@@ -406,8 +394,9 @@ class ModelRegistry:
             raise ModelNotFound(f"unknown model {name!r}")
         return handle
 
-    def model_names(self) -> list[str]:
-        return sorted(self._models)
+    def model_names(self) -> Sequence[str]:
+        """Every model the store knows, sorted (kept sorted as models appear, not sorted per call; read only)."""
+        return self._names
 
     def get_model(self, name: str) -> ModelInfo:
         h = self._handle(name)
@@ -415,7 +404,7 @@ class ModelRegistry:
         info = ModelInfo(name=name, state=h.state, reason=h.reason, load_seconds=h.load_seconds)  # type: ignore[arg-type]
         if entry is not None:
             m = entry.manifest
-            limits = self._limits(entry)
+            limits = batch_limits(entry, self.settings)
             db = entry.config.dynamic_batching
             info = info.model_copy(
                 update={
@@ -451,8 +440,21 @@ class ModelRegistry:
         """The parsed repository entry of a loaded (or once loaded) model."""
         h = self._handle(name)
         if h.entry is None:
-            raise ModelNotReady(f"model {name} is {h.state}" + (f": {h.reason}" if h.reason else ""))
+            raise h.not_ready()
         return h.entry
+
+    def require(self, name: str) -> None:
+        """ModelNotFound unless the store knows `name` (loaded or not)."""
+        self._handle(name)
+
+    def evaluation(self, name: str) -> Evaluation | None:
+        """The model's held-out accuracy from its manifest (None when it never loaded or has none)."""
+        h = self._handle(name)
+        return h.entry.manifest.evaluation if h.entry is not None else None
+
+    def ready_names(self) -> list[str]:
+        """The models serving now, sorted."""
+        return [n for n in self._names if self._models[n].state == "ready"]
 
     def is_model_ready(self, name: str, version: int | None = None) -> bool:
         h = self._handle(name)
@@ -460,30 +462,32 @@ class ModelRegistry:
             return False
         return bool(h.versions) if version is None else version in h.versions
 
-    def serving(self, name: str, version: int | None = None) -> LoadedVersion:
-        """The version a request should run on; ModelNotFound / ModelNotReady otherwise."""
+    def version(self, name: str, version: int | None = None) -> LoadedVersion:
+        """The version a request runs on (the highest serving one unless named); ModelNotFound /
+        ModelNotReady otherwise. The pipeline calls this once per request."""
         h = self._handle(name)
-        if h.state != "ready" or not h.versions:
+        lv = h.default
+        if h.state != "ready" or lv is None:
             self.metrics.rejected.labels(model=name, reason="not_ready").inc()
-            raise ModelNotReady(f"model {name} is {h.state}" + (f": {h.reason}" if h.reason else ""))
+            raise h.not_ready()
         if version is None:
-            return h.versions[max(h.versions)]
-        lv = h.versions.get(version)
-        if lv is None:
+            return lv
+        found = h.versions.get(version)
+        if found is None:
             if h.entry is not None and version in h.entry.versions:
                 raise ModelNotReady(f"model {name} version {version} is not loaded")
             raise ModelNotFound(f"model {name} has no version {version}")
-        return lv
+        return found
 
-    def admit(self, name: str, version: int | None = None, images: int = 1) -> LoadedVersion:
-        """Cheap early check before reading or decoding a body: known, ready, and room in the queue."""
+    # -- intake ------------------------------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def check_intake(self) -> None:
+        """503 for a new request while draining (a request accepted earlier goes on: see `accepting`)."""
         if self._draining and not _ACCEPTED.get():
             raise ShuttingDown(INTAKE_CLOSED)
-        lv = self.serving(name, version)
-        if lv.batcher.is_overloaded(images):
-            lv.observer.on_rejected(images)
-            raise Overloaded(f"model {name} queue is full", retry_after_s=lv.batcher.retry_after_s())
-        return lv
 
     @contextmanager
     def accepting(self) -> Iterator[None]:
@@ -505,15 +509,8 @@ class ModelRegistry:
             if self._accepted == 0:
                 self._none_accepted.set()
 
-    @contextmanager
-    def accept(self, name: str, version: int | None = None, images: int = 1) -> Iterator[LoadedVersion]:
-        """`admit`, then hold the request as accepted (see `accepting`) until the block ends."""
-        lv = self.admit(name, version, images)
-        with self.accepting():
-            yield lv
-
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run CPU work (decoding a large body) in the worker pool, off the event loop."""
+        """Run CPU work (decoding an image, parsing a large body) in the worker pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._preprocess_pool, fn, *args)
 
     def repository_index(self) -> list[dict[str, Any]]:
@@ -530,8 +527,9 @@ class ModelRegistry:
             out.append({"name": name, "version": version, "state": state, "reason": reason})
         return out
 
-    def statistics(self, name: str | None = None, version: int | None = None) -> list[ModelStatistics]:
-        names = [name] if name is not None else self.model_names()
+    def statistics(self, name: str | None = None, version: int | None = None) -> list[VersionCounts]:
+        """Plain statistics of every serving version (of one model, of one version)."""
+        names = [name] if name is not None else list(self._names)
         out = []
         for n in names:
             h = self._handle(n)
@@ -541,184 +539,3 @@ class ModelRegistry:
                 if version is None or v == version:
                     out.append(lv.observer.snapshot())
         return out
-
-    # -- inference ---------------------------------------------------------------------------
-    def deadline(self, deadline_ms: float | None, start: float | None = None) -> float:
-        """Absolute deadline (monotonic clock): the request's own, capped by the settings default."""
-        if deadline_ms is not None and deadline_ms <= 0:
-            raise InvalidInput(f"deadline_ms must be positive, got {deadline_ms}")
-        limit = self.settings.default_deadline_ms
-        ms = limit if deadline_ms is None else min(deadline_ms, limit)
-        return (start if start is not None else time.monotonic()) + ms / 1000
-
-    def _check_inputs(self, lv: LoadedVersion, inputs: np.ndarray) -> None:
-        expected = tuple(lv.runtime.input_shape)
-        if not isinstance(inputs, np.ndarray) or inputs.dtype != np.float32:
-            raise InvalidInput(f"input must be FP32, got {getattr(inputs, 'dtype', type(inputs).__name__)}")
-        if inputs.ndim != 4 or tuple(inputs.shape[1:]) != expected:
-            raise InvalidInput(f"input shape must be [n, {', '.join(map(str, expected))}], got {list(inputs.shape)}")
-        limit = min(self.settings.max_images_per_request, lv.batcher.limits.max_batch_size)
-        if not 1 <= inputs.shape[0] <= limit:
-            raise InvalidInput(f"a request carries 1..{limit} images, got {inputs.shape[0]}")
-        # min/max propagate NaN and keep +-inf: two passes check finiteness and the range together
-        smallest, largest = float(inputs.min()), float(inputs.max())
-        if not (math.isfinite(smallest) and math.isfinite(largest)):
-            raise InvalidInput("input contains NaN or infinity")
-        # an extreme (finite) value would skew the per-batch activation quantisation of int8 models and turn
-        # the other requests of its batch into NaN: only values the model's preprocessing can produce, widened
-        lo, hi = lv.runtime.spec.manifest.preprocess.value_range
-        if smallest < lo or largest > hi:
-            raise InvalidInput(
-                f"input values must lie in [{lo:g}, {hi:g}] (the model's normalised pixel range with a margin), "
-                f"got [{smallest:g}, {largest:g}]"
-            )
-
-    async def infer(
-        self, name: str, inputs: np.ndarray, version: int | None = None, deadline: float | None = None
-    ) -> InferOutput:
-        """Run `inputs` float32 [n, 3, H, W] through the model's batcher; `deadline` is absolute monotonic."""
-        start = time.monotonic()
-        if self._draining and not _ACCEPTED.get():
-            raise ShuttingDown(INTAKE_CLOSED)
-        deadline = deadline if deadline is not None else self.deadline(None, start)
-        lv = self.serving(name, version)
-        if inputs.nbytes > LARGE_CHECK_BYTES:  # a large batch's scan would hold up every other connection
-            await self.run_blocking(self._check_inputs, lv, inputs)
-        else:
-            self._check_inputs(lv, inputs)
-        for attempt in range(3):
-            try:
-                out = await lv.batcher.submit(inputs, deadline)
-                break
-            except BatcherStopped:
-                if version is not None or attempt == 2 or self._draining:
-                    raise
-                lv = self.serving(name)  # swapped while we looked: use the new version
-            except ServiceError:
-                lv.observer.request_failed(time.monotonic() - start)
-                raise
-        if not np.isfinite(out.outputs).all():
-            # never a `null` score: this request fails, the others of its batch are answered
-            self.metrics.nonfinite_outputs.labels(model=name).inc()
-            lv.observer.request_failed(time.monotonic() - start)
-            raise NonFiniteOutput(f"model {name} computed a non-finite output for this request")
-        total = time.monotonic() - start
-        lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
-        return InferOutput(name, lv.version, out.outputs, out.queue_s, out.compute_s, out.batch_size, total)
-
-    async def classify(
-        self,
-        name: str,
-        image: bytes,
-        top_k: int = 5,
-        version: int | None = None,
-        deadline_ms: float | None = None,
-        admitted: LoadedVersion | None = None,
-    ) -> ClassifyResult:
-        """Image bytes -> top-k predictions with queue / preprocess / compute / total timings.
-
-        `admitted`: the version a caller already accepted the request for (`accept`), so a request
-        admitted before its body was read is not checked against the queue a second time."""
-        start = time.monotonic()
-        self._check_top_k(top_k)
-        deadline = self.deadline(deadline_ms, start)
-        # refuse before spending a decode on it (unless the caller already admitted it)
-        with self.accept(name, version) if admitted is None else nullcontext(admitted) as lv:
-            pixels, preprocess_s = await self._decode(image, _preprocess_of(lv))
-            self.metrics.preprocess_duration.labels(model=name).observe(preprocess_s)
-            return await self._classify_pixels(name, lv, pixels, preprocess_s, top_k, version, deadline, start)
-
-    def _check_top_k(self, top_k: int) -> None:
-        if not 1 <= top_k <= self.settings.max_top_k:
-            raise InvalidInput(f"top_k must be in 1..{self.settings.max_top_k}, got {top_k}")
-
-    async def _decode(self, image: bytes, cfg: PreprocessConfig) -> tuple[np.ndarray, float]:
-        """Decode and transform in the preprocessing pool: (pixels [3, H, W], seconds)."""
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        pixels = await loop.run_in_executor(
-            self._preprocess_pool, preprocess_image, image, cfg, self.settings.max_image_pixels,
-            self.settings.max_image_bytes,
-        )
-        return pixels, time.perf_counter() - t0
-
-    async def _classify_pixels(
-        self, name: str, lv: LoadedVersion, pixels: np.ndarray, preprocess_s: float, top_k: int,
-        version: int | None, deadline: float, start: float,
-    ) -> ClassifyResult:
-        if time.monotonic() >= deadline:
-            lv.observer.on_expired(1)
-            raise DeadlineExceeded("deadline passed during preprocessing")
-        out = await self.infer(name, pixels[None], version=version, deadline=deadline)
-        if out.version == lv.version:
-            predictions = lv.runtime.postprocess(out.outputs, top_k)[0]
-        else:  # swapped to a new version while queued: its manifest's labels
-            predictions = top_k_predictions(out.outputs, top_k, self.entry(name).manifest.labels)[0]
-        total = time.monotonic() - start
-        return ClassifyResult(
-            model=name,
-            version=out.version,
-            predictions=predictions,
-            timings=Timings(
-                queue_ms=out.queue_s * 1000,
-                preprocess_ms=preprocess_s * 1000,
-                compute_ms=out.compute_s * 1000,
-                total_ms=total * 1000,
-                batch_size=out.batch_size,
-            ),
-        )
-
-    async def compare(
-        self, image: bytes, names: list[str] | None, top_k: int = 5, deadline_ms: float | None = None
-    ) -> list[tuple[str, ClassifyResult | ServiceError]]:
-        """One image through several models at once (all ready models when `names` is None).
-
-        Each model is admitted first (a queue slot each; a full one fails only that model's part), then
-        the image is decoded once per distinct preprocessing, not once per model."""
-        start = time.monotonic()
-        if names is None:
-            names = [n for n in self.model_names() if self._models[n].state == "ready"]
-        if not names:
-            raise ModelNotReady("no model is ready")
-        for n in names:
-            self._handle(n)
-        self._check_top_k(top_k)
-        deadline = self.deadline(deadline_ms, start)
-        with self.accepting():
-            results: dict[str, ClassifyResult | ServiceError] = {}
-            groups: dict[PreprocessConfig, list[tuple[str, LoadedVersion]]] = {}
-            for n in names:
-                try:
-                    lv = self.admit(n)
-                except ServiceError as exc:
-                    results[n] = exc
-                    continue
-                groups.setdefault(_preprocess_of(lv), []).append((n, lv))
-
-            async def run_group(cfg: PreprocessConfig, members: list[tuple[str, LoadedVersion]]) -> None:
-                try:
-                    pixels, preprocess_s = await self._decode(image, cfg)
-                except ServiceError as exc:
-                    results.update((n, exc) for n, _ in members)
-                    return
-                for n, _ in members:
-                    self.metrics.preprocess_duration.labels(model=n).observe(preprocess_s)
-                done = await asyncio.gather(
-                    *(self._classify_pixels(n, lv, pixels, preprocess_s, top_k, None, deadline, start)
-                      for n, lv in members),
-                    return_exceptions=True,
-                )
-                for (n, _), r in zip(members, done):
-                    if isinstance(r, BaseException) and not isinstance(r, ServiceError):
-                        raise r
-                    results[n] = r
-
-            await asyncio.gather(*(run_group(cfg, members) for cfg, members in groups.items()))
-        return [(n, results[n]) for n in names]
-
-
-def _preprocess_of(lv: LoadedVersion) -> PreprocessConfig:
-    """The preprocessing a loaded version's manifest asks for (models sharing it share a decode; the
-    accepted input range plays no part in decoding)."""
-    cfg = lv.runtime.spec.manifest.preprocess
-    return cfg if cfg.input_range is None else cfg.model_copy(update={"input_range": None})

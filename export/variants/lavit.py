@@ -1,0 +1,105 @@
+"""Attention reuse, LaViT-style, `lavit` (VARIANTS.md 2; module and loss: export/models/lavit.py).
+
+Its Less-Attention blocks compute only V and reuse the previous block's logits (`token`: through learnt
+N x N maps) or softmax map (`none`); training adds the diagonality-preserving loss on the transformed maps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from export.variants.base import BuildContext, CostContext, Option, Schedule, VariantDef
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from export.spec import BlockConfig, ModelSpec
+
+TRANSFORMS = ("token", "none")
+
+
+def _roles(depth: int, full: int, stages: int) -> list[bool]:
+    """True where a block is a Less-Attention (reuse) block."""
+    if stages < 1 or stages > depth:
+        raise ValueError(f"option lavit_stages must be between 1 and the depth {depth}, got {stages}")
+    if depth % stages:
+        raise ValueError(f"option lavit_stages={stages} does not divide the depth {depth} into equal stages")
+    if full < 1:
+        raise ValueError(f"option lavit_full must be >= 1 (a stage must start with full attention), got {full}")
+    per = depth // stages
+    return [(i % per) >= full for i in range(depth)]
+
+
+def _schedule(spec: ModelSpec, depth: int) -> Schedule:
+    opt = spec.option
+    transform = opt("lavit_transform")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"option lavit_transform must be one of {TRANSFORMS}, got {transform!r}")
+    reuse = _roles(depth, opt("lavit_full"), opt("lavit_stages"))
+    if not any(reuse):
+        raise ValueError(
+            f"lavit with lavit_full={opt('lavit_full')} and lavit_stages={opt('lavit_stages')} at depth {depth} "
+            "leaves no Less-Attention block; lower lavit_full or the number of stages"
+        )
+    return Schedule(reuse=tuple(reuse), label="lavit", lavit_transform=transform)
+
+
+def _validate(spec: ModelSpec) -> None:
+    if spec.option("lavit_transform") == "none" and spec.options.get("lavit_loss_weight", 0) > 0:
+        raise ValueError(
+            "lavit_loss_weight has no effect with lavit_transform=none (no transformed map to regularise); "
+            "drop it or use lavit_transform=token"
+        )
+
+
+def _build(ctx: BuildContext) -> nn.Module | None:
+    from export.models.lavit import LessAttentionTransform
+
+    return LessAttentionTransform(ctx.num_tokens) if ctx.cfg.lavit_transform == "token" else None
+
+
+def _cost(b: BlockConfig, c: CostContext) -> list[tuple[str, int]]:
+    if b.lavit_transform != "token":
+        return []
+    N, H = c.tokens, c.heads
+    return [("macs.lavit", 2 * H * N**3), ("elementwise.softmax", 5 * H * N * N)]
+
+
+def _loss(model: nn.Module) -> torch.Tensor | None:
+    from export.models.lavit import diagonality_loss
+
+    maps = model.lavit_attention_maps()
+    if not maps:
+        return None
+    return float(model.spec.option("lavit_loss_weight")) * diagonality_loss(maps)
+
+
+def _loss_label(spec: ModelSpec) -> str | None:
+    weight = float(spec.option("lavit_loss_weight"))
+    return f"lavit diagonality x {weight:g}" if weight else None
+
+
+LAVIT = VariantDef(
+    name="lavit",
+    summary="Less-Attention: later blocks of a stage reuse the previous attention (Zhang et al., CVPR 2024)",
+    options=(
+        Option("lavit_full", int, 2, "blocks computing full attention at the start of each stage (default 2)"),
+        Option("lavit_stages", int, 1, "number of equal stages the blocks are split into (default 1)"),
+        Option("lavit_transform", str, "token",
+               "'token' (learned N x N maps, paper) or 'none' (reuse previous softmax)", choices=TRANSFORMS),
+        Option("lavit_loss_weight", float, 0.1,
+               "weight of the diagonality-preserving loss in training (default 0.1)",
+               check=lambda v: v >= 0, check_message="must be >= 0"),
+    ),
+    schedule=_schedule,
+    validate=_validate,
+    hook="reuse",
+    attr="lavit",
+    build=_build,
+    cost=_cost,
+    loss=_loss,
+    loss_label=_loss_label,
+    bench=(({"lavit_transform": "none"}, "lavit_none", "lavit (none)"),),
+    bench_label="lavit (token)",
+)

@@ -1,0 +1,80 @@
+"""The runtime interface: what the model store needs from a runtime (run a batch, warm up, close).
+
+After infinity's pre/core/post split: the batcher only calls `run` on a float32 batch; the pipeline
+decodes images before queueing and postprocesses after. A runtime is chosen per model by the runtimes
+table (service/runtimes/table.py) from config.pbtxt's `backend`/`platform`; what it needs beyond the
+model (threads, providers, ...) arrives in `RuntimeSpec.options`, built by its own table entry and
+opaque to the core.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.manifest import Manifest
+from service.model_config import ModelConfig
+from service.postprocess import top_k_predictions
+from service.schemas import Prediction
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What a runtime needs to know about the model version it serves."""
+
+    name: str
+    version: int
+    manifest: Manifest
+    max_batch_size: int
+    model_path: Path | None = None
+    config: ModelConfig | None = None  # config.pbtxt: execution accelerators, instance kind
+    instances: int = 1  # batches the batcher computes at once on this runtime
+    options: object = None  # the runtime's own options (its table entry builds them from Settings)
+
+
+class InferenceRuntime(ABC):
+    """One servable model version: run a batch, postprocess logits, warm up, close."""
+
+    provider: str = "none"
+    provider_note: str | None = None  # why this provider (the ones preferred to it were skipped)
+
+    def __init__(self, spec: RuntimeSpec) -> None:
+        self.spec = spec
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.spec.manifest.preprocess.input_size
+
+    @abstractmethod
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """float32 [B, 3, H, W] -> logits float32 [B, classes]. Called from the batcher's worker threads."""
+
+    def postprocess(self, logits: np.ndarray, top_k: int) -> list[list[Prediction]]:
+        """Softmax then the top_k classes of each row, best first."""
+        return top_k_predictions(logits, top_k, self.spec.manifest.labels)
+
+    def warmup(self, batch_sizes: Iterable[int]) -> None:
+        """Run every batch size once so the first real request pays no allocation or kernel selection."""
+        c, h, w = self.input_shape
+        classes = self.spec.manifest.num_classes
+        for size in batch_sizes:
+            out = self.run(np.zeros((size, c, h, w), dtype=np.float32))
+            if out.shape != (size, classes):
+                raise RuntimeError(f"warm-up at batch {size}: output shape {out.shape}, expected {(size, classes)}")
+
+    def close(self) -> None:
+        """Release the session."""
+
+
+def warmup_sizes(max_batch_size: int, mode: str) -> list[int]:
+    """The batch sizes warmed up before ready: every size the batcher can produce, or a documented subset."""
+    if mode == "one":
+        return [1]
+    if mode == "pow2":
+        sizes = {1 << i for i in range(max_batch_size.bit_length()) if (1 << i) <= max_batch_size}
+        return sorted(sizes | {max_batch_size})
+    return list(range(1, max_batch_size + 1))
