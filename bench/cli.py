@@ -9,6 +9,7 @@
     vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
     vitserve-bench multi [--preset vit_small] [--baseline-root DIR] [--server-root DIR]   # six variants side by side
     vitserve-bench spinning [--preset demo --preset vit_small] [--rate 20]   # ORT spinning: CPU vs throughput
+    vitserve-bench frontend [--batch-ms 2]                           # off-CPU stand-in: 1 vs 2 front ends
     vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
@@ -161,6 +162,13 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_frontend(args: argparse.Namespace) -> int:
+    from bench import frontend
+
+    print(f"results in {frontend.run(quick=args.quick, cache=args.cache, out_dir=args.out, batch_ms=args.batch_ms)}")
+    return 0
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
     from bench import peers
 
@@ -293,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the harness on the CPU provider (checks the script; not GPU figures)")
     _common(p)
     p.set_defaults(func=cmd_gpu)
+
+    p = sub.add_parser("frontend", help="the off-CPU stand-in runtime with 1 and 2 front-end processes (issue 13)")
+    p.add_argument("--batch-ms", type=float, default=2.0, help="the stand-in's wait per batch (default 2 ms)")
+    _common(p)
+    p.set_defaults(func=cmd_frontend)
 
     p = sub.add_parser("peers", help="comparison 3: vitserve vs LitServe, BentoML, Ray Serve, Triton (PyTriton)")
     p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.frontend import summary_lines as frontend_summary
 from bench.report import RESULTS_DIR, fmt, md_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -306,6 +307,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
 
     md += _gpu_section(_load(results / "gpu" / "gpu.json"))
     md += _multi_section(multi, base, results)
+    md += frontend_summary(_load(results / "frontend" / "frontend.json"), results, lambda p: _rel(p, base))
 
     analysis = results / "analysis.md"
     if analysis.is_file():
@@ -327,6 +329,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         "vitserve-bench int8 --preset demo --preset vit_small --quick",
         "vitserve-bench gpu --preset vit_small --preset vit_base   # on a machine with an NVIDIA GPU",
         "vitserve-bench multi --preset vit_small --quick   # six variants in one server vs one each; --baseline-root DIR",
+        "vitserve-bench frontend --quick   # off-CPU stand-in: 1 vs 2 front-end processes",
         "vitserve-bench load --url http://127.0.0.1:8000 --model demo --protocol v2 --concurrency 1,2,4,8,16,32 --overhead",
         "vitserve-bench summary            # regenerates this file",
         "```",

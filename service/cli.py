@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-delay-s", type=float)
     serve.add_argument("--poll-interval-s", type=float)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--http-workers", type=int,
+                       help="front-end processes on one port, one engine process (default 1: one process)")
     return parser
 
 
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if settings.http_workers > 1:
+        from service.workers.supervisor import serve_workers
+
+        return serve_workers(settings)
     import uvicorn
 
     from service.app import create_app

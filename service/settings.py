@@ -169,6 +169,11 @@ class Settings(BaseSettings):
         "separated); each registers runtimes with service.runtimes.register_runtime for the config.pbtxt "
         "`backend`/`platform` values it serves"
     )
+    http_workers: int = Field(
+        1, ge=1, le=64, description="HTTP front-end processes sharing the port: they parse and preprocess and hand "
+        "tensors (shared memory) to the one engine process that owns the sessions and batchers; 1 = the "
+        "single-process server (service/workers/)",
+    )
 
     @field_validator("models", "providers", "runtime_modules", mode="before")
     @classmethod

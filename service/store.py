@@ -128,6 +128,9 @@ class ModelStore:
         self._load_pool = ThreadPoolExecutor(max_workers=settings.load_concurrency or cores,
                                              thread_name_prefix="vitserve-load")
         self.compute_gate = ComputeGate(settings.compute_threads or cores)
+        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitserve-load")
+        #: called (on the loop) after a model's state or serving versions changed (service/workers mirrors them)
+        self.listeners: list[Callable[[], None]] = []
 
     def _handle_for(self, name: str) -> ModelHandle:
         """The handle of `name`, created (and listed) on first sight."""
@@ -159,6 +162,7 @@ class ModelStore:
         await asyncio.gather(*(self._load(self._models[name]) for name in names))
         self._initial_done = True
         self.metrics.server_ready.set(1.0 if self.ready else 0.0)
+        self._notify()
         log.info("initial load done: %s", {n: h.state for n, h in self._models.items()})
 
     def begin_drain(self) -> None:
@@ -257,6 +261,7 @@ class ModelStore:
             if not serving_before:
                 handle.state, handle.reason = "loading", None
                 self.metrics.set_state(handle.name, "loading")
+                self._notify()
             handle.fingerprint = directory_fingerprint(self.settings.repository, handle.name)
             try:
                 entry = await loop.run_in_executor(self._load_pool, read_model, self.settings.repository, handle.name)
@@ -311,6 +316,7 @@ class ModelStore:
             return
         handle.state, handle.reason = "failed", reason
         self.metrics.set_state(handle.name, "failed")
+        self._notify()
 
     def _publish(self, handle: ModelHandle, old: dict[int, LoadedVersion]) -> None:
         m, entry = self.metrics, handle.entry
@@ -326,6 +332,11 @@ class ModelStore:
             m.set_accuracy(handle.name, entry.manifest.evaluation)
         if handle.load_seconds is not None:
             m.model_load_seconds.labels(model=handle.name).set(handle.load_seconds)
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     async def _retire(self, versions: list[LoadedVersion]) -> None:
         """Drain old versions (requests that hold them finish), then close their sessions."""
@@ -374,11 +385,13 @@ class ModelStore:
             old = handle.serve({})
             handle.state, handle.reason = "unloading", None
             self.metrics.set_state(name, "unloading")
+            self._notify()
             for lv in old.values():
                 self.metrics.model_ready.labels(model=name, version=str(lv.version), provider=lv.runtime.provider).set(0)
             await self._retire(list(old.values()))
             handle.state, handle.reason = "unloaded", "unloaded by request"
             self.metrics.set_state(name, "unloaded")
+            self._notify()
         return self.get_model(name)
 
     # -- queries -----------------------------------------------------------------------------
