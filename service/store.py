@@ -128,7 +128,6 @@ class ModelStore:
         self._load_pool = ThreadPoolExecutor(max_workers=settings.load_concurrency or cores,
                                              thread_name_prefix="vitserve-load")
         self.compute_gate = ComputeGate(settings.compute_threads or cores)
-        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitserve-load")
         #: called (on the loop) after a model's state or serving versions changed (service/workers mirrors them)
         self.listeners: list[Callable[[], None]] = []
 

@@ -7,6 +7,8 @@ Real `vitserve serve` processes on loopback ports; never timings.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -25,9 +27,36 @@ from reliability_support import (
     write_custom_model,
 )
 
+from tiny_repository import triton_config  # noqa: E402  (on the path through reliability_support)
+
+from service.runtimes import InferenceRuntime, register_runtime  # noqa: E402
+
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-# sorts first, so a server that loads one model after another would keep every other model waiting for it;
-# its warm-up at every batch size 1..32 of a conv stack takes seconds
+
+GATED_BACKEND = "gated_echo"
+GATE_ENV = "VITSERVE_TEST_LOAD_GATE"
+
+
+class GatedRuntime(InferenceRuntime):
+    """Echo logits; its warm-up waits for the file named by VITSERVE_TEST_LOAD_GATE: a load as long as the test
+    wants, with no timing assumption."""
+
+    provider = "GatedEchoProvider"
+
+    def warmup(self, batch_sizes: Iterable[int]) -> None:
+        gate = Path(os.environ[GATE_ENV])
+        deadline = time.monotonic() + 300
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        super().warmup(batch_sizes)
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        classes = self.spec.manifest.num_classes
+        return np.ascontiguousarray(pixel_values.reshape(len(pixel_values), -1)[:, :classes], dtype=np.float32)
+
+
+register_runtime(GATED_BACKEND, GatedRuntime)
+# sorts first, so a server that loads one model after another would keep every other model waiting for it
 SLOW_LOADING = TinyModel("a_slow_loading", size=64, max_batch_size=32, max_queue_size=64)
 FAST = [TinyModel("tiny_a"), TinyModel("tiny_b", num_classes=5), TinyModel("tiny_c", num_classes=7),
         TinyModel("tiny_d", num_classes=3)]
@@ -45,9 +74,16 @@ def models_report(base: str) -> dict[str, dict[str, object]]:
 
 
 def test_a_ready_model_answers_while_another_still_loads(tmp_path: Path) -> None:
+    # the slow model's runtime (this file, imported by the server as a plugin) holds its warm-up until the
+    # test creates the release file: the model is still loading at every check below, on any machine
     root = build_tiny_repository(tmp_path / "repo", [FAST[0]])
-    write_custom_model(root, SLOW_LOADING, lambda m, v: slow_conv_onnx(m, v, layers=8, channels=32))
-    srv = start_server(root, tmp_path, "--warmup", "all", "--load-concurrency", "2",
+    directory = write_custom_model(root, SLOW_LOADING, lambda m, v: slow_conv_onnx(m, v, layers=1, channels=4))
+    triton_config(SLOW_LOADING).model_copy(update={"backend": GATED_BACKEND}).save(directory / "config.pbtxt")
+    release = tmp_path / "release"
+    here = str(Path(__file__).resolve().parent)
+    env = {"VITSERVE_RUNTIME_MODULES": Path(__file__).stem, GATE_ENV: str(release),
+           "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)}
+    srv = start_server(root, tmp_path, "--warmup", "one", "--load-concurrency", "2", env=env,
                        ready_path=f"/v2/models/{FAST[0].name}/ready", ready_timeout=120)
     with stopped_cleanly(srv):
         base = srv.base_url
@@ -62,6 +98,7 @@ def test_a_ready_model_answers_while_another_still_loads(tmp_path: Path) -> None
         r = httpx.post(f"{base}/v2/models/{SLOW_LOADING.name}/infer", json=v2_body(x), timeout=10)
         assert r.status_code == 503 and "loading" in r.json()["error"]
         # then the slow one finishes, the server turns ready and both serve
+        release.touch()
         assert wait_until(lambda: httpx.get(f"{base}/v2/health/ready").status_code == 200, 120, 0.2), \
             srv.log()[-3000:]
         assert models_report(base)[SLOW_LOADING.name]["state"] == "ready"
