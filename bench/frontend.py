@@ -94,20 +94,23 @@ def check_answers(url: str, v2: RequestSpec, jpeg: RequestSpec) -> None:
         raise RuntimeError(f"jpeg check: wrong answer {result}")
 
 
-def role(name: str) -> str:
-    """A server process by its job: the engine, a front end, or the single-process server (front end and engine)."""
+def role(name: str, several: bool) -> str:
+    """A server process by its job: the engine, a front end, the supervisor (`several` front ends), or the
+    single-process server (front end and engine in one)."""
     if name.startswith("vitserve-engine"):
         return "engine"
     if name.startswith("vitserve-fe"):
         return "front ends"
-    return "supervisor" if name.startswith("vitserve") else "server"
+    return "supervisor" if several else "server"
 
 
 def cpu_by_role(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """CPU seconds per role between two `group_cpu_by_name` readings (processes that exited are not counted)."""
+    several = any(name.startswith("vitserve-engine") for name in after)
     out: dict[str, float] = {}
     for name, seconds in after.items():
-        out[role(name)] = out.get(role(name), 0.0) + seconds - before.get(name, 0.0)
+        r = role(name, several)
+        out[r] = out.get(r, 0.0) + seconds - before.get(name, 0.0)
     return out
 
 

@@ -187,6 +187,7 @@ def to_point(report: dict[str, object], client_cpu_s: float, spec: RequestSpec, 
                  f"client CPU {client_cpu_s / wall_s:.2f} cores")
     return LoadPoint(
         mode="concurrency", concurrency=concurrency, protocol=reading.protocol, description=spec.description,
+        # one fixed-duration run: windows are not compared, so stability is not judged (reported as stable)
         client="wrk", measured_s=measured, windows=1, stable=True, requests=requests,
         inferences_per_second=images / measured, requests_per_second=requests / measured, latency_us=lat,
         client_send_us=math.nan, client_recv_us=math.nan,  # wrk does not split a request's time
