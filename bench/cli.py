@@ -7,7 +7,7 @@
     vitserve-bench int8 [--preset demo --preset vit_small]           # comparison 5
     vitserve-bench peers [--preset demo --preset vit_small] [--peer litserve ...]   # comparison 3
     vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
-    vitserve-bench frontend [--batch-ms 2]                           # off-CPU stand-in: 1 vs 2 front ends
+    vitserve-bench frontend [--batch-ms 2] [--client wrk|python]     # off-CPU stand-in: 1 vs 2 front ends
     vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
