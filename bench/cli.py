@@ -9,7 +9,7 @@
     vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
     vitserve-bench multi [--preset vit_small] [--baseline-root DIR] [--server-root DIR]   # six variants side by side
     vitserve-bench spinning [--preset demo --preset vit_small] [--rate 20]   # ORT spinning: CPU vs throughput
-    vitserve-bench frontend [--batch-ms 2]                           # off-CPU stand-in: 1 vs 2 front ends
+    vitserve-bench frontend [--batch-ms 2] [--client wrk|python]     # off-CPU stand-in: 1 vs 2 front ends
     vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
@@ -54,6 +54,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
 
 
+def _client_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--client", choices=("python", "wrk"), default=None,
+                   help="load generator: wrk (C, little CPU per request; closed loop only) or python (bench/client.py, "
+                        f"aiohttp); default {default}")
+    p.add_argument("--wrk-threads", type=int, choices=(1, 2, 4), default=1, help="wrk threads (default 1)")
+
+
+def _resolve_client(args: argparse.Namespace, prefer_wrk: bool) -> str:
+    """The --client choice, else wrk when preferred and installed, else python; exits when wrk is asked for and
+    missing or given request rates (wrk keeps a closed loop)."""
+    from bench.wrk import wrk_path
+
+    client = args.client or ("wrk" if prefer_wrk and wrk_path() else "python")
+    if client == "wrk" and wrk_path() is None:
+        raise SystemExit("error: --client wrk but wrk is not installed (apt-get install wrk)")
+    if client == "wrk" and getattr(args, "rate", None):
+        raise SystemExit("error: --client wrk measures concurrency only (no --rate)")
+    return client
+
+
 def _presets(args: argparse.Namespace, default: list[str]) -> list[str]:
     presets = args.preset or default
     for p in presets:
@@ -90,15 +110,19 @@ def cmd_load(args: argparse.Namespace) -> int:
         cfg = MeasureConfig(window_s=1.5, warmup_s=1.0, max_windows=4, fixed_duration_s=args.duration)
     else:
         cfg = MeasureConfig(window_s=args.window, warmup_s=2.0, max_windows=10, fixed_duration_s=args.duration)
+    client = _resolve_client(args, prefer_wrk=False)
+    print(f"[load] load generator: {client}", file=sys.stderr, flush=True)
     points = sweep(args.url, spec, concurrencies=args.concurrency or [], rates=args.rate or [], cfg=cfg,
-                   protocol=args.protocol, stats_path=f"/v2/models/{args.model}/stats")
+                   protocol=args.protocol, stats_path=f"/v2/models/{args.model}/stats", client=client,  # type: ignore[arg-type]
+                   wrk_threads=args.wrk_threads)
     overhead = measure_overhead(spec, max(args.concurrency or [16])) if args.overhead else None
     machine = machine.finish()
     md = [
         f"# Load: {args.model} at {args.url} ({spec.description})",
         "",
         f"Command: `{command_line()}`  ",
-        f"Machine: {machine.summary()}",
+        f"Machine: {machine.summary()}  ",
+        f"Load generator: {client}",
         "",
         perf_analyzer_table([p for p in points if p.mode == "concurrency"]) if args.concurrency else "",
         "",
@@ -109,7 +133,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     directory = write_result(
         "load",
         {"comparison": "load", "command": command_line(), "machine": machine, "url": args.url, "model": args.model,
-         "request": spec.description, "points": points, "generator_overhead": overhead},
+         "request": spec.description, "client": client, "points": points, "generator_overhead": overhead},
         "\n".join(md), args.out,
     )
     plot_latency_throughput({f"{args.model} {args.protocol}": points}, directory / "latency_throughput.png",
@@ -165,7 +189,10 @@ def cmd_gpu(args: argparse.Namespace) -> int:
 def cmd_frontend(args: argparse.Namespace) -> int:
     from bench import frontend
 
-    print(f"results in {frontend.run(quick=args.quick, cache=args.cache, out_dir=args.out, batch_ms=args.batch_ms)}")
+    client = _resolve_client(args, prefer_wrk=True)
+    directory = frontend.run(quick=args.quick, cache=args.cache, out_dir=args.out, batch_ms=args.batch_ms,
+                             client=client, wrk_threads=args.wrk_threads)  # type: ignore[arg-type]
+    print(f"results in {directory}")
     return 0
 
 
@@ -259,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")
     p.add_argument("--image-size", type=int, default=256, help="side of the square synthetic upload in pixels")
     p.add_argument("--overhead", action="store_true", help="also measure the generator against a trivial server")
+    _client_options(p, "python")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=cmd_load)
@@ -304,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("frontend", help="the off-CPU stand-in runtime with 1 and 2 front-end processes (issue 13)")
     p.add_argument("--batch-ms", type=float, default=2.0, help="the stand-in's wait per batch (default 2 ms)")
+    _client_options(p, "wrk where installed, else python")
     _common(p)
     p.set_defaults(func=cmd_frontend)
 

@@ -209,7 +209,12 @@ def group_cpu_seconds(pgid: int) -> float:
     inference worker, PyTriton's tritonserver); descendants are added for servers whose workers start a
     session of their own (BentoML's, Ray's). Processes that have exited are no longer counted.
     """
-    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, pgrp, ticks)
+    return sum(group_cpu_by_name(pgid).values())
+
+
+def group_cpu_by_name(pgid: int) -> dict[str, float]:
+    """`group_cpu_seconds` split by process name (/proc/PID/comm, e.g. vitserve-engine, vitserve-fe0)."""
+    procs: dict[int, tuple[int, int, int, str]] = {}  # pid -> (ppid, pgrp, ticks, comm)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -218,14 +223,15 @@ def group_cpu_seconds(pgid: int) -> float:
                 data = f.read()
         except OSError:
             continue
+        comm = data[data.find(b"(") + 1 : data.rfind(b")")].decode(errors="replace")
         fields = data[data.rfind(b")") + 2 :].split()
         # after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-        procs[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12]))
-    members = {pid for pid, (_, pgrp, _) in procs.items() if pgrp == pgid}
+        procs[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12]), comm)
+    members = {pid for pid, (_, pgrp, _, _) in procs.items() if pgrp == pgid}
     if pgid in procs:
         members.add(pgid)
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
+    for pid, (ppid, _, _, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
     stack = list(members)
     while stack:
@@ -233,4 +239,8 @@ def group_cpu_seconds(pgid: int) -> float:
             if child not in members:
                 members.add(child)
                 stack.append(child)
-    return sum(procs[pid][2] for pid in members) / _CLK_TCK
+    by_name: dict[str, float] = {}
+    for pid in members:
+        _, _, ticks, comm = procs[pid]
+        by_name[comm] = by_name.get(comm, 0.0) + ticks / _CLK_TCK
+    return by_name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.cli import build_parser
-from bench.frontend import CLASSES, MAX_BATCH, MODEL, SIZE, build_repository, summary_lines
+from bench.frontend import CLASSES, MAX_BATCH, MODEL, SIZE, build_repository, cpu_by_role, summary_lines
 from service.repository import read_model
 
 
@@ -33,3 +33,10 @@ def test_summary_section_reports_the_best_point_of_each_and_the_ratio(tmp_path: 
     assert "| v2 | 1,200 | 2,000 | 1.67 | 0.20 |" in text and "| jpeg | 500.00 | 900.00 | 1.80 | 0.20 |" in text
     assert "Not run" in "\n".join(summary_lines(None, tmp_path, str))
     assert build_parser().parse_args(["frontend", "--quick", "--batch-ms", "1"]).batch_ms == 1.0
+
+
+def test_server_cpu_is_split_by_process_name() -> None:
+    before = {"vitserve-engine": 1.0, "vitserve-fe0": 2.0, "vitserve-fe1": 2.0, "python": 0.5}
+    after = {"vitserve-engine": 1.5, "vitserve-fe0": 3.0, "vitserve-fe1": 3.5, "python": 0.5}
+    assert cpu_by_role(before, after) == {"engine": 0.5, "front ends": 2.5, "supervisor": 0.0}
+    assert cpu_by_role({"python": 1.0}, {"python": 1.25}) == {"server": 0.25}  # one process does both jobs
