@@ -7,6 +7,9 @@
     vitserve-bench int8 [--preset demo --preset vit_small]           # comparison 5
     vitserve-bench peers [--preset demo --preset vit_small] [--peer litserve ...]   # comparison 3
     vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
+    vitserve-bench multi [--preset vit_small] [--baseline-root DIR] [--server-root DIR]   # six variants side by side
+    vitserve-bench spinning [--preset demo --preset vit_small] [--rate 20]   # ORT spinning: CPU vs throughput
+    vitserve-bench frontend [--batch-ms 2] [--client wrk|python]     # off-CPU stand-in: 1 vs 2 front ends
     vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
@@ -51,6 +54,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
 
 
+def _client_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--client", choices=("python", "wrk"), default=None,
+                   help="load generator: wrk (C, little CPU per request; closed loop only) or python (bench/client.py, "
+                        f"aiohttp); default {default}")
+    p.add_argument("--wrk-threads", type=int, choices=(1, 2, 4), default=1, help="wrk threads (default 1)")
+
+
+def _resolve_client(args: argparse.Namespace, prefer_wrk: bool) -> str:
+    """The --client choice, else wrk when preferred and installed, else python; exits when wrk is asked for and
+    missing or given request rates (wrk keeps a closed loop)."""
+    from bench.wrk import wrk_path
+
+    client = args.client or ("wrk" if prefer_wrk and wrk_path() else "python")
+    if client == "wrk" and wrk_path() is None:
+        raise SystemExit("error: --client wrk but wrk is not installed (apt-get install wrk)")
+    if client == "wrk" and getattr(args, "rate", None):
+        raise SystemExit("error: --client wrk measures concurrency only (no --rate)")
+    return client
+
+
 def _presets(args: argparse.Namespace, default: list[str]) -> list[str]:
     presets = args.preset or default
     for p in presets:
@@ -87,15 +110,19 @@ def cmd_load(args: argparse.Namespace) -> int:
         cfg = MeasureConfig(window_s=1.5, warmup_s=1.0, max_windows=4, fixed_duration_s=args.duration)
     else:
         cfg = MeasureConfig(window_s=args.window, warmup_s=2.0, max_windows=10, fixed_duration_s=args.duration)
+    client = _resolve_client(args, prefer_wrk=False)
+    print(f"[load] load generator: {client}", file=sys.stderr, flush=True)
     points = sweep(args.url, spec, concurrencies=args.concurrency or [], rates=args.rate or [], cfg=cfg,
-                   protocol=args.protocol, stats_path=f"/v2/models/{args.model}/stats")
+                   protocol=args.protocol, stats_path=f"/v2/models/{args.model}/stats", client=client,  # type: ignore[arg-type]
+                   wrk_threads=args.wrk_threads)
     overhead = measure_overhead(spec, max(args.concurrency or [16])) if args.overhead else None
     machine = machine.finish()
     md = [
         f"# Load: {args.model} at {args.url} ({spec.description})",
         "",
         f"Command: `{command_line()}`  ",
-        f"Machine: {machine.summary()}",
+        f"Machine: {machine.summary()}  ",
+        f"Load generator: {client}",
         "",
         perf_analyzer_table([p for p in points if p.mode == "concurrency"]) if args.concurrency else "",
         "",
@@ -106,7 +133,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     directory = write_result(
         "load",
         {"comparison": "load", "command": command_line(), "machine": machine, "url": args.url, "model": args.model,
-         "request": spec.description, "points": points, "generator_overhead": overhead},
+         "request": spec.description, "client": client, "points": points, "generator_overhead": overhead},
         "\n".join(md), args.out,
     )
     plot_latency_throughput({f"{args.model} {args.protocol}": points}, directory / "latency_throughput.png",
@@ -159,11 +186,45 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_frontend(args: argparse.Namespace) -> int:
+    from bench import frontend
+
+    client = _resolve_client(args, prefer_wrk=True)
+    directory = frontend.run(quick=args.quick, cache=args.cache, out_dir=args.out, batch_ms=args.batch_ms,
+                             client=client, wrk_threads=args.wrk_threads)  # type: ignore[arg-type]
+    print(f"results in {directory}")
+    return 0
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
     from bench import peers
 
     chosen = args.peer or list(peers.ALL_PEERS)
     print(f"results in {peers.run(_presets(args, ['demo', 'vit_small']), chosen, quick=args.quick, cache=args.cache, out_dir=args.out)}")
+    return 0
+
+
+def cmd_multi(args: argparse.Namespace) -> int:
+    from bench import multi
+
+    env = dict(kv.split("=", 1) for kv in args.server_env)
+    for root in (args.server_root, args.baseline_root):
+        if root is not None and not (root / "service" / "cli.py").is_file():
+            raise SystemExit(f"error: {root} is not a vitserve checkout (no service/cli.py)")
+    for preset in _presets(args, ["vit_small"]):
+        directory = multi.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, server_root=args.server_root,
+                              baseline_root=args.baseline_root, env=env, all_at_once=args.all_at_once,
+                              measured=args.measure)
+        print(f"results in {directory}")
+    return 0
+
+
+def cmd_spinning(args: argparse.Namespace) -> int:
+    from bench import spinning
+
+    directory = spinning.run(_presets(args, ["demo", "vit_small"]), quick=args.quick, cache=args.cache,
+                             out_dir=args.out, rate=args.rate)
+    print(f"results in {directory}")
     return 0
 
 
@@ -225,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")
     p.add_argument("--image-size", type=int, default=256, help="side of the square synthetic upload in pixels")
     p.add_argument("--overhead", action="store_true", help="also measure the generator against a trivial server")
+    _client_options(p, "python")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=cmd_load)
@@ -268,12 +330,38 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_gpu)
 
+    p = sub.add_parser("frontend", help="the off-CPU stand-in runtime with 1 and 2 front-end processes (issue 13)")
+    p.add_argument("--batch-ms", type=float, default=2.0, help="the stand-in's wait per batch (default 2 ms)")
+    _client_options(p, "wrk where installed, else python")
+    _common(p)
+    p.set_defaults(func=cmd_frontend)
+
     p = sub.add_parser("peers", help="comparison 3: vitserve vs LitServe, BentoML, Ray Serve, Triton (PyTriton)")
     p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
     p.add_argument("--peer", action="append", choices=("litserve", "bentoml", "rayserve", "pytriton"),
                    help="repeatable (default: all four)")
     _common(p)
     p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("multi", help="the six variants of a preset served together vs a single-model server")
+    p.add_argument("--preset", action="append", help="repeatable (default: vit_small; demo or vit_tiny for a check)")
+    p.add_argument("--server-root", type=Path, default=None, metavar="DIR",
+                   help="run the server from this checkout (default: this one)")
+    p.add_argument("--baseline-root", type=Path, default=None, metavar="DIR",
+                   help="also measure this checkout first, in the same run (before -> after)")
+    p.add_argument("--server-env", action="append", default=[], metavar="VITSERVE_X=value",
+                   help="extra service setting as an environment variable, for every server (repeatable)")
+    p.add_argument("--all-at-once", action="store_true", help="also load every model at the same time")
+    p.add_argument("--measure", type=int, default=None, metavar="N",
+                   help="measure the first N models one by one (default: all six; 2 with --quick)")
+    _common(p)
+    p.set_defaults(func=cmd_multi)
+
+    p = sub.add_parser("spinning", help="ORT spinning on vs off: server CPU per request at low load, c=16 throughput")
+    p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
+    p.add_argument("--rate", type=float, default=20.0, help="the low Poisson request rate (req/s), default 20")
+    _common(p)
+    p.set_defaults(func=cmd_spinning)
 
     p = sub.add_parser("all", help="every comparison in turn (peers last), then BENCHMARKS.md")
     p.add_argument("--skip-peers", action="store_true", help="leave out comparison 3 (the most expensive)")

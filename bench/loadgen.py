@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from bench.client import Sender, Snapshot, open_session, stats_snapshot
 from bench.payloads import RequestSpec
@@ -38,9 +39,11 @@ from bench.results import LoadPoint, Sample, summarise
 from bench.stats import Window, is_stable, percentile
 from bench.timings import mean_batch_size, stats_delta
 
-__all__ = ["MeasureConfig", "ServerReading", "closed_loop", "open_loop", "run", "sweep", "stderr_progress"]
+__all__ = ["Client", "MeasureConfig", "ServerReading", "closed_loop", "open_loop", "run", "sweep", "stderr_progress"]
 
 Progress = Callable[[str], None]
+#: the load generator: this module's (bench/client.py) or wrk (bench/wrk.py)
+Client = Literal["python", "wrk"]
 
 
 def stderr_progress(msg: str) -> None:
@@ -264,12 +267,31 @@ def sweep(
     stats_path: str | None = None,
     server_pgid: int | None = None,
     progress: Progress | None = stderr_progress,
+    client: Client = "python",
+    wrk_threads: int = 1,
 ) -> list[LoadPoint]:
-    """Closed-loop points for each concurrency, then open-loop points for each rate."""
+    """Closed-loop points for each concurrency, then open-loop points for each rate.
+
+    client "wrk" (bench/wrk.py, closed loop only) measures with the C load generator instead of this one.
+    """
     if not concurrencies and not rates:
         raise ValueError("give at least one concurrency or one request rate")
 
     reading = ServerReading(protocol=protocol, stats_path=stats_path, server_pgid=server_pgid)
+    if client == "wrk":
+        from bench.wrk import closed_loop_wrk
+
+        if rates:
+            raise ValueError("wrk measures closed-loop concurrency only: no request rates with --client wrk")
+        points = []
+        for c in concurrencies:
+            if progress:
+                progress(f"concurrency {c} (wrk, {wrk_threads} thread(s)): {spec.description}")
+            points.append(closed_loop_wrk(base_url, spec, c, cfg, reading=reading, threads=wrk_threads,
+                                          progress=progress))
+            if progress:
+                progress(_point_line(points[-1]))
+        return points
 
     async def _all() -> list[LoadPoint]:
         points: list[LoadPoint] = []
@@ -291,7 +313,8 @@ def _point_line(p: LoadPoint) -> str:
     lat = p.latency_us
     return (
         f"  => {p.inferences_per_second:.1f} infer/s, p50 {lat['p50'] / 1000:.2f} ms, p99 {lat['p99'] / 1000:.2f} ms, "
-        f"errors {p.errors_by_status or 0}, client CPU {p.client_cpu_cores:.2f} cores"
+        f"errors {p.errors_by_status or 0}, {p.client} client CPU {p.client_cpu_cores:.2f} cores "
+        f"({p.client_cpu_us_per_request:.0f} us/request)"
         + (f", server CPU {p.server_cpu_cores:.2f} cores ({p.server_cpu_us_per_inference:.0f} us/inference)"
            if p.server_cpu_cores is not None and p.server_cpu_us_per_inference is not None else "")
         + f", {'stable' if p.stable else 'UNSTABLE'}"

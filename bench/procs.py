@@ -168,17 +168,26 @@ def vitserve_server(
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     ready_timeout_s: float = 300.0,
+    warmup: str | None = "pow2",
+    server_root: Path | None = None,
 ) -> ServerProcess:
     """`vitserve serve` on a free loopback port, serving `models` (all when None) from `repository`.
 
     Settings beyond repository/host/port go through `VITSERVE_*` environment variables (the
     service's pydantic-settings), e.g. `VITSERVE_MAX_QUEUE_DELAY_MS`; `env` overrides the defaults
-    here (warnings-only log, CPU provider, power-of-two warm-up).
+    here (warnings-only log, CPU provider, power-of-two warm-up; `warmup=None` keeps the server's own
+    default). `server_root`: run the service of another checkout (its directory is the server's
+    working directory and first on its PYTHONPATH), e.g. to measure a commit before a change.
     """
     port = port or free_port()
     # CPU only (this machine has no GPU; skips the failing CUDA/TensorRT provider loads) and warm-up at the
     # power-of-two batch sizes (warming every size 1..max_batch takes minutes for vit_small on 2 cores)
-    full_env = {"VITSERVE_LOG_LEVEL": "warning", "VITSERVE_PROVIDERS": "CPUExecutionProvider", "VITSERVE_WARMUP": "pow2"}
+    full_env = {"VITSERVE_LOG_LEVEL": "warning", "VITSERVE_PROVIDERS": "CPUExecutionProvider"}
+    if warmup is not None:
+        full_env["VITSERVE_WARMUP"] = warmup
+    if server_root is not None:
+        root = str(Path(server_root).resolve())
+        full_env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
     if models:
         full_env["VITSERVE_MODELS"] = ",".join(models)
     full_env.update(env or {})
@@ -186,7 +195,8 @@ def vitserve_server(
         sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())",
         "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
     ]
-    return ServerProcess(argv, "/v2/health/ready", port, env=full_env, log_path=log_path, ready_timeout_s=ready_timeout_s)
+    return ServerProcess(argv, "/v2/health/ready", port, env=full_env, log_path=log_path, ready_timeout_s=ready_timeout_s,
+                         cwd=Path(server_root).resolve() if server_root is not None else None)
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -199,7 +209,12 @@ def group_cpu_seconds(pgid: int) -> float:
     inference worker, PyTriton's tritonserver); descendants are added for servers whose workers start a
     session of their own (BentoML's, Ray's). Processes that have exited are no longer counted.
     """
-    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, pgrp, ticks)
+    return sum(group_cpu_by_name(pgid).values())
+
+
+def group_cpu_by_name(pgid: int) -> dict[str, float]:
+    """`group_cpu_seconds` split by process name (/proc/PID/comm, e.g. vitserve-engine, vitserve-fe0)."""
+    procs: dict[int, tuple[int, int, int, str]] = {}  # pid -> (ppid, pgrp, ticks, comm)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -208,14 +223,15 @@ def group_cpu_seconds(pgid: int) -> float:
                 data = f.read()
         except OSError:
             continue
+        comm = data[data.find(b"(") + 1 : data.rfind(b")")].decode(errors="replace")
         fields = data[data.rfind(b")") + 2 :].split()
         # after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-        procs[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12]))
-    members = {pid for pid, (_, pgrp, _) in procs.items() if pgrp == pgid}
+        procs[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12]), comm)
+    members = {pid for pid, (_, pgrp, _, _) in procs.items() if pgrp == pgid}
     if pgid in procs:
         members.add(pgid)
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
+    for pid, (ppid, _, _, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
     stack = list(members)
     while stack:
@@ -223,4 +239,8 @@ def group_cpu_seconds(pgid: int) -> float:
             if child not in members:
                 members.add(child)
                 stack.append(child)
-    return sum(procs[pid][2] for pid in members) / _CLK_TCK
+    by_name: dict[str, float] = {}
+    for pid in members:
+        _, _, ticks, comm = procs[pid]
+        by_name[comm] = by_name.get(comm, 0.0) + ticks / _CLK_TCK
+    return by_name

@@ -81,13 +81,13 @@ def perf_analyzer_table(points: Sequence[LoadPoint]) -> str:
     return md_table(headers, rows)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, BaseModel):
-        return _jsonable(obj.model_dump(mode="json"))
+        return jsonable(obj.model_dump(mode="json"))
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, float) and math.isnan(obj):
@@ -99,7 +99,7 @@ def write_result(comparison: str, data: Mapping[str, Any], markdown: str, out_di
     """Write `<out>/<comparison>/<comparison>.json` and `.md`; return the directory."""
     directory = (out_dir or RESULTS_DIR) / comparison
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{comparison}.json").write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+    (directory / f"{comparison}.json").write_text(json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
     (directory / f"{comparison}.md").write_text(markdown.rstrip() + "\n")
     return directory
 

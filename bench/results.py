@@ -44,6 +44,7 @@ class LoadPoint(BaseModel):
     request_rate: float | None = None
     protocol: str = ""
     description: str = ""
+    client: Literal["python", "wrk"] = Field("python", description="the load generator: bench/client.py or wrk")
     measured_s: float
     windows: int
     stable: bool
@@ -82,19 +83,24 @@ class LoadPoint(BaseModel):
         return {
             first[0]: first[1] if first[1] is not None else 0,
             "Inferences/Second": round(self.inferences_per_second, 2),
-            "Client Send": round(self.client_send_us),
-            "Network+Server Send/Recv": round(self.network_server_send_recv_us),
-            "Server Queue": round(s.get("queue", 0.0)),
-            "Server Compute Input": round(s.get("preprocess", 0.0)),
-            "Server Compute Infer": round(s.get("compute", 0.0)),
-            "Server Compute Output": round(s.get("postprocess", 0.0)),
-            "Client Recv": round(self.client_recv_us),
-            "p50 latency": round(self.latency_us["p50"]),
-            "p90 latency": round(self.latency_us["p90"]),
-            "p95 latency": round(self.latency_us["p95"]),
-            "p99 latency": round(self.latency_us["p99"]),
-            "Avg latency": round(self.latency_us["avg"]),
+            "Client Send": _usec(self.client_send_us),
+            "Network+Server Send/Recv": _usec(self.network_server_send_recv_us),
+            "Server Queue": _usec(s.get("queue", 0.0)),
+            "Server Compute Input": _usec(s.get("preprocess", 0.0)),
+            "Server Compute Infer": _usec(s.get("compute", 0.0)),
+            "Server Compute Output": _usec(s.get("postprocess", 0.0)),
+            "Client Recv": _usec(self.client_recv_us),
+            "p50 latency": _usec(self.latency_us["p50"]),
+            "p90 latency": _usec(self.latency_us["p90"]),
+            "p95 latency": _usec(self.latency_us["p95"]),
+            "p99 latency": _usec(self.latency_us["p99"]),
+            "Avg latency": _usec(self.latency_us["avg"]),
         }
+
+
+def _usec(value: float) -> float | int:
+    """A figure in whole usec; one the client did not measure (wrk splits no send/recv) stays NaN."""
+    return value if math.isnan(value) else round(value)
 
 
 PERF_ANALYZER_COLUMNS = list(

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.frontend import summary_lines as frontend_summary
 from bench.report import RESULTS_DIR, fmt, frontend_table, md_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +103,36 @@ def _frontend_lines(c: dict[str, Any]) -> list[str]:
             "", frontend_table(fe), ""]
 
 
+def _multi_section(multi: dict[str, Any] | None, base: Path, results: Path) -> list[str]:
+    """Every variant side by side (issue 13): each checkout's targets and per-model ratios, before → after."""
+    md = ["## 7. Every variant side by side: one repository vs a single-model server", ""]
+    if not multi:
+        return md + ["Not run (`vitserve-bench multi --preset vit_small --quick`).", ""]
+    md += [f"{len(multi['models'])} {multi['preset']} models loaded in one server (v2 binary batch-1 requests; each "
+           f"model measured while the others are loaded and idle) against a server that serves only that model; "
+           f"command `{multi['command']}`.", ""]
+    rows = []
+    for run in multi["runs"]:
+        r = run["ratios"]
+        for t in run["targets"]:
+            rows.append([run["label"], t["target"], t["goal"], fmt(t["measured"]), "**met**" if t["met"] else "**missed**"])
+        rows.append([run["label"], "time to ready (s, this machine): whole repository / one model", "—",
+                     f"{run['multi']['ready_s']:.1f} / {r['one_model_ready_s']:.1f}", "—"])
+    md += [md_table(["checkout", "target", "goal", "measured", "status"], rows), ""]
+    c = f"c{multi['concurrency']}"
+    per_model = [[run["label"], name, alone["c1"]["latency_us"]["p50"] / 1e3, v["p50_ratio"],
+                  alone[c]["inferences_per_second"], v["throughput_ratio"]]
+                 for run in multi["runs"] for name, alone in run["single"].items()
+                 for v in [run["ratios"]["per_model"][name]]]
+    md += [md_table(["checkout", "model", "p50 ms alone (this machine)", "p50 all loaded ÷ alone",
+                     f"infer/s {c} alone (this machine)", f"infer/s {c} all loaded ÷ alone"], per_model), ""]
+    preset = multi["preset"]
+    for key in ("p50_ratio", "throughput_ratio"):
+        md.append(f"![{key}](" + _rel(results / "multi" / f"{key}_{preset}.png", base) + ")")
+    details = _rel(results / "multi" / f"multi_{preset}.md", base)
+    return md + ["", f"Details: [{details}]({details})", ""]
+
+
 def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     out = out or REPO_ROOT / "BENCHMARKS.md"
     base = out.parent
@@ -110,7 +141,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     gemm = _load(results / "gemm" / "gemm.json")
     int8 = _load(results / "int8" / "int8.json")
     peers = _load(results / "peers" / "peers.json")
-    runs = [r for r in (variants, *ceilings.values(), gemm, int8, peers) if r]
+    multi = _load(results / "multi" / "multi_vit_small.json") or _load(results / "multi" / "multi.json")
+    runs = [r for r in (variants, *ceilings.values(), gemm, int8, peers, multi) if r]
 
     md: list[str] = ["# vitserve benchmarks", ""]
     md += [
@@ -284,6 +316,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         md += ["Not run.", ""]
 
     md += _gpu_section(_load(results / "gpu" / "gpu.json"))
+    md += _multi_section(multi, base, results)
+    md += frontend_summary(_load(results / "frontend" / "frontend.json"), results, lambda p: _rel(p, base))
 
     analysis = results / "analysis.md"
     if analysis.is_file():
@@ -304,6 +338,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         "vitserve-bench gemm --preset vit_small --quick",
         "vitserve-bench int8 --preset demo --preset vit_small --quick",
         "vitserve-bench gpu --preset vit_small --preset vit_base   # on a machine with an NVIDIA GPU",
+        "vitserve-bench multi --preset vit_small --quick   # six variants in one server vs one each; --baseline-root DIR",
+        "vitserve-bench frontend --quick   # off-CPU stand-in: 1 vs 2 front-end processes",
         "vitserve-bench load --url http://127.0.0.1:8000 --model demo --protocol v2 --concurrency 1,2,4,8,16,32 --overhead",
         "vitserve-bench summary            # regenerates this file",
         "```",

@@ -56,14 +56,17 @@ class ServiceApp(FastAPI):
         await self.entry(scope, receive, send)
 
 
-def create_app(settings: Settings, *, wait_for_models: bool = False) -> ServiceApp:
+def create_app(settings: Settings, *, wait_for_models: bool = False, store: ModelStore | None = None) -> ServiceApp:
     """Build the app. `wait_for_models` makes startup block until the initial load is done (tests).
+    `store`: serve this one (a front end's mirror of the engine's models, service/workers/).
 
     Each model's runtime comes from the runtimes table (service/runtimes) by its config.pbtxt
     `backend`/`platform`; `settings.runtime_modules` names modules that register more runtimes."""
-    metrics = Metrics()
-    register_gpu_metrics(metrics.registry)  # Triton's nv_gpu_* series; absent without a GPU
-    store = ModelStore(settings, metrics)
+    if store is None:
+        metrics = Metrics()
+        register_gpu_metrics(metrics.registry)  # Triton's nv_gpu_* series; absent without a GPU
+        store = ModelStore(settings, metrics)
+    metrics = store.metrics
     pipeline = Pipeline(store)
 
     @asynccontextmanager
@@ -84,6 +87,7 @@ def create_app(settings: Settings, *, wait_for_models: bool = False) -> ServiceA
     install_error_handlers(app)
     hot = register_v1(app, pipeline) + register_v2(app, pipeline)
     register_system(app, store)
+    app.state.hot_routes = hot
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # the hot routes first, under the same body limit; everything else through FastAPI's stack
     app.entry = FastPathMiddleware(partial(FastAPI.__call__, app), hot, max_body_bytes=settings.max_body_bytes)

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,7 +159,10 @@ class Batcher:
         instances: int = 1,
         clock: Clock = time.monotonic,
         hooks: BatcherHooks | None = None,
+        gate: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
+        """`gate`: held around each batch's compute (service/compute_gate.py: models take turns on the cores);
+        the wait for it counts as queue time, as a request's wait for a free worker does."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         self.name = name
@@ -167,6 +171,7 @@ class Batcher:
         self._instances = instances
         self._clock = clock
         self._hooks = hooks or BatcherHooks()
+        self._gate = gate or nullcontext
         self._queue: deque[PendingRequest] = deque()
         self._queued = 0  # images in the queue whose request is still waiting (kept as the queue changes)
         self._inflight_batches: dict[int, list[PendingRequest]] = {}
@@ -322,23 +327,27 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
+        """(outputs, compute seconds, seconds waited for the compute gate) of one batch, in a worker thread."""
         batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
-        start = time.perf_counter()
-        out = self._run(batch)
-        return out, time.perf_counter() - start
+        asked = self._clock()
+        with self._gate():
+            waited = self._clock() - asked
+            start = time.perf_counter()
+            out = self._run(batch)
+            return out, time.perf_counter() - start, waited
 
     async def _finish(
         self,
         batch_id: int,
         batch: list[PendingRequest],
-        running: asyncio.Future[tuple[np.ndarray, float]],
+        running: asyncio.Future[tuple[np.ndarray, float, float]],
         dispatched_at: float,
     ) -> None:
         """Wait for a batch on its worker, start the next one, then answer each member."""
         total = sum(r.size for r in batch)
         try:
-            outputs, compute_s = await running
+            outputs, compute_s, waited_s = await running
             if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or outputs.shape[0] != total:
                 got = getattr(outputs, "shape", type(outputs).__name__)
                 raise InferenceFailed(f"runtime returned outputs of shape {got} for {total} inputs")
@@ -358,13 +367,14 @@ class Batcher:
             raise
         self._release(batch_id)
         self._last_compute_s = compute_s
-        self._hooks.on_batch(total, compute_s, batch, dispatched_at)
+        started_at = dispatched_at + waited_s  # waiting for the cores is queueing too
+        self._hooks.on_batch(total, compute_s, batch, started_at)
         offset = 0
         for req in batch:
             rows = outputs[offset : offset + req.size]
             offset += req.size
             if not req.future.done():
-                req.future.set_result(BatchOutput(rows, dispatched_at - req.enqueued_at, compute_s, total))
+                req.future.set_result(BatchOutput(rows, started_at - req.enqueued_at, compute_s, total))
 
     def _release(self, batch_id: int) -> None:
         """The batch's worker is free: hand it the next due batch at once, and let the collector re-plan."""

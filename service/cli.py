@@ -42,11 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--header-timeout-s", type=float, help="time to deliver a request's headers (408 after)")
     serve.add_argument("--body-timeout-s", type=float, help="longest pause inside a request body")
     serve.add_argument("--max-connections", type=int, help="open connections at most (503 above)")
-    serve.add_argument("--warmup", choices=["all", "pow2", "one"])
+    serve.add_argument("--warmup", choices=["auto", "all", "pow2", "one"])
+    serve.add_argument("--compute-threads", type=int,
+                       help="intra-op threads computing at once across all CPU sessions (0 = CPU cores)")
+    serve.add_argument("--load-concurrency", type=int, help="model versions loading at once (0 = CPU cores)")
     serve.add_argument("--drain-timeout-s", type=float)
     serve.add_argument("--shutdown-delay-s", type=float)
     serve.add_argument("--poll-interval-s", type=float)
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--http-workers", type=int,
+                       help="front-end processes on one port, one engine process (default 1: one process)")
     return parser
 
 
@@ -110,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if settings.http_workers > 1:
+        from service.workers.supervisor import serve_workers
+
+        return serve_workers(settings)
     import uvicorn
 
     from service.app import create_app

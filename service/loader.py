@@ -8,11 +8,13 @@ shows.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
 
 from service.batcher import BatchLimits
+from service.compute_gate import ComputeGate
 from service.errors import exception_summary
 from service.repository import ModelEntry, ModelLoadError
 from service.runtimes import InferenceRuntime, RuntimeBackend, RuntimeSpec, warmup_sizes
@@ -46,12 +48,15 @@ def build_version(
     backend: RuntimeBackend,
     options: object,
     stop: threading.Event | None = None,
+    gate: ComputeGate | None = None,
 ) -> InferenceRuntime:
-    """Blocking: verify the file, build the runtime (`backend`, with its `options`), warm up every batch size.
-    Runs in a thread.
+    """Blocking: verify the file, build the runtime (`backend`, with its `options`), warm up the batch sizes that
+    matter. Runs in a thread.
 
     `stop` (set when the server shuts down) cancels the load between warm-up batch sizes, so a
-    SIGTERM during a long warm-up does not keep the process alive until the warm-up ends.
+    SIGTERM during a long warm-up does not keep the process alive until the warm-up ends. `gate`:
+    warm-up runs take their turn on the cores like batches do, so a model still loading does not
+    slow the ones already serving more than a model of theirs would.
     """
 
     def check_stop() -> None:
@@ -76,10 +81,15 @@ def build_version(
         runtime = backend.create(spec)
     except Exception as exc:  # noqa: BLE001 - corrupt graph, provider failure...
         raise ModelLoadError(entry.name, f"version {version}: cannot create session: {exception_summary(exc)}") from exc
+    hold = gate.for_runtime(runtime.cpu_threads) if gate is not None else None
+    db = entry.config.dynamic_batching
+    sizes = (runtime.auto_warmup_sizes(limits.max_batch_size, db.preferred_batch_size if db else ())
+             if settings.warmup == "auto" else warmup_sizes(limits.max_batch_size, settings.warmup))
     try:
-        for size in warmup_sizes(limits.max_batch_size, settings.warmup):
+        for size in sizes:
             check_stop()
-            runtime.warmup([size])
+            with hold() if hold is not None else contextlib.nullcontext():
+                runtime.warmup([size])
     except ModelLoadError:
         runtime.close()
         raise

@@ -1,5 +1,9 @@
 """Prometheus metrics of one app, in their own CollectorRegistry (so several apps can live in one process).
 
+With `--http-workers N` every process writes its values to prometheus_client's multiprocess directory
+(`PROMETHEUS_MULTIPROC_DIR`, set by the supervisor) and `render` sums them: counters and histograms over
+every process that ever ran (a replaced front end's counts stay), gauges over the live ones.
+
 Exported names and labels (the contract with docker/grafana dashboards and alert rules):
 
 Histograms (seconds unless noted)
@@ -42,9 +46,14 @@ at 0, so dashboards show them before traffic.
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.manifest import Evaluation
 
@@ -52,6 +61,8 @@ PREFIX = "vitserve_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MODEL_STATES = ("ready", "loading", "failed", "unloading", "unloaded")
+MP_GAUGE = "livesum"
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -59,6 +70,8 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # a gauge is set by one process: with several (`--http-workers`) the live ones are summed
+        gauge = functools.partial(Gauge, registry=r, multiprocess_mode=MP_GAUGE)
         p = PREFIX
         self.request_duration = Histogram(
             p + "request_duration_seconds", "End-to-end request latency", ["model", "endpoint", "code"],
@@ -96,23 +109,23 @@ class Metrics:
             p + "nonfinite_outputs_total", "Requests whose model output held NaN or infinity (failed, never served)",
             ["model"], registry=r,
         )
-        self.queue_depth = Gauge(p + "queue_depth", "Images waiting in the queue", ["model", "version"], registry=r)
-        self.queue_capacity = Gauge(
-            p + "queue_capacity", "Queue bound in images", ["model", "version"], registry=r
+        self.queue_depth = gauge(p + "queue_depth", "Images waiting in the queue", ["model", "version"])
+        self.queue_capacity = gauge(
+            p + "queue_capacity", "Queue bound in images", ["model", "version"]
         )
-        self.model_ready = Gauge(
-            p + "model_ready", "1 when the model version serves", ["model", "version", "provider"], registry=r
+        self.model_ready = gauge(
+            p + "model_ready", "1 when the model version serves", ["model", "version", "provider"]
         )
-        self.model_state = Gauge(p + "model_state", "1 for the model's current state", ["model", "state"], registry=r)
-        self.model_flops = Gauge(p + "model_flops", "FLOPs per image", ["model"], registry=r)
-        self.model_parameters = Gauge(p + "model_parameters", "Parameter count", ["model"], registry=r)
-        self.model_load_seconds = Gauge(
-            p + "model_load_seconds", "Load and warm-up time of the last load", ["model"], registry=r
+        self.model_state = gauge(p + "model_state", "1 for the model's current state", ["model", "state"])
+        self.model_flops = gauge(p + "model_flops", "FLOPs per image", ["model"])
+        self.model_parameters = gauge(p + "model_parameters", "Parameter count", ["model"])
+        self.model_load_seconds = gauge(
+            p + "model_load_seconds", "Load and warm-up time of the last load", ["model"]
         )
-        self.server_ready = Gauge(p + "server_ready", "1 while the server reports ready", registry=r)
-        self.model_accuracy = Gauge(
+        self.server_ready = gauge(p + "server_ready", "1 while the server reports ready")
+        self.model_accuracy = gauge(
             p + "model_accuracy", "Held-out accuracy (fraction) from the manifest; comparable within one dataset",
-            ["model", "dataset", "metric"], registry=r,
+            ["model", "dataset", "metric"],
         )
         self._accuracy_labels: dict[str, list[tuple[str, str, str]]] = {}
         # the children of the per-request series, by (model, endpoint, code): `labels()` costs more than the update
@@ -162,4 +175,21 @@ class Metrics:
         self._accuracy_labels[model] = published
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition; with several processes (their values in `PROMETHEUS_MULTIPROC_DIR`) their total."""
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        return generate_latest(_Total(directory, self.registry))
+
+
+class _Total:
+    """Every process's vitserve_* series summed (prometheus_client's multiprocess collector), and this
+    process's other collectors (the GPU's, which only the engine has)."""
+
+    def __init__(self, directory: str, own: CollectorRegistry) -> None:
+        self.directory = directory
+        self.own = own
+
+    def collect(self) -> Iterable[Metric]:
+        yield from MultiProcessCollector(None, self.directory).collect()
+        yield from (m for m in self.own.collect() if not m.name.startswith(PREFIX))

@@ -57,13 +57,17 @@ class Settings(BaseSettings):
         "and the provider a session really got is reported",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = CPU cores / number of loaded sessions"
+        0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = every CPU core (divided among the "
+        "model's execution instances): a lone request on any model gets the whole machine, and compute_threads "
+        "keeps the sessions of several models from oversubscribing the cores"
     )
     inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime inter-op threads per session (sequential mode)")
-    allow_spinning: bool | None = Field(
-        None,
-        description="Let ORT worker threads spin-wait between ops; unset = on when one model session is "
-        "loaded, off when several share the cores (their spinning threads would steal each other's; BENCHMARKS.md)",
+    allow_spinning: bool = Field(
+        False,
+        description="Let ORT worker threads spin-wait between ops and after a run instead of sleeping: off by "
+        "default, because at low load it multiplies the CPU each request costs (throttled under a container CPU "
+        "limit) and under contention it slows compute; on dedicated cores it buys throughput on tiny models "
+        "(BENCHMARKS.md)",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level"
@@ -89,16 +93,26 @@ class Settings(BaseSettings):
         "On CPU, 2 raise throughput under load (overlapping the HTTP work with compute) at the cost of "
         "batch-1 latency on large models (BENCHMARKS.md)"
     )
+    compute_threads: int = Field(
+        0, ge=0, description="Intra-op threads computing at once across every CPU session of the process: a batch "
+        "(or warm-up run) waits, in arrival order, until its session's threads fit (0 = CPU cores). Models take "
+        "turns on the cores instead of thrashing them; sessions on a GPU provider are not counted"
+    )
+    load_concurrency: int = Field(
+        0, ge=0, description="Model versions loading (session creation and warm-up) at once (0 = CPU cores)"
+    )
     max_queue_size: int | None = Field(
         None,
         ge=1,
         description="Override the queue bound in images per model version (default: config.pbtxt "
         "default_queue_policy.max_queue_size, or 8 x max batch size when that is 0)",
     )
-    warmup: Literal["all", "pow2", "one"] = Field(
-        "all",
-        description="Warm-up batch sizes before a model reports ready: every size 1..max_batch_size ('all'), "
-        "powers of two and the maximum ('pow2') or batch 1 only ('one')",
+    warmup: Literal["auto", "all", "pow2", "one"] = Field(
+        "auto",
+        description="Warm-up batch sizes before a model reports ready: 'auto' = batch 1 on the CPU provider (its "
+        "first run at a new batch size costs no more than the next; BENCHMARKS.md), and on a GPU provider the "
+        "powers of two, the preferred batch sizes and the maximum; or every size 1..max_batch_size ('all'), "
+        "powers of two and the maximum ('pow2'), batch 1 only ('one')",
     )
     default_deadline_ms: float = Field(
         30_000, gt=0, description="Deadline of a request that names none; a request may ask for less, not more"
@@ -154,6 +168,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Python modules imported at start, before any model loads (comma "
         "separated); each registers runtimes with service.runtimes.register_runtime for the config.pbtxt "
         "`backend`/`platform` values it serves"
+    )
+    http_workers: int = Field(
+        1, ge=1, le=64, description="HTTP front-end processes sharing the port: they parse and preprocess and hand "
+        "tensors (shared memory) to the one engine process that owns the sessions and batchers; 1 = the "
+        "single-process server (service/workers/)",
     )
 
     @field_validator("models", "providers", "runtime_modules", mode="before")

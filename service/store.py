@@ -19,7 +19,6 @@ import asyncio
 import bisect
 import contextvars
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.batcher import Batcher
+from service.compute_gate import ComputeGate, cpu_cores
 from service.errors import (
     InvalidInput,
     ModelNotFound,
@@ -122,9 +122,15 @@ class ModelStore:
         self._none_accepted = asyncio.Event()
         self._none_accepted.set()
         self._stop_loads = threading.Event()  # set at shutdown: loads in progress stop between warm-up sizes
-        threads = settings.preprocess_threads or os.cpu_count() or 1
+        cores = cpu_cores()
+        threads = settings.preprocess_threads or cores
         self._preprocess_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vitserve-preprocess")
-        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitserve-load")
+        # models load side by side (session creation is mostly one thread); their warm-ups share the gate
+        self._load_pool = ThreadPoolExecutor(max_workers=settings.load_concurrency or cores,
+                                             thread_name_prefix="vitserve-load")
+        self.compute_gate = ComputeGate(settings.compute_threads or cores)
+        #: called (on the loop) after a model's state or serving versions changed (service/workers mirrors them)
+        self.listeners: list[Callable[[], None]] = []
 
     def _handle_for(self, name: str) -> ModelHandle:
         """The handle of `name`, created (and listed) on first sight."""
@@ -154,10 +160,11 @@ class ModelStore:
             await asyncio.shield(initial)
 
     async def _initial_load(self, names: list[str]) -> None:
-        for name in names:
-            await self._load(self._models[name])
+        """Every model at once, bounded by the load pool; each serves as soon as it is ready."""
+        await asyncio.gather(*(self._load(self._models[name]) for name in names))
         self._initial_done = True
         self.metrics.server_ready.set(1.0 if self.ready else 0.0)
+        self._notify()
         log.info("initial load done: %s", {n: h.state for n, h in self._models.items()})
 
     def begin_drain(self) -> None:
@@ -245,7 +252,8 @@ class ModelStore:
             raise ModelLoadError(entry.name, str(exc)) from None
         if key not in self._options:  # built once per store, from the settings and how many models share it
             self._options[key] = backend.options(self.settings, self._concurrent_sessions)
-        return build_version(entry, version, self.settings, backend, self._options[key], stop=self._stop_loads)
+        return build_version(entry, version, self.settings, backend, self._options[key], stop=self._stop_loads,
+                             gate=self.compute_gate)
 
     async def _load(self, handle: ModelHandle, only_if_changed: bool = False) -> None:
         async with handle.lock:
@@ -255,6 +263,7 @@ class ModelStore:
             if not serving_before:
                 handle.state, handle.reason = "loading", None
                 self.metrics.set_state(handle.name, "loading")
+                self._notify()
             handle.fingerprint = directory_fingerprint(self.settings.repository, handle.name)
             try:
                 entry = await loop.run_in_executor(self._load_pool, read_model, self.settings.repository, handle.name)
@@ -284,7 +293,8 @@ class ModelStore:
             for version, runtime in runtimes.items():
                 observer = VersionObserver(self.metrics, entry.name, version, entry.manifest.costs.flops)
                 batcher = Batcher(runtime.run, limits, name=f"{entry.name}:{version}", hooks=observer,
-                                  instances=instance_count(entry, self.settings))
+                                  instances=instance_count(entry, self.settings),
+                                  gate=self.compute_gate.for_runtime(runtime.cpu_threads))
                 batcher.start()
                 new_versions[version] = LoadedVersion(entry.name, version, entry, runtime, batcher, observer,
                                                       _decode_config(preprocess), preprocess.value_range)
@@ -308,6 +318,7 @@ class ModelStore:
             return
         handle.state, handle.reason = "failed", reason
         self.metrics.set_state(handle.name, "failed")
+        self._notify()
 
     def _publish(self, handle: ModelHandle, old: dict[int, LoadedVersion]) -> None:
         m, entry = self.metrics, handle.entry
@@ -323,6 +334,11 @@ class ModelStore:
             m.set_accuracy(handle.name, entry.manifest.evaluation)
         if handle.load_seconds is not None:
             m.model_load_seconds.labels(model=handle.name).set(handle.load_seconds)
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     async def _retire(self, versions: list[LoadedVersion]) -> None:
         """Drain old versions (requests that hold them finish), then close their sessions."""
@@ -371,11 +387,13 @@ class ModelStore:
             old = handle.serve({})
             handle.state, handle.reason = "unloading", None
             self.metrics.set_state(name, "unloading")
+            self._notify()
             for lv in old.values():
                 self.metrics.model_ready.labels(model=name, version=str(lv.version), provider=lv.runtime.provider).set(0)
             await self._retire(list(old.values()))
             handle.state, handle.reason = "unloaded", "unloaded by request"
             self.metrics.set_state(name, "unloaded")
+            self._notify()
         return self.get_model(name)
 
     # -- queries -----------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class InferenceRuntime(ABC):
 
     provider: str = "none"
     provider_note: str | None = None  # why this provider (the ones preferred to it were skipped)
+    #: CPU threads one batch keeps busy, what it holds at the compute gate (0: computes elsewhere, not gated)
+    cpu_threads: int = 0
 
     def __init__(self, spec: RuntimeSpec) -> None:
         self.spec = spec
@@ -66,12 +68,20 @@ class InferenceRuntime(ABC):
             if out.shape != (size, classes):
                 raise RuntimeError(f"warm-up at batch {size}: output shape {out.shape}, expected {(size, classes)}")
 
+    def auto_warmup_sizes(self, max_batch_size: int, preferred: Iterable[int] = ()) -> list[int]:
+        """What `warmup: auto` runs: the powers of two, the preferred batch sizes and the maximum (where a new
+        shape may select kernels or build engines); a runtime whose first run at a new batch size costs no
+        more than the next warms fewer."""
+        sizes = set(warmup_sizes(max_batch_size, "pow2")) | {s for s in preferred if 1 <= s <= max_batch_size}
+        return sorted(sizes)
+
     def close(self) -> None:
         """Release the session."""
 
 
 def warmup_sizes(max_batch_size: int, mode: str) -> list[int]:
-    """The batch sizes warmed up before ready: every size the batcher can produce, or a documented subset."""
+    """The batch sizes warmed up before ready: every size the batcher can produce, or a documented subset
+    ('auto' is the runtime's own choice: `InferenceRuntime.auto_warmup_sizes`)."""
     if mode == "one":
         return [1]
     if mode == "pow2":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from service.compute_gate import cpu_cores
 from service.errors import exception_summary
 from service.providers import (
     CPU,
@@ -60,27 +60,25 @@ def session_config(
     providers: list[str],
     intra_op_threads: int,
     inter_op_threads: int,
-    allow_spinning: bool | None,
+    allow_spinning: bool,
     graph_optimization_level: str,
-    concurrent_sessions: int,
     cpu_count: int | None = None,
     engine_cache_dir: Path | None = None,
 ) -> SessionConfig:
-    """Threads chosen deliberately: sessions that run at the same time share the cores.
+    """Threads chosen deliberately: every session may use every core, the compute gate shares them.
 
-    intra-op threads = cores // concurrent sessions (at least 1) unless set. Spinning (busy-wait of
-    idle pool threads) unless set: on for a single session, off when several sessions share the cores
-    (one's spinning threads would steal the cores another needs); BENCHMARKS.md has the measurements.
+    intra-op threads = cores unless set, however many sessions are loaded: a lone request on any model
+    gets the whole machine, and the process-wide compute gate (service/compute_gate.py) lets models
+    take turns instead of oversubscribing the cores. Spinning (busy-wait of idle pool threads) only when
+    asked for: at low load it multiplies the CPU a request costs, which a container's CPU limit
+    throttles, for a gain only on dedicated cores under load (BENCHMARKS.md, analysis).
     """
-    cores = cpu_count or os.cpu_count() or 1
-    sessions = max(1, concurrent_sessions)
-    intra = intra_op_threads or max(1, cores // sessions)
-    spinning = allow_spinning if allow_spinning is not None else sessions == 1
+    cores = cpu_count or cpu_cores()
     return SessionConfig(
         providers=list(providers),
-        intra_op_threads=intra,
+        intra_op_threads=intra_op_threads or cores,
         inter_op_threads=inter_op_threads,
-        allow_spinning=spinning,
+        allow_spinning=bool(allow_spinning),
         graph_optimization_level=graph_optimization_level,
         engine_cache_dir=engine_cache_dir,
         split_threads=not intra_op_threads,
@@ -88,14 +86,14 @@ def session_config(
 
 
 def settings_session_config(settings: Settings, concurrent_sessions: int) -> SessionConfig:
-    """This runtime's options from the service settings (the table entry's `options`)."""
+    """This runtime's options from the service settings (the table entry's `options`). The number of
+    sessions plays no part: each gets every core, and the compute gate shares them."""
     return session_config(
         settings.providers,
         settings.intra_op_threads,
         settings.inter_op_threads,
         settings.allow_spinning,
         settings.graph_optimization_level,
-        concurrent_sessions=concurrent_sessions,
         engine_cache_dir=settings.trt_engine_cache_dir,
     )
 
@@ -196,6 +194,8 @@ class OnnxRuntime(InferenceRuntime):
         self._session_seconds = time.perf_counter() - started
         self._session = session
         self.provider = session.get_providers()[0]
+        # what one batch keeps busy on the CPU (the compute gate's weight); a GPU provider computes elsewhere
+        self.cpu_threads = (cfg.intra_op_threads or cpu_cores()) if self.provider == CPU else 0
         if self.provider in providers:  # everything ahead of the provider we got did not work here
             skipped = providers[: providers.index(self.provider)]
             if skipped and not _UNUSABLE_PROVIDERS.issuperset(skipped):
@@ -237,6 +237,14 @@ class OnnxRuntime(InferenceRuntime):
                  "fp16 %s; engine cache %s)", self.spec.name, self.spec.version, self._session_seconds + first,
                  self._session_seconds, first, opts.get("trt_profile_min_shapes", "?"),
                  opts.get("trt_profile_max_shapes", "?"), opts.get("trt_fp16_enable", "False"), cache or "off")
+
+    def auto_warmup_sizes(self, max_batch_size: int, preferred: Iterable[int] = ()) -> list[int]:
+        """Batch 1 on the CPU provider: its first run at a new batch size costs no more than the next (only
+        the session's very first run pays for lazy initialisation; BENCHMARKS.md); on a GPU provider the
+        base class's sizes."""
+        if self.provider == CPU:
+            return [1]
+        return super().auto_warmup_sizes(max_batch_size, preferred)
 
     def _check_signature(self) -> None:
         m = self.spec.manifest

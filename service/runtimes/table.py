@@ -40,6 +40,7 @@ class RuntimeBackend:
 _TABLE: dict[str, RuntimeBackend | str] = {
     "onnxruntime": "service.runtimes.onnxruntime:BACKEND",
     "onnxruntime_onnx": "service.runtimes.onnxruntime:BACKEND",
+    "vitserve_offcpu_standin": "service.runtimes.standin:BACKEND",  # no CPU: stands in for a GPU (benchmarks)
 }
 
 

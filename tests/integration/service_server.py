@@ -46,8 +46,8 @@ class ServerProcess:
 
 
 def start_server(repository: Path, tmp: Path, *args: str, ready_timeout: float = 60.0,
-                 env: dict[str, str] | None = None) -> ServerProcess:
-    """Start `python -m service.cli serve` and poll /v2/health/ready until 200 (deadline, no fixed sleep)."""
+                 env: dict[str, str] | None = None, ready_path: str = "/v2/health/ready") -> ServerProcess:
+    """Start `python -m service.cli serve` and poll `ready_path` until 200 (deadline, no fixed sleep)."""
     last_error: str = ""
     for _ in range(3):  # a free port can be taken between probe and bind: retry with another
         port = free_port()
@@ -61,7 +61,7 @@ def start_server(repository: Path, tmp: Path, *args: str, ready_timeout: float =
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if httpx.get(server.base_url + "/v2/health/ready", timeout=1.0).status_code == 200:
+                if httpx.get(server.base_url + ready_path, timeout=1.0).status_code == 200:
                     return server
             except httpx.TransportError:
                 pass

@@ -15,7 +15,7 @@ from service.runtimes.onnxruntime import OnnxRuntime, session_config
 
 def spec_for(repo: Path, name: str, providers: list[str]) -> RuntimeSpec:
     entry = read_model(repo, name)
-    cfg = session_config(providers, 0, 1, None, "all", concurrent_sessions=2, cpu_count=4)
+    cfg = session_config(providers, 0, 1, False, "all", cpu_count=4)
     version = max(entry.versions)
     return RuntimeSpec(name, version, entry.manifest, 8, entry.verify(version), entry.config, options=cfg)
 
@@ -32,19 +32,18 @@ def test_session_runs_and_reports_the_provider_it_really_got(tiny_repository: Pa
     assert rt.provider == rt._session.get_providers()[0]
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
         assert rt.provider == "CPUExecutionProvider"
+    # what its batches hold at the compute gate: the session's intra-op threads on the CPU, nothing on a GPU
+    assert rt.cpu_threads == (4 if rt.provider == "CPUExecutionProvider" else 0)
+    assert rt._session.get_session_options().intra_op_num_threads == 4
     x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(rt.run(x), expected_logits(TinyModel("tiny_a"), 1, x), rtol=1e-5, atol=1e-5)
     rt.warmup(warmup_sizes(8, "all"))
 
 
-def test_thread_settings_share_the_cores() -> None:
-    two = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=2, cpu_count=8)
-    one = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=1, cpu_count=8)
-    assert (two.intra_op_threads, two.allow_spinning) == (4, False)
-    assert (one.intra_op_threads, one.allow_spinning) == (8, True)  # alone on the cores: spinning pays
-    many = session_config(["CPUExecutionProvider"], 0, 1, None, "all", concurrent_sessions=16, cpu_count=2)
-    assert many.intra_op_threads == 1
-    explicit = session_config(["CPUExecutionProvider"], 3, 1, True, "all", concurrent_sessions=16, cpu_count=2)
+def test_every_session_may_use_every_core_and_spins_only_when_asked() -> None:
+    auto = session_config(["CPUExecutionProvider"], 0, 1, None, "all", cpu_count=8)
+    assert (auto.intra_op_threads, auto.allow_spinning) == (8, False)  # the compute gate shares the cores
+    explicit = session_config(["CPUExecutionProvider"], 3, 1, True, "all", cpu_count=2)
     assert (explicit.intra_op_threads, explicit.allow_spinning) == (3, True)
 
 
@@ -66,6 +65,17 @@ def test_warmup_covers_every_batch_size_the_batcher_can_make() -> None:
     assert warmup_sizes(5, "all") == [1, 2, 3, 4, 5]
     assert warmup_sizes(12, "pow2") == [1, 2, 4, 8, 12]
     assert warmup_sizes(12, "one") == [1]
+
+
+def test_automatic_warmup_is_batch_one_on_cpu_and_the_sizes_that_matter_elsewhere(tiny_repository: Path) -> None:
+    from service.fakes import EchoRuntime
+
+    cpu = OnnxRuntime(spec_for(tiny_repository, "tiny_a", ["CPUExecutionProvider"]))
+    assert cpu.provider == "CPUExecutionProvider"
+    assert cpu.auto_warmup_sizes(32, [4, 8]) == [1]  # a new batch size costs no more on its first run
+    other = EchoRuntime(spec_for(tiny_repository, "tiny_a", ["CPUExecutionProvider"]))  # not ONNX Runtime's CPU
+    assert other.auto_warmup_sizes(32, [3, 8, 40]) == [1, 2, 3, 4, 8, 16, 32]
+    assert other.auto_warmup_sizes(12) == [1, 2, 4, 8, 12]
 
 
 def test_signature_mismatch_is_refused(tiny_repository: Path) -> None:

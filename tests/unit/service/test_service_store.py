@@ -345,3 +345,58 @@ def test_a_model_whose_backend_no_runtime_serves_fails_with_the_reason_and_the_o
         assert (await pipe.infer("tiny_a", ids([4.0]))).outputs[0, 0] == 4.0
 
     run(Settings(repository=repo, models=["tiny_a", "tiny_b"], warmup="one"), fake_factory(EchoRuntime), body)
+
+
+class CpuGated(GatedRuntime):
+    """A gated fake that computes on the CPU's threads, so its batches hold the compute gate as a CPU session's do."""
+
+    provider = "CPUExecutionProvider"
+    cpu_threads = 2
+
+    def warmup(self, batch_sizes):
+        pass
+
+
+def test_models_on_the_cpu_take_turns_at_the_compute_gate(tiny_repository: Path) -> None:
+    """Two CPU models, a budget of one thread: the second model's batch starts only when the first's ends."""
+
+    a, b = fake_factory(CpuGated), fake_factory(CpuGated)
+
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        assert store.compute_gate.threads == 1
+        first = asyncio.create_task(pipe.infer("tiny_a", ids([1.0])))
+        rt_a, rt_b = a.instances[-1], b.instances[-1]  # type: ignore[attr-defined]
+        assert await asyncio.to_thread(rt_a.entered.wait, 5)
+        second = asyncio.create_task(pipe.infer("tiny_b", ids([2.0])))
+        while store.compute_gate.waiting == 0:
+            await asyncio.sleep(0.005)
+        assert not rt_b.entered.is_set()  # waiting for the cores, not computing
+        rt_b.gate.set()
+        await asyncio.sleep(0.05)
+        assert not rt_b.entered.is_set() and not second.done()
+        rt_a.gate.set()
+        assert (await first).outputs[0, 0] == 1.0
+        out = await second
+        assert out.outputs[0, 0] == 2.0
+        assert out.queue_s >= 0.05  # it waited for the cores at least as long as the test held them: queue time
+        assert store.compute_gate.free == 1
+
+    run(Settings(repository=tiny_repository, models=["tiny_a", "tiny_b"], compute_threads=1),
+        by_model(tiny_a=a, tiny_b=b), body)
+
+
+def test_a_gpu_model_is_not_held_by_the_compute_gate(tiny_repository: Path) -> None:
+    class Gpu(EchoRuntime):
+        provider = "CUDAExecutionProvider"
+
+    cpu = fake_factory(CpuGated)
+
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        first = asyncio.create_task(pipe.infer("tiny_a", ids([1.0])))
+        assert await asyncio.to_thread(cpu.instances[-1].entered.wait, 5)  # type: ignore[attr-defined]
+        assert (await pipe.infer("tiny_b", ids([2.0]))).outputs[0, 0] == 2.0  # the cores are held: no matter
+        cpu.instances[-1].gate.set()  # type: ignore[attr-defined]
+        await first
+
+    run(Settings(repository=tiny_repository, models=["tiny_a", "tiny_b"], compute_threads=1),
+        by_model(tiny_a=cpu, tiny_b=fake_factory(Gpu)), body)

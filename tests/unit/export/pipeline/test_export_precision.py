@@ -90,7 +90,7 @@ def test_fp16_copy_serves_on_the_cpu_provider(trained: Path, tmp_path: Path) -> 
     from service.runtimes.onnxruntime import OnnxRuntime, session_config
 
     entry = read_model(trained, "demo-fp16")
-    cfg = session_config(["CPUExecutionProvider"], 1, 1, False, "all", concurrent_sessions=1)
+    cfg = session_config(["CPUExecutionProvider"], 1, 1, False, "all")
     rt = OnnxRuntime(RuntimeSpec("demo-fp16", 1, entry.manifest, 8, entry.verify(1), entry.config, options=cfg))
     rt.warmup([1, 8])
     x, _ = _heldout(entry.manifest, tmp_path)

@@ -1,0 +1,216 @@
+"""The front end's side of the engine connection: remote inference and forwarded requests.
+
+`EngineClient` holds one connection to the engine and the process's shared-memory arena.
+`RemoteExecutor` stands where a version's `Batcher` stands in the single-process server, with its
+`submit(inputs, deadline) -> BatchOutput` and its errors: the engine's batcher of that version
+queues and computes the request, and its error comes back as the same class (Overloaded with its
+Retry-After, DeadlineExceeded, BatcherStopped when the version was swapped out so the caller
+retries the new one, ModelNotReady). A cancelled submit (client gone) cancels the engine's request
+too; its block is reused only once the engine has let go of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.batcher import BatcherStopped, BatchLimits, BatchOutput
+from service.errors import InferenceFailed, ModelNotReady, Overloaded
+from service.workers.protocol import ModelTable, decode_error
+from service.workers.transport import Arena, Block, Channel
+
+log = logging.getLogger("vitserve.frontend")
+
+ENGINE_GONE = "the inference engine is not reachable"
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[Any]
+    block: Block | None = None
+
+
+class EngineClient:
+    """One front-end process's connection to the engine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.arena = Arena(f"vitserve-{os.getpid()}-{secrets.token_hex(4)}")
+        self.table: ModelTable | None = None
+        self.on_table: Callable[[ModelTable], None] | None = None
+        self.connected = False
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._channel: Channel | None = None
+        self._first_table: asyncio.Event | None = None
+
+    async def connect(self) -> None:
+        """Connect and wait for the engine's model table."""
+        self._first_table = asyncio.Event()
+        _, self._channel = await asyncio.get_running_loop().create_unix_connection(
+            lambda: Channel(self._dispatch, self._lost), str(self.path))
+        self.connected = True
+        self._send(("hello", os.getpid()))
+        await self._first_table.wait()
+        if not self.connected:
+            raise ModelNotReady(ENGINE_GONE)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self.arena.close()
+
+    def _send(self, message: Any) -> None:
+        if self._channel is None or not self.connected:
+            raise ModelNotReady(ENGINE_GONE)
+        self._channel.send(message)
+
+    def _lost(self) -> None:
+        self.connected = False
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(ModelNotReady(ENGINE_GONE))
+        self._pending.clear()
+        if self._first_table is not None:
+            self._first_table.set()
+
+    def _dispatch(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "table":
+            self.table = message[1]
+            if self.on_table is not None:
+                self.on_table(self.table)
+            if self._first_table is not None:
+                self._first_table.set()
+        elif kind == "segment_ok":  # both processes map it now: the name can go
+            self.arena.segments[message[1]].path.unlink(missing_ok=True)
+        else:  # done / error / cancelled / http_response
+            pending = self._pending.pop(message[1], None)
+            if pending is None:
+                return
+            if not pending.future.done():
+                pending.future.set_result(message)  # the awaiting request copies its outputs, then frees the block
+            elif pending.block is not None:  # its request was cancelled: the engine let go of the block now
+                self.arena.release(pending.block)
+
+    async def _request(self, message: tuple[Any, ...], rid: int, block: Block | None) -> Any:
+        """Send and wait for the answer; on cancellation tell the engine (the block waits for its reply)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = _Pending(future, block)
+        try:
+            self._send(message)
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # answered before we resumed: nothing left there
+                if block is not None:
+                    self.arena.release(block)
+            elif self.connected and rid in self._pending:
+                self._send(("cancel", rid))
+            raise
+        except BaseException:
+            self._pending.pop(rid, None)
+            if block is not None:
+                self.arena.release(block)
+            raise
+
+    async def infer(self, model: str, version: int, inputs: np.ndarray, deadline: float | None,
+                    output_bytes: int) -> BatchOutput:
+        """`inputs` through the engine's batcher of (model, version); the outputs come back in shared memory."""
+        try:
+            block, created = self.arena.allocate(max(inputs.nbytes, output_bytes))
+        except OSError as exc:  # /dev/shm full: refuse this request, as a full queue would
+            log.warning("no shared memory for a request of %d bytes: %s", inputs.nbytes, exc)
+            raise Overloaded("no shared memory left for request tensors", retry_after_s=1.0) from None
+        if created is not None:
+            self._send(("segment", block.segment, str(created.path)))
+        segment = self.arena.segments[block.segment]
+        segment.array(block.offset, inputs.shape, inputs.dtype)[...] = inputs
+        rid = next(self._ids)
+        reply = await self._request(
+            ("submit", rid, model, version, block.segment, block.offset, block.size, inputs.shape,
+             inputs.dtype.str, deadline), rid, block)
+        try:
+            if reply[0] == "done":
+                _, _, shape, dtype, queue_s, compute_s, batch_size = reply
+                outputs = segment.array(block.offset, shape, dtype).copy()
+                return BatchOutput(outputs, queue_s, compute_s, batch_size)
+            if reply[0] == "error":
+                raise decode_error(*reply[2:])
+            raise InferenceFailed(f"unexpected engine reply {reply[0]!r}")
+        finally:
+            self.arena.release(block)
+
+    async def forward(self, scope: dict[str, Any], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A whole HTTP request answered by the engine's app: (status, headers, body)."""
+        rid = next(self._ids)
+        reply = await self._request(("http", rid, scope, body), rid, None)
+        if reply[0] != "http_response":
+            raise InferenceFailed(f"unexpected engine reply {reply[0]!r}")
+        return reply[2], reply[3], reply[4]
+
+
+class RemoteExecutor:
+    """A version's executor in a front end: `Batcher`'s interface, computed by the engine's batcher."""
+
+    def __init__(self, client: EngineClient, model: str, version: int, limits: BatchLimits,
+                 output_bytes_per_image: int) -> None:
+        self.client = client
+        self.model = model
+        self.version = version
+        self.name = f"{model}:{version}"
+        self.limits = limits
+        self._output_bytes = output_bytes_per_image
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    # the queue lives in the engine: it bounds it (503 + Retry-After from there, before compute)
+    queued_images = 0
+    inflight_batches = 0
+
+    @property
+    def accepting(self) -> bool:
+        return not self._stopping and self.client.connected
+
+    def is_overloaded(self, images: int = 1) -> bool:
+        return False
+
+    def retry_after_s(self) -> float:
+        return 1.0
+
+    def start(self) -> None:
+        """Nothing to start: the engine's batcher runs."""
+
+    async def stop(self, timeout_s: float) -> int:
+        """Stop intake; wait up to `timeout_s` for this process's requests in flight. Returns those left."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            return self._inflight
+        return 0
+
+    async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> BatchOutput:
+        if self._stopping:
+            raise BatcherStopped(f"model {self.name} is not accepting requests")
+        size = int(inputs.shape[0]) if inputs.ndim else 0
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            return await self.client.infer(self.model, self.version, np.ascontiguousarray(inputs), deadline,
+                                           max(1, size) * self._output_bytes)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+

@@ -1,0 +1,245 @@
+"""The engine process: the one process that owns the sessions and the batchers.
+
+It is the single-process server's app (`create_app`) without an HTTP listener: its model store loads,
+warms up and serves the models, and a unix-socket server (`EngineServer`) feeds the front ends'
+requests into the same per-version batchers, so batching stays global and there is one session
+per device. Tensors arrive in shared memory (service/workers/transport.py); every request that
+needs the engine's state besides inference (metadata, statistics, repository control, /metrics,
+/v1/compare) is forwarded as a whole HTTP request and answered by the app in-process, so each
+endpoint answers exactly as the single-process server does.
+
+Life cycle: the supervisor starts the engine first and the front ends once it listens; on SIGTERM
+the supervisor drains the front ends and only then tells the engine to stop (over its pipe; the
+pipe closing, when the supervisor is gone, stops it too), so every request a front end accepted is
+computed. The engine ignores SIGTERM and SIGINT: a signal sent to the whole process group (a
+terminal's Ctrl-C, a `kill` of the group) must not stop it before the front ends have drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+
+from service.batcher import BatcherStopped
+from service.errors import InferenceFailed, ModelNotReady, ServiceError
+from service.store import ModelStore
+from service.settings import Settings
+from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
+from service.workers.transport import Channel, Segment
+
+log = logging.getLogger("vitserve.engine")
+
+
+def model_table(store: ModelStore) -> ModelTable:
+    """The store's models as the front ends mirror them."""
+    models: dict[str, ModelRow] = {}
+    for name, handle in store._models.items():  # noqa: SLF001 - the engine adapter reads the store's state
+        versions = {
+            v: VersionRow(lv.executor.limits, lv.runtime.provider, lv.runtime.provider_note)
+            for v, lv in handle.versions.items()
+        }
+        generation = tuple((v, id(lv)) for v, lv in sorted(handle.versions.items()))
+        models[name] = ModelRow(handle.state, handle.reason, handle.load_seconds, handle.entry, generation, versions)
+    return ModelTable(store._initial_done, store.draining, models)  # noqa: SLF001
+
+
+class EngineServer:
+    """Serves the front ends' connections on a unix socket."""
+
+    def __init__(self, app: FastAPI, path: Path) -> None:
+        self.app = app
+        self.store: ModelStore = app.state.store
+        self.path = path
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.get_running_loop().create_unix_server(self._accept, path=str(self.path))
+        self.store.listeners.append(self.models_changed)
+
+    def _accept(self) -> Channel:
+        conn = _Connection(self)
+        self.connections.add(conn)
+        return conn.channel
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.channel.close()
+
+    def models_changed(self) -> None:
+        table = model_table(self.store)
+        for conn in self.connections:
+            conn.send(("table", table))
+
+
+class _Connection:
+    """One front-end process: its mapped segments and its requests in flight."""
+
+    def __init__(self, server: EngineServer) -> None:
+        self.server = server
+        self.channel = Channel(self._on_message, self._on_lost)
+        self.segments: dict[int, Segment] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.peer = "?"
+
+    def send(self, message: Any) -> None:
+        self.channel.send(message)
+
+    def _on_message(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "submit":
+            self._spawn(message[1], asyncio.get_running_loop().create_task(self._submit(*message[1:])))
+        elif kind == "cancel":
+            task = self.tasks.get(message[1])
+            if task is not None:
+                task.cancel()
+        elif kind == "http":
+            self._spawn(message[1], asyncio.get_running_loop().create_task(self._http(*message[1:])))
+        elif kind == "segment":
+            index, path = message[1], Path(message[2])
+            self.segments[index] = Segment(path, 0, create=False)
+            self.send(("segment_ok", index))
+        elif kind == "hello":
+            self.peer = f"front end pid {message[1]}"
+            self.send(("table", model_table(self.server.store)))
+
+    def _on_lost(self) -> None:
+        """Its process is gone (or stopping): its requests leave the queues, its memory is unmapped."""
+        self.server.connections.discard(self)
+        if self.tasks:
+            log.warning("%s disconnected with %d requests in flight", self.peer, len(self.tasks))
+        for task in list(self.tasks.values()):
+            task.cancel()
+        asyncio.get_running_loop().create_task(self._unmap_when_done(list(self.tasks.values())))
+
+    async def _unmap_when_done(self, tasks: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for segment in self.segments.values():
+            segment.close()
+
+    def _spawn(self, rid: int, task: asyncio.Task[None]) -> None:
+        self.tasks[rid] = task
+        task.add_done_callback(lambda _: self.tasks.pop(rid, None))
+
+    async def _submit(self, rid: int, model: str, version: int, seg: int, offset: int, size: int,
+                      shape: tuple[int, ...], dtype: str, deadline: float | None) -> None:
+        """One request into its version's batcher; the outputs go back into the request's block."""
+        store = self.server.store
+        start = time.monotonic()
+        lv = None
+        try:
+            try:
+                lv = store.version(model, version)
+            except ModelNotReady as exc:
+                if store.is_model_ready(model):  # swapped out meanwhile: the front end retries the new one
+                    raise BatcherStopped(exc.message) from None
+                raise
+            segment = self.segments[seg]
+            out = await lv.executor.submit(segment.array(offset, shape, dtype), deadline)
+            outputs = out.outputs
+            if outputs.nbytes > size:
+                raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
+            segment.array(offset, outputs.shape, outputs.dtype)[...] = outputs
+            total = time.monotonic() - start
+            if np.isfinite(outputs).all():
+                lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
+            else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
+                lv.observer.request_failed(total)
+            self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size))
+        except asyncio.CancelledError:
+            self.send(("cancelled", rid))
+        except ServiceError as exc:
+            if lv is not None and not isinstance(exc, BatcherStopped):
+                lv.observer.request_failed(time.monotonic() - start)
+            self.send(("error", rid, *encode_error(exc)))
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            log.exception("model %s: request from %s failed", model, self.peer)
+            self.send(("error", rid, *encode_error(InferenceFailed(f"inference failed ({type(exc).__name__})"))))
+
+    async def _http(self, rid: int, scope: dict[str, Any], body: bytes) -> None:
+        """Answer a forwarded request with the app, in-process (no socket, no second HTTP parse)."""
+        sent = False
+        status, headers, chunks = 500, [], []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # no more body; cancelled with the request when its client goes
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status, headers = message["status"], list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            await self.server.app({**scope, "type": "http", "asgi": {"version": "3.0"}}, receive, send)
+        except asyncio.CancelledError:
+            self.send(("cancelled", rid))
+            return
+        except Exception:  # noqa: BLE001 - the app's own handlers answered what they could
+            log.exception("forwarded %s %s failed", scope.get("method"), scope.get("path"))
+            status, headers, chunks = 500, [(b"content-type", b"application/json")], [b'{"error":"internal error"}']
+        self.send(("http_response", rid, status, headers, b"".join(chunks)))
+
+
+def engine_main(settings: Settings, control_path: Path, supervisor: Connection) -> None:
+    """Process entry point (spawned by the supervisor, which alone stops it: see the module docstring)."""
+    from service.workers.supervisor import configure_child
+
+    configure_child(settings, "engine", "vitserve-engine")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from service.app import create_app
+
+    app = create_app(settings)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_serve_engine(app, control_path, supervisor))
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed (as uvicorn picks for the front ends), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection) -> None:
+    store: ModelStore = app.state.store
+    stop = asyncio.Event()
+
+    def on_message() -> None:  # "stop", or the pipe closed: the supervisor is gone
+        try:
+            supervisor.recv()
+        except (EOFError, OSError):
+            pass
+        asyncio.get_running_loop().remove_reader(supervisor.fileno())
+        stop.set()
+
+    server = EngineServer(app, control_path)
+    await server.start()
+    await store.start()
+    supervisor.send("listening")
+    asyncio.get_running_loop().add_reader(supervisor.fileno(), on_message)
+    await stop.wait()
+    log.info("engine stopping: draining the batchers")
+    await store.shutdown()
+    await server.close()
+    log.info("engine stopped")

@@ -1,0 +1,98 @@
+"""A front end's model store: the engine's models mirrored, every version's executor remote.
+
+The front end runs the very same request path as the single-process server (service/pipeline.py:
+admission, body parsing, image decoding, input checks, postprocessing, errors) over a `ModelStore`
+whose models are not loaded here but mirrored from the engine's model table (state, reason,
+repository entry, serving versions and their limits): a `RemoteExecutor` is each `LoadedVersion`'s
+executor. The engine pushes a new table whenever a model changes, on the connection that also
+carries the answers, so a front end sees a swap before it sees the old version refuse a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from service.metrics import Metrics
+from service.repository import ModelEntry
+from service.runtimes import InferenceRuntime, RuntimeSpec
+from service.settings import Settings
+from service.store import LoadedVersion, ModelStore, _decode_config  # noqa: PLC2701 - the store's own rule
+from service.stats import VersionObserver
+from service.workers.client import EngineClient, RemoteExecutor
+from service.workers.protocol import ModelTable, VersionRow
+
+
+class MirrorRuntime(InferenceRuntime):
+    """A version's metadata (input shape, labels, preprocessing, provider); its session is in the engine."""
+
+    def __init__(self, spec: RuntimeSpec, provider: str, provider_note: str | None) -> None:
+        super().__init__(spec)
+        self.provider = provider
+        self.provider_note = provider_note
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        raise RuntimeError("a front end computes nothing: the engine runs the model")
+
+
+class MirrorObserver(VersionObserver):
+    """A mirrored version's observer: the engine keeps the version's Triton statistics (it records every
+    request it answers), so a front end's copy records none (/v2/.../stats is answered by the engine)."""
+
+    def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None: ...
+
+    def request_failed(self, total_s: float) -> None: ...
+
+
+class MirrorStore(ModelStore):
+    """`ModelStore` over the engine's models (never loads a runtime itself)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, client: EngineClient) -> None:
+        super().__init__(settings, metrics)
+        self.client = client
+        self._generations: dict[str, tuple[Any, ...]] = {}
+        client.on_table = self.apply
+
+    async def start(self, wait: bool = False) -> None:
+        """Connect to the engine and mirror its table (the engine loads; nothing is polled here)."""
+        await self.client.connect()
+        self._started = True
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        await self.client.close()
+
+    @property
+    def ready(self) -> bool:
+        return super().ready and self.client.connected
+
+    def apply(self, table: ModelTable) -> None:
+        """Take the engine's table; versions swapped there are swapped here, the old ones drained."""
+        self._initial_done = table.initial_done
+        for name, row in table.models.items():
+            handle = self._handle_for(name)
+            handle.state, handle.reason, handle.load_seconds = row.state, row.reason, row.load_seconds
+            handle.entry = row.entry
+            if self._generations.get(name) == row.generation:
+                continue
+            self._generations[name] = row.generation
+            entry = row.entry
+            old = list(handle.serve({} if entry is None else {
+                v: self._mirror(entry, v, vr) for v, vr in row.versions.items()
+            }).values())
+            if old:  # requests holding an old version finish on it (the engine drains it too)
+                task = asyncio.get_running_loop().create_task(self._retire(old))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    def _mirror(self, entry: ModelEntry, version: int, row: VersionRow) -> LoadedVersion:
+        m = entry.manifest
+        spec = RuntimeSpec(name=entry.name, version=version, manifest=m, max_batch_size=row.limits.max_batch_size,
+                           config=entry.config)
+        executor = RemoteExecutor(self.client, entry.name, version, row.limits, m.num_classes * 4)
+        observer = MirrorObserver(self.metrics, entry.name, version, m.costs.flops)
+        return LoadedVersion(entry.name, version, entry, MirrorRuntime(spec, row.provider, row.provider_note),
+                             executor, observer,  # type: ignore[arg-type]
+                             _decode_config(m.preprocess), m.preprocess.value_range)

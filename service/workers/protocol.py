@@ -1,0 +1,81 @@
+"""The control protocol between front-end processes and the engine: message kinds, errors, model table.
+
+Front end -> engine (one unix-socket connection per front-end process):
+  ("hello", pid)                                   -> ("table", ModelTable)
+  ("segment", index, path)                         the engine maps a new arena segment -> ("segment_ok", index)
+  ("submit", rid, model, version, segment, offset, size, shape, dtype, deadline)
+                                                   inputs lie in the block; -> ("done", rid, shape, dtype,
+                                                   queue_s, compute_s, batch_size) with the outputs written
+                                                   into the same block, or ("error", rid, kind, message,
+                                                   retry_after_s), or ("cancelled", rid) after a cancel
+  ("cancel", rid)                                  the client went away: the request leaves the queue
+  ("http", rid, scope, body)                       a request the engine answers -> ("http_response", rid,
+                                                   status, headers, body)
+Engine -> front end, unasked: ("table", ModelTable) whenever a model's state or versions change.
+
+`deadline` is absolute on the monotonic clock, which every process of one host shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.batcher import BatcherStopped, BatchLimits
+from service.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    NonFiniteOutput,
+    Overloaded,
+    ServiceError,
+    ShuttingDown,
+)
+from service.repository import ModelEntry
+
+_ERRORS: dict[str, type[ServiceError]] = {
+    cls.__name__: cls
+    for cls in (BatcherStopped, DeadlineExceeded, InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady,
+                NonFiniteOutput, Overloaded, ShuttingDown)
+}
+
+
+def encode_error(exc: ServiceError) -> tuple[str, str, float]:
+    return type(exc).__name__, exc.message, float(getattr(exc, "retry_after_s", 0.0))
+
+
+def decode_error(kind: str, message: str, retry_after_s: float) -> ServiceError:
+    """The engine's error as the same class on this side (Overloaded keeps its Retry-After)."""
+    cls = _ERRORS.get(kind, InferenceFailed)
+    if cls is Overloaded:
+        return Overloaded(message, retry_after_s=retry_after_s)
+    return cls(message)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """What a front end needs of one serving version (its session stays in the engine)."""
+
+    limits: BatchLimits
+    provider: str
+    provider_note: str | None
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    state: str
+    reason: str | None
+    load_seconds: float | None
+    entry: ModelEntry | None
+    #: changes whenever the engine swaps in new versions (a front end rebuilds its mirror then)
+    generation: tuple[Any, ...] = ()
+    versions: dict[int, VersionRow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelTable:
+    initial_done: bool
+    draining: bool
+    models: dict[str, ModelRow]

@@ -1,0 +1,218 @@
+"""`vitserve serve --http-workers N`: one engine process, N front-end processes on one port.
+
+The supervisor (the process `vitserve serve` started) binds the listening socket, starts the
+engine (service/workers/engine.py) and, once it listens on its private unix socket, N front ends
+that all accept on the inherited listening socket (the kernel spreads the connections). Each front
+end runs the single-process server's app and request path (service/workers/mirror.py) and hands
+tensors to the engine through shared memory. Prometheus metrics are kept per process in
+prometheus_client's multiprocess directory and summed by the engine's /metrics (which any front
+end forwards), so the total is the same whichever front end answers.
+
+A front end that dies (a crash, SIGKILL) is replaced at once; the other front ends and their
+requests are untouched, and the engine drops the dead one's queued requests. A dead engine stops
+the server (exit 1). SIGTERM/SIGINT: every front end drains as the single-process server does
+(readiness off, newcomers 503, accepted requests answered); when all have exited the engine is
+told to stop, drains what is left and closes its sessions; exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from service.settings import Settings
+
+log = logging.getLogger("vitserve.supervisor")
+
+ENGINE_START_TIMEOUT_S = 120.0
+#: a front end that dies sooner than this after starting is restarted only after this long (no crash loop)
+MIN_WORKER_LIFE_S = 1.0
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def configure_child(settings: Settings, role: str, comm: str) -> None:
+    """Logging of a spawned process, its role in every line; `comm` names it in ps/top (Linux)."""
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s [{role} %(process)d]: %(message)s")
+    try:
+        Path("/proc/self/comm").write_text(comm[:15])
+    except OSError:
+        pass
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The one listening socket every front end accepts on."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _watch_parent() -> None:
+    """A front end whose supervisor is gone (killed) drains and exits instead of serving on, orphaned."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="vitserve-parent-watch", daemon=True).start()
+
+
+def worker_main(settings: Settings, sock: socket.socket, control_path: Path, index: int) -> None:
+    """Front-end process entry point: the app on the shared socket, its models mirrored from the engine."""
+    configure_child(settings, f"front end {index}", f"vitserve-fe{index}")
+    _watch_parent()
+    import math
+
+    import uvicorn
+
+    from service.api.common import BodyLimitMiddleware
+    from service.app import create_app
+    from service.cli import _DrainingServer
+    from service.http_protocol import guarded_protocol
+    from service.metrics import Metrics
+    from service.workers.client import EngineClient
+    from service.workers.forward import ForwardMiddleware
+    from service.workers.mirror import MirrorStore
+
+    client = EngineClient(control_path)
+    app = create_app(settings, store=MirrorStore(settings, Metrics(), client))
+    asgi = BodyLimitMiddleware(ForwardMiddleware(app, client, app.state.hot_routes), settings.max_body_bytes)
+    config = uvicorn.Config(
+        asgi, log_level=settings.log_level, http=guarded_protocol(settings),
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 2, access_log=False, server_header=False,
+    )
+    _DrainingServer.make(config, app, settings.shutdown_delay_s).run(sockets=[sock])
+
+
+class Supervisor:
+    """Starts and watches the engine and the front ends."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ctx = multiprocessing.get_context("spawn")
+        self.tmp = Path(tempfile.mkdtemp(prefix="vitserve-"))  # private (0700): the control socket lives here
+        self.metrics_dir = self.tmp / "metrics"
+        self.control_path = self.tmp / "engine.sock"
+        self.workers: dict[int, BaseProcess] = {}
+        self.started_at: dict[int, float] = {}
+        self.stopping = False
+
+    def _start_worker(self, index: int, sock: socket.socket) -> None:
+        proc = self.ctx.Process(target=worker_main, args=(self.settings, sock, self.control_path, index),
+                                name=f"vitserve-frontend-{index}")
+        proc.start()
+        self.workers[index], self.started_at[index] = proc, time.monotonic()
+        log.info("front end %d started (pid %s)", index, proc.pid)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            log.info("signal %d: draining %d front ends, then the engine", signum, len(self.workers))
+        self.stopping = True
+
+    def run(self) -> int:
+        from service.workers.engine import engine_main
+
+        self.metrics_dir.mkdir()
+        os.environ[PROMETHEUS_DIR_ENV] = str(self.metrics_dir)  # before any process imports prometheus_client
+        sock = bind_socket(self.settings.host, self.settings.port)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        parent_end, child_end = self.ctx.Pipe()
+        engine = self.ctx.Process(target=engine_main, args=(self.settings, self.control_path, child_end),
+                                  name="vitserve-engine")
+        engine.start()
+        child_end.close()
+        started = False
+        deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+        try:  # in steps, so a signal meanwhile stops the start
+            while not self.stopping and time.monotonic() < deadline and engine.is_alive():
+                if parent_end.poll(0.2):
+                    started = parent_end.recv() == "listening"
+                    break
+        except EOFError:
+            started = False
+        if not started:
+            if not self.stopping:
+                log.error("the engine did not start (exit code %s)", engine.exitcode)
+            engine.kill()
+            engine.join(5)
+            self._cleanup(sock)
+            return 0 if self.stopping else 1
+        log.info("engine up (pid %s); listening on %s:%d with %d front ends", engine.pid, self.settings.host,
+                 sock.getsockname()[1], self.settings.http_workers)
+        for index in range(self.settings.http_workers):
+            self._start_worker(index, sock)
+        code = self._watch(engine, sock)
+        self._stop_workers()
+        try:
+            parent_end.send("stop")
+        except OSError:
+            pass
+        engine.join(self.settings.drain_timeout_s + 15)
+        if engine.is_alive():
+            engine.kill()
+            engine.join(5)
+        self._cleanup(sock)
+        log.info("stopped")
+        return code
+
+    def _watch(self, engine: BaseProcess, sock: socket.socket) -> int:
+        """Replace dead front ends until a signal arrives; 1 if the engine dies."""
+        from prometheus_client import multiprocess
+
+        while not self.stopping:
+            wait([engine.sentinel, *(p.sentinel for p in self.workers.values())], timeout=0.2)
+            if self.stopping:
+                break
+            if not engine.is_alive():
+                log.error("the engine exited (code %s): stopping", engine.exitcode)
+                return 1
+            for index, proc in list(self.workers.items()):
+                if proc.is_alive():
+                    continue
+                if time.monotonic() - self.started_at[index] < MIN_WORKER_LIFE_S:
+                    continue  # restarted on a later pass: a front end that cannot start must not spin
+                log.warning("front end %d (pid %s) exited with code %s: replacing it", index, proc.pid, proc.exitcode)
+                if proc.pid is not None:
+                    multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
+                self._start_worker(index, sock)
+        return 0
+
+    def _stop_workers(self) -> None:
+        for proc in self.workers.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.drain_timeout_s + self.settings.shutdown_delay_s + 10
+        for index, proc in self.workers.items():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.error("front end %d did not drain in time: killing it", index)
+                proc.kill()
+                proc.join(5)
+
+    def _cleanup(self, sock: socket.socket) -> None:
+        sock.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def serve_workers(settings: Settings) -> int:
+    """Run the multi-process server until a signal; the exit status."""
+    return Supervisor(settings).run()

@@ -1,0 +1,182 @@
+"""Tensors between processes through shared memory; small control messages over a unix socket.
+
+A front-end process owns an `Arena`: shared-memory segments (files on tmpfs, /dev/shm, mapped by
+both processes) carved by a first-fit allocator into one block per request in flight. The front
+end writes a request's input tensor into its block and sends the engine only where it lies; the
+engine computes on a view of that memory and writes the outputs back into the same block (the
+inputs are consumed by then), so tensors are never pickled or copied through a socket. A segment's
+file is unlinked as soon as the engine has mapped it: nothing is left behind when either process
+dies, the memory is freed when the last mapping goes. The arena grows by a segment when a request
+does not fit (bounded in practice by the engine's queue bounds: a refused request frees its block);
+segments are reserved when created, so a full /dev/shm refuses that request (503), never crashes.
+
+Control messages are pickled tuples with a 4-byte length prefix (`Channel`); both ends are
+processes of one server, on a socket in a private (0700) directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import mmap
+import os
+import pickle
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEGMENT_BYTES = 16 << 20
+ALIGN = 64
+MAX_MESSAGE_BYTES = 1 << 30
+_HEADER = struct.Struct("!I")
+
+
+def shm_directory() -> Path:
+    """tmpfs (/dev/shm) where there is one, so segments are memory, never written to a disk."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+class Segment:
+    """One mapped shared-memory file."""
+
+    def __init__(self, path: Path, size: int, *, create: bool) -> None:
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:  # reserved now: a full tmpfs fails here (OSError), not as SIGBUS at a later write
+                os.posix_fallocate(fd, 0, size)
+            self.size = os.fstat(fd).st_size
+            self.map = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.path = path
+
+    def array(self, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any] | str) -> np.ndarray:
+        return np.ndarray(shape, dtype=dtype, buffer=self.map, offset=offset)
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:  # a view is still alive somewhere: the mapping goes with the process
+            pass
+
+
+@dataclass(frozen=True)
+class Block:
+    segment: int
+    offset: int
+    size: int
+
+
+def _round(n: int) -> int:
+    return max(ALIGN, (n + ALIGN - 1) // ALIGN * ALIGN)
+
+
+class Arena:
+    """The front end's shared memory: segments carved into blocks, first fit, freed blocks merged."""
+
+    def __init__(self, prefix: str, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.prefix = prefix
+        self.segment_bytes = segment_bytes
+        self.segments: list[Segment] = []
+        self._free: list[list[tuple[int, int]]] = []  # per segment: sorted (offset, size)
+
+    def allocate(self, nbytes: int) -> tuple[Block, Segment | None]:
+        """A block of at least `nbytes`; the second value is a segment created for it (to announce)."""
+        size = _round(nbytes)
+        for index, free in enumerate(self._free):
+            for i, (offset, room) in enumerate(free):
+                if room >= size:
+                    if room == size:
+                        del free[i]
+                    else:
+                        free[i] = (offset + size, room - size)
+                    return Block(index, offset, size), None
+        index = len(self.segments)
+        seg_size = max(self.segment_bytes, size)
+        segment = Segment(shm_directory() / f"{self.prefix}-{index}", seg_size, create=True)
+        self.segments.append(segment)
+        self._free.append([(size, seg_size - size)] if seg_size > size else [])
+        return Block(index, 0, size), segment
+
+    def release(self, block: Block) -> None:
+        free = self._free[block.segment]
+        i = bisect.bisect_left(free, (block.offset, 0))
+        offset, size = block.offset, block.size
+        if i < len(free) and offset + size == free[i][0]:  # merge with the next free block
+            size += free[i][1]
+            del free[i]
+        if i > 0 and free[i - 1][0] + free[i - 1][1] == offset:  # and with the previous one
+            offset, size = free[i - 1][0], free[i - 1][1] + size
+            del free[i - 1]
+            i -= 1
+        free.insert(i, (offset, size))
+
+    def free_bytes(self) -> int:
+        return sum(size for free in self._free for _, size in free)
+
+    def close(self) -> None:
+        for segment in self.segments:
+            segment.path.unlink(missing_ok=True)
+            segment.close()
+
+
+class Channel(asyncio.Protocol):
+    """Length-prefixed pickled messages over a stream socket, parsed as bytes arrive (no coroutine per
+    message) and written once per event-loop turn however many were sent in it (one system call for
+    a batch's worth of answers)."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self._in = bytearray()
+        self._out: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._in
+        buf += data
+        start = 0
+        while len(buf) - start >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buf, start)
+            if length > MAX_MESSAGE_BYTES:
+                raise ValueError(f"control message of {length} bytes")
+            end = start + _HEADER.size + length
+            if len(buf) < end:
+                break
+            message = pickle.loads(memoryview(buf)[start + _HEADER.size:end])
+            start = end
+            self.on_message(message)
+        del buf[:start]
+
+    def send(self, message: Any) -> None:
+        if self.closed or self.transport is None:
+            return
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out += (_HEADER.pack(len(data)), data)
+
+    def _flush(self) -> None:
+        if self._out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def close(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.on_lost()

@@ -1,0 +1,42 @@
+"""`vitserve-bench frontend`: its stand-in repository is servable and its BENCHMARKS.md section reads its JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.cli import build_parser
+from bench.frontend import CLASSES, MAX_BATCH, MODEL, SIZE, build_repository, cpu_by_role, summary_lines
+from service.repository import read_model
+
+
+def test_the_stand_in_repository_is_a_valid_model(tmp_path: Path) -> None:
+    entry = read_model(build_repository(tmp_path), MODEL)
+    assert entry.config.platform == "vitserve_offcpu_standin"
+    assert entry.config.max_batch_size == MAX_BATCH and entry.manifest.num_classes == CLASSES
+    assert entry.manifest.preprocess.input_size == (3, SIZE, SIZE)
+    entry.verify(1)  # the sha256 of its version file matches
+
+
+def _point(rate: float) -> dict[str, object]:
+    return {"inferences_per_second": rate, "client_cpu_cores": 0.2}
+
+
+def test_summary_section_reports_the_best_point_of_each_and_the_ratio(tmp_path: Path) -> None:
+    data = {
+        "command": "vitserve-bench frontend --quick",
+        "model": {"batch_ms": 2.0, "max_batch_size": 64, "input": [3, 32, 32]},
+        "points": {"v2": {"1": [_point(1000.0), _point(1200.0)], "2": [_point(2000.0)]},
+                   "jpeg": {"1": [_point(500.0)], "2": [_point(900.0)]}},
+        "ratio_2_over_1": {"v2": 2000 / 1200, "jpeg": 1.8},
+    }
+    text = "\n".join(summary_lines(data, tmp_path, lambda p: p.name))
+    assert "| v2 | 1,200 | 2,000 | 1.67 | 0.20 |" in text and "| jpeg | 500.00 | 900.00 | 1.80 | 0.20 |" in text
+    assert "Not run" in "\n".join(summary_lines(None, tmp_path, str))
+    assert build_parser().parse_args(["frontend", "--quick", "--batch-ms", "1"]).batch_ms == 1.0
+
+
+def test_server_cpu_is_split_by_process_name() -> None:
+    before = {"vitserve-engine": 1.0, "vitserve-fe0": 2.0, "vitserve-fe1": 2.0, "python": 0.5}
+    after = {"vitserve-engine": 1.5, "vitserve-fe0": 3.0, "vitserve-fe1": 3.5, "python": 0.5}
+    assert cpu_by_role(before, after) == {"engine": 0.5, "front ends": 2.5, "supervisor": 0.0}
+    assert cpu_by_role({"python": 1.0}, {"python": 1.25}) == {"server": 0.25}  # one process does both jobs
