@@ -21,6 +21,7 @@ throughput, hardly depends on what else the machine runs, so this locates the se
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,19 @@ def image_side(input_hw: tuple[int, int]) -> int:
 def raw_batch_sizes(max_batch: int) -> list[int]:
     sizes = [1, 2, 4, 8, 16, 32, 64]
     return [b for b in sizes if b <= max_batch] + ([max_batch] if max_batch not in sizes else [])
+
+
+def server_spinning(env: dict[str, str] | None) -> bool:
+    """Whether the server's sessions spin (its VITSERVE_ALLOW_SPINNING, else the setting's default): the raw
+    session is built the same way, since spinning threads' CPU is part of what both are charged."""
+    from pydantic import TypeAdapter
+
+    from service.settings import Settings
+
+    value = {**os.environ, **(env or {})}.get("VITSERVE_ALLOW_SPINNING")
+    if value is None:
+        return bool(Settings.model_fields["allow_spinning"].default)
+    return TypeAdapter(bool).validate_python(value)
 
 
 def raw_cpu_us_at(raw: list[Timing], batch: float) -> float:
@@ -125,8 +139,10 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
     max_batch = ModelConfig.load(repository / name / CONFIG_FILENAME).max_batch_size
     chw = tuple(manifest.preprocess.input_size)
 
-    print(f"[ceiling] raw ORT {name} at batch sizes {raw_batch_sizes(max_batch)}", file=sys.stderr, flush=True)
-    sess = ort_session(model_file(repository, name))
+    spinning = server_spinning(env)
+    print(f"[ceiling] raw ORT {name} at batch sizes {raw_batch_sizes(max_batch)} (spinning {'on' if spinning else 'off'}, "
+          "as the server's sessions)", file=sys.stderr, flush=True)
+    sess = ort_session(model_file(repository, name), spinning=spinning)
     raw = time_ort(sess, raw_batch_sizes(max_batch), min_repeats=5 if quick else 20, min_time_s=0.5 if quick else 3.0)
     del sess
     best = best_throughput(raw)
@@ -197,6 +213,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "raw_ort": [t.model_dump() for t in raw],
         "raw_best": best.model_dump(),
         "raw_cpu_us_per_image": raw_cpu_us,
+        "raw_spinning": spinning,
         "server_cpu_over_raw_cpu": cpu_ratio,
         "frontend_cpu": frontend,
         "upload": {"format": "jpeg", "side_px": side, "bytes": len(jpeg)},
@@ -226,7 +243,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
                  [[t.batch_size, t.median_s * 1000, t.p90_s * 1000, t.images_per_s] for t in raw]),
         "",
         f"Best: batch {best.batch_size}, {best.images_per_s:.1f} images/s; batch 1 median {raw_b1.median_s * 1000:.2f} ms; "
-        f"{raw_cpu_us:.0f} µs of CPU per image at the best batch.",
+        f"{raw_cpu_us:.0f} µs of CPU per image at the best batch (session spinning {'on' if spinning else 'off'}, "
+        "as the server's).",
         "",
         "CPU per inference, service ÷ raw (robust to other load on the machine): "
         + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ratio.items()) + ".",

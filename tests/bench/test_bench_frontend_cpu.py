@@ -56,3 +56,14 @@ def test_frontend_cpu_is_unknown_without_server_cpu_or_batch_size() -> None:
     point = summarise([Sample(start=0.0, end=0.01, status=200)], wall_s=1.0, cpu_s=0.1, mode="concurrency",
                       windows=1, stable=True, concurrency=16)
     assert frontend_cpu(point, RAW)["frontend_cpu_us_per_inference"] is None
+
+
+def test_the_raw_session_spins_as_the_servers_sessions_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.ceiling import server_spinning
+    from service.settings import Settings
+
+    monkeypatch.delenv("VITSERVE_ALLOW_SPINNING", raising=False)
+    assert server_spinning(None) is Settings.model_fields["allow_spinning"].default
+    assert server_spinning({"VITSERVE_ALLOW_SPINNING": "true"}) is True
+    monkeypatch.setenv("VITSERVE_ALLOW_SPINNING", "1")
+    assert server_spinning({}) is True and server_spinning({"VITSERVE_ALLOW_SPINNING": "false"}) is False
