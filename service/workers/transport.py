@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import mmap
 import os
 import pickle
@@ -53,6 +54,10 @@ class Segment:
                 os.posix_fallocate(fd, 0, size)
             self.size = os.fstat(fd).st_size
             self.map = mmap.mmap(fd, self.size)
+        except BaseException:
+            if create:  # a half-made segment must not hold the memory (or its name) after the failure
+                path.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         self.path = path
@@ -84,13 +89,15 @@ class Arena:
     def __init__(self, prefix: str, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.prefix = prefix
         self.segment_bytes = segment_bytes
-        self.segments: list[Segment] = []
-        self._free: list[list[tuple[int, int]]] = []  # per segment: sorted (offset, size)
+        #: by id; ids (and the files' names) are never reused, so a failed or released one leaves no clash
+        self.segments: dict[int, Segment] = {}
+        self._free: dict[int, list[tuple[int, int]]] = {}  # per segment: sorted (offset, size)
+        self._ids = itertools.count()
 
     def allocate(self, nbytes: int) -> tuple[Block, Segment | None]:
         """A block of at least `nbytes`; the second value is a segment created for it (to announce)."""
         size = _round(nbytes)
-        for index, free in enumerate(self._free):
+        for index, free in self._free.items():
             for i, (offset, room) in enumerate(free):
                 if room >= size:
                     if room == size:
@@ -98,11 +105,11 @@ class Arena:
                     else:
                         free[i] = (offset + size, room - size)
                     return Block(index, offset, size), None
-        index = len(self.segments)
+        index = next(self._ids)
         seg_size = max(self.segment_bytes, size)
         segment = Segment(shm_directory() / f"{self.prefix}-{index}", seg_size, create=True)
-        self.segments.append(segment)
-        self._free.append([(size, seg_size - size)] if seg_size > size else [])
+        self.segments[index] = segment
+        self._free[index] = [(size, seg_size - size)] if seg_size > size else []
         return Block(index, 0, size), segment
 
     def release(self, block: Block) -> None:
@@ -119,10 +126,10 @@ class Arena:
         free.insert(i, (offset, size))
 
     def free_bytes(self) -> int:
-        return sum(size for free in self._free for _, size in free)
+        return sum(size for free in self._free.values() for _, size in free)
 
     def close(self) -> None:
-        for segment in self.segments:
+        for segment in self.segments.values():
             segment.path.unlink(missing_ok=True)
             segment.close()
 

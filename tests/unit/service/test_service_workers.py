@@ -41,7 +41,7 @@ def test_arena_blocks_are_shared_reused_and_merged() -> None:
         assert (c.segment, c.offset) == (0, 0)
     finally:
         arena.close()
-    assert not any(s.path.exists() for s in arena.segments)
+    assert not any(s.path.exists() for s in arena.segments.values())
 
 
 def test_channel_carries_messages_across_partial_reads() -> None:
@@ -98,3 +98,30 @@ def test_a_full_shared_memory_refuses_the_request_with_503(tmp_path: Path, monke
     with pytest.raises(Overloaded) as caught:
         asyncio.run(engine.infer("m", 1, np.zeros((1, 3, 8, 8), np.float32), None, 40))
     assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "1"}
+
+
+def test_a_failed_segment_leaves_no_file_and_the_next_allocation_succeeds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.workers import transport
+
+    monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path)
+    real_fallocate = transport.os.posix_fallocate
+    calls = 0
+
+    def fallocate_failing_once(fd: int, offset: int, size: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError(28, "No space left on device")
+        real_fallocate(fd, offset, size)
+
+    monkeypatch.setattr(transport.os, "posix_fallocate", fallocate_failing_once)
+    arena = Arena("vitserve-test-fail", segment_bytes=4096)
+    try:
+        with pytest.raises(OSError):
+            arena.allocate(1000)
+        assert list(tmp_path.iterdir()) == []  # the half-made file is gone
+        block, created = arena.allocate(1000)  # a fresh name: no EEXIST from the failed one
+        assert created is not None and created.path.exists()
+    finally:
+        arena.close()
