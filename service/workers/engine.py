@@ -110,6 +110,10 @@ class _Connection:
             index, path = message[1], Path(message[2])
             self.segments[index] = Segment(path, 0, create=False)
             self.send(("segment_ok", index))
+        elif kind == "unmap":  # the front end released that segment (idle)
+            segment = self.segments.pop(message[1], None)
+            if segment is not None:
+                segment.close()
         elif kind == "hello":
             self.peer = f"front end pid {message[1]}"
             self.send(("table", model_table(self.server.store)))
@@ -132,9 +136,11 @@ class _Connection:
         self.tasks[rid] = task
         task.add_done_callback(lambda _: self.tasks.pop(rid, None))
 
-    async def _submit(self, rid: int, model: str, version: int, seg: int, offset: int, size: int,
-                      shape: tuple[int, ...], dtype: str, deadline: float | None) -> None:
-        """One request into its version's batcher; the outputs go back into the request's block."""
+    async def _submit(self, rid: int, model: str, version: int, seg: int | None, offset: int, size: int,
+                      shape: tuple[int, ...], dtype: str, deadline: float | None,
+                      inline: np.ndarray | None) -> None:
+        """One request into its version's batcher; the outputs go back into the request's block (or
+        inline in the answer when the front end had no shared memory for it: `seg` is None)."""
         store = self.server.store
         start = time.monotonic()
         lv = None
@@ -145,18 +151,20 @@ class _Connection:
                 if store.is_model_ready(model):  # swapped out meanwhile: the front end retries the new one
                     raise BatcherStopped(exc.message) from None
                 raise
-            segment = self.segments[seg]
-            out = await lv.executor.submit(segment.array(offset, shape, dtype), deadline)
+            segment = None if seg is None else self.segments[seg]
+            out = await lv.executor.submit(inline if segment is None else segment.array(offset, shape, dtype), deadline)
             outputs = out.outputs
-            if outputs.nbytes > size:
-                raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
-            segment.array(offset, outputs.shape, outputs.dtype)[...] = outputs
+            if segment is not None:
+                if outputs.nbytes > size:
+                    raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
+                segment.array(offset, outputs.shape, outputs.dtype)[...] = outputs
             total = time.monotonic() - start
             if np.isfinite(outputs).all():
                 lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
             else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
                 lv.observer.request_failed(total)
-            self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size))
+            self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
+                       np.ascontiguousarray(outputs) if segment is None else None))
         except asyncio.CancelledError:
             self.send(("cancelled", rid))
         except ServiceError as exc:

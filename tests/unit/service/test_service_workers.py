@@ -9,18 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from types import SimpleNamespace
+
+from service.batcher import BatchOutput
 from service.errors import Overloaded
 from service.loader import build_version
 from service.repository import read_model
 from service.runtimes import runtime_backend
 from service.runtimes.standin import OffCpuRuntime, standin_outputs, write_standin_model
 from service.settings import Settings
+from service.workers.client import EngineClient
+from service.workers.engine import EngineServer
 from service.workers.protocol import decode_error, encode_error
 from service.workers.transport import Arena, Channel, Segment
 
 
 def test_arena_blocks_are_shared_reused_and_merged() -> None:
-    arena = Arena("vitserve-test-arena", segment_bytes=4096)
+    arena = Arena("vitserve-test-arena", first_segment_bytes=4096, max_segment_bytes=4096)
     try:
         a, created = arena.allocate(1000)
         assert created is not None and a.segment == 0 and a.offset == 0
@@ -31,13 +36,15 @@ def test_arena_blocks_are_shared_reused_and_merged() -> None:
         arena.segments[0].array(b.offset, (4,), "<f4")[...] = [1, 2, 3, 4]
         assert other.array(b.offset, (4,), "<f4").tolist() == [1, 2, 3, 4]
         other.close()
+        held, _ = arena.allocate(1000)  # keeps segment 0 in use (an idle one smaller than the largest goes)
+        assert held.segment == 0
         big, created_big = arena.allocate(10_000)  # larger than a segment: a segment of its own
         assert created_big is not None and big.segment == 1 and created_big.size >= 10_000
         before = arena.free_bytes()
         arena.release(a)
         arena.release(b)  # freed neighbours merge back into one block: the first fit is at offset 0 again
         assert arena.free_bytes() == before + a.size + b.size
-        c, _ = arena.allocate(3000)
+        c, _ = arena.allocate(2000)
         assert (c.segment, c.offset) == (0, 0)
     finally:
         arena.close()
@@ -89,15 +96,111 @@ def test_standin_model_loads_through_the_repository_and_computes_a_gather(
         runtime.run(np.zeros((5, 3, 8, 8), np.float32))  # above the max batch, as a real session would refuse
 
 
-def test_a_full_shared_memory_refuses_the_request_with_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.workers import client as client_module
+class _EchoExecutor:
+    """A version's batcher that returns its inputs flattened to (n, 4) once `gate` opens."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.started = 0
+
+    async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> BatchOutput:
+        self.started += 1
+        await self.gate.wait()
+        return BatchOutput(np.ascontiguousarray(inputs.reshape(inputs.shape[0], -1)[:, :4]), 0.0, 0.0, 1)
+
+
+class _NullObserver:
+    def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None: ...
+
+    def request_failed(self, total_s: float) -> None: ...
+
+
+class _EngineStore:
+    """The part of a `ModelStore` the engine's connection uses: one model "m", version 1."""
+
+    def __init__(self) -> None:
+        self.executor = _EchoExecutor()
+        self.listeners: list[object] = []
+        self._models: dict[str, object] = {}
+        self._initial_done = True
+        self.draining = False
+
+    def version(self, model: str, version: int) -> SimpleNamespace:
+        return SimpleNamespace(executor=self.executor, observer=_NullObserver())
+
+    def is_model_ready(self, model: str) -> bool:
+        return True
+
+
+async def _engine_and_client(tmp_path: Path) -> tuple[EngineServer, EngineClient]:
+    app = SimpleNamespace(state=SimpleNamespace(store=_EngineStore()))
+    server = EngineServer(app, tmp_path / "engine.sock")  # type: ignore[arg-type]
+    await server.start()
+    client = EngineClient(tmp_path / "engine.sock")
+    await client.connect()
+    return server, client
+
+
+def test_without_shared_memory_the_tensor_travels_inline_and_is_answered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from service.workers import transport
 
     monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path / "missing")  # creating a segment fails
-    engine = client_module.EngineClient(tmp_path / "engine.sock")
-    with pytest.raises(Overloaded) as caught:
-        asyncio.run(engine.infer("m", 1, np.zeros((1, 3, 8, 8), np.float32), None, 40))
-    assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "1"}
+
+    async def main() -> BatchOutput:
+        server, client = await _engine_and_client(tmp_path)
+        try:
+            return await client.infer("m", 1, np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2), None, 32)
+        finally:
+            await client.close()
+            await server.close()
+
+    out = asyncio.run(main())
+    assert out.outputs.tolist() == [[0, 1, 2, 3], [12, 13, 14, 15]]
+
+
+def test_the_arena_grows_geometrically_and_gives_idle_segments_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.workers import transport
+
+    monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path)
+    arena = Arena("vitserve-test-grow", first_segment_bytes=4096, max_segment_bytes=16384)
+    try:
+        a, first = arena.allocate(3000)
+        b, second = arena.allocate(3000)  # does not fit: a segment twice the largest
+        c, third = arena.allocate(9000)  # nor this one: twice again, capped at the maximum
+        assert first is not None and second is not None and third is not None
+        assert (first.size, second.size, third.size) == (4096, 8192, 16384)
+        assert arena.release(b) == [b.segment]  # idle and smaller than the largest: released, its file gone
+        assert not second.path.exists() and b.segment not in arena.segments
+        assert arena.release(c) == []  # the largest one is kept, idle or not
+        assert arena.release(a) == [a.segment]
+        assert list(arena.segments) == [c.segment] and [p.name for p in tmp_path.iterdir()] == [third.path.name]
+    finally:
+        arena.close()
+
+
+def test_released_segments_are_unmapped_by_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.workers import transport
+
+    monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path)
+
+    async def main() -> tuple[list[int], list[int]]:
+        server, client = await _engine_and_client(tmp_path)
+        client.arena.first_segment_bytes = 4096
+        try:
+            small = np.ones((1, 3, 8, 8), np.float32)
+            await client.infer("m", 1, small, None, 16)  # segment 0: 4 KiB
+            await client.infer("m", 1, np.ones((4, 3, 16, 16), np.float32), None, 64)  # needs a bigger one
+            await client.infer("m", 1, small, None, 16)  # fits the big one; the small one is idle: released
+            await asyncio.sleep(0.05)
+            return list(client.arena.segments), list(next(iter(server.connections)).segments)
+        finally:
+            await client.close()
+            await server.close()
+
+    assert asyncio.run(main()) == ([1], [1])
 
 
 def test_a_failed_segment_leaves_no_file_and_the_next_allocation_succeeds(
@@ -116,7 +219,7 @@ def test_a_failed_segment_leaves_no_file_and_the_next_allocation_succeeds(
         real_fallocate(fd, offset, size)
 
     monkeypatch.setattr(transport.os, "posix_fallocate", fallocate_failing_once)
-    arena = Arena("vitserve-test-fail", segment_bytes=4096)
+    arena = Arena("vitserve-test-fail", first_segment_bytes=4096)
     try:
         with pytest.raises(OSError):
             arena.allocate(1000)
