@@ -134,7 +134,14 @@ class _Connection:
 
     def _spawn(self, rid: int, task: asyncio.Task[None]) -> None:
         self.tasks[rid] = task
-        task.add_done_callback(lambda _: self.tasks.pop(rid, None))
+        task.add_done_callback(lambda _: self._finished(rid, task))
+
+    def _finished(self, rid: int, task: asyncio.Task[None]) -> None:
+        """A task cancelled before it ran (its cancel came in the same read as its submit) never entered
+        its try, which answers every other case: answer it here, or the front end waits for it forever."""
+        self.tasks.pop(rid, None)
+        if task.cancelled():
+            self.send(("cancelled", rid))
 
     async def _submit(self, rid: int, model: str, version: int, seg: int | None, offset: int, size: int,
                       shape: tuple[int, ...], dtype: str, deadline: float | None,

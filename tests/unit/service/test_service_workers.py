@@ -181,6 +181,28 @@ def test_the_arena_grows_geometrically_and_gives_idle_segments_back(
         arena.close()
 
 
+def test_a_cancel_in_the_same_read_as_its_submit_is_answered(tmp_path: Path) -> None:
+    async def main() -> list[tuple[str, int]]:
+        app = SimpleNamespace(state=SimpleNamespace(store=_EngineStore()))
+        server = EngineServer(app, tmp_path / "engine.sock")  # type: ignore[arg-type]
+        await server.start()
+        got: list[tuple[str, int]] = []
+        _, front = await asyncio.get_running_loop().create_unix_connection(
+            lambda: Channel(lambda m: got.append((m[0], m[1])), lambda: None), str(tmp_path / "engine.sock"))
+        x = np.ones((1, 3, 2, 2), np.float32)
+        front.send(("submit", 7, "m", 1, None, 0, 0, x.shape, x.dtype.str, None, x))
+        front.send(("cancel", 7))  # both written in one turn: the engine reads them together
+        for _ in range(100):
+            if any(m[1] == 7 for m in got):
+                break
+            await asyncio.sleep(0.01)
+        front.close()
+        await server.close()
+        return [m for m in got if m[0] != "table"]
+
+    assert asyncio.run(main()) == [("cancelled", 7)]
+
+
 def test_released_segments_are_unmapped_by_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from service.workers import transport
 
