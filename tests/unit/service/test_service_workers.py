@@ -250,3 +250,20 @@ def test_a_failed_segment_leaves_no_file_and_the_next_allocation_succeeds(
         assert created is not None and created.path.exists()
     finally:
         arena.close()
+
+
+def test_a_forwarded_request_without_the_engine_is_the_json_503(tmp_path: Path) -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    from service.workers.forward import ForwardMiddleware
+
+    async def main() -> httpx.Response:
+        client = EngineClient(tmp_path / "engine.sock")  # never connected: the engine is not reachable
+        asgi = ForwardMiddleware(FastAPI(), client, [])
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://fe") as http:
+            return await http.get("/v2/models/m")
+
+    response = asyncio.run(main())
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json() == {"error": "the inference engine is not reachable"}
