@@ -127,6 +127,11 @@ class EngineClient:
                 self._release(block)
             raise
 
+    def readiness_off(self) -> None:
+        """Tell the engine this front end is draining (its `vitserve_server_ready` goes to 0)."""
+        if self.connected and self._channel is not None:
+            self._channel.send(("readiness_off",))
+
     def _release(self, block: Block) -> None:
         """Free a block; a segment that this left idle and released is unmapped by the engine too."""
         for index in self.arena.release(block):

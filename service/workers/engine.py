@@ -110,6 +110,8 @@ class _Connection:
             index, path = message[1], Path(message[2])
             self.segments[index] = Segment(path, 0, create=False)
             self.send(("segment_ok", index))
+        elif kind == "readiness_off":  # a front end started draining: the server's readiness series says so
+            self.server.store.metrics.server_ready.set(0.0)  # (requests are still accepted: nothing stops)
         elif kind == "unmap":  # the front end released that segment (idle)
             segment = self.segments.pop(message[1], None)
             if segment is not None:

@@ -11,6 +11,8 @@ Front end -> engine (one unix-socket connection per front-end process):
                                                    cancel. Without shared memory (segment None) the input
                                                    array is `inline` and so are the outputs.
   ("unmap", index)                                 the front end released that (idle) segment
+  ("readiness_off",)                               the front end started draining: the engine's
+                                                   vitserve_server_ready goes to 0 (requests still accepted)
   ("cancel", rid)                                  the client went away: the request leaves the queue
   ("http", rid, scope, body)                       a request the engine answers -> ("http_response", rid,
                                                    status, headers, body)

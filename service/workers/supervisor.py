@@ -32,6 +32,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from service.metrics import WORKERS_METRICS_DIR_ENV
 from service.settings import Settings
 
 log = logging.getLogger("vitserve.supervisor")
@@ -132,6 +133,7 @@ class Supervisor:
 
         self.metrics_dir.mkdir()
         os.environ[PROMETHEUS_DIR_ENV] = str(self.metrics_dir)  # before any process imports prometheus_client
+        os.environ[WORKERS_METRICS_DIR_ENV] = str(self.metrics_dir)  # render sums the processes (workers mode)
         sock = bind_socket(self.settings.host, self.settings.port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from service.batcher import BatchOutput
 from service.errors import Overloaded
 from service.loader import build_version
+from service.metrics import Metrics
 from service.repository import read_model
 from service.runtimes import runtime_backend
 from service.runtimes.standin import OffCpuRuntime, standin_outputs, write_standin_model
@@ -121,6 +122,7 @@ class _EngineStore:
 
     def __init__(self) -> None:
         self.executor = _EchoExecutor()
+        self.metrics = Metrics()
         self.listeners: list[object] = []
         self._models: dict[str, object] = {}
         self._initial_done = True
@@ -267,3 +269,62 @@ def test_a_forwarded_request_without_the_engine_is_the_json_503(tmp_path: Path) 
     response = asyncio.run(main())
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert response.json() == {"error": "the inference engine is not reachable"}
+
+
+def test_a_draining_front_end_turns_the_engines_readiness_off_and_requests_still_go(tmp_path: Path) -> None:
+    from service.workers.mirror import MirrorStore
+
+    async def main() -> tuple[float, float, list[list[float]]]:
+        server, client = await _engine_and_client(tmp_path)
+        engine_metrics = server.store.metrics
+        engine_metrics.server_ready.set(1.0)
+        mirror = MirrorStore(Settings(repository=tmp_path), Metrics(), client)
+        try:
+            before = engine_metrics.server_ready._value.get()
+            mirror.begin_drain()
+            for _ in range(100):
+                if engine_metrics.server_ready._value.get() == 0.0:
+                    break
+                await asyncio.sleep(0.01)
+            out = await client.infer("m", 1, np.ones((1, 3, 2, 2), np.float32), None, 16)
+            return before, engine_metrics.server_ready._value.get(), out.outputs.tolist()
+        finally:
+            await client.close()
+            await server.close()
+
+    assert asyncio.run(main()) == (1.0, 0.0, [[1.0, 1.0, 1.0, 1.0]])
+
+
+_METRICS_SCRIPT = """
+from service.manifest import Evaluation
+from service.metrics import Metrics
+m = Metrics()
+m.inferences.labels(model="m", version="1").inc(3)
+m.set_accuracy("m", Evaluation(top1=0.5, top5=0.9))
+m.set_accuracy("m", Evaluation(top1=0.75))  # a reload: the old series must go
+print(m.render().decode())
+"""
+
+
+def _render_in_a_process(env: dict[str, str]) -> str:
+    """`Metrics.render` where PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _METRICS_SCRIPT], env={**os.environ, **env}, check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def test_workers_metrics_forget_a_removed_gauge_series(tmp_path: Path) -> None:
+    text = _render_in_a_process({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "VITSERVE_METRICS_DIR": str(tmp_path)})
+    accuracy = [line for line in text.splitlines() if line.startswith("vitserve_model_accuracy{")]
+    assert accuracy == ['vitserve_model_accuracy{dataset="unknown",metric="top1",model="m"} 0.75']
+    assert 'vitserve_inferences_total{model="m",version="1"} 3.0' in text  # summed from the directory
+
+
+def test_an_inherited_prometheus_multiproc_dir_alone_leaves_metrics_single_process(tmp_path: Path) -> None:
+    (tmp_path / "counter_99999.db").write_bytes(b"")  # another server's leftovers there are not summed in
+    text = _render_in_a_process({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert 'vitserve_inferences_total{model="m",version="1"} 3.0' in text
+    assert 'vitserve_model_accuracy{dataset="unknown",metric="top1",model="m"} 0.75' in text
