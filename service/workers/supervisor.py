@@ -76,8 +76,16 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, name="vitserve-parent-watch", daemon=True).start()
 
 
+def front_end_settings(settings: Settings) -> Settings:
+    """One front end's share of the server-wide limits: `max_connections` bounds the whole server, so
+    each of the N front ends (each counting only its own connections) takes 1/N of it, rounded up."""
+    share = -(-settings.max_connections // max(1, settings.http_workers))
+    return settings.model_copy(update={"max_connections": share})
+
+
 def worker_main(settings: Settings, sock: socket.socket, control_path: Path, index: int) -> None:
     """Front-end process entry point: the app on the shared socket, its models mirrored from the engine."""
+    settings = front_end_settings(settings)
     configure_child(settings, f"front end {index}", f"vitserve-fe{index}")
     _watch_parent()
     import math

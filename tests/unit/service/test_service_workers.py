@@ -328,3 +328,12 @@ def test_an_inherited_prometheus_multiproc_dir_alone_leaves_metrics_single_proce
     text = _render_in_a_process({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     assert 'vitserve_inferences_total{model="m",version="1"} 3.0' in text
     assert 'vitserve_model_accuracy{dataset="unknown",metric="top1",model="m"} 0.75' in text
+
+
+def test_max_connections_is_divided_among_the_front_ends(tmp_path: Path) -> None:
+    from service.http_protocol import guarded_protocol
+    from service.workers.supervisor import front_end_settings
+
+    settings = Settings(repository=tmp_path, http_workers=3, max_connections=100)
+    assert guarded_protocol(front_end_settings(settings)).max_connections == 34  # 3 x 34 >= 100, rounded up
+    assert front_end_settings(Settings(repository=tmp_path, http_workers=1, max_connections=100)).max_connections == 100
