@@ -10,7 +10,8 @@ endpoint answers exactly as the single-process server does.
 
 Life cycle: the supervisor starts the engine first and the front ends once it listens; on SIGTERM
 the supervisor drains the front ends and only then tells the engine to stop (over its pipe; the
-pipe closing, when the supervisor is gone, stops it too), so every request a front end accepted is
+pipe closing, when the supervisor is gone, stops it too, and the engine then removes the
+supervisor's directory), so every request a front end accepted is
 computed. The engine ignores SIGTERM and SIGINT: a signal sent to the whole process group (a
 terminal's Ctrl-C, a `kill` of the group) must not stop it before the front ends have drained.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -241,12 +243,14 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection) -> None:
     store: ModelStore = app.state.store
     stop = asyncio.Event()
+    orphaned = False
 
     def on_message() -> None:  # "stop", or the pipe closed: the supervisor is gone
+        nonlocal orphaned
         try:
             supervisor.recv()
         except (EOFError, OSError):
-            pass
+            orphaned = True
         asyncio.get_running_loop().remove_reader(supervisor.fileno())
         stop.set()
 
@@ -259,4 +263,6 @@ async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection
     log.info("engine stopping: draining the batchers")
     await store.shutdown()
     await server.close()
+    if orphaned:  # a killed supervisor cannot remove its directory (the control socket, the metrics)
+        shutil.rmtree(control_path.parent, ignore_errors=True)
     log.info("engine stopped")

@@ -111,6 +111,14 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
     _DrainingServer.make(config, app, settings.shutdown_delay_s).run(sockets=[sock])
 
 
+def remove_shared_memory(pid: int) -> None:
+    """A reaped front end's arena files (those the engine had not mapped yet when it died)."""
+    from service.workers.transport import shm_directory
+
+    for path in shm_directory().glob(f"vitserve-{pid}-*"):
+        path.unlink(missing_ok=True)
+
+
 class Supervisor:
     """Starts and watches the engine and the front ends."""
 
@@ -203,6 +211,7 @@ class Supervisor:
                 log.warning("front end %d (pid %s) exited with code %s: replacing it", index, proc.pid, proc.exitcode)
                 if proc.pid is not None:
                     multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
+                    remove_shared_memory(proc.pid)
                 self._start_worker(index, sock)
         return 0
 
@@ -217,6 +226,8 @@ class Supervisor:
                 log.error("front end %d did not drain in time: killing it", index)
                 proc.kill()
                 proc.join(5)
+            if proc.pid is not None and not proc.is_alive():
+                remove_shared_memory(proc.pid)
 
     def _cleanup(self, sock: socket.socket) -> None:
         sock.close()

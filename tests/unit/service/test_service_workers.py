@@ -134,6 +134,10 @@ class _EngineStore:
     def is_model_ready(self, model: str) -> bool:
         return True
 
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
 
 async def _engine_and_client(tmp_path: Path) -> tuple[EngineServer, EngineClient]:
     app = SimpleNamespace(state=SimpleNamespace(store=_EngineStore()))
@@ -337,3 +341,41 @@ def test_max_connections_is_divided_among_the_front_ends(tmp_path: Path) -> None
     settings = Settings(repository=tmp_path, http_workers=3, max_connections=100)
     assert guarded_protocol(front_end_settings(settings)).max_connections == 34  # 3 x 34 >= 100, rounded up
     assert front_end_settings(Settings(repository=tmp_path, http_workers=1, max_connections=100)).max_connections == 100
+
+
+@pytest.mark.parametrize("supervisor_killed", [True, False])
+def test_an_orphaned_engine_removes_the_supervisors_directory(tmp_path: Path, supervisor_killed: bool) -> None:
+    import multiprocessing
+
+    from service.workers.engine import _serve_engine
+
+    run_dir = tmp_path / "vitserve-run"
+    (run_dir / "metrics").mkdir(parents=True)
+    ours, engines = multiprocessing.Pipe()
+
+    async def main() -> None:
+        app = SimpleNamespace(state=SimpleNamespace(store=_EngineStore()))
+        engine = asyncio.get_running_loop().create_task(_serve_engine(app, run_dir / "engine.sock", engines))
+        while not ours.poll():
+            await asyncio.sleep(0.01)
+        assert ours.recv() == "listening"
+        if supervisor_killed:
+            ours.close()  # the pipe closes: what a SIGKILL of the supervisor does
+        else:
+            ours.send("stop")  # a clean stop: the supervisor removes its directory itself
+        await asyncio.wait_for(engine, 10)
+
+    asyncio.run(main())
+    assert run_dir.exists() is not supervisor_killed
+
+
+def test_the_supervisor_removes_a_reaped_front_ends_shared_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.workers import transport
+    from service.workers.supervisor import remove_shared_memory
+
+    monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path)
+    for name in ("vitserve-4242-ab12-0", "vitserve-4242-ab12-3", "vitserve-42420-cd34-0"):
+        (tmp_path / name).write_bytes(b"x")
+    remove_shared_memory(4242)
+    assert [p.name for p in tmp_path.iterdir()] == ["vitserve-42420-cd34-0"]
