@@ -40,6 +40,10 @@ log = logging.getLogger("vitserve.supervisor")
 ENGINE_START_TIMEOUT_S = 120.0
 #: a front end that dies sooner than this after starting is restarted only after this long (no crash loop)
 MIN_WORKER_LIFE_S = 1.0
+#: the longest wait before restarting a front end that keeps dying young
+MAX_RESTART_DELAY_S = 30.0
+#: how often the watch loop looks at a signal's flag at the latest
+WATCH_TICK_S = 0.2
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -130,6 +134,7 @@ class Supervisor:
         self.control_path = self.tmp / "engine.sock"
         self.workers: dict[int, BaseProcess] = {}
         self.started_at: dict[int, float] = {}
+        self.young_deaths: dict[int, int] = {}
         self.stopping = False
 
     def _start_worker(self, index: int, sock: socket.socket) -> None:
@@ -193,27 +198,46 @@ class Supervisor:
         return code
 
     def _watch(self, engine: BaseProcess, sock: socket.socket) -> int:
-        """Replace dead front ends until a signal arrives; 1 if the engine dies."""
+        """Replace dead front ends until a signal arrives; 1 if the engine dies. A front end that died
+        young is restarted only after a delay, doubled at each such death in a row (capped): one that
+        cannot start must neither spin this loop nor the machine."""
         from prometheus_client import multiprocess
 
+        restart_at: dict[int, float] = {}
         while not self.stopping:
-            wait([engine.sentinel, *(p.sentinel for p in self.workers.values())], timeout=0.2)
+            now = time.monotonic()
+            timeout = min([WATCH_TICK_S, *(max(0.0, at - now) for at in restart_at.values())])
+            wait([engine.sentinel, *(p.sentinel for i, p in self.workers.items() if i not in restart_at)],
+                 timeout=timeout)
             if self.stopping:
                 break
             if not engine.is_alive():
                 log.error("the engine exited (code %s): stopping", engine.exitcode)
                 return 1
+            now = time.monotonic()
             for index, proc in list(self.workers.items()):
                 if proc.is_alive():
                     continue
-                if time.monotonic() - self.started_at[index] < MIN_WORKER_LIFE_S:
-                    continue  # restarted on a later pass: a front end that cannot start must not spin
-                log.warning("front end %d (pid %s) exited with code %s: replacing it", index, proc.pid, proc.exitcode)
-                if proc.pid is not None:
-                    multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
-                    remove_shared_memory(proc.pid)
-                self._start_worker(index, sock)
+                if index not in restart_at:
+                    delay = self._restart_delay(index, now - self.started_at[index])
+                    log.warning("front end %d (pid %s) exited with code %s: replacing it%s", index, proc.pid,
+                                proc.exitcode, f" in {delay:.0f} s" if delay else "")
+                    if proc.pid is not None:
+                        multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
+                        remove_shared_memory(proc.pid)
+                    restart_at[index] = now + delay
+                if now >= restart_at[index]:
+                    del restart_at[index]
+                    self._start_worker(index, sock)
         return 0
+
+    def _restart_delay(self, index: int, lived_s: float) -> float:
+        """0 for a front end that ran a while; else MIN_WORKER_LIFE_S doubled per young death in a row."""
+        if lived_s >= MIN_WORKER_LIFE_S:
+            self.young_deaths[index] = 0
+            return 0.0
+        self.young_deaths[index] = deaths = self.young_deaths.get(index, 0) + 1
+        return min(MAX_RESTART_DELAY_S, MIN_WORKER_LIFE_S * 2 ** (deaths - 1))
 
     def _stop_workers(self) -> None:
         for proc in self.workers.values():

@@ -379,3 +379,43 @@ def test_the_supervisor_removes_a_reaped_front_ends_shared_memory(
         (tmp_path / name).write_bytes(b"x")
     remove_shared_memory(4242)
     assert [p.name for p in tmp_path.iterdir()] == ["vitserve-42420-cd34-0"]
+
+
+def test_a_crash_looping_front_end_is_restarted_with_a_growing_delay_not_a_busy_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.workers import supervisor as sup
+
+    sup_ = sup.Supervisor(Settings(repository=tmp_path, http_workers=1))
+    monkeypatch.setattr(sup, "remove_shared_memory", lambda pid: None)
+    dead = SimpleNamespace(is_alive=lambda: False, pid=None, exitcode=1, sentinel=object())
+    engine = SimpleNamespace(is_alive=lambda: True, sentinel=object())
+    sup_.workers[0], sup_.started_at[0] = dead, 0.0
+    waits: list[tuple[int, float]] = []
+    clock = [0.5]  # the front end died 0.5 s after it started: young
+    starts: list[float] = []
+
+    def fake_wait(objects: list[object], timeout: float) -> list[object]:
+        waits.append((len(objects), timeout))
+        clock[0] += timeout
+        if len(waits) > 150:
+            sup_.stopping = True
+        return []
+
+    def fake_start(index: int, sock: object) -> None:  # it dies young again at once
+        starts.append(clock[0])
+        sup_.started_at[index] = clock[0]
+        clock[0] += 0.5
+
+    monkeypatch.setattr(sup, "wait", fake_wait)
+    monkeypatch.setattr(sup.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sup_, "_start_worker", fake_start)
+    sup_._watch(engine, None)  # type: ignore[arg-type]
+    # a dead front end's sentinel (always ready) is waited on once per death, then only the engine's: no spinning
+    assert sum(n == 2 for n, _ in waits) == len(starts) + 1 and all(timeout > 0 for _, timeout in waits)
+    # it lived 0.5 s; its death is seen a tick (0.2 s) later, then it waits 1, 2, 4... s
+    gaps = [round(b - a - 0.5, 1) for a, b in zip(starts, starts[1:])]
+    assert gaps[:3] == [2.2, 4.2, 8.2] and sup_._restart_delay(0, 5.0) == 0.0
+    assert sup_._restart_delay(0, 0.1) == 1.0 and max(sup.MIN_WORKER_LIFE_S * 2 ** k for k in range(10)) > 30
+    for _ in range(10):
+        delay = sup_._restart_delay(0, 0.1)
+    assert delay == sup.MAX_RESTART_DELAY_S
