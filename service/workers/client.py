@@ -52,6 +52,7 @@ class EngineClient:
         self._pending: dict[int, _Pending] = {}
         self._channel: Channel | None = None
         self._first_table: asyncio.Event | None = None
+        self._shm_short = False
 
     async def connect(self) -> None:
         """Connect and wait for the engine's model table."""
@@ -145,11 +146,17 @@ class EngineClient:
         try:
             block, created = self.arena.allocate(max(inputs.nbytes, output_bytes))
         except OSError as exc:  # no shared memory to be had: the tensor goes inline (slower, still answered)
-            log.warning("no shared memory for a request of %d bytes (%s): sending it inline", inputs.nbytes, exc)
+            if not self._shm_short:  # logged when it starts, not for every request while it lasts
+                log.warning("no shared memory for a request of %d bytes (%s): sending tensors inline until there "
+                            "is", inputs.nbytes, exc)
+                self._shm_short = True
             reply = await self._request(
                 ("submit", rid, model, version, None, 0, 0, inputs.shape, inputs.dtype.str, deadline, inputs),
                 rid, None)
             return self._output(reply, lambda shape, dtype: reply[7])
+        if self._shm_short:
+            log.info("shared memory available again")
+            self._shm_short = False
         if created is not None:
             self._send(("segment", block.segment, str(created.path)))
         segment = self.arena.segments[block.segment]
