@@ -1,8 +1,12 @@
 """Prometheus metrics of one app, in their own CollectorRegistry (so several apps can live in one process).
 
-With `--http-workers N` every process writes its values to prometheus_client's multiprocess directory
-(`PROMETHEUS_MULTIPROC_DIR`, set by the supervisor) and `render` sums them: counters and histograms over
-every process that ever ran (a replaced front end's counts stay), gauges over the live ones.
+With `--http-workers N` every process writes its counters and histograms to prometheus_client's
+multiprocess directory (`PROMETHEUS_MULTIPROC_DIR`, set by the supervisor, with `VITSERVE_METRICS_DIR`
+naming the same directory so an inherited PROMETHEUS_MULTIPROC_DIR alone changes nothing) and the
+engine's `render` sums them over every process that ever ran (a replaced front end's counts stay).
+Gauges are kept in-process (so a series can be removed, e.g. a reloaded model's old accuracy): only
+the engine sets the ones /metrics shows (model states, queues, readiness: a front end that starts
+draining tells the engine, which sets readiness off).
 
 Exported names and labels (the contract with docker/grafana dashboards and alert rules):
 
@@ -48,10 +52,11 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -61,8 +66,22 @@ PREFIX = "vitserve_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MODEL_STATES = ("ready", "loading", "failed", "unloading", "unloaded")
-MP_GAUGE = "livesum"
-MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: set (with PROMETHEUS_MULTIPROC_DIR) by the `--http-workers` supervisor only
+WORKERS_METRICS_DIR_ENV = "VITSERVE_METRICS_DIR"
+
+
+class _LocalGauge(Gauge):
+    """A gauge whose values stay in this process (prometheus_client's multiprocess files cannot forget
+    a removed series)."""
+
+    def _metric_init(self) -> None:
+        self._value = values.MutexValue(self._type, self._name, self._name, self._labelnames, self._labelvalues,
+                                        self._documentation)
+
+    def remove(self, *labelvalues: Any) -> None:
+        with warnings.catch_warnings():  # its "not implemented in multi-process mode" does not apply here
+            warnings.simplefilter("ignore", UserWarning)
+            super().remove(*labelvalues)
 
 
 class Metrics:
@@ -70,8 +89,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        # a gauge is set by one process: with several (`--http-workers`) the live ones are summed
-        gauge = functools.partial(Gauge, registry=r, multiprocess_mode=MP_GAUGE)
+        gauge = functools.partial(_LocalGauge, registry=r)
         p = PREFIX
         self.request_duration = Histogram(
             p + "request_duration_seconds", "End-to-end request latency", ["model", "endpoint", "code"],
@@ -175,16 +193,16 @@ class Metrics:
         self._accuracy_labels[model] = published
 
     def render(self) -> bytes:
-        """The exposition; with several processes (their values in `PROMETHEUS_MULTIPROC_DIR`) their total."""
-        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        """The exposition; with `--http-workers` the total of every process's counters and histograms."""
+        directory = os.environ.get(WORKERS_METRICS_DIR_ENV)
         if not directory:
             return generate_latest(self.registry)
         return generate_latest(_Total(directory, self.registry))
 
 
 class _Total:
-    """Every process's vitserve_* series summed (prometheus_client's multiprocess collector), and this
-    process's other collectors (the GPU's, which only the engine has)."""
+    """Every process's vitserve_* counters and histograms summed (prometheus_client's multiprocess
+    collector), and this process's gauges and other collectors (the GPU's, which only the engine has)."""
 
     def __init__(self, directory: str, own: CollectorRegistry) -> None:
         self.directory = directory
@@ -192,4 +210,4 @@ class _Total:
 
     def collect(self) -> Iterable[Metric]:
         yield from MultiProcessCollector(None, self.directory).collect()
-        yield from (m for m in self.own.collect() if not m.name.startswith(PREFIX))
+        yield from (m for m in self.own.collect() if not m.name.startswith(PREFIX) or m.type == "gauge")

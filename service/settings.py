@@ -143,7 +143,8 @@ class Settings(BaseSettings):
         "after it (the request counts as a client disconnect)",
     )
     max_connections: int = Field(
-        1024, ge=1, description="Open connections at most; above it a new connection gets 503 and is closed at once",
+        1024, ge=1, description="Open connections at most; above it a new connection gets 503 and is closed at once "
+        "(with --http-workers N, each front end takes N-th of it, rounded up)",
     )
 
     api_key: SecretStr | None = Field(

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from service.batcher import BatcherStopped, BatchLimits, BatchOutput
-from service.errors import InferenceFailed, ModelNotReady, Overloaded
+from service.errors import InferenceFailed, ModelNotReady
 from service.workers.protocol import ModelTable, decode_error
-from service.workers.transport import Arena, Block, Channel
+from service.workers.transport import Arena, Block, Channel, shm_directory, shm_free_bytes
 
 log = logging.getLogger("vitserve.frontend")
 
@@ -52,6 +52,7 @@ class EngineClient:
         self._pending: dict[int, _Pending] = {}
         self._channel: Channel | None = None
         self._first_table: asyncio.Event | None = None
+        self._shm_short = False
 
     async def connect(self) -> None:
         """Connect and wait for the engine's model table."""
@@ -59,6 +60,9 @@ class EngineClient:
         _, self._channel = await asyncio.get_running_loop().create_unix_connection(
             lambda: Channel(self._dispatch, self._lost), str(self.path))
         self.connected = True
+        free = shm_free_bytes()
+        log.info("shared memory for request tensors in %s: %s MiB free", shm_directory(),
+                 "?" if free is None else free >> 20)
         self._send(("hello", os.getpid()))
         await self._first_table.wait()
         if not self.connected:
@@ -92,7 +96,9 @@ class EngineClient:
             if self._first_table is not None:
                 self._first_table.set()
         elif kind == "segment_ok":  # both processes map it now: the name can go
-            self.arena.segments[message[1]].path.unlink(missing_ok=True)
+            segment = self.arena.segments.get(message[1])
+            if segment is not None:
+                segment.path.unlink(missing_ok=True)
         else:  # done / error / cancelled / http_response
             pending = self._pending.pop(message[1], None)
             if pending is None:
@@ -100,7 +106,7 @@ class EngineClient:
             if not pending.future.done():
                 pending.future.set_result(message)  # the awaiting request copies its outputs, then frees the block
             elif pending.block is not None:  # its request was cancelled: the engine let go of the block now
-                self.arena.release(pending.block)
+                self._release(pending.block)
 
     async def _request(self, message: tuple[Any, ...], rid: int, block: Block | None) -> Any:
         """Send and wait for the answer; on cancellation tell the engine (the block waits for its reply)."""
@@ -112,42 +118,65 @@ class EngineClient:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():  # answered before we resumed: nothing left there
                 if block is not None:
-                    self.arena.release(block)
+                    self._release(block)
             elif self.connected and rid in self._pending:
                 self._send(("cancel", rid))
             raise
         except BaseException:
             self._pending.pop(rid, None)
             if block is not None:
-                self.arena.release(block)
+                self._release(block)
             raise
+
+    def readiness_off(self) -> None:
+        """Tell the engine this front end is draining (its `vitserve_server_ready` goes to 0)."""
+        if self.connected and self._channel is not None:
+            self._channel.send(("readiness_off",))
+
+    def _release(self, block: Block) -> None:
+        """Free a block; a segment that this left idle and released is unmapped by the engine too."""
+        for index in self.arena.release(block):
+            if self.connected and self._channel is not None:
+                self._channel.send(("unmap", index))
 
     async def infer(self, model: str, version: int, inputs: np.ndarray, deadline: float | None,
                     output_bytes: int) -> BatchOutput:
         """`inputs` through the engine's batcher of (model, version); the outputs come back in shared memory."""
+        rid = next(self._ids)
         try:
             block, created = self.arena.allocate(max(inputs.nbytes, output_bytes))
-        except OSError as exc:  # /dev/shm full: refuse this request, as a full queue would
-            log.warning("no shared memory for a request of %d bytes: %s", inputs.nbytes, exc)
-            raise Overloaded("no shared memory left for request tensors", retry_after_s=1.0) from None
+        except OSError as exc:  # no shared memory to be had: the tensor goes inline (slower, still answered)
+            if not self._shm_short:  # logged when it starts, not for every request while it lasts
+                log.warning("no shared memory for a request of %d bytes (%s): sending tensors inline until there "
+                            "is", inputs.nbytes, exc)
+                self._shm_short = True
+            reply = await self._request(
+                ("submit", rid, model, version, None, 0, 0, inputs.shape, inputs.dtype.str, deadline, inputs),
+                rid, None)
+            return self._output(reply, lambda shape, dtype: reply[7])
+        if self._shm_short:
+            log.info("shared memory available again")
+            self._shm_short = False
         if created is not None:
             self._send(("segment", block.segment, str(created.path)))
         segment = self.arena.segments[block.segment]
         segment.array(block.offset, inputs.shape, inputs.dtype)[...] = inputs
-        rid = next(self._ids)
         reply = await self._request(
             ("submit", rid, model, version, block.segment, block.offset, block.size, inputs.shape,
-             inputs.dtype.str, deadline), rid, block)
+             inputs.dtype.str, deadline, None), rid, block)
         try:
-            if reply[0] == "done":
-                _, _, shape, dtype, queue_s, compute_s, batch_size = reply
-                outputs = segment.array(block.offset, shape, dtype).copy()
-                return BatchOutput(outputs, queue_s, compute_s, batch_size)
-            if reply[0] == "error":
-                raise decode_error(*reply[2:])
-            raise InferenceFailed(f"unexpected engine reply {reply[0]!r}")
+            return self._output(reply, lambda shape, dtype: segment.array(block.offset, shape, dtype).copy())
         finally:
-            self.arena.release(block)
+            self._release(block)
+
+    @staticmethod
+    def _output(reply: Any, outputs: Callable[[tuple[int, ...], str], np.ndarray]) -> BatchOutput:
+        if reply[0] == "done":
+            shape, dtype, queue_s, compute_s, batch_size = reply[2:7]
+            return BatchOutput(outputs(shape, dtype), queue_s, compute_s, batch_size)
+        if reply[0] == "error":
+            raise decode_error(*reply[2:])
+        raise InferenceFailed(f"unexpected engine reply {reply[0]!r}")
 
     async def forward(self, scope: dict[str, Any], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A whole HTTP request answered by the engine's app: (status, headers, body)."""

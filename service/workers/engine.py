@@ -10,7 +10,8 @@ endpoint answers exactly as the single-process server does.
 
 Life cycle: the supervisor starts the engine first and the front ends once it listens; on SIGTERM
 the supervisor drains the front ends and only then tells the engine to stop (over its pipe; the
-pipe closing, when the supervisor is gone, stops it too), so every request a front end accepted is
+pipe closing, when the supervisor is gone, stops it too, and the engine then removes the
+supervisor's directory), so every request a front end accepted is
 computed. The engine ignores SIGTERM and SIGINT: a signal sent to the whole process group (a
 terminal's Ctrl-C, a `kill` of the group) must not stop it before the front ends have drained.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -110,6 +112,12 @@ class _Connection:
             index, path = message[1], Path(message[2])
             self.segments[index] = Segment(path, 0, create=False)
             self.send(("segment_ok", index))
+        elif kind == "readiness_off":  # a front end started draining: the server's readiness series says so
+            self.server.store.metrics.server_ready.set(0.0)  # (requests are still accepted: nothing stops)
+        elif kind == "unmap":  # the front end released that segment (idle)
+            segment = self.segments.pop(message[1], None)
+            if segment is not None:
+                segment.close()
         elif kind == "hello":
             self.peer = f"front end pid {message[1]}"
             self.send(("table", model_table(self.server.store)))
@@ -130,11 +138,20 @@ class _Connection:
 
     def _spawn(self, rid: int, task: asyncio.Task[None]) -> None:
         self.tasks[rid] = task
-        task.add_done_callback(lambda _: self.tasks.pop(rid, None))
+        task.add_done_callback(lambda _: self._finished(rid, task))
 
-    async def _submit(self, rid: int, model: str, version: int, seg: int, offset: int, size: int,
-                      shape: tuple[int, ...], dtype: str, deadline: float | None) -> None:
-        """One request into its version's batcher; the outputs go back into the request's block."""
+    def _finished(self, rid: int, task: asyncio.Task[None]) -> None:
+        """A task cancelled before it ran (its cancel came in the same read as its submit) never entered
+        its try, which answers every other case: answer it here, or the front end waits for it forever."""
+        self.tasks.pop(rid, None)
+        if task.cancelled():
+            self.send(("cancelled", rid))
+
+    async def _submit(self, rid: int, model: str, version: int, seg: int | None, offset: int, size: int,
+                      shape: tuple[int, ...], dtype: str, deadline: float | None,
+                      inline: np.ndarray | None) -> None:
+        """One request into its version's batcher; the outputs go back into the request's block (or
+        inline in the answer when the front end had no shared memory for it: `seg` is None)."""
         store = self.server.store
         start = time.monotonic()
         lv = None
@@ -145,18 +162,20 @@ class _Connection:
                 if store.is_model_ready(model):  # swapped out meanwhile: the front end retries the new one
                     raise BatcherStopped(exc.message) from None
                 raise
-            segment = self.segments[seg]
-            out = await lv.executor.submit(segment.array(offset, shape, dtype), deadline)
+            segment = None if seg is None else self.segments[seg]
+            out = await lv.executor.submit(inline if segment is None else segment.array(offset, shape, dtype), deadline)
             outputs = out.outputs
-            if outputs.nbytes > size:
-                raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
-            segment.array(offset, outputs.shape, outputs.dtype)[...] = outputs
+            if segment is not None:
+                if outputs.nbytes > size:
+                    raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
+                segment.array(offset, outputs.shape, outputs.dtype)[...] = outputs
             total = time.monotonic() - start
             if np.isfinite(outputs).all():
                 lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
             else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
                 lv.observer.request_failed(total)
-            self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size))
+            self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
+                       np.ascontiguousarray(outputs) if segment is None else None))
         except asyncio.CancelledError:
             self.send(("cancelled", rid))
         except ServiceError as exc:
@@ -224,12 +243,14 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection) -> None:
     store: ModelStore = app.state.store
     stop = asyncio.Event()
+    orphaned = False
 
     def on_message() -> None:  # "stop", or the pipe closed: the supervisor is gone
+        nonlocal orphaned
         try:
             supervisor.recv()
         except (EOFError, OSError):
-            pass
+            orphaned = True
         asyncio.get_running_loop().remove_reader(supervisor.fileno())
         stop.set()
 
@@ -242,4 +263,6 @@ async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection
     log.info("engine stopping: draining the batchers")
     await store.shutdown()
     await server.close()
+    if orphaned:  # a killed supervisor cannot remove its directory (the control socket, the metrics)
+        shutil.rmtree(control_path.parent, ignore_errors=True)
     log.info("engine stopped")

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from re import Pattern
 
 from fastapi.routing import APIRoute
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import exception_response
 from service.workers.client import EngineClient
 
 LOCAL_GET_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
@@ -50,7 +52,12 @@ class ForwardMiddleware:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        status, headers, body = await self.client.forward(
-            {k: scope[k] for k in SCOPE_KEYS if k in scope}, b"".join(chunks))
+        try:
+            status, headers, body = await self.client.forward(
+                {k: scope[k] for k in SCOPE_KEYS if k in scope}, b"".join(chunks))
+        except Exception as exc:  # noqa: BLE001 - outside FastAPI's handlers: answer as they would (engine gone: 503)
+            response = await exception_response(Request(scope), exc)
+            await response(scope, receive, send)
+            return
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

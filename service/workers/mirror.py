@@ -64,6 +64,17 @@ class MirrorStore(ModelStore):
         await super().shutdown()
         await self.client.close()
 
+    def begin_drain(self) -> None:
+        """Drain as the single-process server does, and tell the engine (whose gauges /metrics shows)."""
+        first = not self._draining
+        super().begin_drain()
+        if first:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            loop.call_soon_threadsafe(self.client.readiness_off)
+
     @property
     def ready(self) -> bool:
         return super().ready and self.client.connected

@@ -3,11 +3,16 @@
 Front end -> engine (one unix-socket connection per front-end process):
   ("hello", pid)                                   -> ("table", ModelTable)
   ("segment", index, path)                         the engine maps a new arena segment -> ("segment_ok", index)
-  ("submit", rid, model, version, segment, offset, size, shape, dtype, deadline)
+  ("submit", rid, model, version, segment, offset, size, shape, dtype, deadline, inline)
                                                    inputs lie in the block; -> ("done", rid, shape, dtype,
-                                                   queue_s, compute_s, batch_size) with the outputs written
-                                                   into the same block, or ("error", rid, kind, message,
-                                                   retry_after_s), or ("cancelled", rid) after a cancel
+                                                   queue_s, compute_s, batch_size, inline) with the outputs
+                                                   written into the same block, or ("error", rid, kind,
+                                                   message, retry_after_s), or ("cancelled", rid) after a
+                                                   cancel. Without shared memory (segment None) the input
+                                                   array is `inline` and so are the outputs.
+  ("unmap", index)                                 the front end released that (idle) segment
+  ("readiness_off",)                               the front end started draining: the engine's
+                                                   vitserve_server_ready goes to 0 (requests still accepted)
   ("cancel", rid)                                  the client went away: the request leaves the queue
   ("http", rid, scope, body)                       a request the engine answers -> ("http_response", rid,
                                                    status, headers, body)

@@ -32,6 +32,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from service.metrics import WORKERS_METRICS_DIR_ENV
 from service.settings import Settings
 
 log = logging.getLogger("vitserve.supervisor")
@@ -39,6 +40,10 @@ log = logging.getLogger("vitserve.supervisor")
 ENGINE_START_TIMEOUT_S = 120.0
 #: a front end that dies sooner than this after starting is restarted only after this long (no crash loop)
 MIN_WORKER_LIFE_S = 1.0
+#: the longest wait before restarting a front end that keeps dying young
+MAX_RESTART_DELAY_S = 30.0
+#: how often the watch loop looks at a signal's flag at the latest
+WATCH_TICK_S = 0.2
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -75,8 +80,16 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, name="vitserve-parent-watch", daemon=True).start()
 
 
+def front_end_settings(settings: Settings) -> Settings:
+    """One front end's share of the server-wide limits: `max_connections` bounds the whole server, so
+    each of the N front ends (each counting only its own connections) takes 1/N of it, rounded up."""
+    share = -(-settings.max_connections // max(1, settings.http_workers))
+    return settings.model_copy(update={"max_connections": share})
+
+
 def worker_main(settings: Settings, sock: socket.socket, control_path: Path, index: int) -> None:
     """Front-end process entry point: the app on the shared socket, its models mirrored from the engine."""
+    settings = front_end_settings(settings)
     configure_child(settings, f"front end {index}", f"vitserve-fe{index}")
     _watch_parent()
     import math
@@ -102,6 +115,14 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
     _DrainingServer.make(config, app, settings.shutdown_delay_s).run(sockets=[sock])
 
 
+def remove_shared_memory(pid: int) -> None:
+    """A reaped front end's arena files (those the engine had not mapped yet when it died)."""
+    from service.workers.transport import shm_directory
+
+    for path in shm_directory().glob(f"vitserve-{pid}-*"):
+        path.unlink(missing_ok=True)
+
+
 class Supervisor:
     """Starts and watches the engine and the front ends."""
 
@@ -113,6 +134,7 @@ class Supervisor:
         self.control_path = self.tmp / "engine.sock"
         self.workers: dict[int, BaseProcess] = {}
         self.started_at: dict[int, float] = {}
+        self.young_deaths: dict[int, int] = {}
         self.stopping = False
 
     def _start_worker(self, index: int, sock: socket.socket) -> None:
@@ -132,6 +154,7 @@ class Supervisor:
 
         self.metrics_dir.mkdir()
         os.environ[PROMETHEUS_DIR_ENV] = str(self.metrics_dir)  # before any process imports prometheus_client
+        os.environ[WORKERS_METRICS_DIR_ENV] = str(self.metrics_dir)  # render sums the processes (workers mode)
         sock = bind_socket(self.settings.host, self.settings.port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -175,26 +198,46 @@ class Supervisor:
         return code
 
     def _watch(self, engine: BaseProcess, sock: socket.socket) -> int:
-        """Replace dead front ends until a signal arrives; 1 if the engine dies."""
+        """Replace dead front ends until a signal arrives; 1 if the engine dies. A front end that died
+        young is restarted only after a delay, doubled at each such death in a row (capped): one that
+        cannot start must neither spin this loop nor the machine."""
         from prometheus_client import multiprocess
 
+        restart_at: dict[int, float] = {}
         while not self.stopping:
-            wait([engine.sentinel, *(p.sentinel for p in self.workers.values())], timeout=0.2)
+            now = time.monotonic()
+            timeout = min([WATCH_TICK_S, *(max(0.0, at - now) for at in restart_at.values())])
+            wait([engine.sentinel, *(p.sentinel for i, p in self.workers.items() if i not in restart_at)],
+                 timeout=timeout)
             if self.stopping:
                 break
             if not engine.is_alive():
                 log.error("the engine exited (code %s): stopping", engine.exitcode)
                 return 1
+            now = time.monotonic()
             for index, proc in list(self.workers.items()):
                 if proc.is_alive():
                     continue
-                if time.monotonic() - self.started_at[index] < MIN_WORKER_LIFE_S:
-                    continue  # restarted on a later pass: a front end that cannot start must not spin
-                log.warning("front end %d (pid %s) exited with code %s: replacing it", index, proc.pid, proc.exitcode)
-                if proc.pid is not None:
-                    multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
-                self._start_worker(index, sock)
+                if index not in restart_at:
+                    delay = self._restart_delay(index, now - self.started_at[index])
+                    log.warning("front end %d (pid %s) exited with code %s: replacing it%s", index, proc.pid,
+                                proc.exitcode, f" in {delay:.0f} s" if delay else "")
+                    if proc.pid is not None:
+                        multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
+                        remove_shared_memory(proc.pid)
+                    restart_at[index] = now + delay
+                if now >= restart_at[index]:
+                    del restart_at[index]
+                    self._start_worker(index, sock)
         return 0
+
+    def _restart_delay(self, index: int, lived_s: float) -> float:
+        """0 for a front end that ran a while; else MIN_WORKER_LIFE_S doubled per young death in a row."""
+        if lived_s >= MIN_WORKER_LIFE_S:
+            self.young_deaths[index] = 0
+            return 0.0
+        self.young_deaths[index] = deaths = self.young_deaths.get(index, 0) + 1
+        return min(MAX_RESTART_DELAY_S, MIN_WORKER_LIFE_S * 2 ** (deaths - 1))
 
     def _stop_workers(self) -> None:
         for proc in self.workers.values():
@@ -207,6 +250,8 @@ class Supervisor:
                 log.error("front end %d did not drain in time: killing it", index)
                 proc.kill()
                 proc.join(5)
+            if proc.pid is not None and not proc.is_alive():
+                remove_shared_memory(proc.pid)
 
     def _cleanup(self, sock: socket.socket) -> None:
         sock.close()

@@ -6,9 +6,13 @@ end writes a request's input tensor into its block and sends the engine only whe
 engine computes on a view of that memory and writes the outputs back into the same block (the
 inputs are consumed by then), so tensors are never pickled or copied through a socket. A segment's
 file is unlinked as soon as the engine has mapped it: nothing is left behind when either process
-dies, the memory is freed when the last mapping goes. The arena grows by a segment when a request
-does not fit (bounded in practice by the engine's queue bounds: a refused request frees its block);
-segments are reserved when created, so a full /dev/shm refuses that request (503), never crashes.
+dies, the memory is freed when the last mapping goes. Segments are sized to need: the first is
+small, each new one (made when a request does not fit) twice the largest so far up to
+`MAX_SEGMENT_BYTES`, and a segment other than the largest is released as soon as it is idle, so a
+front end holds about what its requests in flight need (a container's small /dev/shm is enough
+for several). Segments are reserved when created, so a full /dev/shm fails there (never as SIGBUS
+at a later write); that request's tensor then travels inline in its control message (slower,
+still answered).
 
 Control messages are pickled tuples with a 4-byte length prefix (`Channel`); both ends are
 processes of one server, on a socket in a private (0700) directory.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import mmap
 import os
 import pickle
@@ -30,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-SEGMENT_BYTES = 16 << 20
+FIRST_SEGMENT_BYTES = 1 << 20
+MAX_SEGMENT_BYTES = 16 << 20
 ALIGN = 64
 MAX_MESSAGE_BYTES = 1 << 30
 _HEADER = struct.Struct("!I")
@@ -40,6 +46,15 @@ def shm_directory() -> Path:
     """tmpfs (/dev/shm) where there is one, so segments are memory, never written to a disk."""
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def shm_free_bytes() -> int | None:
+    """Bytes free where segments are made (None if unknown): logged at start, a too-small /dev/shm shows."""
+    try:
+        st = os.statvfs(shm_directory())
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class Segment:
@@ -53,6 +68,10 @@ class Segment:
                 os.posix_fallocate(fd, 0, size)
             self.size = os.fstat(fd).st_size
             self.map = mmap.mmap(fd, self.size)
+        except BaseException:
+            if create:  # a half-made segment must not hold the memory (or its name) after the failure
+                path.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         self.path = path
@@ -79,18 +98,23 @@ def _round(n: int) -> int:
 
 
 class Arena:
-    """The front end's shared memory: segments carved into blocks, first fit, freed blocks merged."""
+    """The front end's shared memory: segments carved into blocks, first fit, freed blocks merged;
+    grown geometrically when a request does not fit, idle smaller segments released."""
 
-    def __init__(self, prefix: str, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, prefix: str, first_segment_bytes: int = FIRST_SEGMENT_BYTES,
+                 max_segment_bytes: int = MAX_SEGMENT_BYTES) -> None:
         self.prefix = prefix
-        self.segment_bytes = segment_bytes
-        self.segments: list[Segment] = []
-        self._free: list[list[tuple[int, int]]] = []  # per segment: sorted (offset, size)
+        self.first_segment_bytes = first_segment_bytes
+        self.max_segment_bytes = max(first_segment_bytes, max_segment_bytes)
+        #: by id; ids (and the files' names) are never reused, so a failed or released one leaves no clash
+        self.segments: dict[int, Segment] = {}
+        self._free: dict[int, list[tuple[int, int]]] = {}  # per segment: sorted (offset, size)
+        self._ids = itertools.count()
 
     def allocate(self, nbytes: int) -> tuple[Block, Segment | None]:
         """A block of at least `nbytes`; the second value is a segment created for it (to announce)."""
         size = _round(nbytes)
-        for index, free in enumerate(self._free):
+        for index, free in self._free.items():
             for i, (offset, room) in enumerate(free):
                 if room >= size:
                     if room == size:
@@ -98,14 +122,17 @@ class Arena:
                     else:
                         free[i] = (offset + size, room - size)
                     return Block(index, offset, size), None
-        index = len(self.segments)
-        seg_size = max(self.segment_bytes, size)
+        index = next(self._ids)
+        largest = max((seg.size for seg in self.segments.values()), default=0)
+        seg_size = max(size, min(self.max_segment_bytes, max(self.first_segment_bytes, 2 * largest)))
         segment = Segment(shm_directory() / f"{self.prefix}-{index}", seg_size, create=True)
-        self.segments.append(segment)
-        self._free.append([(size, seg_size - size)] if seg_size > size else [])
+        self.segments[index] = segment
+        self._free[index] = [(size, seg_size - size)] if seg_size > size else []
         return Block(index, 0, size), segment
 
-    def release(self, block: Block) -> None:
+    def release(self, block: Block) -> list[int]:
+        """Free the block; returns the ids of the idle segments this gave back (their other mapping can go):
+        every one but the largest, which is kept for the next requests."""
         free = self._free[block.segment]
         i = bisect.bisect_left(free, (block.offset, 0))
         offset, size = block.offset, block.size
@@ -117,12 +144,23 @@ class Arena:
             del free[i - 1]
             i -= 1
         free.insert(i, (offset, size))
+        if len(self.segments) == 1:
+            return []
+        kept = max(self.segments, key=lambda i: (self.segments[i].size, i))
+        released = [index for index, seg in self.segments.items()
+                    if index != kept and self._free[index] == [(0, seg.size)]]
+        for index in released:
+            segment = self.segments.pop(index)
+            del self._free[index]
+            segment.path.unlink(missing_ok=True)
+            segment.close()
+        return released
 
     def free_bytes(self) -> int:
-        return sum(size for free in self._free for _, size in free)
+        return sum(size for free in self._free.values() for _, size in free)
 
     def close(self) -> None:
-        for segment in self.segments:
+        for segment in self.segments.values():
             segment.path.unlink(missing_ok=True)
             segment.close()
 
