@@ -127,7 +127,8 @@ def tune(repository: Path, name: str, spec: RequestSpec, cfg: MeasureConfig, bas
 
 
 def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, env: dict[str, str] | None = None,
-        tuning: bool = False) -> Path:
+        tuning: bool = False, server_root: Path | None = None) -> Path:
+    """`server_root`: the service of another checkout (e.g. a commit before a change), measured by this code."""
     machine = machine_info()
     repository = cache / "repository"
     model = BenchModel(preset)
@@ -161,7 +162,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
     print(f"[ceiling] {overhead.sentence()}", file=sys.stderr, flush=True)
 
     log = (out_dir or Path(__file__).resolve().parent / "results") / "tmp" / f"ceiling-{name}.log"
-    with vitserve_server(repository, [name], env=env, log_path=log) as srv:
+    with vitserve_server(repository, [name], env=env, log_path=log, server_root=server_root) as srv:
         print(f"[ceiling] vitserve pid {srv.pid} at {srv.url}", file=sys.stderr, flush=True)
         server_env = dict(srv.env or {})
         stats = f"/v2/models/{name}/stats"
@@ -221,6 +222,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "service_jpeg": jpeg_points,
         "generator_overhead": overhead,
         "server_env": server_env,
+        "server_root": str(server_root) if server_root else None,
         "tuning": {label: {"env": TUNING[label], "point": p, "ratio_to_raw": p.inferences_per_second / best.images_per_s}
                    for label, p in tuned.items()},
         "targets": targets,

@@ -155,7 +155,8 @@ def cmd_ceiling(args: argparse.Namespace) -> int:
 
     env = dict(kv.split("=", 1) for kv in args.server_env)
     for preset in _presets(args, ["demo"]):
-        directory = ceiling.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, env=env, tuning=args.tune)
+        directory = ceiling.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, env=env, tuning=args.tune,
+                                server_root=args.server_root)
         print(f"results in {directory}")
     return 0
 
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra service setting as an environment variable (repeatable)")
     p.add_argument("--tune", action="store_true",
                    help="also measure concurrency 16 with other ORT thread/spinning settings (one server each)")
+    p.add_argument("--server-root", type=Path, default=None, metavar="DIR",
+                   help="serve with the service of another checkout (a before/after comparison)")
     _common(p)
     p.set_defaults(func=cmd_ceiling)
 

@@ -223,7 +223,7 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
 
 def summary_lines(data: dict[str, Any] | None, results: Path, rel: Any) -> list[str]:
     """The BENCHMARKS.md section (bench/summary.py); `rel(path)` makes a link relative to the document."""
-    md = ["", "## Front end: off-CPU stand-in with 1 and 2 front-end processes (issue 13)", ""]
+    md = ["", "## 8. Front end: off-CPU stand-in with 1 and 2 front-end processes (issue 13)", ""]
     if data is None:
         return md + ["Not run (`vitserve-bench frontend --quick`).", ""]
     ratios = data["ratio_2_over_1"]
