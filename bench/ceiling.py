@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.inproc import Timing, best_throughput, ort_session, time_ort
-from bench.loadgen import MeasureConfig, sweep
+from bench.loadgen import Client, MeasureConfig, sweep
 from bench.results import LoadPoint
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models, model_file
@@ -114,7 +114,7 @@ def _status(met: bool | None) -> str:
 
 
 def tune(repository: Path, name: str, spec: RequestSpec, cfg: MeasureConfig, base_env: dict[str, str],
-         log_dir: Path) -> dict[str, LoadPoint]:
+         log_dir: Path, client: Client = "python") -> dict[str, LoadPoint]:
     """The service at concurrency 16 under each TUNING setting (each on a fresh server)."""
     out: dict[str, LoadPoint] = {}
     for label, extra in TUNING.items():
@@ -122,13 +122,14 @@ def tune(repository: Path, name: str, spec: RequestSpec, cfg: MeasureConfig, bas
         with vitserve_server(repository, [name], env={**base_env, **extra}, log_path=log_dir / f"tune-{name}.log") as srv:
             stats = f"/v2/models/{name}/stats"
             out[label] = sweep(srv.url, spec, concurrencies=[16], cfg=cfg, protocol="v2-binary", stats_path=stats,
-                               server_pgid=srv.pid)[0]
+                               server_pgid=srv.pid, client=client)[0]
     return out
 
 
 def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, env: dict[str, str] | None = None,
-        tuning: bool = False, server_root: Path | None = None) -> Path:
-    """`server_root`: the service of another checkout (e.g. a commit before a change), measured by this code."""
+        tuning: bool = False, server_root: Path | None = None, client: Client = "python") -> Path:
+    """`server_root`: the service of another checkout (e.g. a commit before a change), measured by this code.
+    `client`: the load generator ("wrk": the C one, whose small CPU use leaves the cores to the server)."""
     machine = machine_info()
     repository = cache / "repository"
     model = BenchModel(preset)
@@ -158,8 +159,9 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
     cfg = measure_config(quick)
     concurrencies = [1, 16] if quick else [1, 2, 4, 8, 16, 32]
 
-    overhead = measure_overhead(v2, 16)
-    print(f"[ceiling] {overhead.sentence()}", file=sys.stderr, flush=True)
+    overhead = measure_overhead(v2, 16) if client == "python" else None
+    if overhead is not None:
+        print(f"[ceiling] {overhead.sentence()}", file=sys.stderr, flush=True)
 
     log = (out_dir or Path(__file__).resolve().parent / "results") / "tmp" / f"ceiling-{name}.log"
     with vitserve_server(repository, [name], env=env, log_path=log, server_root=server_root) as srv:
@@ -167,10 +169,10 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         server_env = dict(srv.env or {})
         stats = f"/v2/models/{name}/stats"
         v2_points = sweep(srv.url, v2, concurrencies=concurrencies, cfg=cfg, protocol="v2-binary", stats_path=stats,
-                          server_pgid=srv.pid)
+                          server_pgid=srv.pid, client=client)
         jpeg_points = sweep(srv.url, v1, concurrencies=[1, 16] if quick else concurrencies, cfg=cfg, protocol="v1-jpeg",
-                            stats_path=stats, server_pgid=srv.pid)
-    tuned = tune(repository, name, v2, cfg, env or {}, log.parent) if tuning else {}
+                            stats_path=stats, server_pgid=srv.pid, client=client)
+    tuned = tune(repository, name, v2, cfg, env or {}, log.parent, client) if tuning else {}
     machine = machine.finish()
 
     def at(points: list[LoadPoint], c: int) -> LoadPoint:
@@ -207,6 +209,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "comparison": "ceiling",
         "quick": quick,
         "command": command_line(),
+        "client": client,
         "machine": machine,
         "model": name,
         "flops_per_image": manifest.costs.flops,
@@ -232,7 +235,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "",
         f"Command: `{command_line()}`  ",
         f"Machine: {machine.summary()}  ",
-        f"Generator: {overhead.sentence()}.",
+        f"Load generator: {client}" + ("" if client == "wrk" else f"; {overhead.sentence()}") + ".",
         "",
         "## Targets",
         "",

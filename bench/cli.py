@@ -154,9 +154,11 @@ def cmd_ceiling(args: argparse.Namespace) -> int:
     from bench import ceiling
 
     env = dict(kv.split("=", 1) for kv in args.server_env)
+    client = _resolve_client(args, prefer_wrk=True)
+    print(f"[ceiling] load generator: {client}", file=sys.stderr, flush=True)
     for preset in _presets(args, ["demo"]):
         directory = ceiling.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, env=env, tuning=args.tune,
-                                server_root=args.server_root)
+                                server_root=args.server_root, client=client)  # type: ignore[arg-type]
         print(f"results in {directory}")
     return 0
 
@@ -308,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure concurrency 16 with other ORT thread/spinning settings (one server each)")
     p.add_argument("--server-root", type=Path, default=None, metavar="DIR",
                    help="serve with the service of another checkout (a before/after comparison)")
+    _client_options(p, "wrk when installed, else python")
     _common(p)
     p.set_defaults(func=cmd_ceiling)
 

@@ -267,8 +267,9 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
             f"Raw batch-1 latency {raw_b1['median_s'] * 1e3:.2f} ms; service p50 at c=1 "
             f"{v2[1]['latency_us']['p50'] / 1e3:.2f} ms. Server-side split at c=16 (v2, usec): "
             + ", ".join(f"{k} {v:.0f}" for k, v in v2[16]["server_us"].items())
-            + f". Load generator ceiling: {gen['max_requests_per_second']:,.0f} req/s, "
-            f"{gen['client_cpu_us_per_request']:.0f} µs client CPU per request.",
+            + (f". Load generator ceiling: {gen['max_requests_per_second']:,.0f} req/s, "
+               f"{gen['client_cpu_us_per_request']:.0f} µs client CPU per request." if gen else
+               f". Load generator: {c.get('client', 'python')}."),
             "",
             *_tuning_lines(c),
             "![latency vs throughput](" + _rel(results / "ceiling" / f"latency_throughput_{preset}.png", base) + ")",

@@ -31,7 +31,7 @@ from bench.payloads import RequestSpec
 from bench.procs import group_cpu_seconds
 from bench.results import LoadPoint
 from bench.stats import PERCENTILES
-from bench.timings import parse_v2_stats, stats_delta
+from bench.timings import mean_batch_size, parse_v2_stats, stats_delta
 
 __all__ = ["WrkError", "wrk_path", "lua_script", "run_wrk", "closed_loop_wrk"]
 
@@ -171,12 +171,14 @@ def closed_loop_wrk(base_url: str, spec: RequestSpec, concurrency: int, cfg: Mea
     if failed:
         raise WrkError(f"c={concurrency}: failed requests {failed} of {report['requests']} ({spec.description})")
     return to_point(report, client_cpu, spec, concurrency, reading, server_cpu_s=server_cpu, wall_s=wall,
-                    server_stats_us=stats_delta(before, after) if before and after else {}, progress=progress)
+                    server_stats_us=stats_delta(before, after) if before and after else {}, progress=progress,
+                    server_mean_batch_size=mean_batch_size(before, after) if before and after else None)
 
 
 def to_point(report: dict[str, object], client_cpu_s: float, spec: RequestSpec, concurrency: int,
              reading: ServerReading, *, server_cpu_s: float | None, wall_s: float,
-             server_stats_us: dict[str, float], progress: Progress | None = None) -> LoadPoint:
+             server_stats_us: dict[str, float], progress: Progress | None = None,
+             server_mean_batch_size: float | None = None) -> LoadPoint:
     """A wrk report (all requests 2xx) as a LoadPoint; throughput over wrk's own measured duration."""
     measured = int(report["duration_us"]) / 1e6  # type: ignore[call-overload]
     requests = int(report["requests"])  # type: ignore[call-overload]
@@ -196,5 +198,6 @@ def to_point(report: dict[str, object], client_cpu_s: float, spec: RequestSpec, 
         client_cpu_cores=client_cpu_s / wall_s,
         server_cpu_cores=server_cpu_s / wall_s if server_cpu_s else None,
         server_cpu_us_per_inference=server_cpu_s / images * 1e6 if server_cpu_s and images else None,
+        server_mean_batch_size=server_mean_batch_size,
         client_cpu_us_per_request=client_cpu_s / requests * 1e6 if requests else math.nan,
     )
