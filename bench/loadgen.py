@@ -34,7 +34,7 @@ from typing import Literal
 
 from bench.client import Sender, Snapshot, open_session, stats_snapshot
 from bench.payloads import RequestSpec
-from bench.procs import group_cpu_seconds
+from bench.procs import group_cpu_seconds, main_thread_cpu_seconds
 from bench.results import LoadPoint, Sample, summarise
 from bench.stats import Window, is_stable, percentile
 from bench.timings import mean_batch_size, stats_delta
@@ -81,11 +81,12 @@ async def _measure(
     progress: Progress | None,
     snapshot: Snapshot | None = None,
     server_pgid: int | None = None,
-) -> tuple[list[Sample], float, float, int, bool, dict[str, float] | None, float | None, float | None]:
+) -> tuple[list[Sample], float, float, int, bool, dict[str, float] | None, float | None, float | None,
+           float | None]:
     """Run the window loop over the growing `samples` list.
 
     Returns (reported samples, wall, cpu, windows, stable, server stats per request over the reported windows,
-    server CPU seconds, images per executed batch).
+    server CPU seconds, images per executed batch, CPU seconds of the server's main thread).
     """
     await asyncio.sleep(cfg.warmup_s)
     waited = cfg.warmup_s
@@ -94,6 +95,7 @@ async def _measure(
         waited += 0.1
     snaps: list[dict[str, float]] = [await snapshot()] if snapshot else []
     server_cpu: list[float] = [group_cpu_seconds(server_pgid)] if server_pgid else []
+    loop_cpu: list[float | None] = [main_thread_cpu_seconds(server_pgid)] if server_pgid else []
     windows: list[Window] = []
     bounds: list[tuple[int, int, float, float]] = []  # sample index range, wall, cpu per window
     idx = len(samples)
@@ -121,6 +123,7 @@ async def _measure(
             snaps.append(await snapshot())
         if server_pgid:
             server_cpu.append(group_cpu_seconds(server_pgid))
+            loop_cpu.append(main_thread_cpu_seconds(server_pgid))
         if cfg.fixed_duration_s is None and len(ok) < cfg.min_requests_per_window and window_s < cfg.max_window_s:
             window_s = min(cfg.max_window_s, window_s * 2)
         if progress:
@@ -145,7 +148,9 @@ async def _measure(
     server = stats_delta(snaps[first], snaps[-1]) if snapshot else None
     server_cpu_s = server_cpu[-1] - server_cpu[first] if server_pgid else None
     batch = mean_batch_size(snaps[first], snaps[-1]) if snapshot else None
-    return reported, wall, cpu, len(windows), stable, server, server_cpu_s, batch
+    loop0, loop1 = (loop_cpu[first], loop_cpu[-1]) if server_pgid else (None, None)
+    loop_cpu_s = loop1 - loop0 if loop0 is not None and loop1 is not None else None
+    return reported, wall, cpu, len(windows), stable, server, server_cpu_s, batch, loop_cpu_s
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,7 @@ async def _drive(base_url: str, spec: RequestSpec, cfg: MeasureConfig, reading: 
     async with open_session(base_url, connections, cfg.request_timeout_s) as session:  # type: ignore[attr-defined]
         running = load(Sender(session, spec, reading.parse_json), samples)
         try:
-            reported, wall, cpu, n, stable, stats, server_cpu, batch = await _measure(
+            reported, wall, cpu, n, stable, stats, server_cpu, batch, loop_cpu = await _measure(
                 samples, cfg, label, progress, stats_snapshot(session, reading.stats_path), reading.server_pgid
             )
         finally:
@@ -184,7 +189,7 @@ async def _drive(base_url: str, spec: RequestSpec, cfg: MeasureConfig, reading: 
             await asyncio.gather(*tasks, return_exceptions=True)
     return summarise(
         reported, wall, cpu, windows=n, stable=stable, spec=spec, protocol=reading.protocol, server_stats_us=stats,
-        server_cpu_s=server_cpu, server_mean_batch_size=batch, **point,  # type: ignore[arg-type]
+        server_cpu_s=server_cpu, server_mean_batch_size=batch, server_loop_cpu_s=loop_cpu, **point,  # type: ignore[arg-type]
     )
 
 

@@ -212,6 +212,18 @@ def group_cpu_seconds(pgid: int) -> float:
     return sum(group_cpu_by_name(pgid).values())
 
 
+def main_thread_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) of a process's main thread (/proc/PID/task/PID): a Python server's event
+    loop, apart from its worker and compute threads. None when it cannot be read (no /proc, process gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def group_cpu_by_name(pgid: int) -> dict[str, float]:
     """`group_cpu_seconds` split by process name (/proc/PID/comm, e.g. vitserve-engine, vitserve-fe0)."""
     procs: dict[int, tuple[int, int, int, str]] = {}  # pid -> (ppid, pgrp, ticks, comm)

@@ -56,9 +56,10 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def frontend_table(frontend: dict[str, dict[str, float | None]]) -> str:
     """Front-end CPU per inference per path (bench/ceiling.py: `frontend_cpu`), as a markdown table."""
     return md_table(["path", "server CPU µs/inference", "server mean batch", "raw CPU µs/image at that batch",
-                     "front-end CPU µs/inference"],
+                     "front-end CPU µs/inference", "event-loop thread CPU µs/inference"],
                     [[path, _us(f["server_cpu_us_per_inference"]), f["server_mean_batch_size"],
-                      _us(f["raw_cpu_us_per_image"]), _us(f["frontend_cpu_us_per_inference"])]
+                      _us(f["raw_cpu_us_per_image"]), _us(f["frontend_cpu_us_per_inference"]),
+                      _us(f.get("event_loop_cpu_us_per_inference"))]
                      for path, f in frontend.items()])
 
 

@@ -71,6 +71,10 @@ class LoadPoint(BaseModel):
     server_mean_batch_size: float | None = Field(
         None, description="images per batch the server executed (from /v2/models/{m}/stats deltas)"
     )
+    server_loop_cpu_us_per_inference: float | None = Field(
+        None, description="CPU time of the server process's main thread (a Python server's event loop: HTTP, "
+                          "parsing, encoding, batching; not its compute threads) per successful inference"
+    )
 
     @property
     def errors(self) -> int:
@@ -138,6 +142,7 @@ def summarise(
     server_stats_us: dict[str, float] | None = None,
     server_cpu_s: float | None = None,
     server_mean_batch_size: float | None = None,
+    server_loop_cpu_s: float | None = None,
 ) -> LoadPoint:
     """Reduce the samples of the reported windows to a LoadPoint."""
     if wall_s <= 0:
@@ -188,4 +193,6 @@ def summarise(
         server_cpu_us_per_inference=server_cpu_s / sum(s.images for s in ok) * 1e6 if server_cpu_s and ok else None,
         client_cpu_us_per_request=(cpu_s / len(samples) * 1e6) if samples else math.nan,
         server_mean_batch_size=server_mean_batch_size,
+        server_loop_cpu_us_per_inference=(server_loop_cpu_s / sum(s.images for s in ok) * 1e6
+                                          if server_loop_cpu_s is not None and ok else None),
     )

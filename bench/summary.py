@@ -100,7 +100,9 @@ def _frontend_lines(c: dict[str, Any]) -> list[str]:
     if not fe:
         return []
     return ["Front-end CPU per inference (server CPU − raw CPU per image at the batch size the server executed):",
-            "", frontend_table(fe), ""]
+            "", frontend_table(fe), "",
+            "The last column is a direct reading of the server's main thread (its event loop) per inference, with no "
+            "subtraction.", ""]
 
 
 def _multi_section(multi: dict[str, Any] | None, base: Path, results: Path) -> list[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.loadgen import MeasureConfig, Progress, ServerReading
 from bench.payloads import RequestSpec
-from bench.procs import group_cpu_seconds
+from bench.procs import group_cpu_seconds, main_thread_cpu_seconds
 from bench.results import LoadPoint
 from bench.stats import PERCENTILES
 from bench.timings import mean_batch_size, parse_v2_stats, stats_delta
@@ -162,23 +162,26 @@ def closed_loop_wrk(base_url: str, spec: RequestSpec, concurrency: int, cfg: Mea
                 raise WrkError(f"c={concurrency} warm-up: failed requests {failed} ({spec.description})")
         before = _stats(url, reading.stats_path)
         cpu0 = group_cpu_seconds(reading.server_pgid) if reading.server_pgid else None
+        loop0 = main_thread_cpu_seconds(reading.server_pgid) if reading.server_pgid else None
         t0 = time.perf_counter()
         report, client_cpu = run_wrk(url, script, duration_s=duration, **kw)  # type: ignore[arg-type]
         wall = time.perf_counter() - t0
         server_cpu = group_cpu_seconds(reading.server_pgid) - cpu0 if reading.server_pgid and cpu0 is not None else None
+        loop1 = main_thread_cpu_seconds(reading.server_pgid) if reading.server_pgid else None
         after = _stats(url, reading.stats_path)
     failed = _failures(report)
     if failed:
         raise WrkError(f"c={concurrency}: failed requests {failed} of {report['requests']} ({spec.description})")
     return to_point(report, client_cpu, spec, concurrency, reading, server_cpu_s=server_cpu, wall_s=wall,
                     server_stats_us=stats_delta(before, after) if before and after else {}, progress=progress,
-                    server_mean_batch_size=mean_batch_size(before, after) if before and after else None)
+                    server_mean_batch_size=mean_batch_size(before, after) if before and after else None,
+                    server_loop_cpu_s=loop1 - loop0 if loop0 is not None and loop1 is not None else None)
 
 
 def to_point(report: dict[str, object], client_cpu_s: float, spec: RequestSpec, concurrency: int,
              reading: ServerReading, *, server_cpu_s: float | None, wall_s: float,
              server_stats_us: dict[str, float], progress: Progress | None = None,
-             server_mean_batch_size: float | None = None) -> LoadPoint:
+             server_mean_batch_size: float | None = None, server_loop_cpu_s: float | None = None) -> LoadPoint:
     """A wrk report (all requests 2xx) as a LoadPoint; throughput over wrk's own measured duration."""
     measured = int(report["duration_us"]) / 1e6  # type: ignore[call-overload]
     requests = int(report["requests"])  # type: ignore[call-overload]
@@ -199,5 +202,6 @@ def to_point(report: dict[str, object], client_cpu_s: float, spec: RequestSpec, 
         server_cpu_cores=server_cpu_s / wall_s if server_cpu_s else None,
         server_cpu_us_per_inference=server_cpu_s / images * 1e6 if server_cpu_s and images else None,
         server_mean_batch_size=server_mean_batch_size,
+        server_loop_cpu_us_per_inference=server_loop_cpu_s / images * 1e6 if server_loop_cpu_s is not None and images else None,
         client_cpu_us_per_request=client_cpu_s / requests * 1e6 if requests else math.nan,
     )

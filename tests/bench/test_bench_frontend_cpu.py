@@ -44,12 +44,36 @@ def test_mean_batch_size_comes_from_the_v2_statistics_counters() -> None:
 def test_frontend_cpu_subtracts_the_raw_cpu_at_the_servers_batch_size() -> None:
     samples = [Sample(start=0.0, end=0.01, status=200) for _ in range(1000)]
     point = summarise(samples, wall_s=1.0, cpu_s=0.1, mode="concurrency", windows=1, stable=True, concurrency=16,
-                      server_cpu_s=1.25, server_mean_batch_size=6.0)
+                      server_cpu_s=1.25, server_mean_batch_size=6.0, server_loop_cpu_s=0.3)
     fe = frontend_cpu(point, RAW)
     assert fe["server_cpu_us_per_inference"] == pytest.approx(1250.0)
     assert fe["raw_cpu_us_per_image"] == pytest.approx(850.0)
     assert fe["frontend_cpu_us_per_inference"] == pytest.approx(400.0)
-    assert "| v2 c=16 | 1250 | 6.00 | 850 | 400 |" in frontend_table({"v2 c=16": fe})
+    assert fe["event_loop_cpu_us_per_inference"] == pytest.approx(300.0)  # the main thread, read directly
+    assert "| v2 c=16 | 1250 | 6.00 | 850 | 400 | 300 |" in frontend_table({"v2 c=16": fe})
+
+
+def test_the_main_thread_cpu_of_a_real_process_is_read_apart_from_its_other_threads() -> None:
+    """A process whose second thread burns CPU while its main thread sleeps: the main thread's reading stays low."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from bench.procs import group_cpu_seconds, main_thread_cpu_seconds
+
+    code = ("import threading, time\n"
+            "def burn():\n    t = time.time()\n    while time.time() - t < 0.6: pass\n"
+            "threading.Thread(target=burn).start(); time.sleep(1.5)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        time.sleep(1.0)
+        main, whole = main_thread_cpu_seconds(proc.pid), group_cpu_seconds(proc.pid)
+    finally:
+        proc.wait(timeout=10)
+    assert main is not None and whole >= 0.3 and main < whole / 2
+    assert main_thread_cpu_seconds(proc.pid) is None  # gone
+    assert os.getpid() and main_thread_cpu_seconds(os.getpid()) is not None
 
 
 def test_frontend_cpu_is_unknown_without_server_cpu_or_batch_size() -> None:

@@ -47,6 +47,9 @@ def test_wrk_measures_a_real_server_and_its_own_cpu(server: ServerProcess) -> No
     assert point.server_timing_source == "v2-stats" and point.server_us["compute"] > 0
     # ... and the batch size it executed (the ceiling's front-end CPU subtracts raw CPU at that batch size)
     assert point.server_mean_batch_size is not None and 1 <= point.server_mean_batch_size <= 4
+    # and its event-loop (main) thread's share, read apart from the compute threads
+    loop = point.server_loop_cpu_us_per_inference
+    assert loop is not None and 0 < loop < point.server_cpu_us_per_inference
     assert set(cpu_by_role(before, group_cpu_by_name(server.pid))) == {"server"}  # one process does both jobs
 
 
