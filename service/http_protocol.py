@@ -19,16 +19,23 @@ send syscalls, two segments): here the head waits for the body's first piece, so
 write (`_OneWrite`). And it tells the application when a connection is lost without a task per request listening for
 it: a request's scope carries the connection under DISCONNECT_WATCH, whose `watch_disconnect(cb)`
 calls `cb` when the connection is lost (see service/api/common.py: `cancel_on_disconnect`).
+
+A request on one of the hot routes skips ASGI altogether when the class has a `direct` server
+(service/api/direct.py, `VITSERVE_DIRECT_ROUTES`): its task runs that server's coroutine over
+uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control, keep-alive,
+pipelining and the guards above are the same for both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.settings import Settings
 
@@ -41,6 +48,14 @@ DISCONNECT_WATCH = "vitserve.connection"
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
+class DirectServer(Protocol):
+    """Serves some requests without ASGI (service/api/direct.py: `DirectRoutes`)."""
+
+    def serve(self, connection: GuardedHttpToolsProtocol, cycle: RequestResponseCycle
+              ) -> Coroutine[Any, Any, None] | None:
+        """The coroutine answering the cycle's request, or None to leave it to the ASGI app."""
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the bounds above (class attributes, set by `guarded_protocol`)."""
 
@@ -48,6 +63,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     body_timeout_s = 30.0
     max_connections = 1024
+    direct: DirectServer | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -126,6 +142,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes = True, 0
         self._events += 1
         self._disarm()  # the application has the request; uvicorn's keep-alive timer takes over after it
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """Start the request's task: the direct server's coroutine for a route it serves, else the ASGI app
+        (also for a pipelined request, started here once the one before it has been answered)."""
+        coroutine = self.direct.serve(self, cycle) if self.direct is not None and app is self.app else None
+        if coroutine is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        if self.config.reset_contextvars:  # as uvicorn starts an ASGI task
+            task = self.loop.create_task(coroutine, context=contextvars.Context())
+        else:
+            task = self.loop.create_task(coroutine)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)  # uvicorn's shutdown waits for these: a request accepted before SIGTERM completes
 
     # -- timers ----------------------------------------------------------------------------
     def _idle(self) -> bool:
@@ -223,8 +253,9 @@ class _OneWrite:
         return getattr(self._transport, name)
 
 
-def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class uvicorn should use (`uvicorn.Config(http=...)`), bounded by `settings`."""
+def guarded_protocol(settings: Settings, direct: DirectServer | None = None) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class uvicorn should use (`uvicorn.Config(http=...)`), bounded by `settings`; `direct`
+    serves the requests it takes without ASGI (None, or `settings.direct_routes` off: all go through ASGI)."""
     return type(
         "VitserveHttpProtocol",
         (GuardedHttpToolsProtocol,),
@@ -233,5 +264,6 @@ def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
             "header_timeout_s": settings.header_timeout_s,
             "body_timeout_s": settings.body_timeout_s,
             "max_connections": settings.max_connections,
+            "direct": direct if settings.direct_routes else None,
         },
     )
