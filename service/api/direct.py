@@ -26,6 +26,7 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from service.api.common import declared_length, length_refusal, limit_error, streamed_refusal
 from service.api.fast_path import HotEndpoint, HotRoutes
+from service.api.request_view import RequestHeaders
 from service.errors import PayloadTooLarge, exception_response
 from service.http_protocol import GuardedHttpToolsProtocol
 
@@ -58,7 +59,7 @@ class DirectRequest:
 
     def __init__(self, connection: GuardedHttpToolsProtocol, cycle: RequestResponseCycle, limit: int | None) -> None:
         scope = cycle.scope
-        self.headers = Headers(raw=scope["headers"])
+        self.headers: Headers = RequestHeaders(scope["headers"])
         self.query_string: bytes = scope["query_string"]
         self.connection = connection
         self._cycle = cycle

@@ -9,13 +9,29 @@ request cycle (vitserve's HTTP protocol, no ASGI), so one endpoint function serv
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.datastructures import FormData, Headers
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
 from service.http_protocol import DISCONNECT_WATCH
+
+
+class RequestHeaders(Headers):
+    """Starlette's `Headers` whose `get` finds an absent header without raising and catching KeyError (the
+    hot endpoints look up several headers a request usually lacks); the first of repeated headers, as `get`."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(raw=raw)
+        self._raw = raw
+
+    def get(self, key: str, default: Any = None) -> Any:
+        wanted = key.lower().encode("latin-1")
+        for name, value in self._raw:
+            if name == wanted:
+                return value.decode("latin-1")
+        return default
 
 
 class DisconnectWatch(Protocol):
@@ -48,7 +64,7 @@ class AsgiRequest:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.headers = request.headers
+        self.headers: Headers = RequestHeaders(request.scope["headers"])
         self.query_string: bytes = request.scope.get("query_string", b"")
         self.connection: DisconnectWatch | None = request.scope.get(DISCONNECT_WATCH)
 

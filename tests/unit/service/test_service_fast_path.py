@@ -73,3 +73,15 @@ def test_errors_use_the_service_error_table() -> None:
     assert r.status_code == 404 and r.json() == {"error": "no model 'missing'"}
     r = request(app, "POST", "/v2/models/boom/infer")
     assert r.status_code == 500 and r.json() == {"error": "internal error"}  # no trace, no path
+
+
+def test_request_headers_look_up_as_starlettes() -> None:
+    from starlette.datastructures import Headers
+
+    from service.api.request_view import RequestHeaders
+
+    raw = [(b"content-type", b"image/png"), (b"x-twice", b"first"), (b"x-twice", b"second"), (b"x-l", b"caf\xe9")]
+    ours, theirs = RequestHeaders(raw), Headers(raw=raw)
+    for key in ("Content-Type", "content-type", "X-Twice", "x-l", "absent"):
+        assert ours.get(key) == theirs.get(key)
+    assert ours.get("absent", "d") == "d" and ours["x-twice"] == "first" and ours.getlist("x-twice") == ["first", "second"]
