@@ -19,6 +19,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.request_view import RequestView
 from service.errors import (
     ClientClosedRequest,
     InvalidInput,
@@ -27,7 +28,6 @@ from service.errors import (
     Unauthorized,
     validation_message,
 )
-from service.api.request_view import RequestView
 from service.metrics import Metrics
 
 T = TypeVar("T")

@@ -15,7 +15,6 @@ request started), and what it does in place of the ASGI layers gives their answe
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 

@@ -170,7 +170,8 @@ def battery() -> dict[str, tuple[tuple[bytes, ...], int]]:
         "v2 chunked over the limit": ((chunked(infer, big + big + big, json_type),), 1),
         "v2 content-length over the limit": ((post(infer, b"", json_type).replace(
             b"content-length: 0", b"content-length: %d" % (MAX_BODY + 1)),), 1),
-        "v2 bad content-length": ((post(infer, b"", json_type).replace(b"content-length: 0", b"content-length: x"),), 1),
+        "v2 bad content-length": ((post(infer, b"", json_type).replace(b"content-length: 0",
+                                                                       b"content-length: x"),), 1),
         "v2 100-continue": ((post(infer, b"", json_type, "expect: 100-continue").replace(
             b"content-length: 0", b"content-length: %d" % len(v2_json())), v2_json()), 2),
         "v2 100-continue over the limit": ((post(infer, b"", "expect: 100-continue").replace(

@@ -143,7 +143,8 @@ def test_a_lost_connection_reported_by_the_protocol_cancels_the_work_without_a_w
         scope = {"type": "http", "method": "POST", "path": "/", "headers": [], DISCONNECT_WATCH: conn}
         cancelled = asyncio.Event()
 
-        task = asyncio.create_task(cancel_on_disconnect(AsgiRequest(Request(scope, receive)), _waits_for_ever(cancelled)))
+        view = AsgiRequest(Request(scope, receive))
+        task = asyncio.create_task(cancel_on_disconnect(view, _waits_for_ever(cancelled)))
         await asyncio.sleep(0.01)
         conn.lose()
         with pytest.raises(ClientClosedRequest):
