@@ -86,3 +86,14 @@ def test_request_headers_look_up_as_starlettes() -> None:
         assert ours.get(key) == theirs.get(key)
     assert ours.get("absent", "d") == "d" and ours["x-twice"] == "first"
     assert ours.getlist("x-twice") == ["first", "second"]
+
+
+def test_hot_routes_match_posts_below_the_root_path() -> None:
+    app, _ = make_app()
+    routes = app.routes
+    scope = {"type": "http", "method": "POST", "path": "/api/v2/models/m1/infer", "root_path": "/api"}
+    hit = routes.match(scope)
+    assert hit is not None and hit[1] == {"model": "m1"}
+    assert routes.match({**scope, "method": "GET"}) is None
+    assert routes.match({**scope, "root_path": ""}) is None  # /api/v2/... is no hot route without the root
+    assert routes.match({**scope, "path": "/v2/models/m1/infer/x"}) is None
