@@ -116,7 +116,8 @@ def test_hot_posts_are_served_without_the_asgi_app_and_everything_else_with_it(t
         out = transport.output()
         assert asgi_paths == ["/m/a/infer"]  # the GET only
         first, _, second = out.partition(b"a:q=1:hi")
-        assert first == b"HTTP/1.1 200 OK\r\nx-echo: 1\r\ncontent-length: 8\r\ncontent-type: text/plain; charset=utf-8\r\n\r\n"
+        assert first == (b"HTTP/1.1 200 OK\r\nx-echo: 1\r\ncontent-length: 8\r\n"
+                         b"content-type: text/plain; charset=utf-8\r\n\r\n")
         assert second.startswith(b"HTTP/1.1 200 OK\r\n") and second.endswith(b"\r\n\r\nasgi")
         assert transport.calls[0][0] == "write" and transport.calls[0][1].endswith(b"a:q=1:hi")  # one write
         protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2000\r\n\r\n")
