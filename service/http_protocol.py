@@ -106,22 +106,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             pass
 
     def data_received(self, data: bytes) -> None:
+        """Feed the parser, then time what is left incomplete. A timer is armed only for a head or a body
+        still incomplete after this piece: a request that arrives whole (the usual case) costs no timer."""
         if self._discarding or self.transport.is_closing():
             return
-        if self._in_head:
-            if self._timer is None and self._idle():
-                self._arm(self.header_timeout_s)  # the next request on a kept-alive connection has begun
-        else:  # the body made progress: extend its deadline by what these bytes earn, at most a full timeout
-            now = self.loop.time()
-            self._body_deadline = min(self._body_deadline + len(data) / MIN_BODY_RATE, now + self.body_timeout_s)
-            self._arm(self._body_deadline - now)
+        # the next request on a kept-alive connection has begun: its head is timed from now
+        head_begins = self._in_head and self._timer is None and self._idle()
+        body_progress = not self._in_head
+        if body_progress:  # extend the body's deadline by what these bytes earn, at most a full timeout from now
+            self._body_deadline = min(self._body_deadline + len(data) / MIN_BODY_RATE,
+                                      self.loop.time() + self.body_timeout_s)
         events = self._events
         super().data_received(data)
-        if self.transport.is_closing() or not self._in_head:
+        if self.transport.is_closing():
             return
-        # bytes of a head still incomplete after this piece (a piece that completed a head or a body, and
-        # perhaps began the next head, is not counted)
-        self._head_bytes = self._head_bytes + len(data) if events == self._events else 0
+        if not self._in_head:  # a body still incomplete (perhaps begun by this piece): its deadline
+            if body_progress or self._timer is None:
+                self._arm(self._body_deadline - self.loop.time())
+            return
+        if events != self._events:  # this piece completed a request (a following head, if begun, is not timed
+            # until the request has been answered, as a pipelined one)
+            self._head_bytes = 0
+            return
+        # bytes of a head still incomplete after this piece
+        if head_begins:
+            self._arm(self.header_timeout_s)
+        self._head_bytes += len(data)
         if self._head_bytes > self.max_header_bytes:
             self._reject(431, f"request line and headers exceed {self.max_header_bytes} bytes")
 
@@ -130,7 +140,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes = False, 0
         self._events += 1
         self._body_deadline = self.loop.time() + self.body_timeout_s
-        self._arm(self.body_timeout_s)
+        self._disarm()  # the head's timer; the body's is armed once the piece is parsed, if the body is incomplete
         super().on_headers_complete()
         self.scope[DISCONNECT_WATCH] = self  # type: ignore[literal-required]
         cycle = self.cycle

@@ -60,11 +60,14 @@ class _SocketTransport(_Transport):
     def can_write_eof(self) -> bool:
         return True
 
+    def write_eof(self) -> None:
+        self.calls.append(("eof", b""))
+
     def output(self) -> bytes:
         return b"".join(data for _, data in self.calls)
 
 
-def _protocol(tmp_path, direct_routes: bool):
+def _protocol(tmp_path, direct_routes: bool, **settings_: float):
     """vitserve's protocol over a fake transport: hot POSTs echo body and query, the ASGI app records its calls."""
     import uvicorn
     from fastapi import APIRouter, Request
@@ -96,7 +99,7 @@ def _protocol(tmp_path, direct_routes: bool):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
         await send({"type": "http.response.body", "body": b"asgi"})
 
-    settings = Settings(repository=tmp_path, direct_routes=direct_routes, max_body_bytes=1024)
+    settings = Settings(repository=tmp_path, direct_routes=direct_routes, max_body_bytes=1024, **settings_)
     cls = guarded_protocol(settings, direct=DirectRoutes(hot_routes(router, {echo: echo_view}), 1024))
     config = uvicorn.Config(app, lifespan="off", proxy_headers=False, access_log=False)
     protocol = cls(config=config, server_state=ServerState(), app_state={})
@@ -137,5 +140,25 @@ def test_with_direct_routes_off_every_request_goes_to_the_asgi_app(tmp_path) -> 
         for _ in range(20):
             await asyncio.sleep(0)
         assert asgi_paths == ["/m/a/infer"] and transport.output().endswith(b"asgi")
+
+    asyncio.run(main())
+
+
+def test_a_whole_request_costs_no_timer_and_an_incomplete_head_or_body_is_timed(tmp_path) -> None:
+    async def main() -> None:
+        protocol, transport, _ = _protocol(tmp_path, direct_routes=True, header_timeout_s=0.05, body_timeout_s=0.05)
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        assert protocol._timer is None  # the connection's head timer ended with the head; nothing else armed
+        await asyncio.sleep(0.01)
+        assert transport.output().endswith(b"a::hi")
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nhi")
+        assert protocol._timer is not None  # a body still incomplete
+        protocol.data_received(b"yo")
+        assert protocol._timer is None
+        await asyncio.sleep(0.01)
+        assert transport.output().endswith(b"a::hiyo") and not transport.closed
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost:")  # the next head, incomplete
+        await asyncio.sleep(0.1)
+        assert b"HTTP/1.1 408 Request Timeout" in transport.output() and transport.calls[-1][0] == "eof"
 
     asyncio.run(main())
