@@ -75,6 +75,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = False  # answered and closing: read and drop what the client still sends
         self._lost = False
         self._on_lost: list[Callable[[], None]] = []  # callbacks of the requests in progress on this connection
+        self._direct_cycle: RequestResponseCycle | None = None  # the last cycle handed to `direct`
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -144,8 +145,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self.scope[DISCONNECT_WATCH] = self  # type: ignore[literal-required]
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:  # this request's cycle (not an upgrade)
+        if cycle is not None and cycle.scope is self.scope and cycle is not self._direct_cycle:
+            # this request's cycle (not an upgrade), answered through ASGI (the direct path writes once itself)
             cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
+        self._direct_cycle = None
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -160,6 +163,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if coroutine is None:
             super()._start_asgi_task(cycle, app)
             return
+        self._direct_cycle = cycle
         if self.config.reset_contextvars:  # as uvicorn starts an ASGI task
             task = self.loop.create_task(coroutine, context=contextvars.Context())
         else:
