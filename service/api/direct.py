@@ -54,7 +54,8 @@ class DirectRequest:
     `limit`: count the body against this many bytes as it arrives (a body without Content-Length;
     one with it was checked before and the parser delivers no more than it declares)."""
 
-    __slots__ = ("headers", "query_string", "connection", "_cycle", "_limit", "_received", "_body", "refused")
+    __slots__ = ("headers", "query_string", "connection", "_cycle", "_limit", "_received", "_body", "_streamed",
+                 "refused")
 
     def __init__(self, connection: GuardedHttpToolsProtocol, cycle: RequestResponseCycle, limit: int | None) -> None:
         scope = cycle.scope
@@ -65,6 +66,7 @@ class DirectRequest:
         self._limit = limit
         self._received = 0
         self._body: bytes | None = None
+        self._streamed = False  # read by `stream` (not kept): `body` cannot read it again
         self.refused = False  # the body streamed past the limit: the answer is the body limit's 413
 
     async def _receive(self) -> tuple[bytes, bool]:
@@ -90,6 +92,8 @@ class DirectRequest:
 
     async def body(self) -> bytes:
         if self._body is None:
+            if self._streamed:
+                raise RuntimeError("Stream consumed")  # as Starlette's Request
             chunk, more = await self._receive()
             if more:
                 chunks = [chunk]
@@ -104,7 +108,7 @@ class DirectRequest:
         if self._body is not None:
             yield self._body
             return
-        more = True
+        self._streamed = more = True
         while more:
             chunk, more = await self._receive()
             if chunk:
