@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.common import BodyLimitMiddleware
+from service.api.direct import DirectRoutes
 from service.api.fast_path import FastPathMiddleware
 from service.api.system import register_system
 from service.api.v1 import register_v1
@@ -87,7 +88,9 @@ def create_app(settings: Settings, *, wait_for_models: bool = False, store: Mode
     install_error_handlers(app)
     hot = register_v1(app, pipeline) + register_v2(app, pipeline)
     register_system(app, store)
-    app.state.hot_routes = hot
+    app.state.hot_routes = hot.api_routes
+    # the same endpoints without ASGI, for vitserve's HTTP protocol (`guarded_protocol(settings, direct=...)`)
+    app.state.direct_routes = DirectRoutes(hot, settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # the hot routes first, under the same body limit; everything else through FastAPI's stack
     app.entry = FastPathMiddleware(partial(FastAPI.__call__, app), hot, max_body_bytes=settings.max_body_bytes)

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level,
         # header size, header/body timeouts and the connection cap, where the bytes arrive
-        http=guarded_protocol(settings),
+        http=guarded_protocol(settings, direct=app.state.direct_routes),
         # a little longer than the batchers' drain, so requests failed at the drain timeout still get their 503
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 2,
         access_log=False,

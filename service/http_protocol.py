@@ -19,16 +19,23 @@ send syscalls, two segments): here the head waits for the body's first piece, so
 write (`_OneWrite`). And it tells the application when a connection is lost without a task per request listening for
 it: a request's scope carries the connection under DISCONNECT_WATCH, whose `watch_disconnect(cb)`
 calls `cb` when the connection is lost (see service/api/common.py: `cancel_on_disconnect`).
+
+A request on one of the hot routes skips ASGI altogether when the class has a `direct` server
+(service/api/direct.py, `VITSERVE_DIRECT_ROUTES`): its task runs that server's coroutine over
+uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control, keep-alive,
+pipelining and the guards above are the same for both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.settings import Settings
 
@@ -41,6 +48,14 @@ DISCONNECT_WATCH = "vitserve.connection"
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
+class DirectServer(Protocol):
+    """Serves some requests without ASGI (service/api/direct.py: `DirectRoutes`)."""
+
+    def serve(self, connection: GuardedHttpToolsProtocol, cycle: RequestResponseCycle
+              ) -> Coroutine[Any, Any, None] | None:
+        """The coroutine answering the cycle's request, or None to leave it to the ASGI app."""
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the bounds above (class attributes, set by `guarded_protocol`)."""
 
@@ -48,6 +63,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     body_timeout_s = 30.0
     max_connections = 1024
+    direct: DirectServer | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -59,6 +75,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = False  # answered and closing: read and drop what the client still sends
         self._lost = False
         self._on_lost: list[Callable[[], None]] = []  # callbacks of the requests in progress on this connection
+        self._direct_cycle: RequestResponseCycle | None = None  # the last cycle handed to `direct`
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -90,22 +107,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             pass
 
     def data_received(self, data: bytes) -> None:
+        """Feed the parser, then time what is left incomplete. A timer is armed only for a head or a body
+        still incomplete after this piece: a request that arrives whole (the usual case) costs no timer."""
         if self._discarding or self.transport.is_closing():
             return
-        if self._in_head:
-            if self._timer is None and self._idle():
-                self._arm(self.header_timeout_s)  # the next request on a kept-alive connection has begun
-        else:  # the body made progress: extend its deadline by what these bytes earn, at most a full timeout
-            now = self.loop.time()
-            self._body_deadline = min(self._body_deadline + len(data) / MIN_BODY_RATE, now + self.body_timeout_s)
-            self._arm(self._body_deadline - now)
+        # the next request on a kept-alive connection has begun: its head is timed from now
+        head_begins = self._in_head and self._timer is None and self._idle()
+        body_progress = not self._in_head
+        if body_progress:  # extend the body's deadline by what these bytes earn, at most a full timeout from now
+            self._body_deadline = min(self._body_deadline + len(data) / MIN_BODY_RATE,
+                                      self.loop.time() + self.body_timeout_s)
         events = self._events
         super().data_received(data)
-        if self.transport.is_closing() or not self._in_head:
+        if self.transport.is_closing():
             return
-        # bytes of a head still incomplete after this piece (a piece that completed a head or a body, and
-        # perhaps began the next head, is not counted)
-        self._head_bytes = self._head_bytes + len(data) if events == self._events else 0
+        if not self._in_head:  # a body still incomplete (perhaps begun by this piece): its deadline
+            if body_progress or self._timer is None:
+                self._arm(self._body_deadline - self.loop.time())
+            return
+        if events != self._events:  # this piece completed a request (a following head, if begun, is not timed
+            # until the request has been answered, as a pipelined one)
+            self._head_bytes = 0
+            return
+        # bytes of a head still incomplete after this piece
+        if head_begins:
+            self._arm(self.header_timeout_s)
+        self._head_bytes += len(data)
         if self._head_bytes > self.max_header_bytes:
             self._reject(431, f"request line and headers exceed {self.max_header_bytes} bytes")
 
@@ -114,18 +141,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes = False, 0
         self._events += 1
         self._body_deadline = self.loop.time() + self.body_timeout_s
-        self._arm(self.body_timeout_s)
+        self._disarm()  # the head's timer; the body's is armed once the piece is parsed, if the body is incomplete
         super().on_headers_complete()
         self.scope[DISCONNECT_WATCH] = self  # type: ignore[literal-required]
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:  # this request's cycle (not an upgrade)
+        if cycle is not None and cycle.scope is self.scope and cycle is not self._direct_cycle:
+            # this request's cycle (not an upgrade), answered through ASGI (the direct path writes once itself)
             cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
+        self._direct_cycle = None
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0
         self._events += 1
         self._disarm()  # the application has the request; uvicorn's keep-alive timer takes over after it
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """Start the request's task: the direct server's coroutine for a route it serves, else the ASGI app
+        (also for a pipelined request, started here once the one before it has been answered)."""
+        coroutine = self.direct.serve(self, cycle) if self.direct is not None and app is self.app else None
+        if coroutine is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        self._direct_cycle = cycle
+        if self.config.reset_contextvars:  # as uvicorn starts an ASGI task
+            task = self.loop.create_task(coroutine, context=contextvars.Context())
+        else:
+            task = self.loop.create_task(coroutine)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)  # uvicorn's shutdown waits for these: a request accepted before SIGTERM completes
 
     # -- timers ----------------------------------------------------------------------------
     def _idle(self) -> bool:
@@ -223,8 +267,9 @@ class _OneWrite:
         return getattr(self._transport, name)
 
 
-def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class uvicorn should use (`uvicorn.Config(http=...)`), bounded by `settings`."""
+def guarded_protocol(settings: Settings, direct: DirectServer | None = None) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class uvicorn should use (`uvicorn.Config(http=...)`), bounded by `settings`; `direct`
+    serves the requests it takes without ASGI (None, or `settings.direct_routes` off: all go through ASGI)."""
     return type(
         "VitserveHttpProtocol",
         (GuardedHttpToolsProtocol,),
@@ -233,5 +278,6 @@ def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
             "header_timeout_s": settings.header_timeout_s,
             "body_timeout_s": settings.body_timeout_s,
             "max_connections": settings.max_connections,
+            "direct": direct if settings.direct_routes else None,
         },
     )

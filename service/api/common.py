@@ -11,15 +11,15 @@ import functools
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Collection
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Collection, Iterable
+from typing import Any, Protocol, TypeVar
 
-from fastapi import Request
 from pydantic import BaseModel, SecretStr, ValidationError
-from starlette.datastructures import QueryParams
+from starlette.datastructures import Headers, QueryParams
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.request_view import RequestView
 from service.errors import (
     ClientClosedRequest,
     InvalidInput,
@@ -28,7 +28,6 @@ from service.errors import (
     Unauthorized,
     validation_message,
 )
-from service.http_protocol import DISCONNECT_WATCH
 from service.metrics import Metrics
 
 T = TypeVar("T")
@@ -50,21 +49,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = None
-        for key, value in scope.get("headers", ()):
-            if key == b"content-length":
-                length = value
+        length = declared_length(scope.get("headers", ()))
         if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                await _send_error(send, 400, "invalid Content-Length header")
-                return
-            if declared < 0:
-                await _send_error(send, 400, "invalid Content-Length header")
-                return
-            if declared > self.max_bytes:
-                await _send_error(send, 413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes}")
+            refusal = length_refusal(length, self.max_bytes)
+            if refusal is not None:
+                await _send_error(send, *refusal)
                 return
             await self.app(scope, receive, send)
             return
@@ -82,8 +71,8 @@ class BodyLimitMiddleware:
                     # exception into 400 "error parsing the body"); what the app answers after is dropped
                     if not started and not refused:
                         refused = True
-                        await _send_error(send, 413, f"request body exceeds the limit of {limit} bytes")
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                        await _send_error(send, 413, streamed_refusal(limit))
+                    raise PayloadTooLarge(streamed_refusal(limit))
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -101,27 +90,59 @@ class BodyLimitMiddleware:
                 raise
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
+def declared_length(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's Content-Length header (the last one), None without one."""
+    length = None
+    for key, value in headers:
+        if key == b"content-length":
+            length = value
+    return length
+
+
+def length_refusal(length: bytes, max_bytes: int) -> tuple[int, str] | None:
+    """(status, message) refusing a declared Content-Length (400 invalid, 413 too large); None: within the limit."""
+    try:
+        declared = int(length)
+    except ValueError:
+        return 400, "invalid Content-Length header"
+    if declared < 0:
+        return 400, "invalid Content-Length header"
+    if declared > max_bytes:
+        return 413, f"request body of {declared} bytes exceeds the limit of {max_bytes}"
+    return None
+
+
+def streamed_refusal(limit: int) -> str:
+    """The 413 message for a body without Content-Length that streamed past `limit`."""
+    return f"request body exceeds the limit of {limit} bytes"
+
+
+def limit_error(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of the body limit's refusals (the connection closes after them)."""
     body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")],
-        }
-    )
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")], body
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    headers, body = limit_error(status, message)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def presented_key(request: Request) -> str | None:
+class _Headed(Protocol):
+    @property
+    def headers(self) -> Headers: ...
+
+
+def presented_key(request: _Headed) -> str | None:
     auth = request.headers.get("authorization")
     if auth and auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return request.headers.get("x-api-key")
 
 
-def check_key(request: Request, key: SecretStr | None, *, required: bool, what: str) -> None:
+def check_key(request: _Headed, key: SecretStr | None, *, required: bool, what: str) -> None:
     """Constant-time API key check. `required` with no key configured means the endpoint is closed."""
     if key is None:
         if required:
@@ -164,19 +185,12 @@ class track:  # noqa: N801 - used as `async with track(...)`, like a context-man
         return False
 
 
-async def _until_disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+async def cancel_on_disconnect(request: RequestView, work: Awaitable[T]) -> T:
     """Await `work` in this task, cancelling it (so its request leaves the batch queue) if the client disconnects.
 
     Call only after the body has been read. Under vitserve's HTTP protocol the connection says when it is
-    lost (`DISCONNECT_WATCH` in the scope: no task per request); under any other ASGI server one watcher
-    task waits for the `http.disconnect` message (the next ASGI message once the body has been read)."""
+    lost (`request.connection`: no task per request); under any other ASGI server one watcher task waits
+    for the `http.disconnect` message (the next ASGI message once the body has been read)."""
     task = asyncio.current_task()
     assert task is not None
     state = {"finished": False, "disconnected": False}
@@ -190,12 +204,12 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         if not watcher.cancelled() and watcher.exception() is None:
             on_disconnect()
 
-    connection = request.scope.get(DISCONNECT_WATCH)
+    connection = request.connection
     watcher: asyncio.Task[None] | None = None
     if connection is not None:
         connection.watch_disconnect(on_disconnect)
     else:
-        watcher = asyncio.get_running_loop().create_task(_until_disconnected(request))
+        watcher = asyncio.get_running_loop().create_task(request.wait_disconnected())
         watcher.add_done_callback(on_watcher_done)
     try:
         return await work
@@ -207,7 +221,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         state["finished"] = True
         if watcher is not None:
             watcher.cancel()
-        else:
+        elif connection is not None:
             connection.unwatch_disconnect(on_disconnect)
 
 
@@ -218,12 +232,12 @@ Q = TypeVar("Q", bound=BaseModel)
 CACHED_QUERY_BYTES = 256
 
 
-def parse_query(model: type[Q], request: Request) -> Q:
+def parse_query(model: type[Q], request: RequestView) -> Q:
     """Validate query parameters with a pydantic model; errors read like FastAPI's (400).
 
     Clients repeat the same few query strings: a short one is validated once and the result (only
     ever read) reused. Errors are not cached."""
-    raw: bytes = request.scope.get("query_string", b"")
+    raw = request.query_string
     return _parse_query_cached(model, raw) if len(raw) <= CACHED_QUERY_BYTES else _parse_query(model, raw)
 
 

@@ -14,7 +14,6 @@ import re
 import time
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from python_multipart.multipart import parse_options_header
 
@@ -27,11 +26,13 @@ from service.api.common import (
     server_timing,
     track,
 )
-from service.api.fast_path import fast_routes
+from service.api.fast_path import HotRoutes, hot_routes
+from service.api.request_view import AsgiRequest, RequestView, parse_multipart
 from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
 from service.manifest import Evaluation
 from service.pipeline import Pipeline
 from service.schemas import ClassifyResult, ModelInfo, Prediction, Timings
+from service.store import ModelStore
 
 MAX_INT = 2**63 - 1  # integer parameters are 64-bit; larger ones are a 400, never arithmetic
 
@@ -186,7 +187,7 @@ def single_file_part(body: bytes, content_type: str) -> bytes | None:
     return body[head_end + 4:end]
 
 
-async def read_image(request: Request) -> bytes:
+async def read_image(request: RequestView, store: ModelStore) -> bytes:
     """The image bytes of a request, whichever of the three accepted forms it uses."""
     content_type = request.headers.get("content-type", "")
     ctype = content_type.split(";")[0].strip().lower()
@@ -197,7 +198,7 @@ async def read_image(request: Request) -> bytes:
             if image is not None:
                 return image
         try:
-            form = await request.form(max_files=1, max_fields=16)
+            form = await parse_multipart(request, max_files=1, max_fields=16)
         except ServiceError:
             raise
         except Exception:  # noqa: BLE001 - starlette/multipart parse errors
@@ -213,7 +214,7 @@ async def read_image(request: Request) -> bytes:
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         return body
     if ctype == "application/json" or ctype.endswith("+json"):
-        return await request.app.state.store.run_blocking(image_from_json, body) if len(body) > LARGE_BODY_BYTES else (
+        return await store.run_blocking(image_from_json, body) if len(body) > LARGE_BODY_BYTES else (
             image_from_json(body)
         )
     if not ctype:
@@ -221,7 +222,7 @@ async def read_image(request: Request) -> bytes:
     raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r} (send multipart/form-data, image/*, or JSON)")
 
 
-def register_v1(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
+def register_v1(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
     """Declare every /v1 route; return the hot endpoints (for the fast path)."""
     router = APIRouter(prefix="/v1", tags=["v1"])
     store, settings, metrics = pipeline.store, pipeline.settings, pipeline.metrics
@@ -242,12 +243,15 @@ def register_v1(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
         responses={400: {}, 404: {}, 413: {}, 415: {}, 503: {}, 504: {}},
     )
     async def classify(model: str, request: Request) -> Response:
-        # a hot route: takes only the path and the Request (see service/api/fast_path.py)
+        return await classify_view(AsgiRequest(request), model)
+
+    async def classify_view(request: RequestView, model: str) -> Response:
+        # a hot route: served from a RequestView and the path (see service/api/fast_path.py, service/api/direct.py)
         async with track(metrics, model_label(model, store.model_names()), "v1_classify"):
             query = parse_query(ClassifyQuery, request)
             check_key(request, settings.inference_api_key, required=False, what="inference")
             with pipeline.accept(model, query.version) as lv:  # 404 / 503 before reading a body; then answered
-                image = await read_image(request)
+                image = await read_image(request, store)
                 result = await cancel_on_disconnect(
                     request,
                     pipeline.classify(lv, image, query.top_k, query.deadline_ms, pinned=query.version is not None),
@@ -279,8 +283,9 @@ def register_v1(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
                 for n in names:
                     store.require(n)
             with store.accepting():
-                image = await read_image(request)
-                results = await cancel_on_disconnect(request, pipeline.compare(image, names, top_k, deadline_ms))
+                view = AsgiRequest(request)
+                image = await read_image(view, store)
+                results = await cancel_on_disconnect(view, pipeline.compare(image, names, top_k, deadline_ms))
             entries = []
             for name, r in results:
                 evaluation = store.evaluation(name)
@@ -305,4 +310,4 @@ def register_v1(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
             )
 
     app.include_router(router)
-    return fast_routes(router, classify)
+    return hot_routes(router, {classify: classify_view})

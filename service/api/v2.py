@@ -15,11 +15,11 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.api.common import cancel_on_disconnect, check_key, model_label, track
-from service.api.fast_path import fast_routes
+from service.api.fast_path import HotRoutes, hot_routes
+from service.api.request_view import AsgiRequest, RequestView
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, validation_message
 from service.model_config import InstanceGroup
 from service.pipeline import Pipeline
@@ -112,7 +112,7 @@ def _version(text: str | None) -> int | None:
         raise ModelNotFound(f"no version {text!r}") from None
 
 
-def register_v2(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
+def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
     """Declare every /v2 route; return the hot ones (for the fast path)."""
     router = APIRouter(prefix="/v2", tags=["v2"])
     store, settings, metrics = pipeline.store, pipeline.settings, pipeline.metrics
@@ -198,7 +198,7 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
         _metadata(model, version)
         return config_to_v2_json(_effective_config(model))
 
-    async def _infer(model: str, version: str | None, request: Request) -> Response:
+    async def _infer(model: str, version: str | None, request: RequestView) -> Response:
         async with track(metrics, model_label(model, store.model_names()), "v2_infer"):
             start = time.monotonic()
             check_key(request, settings.inference_api_key, required=False, what="inference")
@@ -218,7 +218,7 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
             cached = inputs_cache[model] = (entry, specs, numbers)
         return cached[1], cached[2]
 
-    async def _infer_accepted(lv: LoadedVersion, pinned: bool, request: Request, start: float) -> Response:
+    async def _infer_accepted(lv: LoadedVersion, pinned: bool, request: RequestView, start: float) -> Response:
         """The body of an admitted v2 request: read, parse (off the loop when large), infer, encode."""
         model, manifest = lv.model, lv.entry.manifest
         max_batch = pipeline.max_images(lv)
@@ -288,14 +288,20 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
         },
     }
 
-    # hot routes: they take only the path and the Request (see service/api/fast_path.py)
+    # hot routes: served from a RequestView and the path (see service/api/fast_path.py, service/api/direct.py)
+    async def infer_view(request: RequestView, model: str) -> Response:
+        return await _infer(model, None, request)
+
+    async def infer_version_view(request: RequestView, model: str, version: str) -> Response:
+        return await _infer(model, version, request)
+
     @router.post("/models/{model}/infer", summary="Inference (JSON or binary tensor extension)", **infer_doc)
     async def infer(model: str, request: Request) -> Response:
-        return await _infer(model, None, request)
+        return await infer_view(AsgiRequest(request), model)
 
     @router.post("/models/{model}/versions/{version}/infer", summary="Inference on a version", **infer_doc)
     async def infer_version(model: str, version: str, request: Request) -> Response:
-        return await _infer(model, version, request)
+        return await infer_version_view(AsgiRequest(request), model, version)
 
     @router.get("/models/{model}/stats", response_model=ModelStatisticsResponse, summary="Model statistics")
     async def stats(model: str) -> ModelStatisticsResponse:
@@ -336,4 +342,4 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> list[APIRoute]:
         return await store.unload(model)
 
     app.include_router(router)
-    return fast_routes(router, infer, infer_version)
+    return hot_routes(router, {infer: infer_view, infer_version: infer_version_view})

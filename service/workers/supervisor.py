@@ -109,7 +109,7 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
     app = create_app(settings, store=MirrorStore(settings, Metrics(), client))
     asgi = BodyLimitMiddleware(ForwardMiddleware(app, client, app.state.hot_routes), settings.max_body_bytes)
     config = uvicorn.Config(
-        asgi, log_level=settings.log_level, http=guarded_protocol(settings),
+        asgi, log_level=settings.log_level, http=guarded_protocol(settings, direct=app.state.direct_routes),
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 2, access_log=False, server_header=False,
     )
     _DrainingServer.make(config, app, settings.shutdown_delay_s).run(sockets=[sock])

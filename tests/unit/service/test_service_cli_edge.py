@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from starlette.requests import Request
 
 from service.api.common import cancel_on_disconnect, check_key
+from service.api.request_view import AsgiRequest
 from service.errors import ClientClosedRequest
 from service.cli import build_parser, main, settings_from_args
 from service.errors import Unauthorized
@@ -28,8 +29,8 @@ def test_bad_settings_exit_with_status_2(tmp_path: Path, capsys: pytest.CaptureF
     assert "not a directory" in capsys.readouterr().err
 
 
-def _request(receive) -> Request:
-    return Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive)
+def _request(receive) -> AsgiRequest:
+    return AsgiRequest(Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive))
 
 
 async def _waits_for_ever(cancelled: asyncio.Event) -> int:
@@ -97,8 +98,9 @@ def test_query_parameters_are_validated_once_per_short_query_string() -> None:
     from service.api.v1 import ClassifyQuery
     from service.errors import InvalidInput
 
-    def req(query: bytes) -> Request:
-        return Request({"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": query})
+    def req(query: bytes) -> AsgiRequest:
+        return AsgiRequest(Request({"type": "http", "method": "POST", "path": "/", "headers": [],
+                                    "query_string": query}))
 
     first = parse_query(ClassifyQuery, req(b"top_k=3&version=2"))
     hits = _parse_query_cached.cache_info().hits
@@ -141,7 +143,8 @@ def test_a_lost_connection_reported_by_the_protocol_cancels_the_work_without_a_w
         scope = {"type": "http", "method": "POST", "path": "/", "headers": [], DISCONNECT_WATCH: conn}
         cancelled = asyncio.Event()
 
-        task = asyncio.create_task(cancel_on_disconnect(Request(scope, receive), _waits_for_ever(cancelled)))
+        view = AsgiRequest(Request(scope, receive))
+        task = asyncio.create_task(cancel_on_disconnect(view, _waits_for_ever(cancelled)))
         await asyncio.sleep(0.01)
         conn.lose()
         with pytest.raises(ClientClosedRequest):
@@ -151,7 +154,7 @@ def test_a_lost_connection_reported_by_the_protocol_cancels_the_work_without_a_w
         async def quick() -> int:
             return 5
 
-        assert await cancel_on_disconnect(Request(scope, receive), quick()) == 5
+        assert await cancel_on_disconnect(AsgiRequest(Request(scope, receive)), quick()) == 5
         assert conn.callbacks == []  # unwatched once answered
 
     asyncio.run(main_())

@@ -45,3 +45,120 @@ def test_a_head_and_its_body_leave_in_one_write_and_a_lone_head_at_the_next_turn
         assert w.is_closing()  # everything else is the transport's
 
     asyncio.run(main())
+
+
+class _SocketTransport(_Transport):
+    """What uvicorn's protocol asks of a TCP transport."""
+
+    def get_extra_info(self, name: str, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5000)}.get(name, default)
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.calls.append(("eof", b""))
+
+    def output(self) -> bytes:
+        return b"".join(data for _, data in self.calls)
+
+
+def _protocol(tmp_path, direct_routes: bool, **settings_: float):
+    """vitserve's protocol over a fake transport: hot POSTs echo body and query, the ASGI app records its calls."""
+    import uvicorn
+    from fastapi import APIRouter, Request
+    from starlette.responses import Response
+    from uvicorn.server import ServerState
+
+    from service.api.direct import DirectRoutes
+    from service.api.fast_path import hot_routes
+    from service.api.request_view import AsgiRequest, RequestView
+    from service.http_protocol import guarded_protocol
+    from service.settings import Settings
+
+    router = APIRouter()
+
+    async def echo_view(request: RequestView, model: str) -> Response:
+        return Response(model.encode() + b":" + request.query_string + b":" + await request.body(),
+                        media_type="text/plain", headers={"X-Echo": "1"})
+
+    @router.post("/m/{model}/infer")
+    async def echo(model: str, request: Request) -> Response:
+        return await echo_view(AsgiRequest(request), model)
+
+    asgi_paths: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        asgi_paths.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"asgi"})
+
+    settings = Settings(repository=tmp_path, direct_routes=direct_routes, max_body_bytes=1024, **settings_)
+    cls = guarded_protocol(settings, direct=DirectRoutes(hot_routes(router, {echo: echo_view}), 1024))
+    config = uvicorn.Config(app, lifespan="off", proxy_headers=False, access_log=False)
+    protocol = cls(config=config, server_state=ServerState(), app_state={})
+    transport = _SocketTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport, asgi_paths
+
+
+def test_hot_posts_are_served_without_the_asgi_app_and_everything_else_with_it(tmp_path) -> None:
+    async def main() -> None:
+        protocol, transport, asgi_paths = _protocol(tmp_path, direct_routes=True)
+        # two pipelined requests, then one over the limit (answered from Content-Length, then closed)
+        protocol.data_received(b"POST /m/a/infer?q=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
+                               b"GET /m/a/infer HTTP/1.1\r\nhost: x\r\n\r\n")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        out = transport.output()
+        assert asgi_paths == ["/m/a/infer"]  # the GET only
+        first, _, second = out.partition(b"a:q=1:hi")
+        assert first == (b"HTTP/1.1 200 OK\r\nx-echo: 1\r\ncontent-length: 8\r\n"
+                         b"content-type: text/plain; charset=utf-8\r\n\r\n")
+        assert second.startswith(b"HTTP/1.1 200 OK\r\n") and second.endswith(b"\r\n\r\nasgi")
+        assert transport.calls[0][0] == "write" and transport.calls[0][1].endswith(b"a:q=1:hi")  # one write
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2000\r\n\r\n")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert transport.output().endswith(b'connection: close\r\n\r\n{"error": "request body of 2000 bytes '
+                                           b'exceeds the limit of 1024"}') and transport.closed
+        assert not protocol.tasks
+
+    asyncio.run(main())
+
+
+def test_with_direct_routes_off_every_request_goes_to_the_asgi_app(tmp_path) -> None:
+    async def main() -> None:
+        protocol, transport, asgi_paths = _protocol(tmp_path, direct_routes=False)
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert asgi_paths == ["/m/a/infer"] and transport.output().endswith(b"asgi")
+
+    asyncio.run(main())
+
+
+def test_a_whole_request_costs_no_timer_and_an_incomplete_head_or_body_is_timed(tmp_path) -> None:
+    async def main() -> None:
+        protocol, transport, _ = _protocol(tmp_path, direct_routes=True, header_timeout_s=0.05, body_timeout_s=0.05)
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        assert protocol._timer is None  # the connection's head timer ended with the head; nothing else armed
+        await asyncio.sleep(0.01)
+        assert transport.output().endswith(b"a::hi")
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nhi")
+        assert protocol._timer is not None  # a body still incomplete
+        protocol.data_received(b"yo")
+        assert protocol._timer is None
+        await asyncio.sleep(0.01)
+        assert transport.output().endswith(b"a::hiyo") and not transport.closed
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost:")  # the next head, incomplete
+        await asyncio.sleep(0.1)
+        assert b"HTTP/1.1 408 Request Timeout" in transport.output() and transport.calls[-1][0] == "eof"
+
+    asyncio.run(main())
