@@ -225,3 +225,33 @@ def test_only_images_declaring_few_pixels_are_decoded_inline() -> None:
     assert preprocess_small_image(encoded(129, 128, "PNG"), cfg, 10**6) is None  # left to the worker pool
     with pytest.raises(_InvalidInput):  # a bad small image fails as in the pool
         preprocess_small_image(encoded(8, 8, "JPEG")[:200], cfg, 10**6)
+
+
+def float32_steps(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """The normalisation as float32 arithmetic on every pixel (what the looked-up table must equal bit for bit)."""
+    arr = np.array(image, dtype=np.float32)
+    arr /= np.float32(255.0)
+    arr -= np.asarray(cfg.mean, dtype=np.float32)
+    arr /= np.asarray(cfg.std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("mean, std", [
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.1, 0.9, 0.333), (0.07, 3.0, 0.3)),
+])
+def test_normalise_is_bit_identical_to_float32_arithmetic(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    from service.preprocess import normalise
+
+    cfg = PreprocessConfig(input_size=(3, 16, 48), mean=mean, std=std, interpolation="bilinear", crop_pct=1.0)
+    every_value = np.stack([np.arange(256).reshape(16, 16)[:, ::-1], np.arange(256).reshape(16, 16).T,
+                            np.arange(256).reshape(16, 16)], -1).repeat(3, axis=1).astype(np.uint8)  # 16 x 48
+    noise = np.random.default_rng(0).integers(0, 256, (16, 48, 3), dtype=np.uint8)
+    for pixels in (every_value, noise):
+        image = Image.fromarray(pixels)
+        out = normalise(image, cfg)
+        expected = float32_steps(image, cfg)
+        assert out.dtype == np.float32 and out.shape == (3, 16, 48) and out.flags.c_contiguous
+        assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))
+        out[0, 0, 0] = 123.0  # the caller's own array: the shared table is untouched
+        assert np.array_equal(normalise(image, cfg).view(np.uint32), expected.view(np.uint32))
