@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -65,10 +65,10 @@ class PendingRequest:
     future: asyncio.Future[BatchOutput]
     enqueued_at: float
     deadline: float | None = None
+    size: int = field(init=False)  # images (read many times per request: computed once)
 
-    @property
-    def size(self) -> int:
-        return int(self.inputs.shape[0])
+    def __post_init__(self) -> None:
+        self.size = int(self.inputs.shape[0])
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ class BatchOutput:
     queue_s: float
     compute_s: float
     batch_size: int
+    #: whether every output value is finite, found once per batch in the worker thread; None: not known
+    finite: bool | None = None
 
 
 def drop_expired(queue: deque[PendingRequest], now: float) -> list[PendingRequest]:
@@ -131,6 +133,14 @@ def next_wakeup(queue: Iterable[PendingRequest], limits: BatchLimits, can_dispat
         if first is not None:
             times.append(first.enqueued_at + limits.max_queue_delay_s)
     return min(times) if times else None
+
+
+def finite_rows(outputs: object) -> list[bool] | None:
+    """Per row of a numeric output, whether all its values are finite (one pass for the batch, so no request
+    scans its own rows on the event loop); None when `outputs` is no numeric array with rows."""
+    if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or not outputs.size or outputs.dtype.kind not in "biufc":
+        return None
+    return np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1).tolist()
 
 
 class BatcherHooks:
@@ -327,27 +337,29 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
-        """(outputs, compute seconds, seconds waited for the compute gate) of one batch, in a worker thread."""
+    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float, float, list[bool] | None]:
+        """(outputs, compute seconds, seconds waited for the compute gate, whether each output row is finite)
+        of one batch, in a worker thread."""
         batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
         asked = self._clock()
         with self._gate():
             waited = self._clock() - asked
             start = time.perf_counter()
             out = self._run(batch)
-            return out, time.perf_counter() - start, waited
+            compute_s = time.perf_counter() - start
+        return out, compute_s, waited, finite_rows(out)
 
     async def _finish(
         self,
         batch_id: int,
         batch: list[PendingRequest],
-        running: asyncio.Future[tuple[np.ndarray, float, float]],
+        running: asyncio.Future[tuple[np.ndarray, float, float, list[bool] | None]],
         dispatched_at: float,
     ) -> None:
         """Wait for a batch on its worker, start the next one, then answer each member."""
         total = sum(r.size for r in batch)
         try:
-            outputs, compute_s, waited_s = await running
+            outputs, compute_s, waited_s, finite = await running
             if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or outputs.shape[0] != total:
                 got = getattr(outputs, "shape", type(outputs).__name__)
                 raise InferenceFailed(f"runtime returned outputs of shape {got} for {total} inputs")
@@ -371,10 +383,13 @@ class Batcher:
         self._hooks.on_batch(total, compute_s, batch, started_at)
         offset = 0
         for req in batch:
-            rows = outputs[offset : offset + req.size]
-            offset += req.size
+            end = offset + req.size
             if not req.future.done():
-                req.future.set_result(BatchOutput(rows, started_at - req.enqueued_at, compute_s, total))
+                req.future.set_result(BatchOutput(
+                    outputs[offset:end], started_at - req.enqueued_at, compute_s, total,
+                    None if finite is None else all(finite[offset:end]),
+                ))
+            offset = end
 
     def _release(self, batch_id: int) -> None:
         """The batch's worker is free: hand it the next due batch at once, and let the collector re-plan."""

@@ -147,7 +147,7 @@ class Pipeline:
             except ServiceError:
                 lv.observer.request_failed(time.monotonic() - start)
                 raise
-        if not np.isfinite(out.outputs).all():
+        if not (out.finite if out.finite is not None else np.isfinite(out.outputs).all()):
             # never a `null` score: this request fails, the others of its batch are answered
             self.metrics.nonfinite_outputs.labels(model=lv.model).inc()
             lv.observer.request_failed(time.monotonic() - start)
@@ -180,7 +180,7 @@ class Pipeline:
         self.check_top_k(top_k)
         deadline = self.deadline(deadline_ms, start)
         pixels, preprocess_s = await self._decode(image, lv.preprocess)
-        self.metrics.preprocess_duration.labels(model=lv.model).observe(preprocess_s)
+        lv.observer.on_preprocessed(preprocess_s)
         return await self._classify_pixels(lv, pixels, preprocess_s, top_k, deadline, start, pinned)
 
     async def _classify_pixels(
@@ -242,7 +242,7 @@ class Pipeline:
                     results.update((lv.model, exc) for lv in members)
                     return
                 for lv in members:
-                    self.metrics.preprocess_duration.labels(model=lv.model).observe(preprocess_s)
+                    lv.observer.on_preprocessed(preprocess_s)
                 done = await asyncio.gather(
                     *(self._classify_pixels(lv, pixels, preprocess_s, top_k, deadline, start, False)
                       for lv in members),
