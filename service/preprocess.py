@@ -216,6 +216,8 @@ def resize_and_crop(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
         return image.resize((width, height), resample=resample, box=box)
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), resample=resample)
+    elif (w, h) == (width, height):  # already the model's size: the crop would be a copy of every pixel
+        return image
     return image.crop((left, top, left + width, top + height))
 
 

@@ -647,8 +647,10 @@ def encode_content_encoding(
 
     `Inference-Header-Content-Length` keeps the uncompressed JSON length: the client inflates first.
     """
+    if not accept_encoding:
+        return body, headers
     accepted: dict[str, float] = {}
-    for part in (accept_encoding or "").split(","):
+    for part in accept_encoding.split(","):
         token, _, q = part.strip().partition(";")
         try:
             weight = float(q.strip()[2:]) if q.strip().startswith("q=") else 1.0

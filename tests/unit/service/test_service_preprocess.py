@@ -255,3 +255,21 @@ def test_normalise_is_bit_identical_to_float32_arithmetic(mean: tuple[float, ...
         assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))
         out[0, 0, 0] = 123.0  # the caller's own array: the shared table is untouched
         assert np.array_equal(normalise(image, cfg).view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("size, crop_pct", [((32, 32), 1.0), ((36, 36), 0.875), ((33, 32), 1.0), ((48, 40), 1.0)])
+def test_resize_and_crop_of_an_image_near_the_model_size(size: tuple[int, int], crop_pct: float) -> None:
+    """An image already the model's size is used as it is; the others still resize and crop (same pixels)."""
+    from service.preprocess import resize_and_crop
+
+    cfg = PreprocessConfig(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                           interpolation="bilinear", crop_pct=crop_pct)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    out = resize_and_crop(image, cfg)
+    assert out.size == (32, 32) and out.mode == "RGB"
+    scale = int(32 / crop_pct)
+    w, h = size
+    new = (scale, max(1, int(scale * h / w))) if w <= h else (max(1, int(scale * w / h)), scale)
+    full = image if new == size else image.resize(new, resample=Image.Resampling.BILINEAR)
+    left, top = int(round((new[0] - 32) / 2.0)), int(round((new[1] - 32) / 2.0))
+    assert np.array_equal(np.asarray(out), np.asarray(full.crop((left, top, left + 32, top + 32))))
