@@ -373,7 +373,8 @@ def parse_infer_request(
                 f"{HEADER_LENGTH_HEADER} is {header_length} but the request body has only {len(body)} bytes"
             )
         header, binary = view[:header_length], view[header_length:]
-    specs = {name: TensorSpec(s[0], tuple(s[1])) for name, s in expected_inputs.items()}
+    specs = {name: s if type(s) is TensorSpec and type(s.dims) is tuple else TensorSpec(s[0], tuple(s[1]))
+             for name, s in expected_inputs.items()}
     if header_length is not None and header_length <= PLAN_CACHE_HEADER_BYTES:
         planned = _binary_plan(bytes(header), tuple(specs.items()), max_batch_size, len(binary))
         if planned is not None:
