@@ -361,6 +361,7 @@ def parse_infer_request(
     the header says (the checked request and where each tensor lies) depends only on the header bytes,
     the model's inputs, `max_batch_size` and the binary part's length, so it is checked once and cached
     (`_binary_plan`); only the tensor bytes are decoded per request. Any other body takes the general path.
+    The returned request may then be shared by many requests: callers read it, never change it.
     """
     view = memoryview(body)
     if header_length is None:
