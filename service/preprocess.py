@@ -253,6 +253,18 @@ def _channel_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarra
     return table
 
 
+def normalised_bounds(cfg: PreprocessConfig) -> tuple[float, float]:
+    """The smallest and largest value `normalise` can give under `cfg` (NaN when one is not a number): a
+    range every preprocessed image lies in, known once per model instead of scanned per image."""
+    return _table_bounds(cfg.mean, cfg.std)
+
+
+@functools.lru_cache(maxsize=64)
+def _table_bounds(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[float, float]:
+    table = _channel_table(mean, std)
+    return float(table.min()), float(table.max())
+
+
 @functools.lru_cache(maxsize=64)
 def _mean_std(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)

@@ -273,3 +273,16 @@ def test_resize_and_crop_of_an_image_near_the_model_size(size: tuple[int, int], 
     full = image if new == size else image.resize(new, resample=Image.Resampling.BILINEAR)
     left, top = int(round((new[0] - 32) / 2.0)), int(round((new[1] - 32) / 2.0))
     assert np.array_equal(np.asarray(out), np.asarray(full.crop((left, top, left + 32, top + 32))))
+
+
+def test_normalised_bounds_are_the_extremes_normalise_reaches() -> None:
+    from service.preprocess import normalise, normalised_bounds
+
+    every_value = Image.fromarray(np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2))
+    for mean, std in (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.1, 0.9), (2.0, 0.5, 0.01))):
+        cfg = PreprocessConfig(input_size=(3, 16, 16), mean=mean, std=std, interpolation="bilinear", crop_pct=1.0)
+        out = normalise(every_value, cfg)
+        assert normalised_bounds(cfg) == (float(out.min()), float(out.max()))
+        noise = Image.fromarray(np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        lo, hi = normalised_bounds(cfg)
+        assert lo <= normalise(noise, cfg).min() and normalise(noise, cfg).max() <= hi
