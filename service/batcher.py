@@ -85,6 +85,11 @@ class BatchOutput:
 
 def drop_expired(queue: deque[PendingRequest], now: float) -> list[PendingRequest]:
     """Remove cancelled requests and return (removing them too) those whose deadline has passed."""
+    for req in queue:  # usually none: found without building anything
+        if req.future.done() or (req.deadline is not None and req.deadline <= now):
+            break
+    else:
+        return []
     expired: list[PendingRequest] = []
     kept: list[PendingRequest] = []
     for req in queue:
@@ -112,8 +117,7 @@ def collect_batch(
     expired = drop_expired(queue, now)
     if not queue:
         return [], expired
-    waiting = sum(r.size for r in queue)
-    due = idle or waiting >= limits.max_batch_size or now - queue[0].enqueued_at >= limits.max_queue_delay_s
+    due = idle or now - queue[0].enqueued_at >= limits.max_queue_delay_s or _holds(queue, limits.max_batch_size)
     if not due:
         return [], expired
     batch: list[PendingRequest] = []
@@ -123,6 +127,16 @@ def collect_batch(
         batch.append(req)
         total += req.size
     return batch, expired
+
+
+def _holds(queue: Iterable[PendingRequest], images: int) -> bool:
+    """Whether the queue holds at least `images` images (counting stops there, not at the queue's end)."""
+    total = 0
+    for req in queue:
+        total += req.size
+        if total >= images:
+            return True
+    return False
 
 
 def next_wakeup(queue: Iterable[PendingRequest], limits: BatchLimits, can_dispatch: bool) -> float | None:
