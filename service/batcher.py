@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -65,10 +65,10 @@ class PendingRequest:
     future: asyncio.Future[BatchOutput]
     enqueued_at: float
     deadline: float | None = None
+    size: int = field(init=False)  # images (read many times per request: computed once)
 
-    @property
-    def size(self) -> int:
-        return int(self.inputs.shape[0])
+    def __post_init__(self) -> None:
+        self.size = int(self.inputs.shape[0])
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,17 @@ class BatchOutput:
     queue_s: float
     compute_s: float
     batch_size: int
+    #: whether every output value is finite, found once per batch in the worker thread; None: not known
+    finite: bool | None = None
 
 
 def drop_expired(queue: deque[PendingRequest], now: float) -> list[PendingRequest]:
     """Remove cancelled requests and return (removing them too) those whose deadline has passed."""
+    for req in queue:  # usually none: found without building anything
+        if req.future.done() or (req.deadline is not None and req.deadline <= now):
+            break
+    else:
+        return []
     expired: list[PendingRequest] = []
     kept: list[PendingRequest] = []
     for req in queue:
@@ -110,8 +117,7 @@ def collect_batch(
     expired = drop_expired(queue, now)
     if not queue:
         return [], expired
-    waiting = sum(r.size for r in queue)
-    due = idle or waiting >= limits.max_batch_size or now - queue[0].enqueued_at >= limits.max_queue_delay_s
+    due = idle or now - queue[0].enqueued_at >= limits.max_queue_delay_s or _holds(queue, limits.max_batch_size)
     if not due:
         return [], expired
     batch: list[PendingRequest] = []
@@ -123,6 +129,16 @@ def collect_batch(
     return batch, expired
 
 
+def _holds(queue: Iterable[PendingRequest], images: int) -> bool:
+    """Whether the queue holds at least `images` images (counting stops there, not at the queue's end)."""
+    total = 0
+    for req in queue:
+        total += req.size
+        if total >= images:
+            return True
+    return False
+
+
 def next_wakeup(queue: Iterable[PendingRequest], limits: BatchLimits, can_dispatch: bool) -> float | None:
     """When the collector must look again without news: the oldest's delay or the earliest deadline."""
     times = [r.deadline for r in queue if r.deadline is not None and not r.future.done()]
@@ -131,6 +147,14 @@ def next_wakeup(queue: Iterable[PendingRequest], limits: BatchLimits, can_dispat
         if first is not None:
             times.append(first.enqueued_at + limits.max_queue_delay_s)
     return min(times) if times else None
+
+
+def finite_rows(outputs: object) -> list[bool] | None:
+    """Per row of a numeric output, whether all its values are finite (one pass for the batch, so no request
+    scans its own rows on the event loop); None when `outputs` is no numeric array with rows."""
+    if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or not outputs.size or outputs.dtype.kind not in "biufc":
+        return None
+    return np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1).tolist()
 
 
 class BatcherHooks:
@@ -327,27 +351,29 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
-        """(outputs, compute seconds, seconds waited for the compute gate) of one batch, in a worker thread."""
+    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float, float, list[bool] | None]:
+        """(outputs, compute seconds, seconds waited for the compute gate, whether each output row is finite)
+        of one batch, in a worker thread."""
         batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
         asked = self._clock()
         with self._gate():
             waited = self._clock() - asked
             start = time.perf_counter()
             out = self._run(batch)
-            return out, time.perf_counter() - start, waited
+            compute_s = time.perf_counter() - start
+        return out, compute_s, waited, finite_rows(out)
 
     async def _finish(
         self,
         batch_id: int,
         batch: list[PendingRequest],
-        running: asyncio.Future[tuple[np.ndarray, float, float]],
+        running: asyncio.Future[tuple[np.ndarray, float, float, list[bool] | None]],
         dispatched_at: float,
     ) -> None:
         """Wait for a batch on its worker, start the next one, then answer each member."""
         total = sum(r.size for r in batch)
         try:
-            outputs, compute_s, waited_s = await running
+            outputs, compute_s, waited_s, finite = await running
             if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or outputs.shape[0] != total:
                 got = getattr(outputs, "shape", type(outputs).__name__)
                 raise InferenceFailed(f"runtime returned outputs of shape {got} for {total} inputs")
@@ -371,10 +397,13 @@ class Batcher:
         self._hooks.on_batch(total, compute_s, batch, started_at)
         offset = 0
         for req in batch:
-            rows = outputs[offset : offset + req.size]
-            offset += req.size
+            end = offset + req.size
             if not req.future.done():
-                req.future.set_result(BatchOutput(rows, started_at - req.enqueued_at, compute_s, total))
+                req.future.set_result(BatchOutput(
+                    outputs[offset:end], started_at - req.enqueued_at, compute_s, total,
+                    None if finite is None else all(finite[offset:end]),
+                ))
+            offset = end
 
     def _release(self, batch_id: int) -> None:
         """The batch's worker is free: hand it the next due batch at once, and let the collector re-plan."""

@@ -29,7 +29,7 @@ from service.errors import (
     ServiceError,
 )
 from service.manifest import PreprocessConfig
-from service.preprocess import preprocess_image, preprocess_small_image
+from service.preprocess import normalised_bounds, preprocess_image, preprocess_small_image
 from service.schemas import ClassifyResult, Timings
 from service.store import LoadedVersion, ModelStore
 
@@ -55,6 +55,12 @@ class InferOutput:
     @property
     def version(self) -> int:
         return self.served.version
+
+
+def _within(bounds: tuple[float, float], allowed: tuple[float, float]) -> bool:
+    """Whether finite `bounds` lie inside `allowed` (NaN bounds compare false: not within)."""
+    smallest, largest = bounds
+    return math.isfinite(smallest) and math.isfinite(largest) and allowed[0] <= smallest and largest <= allowed[1]
 
 
 class Pipeline:
@@ -96,7 +102,8 @@ class Pipeline:
         """Images one request may carry to this version."""
         return min(self.settings.max_images_per_request, lv.executor.limits.max_batch_size)
 
-    def _check_inputs(self, lv: LoadedVersion, inputs: np.ndarray) -> None:
+    def _check_inputs(self, lv: LoadedVersion, inputs: np.ndarray, scan: bool = True) -> None:
+        """Type, shape and images per request; with `scan`, every value finite and in the model's range."""
         expected = tuple(lv.runtime.input_shape)
         if not isinstance(inputs, np.ndarray) or inputs.dtype != np.float32:
             raise InvalidInput(f"input must be FP32, got {getattr(inputs, 'dtype', type(inputs).__name__)}")
@@ -105,6 +112,8 @@ class Pipeline:
         limit = self.max_images(lv)
         if not 1 <= inputs.shape[0] <= limit:
             raise InvalidInput(f"a request carries 1..{limit} images, got {inputs.shape[0]}")
+        if not scan:
+            return
         # min/max propagate NaN and keep +-inf: two passes check finiteness and the range together
         smallest, largest = float(inputs.min()), float(inputs.max())
         if not (math.isfinite(smallest) and math.isfinite(largest)):
@@ -126,16 +135,20 @@ class Pipeline:
         return await self.run(self.store.version(name, version), inputs, deadline, pinned=version is not None)
 
     async def run(
-        self, lv: LoadedVersion, inputs: np.ndarray, deadline: float | None = None, *, pinned: bool = False
+        self, lv: LoadedVersion, inputs: np.ndarray, deadline: float | None = None, *, pinned: bool = False,
+        known_range: tuple[float, float] | None = None,
     ) -> InferOutput:
         """Check `inputs` float32 [n, 3, H, W] and run them through `lv`'s executor; `deadline` is absolute
-        monotonic. `pinned`: the request named its version (no move to a newer one if `lv` is swapped out)."""
+        monotonic. `pinned`: the request named its version (no move to a newer one if `lv` is swapped out).
+        `known_range`: bounds the caller knows every value lies in (the server's own preprocessing): when
+        they are finite and within the model's range, the values are not scanned again."""
         start = time.monotonic()
         deadline = deadline if deadline is not None else self.deadline(None, start)
-        if inputs.nbytes > LARGE_CHECK_BYTES:  # a large batch's scan would hold up every other connection
+        scan = known_range is None or not _within(known_range, lv.value_range)
+        if scan and inputs.nbytes > LARGE_CHECK_BYTES:  # a large batch's scan would hold up every other connection
             await self.store.run_blocking(self._check_inputs, lv, inputs)
         else:
-            self._check_inputs(lv, inputs)
+            self._check_inputs(lv, inputs, scan)
         for attempt in range(3):
             try:
                 out = await lv.executor.submit(inputs, deadline)
@@ -147,7 +160,7 @@ class Pipeline:
             except ServiceError:
                 lv.observer.request_failed(time.monotonic() - start)
                 raise
-        if not np.isfinite(out.outputs).all():
+        if not (out.finite if out.finite is not None else np.isfinite(out.outputs).all()):
             # never a `null` score: this request fails, the others of its batch are answered
             self.metrics.nonfinite_outputs.labels(model=lv.model).inc()
             lv.observer.request_failed(time.monotonic() - start)
@@ -180,7 +193,7 @@ class Pipeline:
         self.check_top_k(top_k)
         deadline = self.deadline(deadline_ms, start)
         pixels, preprocess_s = await self._decode(image, lv.preprocess)
-        self.metrics.preprocess_duration.labels(model=lv.model).observe(preprocess_s)
+        lv.observer.on_preprocessed(preprocess_s)
         return await self._classify_pixels(lv, pixels, preprocess_s, top_k, deadline, start, pinned)
 
     async def _classify_pixels(
@@ -190,16 +203,17 @@ class Pipeline:
         if time.monotonic() >= deadline:
             lv.observer.on_expired(1)
             raise DeadlineExceeded("deadline passed during preprocessing")
-        out = await self.run(lv, pixels[None], deadline, pinned=pinned)
+        # decoded with `lv.preprocess` (classify), or its equal (compare's groups): its values' range is known
+        out = await self.run(lv, pixels[None], deadline, pinned=pinned, known_range=normalised_bounds(lv.preprocess))
         # the version that computed it (a newer one if `lv` was swapped out meanwhile) names the labels
         predictions = out.served.runtime.postprocess(out.outputs, top_k)[0]
         total = time.monotonic() - start
-        # the server's own values: constructed without re-validation (this runs for every classified image)
-        return ClassifyResult.model_construct(
+        # plain construction (validated in pydantic's core) costs less than `model_construct` on this hot path
+        return ClassifyResult(
             model=lv.model,
             version=out.version,
             predictions=predictions,
-            timings=Timings.model_construct(
+            timings=Timings(
                 queue_ms=out.queue_s * 1000,
                 preprocess_ms=preprocess_s * 1000,
                 compute_ms=out.compute_s * 1000,
@@ -242,7 +256,7 @@ class Pipeline:
                     results.update((lv.model, exc) for lv in members)
                     return
                 for lv in members:
-                    self.metrics.preprocess_duration.labels(model=lv.model).observe(preprocess_s)
+                    lv.observer.on_preprocessed(preprocess_s)
                 done = await asyncio.gather(
                     *(self._classify_pixels(lv, pixels, preprocess_s, top_k, deadline, start, False)
                       for lv in members),

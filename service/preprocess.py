@@ -216,17 +216,53 @@ def resize_and_crop(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
         return image.resize((width, height), resample=resample, box=box)
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), resample=resample)
+    elif (w, h) == (width, height):  # already the model's size: the crop would be a copy of every pixel
+        return image
     return image.crop((left, top, left + width, top + height))
 
 
 def normalise(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """uint8 HWC RGB -> float32 CHW, scaled to [0, 1] then (x - mean) / std."""
-    arr = np.array(image, dtype=np.float32)  # a fresh array: the steps below work in place (same rounding)
-    mean, std = _mean_std(cfg.mean, cfg.std)
+    """uint8 HWC RGB -> float32 CHW, scaled to [0, 1] then (x - mean) / std.
+
+    A pixel has 256 possible values per channel: each channel's results are computed once per
+    (mean, std) (`_channel_table`, with the very float32 steps of `normalise_arithmetic`) and looked up."""
+    pixels = np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(image.height, image.width, 3)
+    table = _channel_table(cfg.mean, cfg.std)
+    index = pixels.transpose(2, 0, 1) + _CHANNEL_OFFSETS  # [3, H, W]: entry of each value in the flat table
+    return np.ascontiguousarray(table.take(index), dtype=np.float32)
+
+
+def normalise_arithmetic(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """uint8 [..., 3] -> float32 [..., 3]: x / 255, minus the mean, over the std, each step rounded to float32."""
+    arr = np.array(pixels, dtype=np.float32)  # a fresh array: the steps below work in place
     arr /= np.float32(255.0)
     arr -= mean
     arr /= std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    return arr
+
+
+_CHANNEL_OFFSETS = np.arange(3, dtype=np.intp).reshape(3, 1, 1) * 256
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 [3 * 256]: entry c * 256 + v is `normalise_arithmetic` of value v in channel c."""
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)  # [256, 3]: every value, every channel
+    table = np.ascontiguousarray(normalise_arithmetic(values, *_mean_std(mean, std)).T).ravel()
+    table.flags.writeable = False  # shared by every request of the model
+    return table
+
+
+def normalised_bounds(cfg: PreprocessConfig) -> tuple[float, float]:
+    """The smallest and largest value `normalise` can give under `cfg` (NaN when one is not a number): a
+    range every preprocessed image lies in, known once per model instead of scanned per image."""
+    return _table_bounds(cfg.mean, cfg.std)
+
+
+@functools.lru_cache(maxsize=64)
+def _table_bounds(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[float, float]:
+    table = _channel_table(mean, std)
+    return float(table.min()), float(table.max())
 
 
 @functools.lru_cache(maxsize=64)

@@ -148,6 +148,7 @@ class VersionObserver(BatcherHooks):
         self._inferences = metrics.inferences.labels(**lb)
         self._flops = metrics.flops.labels(**lb)
         self._queue = metrics.queue_duration.labels(**lb)
+        self._preprocess = metrics.preprocess_duration.labels(model=model)
 
     def on_queue_depth(self, images: int) -> None:
         self._queue_depth.set(images)
@@ -172,6 +173,10 @@ class VersionObserver(BatcherHooks):
 
     def on_rejected(self, images: int) -> None:
         self.metrics.rejected.labels(model=self.model, reason="queue_full").inc()
+
+    def on_preprocessed(self, seconds: float) -> None:
+        """One image decoded and transformed for this model (the series is per model, not per version)."""
+        self._preprocess.observe(seconds)
 
     def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None:
         self.stats.record_success(

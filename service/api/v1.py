@@ -150,6 +150,17 @@ def _multipart_boundary(content_type: str) -> bytes | None:
     return None if b"charset" in params else params.get(b"boundary")
 
 
+_CACHED_DISPOSITION_BYTES = 256
+
+
+@functools.lru_cache(maxsize=256)
+def _is_image_file_disposition(disposition: bytes) -> bool:
+    """Whether a part's Content-Disposition names the field "image" and gives a filename (a client sends
+    the same one every time: read once)."""
+    _, options = parse_options_header(disposition)
+    return options.get(b"name") == b"image" and b"filename" in options
+
+
 def single_file_part(body: bytes, content_type: str) -> bytes | None:
     """The file of a multipart body that is exactly one part, a file named "image"; None for any other body.
 
@@ -178,8 +189,8 @@ def single_file_part(body: bytes, content_type: str) -> bytes | None:
             disposition = value.strip(b" \t")
     if disposition is None:
         return None
-    _, options = parse_options_header(disposition)
-    if options.get(b"name") != b"image" or b"filename" not in options:
+    if not (_is_image_file_disposition if len(disposition) <= _CACHED_DISPOSITION_BYTES
+            else _is_image_file_disposition.__wrapped__)(disposition):
         return None
     end = body.find(b"\r\n" + delimiter, head_end + 4)
     if end < 0 or end != body.rfind(b"\r\n" + delimiter) or body[end + 2 + len(delimiter):] not in (b"--", b"--\r\n"):

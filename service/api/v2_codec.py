@@ -27,7 +27,7 @@ import functools
 import gzip
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from math import prod
 from typing import Any, NamedTuple
 
@@ -278,14 +278,20 @@ def _decode_binary(raw: memoryview, spec_dtype: str, shape: list[int], name: str
     if spec_dtype == "BYTES":
         return _decode_bytes_elements(raw, count, name).reshape(shape)
     dtype = V2_TO_NUMPY[spec_dtype]
-    if len(raw) != count * dtype.itemsize:
-        raise V2ProtocolError(
-            f"input {name!r}: binary_data_size is {len(raw)} bytes but shape {echo(shape)} of {spec_dtype} "
-            f"needs {count * dtype.itemsize}"
-        )
+    _check_binary_size(len(raw), spec_dtype, shape, name)
     if spec_dtype == "BOOL" and count and np.frombuffer(raw, dtype=np.uint8).max() > 1:
         raise V2ProtocolError(f"input {name!r}: BOOL bytes must be 0 or 1")
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _check_binary_size(size: int, spec_dtype: str, shape: list[int], name: str) -> None:
+    count = prod(shape)
+    itemsize = V2_TO_NUMPY[spec_dtype].itemsize
+    if size != count * itemsize:
+        raise V2ProtocolError(
+            f"input {name!r}: binary_data_size is {size} bytes but shape {echo(shape)} of {spec_dtype} "
+            f"needs {count * itemsize}"
+        )
 
 
 def _decode_json(data: list[Any], spec_dtype: str, shape: list[int], name: str) -> np.ndarray:
@@ -323,6 +329,20 @@ def _decode_json(data: list[Any], spec_dtype: str, shape: list[int], name: str) 
     return arr.astype(dtype).reshape(shape)
 
 
+class _BinaryInput(NamedTuple):
+    """Where one binary input lies after the header, and what it decodes to."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    offset: int
+    size: int
+
+
+#: headers up to this many bytes have their checked outcome cached (`_binary_plan`)
+PLAN_CACHE_HEADER_BYTES = 4096
+
+
 def parse_infer_request(
     body: bytes,
     header_length: int | None,
@@ -336,6 +356,12 @@ def parse_infer_request(
     JSON. Binary tensors are read-only views on `body`. Every input the model declares must be
     present exactly once, with the model's datatype, and a shape `[batch, *dims]` (batch within
     `max_batch_size`; no batch dimension when it is 0).
+
+    A client sends the same header with every request: for a header whose tensors are all binary, what
+    the header says (the checked request and where each tensor lies) depends only on the header bytes,
+    the model's inputs, `max_batch_size` and the binary part's length, so it is checked once and cached
+    (`_binary_plan`); only the tensor bytes are decoded per request. Any other body takes the general path.
+    The returned request may then be shared by many requests: callers read it, never change it.
     """
     view = memoryview(body)
     if header_length is None:
@@ -348,16 +374,62 @@ def parse_infer_request(
                 f"{HEADER_LENGTH_HEADER} is {header_length} but the request body has only {len(body)} bytes"
             )
         header, binary = view[:header_length], view[header_length:]
+    specs = {name: s if type(s) is TensorSpec and type(s.dims) is tuple else TensorSpec(s[0], tuple(s[1]))
+             for name, s in expected_inputs.items()}
+    if header_length is not None and header_length <= PLAN_CACHE_HEADER_BYTES:
+        planned = _binary_plan(bytes(header), tuple(specs.items()), max_batch_size, len(binary))
+        if planned is not None:
+            request, plan = planned  # sizes checked, no BOOL or BYTES: each tensor is a view on its bytes
+            return request, {
+                p.name: np.frombuffer(binary[p.offset : p.offset + p.size], dtype=V2_TO_NUMPY[p.datatype]).reshape(
+                    p.shape)
+                for p in plan
+            }
+    request = _validate_header(header, header_length is None)
+    arrays = _decode_inputs(request, binary, specs, header_length is not None, max_batch_size)
+    if any(i.data is not None for i in request.inputs):
+        request = request.model_copy(
+            update={"inputs": [i.model_copy(update={"data": None}) for i in request.inputs]}
+        )
+    return request, arrays
+
+
+@functools.lru_cache(maxsize=256)
+def _binary_plan(
+    header: bytes, specs: tuple[tuple[str, TensorSpec], ...], max_batch_size: int, binary_bytes: int
+) -> tuple[InferenceRequest, tuple[_BinaryInput, ...]] | None:
+    """The checked request of a header whose inputs are all binary and numeric, and where each lies; None
+    for any other header (JSON data, BOOL or BYTES tensors: their checks read the tensor itself, in input
+    order). Raises what the general path raises (lru_cache keeps no exception: a bad header is checked
+    again each time)."""
+    if any(spec.datatype in ("BOOL", "BYTES") for _, spec in specs):
+        return None
+    request = _validate_header(memoryview(header), False)
+    if any(i.data is not None for i in request.inputs):
+        return None
+    plan: list[_BinaryInput] = []
+    offset = _check_inputs(request, dict(specs), True, max_batch_size, binary_bytes, plan.append)
+    _check_tail(request, binary_bytes - offset)
+    return request, tuple(plan)
+
+
+def _validate_header(header: memoryview, whole_body: bool) -> InferenceRequest:
     try:
-        request = InferenceRequest.model_validate_json(bytes(header))
+        return InferenceRequest.model_validate_json(bytes(header))
     except ValidationError as err:
         hint = ""
-        if header_length is None and any(e["type"] == "json_invalid" for e in err.errors()):
+        if whole_body and any(e["type"] == "json_invalid" for e in err.errors()):
             hint = f" (a body with binary tensor data needs the {HEADER_LENGTH_HEADER} header)"
         raise V2ProtocolError(validation_message(err.errors(), limit=3, lead="invalid inference request: ") + hint) from None
 
-    specs = {name: s if isinstance(s, TensorSpec) else TensorSpec(s[0], tuple(s[1]))
-             for name, s in expected_inputs.items()}
+
+def _check_inputs(
+    request: InferenceRequest, specs: Mapping[str, TensorSpec], has_header_length: bool, max_batch_size: int,
+    binary_bytes: int, on_binary: Callable[[_BinaryInput], None], on_json: Callable[[RequestInput], None] | None = None,
+) -> int:
+    """Check the request's inputs against the model's, in input order; hand each binary input to `on_binary`
+    and each JSON one to `on_json` as it is checked (so errors come in the order of the inputs). Returns the
+    binary bytes the inputs use."""
     names = [i.name for i in request.inputs]
     if len(set(names)) != len(names):
         duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -369,7 +441,6 @@ def parse_infer_request(
     if missing:
         raise V2ProtocolError(f"missing input {missing[0]!r}")
 
-    arrays: dict[str, np.ndarray] = {}
     offset = 0
     for inp in request.inputs:
         spec = specs[inp.name]
@@ -388,30 +459,50 @@ def parse_infer_request(
         if size is not None:
             if inp.data is not None:
                 raise V2ProtocolError(f"{where} has both JSON data and binary_data_size")
-            if header_length is None:
+            if not has_header_length:
                 raise V2ProtocolError(f"{where} has binary_data_size but the request has no {HEADER_LENGTH_HEADER}")
-            if offset + size > len(binary):
+            if offset + size > binary_bytes:
                 raise V2ProtocolError(
                     f"{where}: binary_data_size {size} runs past the end of the body "
-                    f"({len(binary) - offset} binary bytes left)"
+                    f"({binary_bytes - offset} binary bytes left)"
                 )
-            arrays[inp.name] = _decode_binary(binary[offset : offset + size], spec.datatype, inp.shape, inp.name)
+            if spec.datatype != "BYTES":
+                _check_binary_size(size, spec.datatype, inp.shape, inp.name)
+            on_binary(_BinaryInput(inp.name, spec.datatype, inp.shape, offset, size))
             offset += size
-        elif inp.data is not None:
-            arrays[inp.name] = _decode_json(inp.data, spec.datatype, inp.shape, inp.name)
+        elif inp.data is not None and on_json is not None:
+            on_json(inp)
         else:
             raise V2ProtocolError(f"{where} has neither data nor binary_data_size")
-    if offset != len(binary):
-        raise V2ProtocolError(f"{len(binary) - offset} bytes of binary data after the header belong to no input")
+    return offset
 
-    if any(i.data is not None for i in request.inputs):
-        request = request.model_copy(
-            update={"inputs": [i.model_copy(update={"data": None}) for i in request.inputs]}
-        )
+
+def _check_tail(request: InferenceRequest, left: int) -> None:
+    """What the general path checks after every tensor: no stray binary bytes, valid request parameters."""
+    if left:
+        raise V2ProtocolError(f"{left} bytes of binary data after the header belong to no input")
     for key in ("binary_data_output",):
         _bool_param(request.parameters or {}, key, "request", False)
     request_timeout_s(request)
-    return request, arrays
+
+
+def _decode_inputs(
+    request: InferenceRequest, binary: memoryview, specs: Mapping[str, TensorSpec], has_header_length: bool,
+    max_batch_size: int,
+) -> dict[str, np.ndarray]:
+    """The general path: check and decode every input (binary or JSON) in order, then the tail."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def on_binary(p: _BinaryInput) -> None:
+        arrays[p.name] = _decode_binary(binary[p.offset : p.offset + p.size], p.datatype, p.shape, p.name)
+
+    def on_json(inp: RequestInput) -> None:
+        assert inp.data is not None
+        arrays[inp.name] = _decode_json(inp.data, specs[inp.name].datatype, inp.shape, inp.name)
+
+    offset = _check_inputs(request, specs, has_header_length, max_batch_size, len(binary), on_binary, on_json)
+    _check_tail(request, len(binary) - offset)
+    return arrays
 
 
 def request_timeout_s(request: InferenceRequest) -> float | None:
@@ -456,6 +547,38 @@ def classify(
     return out if batched else out.reshape(k)
 
 
+class _OutputHeader(NamedTuple):
+    """What the response's JSON header says of one output (`size` when binary, else `data`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    datatype: str
+    size: int | None
+    data: list[Any] | None
+
+
+def _response_header(
+    model_name: str, version: str, request_id: str | None, described: Sequence[_OutputHeader]
+) -> bytes:
+    # built from values the server produced (not client input): constructed without re-validation
+    out_tensors = [
+        ResponseOutput.model_construct(name=o.name, shape=list(o.shape), datatype=o.datatype,
+                                       parameters={"binary_data_size": o.size})
+        if o.size is not None else
+        ResponseOutput.model_construct(name=o.name, shape=list(o.shape), datatype=o.datatype, data=o.data)
+        for o in described
+    ]
+    response = InferenceResponse.model_construct(model_name=model_name, model_version=version, id=request_id,
+                                                 outputs=out_tensors)
+    return response.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=256)
+def _binary_response_header(model_name: str, version: str, described: tuple[_OutputHeader, ...]) -> bytes:
+    """`_response_header` of a response without an id whose outputs are all binary, built once per shape."""
+    return _response_header(model_name, version, None, described)
+
+
 def encode_infer_response(
     model_name: str,
     version: str,
@@ -488,7 +611,7 @@ def encode_infer_response(
     else:
         wanted = [(name, {}) for name in outputs]
 
-    out_tensors: list[ResponseOutput] = []
+    described: list[_OutputHeader] = []
     chunks: list[bytes] = []
     for name, params in wanted:
         where = f"output {name!r}"
@@ -505,19 +628,15 @@ def encode_infer_response(
                 arr, dtype=V2_TO_NUMPY[datatype]
             ).tobytes()
             chunks.append(raw)
-            out_tensors.append(
-                ResponseOutput.model_construct(
-                    name=name, shape=list(arr.shape), datatype=datatype, parameters={"binary_data_size": len(raw)}
-                )
-            )
+            described.append(_OutputHeader(name, arr.shape, datatype, len(raw), None))
         else:
-            out_tensors.append(ResponseOutput.model_construct(
-                name=name, shape=list(arr.shape), datatype=datatype, data=_json_data(arr, datatype)))
+            described.append(_OutputHeader(name, arr.shape, datatype, None, _json_data(arr, datatype)))
 
-    # built from values the server produced (not client input): constructed without re-validation
-    response = InferenceResponse.model_construct(model_name=model_name, model_version=version, id=request.id,
-                                                 outputs=out_tensors)
-    header = response.model_dump_json(exclude_none=True).encode("utf-8")
+    if request.id is None and len(chunks) == len(described):
+        # every output binary: the header depends only on these few values, and repeats request after request
+        header = _binary_response_header(model_name, version, tuple(described))
+    else:
+        header = _response_header(model_name, version, request.id, described)
     if not chunks:
         return header, {"Content-Type": JSON_CONTENT_TYPE}
     headers = {"Content-Type": BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
@@ -531,8 +650,10 @@ def encode_content_encoding(
 
     `Inference-Header-Content-Length` keeps the uncompressed JSON length: the client inflates first.
     """
+    if not accept_encoding:
+        return body, headers
     accepted: dict[str, float] = {}
-    for part in (accept_encoding or "").split(","):
+    for part in accept_encoding.split(","):
         token, _, q = part.strip().partition(";")
         try:
             weight = float(q.strip()[2:]) if q.strip().startswith("q=") else 1.0

@@ -170,7 +170,7 @@ class _Connection:
                     raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
                 segment.array(offset, outputs.shape, outputs.dtype)[...] = outputs
             total = time.monotonic() - start
-            if np.isfinite(outputs).all():
+            if out.finite if out.finite is not None else np.isfinite(outputs).all():
                 lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
             else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
                 lv.observer.request_failed(total)

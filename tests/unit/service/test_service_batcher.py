@@ -429,3 +429,34 @@ def test_every_accepted_request_gets_exactly_its_own_result(plan, max_batch, com
         assert set(computed) - {i for ids in answered for i in ids} <= cancelled_or_rejected
 
     asyncio.run(main())
+
+
+def test_each_request_learns_whether_its_own_rows_are_finite() -> None:
+    """Found once per batch in the worker thread: a NaN or infinity marks only the request whose rows hold it."""
+
+    async def main() -> None:
+        gate = Gate()
+        b = Batcher(gate, LIMITS)
+        b.start()
+        first = asyncio.create_task(b.submit(images([0.0])))
+        await _wait_entered(gate)
+        rest = [asyncio.create_task(b.submit(images(ids))) for ids in ([1.0], [float("nan"), 2.0], [float("-inf")])]
+        await asyncio.sleep(0.02)
+        gate.open.set()
+        results = await asyncio.gather(first, *rest)
+        assert gate.batches == [1, 4]
+        assert [r.finite for r in results] == [True, True, False, False]
+        await b.stop(1.0)
+
+    asyncio.run(main())
+
+
+def test_finite_rows_of_any_output() -> None:
+    from service.batcher import finite_rows
+
+    assert finite_rows(np.array([[1.0, np.nan], [2.0, 3.0], [np.inf, 0.0]], np.float16)) == [False, True, False]
+    assert finite_rows(np.arange(6, dtype=np.int64).reshape(3, 2)) == [True, True, True]
+    assert finite_rows(np.array([1.0, np.nan], np.float32)) == [True, False]  # one value per row
+    assert finite_rows(np.array([[1 + 1j], [complex(np.nan, 0)]])) == [True, False]
+    for unknown in (np.array([["a"]], object), np.zeros((0, 3), np.float32), np.float32(1.0), [1.0], None):
+        assert finite_rows(unknown) is None  # the pipeline then checks the request's rows itself

@@ -109,3 +109,17 @@ def test_whatever_the_shortcut_accepts_the_full_parser_reads_the_same(headers, d
     fast = single_file_part(body, CT)
     if fast is not None:
         assert fast == full_parser(body)
+
+
+def test_a_long_disposition_is_read_without_being_cached() -> None:
+    from service.api.v1 import _CACHED_DISPOSITION_BYTES, _is_image_file_disposition
+
+    filename = b"x" * (_CACHED_DISPOSITION_BYTES + 1)
+    for name, accepted in ((b"image", True), (b"other", False)):
+        body = part([b'Content-Disposition: form-data; name="' + name + b'"; filename="' + filename + b'"'],
+                    IMAGE) + close()
+        before = _is_image_file_disposition.cache_info().currsize
+        for _ in range(2):
+            fast = single_file_part(body, CT)
+            assert (fast == full_parser(body, CT)) if accepted else fast is None
+        assert _is_image_file_disposition.cache_info().currsize == before

@@ -225,3 +225,64 @@ def test_only_images_declaring_few_pixels_are_decoded_inline() -> None:
     assert preprocess_small_image(encoded(129, 128, "PNG"), cfg, 10**6) is None  # left to the worker pool
     with pytest.raises(_InvalidInput):  # a bad small image fails as in the pool
         preprocess_small_image(encoded(8, 8, "JPEG")[:200], cfg, 10**6)
+
+
+def float32_steps(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """The normalisation as float32 arithmetic on every pixel (what the looked-up table must equal bit for bit)."""
+    arr = np.array(image, dtype=np.float32)
+    arr /= np.float32(255.0)
+    arr -= np.asarray(cfg.mean, dtype=np.float32)
+    arr /= np.asarray(cfg.std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("mean, std", [
+    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.1, 0.9, 0.333), (0.07, 3.0, 0.3)),
+])
+def test_normalise_is_bit_identical_to_float32_arithmetic(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    from service.preprocess import normalise
+
+    cfg = PreprocessConfig(input_size=(3, 16, 48), mean=mean, std=std, interpolation="bilinear", crop_pct=1.0)
+    every_value = np.stack([np.arange(256).reshape(16, 16)[:, ::-1], np.arange(256).reshape(16, 16).T,
+                            np.arange(256).reshape(16, 16)], -1).repeat(3, axis=1).astype(np.uint8)  # 16 x 48
+    noise = np.random.default_rng(0).integers(0, 256, (16, 48, 3), dtype=np.uint8)
+    for pixels in (every_value, noise):
+        image = Image.fromarray(pixels)
+        out = normalise(image, cfg)
+        expected = float32_steps(image, cfg)
+        assert out.dtype == np.float32 and out.shape == (3, 16, 48) and out.flags.c_contiguous
+        assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))
+        out[0, 0, 0] = 123.0  # the caller's own array: the shared table is untouched
+        assert np.array_equal(normalise(image, cfg).view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("size, crop_pct", [((32, 32), 1.0), ((36, 36), 0.875), ((33, 32), 1.0), ((48, 40), 1.0)])
+def test_resize_and_crop_of_an_image_near_the_model_size(size: tuple[int, int], crop_pct: float) -> None:
+    """An image already the model's size is used as it is; the others still resize and crop (same pixels)."""
+    from service.preprocess import resize_and_crop
+
+    cfg = PreprocessConfig(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                           interpolation="bilinear", crop_pct=crop_pct)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    out = resize_and_crop(image, cfg)
+    assert out.size == (32, 32) and out.mode == "RGB"
+    scale = int(32 / crop_pct)
+    w, h = size
+    new = (scale, max(1, int(scale * h / w))) if w <= h else (max(1, int(scale * w / h)), scale)
+    full = image if new == size else image.resize(new, resample=Image.Resampling.BILINEAR)
+    left, top = int(round((new[0] - 32) / 2.0)), int(round((new[1] - 32) / 2.0))
+    assert np.array_equal(np.asarray(out), np.asarray(full.crop((left, top, left + 32, top + 32))))
+
+
+def test_normalised_bounds_are_the_extremes_normalise_reaches() -> None:
+    from service.preprocess import normalise, normalised_bounds
+
+    every_value = Image.fromarray(np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2))
+    for mean, std in (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.1, 0.9), (2.0, 0.5, 0.01))):
+        cfg = PreprocessConfig(input_size=(3, 16, 16), mean=mean, std=std, interpolation="bilinear", crop_pct=1.0)
+        out = normalise(every_value, cfg)
+        assert normalised_bounds(cfg) == (float(out.min()), float(out.max()))
+        noise = Image.fromarray(np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        lo, hi = normalised_bounds(cfg)
+        assert lo <= normalise(noise, cfg).min() and normalise(noise, cfg).max() <= hi

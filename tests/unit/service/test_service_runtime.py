@@ -91,3 +91,20 @@ def test_top_k_is_sorted_softmax() -> None:
     assert [p.label for p in preds] == ["b", "c"]
     assert preds[0].score == pytest.approx(np.exp(2) / (1 + np.exp(1) + np.exp(2)))
     assert len(top_k_predictions(logits, 10, ["a", "b", "c"])[0]) == 3
+
+
+def test_top_k_predictions_are_the_softmax_ranks_with_labels_and_serialise_the_same() -> None:
+    from service.schemas import Prediction
+
+    rng = np.random.default_rng(1)
+    logits = np.concatenate([rng.standard_normal((3, 7)), np.zeros((1, 7)), np.full((1, 7), 80.0)]).astype(np.float32)
+    labels = [f"class {i} ✓" for i in range(7)]
+    for k in (1, 3, 7, 9):
+        got = top_k_predictions(logits, k, labels)
+        for row, preds in zip(logits, got):
+            z = np.exp(row.astype(np.float64) - row.max())
+            probs = z / z.sum()
+            order = sorted(range(7), key=lambda i: (-probs[i], i))[:k]  # ties: the lower index first
+            expected = [Prediction.model_construct(label=labels[i], index=i, score=float(probs[i])) for i in order]
+            assert [p.model_dump_json() for p in preds] == [p.model_dump_json() for p in expected]
+            assert all(type(p.score) is float and type(p.index) is int for p in preds)

@@ -400,3 +400,30 @@ def test_a_gpu_model_is_not_held_by_the_compute_gate(tiny_repository: Path) -> N
 
     run(Settings(repository=tiny_repository, models=["tiny_a", "tiny_b"], compute_threads=1),
         by_model(tiny_a=cpu, tiny_b=fake_factory(Gpu)), body)
+
+
+def test_values_in_a_known_range_are_not_scanned_again_and_the_others_are(tiny_repository: Path) -> None:
+    """`run(known_range=...)` (the server's own preprocessing) skips the value scan only when that range is
+    finite and inside the model's; a preprocessed image outside a narrow model range is still refused."""
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(buf, "PNG")
+
+    async def body(store: ModelStore, pipe: Pipeline) -> None:
+        lv = store.version("tiny_a")
+        lo, hi = lv.value_range
+        extreme = ids([3e38])  # finite: only the scan refuses it
+        out = await pipe.run(lv, extreme, known_range=(lo, hi))
+        assert out.outputs[0, 0] == np.float32(3e38)
+        for known in (None, (lo - 1.0, hi), (lo, hi + 1.0), (float("nan"), hi), (lo, float("inf"))):
+            with pytest.raises(InvalidInput, match="input values must lie in"):
+                await pipe.run(lv, extreme, known_range=known)
+        with pytest.raises(InvalidInput, match="FP32"):  # the other checks stay
+            await pipe.run(lv, extreme.astype(np.float64), known_range=(lo, hi))
+
+        with pipe.accept("tiny_a") as admitted:
+            assert len((await pipe.classify(admitted, buf.getvalue(), top_k=2)).predictions) == 2
+            narrow = dataclasses.replace(admitted, value_range=(0.0, 0.1))
+            with pytest.raises(InvalidInput, match="input values must lie in"):
+                await pipe.classify(narrow, buf.getvalue(), top_k=2)
+
+    run(Settings(repository=tiny_repository, models=["tiny_a"]), fake_factory(EchoRuntime), body)
