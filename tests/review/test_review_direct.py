@@ -1,0 +1,238 @@
+"""Review of the direct path (service/api/direct.py) and the lazily armed guards (service/http_protocol.py).
+
+Each exchange goes to two real servers on one repository, direct routes on and off, and both must answer
+alike; a few exchanges check a duty of their own (408 for a slow head, a stalled body closed, 499 counted).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from service_server import ServerProcess, start_server
+from test_http_direct import Answer, _read_answer, comparable, png, post, v2_binary
+from test_http_server import metric_samples
+from tiny_repository import TinyModel, build_tiny_repository
+
+TIMEOUT_S = 1.0
+MODELS = [TinyModel("tiny_a"), TinyModel("tiny_narrow", input_range=(-0.5, 0.5)),
+          TinyModel("tiny_slow", size=64, hidden=4096, max_batch_size=1)]
+INFER = "/v2/models/tiny_a/infer"
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+    repo = build_tiny_repository(tmp_path_factory.mktemp("review_repo"), MODELS)
+    env = {"VITSERVE_HEADER_TIMEOUT_S": str(TIMEOUT_S), "VITSERVE_BODY_TIMEOUT_S": str(TIMEOUT_S)}
+    started: dict[str, ServerProcess] = {}
+    try:
+        for name, flag in (("direct", "true"), ("asgi", "false")):
+            started[name] = start_server(repo, tmp_path_factory.mktemp(name), "--warmup", "one", "--intra-op-threads",
+                                         "1", env={**env, "VITSERVE_DIRECT_ROUTES": flag})
+        yield started
+    finally:
+        for srv in started.values():
+            code = srv.stop()
+            assert code == 0, srv.log()[-3000:]
+
+
+def _connect(server: ServerProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", int(server.base_url.rsplit(":", 1)[1])), timeout=15)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closes `sock` within `seconds` (and what it sent before)."""
+    sock.settimeout(0.2)
+    got = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True, got
+        if not data:
+            return True, got
+        got += data
+    return False, got
+
+
+def _requests_total(server: ServerProcess, model: str, code: str) -> float:
+    samples = metric_samples(httpx.get(server.base_url + "/metrics").text, "vitserve_requests_total{")
+    return samples.get(f'vitserve_requests_total{{code="{code}",model="{model}"}}', 0.0)
+
+
+def _pixels(images: int = 1, size: int = 32, value: float | None = None) -> np.ndarray:
+    if value is not None:
+        return np.full((images, 3, size, size), value, np.float32)
+    return np.linspace(-0.4, 0.4, images * 3 * size * size, dtype=np.float32).reshape(images, 3, size, size)
+
+
+def _binary_request(pixels: np.ndarray, path: str = INFER, *headers: str) -> bytes:
+    body, header = v2_binary(pixels)
+    return post(path, body, header, *headers)
+
+
+@pytest.mark.parametrize("which", ["direct", "asgi"])
+def test_keep_alive_second_head_byte_by_byte_gets_408(servers: dict[str, ServerProcess], which: str) -> None:
+    """After one answered request, the next head trickles in a byte at a time: 408 within the header timeout."""
+    with _connect(servers[which]) as sock:
+        sock.sendall(_binary_request(_pixels()))
+        assert _read_answer(sock, bytearray()).status_line.startswith(b"HTTP/1.1 200 ")
+        head = post(INFER, b"{}", "content-type: application/json")
+        start = time.monotonic()
+        got = b""
+        sock.settimeout(0.25)
+        for byte in head[:40]:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                got += sock.recv(65536)
+            except TimeoutError:
+                pass
+            if got:
+                break
+        closed, rest = _closed_within(sock, 3)
+        elapsed = time.monotonic() - start
+        assert (got + rest).startswith(b"HTTP/1.1 408 "), got + rest
+        assert closed and elapsed < TIMEOUT_S + 4
+
+
+@pytest.mark.parametrize("which", ["direct", "asgi"])
+@pytest.mark.parametrize("keep_alive_first", [False, True])
+def test_body_stalled_after_head_in_one_packet_is_closed_and_counted(
+        servers: dict[str, ServerProcess], which: str, keep_alive_first: bool) -> None:
+    """Head and half the body in one packet, then nothing: the connection closes after the body timeout and the
+    request counts as a client disconnect (499), on the first request of a connection and on a kept-alive one."""
+    srv = servers[which]
+    before = _requests_total(srv, "tiny_a", "499")
+    request = _binary_request(_pixels())
+    with _connect(srv) as sock:
+        if keep_alive_first:
+            sock.sendall(request)
+            assert _read_answer(sock, bytearray()).status_line.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(request[: len(request) - 2000])
+        closed, got = _closed_within(sock, TIMEOUT_S + 4)
+    assert closed and got == b"", got
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _requests_total(srv, "tiny_a", "499") == before:
+        time.sleep(0.05)
+    assert _requests_total(srv, "tiny_a", "499") == before + 1
+
+
+@pytest.mark.parametrize("which", ["direct", "asgi"])
+def test_client_gone_mid_body_counts_499(servers: dict[str, ServerProcess], which: str) -> None:
+    srv = servers[which]
+    before = _requests_total(srv, "tiny_a", "499")
+    request = _binary_request(_pixels())
+    sock = _connect(srv)
+    sock.sendall(request[: len(request) // 2])
+    time.sleep(0.1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _requests_total(srv, "tiny_a", "499") == before:
+        time.sleep(0.05)
+    assert _requests_total(srv, "tiny_a", "499") == before + 1
+
+
+def _exchange(server: ServerProcess, parts: list[bytes], answers: int, gap_s: float = 0.0) -> list[Answer]:
+    with _connect(server) as sock:
+        for i, part in enumerate(parts):
+            if i and gap_s:
+                time.sleep(gap_s)
+            sock.sendall(part)
+        buf = bytearray()
+        return [_read_answer(sock, buf) for _ in range(answers)]
+
+
+def test_large_body_in_pieces_over_the_high_water_mark(servers: dict[str, ServerProcess]) -> None:
+    """8 images (98 KB, above uvicorn's 64 KiB HIGH_WATER_LIMIT) sent in 4 KB pieces: reading pauses and resumes;
+    both paths answer the same logits as for the body sent whole."""
+    request = _binary_request(_pixels(8))
+    pieces = [request[i:i + 4096] for i in range(0, len(request), 4096)]
+    answers = {name: [comparable(a) for a in _exchange(srv, pieces, 1, gap_s=0.002)]
+               for name, srv in servers.items()}
+    whole = [comparable(a) for a in _exchange(servers["direct"], [request], 1)]
+    assert answers["direct"] == answers["asgi"] == whole
+    assert whole[0][0].startswith(b"HTTP/1.1 200 ")
+
+
+def _with_id(pixels: np.ndarray, rid: str, path: str = INFER) -> bytes:
+    header = json.dumps({"id": rid, "inputs": [{"name": "pixel_values", "shape": list(pixels.shape),
+                                                "datatype": "FP32", "parameters": {"binary_data_size": pixels.nbytes}}],
+                         "parameters": {"binary_data_output": False}}).encode()
+    return post(path, header + pixels.tobytes(), f"inference-header-content-length: {len(header)}")
+
+
+def test_many_pipelined_requests_answered_in_order(servers: dict[str, ServerProcess]) -> None:
+    """30 requests in one write, mixed hot (direct) and ASGI routes; the client reads only after sending all."""
+    parts = []
+    for i in range(30):
+        if i % 5 == 4:
+            parts.append(b"GET /v2/health/ready HTTP/1.1\r\nhost: t\r\n\r\n")
+        elif i % 5 == 3:
+            parts.append(post("/v1/models/tiny_a/classify", png(), "content-type: image/png"))
+        else:
+            parts.append(_with_id(_pixels(), f"r{i}"))
+    for name, srv in servers.items():
+        answers = _exchange(srv, [b"".join(parts)], 30)
+        assert [a.status_line.split(b" ")[1] for a in answers] == [b"200"] * 30, name
+        ids = [json.loads(a.body).get("id") for a in answers if a.body.startswith(b'{"model_name"')]
+        assert ids == [f"r{i}" for i in range(30) if i % 5 < 3], name
+
+
+def test_nan_inf_and_range_refused_after_the_header_plan_is_cached(servers: dict[str, ServerProcess]) -> None:
+    """The same header bytes (so the cached plan) with NaN, inf or out-of-range values: 400 every time."""
+    srv = servers["direct"]
+    good = _pixels()
+    for _ in range(3):
+        body, header = v2_binary(good)
+        assert _exchange(srv, [post("/v2/models/tiny_narrow/infer", body, header)], 1)[0].status_line.startswith(
+            b"HTTP/1.1 200 ")
+    for bad_value in (np.nan, np.inf, 0.9):
+        bad = good.copy()
+        bad[0, 1, 2, 3] = bad_value
+        body, header = v2_binary(bad)
+        answer = _exchange(srv, [post("/v2/models/tiny_narrow/infer", body, header)], 1)[0]
+        assert answer.status_line.startswith(b"HTTP/1.1 400 "), (bad_value, answer)
+
+
+@pytest.mark.parametrize("which", ["direct", "asgi"])
+def test_100_continue_refused_early_then_body_sent_anyway_keeps_the_connection(
+        servers: dict[str, ServerProcess], which: str) -> None:
+    """Expect: 100-continue on an unknown model: 404 without a 100; the client sends the body anyway, then a
+    second request on the same connection is answered."""
+    srv = servers[which]
+    body, header = v2_binary(_pixels())
+    head = post("/v2/models/nope/infer", b"", header, "expect: 100-continue").replace(
+        b"content-length: 0", b"content-length: %d" % len(body))
+    with _connect(srv) as sock:
+        sock.sendall(head)
+        buf = bytearray()
+        first = _read_answer(sock, buf)
+        sock.sendall(body + _binary_request(_pixels()))
+        second = _read_answer(sock, buf)
+    assert first.status_line.startswith(b"HTTP/1.1 404 ")
+    assert second.status_line.startswith(b"HTTP/1.1 200 ")
+
+
+def test_http10_keep_alive_and_client_close_answered_alike(servers: dict[str, ServerProcess]) -> None:
+    body, header = v2_binary(_pixels())
+    cases = [
+        [post(INFER, body, header, "connection: keep-alive", version="1.0")],
+        # after a request with Connection: close, a pipelined one is not answered
+        [post(INFER, body, header, "connection: close") + post(INFER, body, header)],
+    ]
+    for parts in cases:
+        got = {name: [comparable(a) for a in _exchange(srv, parts, 1)] for name, srv in servers.items()}
+        assert got["direct"] == got["asgi"], parts[0][:80]
