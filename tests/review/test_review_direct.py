@@ -236,3 +236,27 @@ def test_http10_keep_alive_and_client_close_answered_alike(servers: dict[str, Se
     for parts in cases:
         got = {name: [comparable(a) for a in _exchange(srv, parts, 1)] for name, srv in servers.items()}
         assert got["direct"] == got["asgi"], parts[0][:80]
+
+
+@pytest.mark.parametrize("which", ["direct", "asgi"])
+def test_client_gone_mid_multipart_stream_counts_499_not_400(servers: dict[str, ServerProcess], which: str) -> None:
+    """A chunked multipart upload (no Content-Length: the full multipart parser reads the stream) whose client
+    disconnects mid-body is a client disconnect (499), as for every other body, not a malformed body (400).
+    (Both paths: service/api/v1.py `read_image` turns the parser's ClientDisconnect into InvalidInput.)"""
+    srv = servers[which]
+    before = {code: _requests_total(srv, "tiny_a", code) for code in ("400", "499")}
+    boundary = "review-boundary"
+    head = ("POST /v1/models/tiny_a/classify HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n"
+            f"content-type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+    part = (f"--{boundary}\r\ncontent-disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+            "content-type: image/png\r\n\r\n").encode() + png()[:50]
+    sock = _connect(srv)
+    sock.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
+    time.sleep(0.2)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and all(_requests_total(srv, "tiny_a", c) == before[c] for c in before):
+        time.sleep(0.05)
+    after = {code: _requests_total(srv, "tiny_a", code) for code in ("400", "499")}
+    assert (after["400"] - before["400"], after["499"] - before["499"]) == (0, 1)
