@@ -260,3 +260,21 @@ def test_client_gone_mid_multipart_stream_counts_499_not_400(servers: dict[str, 
         time.sleep(0.05)
     after = {code: _requests_total(srv, "tiny_a", code) for code in ("400", "499")}
     assert (after["400"] - before["400"], after["499"] - before["499"]) == (0, 1)
+
+
+def test_a_client_that_reads_late_gets_every_pipelined_answer(servers: dict[str, ServerProcess]) -> None:
+    """Write back-pressure: 400 pipelined classify requests whose answers (~160 KB) exceed the transport's high
+    water mark while the client reads nothing for a second; then every answer arrives, in order, on both paths."""
+    import threading
+
+    request = post("/v1/models/tiny_a/classify?top_k=10", png(8), "content-type: image/png")
+    count = 400
+    for name, srv in servers.items():
+        with _connect(srv) as sock:
+            sender = threading.Thread(target=sock.sendall, args=(request * count,))
+            sender.start()
+            time.sleep(1.0)
+            buf = bytearray()
+            answers = [_read_answer(sock, buf) for _ in range(count)]
+            sender.join(10)
+        assert [a.status_line.split(b" ")[1] for a in answers] == [b"200"] * count, name
