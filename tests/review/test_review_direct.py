@@ -11,6 +11,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -278,3 +279,47 @@ def test_a_client_that_reads_late_gets_every_pipelined_answer(servers: dict[str,
             answers = [_read_answer(sock, buf) for _ in range(count)]
             sender.join(10)
         assert [a.status_line.split(b" ")[1] for a in answers] == [b"200"] * count, name
+
+
+@pytest.mark.parametrize("flag", ["true", "false"])
+def test_sigterm_closes_kept_alive_connections_and_answers_in_flight_with_close(
+        servers: dict[str, ServerProcess], tmp_path_factory: pytest.TempPathFactory, flag: str) -> None:
+    """Drain: an idle kept-alive connection is closed; requests in flight are answered 200 and their connections
+    close after; the server exits 0. The answers given after SIGTERM should say `connection: close` (a client
+    otherwise reuses a connection the server is about to close: its next request is lost to a reset)."""
+    import signal
+    import threading
+
+    cmd = [str(arg) for arg in servers["direct"].proc.args]  # type: ignore[union-attr]
+    repo = cmd[cmd.index("--repository") + 1]
+    srv = start_server(Path(repo), tmp_path_factory.mktemp("drain"), "--warmup", "one", "--intra-op-threads", "1",
+                       env={"VITSERVE_DIRECT_ROUTES": flag})
+    slow = _binary_request(_pixels(1, 64), "/v2/models/tiny_slow/infer")
+    idle = _connect(srv)
+    idle.sendall(_binary_request(_pixels()))
+    assert _read_answer(idle, bytearray()).status_line.startswith(b"HTTP/1.1 200 ")
+    busy = [_connect(srv) for _ in range(3)]
+    for sock in busy:
+        sock.sendall(slow)
+    time.sleep(0.05)
+    answers: list[Answer] = []
+    closed_after: list[bool] = []
+
+    def read_all() -> None:
+        for sock in busy:
+            answers.append(_read_answer(sock, bytearray()))
+            closed_after.append(_closed_within(sock, 5)[0])
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    srv.proc.send_signal(signal.SIGTERM)
+    idle_closed, _ = _closed_within(idle, 5)
+    reader.join(30)
+    code = srv.stop()
+    for sock in (idle, *busy):
+        sock.close()
+    assert code == 0, srv.log()[-2000:]
+    assert idle_closed
+    assert [a.status_line.split(b" ")[1] for a in answers] == [b"200"] * 3
+    assert all(closed_after)
+    assert all((b"connection", b"close") in a.headers for a in answers[1:]), [a.headers for a in answers]
