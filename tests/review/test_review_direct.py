@@ -323,3 +323,31 @@ def test_sigterm_closes_kept_alive_connections_and_answers_in_flight_with_close(
     assert [a.status_line.split(b" ")[1] for a in answers] == [b"200"] * 3
     assert all(closed_after)
     assert all((b"connection", b"close") in a.headers for a in answers[1:]), [a.headers for a in answers]
+
+
+def test_connection_cap_then_direct_requests_on_the_admitted_connections(
+        servers: dict[str, ServerProcess], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With 2 connections at most: a third gets 503 and is closed; the two admitted ones serve hot requests
+    (direct path), and once one closes a new connection is admitted."""
+    cmd = [str(arg) for arg in servers["direct"].proc.args]  # type: ignore[union-attr]
+    repo = cmd[cmd.index("--repository") + 1]
+    srv = start_server(Path(repo), tmp_path_factory.mktemp("cap"), "--warmup", "one", "--intra-op-threads", "1",
+                       env={"VITSERVE_DIRECT_ROUTES": "true", "VITSERVE_MAX_CONNECTIONS": "2"})
+    try:
+        time.sleep(0.3)  # the readiness probes' connections are gone
+        first, second = _connect(srv), _connect(srv)
+        time.sleep(0.1)
+        with _connect(srv) as third:
+            refused = _read_answer(third, bytearray())
+        assert refused.status_line.startswith(b"HTTP/1.1 503 ")
+        for sock in (first, second):
+            sock.sendall(_binary_request(_pixels()))
+            assert _read_answer(sock, bytearray()).status_line.startswith(b"HTTP/1.1 200 ")
+        first.close()
+        time.sleep(0.2)
+        with _connect(srv) as fourth:
+            fourth.sendall(_binary_request(_pixels()))
+            assert _read_answer(fourth, bytearray()).status_line.startswith(b"HTTP/1.1 200 ")
+        second.close()
+    finally:
+        assert srv.stop() == 0, srv.log()[-2000:]
