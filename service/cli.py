@@ -89,6 +89,13 @@ class _DrainingServer:
                 if self.signalled_at is None:
                     self.signalled_at = time.monotonic()
                 app.state.store.begin_drain()
+                # each answer still to come says `connection: close` and its connection closes after it: a
+                # client must not reuse a connection the server is about to close (its next request would
+                # meet a reset)
+                for connection in list(self.server_state.connections):
+                    cycle = getattr(connection, "cycle", None)
+                    if cycle is not None and not cycle.response_complete:
+                        cycle.keep_alive = False
                 super().handle_exit(sig, frame)
                 captured = getattr(self, "_captured_signals", None)
                 if isinstance(captured, list) and sig == signal.SIGTERM:

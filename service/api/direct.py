@@ -108,6 +108,8 @@ class DirectRequest:
         if self._body is not None:
             yield self._body
             return
+        if self._streamed:  # as Starlette's Request: the body has been consumed (never wait for more)
+            raise RuntimeError("Stream consumed")
         self._streamed = more = True
         while more:
             chunk, more = await self._receive()

@@ -16,6 +16,7 @@ import time
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect
 
 from service.api.common import (
     cancel_on_disconnect,
@@ -210,7 +211,7 @@ async def read_image(request: RequestView, store: ModelStore) -> bytes:
                 return image
         try:
             form = await parse_multipart(request, max_files=1, max_fields=16)
-        except ServiceError:
+        except (ServiceError, ClientDisconnect):  # a client gone mid-upload is a 499, not a malformed body
             raise
         except Exception:  # noqa: BLE001 - starlette/multipart parse errors
             raise InvalidInput("malformed multipart body") from None

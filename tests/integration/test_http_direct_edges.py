@@ -1,4 +1,4 @@
-"""Review of the direct path (service/api/direct.py) and the lazily armed guards (service/http_protocol.py).
+"""Edges of the direct path (service/api/direct.py) and the lazily armed guards (service/http_protocol.py).
 
 Each exchange goes to two real servers on one repository, direct routes on and off, and both must answer
 alike; a few exchanges check a duty of their own (408 for a slow head, a stalled body closed, 499 counted).
@@ -285,44 +285,54 @@ def test_a_client_that_reads_late_gets_every_pipelined_answer(servers: dict[str,
 def test_sigterm_closes_kept_alive_connections_and_answers_in_flight_with_close(
         servers: dict[str, ServerProcess], tmp_path_factory: pytest.TempPathFactory, flag: str) -> None:
     """Drain: an idle kept-alive connection is closed; requests in flight are answered 200 and their connections
-    close after; the server exits 0. The answers given after SIGTERM should say `connection: close` (a client
-    otherwise reuses a connection the server is about to close: its next request is lost to a reset)."""
+    close after; the server exits 0. Every answer given after SIGTERM says `connection: close` (a client otherwise
+    reuses a connection the server is about to close: its next request is lost to a reset). The slow model computes
+    one image at a time, so the queued requests are answered one after another, before and after the signal;
+    only answers that arrive well after it was sent are held to the rule."""
     import signal
     import threading
 
-    cmd = [str(arg) for arg in servers["direct"].proc.args]  # type: ignore[union-attr]
-    repo = cmd[cmd.index("--repository") + 1]
-    srv = start_server(Path(repo), tmp_path_factory.mktemp("drain"), "--warmup", "one", "--intra-op-threads", "1",
-                       env={"VITSERVE_DIRECT_ROUTES": flag})
-    slow = _binary_request(_pixels(1, 64), "/v2/models/tiny_slow/infer")
+    from service.runtimes.standin import BATCH_MS_ENV, write_standin_model
+
+    # the off-CPU stand-in, one image per batch, 300 ms each: the queued answers come 0.3 s apart
+    repo = tmp_path_factory.mktemp("drain_repo")
+    write_standin_model(repo, "standin_slow", size=32, num_classes=10, max_batch_size=1)
+    srv = start_server(repo, tmp_path_factory.mktemp("drain"), "--warmup", "one",
+                       env={"VITSERVE_DIRECT_ROUTES": flag, BATCH_MS_ENV: "300"})
+    slow = _binary_request(_pixels(), "/v2/models/standin_slow/infer")
     idle = _connect(srv)
-    idle.sendall(_binary_request(_pixels()))
+    idle.sendall(slow)
     assert _read_answer(idle, bytearray()).status_line.startswith(b"HTTP/1.1 200 ")
-    busy = [_connect(srv) for _ in range(3)]
+    busy = [_connect(srv) for _ in range(4)]
     for sock in busy:
         sock.sendall(slow)
     time.sleep(0.05)
-    answers: list[Answer] = []
+    answers: list[tuple[float, Answer]] = []
     closed_after: list[bool] = []
 
-    def read_all() -> None:
-        for sock in busy:
-            answers.append(_read_answer(sock, bytearray()))
-            closed_after.append(_closed_within(sock, 5)[0])
+    def read_one(sock: socket.socket) -> None:
+        answer = _read_answer(sock, bytearray())
+        answers.append((time.monotonic(), answer))
+        closed_after.append(_closed_within(sock, 5)[0])
 
-    reader = threading.Thread(target=read_all)
-    reader.start()
+    readers = [threading.Thread(target=read_one, args=(sock,)) for sock in busy]
+    for reader in readers:
+        reader.start()
+    signalled = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
     idle_closed, _ = _closed_within(idle, 5)
-    reader.join(30)
+    for reader in readers:
+        reader.join(30)
     code = srv.stop()
     for sock in (idle, *busy):
         sock.close()
     assert code == 0, srv.log()[-2000:]
     assert idle_closed
-    assert [a.status_line.split(b" ")[1] for a in answers] == [b"200"] * 3
+    assert [a.status_line.split(b" ")[1] for _, a in answers] == [b"200"] * len(busy)
     assert all(closed_after)
-    assert all((b"connection", b"close") in a.headers for a in answers[1:]), [a.headers for a in answers]
+    late = [a for at, a in answers if at > signalled + 0.2]  # the signal has been handled by then
+    assert len(late) >= 3, [at - signalled for at, _ in answers]
+    assert all((b"connection", b"close") in a.headers for a in late), [a.headers for a in late]
 
 
 def test_connection_cap_then_direct_requests_on_the_admitted_connections(
