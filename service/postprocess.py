@@ -1,5 +1,5 @@
 """Scores -> classes: the one softmax and the one top-k, shared by /v1's predictions and v2's classification
-extension (service/api/v2_codec.py)."""
+extension (service/api/v2_response.py)."""
 
 from __future__ import annotations
 

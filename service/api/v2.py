@@ -1,9 +1,10 @@
 """/v2: the Open Inference Protocol (KServe v2 / Triton REST), so `tritonclient.http` works unchanged.
 
 Health, server and model metadata, model config, infer (JSON tensors and Triton's binary tensor
-extension, via the pure codec in service/api/v2_codec.py), statistics, and the repository
-extension (index, load, unload — the last two behind the API key). Statistics are the core's plain counts,
-shaped into Triton's response here (service/api/v2_meta.py).
+extension, via the pure request decoder in service/api/v2_codec.py and response encoder in
+service/api/v2_response.py), statistics, and the repository extension (index, load, unload — the last
+two behind the API key). Statistics are the core's plain counts, shaped into Triton's response
+here (service/api/v2_meta.py).
 """
 
 from __future__ import annotations
@@ -26,19 +27,9 @@ from service.pipeline import Pipeline
 from service.repository import ModelEntry, parse_version
 from service.schemas import ModelInfo
 from service.store import LoadedVersion
-from service.api.v2_codec import (
-    HEADER_LENGTH_HEADER,
-    InferenceRequest,
-    InferenceResponse,
-    TensorSpec,
-    decode_content_encoding,
-    encode_content_encoding,
-    encode_infer_response,
-    input_specs,
-    parse_header_length,
-    parse_infer_request,
-    request_timeout_s,
-)
+from service.api.v2_codec import decode_content_encoding, parse_header_length, parse_infer_request, request_timeout_s
+from service.api.v2_response import encode_content_encoding, encode_infer_response
+from service.api.v2_wire import HEADER_LENGTH_HEADER, InferenceRequest, InferenceResponse, TensorSpec, input_specs
 from service.api.v2_meta import (
     ModelMetadata,
     ModelStatisticsResponse,

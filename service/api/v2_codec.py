@@ -1,30 +1,19 @@
-"""Open Inference Protocol v2 (KServe / Triton REST) data model and its binary tensor extension.
+"""Open Inference Protocol v2: decoding an infer request, from body bytes to numpy arrays.
 
-Why a module of its own: the wire format is what `tritonclient.http` speaks, byte for byte, and it
-is easiest to get right (and to test against the real client) as pure functions from bytes to
-numpy arrays and back, with no routing, model store or batcher in sight. The /v2 router calls these
-functions; everything here raises `V2ProtocolError` (service/errors.py: an `InvalidInput`, HTTP 400, and a
+Why a module of its own: the request side is where client bytes are checked, so it is easiest to get
+right (and to test against the real `tritonclient.http`) as pure functions from bytes to arrays, with
+no routing, model store or batcher in sight, and with the cached check of a repeated binary header
+(`_binary_plan`) beside the general path it must agree with. The /v2 router calls these functions;
+everything here raises `V2ProtocolError` (service/errors.py: an `InvalidInput`, HTTP 400, and a
 `ValueError`) with a message meant for the client; an inflated body over the limit is a `PayloadTooLarge`
-(413) and an unknown Content-Encoding an `UnsupportedMediaType` (415).
-
-Specs followed:
-- KServe Open Inference Protocol v2, REST: request/response JSON, tensor data flat or nested in
-  row-major order, `{"error": ...}` bodies.
-- Triton's binary tensor data extension: the JSON header is followed by raw little-endian tensor
-  bytes; the `Inference-Header-Content-Length` header gives the JSON length, each input's
-  `parameters.binary_data_size` its byte count (consecutive, in input order); outputs are returned
-  as binary when the request asks (`outputs[].parameters.binary_data`, else the request-level
-  `parameters.binary_data_output`). BOOL is one byte per element, BYTES is a 4-byte little-endian
-  length before each element.
-- Triton's classification extension: `outputs[].parameters.classification = k` returns, per batch
-  item, the top-k as BYTES strings `"<value>:<index>[:<label>]"`.
-Metadata, the /config JSON and statistics live beside it in service/api/v2_meta.py.
+(413) and an unknown Content-Encoding an `UnsupportedMediaType` (415). The shared vocabulary (datatypes,
+wire models, specs followed) is service/api/v2_wire.py; the response side service/api/v2_response.py;
+metadata, the /config JSON and statistics service/api/v2_meta.py.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -32,128 +21,19 @@ from math import prod
 from typing import Any, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import ValidationError
 
+from service.api.v2_wire import (
+    HEADER_LENGTH_HEADER,
+    V2_TO_NUMPY,
+    InferenceRequest,
+    RequestInput,
+    TensorSpec,
+    bool_param,
+    echo,
+    int_param,
+)
 from service.errors import PayloadTooLarge, UnsupportedMediaType, V2ProtocolError, validation_message
-from service.postprocess import top_k_indices
-from service.model_config import ModelConfig
-
-HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
-JSON_CONTENT_TYPE = "application/json"
-BINARY_CONTENT_TYPE = "application/octet-stream"
-
-
-# --- datatypes ---------------------------------------------------------------------------------
-
-# v2 datatype -> little-endian numpy dtype (BYTES elements are Python `bytes` in an object array).
-V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(np.object_),
-}
-
-# Triton model config `DataType` enum names -> v2 datatype names (TYPE_STRING travels as BYTES).
-CONFIG_TO_V2: dict[str, str] = {f"TYPE_{k}": k for k in V2_TO_NUMPY if k != "BYTES"} | {
-    "TYPE_STRING": "BYTES",
-    "TYPE_BF16": "BF16",
-}
-
-
-def v2_to_numpy(datatype: str) -> np.dtype[Any]:
-    """The numpy dtype of a v2 datatype (BYTES -> object)."""
-    try:
-        return V2_TO_NUMPY[datatype]
-    except KeyError:
-        raise V2ProtocolError(f"unsupported datatype {datatype!r}; supported: {sorted(V2_TO_NUMPY)}") from None
-
-
-@functools.lru_cache(maxsize=64)
-def numpy_to_v2(dtype: np.dtype[Any]) -> str:
-    """The v2 datatype name of a numpy dtype (object and bytes/str arrays are BYTES); looked up once per dtype."""
-    if dtype.kind in "OSU":
-        return "BYTES"
-    for name, np_dtype in V2_TO_NUMPY.items():
-        if name != "BYTES" and np_dtype == dtype.newbyteorder("<"):
-            return name
-    raise V2ProtocolError(f"numpy dtype {dtype} has no v2 datatype")
-
-
-class TensorSpec(NamedTuple):
-    """What a model declares for one tensor: v2 datatype and dims without the batch dimension (-1 = any)."""
-
-    datatype: str
-    dims: tuple[int, ...]
-
-
-def _specs(tensors: Sequence[Any]) -> dict[str, TensorSpec]:
-    return {t.name: TensorSpec(CONFIG_TO_V2[t.data_type], tuple(t.dims)) for t in tensors}
-
-
-def input_specs(cfg: ModelConfig) -> dict[str, TensorSpec]:
-    """The model's inputs as `parse_infer_request` expects them."""
-    return _specs(cfg.input)
-
-
-def output_specs(cfg: ModelConfig) -> dict[str, TensorSpec]:
-    return _specs(cfg.output)
-
-
-# --- pydantic models of the protocol -----------------------------------------------------------
-
-
-class WireModel(BaseModel):
-    """Base of every v2 wire model: unknown fields are ignored, as Triton does."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
-class RequestInput(WireModel):
-    name: str
-    shape: list[StrictInt]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
-
-
-class RequestOutput(WireModel):
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(WireModel):
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
-
-
-class ResponseOutput(WireModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
-
-
-class InferenceResponse(WireModel):
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    outputs: list[ResponseOutput]
-
-
-# --- request decoding --------------------------------------------------------------------------
 
 
 def parse_header_length(value: str | None) -> int | None:
@@ -193,36 +73,6 @@ def decode_content_encoding(body: bytes, content_encoding: str | None, *, max_si
             raise V2ProtocolError(f"truncated {encoding} request body")
         return out
     raise V2ProtocolError(f"request body is not valid {encoding} data")
-
-
-# Triton's integer parameters are 64-bit; a larger one (10**400) is refused, not computed with
-MAX_INT_PARAM = 2**63 - 1
-# error messages quote at most this much of what the client sent (a shape of a million numbers)
-ECHO_CHARS = 120
-
-
-def echo(value: object) -> str:
-    """`repr(value)` cut to ECHO_CHARS characters, for error messages."""
-    text = repr(value) if not isinstance(value, list) or len(value) <= 64 else repr(value[:64])[:-1] + ", ...]"
-    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
-
-
-def _int_param(params: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int | None:
-    value = params.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT_PARAM:
-        raise V2ProtocolError(
-            f"{where}: parameter {key!r} must be a non-negative integer up to {MAX_INT_PARAM}, got {echo(value)}"
-        )
-    return value
-
-
-def _bool_param(params: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-    value = params.get(key, default)
-    if not isinstance(value, bool):
-        raise V2ProtocolError(f"{where}: parameter {key!r} must be true or false, got {echo(value)}")
-    return value
 
 
 _MAX_DIM = 2**31 - 1
@@ -455,7 +305,7 @@ def _check_inputs(
         where = f"input {inp.name!r}"
         if "shared_memory_region" in params:
             raise V2ProtocolError(f"{where}: shared memory is not supported")
-        size = _int_param(params, "binary_data_size", where)
+        size = int_param(params, "binary_data_size", where)
         if size is not None:
             if inp.data is not None:
                 raise V2ProtocolError(f"{where} has both JSON data and binary_data_size")
@@ -482,7 +332,7 @@ def _check_tail(request: InferenceRequest, left: int) -> None:
     if left:
         raise V2ProtocolError(f"{left} bytes of binary data after the header belong to no input")
     for key in ("binary_data_output",):
-        _bool_param(request.parameters or {}, key, "request", False)
+        bool_param(request.parameters or {}, key, "request", False)
     request_timeout_s(request)
 
 
@@ -507,175 +357,8 @@ def _decode_inputs(
 
 def request_timeout_s(request: InferenceRequest) -> float | None:
     """Triton's request-level `timeout` parameter (microseconds) in seconds; None when absent or 0."""
-    micros = _int_param(request.parameters or {}, "timeout", "request")
+    micros = int_param(request.parameters or {}, "timeout", "request")
     return micros / 1e6 if micros else None
 
 
-# --- response encoding -------------------------------------------------------------------------
-
-
-def _encode_bytes_elements(arr: np.ndarray) -> bytes:
-    parts: list[bytes] = []
-    for item in arr.ravel(order="C").tolist():
-        raw = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-        parts.append(struct.pack("<I", len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
-
-
-def _json_data(arr: np.ndarray, datatype: str) -> list[Any]:
-    flat = arr.ravel(order="C").tolist()
-    if datatype == "BYTES":
-        return [x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x) for x in flat]
-    return flat
-
-
-def classify(
-    scores: np.ndarray, count: int, labels: Sequence[str] | None = None, *, batched: bool = True
-) -> np.ndarray:
-    """Triton's classification output: top-`count` per batch item as b"<value>:<index>[:<label>]"."""
-    rows = scores.reshape(scores.shape[0], -1) if batched else scores.reshape(1, -1)
-    order = top_k_indices(rows, count)
-    k = order.shape[1]
-    out = np.empty((rows.shape[0], k), dtype=np.object_)
-    for r, idxs in enumerate(order):
-        for c, idx in enumerate(idxs.tolist()):
-            text = f"{float(rows[r, idx]):f}:{idx}"
-            if labels is not None and idx < len(labels):
-                text += f":{labels[idx]}"
-            out[r, c] = text.encode("utf-8")
-    return out if batched else out.reshape(k)
-
-
-class _OutputHeader(NamedTuple):
-    """What the response's JSON header says of one output (`size` when binary, else `data`)."""
-
-    name: str
-    shape: tuple[int, ...]
-    datatype: str
-    size: int | None
-    data: list[Any] | None
-
-
-def _response_header(
-    model_name: str, version: str, request_id: str | None, described: Sequence[_OutputHeader]
-) -> bytes:
-    # built from values the server produced (not client input): constructed without re-validation
-    out_tensors = [
-        ResponseOutput.model_construct(name=o.name, shape=list(o.shape), datatype=o.datatype,
-                                       parameters={"binary_data_size": o.size})
-        if o.size is not None else
-        ResponseOutput.model_construct(name=o.name, shape=list(o.shape), datatype=o.datatype, data=o.data)
-        for o in described
-    ]
-    response = InferenceResponse.model_construct(model_name=model_name, model_version=version, id=request_id,
-                                                 outputs=out_tensors)
-    return response.model_dump_json(exclude_none=True).encode("utf-8")
-
-
-@functools.lru_cache(maxsize=256)
-def _binary_response_header(model_name: str, version: str, described: tuple[_OutputHeader, ...]) -> bytes:
-    """`_response_header` of a response without an id whose outputs are all binary, built once per shape."""
-    return _response_header(model_name, version, None, described)
-
-
-def encode_infer_response(
-    model_name: str,
-    version: str,
-    outputs: Mapping[str, np.ndarray],
-    request: InferenceRequest,
-    *,
-    binary_default: bool = False,
-    labels: Sequence[str] | None = None,
-    batched: bool = True,
-) -> tuple[bytes, dict[str, str]]:
-    """Encode model outputs as the response to `request`: (body, headers).
-
-    Without `request.outputs` every output is returned, binary iff the request-level
-    `binary_data_output` parameter (default `binary_default`) says so; with it, exactly the named
-    outputs in that order, each binary per its own `binary_data` parameter (falling back to the
-    request level). `classification: k` replaces an output by its top-k strings (`labels` name the
-    indices; `batched` says whether dimension 0 is the batch). Binary data follows the JSON header
-    and `Inference-Header-Content-Length` gives the header's length.
-    """
-    req_params = request.parameters or {}
-    default_binary = _bool_param(req_params, "binary_data_output", "request", binary_default)
-    if request.outputs:
-        wanted = [(o.name, o.parameters or {}) for o in request.outputs]
-        names = [n for n, _ in wanted]
-        for name in names:
-            if name not in outputs:
-                raise V2ProtocolError(f"unexpected output {name!r}; the model's outputs are {sorted(outputs)}")
-            if names.count(name) > 1:
-                raise V2ProtocolError(f"output {name!r} is requested more than once")
-    else:
-        wanted = [(name, {}) for name in outputs]
-
-    described: list[_OutputHeader] = []
-    chunks: list[bytes] = []
-    for name, params in wanted:
-        where = f"output {name!r}"
-        if "shared_memory_region" in params:
-            raise V2ProtocolError(f"{where}: shared memory is not supported")
-        binary = _bool_param(params, "binary_data", where, default_binary)
-        arr = np.asarray(outputs[name])
-        count = _int_param(params, "classification", where, 0)
-        if count:
-            arr = classify(arr, count, labels, batched=batched)
-        datatype = numpy_to_v2(arr.dtype)
-        if binary:
-            raw = _encode_bytes_elements(arr) if datatype == "BYTES" else np.ascontiguousarray(
-                arr, dtype=V2_TO_NUMPY[datatype]
-            ).tobytes()
-            chunks.append(raw)
-            described.append(_OutputHeader(name, arr.shape, datatype, len(raw), None))
-        else:
-            described.append(_OutputHeader(name, arr.shape, datatype, None, _json_data(arr, datatype)))
-
-    if request.id is None and len(chunks) == len(described):
-        # every output binary: the header depends only on these few values, and repeats request after request
-        header = _binary_response_header(model_name, version, tuple(described))
-    else:
-        header = _response_header(model_name, version, request.id, described)
-    if not chunks:
-        return header, {"Content-Type": JSON_CONTENT_TYPE}
-    headers = {"Content-Type": BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
-    return b"".join([header, *chunks]), headers
-
-
-def encode_content_encoding(
-    body: bytes, headers: dict[str, str], accept_encoding: str | None
-) -> tuple[bytes, dict[str, str]]:
-    """Compress a response when the client asks (tritonclient's `response_compression_algorithm`).
-
-    `Inference-Header-Content-Length` keeps the uncompressed JSON length: the client inflates first.
-    """
-    if not accept_encoding:
-        return body, headers
-    accepted: dict[str, float] = {}
-    for part in accept_encoding.split(","):
-        token, _, q = part.strip().partition(";")
-        try:
-            weight = float(q.strip()[2:]) if q.strip().startswith("q=") else 1.0
-        except ValueError:
-            weight = 0.0
-        if token:
-            accepted[token.strip().lower()] = weight
-    for encoding in ("gzip", "deflate"):
-        if accepted.get(encoding, 0.0) > 0.0:
-            if encoding == "gzip":
-                data = gzip.compress(body, compresslevel=6)
-            else:
-                data = zlib.compress(body, 6)
-            return data, {**headers, "Content-Encoding": encoding}
-    return body, headers
-
-
-__all__ = [
-    "BINARY_CONTENT_TYPE", "CONFIG_TO_V2", "HEADER_LENGTH_HEADER", "JSON_CONTENT_TYPE", "V2_TO_NUMPY",
-    "InferenceRequest", "InferenceResponse", "RequestInput", "RequestOutput", "ResponseOutput",
-    "TensorSpec", "classify",
-    "decode_content_encoding", "encode_content_encoding", "encode_infer_response", "input_specs",
-    "numpy_to_v2", "output_specs", "parse_header_length", "parse_infer_request", "request_timeout_s",
-    "v2_to_numpy",
-]
+__all__ = ["decode_content_encoding", "parse_header_length", "parse_infer_request", "request_timeout_s"]

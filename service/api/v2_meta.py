@@ -2,8 +2,9 @@
 
 Server and model metadata, the model configuration as Triton's /config endpoint prints it, the
 statistics extension's response (shaped from the core's plain counts), and the repository index.
-Pure data and functions (no routing, no model store); the /v2 router serves them. The tensor codec
-is service/api/v2_codec.py.
+Pure data and functions (no routing, no model store); the /v2 router serves them. The tensors are
+decoded in service/api/v2_codec.py and encoded in service/api/v2_response.py, with the shared wire
+models in service/api/v2_wire.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import Field
 
 from service.model_config import ModelConfig
 from service.stats import Duration, Phases, VersionCounts
-from service.api.v2_codec import TensorSpec, WireModel, input_specs, output_specs
+from service.api.v2_wire import TensorSpec, WireModel, input_specs, output_specs
 
 # Triton's extension names; the ones vitserve implements.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (

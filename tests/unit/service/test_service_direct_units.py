@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.api.v2_codec import TensorSpec, parse_infer_request
+from service.api.v2_codec import parse_infer_request
+from service.api.v2_wire import TensorSpec
 
 
 SPECS = {"pixel_values": TensorSpec("FP32", (3, 4, 4))}
@@ -34,7 +35,7 @@ def test_the_shared_parsed_request_is_left_unchanged_by_the_v2_endpoint(tiny_rep
     JSON answers, classification), the cached request still equals a fresh validation of its header."""
     import httpx
 
-    from service.api.v2_codec import InferenceRequest
+    from service.api.v2_wire import InferenceRequest
     from service.app import create_app
     from service.settings import Settings
 

@@ -1,8 +1,9 @@
 """The v2 codec's caches give what the general path gives: the same request and tensors, or the same error.
 
-`parse_infer_request` caches a header's checked outcome (`_binary_plan`); `encode_infer_response` caches an
-all-binary response header (`_binary_response_header`). Each good and hostile request here is parsed with
-the cache (twice: a miss, then a hit) and without it (the general path), and both must agree exactly.
+`parse_infer_request` caches a header's checked outcome (service/api/v2_codec.py `_binary_plan`);
+`encode_infer_response` caches an all-binary response header (service/api/v2_response.py
+`_binary_response_header`). Each good and hostile request here is parsed with the cache (twice: a miss,
+then a hit) and without it (the general path), and both must agree exactly.
 """
 
 from __future__ import annotations
@@ -17,13 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import service.api.v2_codec as codec
-from service.api.v2_codec import (
-    InferenceRequest,
-    InferenceResponse,
-    TensorSpec,
-    encode_infer_response,
-    parse_infer_request,
-)
+from service.api.v2_codec import parse_infer_request
+from service.api.v2_response import encode_infer_response
+from service.api.v2_wire import InferenceRequest, InferenceResponse, TensorSpec
 from service.errors import V2ProtocolError
 
 PIXELS = {"pixel_values": TensorSpec("FP32", (3, 4, 4))}
