@@ -2,8 +2,8 @@
 
 Why a module of its own: the response side has its own job and its own cache (the JSON header of an
 all-binary response, `_binary_response_header`, built once per shape), and only the server's values go
-through it; client input reaches it only as the request's id and output parameters, checked here with the same
-rules as the decoder's (service/api/v2_wire.py). It covers Triton's binary tensor data (outputs), the
+through it; client input reaches it only as the request's id and output parameters, checked with the
+same rules as the decoder's (service/api/v2_wire.py). It covers Triton's binary tensor data (outputs), the
 classification extension and response compression; service/api/v2_codec.py decodes the request.
 """
 
