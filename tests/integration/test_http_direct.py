@@ -43,10 +43,10 @@ class Answer:
     body: bytes
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
-    repo = build_tiny_repository(tmp_path_factory.mktemp("direct_repo"), MODELS)
-    env = {"VITSERVE_MAX_BODY_BYTES": str(MAX_BODY)}
+def direct_and_asgi_servers(tmp_path_factory: pytest.TempPathFactory, models: list[TinyModel],
+                            env: dict[str, str]) -> Iterator[dict[str, ServerProcess]]:
+    """Two servers on one tiny repository, direct routes on ("direct") and off ("asgi"); each must exit 0."""
+    repo = build_tiny_repository(tmp_path_factory.mktemp("direct_repo"), models)
     started: dict[str, ServerProcess] = {}
     try:
         for name, flag in (("direct", "true"), ("asgi", "false")):
@@ -57,6 +57,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
         for srv in started.values():
             code = srv.stop()
             assert code == 0, srv.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+    yield from direct_and_asgi_servers(tmp_path_factory, MODELS, {"VITSERVE_MAX_BODY_BYTES": str(MAX_BODY)})
 
 
 def _port(server: ServerProcess) -> int:

@@ -17,9 +17,9 @@ import httpx
 import numpy as np
 import pytest
 from service_server import ServerProcess, start_server
-from test_http_direct import Answer, _read_answer, comparable, png, post, v2_binary
+from test_http_direct import Answer, _read_answer, comparable, direct_and_asgi_servers, png, post, v2_binary
 from test_http_server import metric_samples
-from tiny_repository import TinyModel, build_tiny_repository
+from tiny_repository import TinyModel
 
 TIMEOUT_S = 1.0
 MODELS = [TinyModel("tiny_a"), TinyModel("tiny_narrow", input_range=(-0.5, 0.5)),
@@ -29,18 +29,8 @@ INFER = "/v2/models/tiny_a/infer"
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
-    repo = build_tiny_repository(tmp_path_factory.mktemp("review_repo"), MODELS)
-    env = {"VITSERVE_HEADER_TIMEOUT_S": str(TIMEOUT_S), "VITSERVE_BODY_TIMEOUT_S": str(TIMEOUT_S)}
-    started: dict[str, ServerProcess] = {}
-    try:
-        for name, flag in (("direct", "true"), ("asgi", "false")):
-            started[name] = start_server(repo, tmp_path_factory.mktemp(name), "--warmup", "one", "--intra-op-threads",
-                                         "1", env={**env, "VITSERVE_DIRECT_ROUTES": flag})
-        yield started
-    finally:
-        for srv in started.values():
-            code = srv.stop()
-            assert code == 0, srv.log()[-3000:]
+    yield from direct_and_asgi_servers(
+        tmp_path_factory, MODELS, {"VITSERVE_HEADER_TIMEOUT_S": str(TIMEOUT_S), "VITSERVE_BODY_TIMEOUT_S": str(TIMEOUT_S)})
 
 
 def _connect(server: ServerProcess) -> socket.socket:
