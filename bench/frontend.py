@@ -6,7 +6,7 @@ fixed time per batch (2 ms per batch of up to 64 by default) and computes nothin
 the server's throughput is its front end's. The benchmark serves a demo-shaped stand-in model
 (3x32x32 input, 10 classes, max batch 64) with `--http-workers 1` (today's single-process server)
 and `--http-workers 2` (two front ends and the engine process), each on a fresh server, and
-measures v2 binary tensors and JPEG uploads at concurrency 16 and 64 (and 32, 128 without --quick).
+measures v2 binary tensors and JPEG uploads at concurrency 16 and 64 (and 32, 128, 256 without --quick).
 
 Target (issue 13): 2 front ends ≥ 1.6 × the throughput of 1. The load generator shares the cores:
 its CPU use is reported beside each point, and `--client wrk` (bench/wrk.py, the default when wrk is
@@ -132,9 +132,9 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
     v2 = infer_request(MODEL, (1, 3, SIZE, SIZE))
     jpeg = classify_request(MODEL, encode_image(synthetic_image(SIZE, SIZE), "jpeg"), "jpeg")
     cfg = measure_config(quick)
-    # a closed loop is latency-bound at low concurrency (each request crosses more processes with front ends):
-    # enough requests in flight to keep every front end busy
-    concurrencies = [16, 64] if quick else [16, 32, 64, 128]
+    # a closed loop is latency-bound at low concurrency (each request crosses more processes with front ends,
+    # and more of them wait for each batch): enough requests in flight to keep every process busy
+    concurrencies = [16, 64] if quick else [16, 32, 64, 128, 256]
     log_dir = (out_dir or Path(__file__).resolve().parent / "results") / "tmp"
     log_dir.mkdir(parents=True, exist_ok=True)
     points: dict[str, dict[int, list[LoadPoint]]] = {"v2": {}, "jpeg": {}}

@@ -57,9 +57,10 @@ class BatchLimits:
             )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class PendingRequest:
-    """One accepted request waiting for its batch."""
+    """One accepted request waiting for its batch (no generated repr: the queue's `remove` of a request
+    already taken puts the request's repr into its ValueError, which would print the whole input array)."""
 
     inputs: np.ndarray
     future: asyncio.Future[BatchOutput]
@@ -198,6 +199,7 @@ class Batcher:
         self._gate = gate or nullcontext
         self._queue: deque[PendingRequest] = deque()
         self._queued = 0  # images in the queue whose request is still waiting (kept as the queue changes)
+        self._reported = 0  # the queue depth the hooks last saw (told once per collector turn, not per request)
         self._inflight_batches: dict[int, list[PendingRequest]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -257,6 +259,7 @@ class Batcher:
                 raise
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        self._reported = 0
         self._hooks.on_queue_depth(0)
         return failed
 
@@ -269,6 +272,17 @@ class Batcher:
         This signature is the seam between the request pipeline and execution (the pipeline reaches it as
         `LoadedVersion.executor`): a remote executor of a multi-process front end keeps it.
         """
+        req = self.enqueue(inputs, deadline)
+        try:
+            return await req.future
+        except asyncio.CancelledError:
+            self.withdraw(req)
+            raise
+
+    def enqueue(self, inputs: np.ndarray, deadline: float | None = None) -> PendingRequest:
+        """`submit` without the wait: the request is queued (or refused at once, raising as `submit` does)
+        and its `future` gets the answer. For a caller that answers from a callback instead of a coroutine
+        (the multi-process engine: no task per request); one that gives up calls `withdraw`."""
         if self._task is None or self._stopping:
             raise BatcherStopped(f"model {self.name} is not accepting requests")
         size = int(inputs.shape[0]) if inputs.ndim else 0
@@ -284,21 +298,20 @@ class Batcher:
         req = PendingRequest(inputs=inputs, future=future, enqueued_at=self._clock(), deadline=deadline)
         self._queue.append(req)
         self._queued += size
-        self._hooks.on_queue_depth(self._queued)
-        self._wake.set()
+        self._wake.set()  # the collector's turn reports the new depth
+        return req
+
+    def withdraw(self, req: PendingRequest) -> None:
+        """The request's caller went away: its future is cancelled and it leaves the queue if it is still
+        there (one already taken into a batch is computed with it; its rows are dropped)."""
+        if not req.future.done():
+            req.future.cancel()
         try:
-            return await future
-        except asyncio.CancelledError:
-            if not future.done():
-                future.cancel()
-            try:
-                self._queue.remove(req)
-                self._queued -= req.size
-            except ValueError:  # already taken into a batch
-                pass
-            self._hooks.on_queue_depth(self._queued)
-            self._wake.set()
-            raise
+            self._queue.remove(req)
+            self._queued -= req.size
+        except ValueError:  # already taken into a batch (or withdrawn before)
+            pass
+        self._wake.set()
 
     # -- collector ---------------------------------------------------------------------------
     async def _collector(self) -> None:
@@ -338,7 +351,8 @@ class Batcher:
                 self._hooks.on_expired(req.size)
             if len(self._queue) != waiting:  # taken, expired or cancelled requests left the queue
                 self._queued = sum(r.size for r in self._queue if not r.future.done())
-            if batch or expired:
+            if self._queued != self._reported:
+                self._reported = self._queued
                 self._hooks.on_queue_depth(self._queued)
             if not batch:
                 return

@@ -228,8 +228,9 @@ def normalise(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     (mean, std) (`_channel_table`, with the very float32 steps of `normalise_arithmetic`) and looked up."""
     pixels = np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(image.height, image.width, 3)
     table = _channel_table(cfg.mean, cfg.std)
-    index = pixels.transpose(2, 0, 1) + _CHANNEL_OFFSETS  # [3, H, W]: entry of each value in the flat table
-    return np.ascontiguousarray(table.take(index), dtype=np.float32)
+    # [3, H, W]: entry of each value in the flat table (one ufunc call, no broadcast, straight to the index type)
+    index = np.add(pixels.transpose(2, 0, 1), _channel_offsets(image.height, image.width), dtype=np.intp)
+    return table.take(index)
 
 
 def normalise_arithmetic(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -241,7 +242,13 @@ def normalise_arithmetic(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) 
     return arr
 
 
-_CHANNEL_OFFSETS = np.arange(3, dtype=np.intp).reshape(3, 1, 1) * 256
+@functools.lru_cache(maxsize=16)
+def _channel_offsets(height: int, width: int) -> np.ndarray:
+    """intp [3, H, W]: channel c's start (c * 256) in the flat table, at every pixel (the model's input size)."""
+    offsets = np.ascontiguousarray(
+        np.broadcast_to(np.arange(3, dtype=np.intp).reshape(3, 1, 1) * 256, (3, height, width)))
+    offsets.flags.writeable = False
+    return offsets
 
 
 @functools.lru_cache(maxsize=64)

@@ -160,12 +160,12 @@ class EngineClient:
         if created is not None:
             self._send(("segment", block.segment, str(created.path)))
         segment = self.arena.segments[block.segment]
-        segment.array(block.offset, inputs.shape, inputs.dtype)[...] = inputs
+        segment.write(block.offset, inputs)
         reply = await self._request(
             ("submit", rid, model, version, block.segment, block.offset, block.size, inputs.shape,
              inputs.dtype.str, deadline, None), rid, block)
         try:
-            return self._output(reply, lambda shape, dtype: segment.array(block.offset, shape, dtype).copy())
+            return self._output(reply, lambda shape, dtype: segment.read(block.offset, shape, dtype))
         finally:
             self._release(block)
 
@@ -173,7 +173,7 @@ class EngineClient:
     def _output(reply: Any, outputs: Callable[[tuple[int, ...], str], np.ndarray]) -> BatchOutput:
         if reply[0] == "done":
             shape, dtype, queue_s, compute_s, batch_size = reply[2:7]
-            return BatchOutput(outputs(shape, dtype), queue_s, compute_s, batch_size)
+            return BatchOutput(outputs(shape, dtype), queue_s, compute_s, batch_size, reply[8])
         if reply[0] == "error":
             raise decode_error(*reply[2:])
         raise InferenceFailed(f"unexpected engine reply {reply[0]!r}")

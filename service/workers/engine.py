@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 
-from service.batcher import BatcherStopped
+from service.batcher import Batcher, BatcherStopped, BatchOutput, PendingRequest
 from service.errors import InferenceFailed, ModelNotReady, ServiceError
-from service.store import ModelStore
+from service.store import LoadedVersion, ModelStore
 from service.settings import Settings
 from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
 from service.workers.transport import Channel, Segment
@@ -92,6 +92,9 @@ class _Connection:
         self.server = server
         self.channel = Channel(self._on_message, self._on_lost)
         self.segments: dict[int, Segment] = {}
+        #: inference requests in a batcher, answered from their future's callback (no task per request)
+        self.requests: dict[int, tuple[Batcher, PendingRequest]] = {}
+        #: forwarded HTTP requests, each answered by the app in a task
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.peer = "?"
 
@@ -101,8 +104,11 @@ class _Connection:
     def _on_message(self, message: Any) -> None:
         kind = message[0]
         if kind == "submit":
-            self._spawn(message[1], asyncio.get_running_loop().create_task(self._submit(*message[1:])))
+            self._submit(*message[1:])
         elif kind == "cancel":
+            queued = self.requests.get(message[1])
+            if queued is not None:
+                queued[0].withdraw(queued[1])  # its callback answers "cancelled"
             task = self.tasks.get(message[1])
             if task is not None:
                 task.cancel()
@@ -125,8 +131,10 @@ class _Connection:
     def _on_lost(self) -> None:
         """Its process is gone (or stopping): its requests leave the queues, its memory is unmapped."""
         self.server.connections.discard(self)
-        if self.tasks:
-            log.warning("%s disconnected with %d requests in flight", self.peer, len(self.tasks))
+        if self.tasks or self.requests:
+            log.warning("%s disconnected with %d requests in flight", self.peer, len(self.tasks) + len(self.requests))
+        for executor, req in list(self.requests.values()):
+            executor.withdraw(req)  # a batch already computing it keeps its view of the segment (see Segment.close)
         for task in list(self.tasks.values()):
             task.cancel()
         asyncio.get_running_loop().create_task(self._unmap_when_done(list(self.tasks.values())))
@@ -147,11 +155,10 @@ class _Connection:
         if task.cancelled():
             self.send(("cancelled", rid))
 
-    async def _submit(self, rid: int, model: str, version: int, seg: int | None, offset: int, size: int,
-                      shape: tuple[int, ...], dtype: str, deadline: float | None,
-                      inline: np.ndarray | None) -> None:
-        """One request into its version's batcher; the outputs go back into the request's block (or
-        inline in the answer when the front end had no shared memory for it: `seg` is None)."""
+    def _submit(self, rid: int, model: str, version: int, seg: int | None, offset: int, size: int,
+                shape: tuple[int, ...], dtype: str, deadline: float | None, inline: np.ndarray | None) -> None:
+        """One request into its version's batcher, answered when its batch is: the outputs go back into the
+        request's block (or inline in the answer when the front end had no shared memory for it: `seg` is None)."""
         store = self.server.store
         start = time.monotonic()
         lv = None
@@ -163,28 +170,46 @@ class _Connection:
                     raise BatcherStopped(exc.message) from None
                 raise
             segment = None if seg is None else self.segments[seg]
-            out = await lv.executor.submit(inline if segment is None else segment.array(offset, shape, dtype), deadline)
+            req = lv.executor.enqueue(inline if segment is None else segment.array(offset, shape, dtype), deadline)
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            self._fail(rid, model, lv, start, exc)
+            return
+        self.requests[rid] = (lv.executor, req)
+        req.future.add_done_callback(lambda future: self._answer(rid, model, lv, segment, offset, size, start, future))
+
+    def _answer(self, rid: int, model: str, lv: LoadedVersion, segment: Segment | None, offset: int, size: int,
+                start: float, future: asyncio.Future[BatchOutput]) -> None:
+        self.requests.pop(rid, None)
+        if future.cancelled():
+            self.send(("cancelled", rid))
+            return
+        try:
+            out = future.result()
             outputs = out.outputs
             if segment is not None:
                 if outputs.nbytes > size:
                     raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
-                segment.array(offset, outputs.shape, outputs.dtype)[...] = outputs
-            total = time.monotonic() - start
-            if out.finite if out.finite is not None else np.isfinite(outputs).all():
-                lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
-            else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
-                lv.observer.request_failed(total)
-            self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
-                       np.ascontiguousarray(outputs) if segment is None else None))
-        except asyncio.CancelledError:
-            self.send(("cancelled", rid))
-        except ServiceError as exc:
+                segment.write(offset, outputs)
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            self._fail(rid, model, lv, start, exc)
+            return
+        total = time.monotonic() - start
+        finite = out.finite if out.finite is not None else bool(np.isfinite(outputs).all())
+        if finite:
+            lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
+        else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
+            lv.observer.request_failed(total)
+        self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
+                   np.ascontiguousarray(outputs) if segment is None else None, finite))
+
+    def _fail(self, rid: int, model: str, lv: LoadedVersion | None, start: float, exc: Exception) -> None:
+        if isinstance(exc, ServiceError):
             if lv is not None and not isinstance(exc, BatcherStopped):
                 lv.observer.request_failed(time.monotonic() - start)
             self.send(("error", rid, *encode_error(exc)))
-        except Exception as exc:  # noqa: BLE001 - every request gets an answer
-            log.exception("model %s: request from %s failed", model, self.peer)
-            self.send(("error", rid, *encode_error(InferenceFailed(f"inference failed ({type(exc).__name__})"))))
+            return
+        log.error("model %s: request from %s failed", model, self.peer, exc_info=exc)
+        self.send(("error", rid, *encode_error(InferenceFailed(f"inference failed ({type(exc).__name__})"))))
 
     async def _http(self, rid: int, scope: dict[str, Any], body: bytes) -> None:
         """Answer a forwarded request with the app, in-process (no socket, no second HTTP parse)."""

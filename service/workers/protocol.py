@@ -5,11 +5,13 @@ Front end -> engine (one unix-socket connection per front-end process):
   ("segment", index, path)                         the engine maps a new arena segment -> ("segment_ok", index)
   ("submit", rid, model, version, segment, offset, size, shape, dtype, deadline, inline)
                                                    inputs lie in the block; -> ("done", rid, shape, dtype,
-                                                   queue_s, compute_s, batch_size, inline) with the outputs
-                                                   written into the same block, or ("error", rid, kind,
-                                                   message, retry_after_s), or ("cancelled", rid) after a
-                                                   cancel. Without shared memory (segment None) the input
-                                                   array is `inline` and so are the outputs.
+                                                   queue_s, compute_s, batch_size, inline, finite) with the
+                                                   outputs written into the same block (`finite`: whether
+                                                   every output value is, found once per batch), or
+                                                   ("error", rid, kind, message, retry_after_s), or
+                                                   ("cancelled", rid) after a cancel. Without shared
+                                                   memory (segment None) the input array is `inline`
+                                                   and so are the outputs.
   ("unmap", index)                                 the front end released that (idle) segment
   ("readiness_off",)                               the front end started draining: the engine's
                                                    vitserve_server_ready goes to 0 (requests still accepted)
@@ -17,6 +19,7 @@ Front end -> engine (one unix-socket connection per front-end process):
   ("http", rid, scope, body)                       a request the engine answers -> ("http_response", rid,
                                                    status, headers, body)
 Engine -> front end, unasked: ("table", ModelTable) whenever a model's state or versions change.
+Each direction sends the messages of one event-loop turn as one frame (service/workers/transport.py).
 
 `deadline` is absolute on the monotonic clock, which every process of one host shares.
 """

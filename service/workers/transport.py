@@ -14,8 +14,8 @@ for several). Segments are reserved when created, so a full /dev/shm fails there
 at a later write); that request's tensor then travels inline in its control message (slower,
 still answered).
 
-Control messages are pickled tuples with a 4-byte length prefix (`Channel`); both ends are
-processes of one server, on a socket in a private (0700) directory.
+Control messages are pickled tuples, those of one event-loop turn sent as one length-prefixed frame
+(`Channel`); both ends are processes of one server, on a socket in a private (0700) directory.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import math
 import mmap
 import os
 import pickle
@@ -77,7 +78,16 @@ class Segment:
         self.path = path
 
     def array(self, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any] | str) -> np.ndarray:
+        """A view of the block at `offset` (no copy): what the engine computes on."""
         return np.ndarray(shape, dtype=dtype, buffer=self.map, offset=offset)
+
+    def write(self, offset: int, array: np.ndarray) -> None:
+        """Copy an array's bytes (C order) into the block at `offset` (no view of the block made for it)."""
+        self.map[offset:offset + array.nbytes] = np.ascontiguousarray(array)
+
+    def read(self, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any] | str) -> np.ndarray:
+        """A copy of the array at `offset`, owned by the caller (the block is reused once released)."""
+        return np.frombuffer(self.map, dtype, math.prod(shape), offset).reshape(shape).copy()
 
     def close(self) -> None:
         try:
@@ -166,16 +176,17 @@ class Arena:
 
 
 class Channel(asyncio.Protocol):
-    """Length-prefixed pickled messages over a stream socket, parsed as bytes arrive (no coroutine per
-    message) and written once per event-loop turn however many were sent in it (one system call for
-    a batch's worth of answers)."""
+    """Pickled messages over a stream socket, gathered per event-loop turn: however many are sent in one
+    turn go as one frame (one pickled list behind a 4-byte length, one system call), and a frame is
+    parsed as its bytes arrive (no coroutine per message). A batch's worth of answers costs one
+    pickling and one write, not one per request."""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
         self.on_message = on_message
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self._in = bytearray()
-        self._out: list[bytes] = []
+        self._out: list[Any] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -188,27 +199,28 @@ class Channel(asyncio.Protocol):
         while len(buf) - start >= _HEADER.size:
             (length,) = _HEADER.unpack_from(buf, start)
             if length > MAX_MESSAGE_BYTES:
-                raise ValueError(f"control message of {length} bytes")
+                raise ValueError(f"control frame of {length} bytes")
             end = start + _HEADER.size + length
             if len(buf) < end:
                 break
-            message = pickle.loads(memoryview(buf)[start + _HEADER.size:end])
+            messages = pickle.loads(memoryview(buf)[start + _HEADER.size:end])
             start = end
-            self.on_message(message)
+            for message in messages:
+                self.on_message(message)
         del buf[:start]
 
     def send(self, message: Any) -> None:
         if self.closed or self.transport is None:
             return
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._out += (_HEADER.pack(len(data)), data)
+        self._out.append(message)
 
     def _flush(self) -> None:
         if self._out and not self.closed and self.transport is not None:
-            self.transport.write(b"".join(self._out))
-        self._out.clear()
+            data = pickle.dumps(self._out, protocol=pickle.HIGHEST_PROTOCOL)
+            self.transport.write(_HEADER.pack(len(data)) + data)
+        self._out = []
 
     def close(self) -> None:
         self._flush()

@@ -118,6 +118,7 @@ class RecordingHooks(BatcherHooks):
         self.expired = 0
         self.rejected = 0
         self.failed = 0
+        self.depths: list[int] = []
 
     def on_batch(self, size, compute_s, requests, dispatched_at) -> None:
         self.batches.append(size)
@@ -130,6 +131,9 @@ class RecordingHooks(BatcherHooks):
 
     def on_rejected(self, images: int) -> None:
         self.rejected += images
+
+    def on_queue_depth(self, images: int) -> None:
+        self.depths.append(images)
 
 
 class Gate:
@@ -297,6 +301,59 @@ def test_cancelled_request_leaves_the_queue_and_is_not_computed() -> None:
         await running
         await b.stop(1.0)
         assert gate.computed == [1.0]
+
+    asyncio.run(main())
+
+
+def test_the_queue_depth_is_reported_once_per_collector_turn_as_it_changes() -> None:
+    async def main() -> list[int]:
+        gate, hooks = Gate(), RecordingHooks()
+        b = Batcher(gate, LIMITS, hooks=hooks)
+        b.start()
+        first = b.enqueue(images([1.0]))
+        await _wait_entered(gate)  # computing: the queue is empty again
+        waiting = [b.enqueue(images([float(i)])) for i in (2, 3, 4)]  # three in one turn
+        await asyncio.sleep(0.01)
+        b.withdraw(waiting[0])
+        await asyncio.sleep(0.01)
+        gate.open.set()
+        await asyncio.gather(first.future, *(r.future for r in waiting[1:]))
+        await b.stop(1.0)
+        return hooks.depths
+
+    depths = asyncio.run(main())
+    # the first is taken in the turn it arrived (nothing to report); three waiting: one report for the turn
+    # (not 1, 2, 3); 2 after the withdrawal; 0 once they are taken; stop() reports 0 again
+    assert depths == [3, 2, 0, 0]
+
+
+class _NoRepr(np.ndarray):
+    """An input array that must never be printed (a request's repr used to print its whole input)."""
+
+    def __repr__(self) -> str:
+        raise AssertionError("the input array was printed")
+
+
+def test_enqueue_and_withdraw_answer_through_the_future_without_a_task() -> None:
+    async def main() -> None:
+        gate = Gate()
+        b = Batcher(gate, LIMITS)
+        b.start()
+        first = b.enqueue(images([1.0]).view(_NoRepr))
+        await _wait_entered(gate)  # the worker computes `first`: it is out of the queue
+        queued = b.enqueue(images([2.0]))
+        kept = b.enqueue(images([3.0]))
+        assert b.queued_images == 2
+        b.withdraw(queued)  # still queued: it leaves the queue, its future is cancelled
+        assert queued.future.cancelled() and b.queued_images == 1
+        b.withdraw(first)  # already taken into a batch: computed with it, its answer dropped
+        b.withdraw(first)  # a second withdraw changes nothing
+        assert first.future.cancelled() and b.queued_images == 1
+        gate.open.set()
+        out = await kept.future
+        assert out.outputs.ravel().tolist() == [3.0]
+        await b.stop(1.0)
+        assert gate.computed == [1.0, 3.0]
 
     asyncio.run(main())
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import socket
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 
 from types import SimpleNamespace
 
-from service.batcher import BatchOutput
+from service.batcher import Batcher, BatchLimits, BatchOutput
 from service.errors import Overloaded
 from service.loader import build_version
 from service.metrics import Metrics
@@ -75,6 +77,28 @@ def test_channel_carries_messages_across_partial_reads() -> None:
     assert received[50] == ("big", b"x" * 300_000)
 
 
+def test_the_messages_of_one_loop_turn_go_as_one_frame() -> None:
+    """A batch's worth of answers is one pickling and one write: what the reader gets is one frame."""
+
+    async def main() -> bytes:
+        left, right = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        _, sender = await loop.create_connection(lambda: Channel(lambda m: None, lambda: None), sock=left)
+        for i in range(20):
+            sender.send(("done", i))
+        await asyncio.sleep(0.05)
+        right.setblocking(False)
+        data = right.recv(1 << 16)
+        sender.close()
+        right.close()
+        return data
+
+    data = asyncio.run(main())
+    (length,) = struct.unpack("!I", data[:4])
+    assert len(data) == 4 + length  # one frame, nothing after it
+    assert pickle.loads(data[4:]) == [("done", i) for i in range(20)]
+
+
 def test_engine_errors_come_back_as_the_same_class() -> None:
     error = decode_error(*encode_error(Overloaded("model m queue is full", retry_after_s=3.2)))
     assert isinstance(error, Overloaded) and error.headers() == {"Retry-After": "4"}
@@ -97,18 +121,9 @@ def test_standin_model_loads_through_the_repository_and_computes_a_gather(
         runtime.run(np.zeros((5, 3, 8, 8), np.float32))  # above the max batch, as a real session would refuse
 
 
-class _EchoExecutor:
-    """A version's batcher that returns its inputs flattened to (n, 4) once `gate` opens."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.started = 0
-
-    async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> BatchOutput:
-        self.started += 1
-        await self.gate.wait()
-        return BatchOutput(np.ascontiguousarray(inputs.reshape(inputs.shape[0], -1)[:, :4]), 0.0, 0.0, 1)
+def _echo(batch: np.ndarray) -> np.ndarray:
+    """A runtime that returns its inputs flattened to (n, 4)."""
+    return np.ascontiguousarray(batch.reshape(batch.shape[0], -1)[:, :4])
 
 
 class _NullObserver:
@@ -121,7 +136,7 @@ class _EngineStore:
     """The part of a `ModelStore` the engine's connection uses: one model "m", version 1."""
 
     def __init__(self) -> None:
-        self.executor = _EchoExecutor()
+        self.executor = Batcher(_echo, BatchLimits(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=64), name="m")
         self.metrics = Metrics()
         self.listeners: list[object] = []
         self._models: dict[str, object] = {}
@@ -129,6 +144,7 @@ class _EngineStore:
         self.draining = False
 
     def version(self, model: str, version: int) -> SimpleNamespace:
+        self.executor.start()  # on the engine's loop, at its first request
         return SimpleNamespace(executor=self.executor, observer=_NullObserver())
 
     def is_model_ready(self, model: str) -> bool:
@@ -164,6 +180,25 @@ def test_without_shared_memory_the_tensor_travels_inline_and_is_answered(
 
     out = asyncio.run(main())
     assert out.outputs.tolist() == [[0, 1, 2, 3], [12, 13, 14, 15]]
+
+
+def test_whether_the_outputs_are_finite_comes_back_with_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found once per batch in the engine: the front end does not scan its rows again."""
+    from service.workers import transport
+
+    monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path)
+
+    async def main() -> list[bool | None]:
+        server, client = await _engine_and_client(tmp_path)
+        try:
+            good = await client.infer("m", 1, np.ones((1, 3, 2, 2), np.float32), None, 16)
+            bad = await client.infer("m", 1, np.full((1, 3, 2, 2), np.nan, np.float32), None, 16)
+            return [good.finite, bad.finite]
+        finally:
+            await client.close()
+            await server.close()
+
+    assert asyncio.run(main()) == [True, False]
 
 
 def test_the_arena_grows_geometrically_and_gives_idle_segments_back(
