@@ -149,7 +149,7 @@ class _Connection:
         task.add_done_callback(lambda _: self._finished(rid, task))
 
     def _finished(self, rid: int, task: asyncio.Task[None]) -> None:
-        """A task cancelled before it ran (its cancel came in the same read as its submit) never entered
+        """A forwarded request's task cancelled before it ran (its cancel came in the same read) never entered
         its try, which answers every other case: answer it here, or the front end waits for it forever."""
         self.tasks.pop(rid, None)
         if task.cancelled():
@@ -190,17 +190,18 @@ class _Connection:
                 if outputs.nbytes > size:
                     raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
                 segment.write(offset, outputs)
-        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            total = time.monotonic() - start
+            finite = out.finite if out.finite is not None else bool(np.isfinite(outputs).all())
+            if finite:
+                lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
+            else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
+                lv.observer.request_failed(total)
+            done = ("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
+                    np.ascontiguousarray(outputs) if segment is None else None, finite)
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer (a callback's error would be lost)
             self._fail(rid, model, lv, start, exc)
             return
-        total = time.monotonic() - start
-        finite = out.finite if out.finite is not None else bool(np.isfinite(outputs).all())
-        if finite:
-            lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
-        else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
-            lv.observer.request_failed(total)
-        self.send(("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
-                   np.ascontiguousarray(outputs) if segment is None else None, finite))
+        self.send(done)
 
     def _fail(self, rid: int, model: str, lv: LoadedVersion | None, start: float, exc: Exception) -> None:
         if isinstance(exc, ServiceError):

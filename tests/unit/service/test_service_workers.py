@@ -14,7 +14,7 @@ import pytest
 from types import SimpleNamespace
 
 from service.batcher import Batcher, BatchLimits, BatchOutput
-from service.errors import Overloaded
+from service.errors import InferenceFailed, Overloaded
 from service.loader import build_version
 from service.metrics import Metrics
 from service.repository import read_model
@@ -199,6 +199,36 @@ def test_whether_the_outputs_are_finite_comes_back_with_them(tmp_path: Path, mon
             await server.close()
 
     assert asyncio.run(main()) == [True, False]
+
+
+def test_a_failure_while_answering_still_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine answers from a callback: an error there must reach the front end, not only the log."""
+    from service.workers import transport
+
+    monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path)
+
+    class Broken(_NullObserver):
+        def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None:
+            raise RuntimeError("statistics broke")
+
+    async def main() -> str:
+        server, client = await _engine_and_client(tmp_path)
+        store = server.store
+
+        def version(model: str, version: int) -> SimpleNamespace:
+            store.executor.start()
+            return SimpleNamespace(executor=store.executor, observer=Broken())
+
+        monkeypatch.setattr(store, "version", version)
+        try:
+            with pytest.raises(InferenceFailed) as failed:
+                await asyncio.wait_for(client.infer("m", 1, np.ones((1, 3, 2, 2), np.float32), None, 16), 5)
+            return failed.value.message
+        finally:
+            await client.close()
+            await server.close()
+
+    assert asyncio.run(main()) == "inference failed (RuntimeError)"
 
 
 def test_the_arena_grows_geometrically_and_gives_idle_segments_back(
