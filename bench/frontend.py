@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import handoff
 from bench.ceiling import measure_config
 from bench.loadgen import Client, sweep
 from bench.results import LoadPoint
@@ -128,6 +129,9 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
     print(f"[frontend] load generator: {client}" + (f" ({wrk_path()}, {wrk_threads} thread(s))" if client == "wrk"
                                                      else " (bench/client.py, aiohttp)"), file=sys.stderr, flush=True)
     machine = machine_info()
+    floors = handoff.measure(500 if quick else 2000)
+    print("[frontend] hand-off floor, CPU µs per round trip: " + ", ".join(f"{k} {v:.0f}" for k, v in floors.items()),
+          file=sys.stderr, flush=True)
     repository = build_repository(cache)
     v2 = infer_request(MODEL, (1, 3, SIZE, SIZE))
     jpeg = classify_request(MODEL, encode_image(synthetic_image(SIZE, SIZE), "jpeg"), "jpeg")
@@ -182,6 +186,7 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
         "server_cpu_us_per_inference_by_role": {path: {str(w): sp for w, sp in by.items()}
                                                 for path, by in splits.items()},
         "ratio_2_over_1": ratios,
+        "handoff_cpu_us": floors,
         "server_env": env,
         "targets": targets,
     }
@@ -205,6 +210,10 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
         md_table(["path", "front ends", "concurrency", "infer/s", "p50 ms", "p99 ms", "server CPU (cores)",
                   "server CPU us/inference", "… by process (us)", "client", "client CPU (cores)",
                   "client CPU us/request", "errors"], rows),
+        "",
+        "## Hand-off floor on this machine (bench/handoff.py)",
+        "",
+        handoff_table(floors),
     ]
     for path in points:
         for workers in WORKERS:
@@ -219,6 +228,14 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
                              for path in points for workers in WORKERS},
                             directory / "frontend_latency_throughput.png", "stand-in: latency vs throughput")
     return directory
+
+
+def handoff_table(floors: dict[str, float]) -> str:
+    """CPU µs per round trip of the hand-offs a batch makes (`bench.handoff.measure`), as a markdown table."""
+    what = {"thread": "event loop → worker thread → event loop (`run_in_executor`, no-op): once per batch",
+            "thread_2ms": "the same with a 2 ms batch (the loop idles meanwhile, as the engine's does)",
+            "process": "process → process → process (one byte each way, socket pair): a control frame each way"}
+    return md_table(["hand-off", "CPU µs per round trip"], [[what.get(k, k), v] for k, v in floors.items()])
 
 
 def summary_lines(data: dict[str, Any] | None, results: Path, rel: Any) -> list[str]:
@@ -236,6 +253,10 @@ def summary_lines(data: dict[str, Any] | None, results: Path, rel: Any) -> list[
     md += [f"Command: `{data['command']}` (load generator: {data.get('client', 'python')}). Stand-in: {m['batch_ms']:g} ms per batch of up to {m['max_batch_size']} "
            f"(no CPU), input {'x'.join(map(str, m['input']))}.", "",
            md_table(["path", "infer/s, 1 front end", "infer/s, 2 front ends", "2 ÷ 1 (target ≥ 1.6)",
-                     "client CPU (cores), 2"], rows), "",
-           "![throughput](" + rel(results / "frontend" / "frontend_throughput.png") + ")", ""]
+                     "client CPU (cores), 2"], rows), ""]
+    if data.get("handoff_cpu_us"):
+        md += ["What a hand-off costs on this machine, measured in the same run (CPU µs per round trip; each batch "
+               "makes one thread round trip, and with front ends its frames cross processes both ways):", "",
+               handoff_table(data["handoff_cpu_us"]), ""]
+    md += ["![throughput](" + rel(results / "frontend" / "frontend_throughput.png") + ")", ""]
     return md
