@@ -23,12 +23,12 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.compute_threads import ComputeThreads
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, ModelNotReady, Overloaded, ServiceError
 
 log = logging.getLogger("vitserve.batcher")
@@ -204,7 +204,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: ComputeThreads[list[np.ndarray], tuple[np.ndarray, float, float, list[bool] | None]] | None = None
         self._last_compute_s = 0.0
         self._batch_ids = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -234,7 +234,7 @@ class Batcher:
     def start(self) -> None:
         if self._task is not None:
             return
-        self._executor = ThreadPoolExecutor(max_workers=self._instances, thread_name_prefix=f"vitserve-{self.name}")
+        self._threads = ComputeThreads(self._instances, f"vitserve-{self.name}")
         self._task = asyncio.get_running_loop().create_task(self._collector(), name=f"batcher-{self.name}")
 
     async def stop(self, timeout_s: float) -> int:
@@ -257,8 +257,8 @@ class Batcher:
                         failed += 1
             except asyncio.CancelledError:
                 raise
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._threads is not None:
+            self._threads.close()
         self._reported = 0
         self._hooks.on_queue_depth(0)
         return failed
@@ -358,9 +358,8 @@ class Batcher:
                 return
             self._batch_ids += 1
             self._inflight_batches[self._batch_ids] = batch
-            running = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._compute, [r.inputs for r in batch]
-            )
+            assert self._threads is not None  # started with the collector
+            running = self._threads.submit(self._compute, [r.inputs for r in batch])
             task = asyncio.get_running_loop().create_task(self._finish(self._batch_ids, batch, running, now))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
