@@ -232,8 +232,10 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
 
 def handoff_table(floors: dict[str, float]) -> str:
     """CPU µs per round trip of the hand-offs a batch makes (`bench.handoff.measure`), as a markdown table."""
-    what = {"thread": "event loop → worker thread → event loop (`run_in_executor`, no-op): once per batch",
-            "thread_2ms": "the same with a 2 ms batch (the loop idles meanwhile, as the engine's does)",
+    what = {"executor": "event loop → worker thread → event loop, asyncio `run_in_executor` (no-op)",
+            "compute_threads": "the same through the batcher's worker threads (service/compute_threads.py): "
+                               "once per batch",
+            "compute_threads_2ms": "the same with a 2 ms batch (the loop idles meanwhile, as the engine's does)",
             "process": "process → process → process (one byte each way, socket pair): a control frame each way"}
     return md_table(["hand-off", "CPU µs per round trip"], [[what.get(k, k), v] for k, v in floors.items()])
 

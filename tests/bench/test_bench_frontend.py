@@ -33,7 +33,8 @@ def test_summary_section_reports_the_best_point_of_each_and_the_ratio(tmp_path: 
     text = "\n".join(summary_lines(data, tmp_path, lambda p: p.name))
     assert "| v2 | 1,200 | 2,000 | 1.67 | 0.20 |" in text and "| jpeg | 500.00 | 900.00 | 1.80 | 0.20 |" in text
     assert "hand-off" not in text  # a run from before the floors were measured
-    data["handoff_cpu_us"] = {"thread": 70.0, "thread_2ms": 190.0, "process": 18.0}
+    data["handoff_cpu_us"] = {"executor": 70.0, "compute_threads": 30.0, "compute_threads_2ms": 190.0,
+                              "process": 18.0}
     text = "\n".join(summary_lines(data, tmp_path, lambda p: p.name))
     assert "| the same with a 2 ms batch (the loop idles meanwhile, as the engine's does) | 190.00 |" in text
     assert "Not run" in "\n".join(summary_lines(None, tmp_path, str))
@@ -42,10 +43,10 @@ def test_summary_section_reports_the_best_point_of_each_and_the_ratio(tmp_path: 
 
 def test_the_hand_off_floors_are_measured_by_real_round_trips() -> None:
     floors = handoff.measure(n=40)
-    assert set(floors) == {"thread", "thread_2ms", "process"}
+    assert set(floors) == {"executor", "compute_threads", "compute_threads_2ms", "process"}
     assert all(v > 0 for v in floors.values())
     # a 2 ms sleep is off the CPU: its round trip costs far less CPU than it lasts (2,000 µs)
-    assert floors["thread_2ms"] < 2000
+    assert floors["compute_threads_2ms"] < 2000
 
 
 def test_server_cpu_is_split_by_process_name() -> None:
