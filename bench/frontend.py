@@ -5,8 +5,9 @@ throughput. The stand-in runtime (service/runtimes/standin.py) shows that regime
 fixed time per batch (2 ms per batch of up to 64 by default) and computes nothing on the CPU, so
 the server's throughput is its front end's. The benchmark serves a demo-shaped stand-in model
 (3x32x32 input, 10 classes, max batch 64) with `--http-workers 1` (today's single-process server)
-and `--http-workers 2` (two front ends and the engine process), each on a fresh server, and
-measures v2 binary tensors and JPEG uploads at concurrency 16 and 64 (and 32, 128, 256 without --quick).
+and `--http-workers 2` (two front ends and the engine process), and measures v2 binary tensors and
+JPEG uploads at concurrency 16 and 64 (and 32, 128, 256 without --quick): one path at a time, on a
+fresh server for each configuration, the two configurations back to back.
 
 Target (issue 13): 2 front ends ≥ 1.6 × the throughput of 1. The load generator shares the cores:
 its CPU use is reported beside each point, and `--client wrk` (bench/wrk.py, the default when wrk is
@@ -144,19 +145,22 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
     points: dict[str, dict[int, list[LoadPoint]]] = {"v2": {}, "jpeg": {}}
     splits: dict[str, dict[int, list[dict[str, float]]]] = {"v2": {}, "jpeg": {}}
     env: dict[str, str] = {}
-    for workers in WORKERS:
-        env = {"VITSERVE_HTTP_WORKERS": str(workers), "VITSERVE_STANDIN_BATCH_MS": f"{batch_ms:g}",
-               "VITSERVE_WARMUP": "one"}
-        print(f"[frontend] {workers} front-end process(es)", file=sys.stderr, flush=True)
-        with vitserve_server(repository, [MODEL], env=env, log_path=log_dir / f"frontend-{workers}.log") as srv:
-            check_answers(srv.url, v2, jpeg)
-            stats = f"/v2/models/{MODEL}/stats"
-            for path, spec, protocol in (("v2", v2, "v2-binary"), ("jpeg", jpeg, "v1-jpeg")):
+    # one path at a time, its two configurations back to back (a fresh server each): the ratio compares
+    # measurements minutes apart, not a whole run apart, on a host whose speed drifts
+    for path, spec, protocol in (("v2", v2, "v2-binary"), ("jpeg", jpeg, "v1-jpeg")):
+        for workers in WORKERS:
+            env = {"VITSERVE_HTTP_WORKERS": str(workers), "VITSERVE_STANDIN_BATCH_MS": f"{batch_ms:g}",
+                   "VITSERVE_WARMUP": "one"}
+            print(f"[frontend] {path}: {workers} front-end process(es)", file=sys.stderr, flush=True)
+            log = log_dir / f"frontend-{path}-{workers}.log"
+            with vitserve_server(repository, [MODEL], env=env, log_path=log) as srv:
+                check_answers(srv.url, v2, jpeg)
                 points[path][workers], splits[path][workers] = [], []
                 for c in concurrencies:
                     cpu0 = group_cpu_by_name(srv.pid)
-                    (p,) = sweep(srv.url, spec, concurrencies=[c], cfg=cfg, protocol=protocol, stats_path=stats,
-                                 server_pgid=srv.pid, client=client, wrk_threads=wrk_threads)
+                    (p,) = sweep(srv.url, spec, concurrencies=[c], cfg=cfg, protocol=protocol,
+                                 stats_path=f"/v2/models/{MODEL}/stats", server_pgid=srv.pid, client=client,
+                                 wrk_threads=wrk_threads)
                     points[path][workers].append(p)
                     splits[path][workers].append(_split(p, cpu_by_role(cpu0, group_cpu_by_name(srv.pid))))
     machine = machine.finish()
