@@ -9,14 +9,17 @@ one asyncio future and one `call_soon_threadsafe`: the work the hand-off needs, 
 Semantics are the executor's where the batcher relied on them: any number of threads share one
 queue; an exception in the work (BaseException included) comes back on the future; `close` lets a
 running batch finish, cancels those not started and lets the threads end (no join: as
-`shutdown(wait=False, cancel_futures=True)`). The threads are daemons, so an unclosed set (a
-batcher never stopped) never holds up the interpreter's exit.
+`shutdown(wait=False, cancel_futures=True)`). At the interpreter's exit, as for an executor's threads,
+every set still open is told to end and its threads are joined: a batch still computing then (a drain
+that timed out) finishes before its session can be torn down under it, and a set never closed (a
+batcher never stopped) does not hold the exit up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any, Generic, TypeVar
@@ -25,6 +28,9 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 _Item = tuple[asyncio.Future[Any], Callable[[Any], Any], Any]
+
+#: the sets whose threads may still run, ended at exit by `_end_all`
+_open: weakref.WeakSet[ComputeThreads[Any, Any]] = weakref.WeakSet()
 
 
 class ComputeThreads(Generic[A, T]):
@@ -35,7 +41,8 @@ class ComputeThreads(Generic[A, T]):
             raise ValueError(f"count must be >= 1, got {count}")
         self._queue: SimpleQueue[_Item | None] = SimpleQueue()
         self._closed = False
-        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(count)]
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}") for i in range(count)]
+        _open.add(self)
         for thread in self._threads:
             thread.start()
 
@@ -53,6 +60,7 @@ class ComputeThreads(Generic[A, T]):
         if self._closed:
             return
         self._closed = True
+        _open.discard(self)
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -79,6 +87,20 @@ def _run(future: asyncio.Future[Any], fn: Callable[[Any], Any], arg: Any) -> Non
         _post(future, _fail, exc)
     else:
         _post(future, _succeed, result)
+
+
+def _end_all() -> None:
+    """At exit, before the interpreter joins its threads: each open set's threads end once the work already
+    queued is done (its answers go nowhere: the loops are gone)."""
+    for threads in list(_open):
+        threads._closed = True  # noqa: SLF001 - this module's own object
+        for _ in threads._threads:  # noqa: SLF001
+            threads._queue.put(None)  # noqa: SLF001
+
+
+# runs before threading joins non-daemon threads (what concurrent.futures registers for its executors'
+# threads); an atexit hook would run only after that join and wait for ever
+threading._register_atexit(_end_all)  # noqa: SLF001
 
 
 def _post(future: asyncio.Future[Any], settle: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +100,26 @@ def test_an_answer_for_a_closed_loop_is_dropped_without_killing_the_thread() -> 
 
     assert asyncio.run(again()) == 42  # the same thread, alive, serves the next loop
     threads._queue.put(None)  # noqa: SLF001 - end it (its first loop cannot close it any more)
+
+
+def test_at_exit_a_running_batch_finishes_and_an_unclosed_set_does_not_hold_the_exit(tmp_path: Path) -> None:
+    """As an executor's threads: joined at exit after their work, never a hang for a set nobody closed."""
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import asyncio, time\n"
+        "from service.compute_threads import ComputeThreads\n"
+        "idle = ComputeThreads(2, 'idle')\n"  # never used, never closed
+        "busy = ComputeThreads(1, 'busy')\n"
+        "def work(path):\n"
+        "    time.sleep(0.3)\n"
+        "    open(path, 'w').write('finished')\n"
+        "async def main():\n"
+        "    busy.submit(work, " + repr(str(tmp_path / "out.txt")) + ")\n"
+        "    await asyncio.sleep(0.05)\n"  # the batch is running when the loop and the interpreter end
+        "asyncio.run(main())\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, str(script)], cwd=root, timeout=30, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.txt").read_text() == "finished"
