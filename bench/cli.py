@@ -9,7 +9,7 @@
     vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
     vitserve-bench multi [--preset vit_small] [--baseline-root DIR] [--server-root DIR]   # six variants side by side
     vitserve-bench spinning [--preset demo --preset vit_small] [--rate 20]   # ORT spinning: CPU vs throughput
-    vitserve-bench frontend [--batch-ms 2] [--client wrk|python]     # off-CPU stand-in: 1 vs 2 front ends
+    vitserve-bench frontend [--batch-ms 2] [--rounds 3] [--client wrk|python]  # off-CPU stand-in: 1 vs 2 front ends
     vitserve-bench all [--skip-peers]                                # all of the above, then the summary
     vitserve-bench summary                                           # BENCHMARKS.md from the latest results
 
@@ -194,7 +194,7 @@ def cmd_frontend(args: argparse.Namespace) -> int:
 
     client = _resolve_client(args, prefer_wrk=True)
     directory = frontend.run(quick=args.quick, cache=args.cache, out_dir=args.out, batch_ms=args.batch_ms,
-                             client=client, wrk_threads=args.wrk_threads)  # type: ignore[arg-type]
+                             client=client, wrk_threads=args.wrk_threads, rounds=args.rounds)  # type: ignore[arg-type]
     print(f"results in {directory}")
     return 0
 
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("frontend", help="the off-CPU stand-in runtime with 1 and 2 front-end processes (issue 13)")
     p.add_argument("--batch-ms", type=float, default=2.0, help="the stand-in's wait per batch (default 2 ms)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of alternating 1 / 2 front-end measurements (default 3; 1 with --quick)")
     _client_options(p, "wrk where installed, else python")
     _common(p)
     p.set_defaults(func=cmd_frontend)

@@ -6,8 +6,13 @@ fixed time per batch (2 ms per batch of up to 64 by default) and computes nothin
 the server's throughput is its front end's. The benchmark serves a demo-shaped stand-in model
 (3x32x32 input, 10 classes, max batch 64) with `--http-workers 1` (today's single-process server)
 and `--http-workers 2` (two front ends and the engine process), and measures v2 binary tensors and
-JPEG uploads at concurrency 16 and 64 (and 32, 128, 256 without --quick): one path at a time, on a
-fresh server for each configuration, the two configurations back to back.
+JPEG uploads at concurrency 16 and 64 (and 128, 256 without --quick): one path at a time, both
+configurations' servers up together and measured alternately at each concurrency, in `--rounds` rounds
+(3 without --quick; the order of the two flips every round). This host's speed drifts by tens of percent
+within minutes, so two configurations measured a sweep apart compare the host as much as the servers; a
+pair measured seconds apart does not. Each configuration's point at a concurrency is its median round
+(by throughput), and the ratio is the best median of 2 over the best median of 1; each round's own ratio
+is reported beside it, to show the spread.
 
 Target (issue 13): 2 front ends ≥ 1.6 × the throughput of 1. The load generator shares the cores:
 its CPU use is reported beside each point, and `--client wrk` (bench/wrk.py, the default when wrk is
@@ -21,9 +26,11 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +131,31 @@ def _split(point: LoadPoint, shares: dict[str, float]) -> dict[str, float]:
     return {r: point.server_cpu_us_per_inference * v / total for r, v in sorted(shares.items())}
 
 
+def median_trial(trials: list[tuple[LoadPoint, dict[str, float]]]) -> tuple[LoadPoint, dict[str, float]]:
+    """The trial of median throughput (the lower middle one of an even count): a measured point, not an average
+    of points, so its latencies and CPU belong together."""
+    ranked = sorted(trials, key=lambda t: t[0].inferences_per_second)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def best_rate(points: list[LoadPoint]) -> float:
+    return max(p.inferences_per_second for p in points)
+
+
+def round_ratios(trials: dict[int, dict[int, list[tuple[LoadPoint, dict[str, float]]]]]) -> list[float]:
+    """Per round, the best throughput of 2 front ends over the best of 1 (`trials[workers][concurrency]` holds
+    one trial per round, in order)."""
+    rounds = min(len(t) for by in trials.values() for t in by.values())
+    return [best_rate([t[r][0] for t in trials[2].values()]) / best_rate([t[r][0] for t in trials[1].values()])
+            for r in range(rounds)]
+
+
 def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: float = 2.0,
-        client: Client | None = None, wrk_threads: int = 1) -> Path:
+        client: Client | None = None, wrk_threads: int = 1, rounds: int | None = None) -> Path:
     client = client or default_client()
+    rounds = rounds or (1 if quick else 3)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     print(f"[frontend] load generator: {client}" + (f" ({wrk_path()}, {wrk_threads} thread(s))" if client == "wrk"
                                                      else " (bench/client.py, aiohttp)"), file=sys.stderr, flush=True)
     machine = machine_info()
@@ -139,40 +168,52 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
     cfg = measure_config(quick)
     # a closed loop is latency-bound at low concurrency (each request crosses more processes with front ends,
     # and more of them wait for each batch): enough requests in flight to keep every process busy
-    concurrencies = [16, 64] if quick else [16, 32, 64, 128, 256]
+    concurrencies = [16, 64] if quick else [16, 64, 128, 256]
     log_dir = (out_dir or Path(__file__).resolve().parent / "results") / "tmp"
     log_dir.mkdir(parents=True, exist_ok=True)
-    points: dict[str, dict[int, list[LoadPoint]]] = {"v2": {}, "jpeg": {}}
-    splits: dict[str, dict[int, list[dict[str, float]]]] = {"v2": {}, "jpeg": {}}
-    env: dict[str, str] = {}
-    # one path at a time, its two configurations back to back (a fresh server each): the ratio compares
-    # measurements minutes apart, not a whole run apart, on a host whose speed drifts
+    # trials[path][workers][concurrency]: one (point, CPU split by role) per round
+    trials: dict[str, dict[int, dict[int, list[tuple[LoadPoint, dict[str, float]]]]]] = {}
+    envs = {workers: {"VITSERVE_HTTP_WORKERS": str(workers), "VITSERVE_STANDIN_BATCH_MS": f"{batch_ms:g}",
+                      "VITSERVE_WARMUP": "one"} for workers in WORKERS}
+    total = 2 * rounds * len(concurrencies) * len(WORKERS)
+    done = 0
     for path, spec, protocol in (("v2", v2, "v2-binary"), ("jpeg", jpeg, "v1-jpeg")):
-        for workers in WORKERS:
-            env = {"VITSERVE_HTTP_WORKERS": str(workers), "VITSERVE_STANDIN_BATCH_MS": f"{batch_ms:g}",
-                   "VITSERVE_WARMUP": "one"}
-            print(f"[frontend] {path}: {workers} front-end process(es)", file=sys.stderr, flush=True)
-            log = log_dir / f"frontend-{path}-{workers}.log"
-            with vitserve_server(repository, [MODEL], env=env, log_path=log) as srv:
-                check_answers(srv.url, v2, jpeg)
-                points[path][workers], splits[path][workers] = [], []
+        trials[path] = {workers: {c: [] for c in concurrencies} for workers in WORKERS}
+        with ExitStack() as stack:  # both configurations up at once (the one not measured idles)
+            servers = {}
+            for workers in WORKERS:
+                servers[workers] = stack.enter_context(vitserve_server(
+                    repository, [MODEL], env=envs[workers], log_path=log_dir / f"frontend-{path}-{workers}.log"))
+                check_answers(servers[workers].url, v2, jpeg)
+            for r in range(rounds):
                 for c in concurrencies:
-                    cpu0 = group_cpu_by_name(srv.pid)
-                    (p,) = sweep(srv.url, spec, concurrencies=[c], cfg=cfg, protocol=protocol,
-                                 stats_path=f"/v2/models/{MODEL}/stats", server_pgid=srv.pid, client=client,
-                                 wrk_threads=wrk_threads)
-                    points[path][workers].append(p)
-                    splits[path][workers].append(_split(p, cpu_by_role(cpu0, group_cpu_by_name(srv.pid))))
+                    for workers in (WORKERS if r % 2 == 0 else WORKERS[::-1]):
+                        done += 1
+                        print(f"[frontend] {done}/{total}: {path}, round {r + 1}/{rounds}, concurrency {c}, "
+                              f"{workers} front end(s)", file=sys.stderr, flush=True)
+                        srv = servers[workers]
+                        cpu0 = group_cpu_by_name(srv.pid)
+                        (p,) = sweep(srv.url, spec, concurrencies=[c], cfg=cfg, protocol=protocol,
+                                     stats_path=f"/v2/models/{MODEL}/stats", server_pgid=srv.pid, client=client,
+                                     wrk_threads=wrk_threads)
+                        trials[path][workers][c].append((p, _split(p, cpu_by_role(cpu0, group_cpu_by_name(srv.pid)))))
+    env = envs[WORKERS[-1]]
+    medians = {path: {w: [median_trial(t) for t in by.values()] for w, by in per.items()} for path, per in trials.items()}
+    points = {path: {w: [m[0] for m in ms] for w, ms in per.items()} for path, per in medians.items()}
+    splits = {path: {w: [m[1] for m in ms] for w, ms in per.items()} for path, per in medians.items()}
+    by_round = {path: round_ratios(per) for path, per in trials.items()}
     machine = machine.finish()
 
     def best(path: str, workers: int) -> LoadPoint:
         return max(points[path][workers], key=lambda p: p.inferences_per_second)
 
     ratios = {path: best(path, 2).inferences_per_second / best(path, 1).inferences_per_second for path in points}
-    targets = [{"target": f"2 front ends ÷ 1 ({path}, best concurrency)", "goal": f">= {TARGET}",
-                "measured": ratio, "met": ratio >= TARGET} for path, ratio in ratios.items()]
-    rows = [[path, workers, p.concurrency, p.inferences_per_second, p.latency_us["p50"] / 1e3,
-             p.latency_us["p99"] / 1e3, p.server_cpu_cores, p.server_cpu_us_per_inference,
+    targets = [{"target": f"2 front ends ÷ 1 ({path}, best concurrency, median of {rounds} round(s))",
+                "goal": f">= {TARGET}", "measured": ratio, "met": ratio >= TARGET,
+                "by_round": by_round[path]} for path, ratio in ratios.items()]
+    rows = [[path, workers, p.concurrency, p.inferences_per_second,
+             " / ".join(f"{t[0].inferences_per_second:,.0f}" for t in trials[path][workers][p.concurrency]),
+             p.latency_us["p50"] / 1e3, p.latency_us["p99"] / 1e3, p.server_cpu_cores, p.server_cpu_us_per_inference,
              ", ".join(f"{r} {us:.0f}" for r, us in split.items()) or "—", p.client, p.client_cpu_cores,
              p.client_cpu_us_per_request, p.errors]
             for path in points for workers in WORKERS
@@ -190,6 +231,10 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
         "server_cpu_us_per_inference_by_role": {path: {str(w): sp for w, sp in by.items()}
                                                 for path, by in splits.items()},
         "ratio_2_over_1": ratios,
+        "rounds": rounds,
+        "ratio_2_over_1_by_round": by_round,
+        "trials": {path: {str(w): {str(c): [t[0].inferences_per_second for t in ts] for c, ts in by.items()}
+                          for w, by in per.items()} for path, per in trials.items()},
         "handoff_cpu_us": floors,
         "server_env": env,
         "targets": targets,
@@ -206,12 +251,17 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
         "",
         "## Target",
         "",
-        md_table(["target", "goal", "measured", "met"],
-                 [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets]),
+        md_table(["target", "goal", "measured", "each round", "met"],
+                 [[t["target"], t["goal"], t["measured"], " / ".join(f"{x:.2f}" for x in t["by_round"]),
+                   "met" if t["met"] else "MISSED"] for t in targets]),
         "",
         "## Points",
         "",
-        md_table(["path", "front ends", "concurrency", "infer/s", "p50 ms", "p99 ms", "server CPU (cores)",
+        f"Each row is the configuration's median round at that concurrency (its latencies and CPU are that "
+        f"round's); the rounds' throughputs are listed in order. Rounds: {rounds}; the two configurations were "
+        "measured alternately, seconds apart, the order flipped every round.",
+        "",
+        md_table(["path", "front ends", "concurrency", "infer/s", "infer/s by round", "p50 ms", "p99 ms", "server CPU (cores)",
                   "server CPU us/inference", "… by process (us)", "client", "client CPU (cores)",
                   "client CPU us/request", "errors"], rows),
         "",
@@ -250,16 +300,20 @@ def summary_lines(data: dict[str, Any] | None, results: Path, rel: Any) -> list[
     if data is None:
         return md + ["Not run (`vitserve-bench frontend --quick`).", ""]
     ratios = data["ratio_2_over_1"]
+    by_round = data.get("ratio_2_over_1_by_round")  # runs before the rounds measured each configuration once
     rows = []
     for path, by in data["points"].items():
         best = {w: max(pts, key=lambda p: p["inferences_per_second"]) for w, pts in by.items()}
         rows.append([path, best["1"]["inferences_per_second"], best["2"]["inferences_per_second"], ratios[path],
+                     *([" / ".join(f"{x:.2f}" for x in by_round[path])] if by_round else []),
                      best["2"]["client_cpu_cores"]])
     m = data["model"]
+    rounds = (f" Both configurations measured alternately at each concurrency, {data['rounds']} round(s); each "
+              "is its median round, and the rounds' own ratios are listed." if by_round else "")
     md += [f"Command: `{data['command']}` (load generator: {data.get('client', 'python')}). Stand-in: {m['batch_ms']:g} ms per batch of up to {m['max_batch_size']} "
-           f"(no CPU), input {'x'.join(map(str, m['input']))}.", "",
+           f"(no CPU), input {'x'.join(map(str, m['input']))}.{rounds}", "",
            md_table(["path", "infer/s, 1 front end", "infer/s, 2 front ends", "2 ÷ 1 (target ≥ 1.6)",
-                     "client CPU (cores), 2"], rows), ""]
+                     *(["2 ÷ 1, each round"] if by_round else []), "client CPU (cores), 2"], rows), ""]
     if data.get("handoff_cpu_us"):
         md += ["What a hand-off costs on this machine, measured in the same run (CPU µs per round trip; each batch "
                "makes one thread round trip, and with front ends its frames cross processes both ways):", "",

@@ -199,7 +199,8 @@ class Batcher:
         self._gate = gate or nullcontext
         self._queue: deque[PendingRequest] = deque()
         self._queued = 0  # images in the queue whose request is still waiting (kept as the queue changes)
-        self._reported = 0  # the queue depth the hooks last saw (told once per collector turn, not per request)
+        self._reported = 0  # the queue depth the hooks last saw (told once per loop turn, not per request)
+        self._depth_due = False  # a report of the depth is scheduled for the end of this loop turn
         self._inflight_batches: dict[int, list[PendingRequest]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -298,8 +299,18 @@ class Batcher:
         req = PendingRequest(inputs=inputs, future=future, enqueued_at=self._clock(), deadline=deadline)
         self._queue.append(req)
         self._queued += size
-        self._wake.set()  # the collector's turn reports the new depth
+        if deadline is not None or len(self._inflight_batches) < self._instances:
+            self._wake.set()  # the collector may dispatch it (or time its deadline); its turn reports the depth
+        elif not self._depth_due:  # every worker busy: the collector has nothing to decide until one finishes
+            self._depth_due = True  # (`_release` dispatches then), so it is not woken once per arrival; the
+            asyncio.get_running_loop().call_soon(self._report_depth)  # new depth is reported once per turn
         return req
+
+    def _report_depth(self) -> None:
+        self._depth_due = False
+        if self._queued != self._reported:
+            self._reported = self._queued
+            self._hooks.on_queue_depth(self._queued)
 
     def withdraw(self, req: PendingRequest) -> None:
         """The request's caller went away: its future is cancelled and it leaves the queue if it is still

@@ -30,9 +30,8 @@ import pickle
 import struct
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -96,8 +95,9 @@ class Segment:
             pass
 
 
-@dataclass(frozen=True)
-class Block:
+class Block(NamedTuple):
+    """Where a request's tensors lie (a tuple: one is made per request)."""
+
     segment: int
     offset: int
     size: int

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from bench import handoff
 from bench.cli import build_parser
-from bench.frontend import CLASSES, MAX_BATCH, MODEL, SIZE, build_repository, cpu_by_role, summary_lines
+from bench.frontend import CLASSES, MAX_BATCH, MODEL, SIZE, build_repository, cpu_by_role, median_trial, round_ratios
+from bench.frontend import summary_lines
+from bench.results import LoadPoint
 from service.repository import read_model
 
 
@@ -54,3 +56,36 @@ def test_server_cpu_is_split_by_process_name() -> None:
     after = {"vitserve-engine": 1.5, "vitserve-fe0": 3.0, "vitserve-fe1": 3.5, "python": 0.5}
     assert cpu_by_role(before, after) == {"engine": 0.5, "front ends": 2.5, "supervisor": 0.0}
     assert cpu_by_role({"python": 1.0}, {"python": 1.25}) == {"server": 0.25}  # one process does both jobs
+
+
+def _measured(rate: float, concurrency: int = 16) -> LoadPoint:
+    return LoadPoint(mode="concurrency", concurrency=concurrency, measured_s=6.0, windows=3, stable=True,
+                     requests=int(rate * 6), inferences_per_second=rate, requests_per_second=rate,
+                     latency_us={"p50": 1e6 / rate}, client_send_us=0.0, client_recv_us=0.0,
+                     network_server_send_recv_us=0.0, client_cpu_cores=0.1, client_cpu_us_per_request=10.0)
+
+
+def test_a_configuration_is_its_median_round_and_each_round_has_its_own_ratio() -> None:
+    # a slow phase of the host hits one round of both configurations alike: the median round leaves it out
+    one = {16: [(_measured(900.0), {"server": 200.0}), (_measured(500.0), {"server": 260.0}),
+                (_measured(1000.0), {"server": 190.0})],
+           64: [(_measured(1200.0, 64), {}), (_measured(600.0, 64), {}), (_measured(1100.0, 64), {})]}
+    two = {16: [(_measured(1500.0), {}), (_measured(800.0), {}), (_measured(1700.0), {})],
+           64: [(_measured(2000.0, 64), {}), (_measured(1000.0, 64), {}), (_measured(1900.0, 64), {})]}
+    point, split = median_trial(one[16])
+    assert point.inferences_per_second == 900.0 and split == {"server": 200.0}  # the measured point, whole
+    assert median_trial(one[16][:2])[0].inferences_per_second == 500.0  # an even count: the lower middle
+    assert round_ratios({1: one, 2: two}) == [2000 / 1200, 1000 / 600, 1900 / 1100]
+
+
+def test_the_summary_lists_each_rounds_ratio_when_the_run_had_rounds(tmp_path: Path) -> None:
+    data = {
+        "command": "vitserve-bench frontend", "rounds": 3,
+        "model": {"batch_ms": 2.0, "max_batch_size": 64, "input": [3, 32, 32]},
+        "points": {"v2": {"1": [_point(1000.0)], "2": [_point(1700.0)]}},
+        "ratio_2_over_1": {"v2": 1.7}, "ratio_2_over_1_by_round": {"v2": [1.7, 1.55, 1.81]},
+    }
+    text = "\n".join(summary_lines(data, tmp_path, lambda p: p.name))
+    assert "| v2 | 1,000 | 1,700 | 1.70 | 1.70 / 1.55 / 1.81 | 0.20 |" in text
+    assert "3 round(s)" in text
+    assert build_parser().parse_args(["frontend", "--rounds", "5"]).rounds == 5

@@ -327,6 +327,42 @@ def test_the_queue_depth_is_reported_once_per_collector_turn_as_it_changes() -> 
     assert depths == [3, 2, 0, 0]
 
 
+def test_arrivals_while_every_worker_is_busy_do_not_wake_the_collector() -> None:
+    """The collector has nothing to decide until a worker is free (`_release` dispatches then): one turn per
+    arrival would cost the engine a task step and two scans of the queue for each front end's frame."""
+
+    async def main() -> None:
+        gate, hooks = Gate(), RecordingHooks()
+        b = Batcher(gate, LIMITS, hooks=hooks)
+        b.start()
+        first = b.enqueue(images([1.0]))
+        await _wait_entered(gate)
+        await asyncio.sleep(0.005)
+        turns = 0
+        dispatch = b._dispatch
+
+        def counted() -> None:
+            nonlocal turns
+            turns += 1
+            dispatch()
+
+        b._dispatch = counted  # type: ignore[method-assign]
+        waiting = []
+        for i in (2, 3, 4):
+            waiting.append(b.enqueue(images([float(i)])))
+            await asyncio.sleep(0.002)
+        assert turns == 0 and hooks.depths == [1, 2, 3]  # no collector turn; the depth still reported
+        with_deadline = b.enqueue(images([5.0]), deadline=asyncio.get_running_loop().time() + 5)
+        await asyncio.sleep(0.002)
+        assert turns == 1  # a deadline needs its timer: that one wakes it
+        gate.open.set()
+        await asyncio.gather(first.future, *(r.future for r in [*waiting, with_deadline]))
+        assert gate.batches == [1, 4]
+        await b.stop(1.0)
+
+    asyncio.run(main())
+
+
 class _NoRepr(np.ndarray):
     """An input array that must never be printed (a request's repr used to print its whole input)."""
 
