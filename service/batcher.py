@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,9 +73,8 @@ class PendingRequest:
         self.size = int(self.inputs.shape[0])
 
 
-@dataclass(frozen=True)
-class BatchOutput:
-    """A request's own rows of the batch output and how it got them."""
+class BatchOutput(NamedTuple):
+    """A request's own rows of the batch output and how it got them (a tuple: one is made per request)."""
 
     outputs: np.ndarray
     queue_s: float

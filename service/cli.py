@@ -128,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         return serve_workers(settings)
     import uvicorn
 
+    from service import gc_policy
     from service.app import create_app
     from service.http_protocol import guarded_protocol
 
     app = create_app(settings)
+    gc_policy.install(app.state.store, settings.gc_freeze)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -50,6 +50,7 @@ at 0, so dashboards show them before traffic.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import warnings
@@ -82,6 +83,34 @@ class _LocalGauge(Gauge):
         with warnings.catch_warnings():  # its "not implemented in multi-process mode" does not apply here
             warnings.simplefilter("ignore", UserWarning)
             super().remove(*labelvalues)
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """`histogram.observe(a)` for every amount (a labelled child), writing each bucket touched and the sum once.
+
+    A batch's requests each observe their queue time; with `--http-workers` every write to a value is a lock
+    and a system call (the multiprocess mode checks its pid), so one write per bucket per batch replaces two
+    per request. The exposition is the same as observing one by one (a test compares them). Falls back to
+    `observe` where a prometheus_client version keeps its buckets otherwise."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    histogram._raise_if_not_observable()  # a labelled parent refuses, as observe() does
+    counts: dict[int, int] = {}
+    added = 0.0
+    for amount in amounts:
+        added += amount
+        if amount != amount:  # NaN: as observe(), into the sum and no bucket (it compares with no bound)
+            continue
+        i = bisect.bisect_left(bounds, amount)  # the first bound >= amount (the last is +Inf)
+        counts[i] = counts.get(i, 0) + 1
+    total.inc(added)
+    for i, n in counts.items():
+        buckets[i].inc(n)
 
 
 class Metrics:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from service.batcher import BatcherHooks, PendingRequest
 from service.errors import exception_summary
-from service.metrics import Metrics
+from service.metrics import Metrics, observe_many
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,7 @@ class VersionObserver(BatcherHooks):
         self._batches.inc()
         self._inferences.inc(size)
         self._flops.inc(size * self.flops_per_image)
-        for req in requests:
-            self._queue.observe(max(0.0, dispatched_at - req.enqueued_at))
+        observe_many(self._queue, [max(0.0, dispatched_at - req.enqueued_at) for req in requests])
         self.stats.record_execution(batch_size=size, compute_infer_ns=int(compute_s * 1e9))
 
     def on_batch_failed(self, size: int, error: BaseException) -> None:

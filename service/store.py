@@ -233,6 +233,13 @@ class ModelStore:
         return self._initial_done and not self._draining and any(h.state == "ready" for h in self._models.values())
 
     @property
+    def settled(self) -> bool:
+        """Initial load done, not draining, no model loading or unloading: what is alive now stays alive
+        (service/gc_policy.py freezes it)."""
+        return self._initial_done and not self._draining and not any(
+            h.state in ("loading", "unloading") for h in self._models.values())
+
+    @property
     def live(self) -> bool:
         return self._started
 

@@ -250,9 +250,11 @@ def engine_main(settings: Settings, control_path: Path, supervisor: Connection) 
     configure_child(settings, "engine", "vitserve-engine")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from service import gc_policy
     from service.app import create_app
 
     app = create_app(settings)
+    gc_policy.install(app.state.store, settings.gc_freeze)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_serve_engine(app, control_path, supervisor))
 

@@ -97,6 +97,7 @@ class MirrorStore(ModelStore):
                 task = asyncio.get_running_loop().create_task(self._retire(old))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
+        self._notify()
 
     def _mirror(self, entry: ModelEntry, version: int, row: VersionRow) -> LoadedVersion:
         m = entry.manifest

@@ -96,6 +96,7 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
 
     import uvicorn
 
+    from service import gc_policy
     from service.api.common import BodyLimitMiddleware
     from service.app import create_app
     from service.cli import _DrainingServer
@@ -107,6 +108,7 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
 
     client = EngineClient(control_path)
     app = create_app(settings, store=MirrorStore(settings, Metrics(), client))
+    gc_policy.install(app.state.store, settings.gc_freeze)
     asgi = BodyLimitMiddleware(ForwardMiddleware(app, client, app.state.hot_routes), settings.max_body_bytes)
     config = uvicorn.Config(
         asgi, log_level=settings.log_level, http=guarded_protocol(settings, direct=app.state.direct_routes),

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -218,6 +219,25 @@ def test_every_endpoint_and_every_error_is_the_single_process_servers(
     with only(multi, 0):
         r = post(multi, "/v2/models/tiny_b/infer", json=infer_body(np.zeros((1, 3, SIZE, SIZE), np.float32)))
         assert r.status_code == 200, r.text
+
+
+_FROZEN = re.compile(r"vitserve\.gc(?: \[(?P<role>[a-z ]+\d?) \d+\])?: (?P<n>\d+) objects frozen out of "
+                     r"collections after start-up")
+
+
+def test_every_serving_process_freezes_what_its_start_up_left_alive(
+    single: ServerProcess, multi: ServerProcess,
+) -> None:
+    """service/gc_policy.py runs in each process entry point: the single-process server, the engine, each front
+    end (a front end once the engine's table says the initial load is done)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = {(m["role"] or "single"): int(m["n"]) for log in (single.log(), multi.log()) for m in _FROZEN.finditer(log)}
+        if len(found) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert set(found) == {"single", "engine", "front end 0", "front end 1"}, found
+    assert all(n > 10_000 for n in found.values()), found  # the modules, the app and the models' objects
 
 
 def test_versions_swapped_under_load_lose_no_request_in_any_front_end(tmp_path: Path) -> None:
