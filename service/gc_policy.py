@@ -27,6 +27,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger("vitserve.gc")
@@ -36,7 +37,7 @@ GEN0_THRESHOLD = 10_000
 
 
 class _Store(Protocol):
-    listeners: list  # type: ignore[type-arg]
+    listeners: list[Callable[[], None]]
 
     @property
     def settled(self) -> bool: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,7 +14,7 @@ from service import gc_policy
 
 class FakeStore:
     def __init__(self) -> None:
-        self.listeners: list = []  # type: ignore[type-arg]
+        self.listeners: list[Callable[[], None]] = []
         self.settled = False
 
     def notify(self) -> None:
