@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import sys
 import urllib.error
 import urllib.request
@@ -197,7 +196,6 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
                                      stats_path=f"/v2/models/{MODEL}/stats", server_pgid=srv.pid, client=client,
                                      wrk_threads=wrk_threads)
                         trials[path][workers][c].append((p, _split(p, cpu_by_role(cpu0, group_cpu_by_name(srv.pid)))))
-    env = envs[WORKERS[-1]]
     medians = {path: {w: [median_trial(t) for t in by.values()] for w, by in per.items()} for path, per in trials.items()}
     points = {path: {w: [m[0] for m in ms] for w, ms in per.items()} for path, per in medians.items()}
     splits = {path: {w: [m[1] for m in ms] for w, ms in per.items()} for path, per in medians.items()}
@@ -236,7 +234,7 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
         "trials": {path: {str(w): {str(c): [t[0].inferences_per_second for t in ts] for c, ts in by.items()}
                           for w, by in per.items()} for path, per in trials.items()},
         "handoff_cpu_us": floors,
-        "server_env": env,
+        "server_env": {str(w): e for w, e in envs.items()},  # per number of front ends
         "targets": targets,
     }
     md = [
