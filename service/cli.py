@@ -72,10 +72,14 @@ class _DrainingServer:
     and only then closes. uvicorn re-raises a captured SIGTERM after its graceful shutdown (the process
     then dies with -15); a drained, orderly shutdown is a success, so SIGTERM is not re-raised. SIGINT
     keeps uvicorn's behaviour (a second Ctrl-C forces exit).
+
+    `shares`: a front end of `--http-workers` accepts on the shared socket through
+    service/workers/accept.py (connections spread evenly across the front ends) instead of uvicorn's
+    listener; it stops accepting where uvicorn would close its listener.
     """
 
     @staticmethod
-    def make(config: Any, app: Any, shutdown_delay_s: float) -> Any:
+    def make(config: Any, app: Any, shutdown_delay_s: float, shares: Any = None) -> Any:
         import asyncio
         import signal
         import time
@@ -84,6 +88,31 @@ class _DrainingServer:
 
         class Server(uvicorn.Server):
             signalled_at: float | None = None
+            acceptor: Any = None
+
+            async def startup(self, sockets: Any = None) -> None:
+                if shares is None or not sockets:
+                    await super().startup(sockets)
+                    return
+                from service.workers.accept import BalancedAcceptor
+
+                await super().startup([])  # no uvicorn listener: the acceptor hands it the connections
+                if not self.started:
+                    return
+                state, lifespan = self.server_state, self.lifespan
+                acceptor: Any = None
+
+                class Protocol(config.http_protocol_class):  # type: ignore[misc,name-defined]
+                    def connection_lost(self, exc: Exception | None) -> None:
+                        super().connection_lost(exc)
+                        acceptor.closed()  # the count the siblings read drops at once
+
+                def protocol() -> Any:  # what uvicorn's own listener builds per connection
+                    return Protocol(config=config, server_state=state, app_state=lifespan.state)
+
+                acceptor = self.acceptor = BalancedAcceptor(sockets[0], protocol, shares,
+                                                            lambda: len(state.connections))
+                acceptor.start()
 
             def handle_exit(self, sig: int, frame: Any) -> None:
                 if self.signalled_at is None:
@@ -107,6 +136,8 @@ class _DrainingServer:
                     await app.state.store.drained()
                     await asyncio.sleep(max(0.0, self.signalled_at + shutdown_delay_s - time.monotonic()))
                     log.info("drained; closing the listening socket")
+                if self.acceptor is not None:
+                    self.acceptor.close()
                 await super().shutdown(sockets)
 
         return Server(config)

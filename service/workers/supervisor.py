@@ -2,8 +2,9 @@
 
 The supervisor (the process `vitserve serve` started) binds the listening socket, starts the
 engine (service/workers/engine.py) and, once it listens on its private unix socket, N front ends
-that all accept on the inherited listening socket (the kernel spreads the connections). Each front
-end runs the single-process server's app and request path (service/workers/mirror.py) and hands
+that all accept on the inherited listening socket, taking turns so that the connections spread
+evenly (service/workers/accept.py). Each front end runs the single-process server's app and
+request path (service/workers/mirror.py) and hands
 tensors to the engine through shared memory. Prometheus metrics are kept per process in
 prometheus_client's multiprocess directory and summed by the engine's /metrics (which any front
 end forwards), so the total is the same whichever front end answers.
@@ -34,6 +35,7 @@ from typing import Any
 
 from service.metrics import WORKERS_METRICS_DIR_ENV
 from service.settings import Settings
+from service.workers.accept import NOT_ACCEPTING
 
 log = logging.getLogger("vitserve.supervisor")
 
@@ -87,8 +89,9 @@ def front_end_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"max_connections": share})
 
 
-def worker_main(settings: Settings, sock: socket.socket, control_path: Path, index: int) -> None:
-    """Front-end process entry point: the app on the shared socket, its models mirrored from the engine."""
+def worker_main(settings: Settings, sock: socket.socket, control_path: Path, index: int, slots: Any) -> None:
+    """Front-end process entry point: the app on the shared socket, its models mirrored from the engine;
+    `slots`: every front end's connection count (service/workers/accept.py), this one's at `index`."""
     settings = front_end_settings(settings)
     configure_child(settings, f"front end {index}", f"vitserve-fe{index}")
     _watch_parent()
@@ -102,6 +105,7 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
     from service.cli import _DrainingServer
     from service.http_protocol import guarded_protocol
     from service.metrics import Metrics
+    from service.workers.accept import ConnectionShares
     from service.workers.client import EngineClient
     from service.workers.forward import ForwardMiddleware
     from service.workers.mirror import MirrorStore
@@ -114,7 +118,7 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
         asgi, log_level=settings.log_level, http=guarded_protocol(settings, direct=app.state.direct_routes),
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 2, access_log=False, server_header=False,
     )
-    _DrainingServer.make(config, app, settings.shutdown_delay_s).run(sockets=[sock])
+    _DrainingServer.make(config, app, settings.shutdown_delay_s, ConnectionShares(slots, index)).run(sockets=[sock])
 
 
 def remove_shared_memory(pid: int) -> None:
@@ -137,10 +141,13 @@ class Supervisor:
         self.workers: dict[int, BaseProcess] = {}
         self.started_at: dict[int, float] = {}
         self.young_deaths: dict[int, int] = {}
+        #: each front end's open connections, read by its siblings to take turns at accepting (accept.py)
+        self.slots = self.ctx.RawArray("i", [NOT_ACCEPTING] * max(1, settings.http_workers))
         self.stopping = False
 
     def _start_worker(self, index: int, sock: socket.socket) -> None:
-        proc = self.ctx.Process(target=worker_main, args=(self.settings, sock, self.control_path, index),
+        self.slots[index] = NOT_ACCEPTING  # until it serves (a replacement starts from none)
+        proc = self.ctx.Process(target=worker_main, args=(self.settings, sock, self.control_path, index, self.slots),
                                 name=f"vitserve-frontend-{index}")
         proc.start()
         self.workers[index], self.started_at[index] = proc, time.monotonic()
@@ -224,6 +231,7 @@ class Supervisor:
                     delay = self._restart_delay(index, now - self.started_at[index])
                     log.warning("front end %d (pid %s) exited with code %s: replacing it%s", index, proc.pid,
                                 proc.exitcode, f" in {delay:.0f} s" if delay else "")
+                    self.slots[index] = NOT_ACCEPTING  # its siblings stop leaving connections to it
                     if proc.pid is not None:
                         multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
                         remove_shared_memory(proc.pid)

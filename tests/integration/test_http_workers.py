@@ -1,7 +1,8 @@
 """`vitserve serve --http-workers 2` through real HTTP: one engine process, two front ends on one port.
 
-Which front end takes a connection is the kernel's choice; a test pins requests to one front end by
-stopping the other (SIGSTOP: it accepts nothing until SIGCONT). Front ends are the supervisor's
+The front ends take turns at accepting (service/workers/accept.py); a test pins requests to one front
+end by stopping the other (SIGSTOP: it accepts nothing until SIGCONT, and its sibling stops waiting for
+it after a few milliseconds per connection). Front ends are the supervisor's
 children named `vitserve-fe<i>` (/proc/<pid>/comm), the engine `vitserve-engine`.
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,6 +139,61 @@ def requests_200(server: ServerProcess, model: str) -> float:
         if line.startswith(f'vitserve_requests_total{{code="200",model="{model}"}}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def established(pid: int, port: int) -> int:
+    """TCP connections process `pid` holds on local port `port`, established (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(fields[9])
+    held = 0
+    for fd in os.scandir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(fd.path)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            held += 1
+    return held
+
+
+def test_a_burst_of_new_connections_spreads_evenly_across_the_front_ends(multi: ServerProcess) -> None:
+    """Connections queued while neither front end runs are taken in turns once both run again: the one
+    that wakes first does not take them all (as the event loop's own listener does)."""
+    port = int(multi.base_url.rsplit(":", 1)[1])
+    pids = front_ends(multi)
+    deadline = time.monotonic() + 30
+    while not all(re.search(rf"\[front end {i} \d+\]: accepting connections", multi.log()) for i in range(2)):
+        assert time.monotonic() < deadline, "a front end never started accepting"
+        time.sleep(0.05)
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    conns = []
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(64):  # the kernel completes each handshake; they wait in the accept queue
+            conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(request)
+            conns.append(conn)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    try:
+        for conn in conns:  # each answered, and kept open (keep-alive)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200"), "a queued connection was not answered"
+        held = [established(pid, port) for pid in pids]
+        assert sum(held) >= 64, held
+        assert min(held) >= 64 // 4, f"connections per front end: {held}"
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 def test_each_front_end_answers_bit_equal_to_the_single_process_server(

@@ -1,0 +1,180 @@
+"""Front ends take turns at accepting, so connections spread evenly across the processes on one port.
+
+Every front end accepts on the same listening socket. Left to the event loop, the process that wakes
+first takes every connection waiting (libuv accepts until the queue is empty), so a burst of new
+keep-alive connections (a load balancer's pool opening, a benchmark's clients) can land almost all
+on one front end, which then does all the work while the others idle. Here each front end accepts
+one connection per readiness, and one that holds more connections than the least-loaded live
+sibling (by more than `slack`) leaves the connection to the siblings for up to `defer_s`; if nobody
+has taken it by then it takes it, so a sibling that is busy, stopped or stuck delays a connection by
+at most `defer_s` and never strands it. The counts live in a small array every front end maps
+(`ConnectionShares`, made by the supervisor); a front end that is not accepting (starting, stopped,
+dead) holds -1 there and is not waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable, MutableSequence
+
+log = logging.getLogger("vitserve.frontend")
+
+#: connections a front end may hold above the least-loaded sibling before it defers to the siblings
+SLACK = 2
+#: how long a new connection is left to a less-loaded sibling before this front end takes it anyway
+DEFER_S = 0.002
+#: how often a front end republishes its count besides at each accept and close (a safety net)
+PUBLISH_S = 0.1
+#: the pause after the process ran out of descriptors or memory for a new connection (as asyncio's)
+RESOURCE_PAUSE_S = 1.0
+NOT_ACCEPTING = -1
+
+
+def _address(sock: socket.socket) -> str:
+    try:
+        return "%s:%s" % sock.getsockname()[:2]
+    except (OSError, TypeError):
+        return "the shared socket"
+
+
+def should_defer(mine: int, least_other: int | None, slack: int = SLACK) -> bool:
+    """Whether a front end holding `mine` connections leaves the next one to a sibling holding `least_other`."""
+    return least_other is not None and mine > least_other + slack
+
+
+class ConnectionShares:
+    """Each front end's connection count in memory shared by the processes (`NOT_ACCEPTING`: not serving)."""
+
+    def __init__(self, slots: MutableSequence[int], index: int) -> None:
+        self.slots = slots
+        self.index = index
+
+    def publish(self, count: int) -> None:
+        self.slots[self.index] = count
+
+    def withdraw(self) -> None:
+        self.slots[self.index] = NOT_ACCEPTING
+
+    def least_other(self) -> int | None:
+        """The fewest connections any other accepting front end holds (None: no other is accepting)."""
+        others = [n for i, n in enumerate(self.slots) if i != self.index and n != NOT_ACCEPTING]
+        return min(others) if others else None
+
+
+class BalancedAcceptor:
+    """Accepts on a shared listening socket for one front end (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol],
+                 shares: ConnectionShares, connections: Callable[[], int], *, slack: int = SLACK,
+                 defer_s: float = DEFER_S) -> None:
+        self.sock = sock
+        self.factory = protocol_factory
+        self.shares = shares
+        self.connections = connections  # this process's open connections (uvicorn's server state)
+        self.slack = slack
+        self.defer_s = defer_s
+        self.accepted = 0
+        self.deferred = 0
+        self._connecting: set[asyncio.Task[object]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._reading = False
+        self._open = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        self._open = True
+        self._publish()
+        self._read()
+        log.info("accepting connections on %s, taking turns with the other front ends", _address(self.sock))
+
+    def close(self) -> None:
+        """Stop accepting (the socket itself is closed by its owner); the siblings no longer wait for this one."""
+        self._open = False
+        self._unread()
+        for handle in (self._timer, self._tick):
+            if handle is not None:
+                handle.cancel()
+        self.shares.withdraw()
+
+    def closed(self) -> None:
+        """One of this front end's connections closed (its protocol says so)."""
+        self.shares.publish(self._count())
+
+    def _count(self) -> int:
+        return self.connections() + len(self._connecting)
+
+    def _publish(self) -> None:
+        self.shares.publish(self._count())
+        assert self._loop is not None
+        self._tick = self._loop.call_later(PUBLISH_S, self._publish)
+
+    def _read(self) -> None:
+        if self._open and not self._reading:
+            assert self._loop is not None
+            self._loop.add_reader(self.sock.fileno(), self._ready)
+            self._reading = True
+
+    def _unread(self) -> None:
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _ready(self) -> None:
+        """A connection waits: take it, or leave it to a less-loaded sibling for `defer_s`."""
+        mine = self._count()
+        self.shares.publish(mine)
+        if should_defer(mine, self.shares.least_other(), self.slack):
+            self.deferred += 1
+            self._unread()
+            assert self._loop is not None
+            self._timer = self._loop.call_later(self.defer_s, self._after_deferring)
+            return
+        self._accept()
+
+    def _after_deferring(self) -> None:
+        """A connection still waiting now was not taken by a sibling in time: take it; then listen again."""
+        self._timer = None
+        if self._open:
+            self._accept()
+            self._read()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):  # a sibling took it
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.error("cannot accept a connection (%s): pausing accepts for %.0f s", exc, RESOURCE_PAUSE_S)
+                self._unread()
+                assert self._loop is not None
+                self._timer = self._loop.call_later(RESOURCE_PAUSE_S, self._read)
+                return
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO):  # the client gave up while queued
+                return
+            raise
+        conn.setblocking(False)
+        self.accepted += 1
+        assert self._loop is not None
+        task = self._loop.create_task(self._connect(conn))
+        self._connecting.add(task)
+        task.add_done_callback(self._connected)
+        self.shares.publish(self._count())
+
+    def _connected(self, task: asyncio.Task[object]) -> None:
+        self._connecting.discard(task)
+        self.shares.publish(self._count())
+
+    async def _connect(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(self.factory, conn)
+        except Exception:  # noqa: BLE001 - one connection's failure must not stop the accepting
+            log.exception("a connection could not be set up")
+            conn.close()

@@ -1,0 +1,166 @@
+"""service/workers/accept.py: front ends sharing one listening socket take turns at accepting.
+
+Two acceptors in one event loop stand for two front-end processes: a real listening socket, real
+connections, the same shared counts; one that never accepts stands for a stopped or stuck front end."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from service.workers.accept import NOT_ACCEPTING, BalancedAcceptor, ConnectionShares, should_defer
+
+
+def run(test: Callable[[socket.socket], Coroutine[Any, Any, None]]) -> Callable[[socket.socket], None]:
+    """An async test body run in its own event loop (the listener fixture is passed through)."""
+    def wrapper(listener: socket.socket) -> None:
+        asyncio.run(test(listener))
+    wrapper.__name__ = test.__name__
+    wrapper.__doc__ = test.__doc__
+    return wrapper
+
+
+@pytest.mark.parametrize(("mine", "least", "slack", "defer"), [
+    (0, None, 2, False),  # no sibling accepting: never wait
+    (5, None, 0, False),
+    (2, 0, 2, False),  # within the slack
+    (3, 0, 2, True),
+    (10, 9, 0, True),
+    (9, 10, 0, False),
+])
+def test_a_front_end_defers_only_when_it_holds_more_than_the_least_loaded_sibling_plus_the_slack(
+        mine: int, least: int | None, slack: int, defer: bool) -> None:
+    assert should_defer(mine, least, slack) is defer
+
+
+def test_the_least_loaded_sibling_ignores_this_front_end_and_those_not_accepting() -> None:
+    slots = [NOT_ACCEPTING] * 4
+    shares = ConnectionShares(slots, 1)
+    assert shares.least_other() is None
+    shares.publish(0)
+    assert slots[1] == 0 and shares.least_other() is None  # its own count is not a sibling's
+    slots[2], slots[3] = 7, 4
+    assert shares.least_other() == 4
+    slots[3] = NOT_ACCEPTING  # died or stopped accepting: not waited for
+    assert shares.least_other() == 7
+    shares.withdraw()
+    assert slots[1] == NOT_ACCEPTING
+
+
+class Echo(asyncio.Protocol):
+    """A connection's protocol: counted while open, echoes what it gets."""
+
+    def __init__(self, open_: set[Echo], on_lost: Callable[[], None]) -> None:
+        self.open = open_
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.open.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open.discard(self)
+        self.on_lost()
+
+
+class FrontEnd:
+    """One acceptor with its own connections, as a front-end process holds them."""
+
+    def __init__(self, sock: socket.socket, slots: list[int], index: int, defer_s: float = 0.002) -> None:
+        self.open: set[Echo] = set()
+        self.acceptor = BalancedAcceptor(sock, lambda: Echo(self.open, self.acceptor.closed),
+                                         ConnectionShares(slots, index), lambda: len(self.open), defer_s=defer_s)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    yield sock
+    sock.close()
+
+
+async def connect(sock: socket.socket, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`n` connections opened at once (a burst, as a pool or a benchmark opens them), each echoing once."""
+    port = sock.getsockname()[1]
+    pairs = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(n)))
+    for i, (_, writer) in enumerate(pairs):
+        writer.write(b"%03d" % i)
+    answers = await asyncio.wait_for(asyncio.gather(*(reader.readexactly(3) for reader, _ in pairs)), 10)
+    assert answers == [b"%03d" % i for i in range(n)]  # every connection was served
+    return pairs
+
+
+async def close(pairs: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    for _, writer in pairs:
+        writer.close()
+    await asyncio.gather(*(writer.wait_closed() for _, writer in pairs), return_exceptions=True)
+
+
+@run
+async def test_a_burst_of_connections_spreads_evenly_across_the_front_ends(listener: socket.socket) -> None:
+    slots = [NOT_ACCEPTING] * 2
+    twin = listener.dup()  # a second descriptor of the one socket, as each front-end process holds
+    a, b = FrontEnd(listener, slots, 0), FrontEnd(twin, slots, 1)
+    a.acceptor.start()
+    b.acceptor.start()
+    pairs = await connect(listener, 200)
+    assert len(a.open) + len(b.open) == 200
+    assert abs(len(a.open) - len(b.open)) <= 2 * a.acceptor.slack + 2, (len(a.open), len(b.open))
+    assert slots == [len(a.open), len(b.open)]  # what the siblings read is what each holds
+    await close(pairs)
+    await asyncio.sleep(0.05)
+    assert slots == [0, 0]  # closes are published at once, not at the next accept
+    a.acceptor.close()
+    b.acceptor.close()
+    twin.close()
+    assert slots == [NOT_ACCEPTING, NOT_ACCEPTING]
+
+
+@run
+async def test_a_sibling_that_never_accepts_delays_a_connection_but_never_strands_it(
+        listener: socket.socket) -> None:
+    slots = [NOT_ACCEPTING, 0]  # front end 1 reports no connections but is stopped (SIGSTOP, stuck)
+    a = FrontEnd(listener, slots, 0, defer_s=0.005)
+    a.acceptor.start()
+    started = asyncio.get_running_loop().time()
+    pairs = await connect(listener, 20)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert len(a.open) == 20  # all taken, the ones above the slack after waiting for the sibling
+    assert a.acceptor.deferred >= 20 - a.acceptor.slack - 1
+    assert elapsed < 5  # bounded by the deferrals, not by the sibling
+    slots[1] = NOT_ACCEPTING  # the supervisor marks it dead: no more waiting for it
+    more = await connect(listener, 10)
+    deferred = a.acceptor.deferred
+    assert len(a.open) == 30
+    more += await connect(listener, 5)
+    assert a.acceptor.deferred == deferred
+    await close(pairs + more)
+    a.acceptor.close()
+
+
+@run
+async def test_closing_the_acceptor_stops_accepting_and_leaves_the_socket_open(listener: socket.socket) -> None:
+    slots = [NOT_ACCEPTING]
+    a = FrontEnd(listener, slots, 0)
+    a.acceptor.start()
+    await close(await connect(listener, 3))
+    a.acceptor.close()
+    assert listener.fileno() != -1  # its owner (uvicorn's shutdown) closes it
+    port = listener.getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # queued in the backlog, never accepted
+    writer.write(b"x")
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(reader.readexactly(1), 0.2)
+    assert a.acceptor.accepted == 3
+    writer.close()
