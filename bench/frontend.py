@@ -19,7 +19,8 @@ its CPU use is reported beside each point, and `--client wrk` (bench/wrk.py, the
 installed) measures with a C generator that costs a fraction of the Python one's CPU per request, so
 the cores go to the server. Each configuration first sends one request of each kind and checks the
 answer (the stand-in's logits are a gather of the input, so a v2 answer is checked exactly); the
-server's CPU per inference is split by process (engine, front ends) in the proportions each used.
+server's CPU per inference is split by process (engine, front ends) in the proportions each used, and the
+front ends' share among them (fe0, fe1: even when the connections spread evenly).
 """
 
 from __future__ import annotations
@@ -122,6 +123,17 @@ def cpu_by_role(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return out
 
 
+def per_front_end(split: dict[str, float], before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The front ends' CPU per inference (`split["front ends"]`) divided among them (fe0, fe1, …) as each used
+    it over the point: an even division is the connections spread evenly (service/workers/accept.py)."""
+    used = {name.removeprefix("vitserve-"): seconds - before.get(name, 0.0)
+            for name, seconds in after.items() if name.startswith("vitserve-fe")}
+    total = sum(used.values())
+    if "front ends" not in split or total <= 0:
+        return {}
+    return {name: split["front ends"] * v / total for name, v in sorted(used.items())}
+
+
 def _split(point: LoadPoint, shares: dict[str, float]) -> dict[str, float]:
     """The point's server CPU per inference split by role, in the proportions each role used over the point."""
     total = sum(shares.values())
@@ -195,7 +207,9 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
                         (p,) = sweep(srv.url, spec, concurrencies=[c], cfg=cfg, protocol=protocol,
                                      stats_path=f"/v2/models/{MODEL}/stats", server_pgid=srv.pid, client=client,
                                      wrk_threads=wrk_threads)
-                        trials[path][workers][c].append((p, _split(p, cpu_by_role(cpu0, group_cpu_by_name(srv.pid)))))
+                        cpu1 = group_cpu_by_name(srv.pid)
+                        split = _split(p, cpu_by_role(cpu0, cpu1))
+                        trials[path][workers][c].append((p, split | per_front_end(split, cpu0, cpu1)))
     medians = {path: {w: [median_trial(t) for t in by.values()] for w, by in per.items()} for path, per in trials.items()}
     points = {path: {w: [m[0] for m in ms] for w, ms in per.items()} for path, per in medians.items()}
     splits = {path: {w: [m[1] for m in ms] for w, ms in per.items()} for path, per in medians.items()}

@@ -114,8 +114,10 @@ class Pipeline:
             raise InvalidInput(f"a request carries 1..{limit} images, got {inputs.shape[0]}")
         if not scan:
             return
-        # min/max propagate NaN and keep +-inf: two passes check finiteness and the range together
-        smallest, largest = float(inputs.min()), float(inputs.max())
+        # min/max propagate NaN and keep +-inf: two passes check finiteness and the range together (reduced
+        # over the flat view: a 1-D reduction skips the n-D iteration `inputs.min()` sets up)
+        flat = inputs.reshape(-1)
+        smallest, largest = float(np.minimum.reduce(flat)), float(np.maximum.reduce(flat))
         if not (math.isfinite(smallest) and math.isfinite(largest)):
             raise InvalidInput("input contains NaN or infinity")
         # an extreme (finite) value would skew the per-batch activation quantisation of int8 models and turn

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from bench import handoff
 from bench.cli import build_parser
-from bench.frontend import CLASSES, MAX_BATCH, MODEL, SIZE, build_repository, cpu_by_role, median_trial, round_ratios
+from bench.frontend import CLASSES, MAX_BATCH, MODEL, SIZE, build_repository, cpu_by_role, median_trial, per_front_end
+from bench.frontend import round_ratios
 from bench.frontend import summary_lines
 from bench.results import LoadPoint
 from service.repository import read_model
@@ -56,6 +57,14 @@ def test_server_cpu_is_split_by_process_name() -> None:
     after = {"vitserve-engine": 1.5, "vitserve-fe0": 3.0, "vitserve-fe1": 3.5, "python": 0.5}
     assert cpu_by_role(before, after) == {"engine": 0.5, "front ends": 2.5, "supervisor": 0.0}
     assert cpu_by_role({"python": 1.0}, {"python": 1.25}) == {"server": 0.25}  # one process does both jobs
+
+
+def test_the_front_ends_cpu_is_divided_among_them_as_each_used_it() -> None:
+    before = {"vitserve-engine": 1.0, "vitserve-fe0": 2.0, "vitserve-fe1": 2.0}
+    after = {"vitserve-engine": 1.5, "vitserve-fe0": 3.5, "vitserve-fe1": 2.5}  # fe0 did three quarters
+    assert per_front_end({"engine": 30.0, "front ends": 200.0}, before, after) == {"fe0": 150.0, "fe1": 50.0}
+    assert per_front_end({"server": 190.0}, {"python": 1.0}, {"python": 2.0}) == {}  # one process: no front ends
+    assert per_front_end({"front ends": 200.0}, after, after) == {}  # no CPU used: nothing to divide
 
 
 def _measured(rate: float, concurrency: int = 16) -> LoadPoint:
