@@ -138,6 +138,7 @@ class _DrainingServer:
                     log.info("drained; closing the listening socket")
                 if self.acceptor is not None:
                     self.acceptor.close()
+                    await self.acceptor.connections_made()  # so uvicorn's shutdown reaches each of them
                 await super().shutdown(sockets)
 
         return Server(config)

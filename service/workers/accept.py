@@ -83,6 +83,7 @@ class BalancedAcceptor:
         self._timer: asyncio.TimerHandle | None = None
         self._tick: asyncio.TimerHandle | None = None
         self._reading = False
+        self._paused = False  # out of descriptors or memory: no accepting until the pause ends
         self._open = False
 
     def start(self) -> None:
@@ -102,9 +103,15 @@ class BalancedAcceptor:
                 handle.cancel()
         self.shares.withdraw()
 
+    async def connections_made(self) -> None:
+        """Wait until the connections already accepted are set up (their protocols exist): a server shutting
+        down after `close` then finds every one of them among its connections."""
+        await asyncio.gather(*self._connecting, return_exceptions=True)
+
     def closed(self) -> None:
         """One of this front end's connections closed (its protocol says so)."""
-        self.shares.publish(self._count())
+        if self._open:  # once closed the slot stays NOT_ACCEPTING
+            self.shares.publish(self._count())
 
     def _count(self) -> int:
         return self.connections() + len(self._connecting)
@@ -115,7 +122,7 @@ class BalancedAcceptor:
         self._tick = self._loop.call_later(PUBLISH_S, self._publish)
 
     def _read(self) -> None:
-        if self._open and not self._reading:
+        if self._open and not self._reading and not self._paused:
             assert self._loop is not None
             self._loop.add_reader(self.sock.fileno(), self._ready)
             self._reading = True
@@ -142,7 +149,12 @@ class BalancedAcceptor:
         self._timer = None
         if self._open:
             self._accept()
-            self._read()
+            self._read()  # not while a pause `_accept` just began
+
+    def _end_pause(self) -> None:
+        self._timer = None
+        self._paused = False
+        self._read()
 
     def _accept(self) -> None:
         try:
@@ -152,9 +164,10 @@ class BalancedAcceptor:
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.error("cannot accept a connection (%s): pausing accepts for %.0f s", exc, RESOURCE_PAUSE_S)
+                self._paused = True
                 self._unread()
                 assert self._loop is not None
-                self._timer = self._loop.call_later(RESOURCE_PAUSE_S, self._read)
+                self._timer = self._loop.call_later(RESOURCE_PAUSE_S, self._end_pause)
                 return
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):  # the client gave up while queued
                 return
@@ -169,7 +182,8 @@ class BalancedAcceptor:
 
     def _connected(self, task: asyncio.Task[object]) -> None:
         self._connecting.discard(task)
-        self.shares.publish(self._count())
+        if self._open:
+            self.shares.publish(self._count())
 
     async def _connect(self, conn: socket.socket) -> None:
         assert self._loop is not None

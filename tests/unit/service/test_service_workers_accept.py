@@ -6,12 +6,15 @@ connections, the same shared counts; one that never accepts stands for a stopped
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 
+from service.workers import accept as accept_module
 from service.workers.accept import NOT_ACCEPTING, BalancedAcceptor, ConnectionShares, should_defer
 
 
@@ -164,3 +167,57 @@ async def test_closing_the_acceptor_stops_accepting_and_leaves_the_socket_open(l
         await asyncio.wait_for(reader.readexactly(1), 0.2)
     assert a.acceptor.accepted == 3
     writer.close()
+
+
+class FlakyListener(socket.socket):
+    """A listening socket whose first `accept` fails as a process out of descriptors does (EMFILE)."""
+
+    calls = 0
+
+    def accept(self) -> tuple[socket.socket, object]:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+@pytest.mark.parametrize("deferring", [False, True])
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning(
+        listener: socket.socket, monkeypatch: pytest.MonkeyPatch, deferring: bool) -> None:
+    """The pause holds whether the failed accept came straight from a wake-up or after a deferral."""
+    monkeypatch.setattr(accept_module, "RESOURCE_PAUSE_S", 0.3)
+    flaky = FlakyListener(fileno=os.dup(listener.fileno()))
+
+    async def main() -> None:
+        open_: set[Echo] = set()
+        # slack -1 with a sibling at 0: every connection is first left to the sibling (which never takes it)
+        slots = [NOT_ACCEPTING, 0] if deferring else [NOT_ACCEPTING]
+        acceptor = BalancedAcceptor(flaky, lambda: Echo(open_, lambda: None), ConnectionShares(slots, 0),
+                                    lambda: len(open_), slack=-1 if deferring else 2, defer_s=0.01)
+        acceptor.start()
+        task = asyncio.ensure_future(connect(listener, 1))
+        await asyncio.sleep(0.2)
+        assert flaky.calls == 1  # failed once, then waited: the level-triggered wake-up is not re-armed
+        pairs = await asyncio.wait_for(task, 5)  # served once the pause is over
+        assert flaky.calls == 2 and len(open_) == 1
+        await close(pairs)
+        acceptor.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        flaky.close()
+
+
+@run
+async def test_after_closing_the_front_end_stays_out_of_its_siblings_reckoning(listener: socket.socket) -> None:
+    slots = [NOT_ACCEPTING, NOT_ACCEPTING]
+    a = FrontEnd(listener, slots, 0)
+    a.acceptor.start()
+    pairs = await connect(listener, 3)
+    a.acceptor.close()
+    await a.acceptor.connections_made()  # what a shutdown waits for: every accepted connection is set up
+    assert len(a.open) == 3 and slots[0] == NOT_ACCEPTING
+    await close(pairs)  # connections closing while it drains publish nothing
+    await asyncio.sleep(0.05)
+    assert slots[0] == NOT_ACCEPTING and not a.open
