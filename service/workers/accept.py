@@ -8,8 +8,12 @@ one connection per readiness, and one that holds more connections than the least
 sibling (by more than `slack`) leaves the connection to the siblings for up to `defer_s`; if nobody
 has taken it by then it takes it, so a sibling that is busy, stopped or stuck delays a connection by
 at most `defer_s` and never strands it. The counts live in a small array every front end maps
-(`ConnectionShares`, made by the supervisor); a front end that is not accepting (starting, stopped,
-dead) holds -1 there and is not waited for.
+(`ConnectionShares`, made by the supervisor); a front end that is not accepting (not yet serving,
+shut down, dead) holds -1 there and is not waited for.
+
+Not SO_REUSEPORT (a listening socket per front end): the kernel's hash spreads connections no more
+evenly than this, and a stopped, stuck or restarting front end would strand the connections hashed
+to its socket, where here its siblings take them.
 """
 
 from __future__ import annotations
@@ -148,8 +152,10 @@ class BalancedAcceptor:
         """A connection still waiting now was not taken by a sibling in time: take it; then listen again."""
         self._timer = None
         if self._open:
-            self._accept()
-            self._read()  # not while a pause `_accept` just began
+            try:
+                self._accept()
+            finally:  # listen again even if the accept failed (not while a pause `_accept` just began)
+                self._read()
 
     def _end_pause(self) -> None:
         self._timer = None

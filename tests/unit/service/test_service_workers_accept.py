@@ -170,14 +170,15 @@ async def test_closing_the_acceptor_stops_accepting_and_leaves_the_socket_open(l
 
 
 class FlakyListener(socket.socket):
-    """A listening socket whose first `accept` fails as a process out of descriptors does (EMFILE)."""
+    """A listening socket whose first `accept` fails with `error` (EMFILE: a process out of descriptors)."""
 
     calls = 0
+    error = errno.EMFILE
 
     def accept(self) -> tuple[socket.socket, object]:
         self.calls += 1
         if self.calls == 1:
-            raise OSError(errno.EMFILE, "Too many open files")
+            raise OSError(self.error, os.strerror(self.error))
         return super().accept()
 
 
@@ -221,3 +222,28 @@ async def test_after_closing_the_front_end_stays_out_of_its_siblings_reckoning(l
     await close(pairs)  # connections closing while it drains publish nothing
     await asyncio.sleep(0.05)
     assert slots[0] == NOT_ACCEPTING and not a.open
+
+
+def test_an_unexpected_accept_error_after_a_deferral_does_not_stop_the_accepting(listener: socket.socket) -> None:
+    """The error goes to the event loop's handler (logged, as asyncio's own accept does) and the front end listens
+    on: a later connection is still taken."""
+    flaky = FlakyListener(fileno=os.dup(listener.fileno()))
+    flaky.error = errno.EPERM  # e.g. refused by a firewall rule
+    errors: list[BaseException | None] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context.get("exception")))
+        open_: set[Echo] = set()
+        acceptor = BalancedAcceptor(flaky, lambda: Echo(open_, lambda: None), ConnectionShares([NOT_ACCEPTING, 0], 0),
+                                    lambda: len(open_), slack=-1, defer_s=0.01)  # always defers first
+        acceptor.start()
+        pairs = await asyncio.wait_for(connect(listener, 1), 5)
+        assert flaky.calls == 2 and len(open_) == 1
+        assert len(errors) == 1 and isinstance(errors[0], OSError) and errors[0].errno == errno.EPERM
+        await close(pairs)
+        acceptor.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        flaky.close()
