@@ -11,11 +11,14 @@ import argparse
 import logging
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.workers.accept import ConnectionShares
 
 log = logging.getLogger("vitserve.cli")
 
@@ -79,7 +82,7 @@ class _DrainingServer:
     """
 
     @staticmethod
-    def make(config: Any, app: Any, shutdown_delay_s: float, shares: Any = None) -> Any:
+    def make(config: Any, app: Any, shutdown_delay_s: float, shares: ConnectionShares | None = None) -> Any:
         import asyncio
         import signal
         import time

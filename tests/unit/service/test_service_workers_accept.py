@@ -78,10 +78,12 @@ class Echo(asyncio.Protocol):
 class FrontEnd:
     """One acceptor with its own connections, as a front-end process holds them."""
 
-    def __init__(self, sock: socket.socket, slots: list[int], index: int, defer_s: float = 0.002) -> None:
+    def __init__(self, sock: socket.socket, slots: list[int], index: int, defer_s: float = 0.002,
+                 slack: int = 2) -> None:
         self.open: set[Echo] = set()
         self.acceptor = BalancedAcceptor(sock, lambda: Echo(self.open, self.acceptor.closed),
-                                         ConnectionShares(slots, index), lambda: len(self.open), defer_s=defer_s)
+                                         ConnectionShares(slots, index), lambda: len(self.open), slack=slack,
+                                         defer_s=defer_s)
 
 
 @pytest.fixture
@@ -182,32 +184,34 @@ class FlakyListener(socket.socket):
         return super().accept()
 
 
+@pytest.fixture
+def flaky(listener: socket.socket) -> Iterator[FlakyListener]:
+    """The listener, through a second descriptor whose first accept fails."""
+    sock = FlakyListener(fileno=os.dup(listener.fileno()))
+    yield sock
+    sock.close()
+
+
 @pytest.mark.parametrize("deferring", [False, True])
 def test_out_of_descriptors_pauses_accepting_instead_of_spinning(
-        listener: socket.socket, monkeypatch: pytest.MonkeyPatch, deferring: bool) -> None:
+        listener: socket.socket, flaky: FlakyListener, monkeypatch: pytest.MonkeyPatch, deferring: bool) -> None:
     """The pause holds whether the failed accept came straight from a wake-up or after a deferral."""
     monkeypatch.setattr(accept_module, "RESOURCE_PAUSE_S", 0.3)
-    flaky = FlakyListener(fileno=os.dup(listener.fileno()))
 
     async def main() -> None:
-        open_: set[Echo] = set()
         # slack -1 with a sibling at 0: every connection is first left to the sibling (which never takes it)
         slots = [NOT_ACCEPTING, 0] if deferring else [NOT_ACCEPTING]
-        acceptor = BalancedAcceptor(flaky, lambda: Echo(open_, lambda: None), ConnectionShares(slots, 0),
-                                    lambda: len(open_), slack=-1 if deferring else 2, defer_s=0.01)
-        acceptor.start()
+        a = FrontEnd(flaky, slots, 0, defer_s=0.01, slack=-1 if deferring else 2)
+        a.acceptor.start()
         task = asyncio.ensure_future(connect(listener, 1))
         await asyncio.sleep(0.2)
         assert flaky.calls == 1  # failed once, then waited: the level-triggered wake-up is not re-armed
         pairs = await asyncio.wait_for(task, 5)  # served once the pause is over
-        assert flaky.calls == 2 and len(open_) == 1
+        assert flaky.calls == 2 and len(a.open) == 1
         await close(pairs)
-        acceptor.close()
+        a.acceptor.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        flaky.close()
+    asyncio.run(main())
 
 
 @run
@@ -224,26 +228,21 @@ async def test_after_closing_the_front_end_stays_out_of_its_siblings_reckoning(l
     assert slots[0] == NOT_ACCEPTING and not a.open
 
 
-def test_an_unexpected_accept_error_after_a_deferral_does_not_stop_the_accepting(listener: socket.socket) -> None:
+def test_an_unexpected_accept_error_after_a_deferral_does_not_stop_the_accepting(
+        listener: socket.socket, flaky: FlakyListener) -> None:
     """The error goes to the event loop's handler (logged, as asyncio's own accept does) and the front end listens
     on: a later connection is still taken."""
-    flaky = FlakyListener(fileno=os.dup(listener.fileno()))
     flaky.error = errno.EPERM  # e.g. refused by a firewall rule
     errors: list[BaseException | None] = []
 
     async def main() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context.get("exception")))
-        open_: set[Echo] = set()
-        acceptor = BalancedAcceptor(flaky, lambda: Echo(open_, lambda: None), ConnectionShares([NOT_ACCEPTING, 0], 0),
-                                    lambda: len(open_), slack=-1, defer_s=0.01)  # always defers first
-        acceptor.start()
+        a = FrontEnd(flaky, [NOT_ACCEPTING, 0], 0, defer_s=0.01, slack=-1)  # always defers first
+        a.acceptor.start()
         pairs = await asyncio.wait_for(connect(listener, 1), 5)
-        assert flaky.calls == 2 and len(open_) == 1
+        assert flaky.calls == 2 and len(a.open) == 1
         assert len(errors) == 1 and isinstance(errors[0], OSError) and errors[0].errno == errno.EPERM
         await close(pairs)
-        acceptor.close()
+        a.acceptor.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        flaky.close()
+    asyncio.run(main())
