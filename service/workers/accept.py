@@ -30,8 +30,6 @@ log = logging.getLogger("vitserve.frontend")
 SLACK = 2
 #: how long a new connection is left to a less-loaded sibling before this front end takes it anyway
 DEFER_S = 0.002
-#: how often a front end republishes its count besides at each accept and close (a safety net)
-PUBLISH_S = 0.1
 #: the pause after the process ran out of descriptors or memory for a new connection (as asyncio's)
 RESOURCE_PAUSE_S = 1.0
 NOT_ACCEPTING = -1
@@ -85,7 +83,6 @@ class BalancedAcceptor:
         self._connecting: set[asyncio.Task[object]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._tick: asyncio.TimerHandle | None = None
         self._reading = False
         self._paused = False  # out of descriptors or memory: no accepting until the pause ends
         self._open = False
@@ -94,7 +91,7 @@ class BalancedAcceptor:
         self._loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
         self._open = True
-        self._publish()
+        self.shares.publish(self._count())  # then at each change: accept, set-up, close
         self._read()
         log.info("accepting connections on %s, taking turns with the other front ends", _address(self.sock))
 
@@ -102,9 +99,8 @@ class BalancedAcceptor:
         """Stop accepting (the socket itself is closed by its owner); the siblings no longer wait for this one."""
         self._open = False
         self._unread()
-        for handle in (self._timer, self._tick):
-            if handle is not None:
-                handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self.shares.withdraw()
 
     async def connections_made(self) -> None:
@@ -119,11 +115,6 @@ class BalancedAcceptor:
 
     def _count(self) -> int:
         return self.connections() + len(self._connecting)
-
-    def _publish(self) -> None:
-        self.shares.publish(self._count())
-        assert self._loop is not None
-        self._tick = self._loop.call_later(PUBLISH_S, self._publish)
 
     def _read(self) -> None:
         if self._open and not self._reading and not self._paused:
