@@ -15,14 +15,17 @@ Front-end CPU per inference (issue 13): the server's CPU time per inference at c
 whole process group: event loop, decoding threads, the session's threads, spinning included) minus
 the raw session's CPU time per image. A session's CPU per image depends on the batch size (batch 1
 costs more per image), so the raw figure is taken at the batch size the server really executed
-(its mean, from the /v2 statistics; interpolated between the batch sizes timed raw). CPU time, unlike
-throughput, hardly depends on what else the machine runs, so this locates the serving work per request.
+(its mean, from the /v2 statistics; interpolated between the batch sizes timed raw). CPU time depends
+less than throughput on what else the machine runs, but this host's speed drifts within minutes: the
+figure compared with the goals comes from paired rounds, each server point with the raw session timed
+right before and after it (`paired_frontend_cpu`), and is the median round.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,9 @@ TARGET_ADDED_MS = 2.0
 #: issue 13: front-end CPU per inference at concurrency 16, in µs
 TARGET_FRONTEND_V2_US = 250.0
 TARGET_FRONTEND_JPEG_US = 600.0
+
+#: paired rounds of the front-end CPU reading in a full run (`paired_frontend_cpu`; one with --quick)
+FRONTEND_ROUNDS = 3
 
 #: Settings tried by `--tune` (issue 5: thread settings, spinning; execution instances), as service settings.
 #: The default is one instance with every core and spinning off.
@@ -111,6 +117,71 @@ def frontend_cpu(point: LoadPoint, raw: list[Timing]) -> dict[str, float | None]
     }
 
 
+def bracket(sizes: Sequence[int], batch: float) -> list[int]:
+    """The timed batch sizes on either side of `batch` (one when `batch` is one of them or beyond an end)."""
+    ordered = sorted(sizes)
+    below = [b for b in ordered if b <= batch]
+    above = [b for b in ordered if b >= batch]
+    return sorted({*(below[-1:] or ordered[:1]), *(above[:1] or ordered[-1:])})
+
+
+def mean_timing(a: Timing, b: Timing) -> Timing:
+    """Two timings of one batch size taken apart, as one (their means; CPU per call averaged)."""
+    if a.batch_size != b.batch_size:
+        raise ValueError(f"timings of different batch sizes: {a.batch_size} and {b.batch_size}")
+    cpu = None if a.cpu_s is None or b.cpu_s is None else (a.cpu_s + b.cpu_s) / 2
+    return Timing(batch_size=a.batch_size, repeats=a.repeats + b.repeats, median_s=(a.median_s + b.median_s) / 2,
+                  p90_s=(a.p90_s + b.p90_s) / 2, mean_s=(a.mean_s + b.mean_s) / 2, min_s=min(a.min_s, b.min_s),
+                  cpu_s=cpu)
+
+
+def median_round(readings: Sequence[dict[str, float | None]]) -> dict[str, Any]:
+    """The reading whose front-end CPU is the median of the rounds' (the lower middle one for an even count),
+    with every round's front-end and event-loop figures beside it, in the order measured."""
+    known = [r for r in readings if r["frontend_cpu_us_per_inference"] is not None]
+    if not known:
+        raise ValueError("no round has a front-end reading")
+    ranked = sorted(known, key=lambda r: r["frontend_cpu_us_per_inference"])  # type: ignore[arg-type,return-value]
+    chosen = ranked[(len(ranked) - 1) // 2]
+    return {**chosen,
+            "rounds": [r["frontend_cpu_us_per_inference"] for r in readings],
+            "event_loop_rounds": [r.get("event_loop_cpu_us_per_inference") for r in readings]}
+
+
+def paired_frontend_cpu(
+    url: str, session: Any, specs: dict[str, tuple[RequestSpec, str]], batch_sizes: dict[str, list[int]], *,
+    rounds: int, cfg: MeasureConfig, stats_path: str, server_pgid: int | None, client: Client,
+    raw_time_s: float = 1.0,
+) -> dict[str, dict[str, Any]]:
+    """Front-end CPU at concurrency 16, each reading against raw ONNX Runtime timed right before and right after it.
+
+    The host's speed drifts by more in a few minutes than the front end costs: a raw figure timed before
+    the sweeps, minutes from the server point it is subtracted from, moves the difference by its own drift
+    (10 % of the raw CPU is about a third of the front end's). Here every round times the raw session at
+    `batch_sizes[path]` (those around the batch the server formed), measures the server point, times the raw
+    session again, and subtracts the mean of the two; the paths alternate their order each round. The
+    result per path is its median round (`median_round`), with every round's figure.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    readings: dict[str, list[dict[str, float | None]]] = {path: [] for path in specs}
+    order = list(specs)
+    for r in range(rounds):
+        for path in order if r % 2 == 0 else order[::-1]:
+            spec, protocol = specs[path]
+            print(f"[ceiling] front-end CPU, round {r + 1}/{rounds}: {path}", file=sys.stderr, flush=True)
+            before = time_ort(session, batch_sizes[path], min_repeats=3, min_time_s=raw_time_s)
+            point = sweep(url, spec, concurrencies=[16], cfg=cfg, protocol=protocol, stats_path=stats_path,
+                          server_pgid=server_pgid, client=client, progress=None)[0]
+            after = time_ort(session, batch_sizes[path], min_repeats=3, min_time_s=raw_time_s)
+            reading = frontend_cpu(point, [mean_timing(a, b) for a, b in zip(before, after)])
+            print(f"  => front-end {reading['frontend_cpu_us_per_inference'] or float('nan'):.0f} µs/inference "
+                  f"(event loop {reading['event_loop_cpu_us_per_inference'] or float('nan'):.0f})",
+                  file=sys.stderr, flush=True)
+            readings[path].append(reading)
+    return {path: median_round(rs) for path, rs in readings.items()}
+
+
 def _status(met: bool | None) -> str:
     return "inconclusive (negative: raw and service timed under different load)" if met is None else (
         "met" if met else "MISSED")
@@ -147,9 +218,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
     spinning = server_spinning(env)
     print(f"[ceiling] raw ORT {name} at batch sizes {raw_batch_sizes(max_batch)} (spinning {'on' if spinning else 'off'}, "
           "as the server's sessions)", file=sys.stderr, flush=True)
-    sess = ort_session(model_file(repository, name), spinning=spinning)
+    sess = ort_session(model_file(repository, name), spinning=spinning)  # kept for the paired front-end rounds
     raw = time_ort(sess, raw_batch_sizes(max_batch), min_repeats=5 if quick else 20, min_time_s=0.5 if quick else 3.0)
-    del sess
     best = best_throughput(raw)
     raw_b1 = next(t for t in raw if t.batch_size == 1)
     for t in raw:
@@ -175,6 +245,13 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
                           server_pgid=srv.pid, client=client)
         jpeg_points = sweep(srv.url, v1, concurrencies=[1, 16] if quick else concurrencies, cfg=cfg, protocol="v1-jpeg",
                             stats_path=stats, server_pgid=srv.pid, client=client)
+        around = {path: bracket(raw_batch_sizes(max_batch), next(p for p in points if p.concurrency == 16)
+                                .server_mean_batch_size or 1)
+                  for path, points in (("v2 c=16", v2_points), ("jpeg c=16", jpeg_points))}
+        frontend = paired_frontend_cpu(
+            srv.url, sess, {"v2 c=16": (v2, "v2-binary"), "jpeg c=16": (v1, "v1-jpeg")}, around,
+            rounds=1 if quick else FRONTEND_ROUNDS, cfg=cfg, stats_path=stats, server_pgid=srv.pid, client=client)
+    del sess
     tuned = tune(repository, name, v2, cfg, env or {}, log.parent, client) if tuning else {}
     machine = machine.finish()
 
@@ -192,7 +269,9 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "v2 c=16": (v2_16.server_cpu_us_per_inference or float("nan")) / raw_cpu_us,
         "jpeg c=16": (jpeg_16.server_cpu_us_per_inference or float("nan")) / raw_cpu_us,
     }
-    frontend = {"v2 c=16": frontend_cpu(v2_16, raw), "jpeg c=16": frontend_cpu(jpeg_16, raw)}
+    # the sweep's own points against the raw timings taken before the server started (minutes apart): kept for
+    # the record; the targets read the paired rounds (`paired_frontend_cpu`)
+    frontend_sweep = {"v2 c=16": frontend_cpu(v2_16, raw), "jpeg c=16": frontend_cpu(jpeg_16, raw)}
     fe_v2, fe_jpeg = (frontend[k]["frontend_cpu_us_per_inference"] for k in ("v2 c=16", "jpeg c=16"))
     targets = [
         {"target": "service (v2 binary, c=16) ÷ raw ORT best", "goal": f">= {TARGET_BINARY}", "measured": ratio_v2,
@@ -223,6 +302,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "raw_spinning": spinning,
         "server_cpu_over_raw_cpu": cpu_ratio,
         "frontend_cpu": frontend,
+        "frontend_cpu_rounds": 1 if quick else FRONTEND_ROUNDS,
+        "frontend_cpu_sweep": frontend_sweep,
         "upload": {"format": "jpeg", "side_px": side, "bytes": len(jpeg)},
         "service_v2": v2_points,
         "service_jpeg": jpeg_points,
@@ -259,11 +340,20 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "",
         "## Front-end CPU per inference (server CPU − raw CPU at the server's batch size)",
         "",
+        f"Paired rounds ({1 if quick else FRONTEND_ROUNDS}): each a server point at concurrency 16 with the raw session "
+        "timed right before and right after it at the batch sizes around the server's; the median round per path, "
+        "every round's figure beside it.",
+        "",
         frontend_table(frontend),
         "",
-        "The last column is read directly: the CPU time of the server's main thread (its event loop: HTTP, parsing, "
-        "decoding small images, encoding, batching) per inference. The front-end figure is a difference of two CPU "
-        "measurements and carries the noise of both; this one needs no subtraction.",
+        "The event-loop column is read directly: the CPU time of the server's main thread (its event loop: HTTP, "
+        "parsing, decoding small images, encoding, batching) per inference. The front-end figure is a difference of "
+        "two CPU measurements and carries the noise of both; this one needs no subtraction.",
+        "",
+        "The sweep's own concurrency-16 points against the raw timings above (taken before the server started, "
+        "minutes apart; kept for the record):",
+        "",
+        frontend_table(frontend_sweep),
         "",
         "## Service, v2 binary tensors (batch-1 requests; usec, perf_analyzer columns)",
         "",

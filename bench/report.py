@@ -53,14 +53,22 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def frontend_table(frontend: dict[str, dict[str, float | None]]) -> str:
-    """Front-end CPU per inference per path (bench/ceiling.py: `frontend_cpu`), as a markdown table."""
-    return md_table(["path", "server CPU µs/inference", "server mean batch", "raw CPU µs/image at that batch",
-                     "front-end CPU µs/inference", "event-loop thread CPU µs/inference"],
-                    [[path, _us(f["server_cpu_us_per_inference"]), f["server_mean_batch_size"],
-                      _us(f["raw_cpu_us_per_image"]), _us(f["frontend_cpu_us_per_inference"]),
-                      _us(f.get("event_loop_cpu_us_per_inference"))]
-                     for path, f in frontend.items()])
+def frontend_table(frontend: Mapping[str, Mapping[str, Any]]) -> str:
+    """Front-end CPU per inference per path (bench/ceiling.py: `frontend_cpu`, or `paired_frontend_cpu`'s median
+    rounds, whose every round is listed in two more columns), as a markdown table."""
+    rounds = any("rounds" in f for f in frontend.values())
+    headers = ["path", "server CPU µs/inference", "server mean batch", "raw CPU µs/image at that batch",
+               "front-end CPU µs/inference", "event-loop thread CPU µs/inference"]
+    if rounds:
+        headers += ["front-end, each round", "event loop, each round"]
+    rows = []
+    for path, f in frontend.items():
+        row = [path, _us(f["server_cpu_us_per_inference"]), f["server_mean_batch_size"], _us(f["raw_cpu_us_per_image"]),
+               _us(f["frontend_cpu_us_per_inference"]), _us(f.get("event_loop_cpu_us_per_inference"))]
+        if rounds:
+            row += [" / ".join(str(_us(v)) for v in f.get(key, [])) for key in ("rounds", "event_loop_rounds")]
+        rows.append(row)
+    return md_table(headers, rows)
 
 
 def _us(value: float | None) -> int | None:

@@ -99,10 +99,13 @@ def _frontend_lines(c: dict[str, Any]) -> list[str]:
     fe = c.get("frontend_cpu")
     if not fe:
         return []
-    return ["Front-end CPU per inference (server CPU − raw CPU per image at the batch size the server executed):",
+    rounds = c.get("frontend_cpu_rounds")
+    how = (f" — the median of {rounds} paired round(s), each server point with the raw session timed right before "
+           "and after it" if rounds else "")
+    return [f"Front-end CPU per inference (server CPU − raw CPU per image at the batch size the server executed{how}):",
             "", frontend_table(fe), "",
-            "The last column is a direct reading of the server's main thread (its event loop) per inference, with no "
-            "subtraction.", ""]
+            "The event-loop column is a direct reading of the server's main thread (its event loop) per inference, "
+            "with no subtraction.", ""]
 
 
 def _multi_section(multi: dict[str, Any] | None, base: Path, results: Path) -> list[str]:

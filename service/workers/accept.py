@@ -3,11 +3,13 @@
 Every front end accepts on the same listening socket. Left to the event loop, the process that wakes
 first takes every connection waiting (libuv accepts until the queue is empty), so a burst of new
 keep-alive connections (a load balancer's pool opening, a benchmark's clients) can land almost all
-on one front end, which then does all the work while the others idle. Here each front end accepts
-one connection per readiness, and one that holds more connections than the least-loaded live
-sibling (by more than `slack`) leaves the connection to the siblings for up to `defer_s`; if nobody
-has taken it by then it takes it, so a sibling that is busy, stopped or stuck delays a connection by
-at most `defer_s` and never strands it. The counts live in a small array every front end maps
+on one front end, which then does all the work while the others idle. Here a front end accepts, at
+each readiness, only while it holds no more connections than the least-loaded live sibling plus a
+slack (`SLACK`, or an eighth of the sibling's count when that is more: a few percent of imbalance
+costs nothing, and a loaded front end then takes a burst in a few turns of its event loop, not one
+connection per turn). A front end past that point leaves the next connection to the siblings for up
+to `defer_s`; if nobody has taken it by then it takes it, so a sibling that is busy, stopped or stuck
+delays a connection by at most `defer_s` and never strands it. The counts live in a small array every front end maps
 (`ConnectionShares`, made by the supervisor); a front end that is not accepting (not yet serving,
 shut down, dead) holds -1 there and is not waited for.
 
@@ -26,8 +28,12 @@ from collections.abc import Callable, MutableSequence
 
 log = logging.getLogger("vitserve.frontend")
 
-#: connections a front end may hold above the least-loaded sibling before it defers to the siblings
+#: connections a front end may hold above the least-loaded sibling before it defers to the siblings (at least)
 SLACK = 2
+#: ... or this fraction of the sibling's count, when that is more (1/8: an imbalance of a few percent)
+SLACK_FRACTION = 8
+#: connections taken in one readiness at most, however many wait (other work of the loop goes on between)
+ACCEPTS_PER_READINESS = 64
 #: how long a new connection is left to a less-loaded sibling before this front end takes it anyway
 DEFER_S = 0.002
 #: the pause after the process ran out of descriptors or memory for a new connection (as asyncio's)
@@ -43,8 +49,9 @@ def _address(sock: socket.socket) -> str:
 
 
 def should_defer(mine: int, least_other: int | None, slack: int = SLACK) -> bool:
-    """Whether a front end holding `mine` connections leaves the next one to a sibling holding `least_other`."""
-    return least_other is not None and mine > least_other + slack
+    """Whether a front end holding `mine` connections leaves the next one to a sibling holding `least_other`
+    (its slack: `slack` or `least_other // SLACK_FRACTION`, whichever is more)."""
+    return least_other is not None and mine > least_other + max(slack, least_other // SLACK_FRACTION)
 
 
 class ConnectionShares:
@@ -128,16 +135,20 @@ class BalancedAcceptor:
             self._reading = False
 
     def _ready(self) -> None:
-        """A connection waits: take it, or leave it to a less-loaded sibling for `defer_s`."""
-        mine = self._count()
-        self.shares.publish(mine)
-        if should_defer(mine, self.shares.least_other(), self.slack):
-            self.deferred += 1
-            self._unread()
-            assert self._loop is not None
-            self._timer = self._loop.call_later(self.defer_s, self._after_deferring)
-            return
-        self._accept()
+        """Connections wait: take them while this front end is within the slack of its least-loaded sibling
+        (re-read before each: the siblings take theirs meanwhile); past it, leave the next to the siblings for
+        `defer_s`."""
+        for _ in range(ACCEPTS_PER_READINESS):
+            mine = self._count()
+            self.shares.publish(mine)
+            if should_defer(mine, self.shares.least_other(), self.slack):
+                self.deferred += 1
+                self._unread()
+                assert self._loop is not None
+                self._timer = self._loop.call_later(self.defer_s, self._after_deferring)
+                return
+            if not self._accept():
+                return  # none left (or a sibling took it, or a pause began)
 
     def _after_deferring(self) -> None:
         """A connection still waiting now was not taken by a sibling in time: take it; then listen again."""
@@ -153,11 +164,12 @@ class BalancedAcceptor:
         self._paused = False
         self._read()
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Take one waiting connection; False when there was none to take (or accepting has paused)."""
         try:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):  # a sibling took it
-            return
+            return False
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.error("cannot accept a connection (%s): pausing accepts for %.0f s", exc, RESOURCE_PAUSE_S)
@@ -165,9 +177,9 @@ class BalancedAcceptor:
                 self._unread()
                 assert self._loop is not None
                 self._timer = self._loop.call_later(RESOURCE_PAUSE_S, self._end_pause)
-                return
-            if exc.errno in (errno.ECONNABORTED, errno.EPROTO):  # the client gave up while queued
-                return
+                return False
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO):  # the client gave up while queued: the next may wait
+                return True
             raise
         conn.setblocking(False)
         self.accepted += 1
@@ -176,6 +188,7 @@ class BalancedAcceptor:
         self._connecting.add(task)
         task.add_done_callback(self._connected)
         self.shares.publish(self._count())
+        return True
 
     def _connected(self, task: asyncio.Task[object]) -> None:
         self._connecting.discard(task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,86 @@ def test_the_raw_session_spins_as_the_servers_sessions_do(monkeypatch: pytest.Mo
     assert server_spinning({"VITSERVE_ALLOW_SPINNING": "true"}) is True
     monkeypatch.setenv("VITSERVE_ALLOW_SPINNING", "1")
     assert server_spinning({}) is True and server_spinning({"VITSERVE_ALLOW_SPINNING": "false"}) is False
+
+
+@pytest.mark.parametrize(("batch", "expected"), [(8.0, [8]), (6.0, [4, 8]), (7.98, [4, 8]), (0.5, [1]), (100, [64]),
+                                                 (1, [1]), (33, [32, 64])])
+def test_the_raw_session_is_timed_at_the_batch_sizes_around_the_servers(batch: float, expected: list[int]) -> None:
+    from bench.ceiling import bracket
+
+    assert bracket([1, 2, 4, 8, 16, 32, 64], batch) == expected
+
+
+def test_raw_timings_before_and_after_a_point_are_averaged_per_batch_size() -> None:
+    from bench.ceiling import mean_timing
+
+    both = mean_timing(_timing(8, 800.0), _timing(8, 1000.0))
+    assert both.batch_size == 8 and both.repeats == 20
+    assert raw_cpu_us_at([both], 8) == pytest.approx(900.0)
+    with pytest.raises(ValueError, match="different batch sizes"):
+        mean_timing(_timing(4, 800.0), _timing(8, 800.0))
+    untimed = Timing(batch_size=8, repeats=1, median_s=1, p90_s=1, mean_s=1, min_s=1)
+    assert mean_timing(untimed, _timing(8, 800.0)).cpu_s is None  # no CPU figure is made up from one side
+
+
+def _reading(fe: float | None, loop: float) -> dict[str, float | None]:
+    return {"server_cpu_us_per_inference": 1000.0, "server_mean_batch_size": 8.0, "raw_cpu_us_per_image": 800.0,
+            "frontend_cpu_us_per_inference": fe, "event_loop_cpu_us_per_inference": loop}
+
+
+def test_the_median_round_is_reported_with_every_rounds_figures_in_measured_order() -> None:
+    from bench.ceiling import median_round
+
+    chosen = median_round([_reading(300.0, 250.0), _reading(200.0, 190.0), _reading(260.0, 240.0)])
+    assert chosen["frontend_cpu_us_per_inference"] == 260.0 and chosen["event_loop_cpu_us_per_inference"] == 240.0
+    assert chosen["rounds"] == [300.0, 200.0, 260.0] and chosen["event_loop_rounds"] == [250.0, 190.0, 240.0]
+    # an even count: the lower middle (never an average that no round measured); a round without a reading is
+    # listed but not ranked
+    even = median_round([_reading(300.0, 1.0), _reading(None, 2.0), _reading(200.0, 3.0), _reading(260.0, 4.0),
+                         _reading(240.0, 5.0)])
+    assert even["frontend_cpu_us_per_inference"] == 240.0 and even["rounds"] == [300.0, None, 200.0, 260.0, 240.0]
+    with pytest.raises(ValueError):
+        median_round([_reading(None, 1.0)])
+    table = frontend_table({"v2 c=16": chosen})
+    assert table.splitlines()[0].endswith("| front-end, each round | event loop, each round |")
+    assert "| 260 | 240 | 300 / 200 / 260 | 250 / 190 / 240 |" in table
+
+
+def test_paired_rounds_time_the_raw_session_around_each_point_of_a_real_server(
+    demo_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a real server and a real ONNX Runtime session: every round of every path reads the server's CPU and
+    batch size and subtracts a raw figure timed at the batch sizes asked for, around that very point."""
+    from bench import ceiling
+    from bench.inproc import ort_session
+    from bench.loadgen import MeasureConfig
+    from bench.models import model_file
+    from bench.payloads import classify_request, encode_image, infer_request, synthetic_image
+    from bench.procs import vitserve_server
+
+    session = ort_session(model_file(demo_repository, "demo"), spinning=False)
+    timed: list[list[int]] = []
+    real_time_ort = ceiling.time_ort
+
+    def recording_time_ort(sess: object, sizes: list[int], **kw: object) -> list[Timing]:
+        timed.append(list(sizes))
+        return real_time_ort(sess, sizes, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ceiling, "time_ort", recording_time_ort)
+    cfg = MeasureConfig(window_s=0.4, warmup_s=0.2, max_windows=2, stability_windows=2, fixed_duration_s=0.8)
+    specs = {"v2 c=16": (infer_request("demo", (1, 3, 32, 32)), "v2-binary"),
+             "jpeg c=16": (classify_request("demo", encode_image(synthetic_image(32, 32), "jpeg"), "jpeg"), "v1-jpeg")}
+    with vitserve_server(demo_repository, ["demo"], log_path=demo_repository.parent / "paired-server.log",
+                         ready_timeout_s=120) as srv:
+        out = ceiling.paired_frontend_cpu(srv.url, session, specs, {"v2 c=16": [4, 8], "jpeg c=16": [8]}, rounds=2,
+                                          cfg=cfg, stats_path="/v2/models/demo/stats", server_pgid=srv.pid,
+                                          client="python", raw_time_s=0.1)
+    # round 1: v2 then JPEG; round 2: JPEG then v2; each point with the raw session timed before and after it
+    assert timed == [[4, 8], [4, 8], [8], [8], [8], [8], [4, 8], [4, 8]]
+    for path in specs:
+        reading = out[path]
+        assert len(reading["rounds"]) == 2 and all(v is not None for v in reading["rounds"])
+        assert reading["frontend_cpu_us_per_inference"] in reading["rounds"]
+        assert reading["server_cpu_us_per_inference"] > 0 and 1 <= reading["server_mean_batch_size"] <= 8
+        assert reading["frontend_cpu_us_per_inference"] == pytest.approx(
+            reading["server_cpu_us_per_inference"] - reading["raw_cpu_us_per_image"])
