@@ -37,6 +37,7 @@ from bench.models import BenchModel, ensure_models, model_file
 from bench.overhead import measure_overhead
 from bench.payloads import RequestSpec, classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import vitserve_server
+from bench.stats import lower_median
 from bench.report import command_line, frontend_table, md_table, perf_analyzer_table, plot_latency_throughput, write_result
 
 TARGET_BINARY = 0.90
@@ -141,8 +142,7 @@ def median_round(readings: Sequence[dict[str, float | None]]) -> dict[str, Any]:
     known = [r for r in readings if r["frontend_cpu_us_per_inference"] is not None]
     if not known:
         raise ValueError("no round has a front-end reading")
-    ranked = sorted(known, key=lambda r: r["frontend_cpu_us_per_inference"])  # type: ignore[arg-type,return-value]
-    chosen = ranked[(len(ranked) - 1) // 2]
+    chosen = lower_median(known, key=lambda r: r["frontend_cpu_us_per_inference"])  # type: ignore[arg-type,return-value]
     return {**chosen,
             "rounds": [r["frontend_cpu_us_per_inference"] for r in readings],
             "event_loop_rounds": [r.get("event_loop_cpu_us_per_inference") for r in readings]}

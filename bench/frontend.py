@@ -44,6 +44,7 @@ from bench.machine import machine_info
 from bench.payloads import RequestSpec, classify_request, encode_image, infer_request, parse_v2_binary_response
 from bench.payloads import synthetic_image
 from bench.procs import group_cpu_by_name, vitserve_server
+from bench.stats import lower_median
 from bench.wrk import wrk_path
 from bench.report import command_line, md_table, perf_analyzer_table, plot_bars, plot_latency_throughput, write_result
 
@@ -145,8 +146,7 @@ def _split(point: LoadPoint, shares: dict[str, float]) -> dict[str, float]:
 def median_trial(trials: list[tuple[LoadPoint, dict[str, float]]]) -> tuple[LoadPoint, dict[str, float]]:
     """The trial of median throughput (the lower middle one of an even count): a measured point, not an average
     of points, so its latencies and CPU belong together."""
-    ranked = sorted(trials, key=lambda t: t[0].inferences_per_second)
-    return ranked[(len(ranked) - 1) // 2]
+    return lower_median(trials, key=lambda t: t[0].inferences_per_second)
 
 
 def best_rate(points: list[LoadPoint]) -> float:

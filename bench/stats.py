@@ -11,7 +11,8 @@ within `tolerance` of the windows' mean.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -30,6 +31,17 @@ def percentile(values: Sequence[float], q: float) -> float:
     hi = min(lo + 1, len(ordered) - 1)
     frac = pos - lo
     return ordered[lo] + (ordered[hi] - ordered[lo]) * frac
+
+
+T = TypeVar("T")
+
+
+def lower_median(items: Sequence[T], key: Callable[[T], float]) -> T:
+    """The item whose `key` is the median (the lower middle one of an even count): one measured item, whose
+    figures belong together, never an average of items."""
+    if len(items) == 0:
+        raise ValueError("median of an empty sample is undefined")
+    return sorted(items, key=key)[(len(items) - 1) // 2]
 
 
 def mean(values: Sequence[float]) -> float:

@@ -76,3 +76,14 @@ def test_is_stable_rejects_bad_arguments() -> None:
         is_stable([_w(1, 1)], count=0)
     with pytest.raises(ValueError, match="tolerance"):
         within([1.0], -0.1)
+
+
+def test_the_lower_median_is_one_measured_item_never_an_average() -> None:
+    from bench.stats import lower_median
+
+    items = [("a", 3.0), ("b", 1.0), ("c", 2.0)]
+    assert lower_median(items, key=lambda i: i[1]) == ("c", 2.0)
+    assert lower_median([*items, ("d", 4.0)], key=lambda i: i[1]) == ("c", 2.0)  # even count: the lower middle
+    assert lower_median([("x", 5.0)], key=lambda i: i[1]) == ("x", 5.0)
+    with pytest.raises(ValueError):
+        lower_median([], key=lambda i: i)
