@@ -172,6 +172,7 @@ def test_paired_rounds_time_the_raw_session_around_each_point_of_a_real_server(
         reading = out[path]
         assert len(reading["rounds"]) == 2 and all(v is not None for v in reading["rounds"])
         assert reading["frontend_cpu_us_per_inference"] in reading["rounds"]
-        assert reading["server_cpu_us_per_inference"] > 0 and 1 <= reading["server_mean_batch_size"] <= 8
+        # 16 requests in flight: no batch holds more than 16 (the model takes up to 64)
+        assert reading["server_cpu_us_per_inference"] > 0 and 1 <= reading["server_mean_batch_size"] <= 16
         assert reading["frontend_cpu_us_per_inference"] == pytest.approx(
             reading["server_cpu_us_per_inference"] - reading["raw_cpu_us_per_image"])
