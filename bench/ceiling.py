@@ -118,6 +118,11 @@ def frontend_cpu(point: LoadPoint, raw: list[Timing]) -> dict[str, float | None]
     }
 
 
+def at(points: Sequence[LoadPoint], concurrency: int) -> LoadPoint:
+    """The point measured at `concurrency`."""
+    return next(p for p in points if p.concurrency == concurrency)
+
+
 def bracket(sizes: Sequence[int], batch: float) -> list[int]:
     """The timed batch sizes on either side of `batch` (one when `batch` is one of them or beyond an end)."""
     ordered = sorted(sizes)
@@ -245,8 +250,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
                           server_pgid=srv.pid, client=client)
         jpeg_points = sweep(srv.url, v1, concurrencies=[1, 16] if quick else concurrencies, cfg=cfg, protocol="v1-jpeg",
                             stats_path=stats, server_pgid=srv.pid, client=client)
-        around = {path: bracket(raw_batch_sizes(max_batch), next(p for p in points if p.concurrency == 16)
-                                .server_mean_batch_size or 1)
+        around = {path: bracket(raw_batch_sizes(max_batch), at(points, 16).server_mean_batch_size or 1)
                   for path, points in (("v2 c=16", v2_points), ("jpeg c=16", jpeg_points))}
         frontend = paired_frontend_cpu(
             srv.url, sess, {"v2 c=16": (v2, "v2-binary"), "jpeg c=16": (v1, "v1-jpeg")}, around,
@@ -254,9 +258,6 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
     del sess
     tuned = tune(repository, name, v2, cfg, env or {}, log.parent, client) if tuning else {}
     machine = machine.finish()
-
-    def at(points: list[LoadPoint], c: int) -> LoadPoint:
-        return next(p for p in points if p.concurrency == c)
 
     v2_16, v2_1, jpeg_16 = at(v2_points, 16), at(v2_points, 1), at(jpeg_points, 16)
     ratio_v2 = v2_16.inferences_per_second / best.images_per_s

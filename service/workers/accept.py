@@ -138,10 +138,9 @@ class BalancedAcceptor:
         """Connections wait: take them while this front end is within the slack of its least-loaded sibling
         (re-read before each: the siblings take theirs meanwhile); past it, leave the next to the siblings for
         `defer_s`."""
+        self.shares.publish(self._count())  # then each accept publishes its own
         for _ in range(ACCEPTS_PER_READINESS):
-            mine = self._count()
-            self.shares.publish(mine)
-            if should_defer(mine, self.shares.least_other(), self.slack):
+            if should_defer(self._count(), self.shares.least_other(), self.slack):
                 self.deferred += 1
                 self._unread()
                 assert self._loop is not None
