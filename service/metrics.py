@@ -71,6 +71,26 @@ MODEL_STATES = ("ready", "loading", "failed", "unloading", "unloaded")
 WORKERS_METRICS_DIR_ENV = "VITSERVE_METRICS_DIR"
 
 
+def use_process_local_pid() -> None:
+    """Give the multiprocess values a pid read once per process instead of at every write.
+
+    prometheus_client's multiprocess value calls `os.getpid()` (a system call) on every increment, to notice
+    a fork (a pre-forking server's workers). vitserve's processes are spawned, never forked, yet a front end
+    writes five values per request. Its documented `process_identifier` hook takes the pid kept here,
+    renewed in a forked child (`os.register_at_fork`), so every process still writes its own file. Call it in
+    a spawned process before any metric is created (the values made before would keep another file map).
+    """
+    if not isinstance(values.ValueClass, type) or not getattr(values.ValueClass, "_multiprocess", False):
+        return  # single-process values: nothing to speed up
+    pid = [os.getpid()]
+
+    def renew() -> None:
+        pid[0] = os.getpid()
+
+    os.register_at_fork(after_in_child=renew)
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid[0])
+
+
 class _LocalGauge(Gauge):
     """A gauge whose values stay in this process (prometheus_client's multiprocess files cannot forget
     a removed series)."""

@@ -33,7 +33,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from service.metrics import WORKERS_METRICS_DIR_ENV
+from service.metrics import WORKERS_METRICS_DIR_ENV, use_process_local_pid
 from service.settings import Settings
 from service.workers.accept import NOT_ACCEPTING
 
@@ -50,7 +50,9 @@ PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def configure_child(settings: Settings, role: str, comm: str) -> None:
-    """Logging of a spawned process, its role in every line; `comm` names it in ps/top (Linux)."""
+    """Logging of a spawned process, its role in every line; `comm` names it in ps/top (Linux); its metric
+    values' pid read once (before any metric exists)."""
+    use_process_local_pid()
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s [{role} %(process)d]: %(message)s")
     try:

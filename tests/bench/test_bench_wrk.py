@@ -13,7 +13,7 @@ from bench.frontend import MODEL, SIZE, build_repository, check_answers, cpu_by_
 from bench.loadgen import MeasureConfig, ServerReading
 from bench.payloads import classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import ServerProcess, group_cpu_by_name, vitserve_server
-from bench.wrk import WrkError, closed_loop_wrk, wrk_path
+from bench.wrk import WRK_STATUS_ERRORS, WrkError, _failures, closed_loop_wrk, lua_script, run_wrk, wrk_path
 
 pytestmark = pytest.mark.skipif(wrk_path() is None,
                                 reason="wrk is not installed (CI installs it: docker/ci_checks.sh install)")
@@ -60,6 +60,29 @@ def test_every_non_2xx_answer_fails_the_point(server: ServerProcess) -> None:
     wrong_shape = infer_request(MODEL, (1, 3, SIZE, SIZE // 2))
     with pytest.raises(WrkError, match=r"'400'"):
         closed_loop_wrk(server.url, wrong_shape, 2, CFG)
+
+
+def test_the_measured_runs_lean_script_still_fails_on_every_error_status(server: ServerProcess, tmp_path: Path) -> None:
+    """Without the `response()` hook (the measured run after a warm-up), wrk's own count of failed statuses
+    reaches the report, so an error that starts after the warm-up still fails the point."""
+    body = tmp_path / "body.bin"
+    kw = {"connections": 2, "threads": 1, "duration_s": 1, "timeout_s": 5}
+    for spec, failed in ((infer_request(MODEL, (1, 3, SIZE, SIZE)), False),
+                         (infer_request("no_such_model", (1, 3, SIZE, SIZE)), True)):
+        body.write_bytes(spec.body)
+        script = tmp_path / "lean.lua"
+        script.write_text(lua_script(spec, body, every_status=False))
+        assert "function response" not in script.read_text()
+        report, cpu = run_wrk(server.url, script, **kw)  # type: ignore[arg-type]
+        assert int(report["requests"]) > 0 and cpu > 0  # type: ignore[call-overload]
+        if failed:
+            assert _failures(report) == {WRK_STATUS_ERRORS: report["requests"]}
+        else:
+            assert _failures(report) == {}
+    # through closed_loop_wrk: the warm-up's full check names the status
+    with pytest.raises(WrkError, match=r"warm-up: failed requests \{'404': \d+\}"):
+        closed_loop_wrk(server.url, infer_request("no_such_model", (1, 3, SIZE, SIZE)), 2,
+                        MeasureConfig(window_s=1.0, warmup_s=1.0, fixed_duration_s=1.0))
 
 
 def test_load_command_with_wrk(server: ServerProcess, tmp_path: Path) -> None:
