@@ -67,6 +67,8 @@ class PendingRequest:
     future: asyncio.Future[BatchOutput]
     enqueued_at: float
     deadline: float | None = None
+    #: client requests it stands for: a front end sends the submits of one loop turn as one (its rows, in order)
+    requests: int = 1
     size: int = field(init=False)  # images (read many times per request: computed once)
 
     def __post_init__(self) -> None:
@@ -167,9 +169,9 @@ class BatcherHooks:
 
     def on_batch_failed(self, size: int, error: BaseException) -> None: ...
 
-    def on_expired(self, images: int) -> None: ...
+    def on_expired(self, images: int, requests: int = 1) -> None: ...
 
-    def on_rejected(self, images: int) -> None: ...
+    def on_rejected(self, images: int, requests: int = 1) -> None: ...
 
 
 class Batcher:
@@ -280,23 +282,25 @@ class Batcher:
             self.withdraw(req)
             raise
 
-    def enqueue(self, inputs: np.ndarray, deadline: float | None = None) -> PendingRequest:
+    def enqueue(self, inputs: np.ndarray, deadline: float | None = None, requests: int = 1) -> PendingRequest:
         """`submit` without the wait: the request is queued (or refused at once, raising as `submit` does)
         and its `future` gets the answer. For a caller that answers from a callback instead of a coroutine
-        (the multi-process engine: no task per request); one that gives up calls `withdraw`."""
+        (the multi-process engine: no task per request); one that gives up calls `withdraw`. `requests`: the
+        client requests whose rows `inputs` holds (a front end's group), counted as such by the hooks."""
         if self._task is None or self._stopping:
             raise BatcherStopped(f"model {self.name} is not accepting requests")
         size = int(inputs.shape[0]) if inputs.ndim else 0
         if size < 1 or size > self.limits.max_batch_size:
             raise InvalidInput(f"a request must carry 1..{self.limits.max_batch_size} images, got {size}")
         if deadline is not None and deadline <= self._clock():
-            self._hooks.on_expired(size)
+            self._hooks.on_expired(size, requests)
             raise DeadlineExceeded("deadline passed before the request was queued")
         if self.is_overloaded(size):
-            self._hooks.on_rejected(size)
+            self._hooks.on_rejected(size, requests)
             raise Overloaded(f"model {self.name} queue is full", retry_after_s=self.retry_after_s())
         future: asyncio.Future[BatchOutput] = asyncio.get_running_loop().create_future()
-        req = PendingRequest(inputs=inputs, future=future, enqueued_at=self._clock(), deadline=deadline)
+        req = PendingRequest(inputs=inputs, future=future, enqueued_at=self._clock(), deadline=deadline,
+                             requests=requests)
         self._queue.append(req)
         self._queued += size
         if deadline is not None or len(self._inflight_batches) < self._instances:
@@ -359,7 +363,7 @@ class Batcher:
                 batch, expired = [], drop_expired(self._queue, now)
             for req in expired:
                 req.future.set_exception(DeadlineExceeded("deadline passed while queued; not computed"))
-                self._hooks.on_expired(req.size)
+                self._hooks.on_expired(req.size, req.requests)
             if len(self._queue) != waiting:  # taken, expired or cancelled requests left the queue
                 self._queued = sum(r.size for r in self._queue if not r.future.done())
             if self._queued != self._reported:

@@ -74,16 +74,17 @@ class StatsAccumulator:
 
     def record_success(
         self, *, total_ns: int, queue_ns: int, compute_input_ns: int = 0, compute_infer_ns: int = 0,
-        compute_output_ns: int = 0,
+        compute_output_ns: int = 0, count: int = 1,
     ) -> None:
+        """`count` requests with these timings each (a front end's group of requests, answered together)."""
         with self._lock:
-            _add(self._success, total_ns)
-            _add(self._queue, queue_ns)
-            _add_phases(self._phases, compute_input_ns, compute_infer_ns, compute_output_ns)
+            _add(self._success, total_ns, count)
+            _add(self._queue, queue_ns, count)
+            _add_phases(self._phases, compute_input_ns, compute_infer_ns, compute_output_ns, count)
 
-    def record_failure(self, *, total_ns: int) -> None:
+    def record_failure(self, *, total_ns: int, count: int = 1) -> None:
         with self._lock:
-            _add(self._fail, total_ns)
+            _add(self._fail, total_ns, count)
 
     def record_execution(
         self, *, batch_size: int, compute_input_ns: int = 0, compute_infer_ns: int = 0, compute_output_ns: int = 0,
@@ -111,16 +112,16 @@ class StatsAccumulator:
             )
 
 
-def _add(total: list[int], ns: int) -> None:
-    total[0] += 1
-    total[1] += max(0, int(ns))
+def _add(total: list[int], ns: int, count: int = 1) -> None:
+    total[0] += count
+    total[1] += max(0, int(ns)) * count
 
 
-def _add_phases(total: list[int], input_ns: int, infer_ns: int, output_ns: int) -> None:
-    total[0] += 1
-    total[1] += max(0, int(input_ns))
-    total[2] += max(0, int(infer_ns))
-    total[3] += max(0, int(output_ns))
+def _add_phases(total: list[int], input_ns: int, infer_ns: int, output_ns: int, count: int = 1) -> None:
+    total[0] += count
+    total[1] += max(0, int(input_ns)) * count
+    total[2] += max(0, int(infer_ns)) * count
+    total[3] += max(0, int(output_ns)) * count
 
 
 def _phases(total: list[int]) -> Phases:
@@ -159,7 +160,9 @@ class VersionObserver(BatcherHooks):
         self._batches.inc()
         self._inferences.inc(size)
         self._flops.inc(size * self.flops_per_image)
-        observe_many(self._queue, [max(0.0, dispatched_at - req.enqueued_at) for req in requests])
+        # one observation per client request (a front end's group stands for several)
+        observe_many(self._queue, [max(0.0, dispatched_at - req.enqueued_at) for req in requests
+                                   for _ in range(req.requests)])
         self.stats.record_execution(batch_size=size, compute_infer_ns=int(compute_s * 1e9))
 
     def on_batch_failed(self, size: int, error: BaseException) -> None:
@@ -167,23 +170,24 @@ class VersionObserver(BatcherHooks):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.last_error = f"{stamp} batch of {size} failed: {exception_summary(error)}"
 
-    def on_expired(self, images: int) -> None:
-        self.metrics.deadline_expired.labels(model=self.model).inc()
+    def on_expired(self, images: int, requests: int = 1) -> None:
+        self.metrics.deadline_expired.labels(model=self.model).inc(requests)
 
-    def on_rejected(self, images: int) -> None:
-        self.metrics.rejected.labels(model=self.model, reason="queue_full").inc()
+    def on_rejected(self, images: int, requests: int = 1) -> None:
+        self.metrics.rejected.labels(model=self.model, reason="queue_full").inc(requests)
 
     def on_preprocessed(self, seconds: float) -> None:
         """One image decoded and transformed for this model (the series is per model, not per version)."""
         self._preprocess.observe(seconds)
 
-    def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None:
+    def request_succeeded(self, total_s: float, queue_s: float, compute_s: float, count: int = 1) -> None:
         self.stats.record_success(
-            total_ns=int(total_s * 1e9), queue_ns=int(queue_s * 1e9), compute_infer_ns=int(compute_s * 1e9)
+            total_ns=int(total_s * 1e9), queue_ns=int(queue_s * 1e9), compute_infer_ns=int(compute_s * 1e9),
+            count=count,
         )
 
-    def request_failed(self, total_s: float) -> None:
-        self.stats.record_failure(total_ns=int(total_s * 1e9))
+    def request_failed(self, total_s: float, count: int = 1) -> None:
+        self.stats.record_failure(total_ns=int(total_s * 1e9), count=count)
 
     def snapshot(self) -> VersionCounts:
         return self.stats.snapshot()

@@ -7,6 +7,18 @@ queues and computes the request, and its error comes back as the same class (Ove
 Retry-After, DeadlineExceeded, BatcherStopped when the version was swapped out so the caller
 retries the new one, ModelNotReady). A cancelled submit (client gone) cancels the engine's request
 too; its block is reused only once the engine has let go of it.
+
+Groups: the single-image submits of one event-loop turn to one version go to the engine as one request
+of several rows (`_Group`, at most `1 / GROUP_SHARE` of the version's max batch, so the engine's batches
+still fill to within that), written into one block and answered by one reply that is split back into
+each submit's own row. The engine counts a group as the requests it carries (statistics, metrics), so
+the per-request work of the hand-off (a control message, a block, a reply, the engine's queue entry and
+answer) is paid once per group, not once per request: under load a front end sends tens of requests per
+turn. Nothing waits to form a group: it is sent with the turn's frame, as a lone submit is. Only submits
+whose deadlines lie within `GROUP_DEADLINE_SLACK_S` of each other share a group (its deadline is their
+earliest, so none is computed after its own); a submit of several images goes alone. A request whose
+row is not finite fails alone (each checks its own row); a cancelled one leaves its group (the group is
+cancelled in the engine when no request is left in it).
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from service.batcher import BatcherStopped, BatchLimits, BatchOutput
-from service.errors import InferenceFailed, ModelNotReady
+from service.errors import InferenceFailed, ModelNotReady, ServiceError
 from service.workers.protocol import ModelTable, decode_error
 from service.workers.transport import Arena, Block, Channel, shm_directory, shm_free_bytes
 
@@ -33,10 +45,57 @@ log = logging.getLogger("vitserve.frontend")
 ENGINE_GONE = "the inference engine is not reachable"
 
 
+#: a group holds at most this share of its version's max batch size (at least one request)
+GROUP_SHARE = 8
+#: submits whose deadlines lie this close share a group (whose deadline is the earliest of theirs)
+GROUP_DEADLINE_SLACK_S = 0.005
+
+
 @dataclass
 class _Pending:
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None
     block: Block | None = None
+    group: _Group | None = None
+
+
+class _Member:
+    """One submit in a group: its future, its inputs and, once the group is sent, its first row there."""
+
+    __slots__ = ("future", "inputs", "row")
+
+    def __init__(self, future: asyncio.Future[BatchOutput], inputs: np.ndarray) -> None:
+        self.future = future
+        self.inputs = inputs
+        self.row = -1
+
+
+class _Group:
+    """The single-image submits of one loop turn to one version (the same input shape and deadline, within the
+    slack), sent to the engine as one request."""
+
+    __slots__ = ("model", "version", "deadline", "limit", "output_bytes", "members", "rid", "live")
+
+    def __init__(self, model: str, version: int, deadline: float | None, limit: int, output_bytes: int) -> None:
+        self.model, self.version, self.deadline, self.limit = model, version, deadline, limit
+        self.output_bytes = output_bytes  # per image
+        self.members: list[_Member] = []
+        self.rid: int | None = None  # set when sent
+        self.live = 0  # members sent and not cancelled
+
+    def takes(self, model: str, version: int, inputs: np.ndarray, deadline: float | None) -> bool:
+        if self.model != model or self.version != version or len(self.members) >= self.limit:
+            return False
+        first = self.members[0].inputs
+        if inputs.shape != first.shape or inputs.dtype != first.dtype:
+            return False
+        if deadline is None or self.deadline is None:
+            return deadline is None and self.deadline is None
+        return abs(deadline - self.deadline) <= GROUP_DEADLINE_SLACK_S
+
+    def add(self, member: _Member, deadline: float | None) -> None:
+        self.members.append(member)
+        if deadline is not None and self.deadline is not None and deadline < self.deadline:
+            self.deadline = deadline
 
 
 class EngineClient:
@@ -53,12 +112,13 @@ class EngineClient:
         self._channel: Channel | None = None
         self._first_table: asyncio.Event | None = None
         self._shm_short = False
+        self._open: list[_Group] = []  # this turn's groups, sent with its frame
 
     async def connect(self) -> None:
         """Connect and wait for the engine's model table."""
         self._first_table = asyncio.Event()
         _, self._channel = await asyncio.get_running_loop().create_unix_connection(
-            lambda: Channel(self._dispatch, self._lost), str(self.path))
+            lambda: Channel(self._dispatch, self._lost, self._send_groups), str(self.path))
         self.connected = True
         free = shm_free_bytes()
         log.info("shared memory for request tensors in %s: %s MiB free", shm_directory(),
@@ -81,9 +141,14 @@ class EngineClient:
     def _lost(self) -> None:
         self.connected = False
         for pending in self._pending.values():
-            if not pending.future.done():
+            if pending.group is not None:
+                self._fail_group(pending.group, ModelNotReady, ENGINE_GONE)
+            elif pending.future is not None and not pending.future.done():
                 pending.future.set_exception(ModelNotReady(ENGINE_GONE))
         self._pending.clear()
+        for group in self._open:
+            self._fail_group(group, ModelNotReady, ENGINE_GONE)
+        self._open = []
         if self._first_table is not None:
             self._first_table.set()
 
@@ -103,7 +168,9 @@ class EngineClient:
             pending = self._pending.pop(message[1], None)
             if pending is None:
                 return
-            if not pending.future.done():
+            if pending.group is not None:
+                self._answer_group(pending, message)
+            elif pending.future is not None and not pending.future.done():
                 pending.future.set_result(message)  # the awaiting request copies its outputs, then frees the block
             elif pending.block is not None:  # its request was cancelled: the engine let go of the block now
                 self._release(pending.block)
@@ -140,8 +207,17 @@ class EngineClient:
                 self._channel.send(("unmap", index))
 
     async def infer(self, model: str, version: int, inputs: np.ndarray, deadline: float | None,
-                    output_bytes: int) -> BatchOutput:
-        """`inputs` through the engine's batcher of (model, version); the outputs come back in shared memory."""
+                    output_bytes: int, group: int = 1) -> BatchOutput:
+        """`inputs` through the engine's batcher of (model, version); the outputs come back in shared memory.
+        `group` > 1: a single-image submit may share one engine request with up to `group` - 1 others of this
+        loop turn (see the module docstring); `output_bytes` is then its own row's."""
+        if group > 1 and inputs.shape[0] == 1:
+            member = self._join(model, version, inputs, deadline, output_bytes, group)
+            try:
+                return await member.future
+            except asyncio.CancelledError:
+                self._leave(member)
+                raise
         rid = next(self._ids)
         try:
             block, created = self.arena.allocate(max(inputs.nbytes, output_bytes))
@@ -168,6 +244,123 @@ class EngineClient:
             return self._output(reply, lambda shape, dtype: segment.read(block.offset, shape, dtype))
         finally:
             self._release(block)
+
+    # -- groups --------------------------------------------------------------------------------
+    def _join(self, model: str, version: int, inputs: np.ndarray, deadline: float | None, output_bytes: int,
+              limit: int) -> _Member:
+        if self._channel is None or not self.connected:
+            raise ModelNotReady(ENGINE_GONE)
+        member = _Member(asyncio.get_running_loop().create_future(), inputs)
+        for group in self._open:
+            if group.takes(model, version, inputs, deadline):
+                group.add(member, deadline)
+                return member
+        group = _Group(model, version, deadline, limit, output_bytes)
+        group.add(member, deadline)
+        self._open.append(group)
+        self._channel.flush_soon()  # the group goes with this turn's frame
+        return member
+
+    def _leave(self, member: _Member) -> None:
+        """A cancelled submit: out of its group before it is sent; after, the group is cancelled in the engine
+        once no submit is left in it (its block is released when the engine answers)."""
+        for group in self._open:
+            if member in group.members:
+                group.members.remove(member)
+                return
+        for rid, pending in self._pending.items():
+            group = pending.group
+            if group is not None and member in group.members:
+                group.live -= 1
+                if group.live == 0 and self.connected and self._channel is not None:
+                    self._channel.send(("cancel", rid))
+                return
+
+    def _send_groups(self) -> None:
+        """The turn's groups into the frame about to be sent (the channel calls this before it writes)."""
+        groups, self._open = self._open, []
+        for group in groups:
+            members = [m for m in group.members if not m.future.done()]
+            if not members:
+                continue
+            group.members = members
+            try:
+                self._send_group(group)
+            except Exception as exc:  # noqa: BLE001 - every submit gets an answer
+                for m in members:
+                    if not m.future.done():
+                        m.future.set_exception(exc)
+
+    def _send_group(self, group: _Group) -> None:
+        members = group.members
+        rid = group.rid = next(self._ids)
+        group.live = len(members)
+        for row, m in enumerate(members):
+            m.row = row
+        first = members[0].inputs
+        shape = (len(members), *first.shape[1:])
+        row_bytes = first.nbytes
+        try:
+            block, created = self.arena.allocate(max(row_bytes, group.output_bytes) * len(members))
+        except OSError as exc:
+            if not self._shm_short:
+                log.warning("no shared memory for a request of %d bytes (%s): sending tensors inline until there "
+                            "is", row_bytes * len(members), exc)
+                self._shm_short = True
+            stacked = np.concatenate([m.inputs for m in members])
+            self._pending[rid] = _Pending(None, None, group)
+            self._send(("submit", rid, group.model, group.version, None, 0, 0, shape, first.dtype.str,
+                        group.deadline, stacked, len(members)))
+            return
+        if self._shm_short:
+            log.info("shared memory available again")
+            self._shm_short = False
+        if created is not None:
+            self._send(("segment", block.segment, str(created.path)))
+        segment = self.arena.segments[block.segment]
+        for row, m in enumerate(members):
+            segment.write(block.offset + row * row_bytes, m.inputs)
+        self._pending[rid] = _Pending(None, block, group)
+        self._send(("submit", rid, group.model, group.version, block.segment, block.offset, block.size, shape,
+                    first.dtype.str, group.deadline, None, len(members)))
+
+    def _answer_group(self, pending: _Pending, reply: Any) -> None:
+        """The engine's answer to a group, split into each submit's own row (a copy of the block, read once)."""
+        group, block = pending.group, pending.block
+        assert group is not None
+        try:
+            if reply[0] == "done":
+                shape, dtype, queue_s, compute_s, batch_size = reply[2:7]
+                if block is None:
+                    outputs = reply[7]
+                else:
+                    outputs = self.arena.segments[block.segment].read(block.offset, shape, dtype)
+                all_finite = reply[8]
+                for m in group.members:
+                    if not m.future.done():
+                        row = outputs[m.row:m.row + 1]
+                        finite = True if all_finite else bool(np.isfinite(row).all())
+                        m.future.set_result(BatchOutput(row, queue_s, compute_s, batch_size, finite))
+            elif reply[0] == "error":
+                for m in group.members:
+                    if not m.future.done():
+                        m.future.set_exception(decode_error(*reply[2:]))
+            else:  # cancelled: every submit had left
+                for m in group.members:
+                    m.future.cancel()
+        except Exception as exc:  # noqa: BLE001 - every submit gets an answer
+            for m in group.members:
+                if not m.future.done():
+                    m.future.set_exception(InferenceFailed(f"reading the engine's answer failed ({type(exc).__name__})"))
+        finally:
+            if block is not None:
+                self._release(block)
+
+    @staticmethod
+    def _fail_group(group: _Group, error: type[ServiceError], message: str) -> None:
+        for m in group.members:
+            if not m.future.done():
+                m.future.set_exception(error(message))
 
     @staticmethod
     def _output(reply: Any, outputs: Callable[[tuple[int, ...], str], np.ndarray]) -> BatchOutput:
@@ -198,6 +391,7 @@ class RemoteExecutor:
         self.name = f"{model}:{version}"
         self.limits = limits
         self._output_bytes = output_bytes_per_image
+        self._group = max(1, limits.max_batch_size // GROUP_SHARE)  # requests one engine request may carry
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -237,7 +431,7 @@ class RemoteExecutor:
         self._idle.clear()
         try:
             return await self.client.infer(self.model, self.version, np.ascontiguousarray(inputs), deadline,
-                                           max(1, size) * self._output_bytes)
+                                           max(1, size) * self._output_bytes, self._group)
         finally:
             self._inflight -= 1
             if self._inflight == 0:

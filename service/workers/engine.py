@@ -156,9 +156,11 @@ class _Connection:
             self.send(("cancelled", rid))
 
     def _submit(self, rid: int, model: str, version: int, seg: int | None, offset: int, size: int,
-                shape: tuple[int, ...], dtype: str, deadline: float | None, inline: np.ndarray | None) -> None:
+                shape: tuple[int, ...], dtype: str, deadline: float | None, inline: np.ndarray | None,
+                requests: int = 1) -> None:
         """One request into its version's batcher, answered when its batch is: the outputs go back into the
-        request's block (or inline in the answer when the front end had no shared memory for it: `seg` is None)."""
+        request's block (or inline in the answer when the front end had no shared memory for it: `seg` is None).
+        `requests`: the client requests whose rows it carries (a front end's group), counted as that many."""
         store = self.server.store
         start = time.monotonic()
         lv = None
@@ -170,15 +172,17 @@ class _Connection:
                     raise BatcherStopped(exc.message) from None
                 raise
             segment = None if seg is None else self.segments[seg]
-            req = lv.executor.enqueue(inline if segment is None else segment.array(offset, shape, dtype), deadline)
+            req = lv.executor.enqueue(inline if segment is None else segment.array(offset, shape, dtype), deadline,
+                                      requests)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
-            self._fail(rid, model, lv, start, exc)
+            self._fail(rid, model, lv, start, exc, requests)
             return
         self.requests[rid] = (lv.executor, req)
-        req.future.add_done_callback(lambda future: self._answer(rid, model, lv, segment, offset, size, start, future))
+        req.future.add_done_callback(
+            lambda future: self._answer(rid, model, lv, segment, offset, size, start, future, requests))
 
     def _answer(self, rid: int, model: str, lv: LoadedVersion, segment: Segment | None, offset: int, size: int,
-                start: float, future: asyncio.Future[BatchOutput]) -> None:
+                start: float, future: asyncio.Future[BatchOutput], requests: int = 1) -> None:
         self.requests.pop(rid, None)
         if future.cancelled():
             self.send(("cancelled", rid))
@@ -193,20 +197,27 @@ class _Connection:
             total = time.monotonic() - start
             finite = out.finite if out.finite is not None else bool(np.isfinite(outputs).all())
             if finite:
-                lv.observer.request_succeeded(total, out.queue_s, out.compute_s)
-            else:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
+                lv.observer.request_succeeded(total, out.queue_s, out.compute_s, requests)
+            elif requests == 1:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
                 lv.observer.request_failed(total)
+            else:  # a group: only the requests whose own rows are not finite fail (the front end checks each)
+                rows = np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
+                bad = requests if len(rows) != requests else int(requests - rows.sum())
+                lv.observer.request_failed(total, bad)
+                if requests > bad:
+                    lv.observer.request_succeeded(total, out.queue_s, out.compute_s, requests - bad)
             done = ("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
                     np.ascontiguousarray(outputs) if segment is None else None, finite)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer (a callback's error would be lost)
-            self._fail(rid, model, lv, start, exc)
+            self._fail(rid, model, lv, start, exc, requests)
             return
         self.send(done)
 
-    def _fail(self, rid: int, model: str, lv: LoadedVersion | None, start: float, exc: Exception) -> None:
+    def _fail(self, rid: int, model: str, lv: LoadedVersion | None, start: float, exc: Exception,
+              requests: int = 1) -> None:
         if isinstance(exc, ServiceError):
             if lv is not None and not isinstance(exc, BatcherStopped):
-                lv.observer.request_failed(time.monotonic() - start)
+                lv.observer.request_failed(time.monotonic() - start, requests)
             self.send(("error", rid, *encode_error(exc)))
             return
         log.error("model %s: request from %s failed", model, self.peer, exc_info=exc)

@@ -181,9 +181,13 @@ class Channel(asyncio.Protocol):
     parsed as its bytes arrive (no coroutine per message). A batch's worth of answers costs one
     pickling and one write, not one per request."""
 
-    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
+                 before_flush: Callable[[], None] | None = None) -> None:
         self.on_message = on_message
         self.on_lost = on_lost
+        #: called as a frame is about to be written: the last messages of the turn go in it (a front end's groups)
+        self.before_flush = before_flush
+        self._flush_due = False
         self.transport: asyncio.Transport | None = None
         self._in = bytearray()
         self._out: list[Any] = []
@@ -212,11 +216,19 @@ class Channel(asyncio.Protocol):
     def send(self, message: Any) -> None:
         if self.closed or self.transport is None:
             return
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+        self.flush_soon()
         self._out.append(message)
 
+    def flush_soon(self) -> None:
+        """Write this turn's frame at the end of the turn (once however often it is asked)."""
+        if not self._flush_due and not self.closed and self.transport is not None:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        if self.before_flush is not None and not self.closed:
+            self.before_flush()  # what it sends joins this frame (no second flush is scheduled meanwhile)
+        self._flush_due = False
         if self._out and not self.closed and self.transport is not None:
             data = pickle.dumps(self._out, protocol=pickle.HIGHEST_PROTOCOL)
             self.transport.write(_HEADER.pack(len(data)) + data)

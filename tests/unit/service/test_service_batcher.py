@@ -126,10 +126,10 @@ class RecordingHooks(BatcherHooks):
     def on_batch_failed(self, size, error) -> None:
         self.failed += size
 
-    def on_expired(self, images: int) -> None:
+    def on_expired(self, images: int, requests: int = 1) -> None:
         self.expired += images
 
-    def on_rejected(self, images: int) -> None:
+    def on_rejected(self, images: int, requests: int = 1) -> None:
         self.rejected += images
 
     def on_queue_depth(self, images: int) -> None:

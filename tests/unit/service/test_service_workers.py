@@ -127,9 +127,9 @@ def _echo(batch: np.ndarray) -> np.ndarray:
 
 
 class _NullObserver:
-    def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None: ...
+    def request_succeeded(self, total_s: float, queue_s: float, compute_s: float, count: int = 1) -> None: ...
 
-    def request_failed(self, total_s: float) -> None: ...
+    def request_failed(self, total_s: float, count: int = 1) -> None: ...
 
 
 class _EngineStore:
@@ -208,7 +208,7 @@ def test_a_failure_while_answering_still_answers(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path)
 
     class Broken(_NullObserver):
-        def request_succeeded(self, total_s: float, queue_s: float, compute_s: float) -> None:
+        def request_succeeded(self, total_s: float, queue_s: float, compute_s: float, count: int = 1) -> None:
             raise RuntimeError("statistics broke")
 
     async def main() -> str:
