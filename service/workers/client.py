@@ -61,12 +61,13 @@ class _Pending:
 class _Member:
     """One submit in a group: its future, its inputs and, once the group is sent, its first row there."""
 
-    __slots__ = ("future", "inputs", "row")
+    __slots__ = ("future", "inputs", "row", "group")
 
     def __init__(self, future: asyncio.Future[BatchOutput], inputs: np.ndarray) -> None:
         self.future = future
         self.inputs = inputs
         self.row = -1
+        self.group: _Group | None = None
 
 
 class _Group:
@@ -94,6 +95,7 @@ class _Group:
 
     def add(self, member: _Member, deadline: float | None) -> None:
         self.members.append(member)
+        member.group = self
         if deadline is not None and self.deadline is not None and deadline < self.deadline:
             self.deadline = deadline
 
@@ -264,17 +266,15 @@ class EngineClient:
     def _leave(self, member: _Member) -> None:
         """A cancelled submit: out of its group before it is sent; after, the group is cancelled in the engine
         once no submit is left in it (its block is released when the engine answers)."""
-        for group in self._open:
-            if member in group.members:
-                group.members.remove(member)
-                return
-        for rid, pending in self._pending.items():
-            group = pending.group
-            if group is not None and member in group.members:
-                group.live -= 1
-                if group.live == 0 and self.connected and self._channel is not None:
-                    self._channel.send(("cancel", rid))
-                return
+        group = member.group
+        if group is None:
+            return
+        if group.rid is None:  # still collecting this turn
+            group.members.remove(member)
+        elif group.rid in self._pending:  # sent, not answered yet
+            group.live -= 1
+            if group.live == 0 and self.connected and self._channel is not None:
+                self._channel.send(("cancel", group.rid))
 
     def _send_groups(self) -> None:
         """The turn's groups into the frame about to be sent (the channel calls this before it writes)."""

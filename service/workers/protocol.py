@@ -3,8 +3,10 @@
 Front end -> engine (one unix-socket connection per front-end process):
   ("hello", pid)                                   -> ("table", ModelTable)
   ("segment", index, path)                         the engine maps a new arena segment -> ("segment_ok", index)
-  ("submit", rid, model, version, segment, offset, size, shape, dtype, deadline, inline)
-                                                   inputs lie in the block; -> ("done", rid, shape, dtype,
+  ("submit", rid, model, version, segment, offset, size, shape, dtype, deadline, inline[, requests])
+                                                   inputs lie in the block (`requests` > 1: a group, one
+                                                   single-image request per row, counted as that many
+                                                   requests); -> ("done", rid, shape, dtype,
                                                    queue_s, compute_s, batch_size, inline, finite) with the
                                                    outputs written into the same block (`finite`: whether
                                                    every output value is, found once per batch), or

@@ -30,6 +30,7 @@ from tiny_repository import TinyModel, add_version, build_tiny_repository
 from service.runtimes.standin import standin_outputs, write_standin_model
 
 STANDIN = "standin"
+WIDE = "standin_wide"
 SIZE = 32
 
 
@@ -38,6 +39,8 @@ def workers_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = build_tiny_repository(tmp_path_factory.mktemp("workers_repo"),
                                  [TinyModel("tiny_a"), TinyModel("tiny_b", num_classes=5, versions=[1, 2])])
     write_standin_model(root, STANDIN, size=SIZE, num_classes=10, max_batch_size=4)
+    # max batch 64: a front end's groups carry up to 8 requests (service/workers/client.py)
+    write_standin_model(root, WIDE, size=SIZE, num_classes=10, max_batch_size=64)
     return root
 
 
@@ -194,6 +197,71 @@ def test_a_burst_of_new_connections_spreads_evenly_across_the_front_ends(multi: 
     finally:
         for conn in conns:
             conn.close()
+
+
+def _http_response(conn: socket.socket) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 response with a Content-Length, read from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, "connection closed before a response"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return int(head.split(b" ", 2)[1]), body[:length]
+
+
+def _engine_counts(server: ServerProcess, model: str) -> tuple[int, float]:
+    """(successful requests in the engine's statistics, observations in its queue-time histogram)."""
+    stats = httpx.get(server.base_url + f"/v2/models/{model}/stats").json()["model_stats"][0]
+    queued = 0.0
+    for line in httpx.get(server.base_url + "/metrics").text.splitlines():
+        if line.startswith(f'vitserve_queue_duration_seconds_count{{model="{model}",version="1"}}'):
+            queued = float(line.split()[-1])
+    return stats["inference_stats"]["success"]["count"], queued
+
+
+def test_a_burst_read_in_one_turn_is_sent_in_groups_and_each_request_gets_its_own_answer(
+        multi: ServerProcess) -> None:
+    """Requests queued while the front ends are stopped are read in a few turns of their loops, the load under
+    which a front end's submits share engine requests (groups: tests/unit/service/test_service_workers_groups.py
+    shows how they form): each answer is still the stand-in's gather of its own input, and the engine's
+    statistics and queue-time histogram count every request."""
+    port = int(multi.base_url.rsplit(":", 1)[1])
+    pids = front_ends(multi)
+    before = _engine_counts(multi, WIDE)
+    # distinct inputs within the model's value range (a normalised pixel's)
+    images = [np.full((1, 3, SIZE, SIZE), (i - 16) / 16, np.float32) + np.arange(SIZE, dtype=np.float32) / 1024
+              for i in range(32)]
+    conns = []
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for x in images:  # each on a connection of its own, waiting in the accept queue with its request
+            body, headers = binary_infer(x)
+            head = (f"POST /v2/models/{WIDE}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                    + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+            conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(head + body)
+            conns.append(conn)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    try:
+        for x, conn in zip(images, conns):
+            status, body = _http_response(conn)
+            assert status == 200, body[:300]
+            n = len(body) - 10 * 4  # the JSON header, then the logits
+            assert np.array_equal(np.frombuffer(body[n:], np.float32).reshape(1, 10), standin_outputs(x, 10))
+    finally:
+        for conn in conns:
+            conn.close()
+    success, queued = _engine_counts(multi, WIDE)
+    assert (success - before[0], queued - before[1]) == (32, 32)  # requests counted as requests, not groups
 
 
 def test_each_front_end_answers_bit_equal_to_the_single_process_server(
