@@ -8,8 +8,8 @@ that, so what is measured is the server. It drives the same prebuilt body as the
 headers, and its `done()` hook prints one JSON line with the counts and latency percentiles. In the
 warm-up run a `response()` hook also counts every non-2xx status by code (wrk's own summary counts
 only >= 400, without the code). The measured run goes without that hook: wrk then hands no response
-to Lua, which saves it a sixth of its CPU per request, CPU that on this machine's shared cores would
-otherwise be taken from the server it measures; its failures are wrk's own count of statuses >= 400
+to Lua and spends less CPU per request, CPU that on a small machine's shared cores is taken from the
+server it measures; its failures are wrk's own count of statuses >= 400
 (there is no redirect on these routes: the warm-up's full check has seen every status by then). Any
 non-2xx answer or socket error fails the point loudly (WrkError) rather than being reported as
 throughput. Without a warm-up, the measured run keeps the full check.
