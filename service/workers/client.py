@@ -221,22 +221,12 @@ class EngineClient:
                 self._leave(member)
                 raise
         rid = next(self._ids)
-        try:
-            block, created = self.arena.allocate(max(inputs.nbytes, output_bytes))
-        except OSError as exc:  # no shared memory to be had: the tensor goes inline (slower, still answered)
-            if not self._shm_short:  # logged when it starts, not for every request while it lasts
-                log.warning("no shared memory for a request of %d bytes (%s): sending tensors inline until there "
-                            "is", inputs.nbytes, exc)
-                self._shm_short = True
+        block = self._block(max(inputs.nbytes, output_bytes))
+        if block is None:
             reply = await self._request(
                 ("submit", rid, model, version, None, 0, 0, inputs.shape, inputs.dtype.str, deadline, inputs),
                 rid, None)
             return self._output(reply, lambda shape, dtype: reply[7])
-        if self._shm_short:
-            log.info("shared memory available again")
-            self._shm_short = False
-        if created is not None:
-            self._send(("segment", block.segment, str(created.path)))
         segment = self.arena.segments[block.segment]
         segment.write(block.offset, inputs)
         reply = await self._request(
@@ -300,23 +290,13 @@ class EngineClient:
         first = members[0].inputs
         shape = (len(members), *first.shape[1:])
         row_bytes = first.nbytes
-        try:
-            block, created = self.arena.allocate(max(row_bytes, group.output_bytes) * len(members))
-        except OSError as exc:
-            if not self._shm_short:
-                log.warning("no shared memory for a request of %d bytes (%s): sending tensors inline until there "
-                            "is", row_bytes * len(members), exc)
-                self._shm_short = True
+        block = self._block(max(row_bytes, group.output_bytes) * len(members))
+        if block is None:
             stacked = np.concatenate([m.inputs for m in members])
             self._pending[rid] = _Pending(None, None, group)
             self._send(("submit", rid, group.model, group.version, None, 0, 0, shape, first.dtype.str,
                         group.deadline, stacked, len(members)))
             return
-        if self._shm_short:
-            log.info("shared memory available again")
-            self._shm_short = False
-        if created is not None:
-            self._send(("segment", block.segment, str(created.path)))
         segment = self.arena.segments[block.segment]
         for row, m in enumerate(members):
             segment.write(block.offset + row * row_bytes, m.inputs)
@@ -361,6 +341,25 @@ class EngineClient:
         for m in group.members:
             if not m.future.done():
                 m.future.set_exception(error(message))
+
+    def _block(self, nbytes: int) -> Block | None:
+        """A block of shared memory for a request's tensors (a new segment announced to the engine), or None when
+        none can be had: the tensors then travel inline (slower, still answered; logged when that starts and
+        when it ends, not for every request while it lasts)."""
+        try:
+            block, created = self.arena.allocate(nbytes)
+        except OSError as exc:
+            if not self._shm_short:
+                log.warning("no shared memory for a request of %d bytes (%s): sending tensors inline until there "
+                            "is", nbytes, exc)
+                self._shm_short = True
+            return None
+        if self._shm_short:
+            log.info("shared memory available again")
+            self._shm_short = False
+        if created is not None:
+            self._send(("segment", block.segment, str(created.path)))
+        return block
 
     @staticmethod
     def _output(reply: Any, outputs: Callable[[tuple[int, ...], str], np.ndarray]) -> BatchOutput:

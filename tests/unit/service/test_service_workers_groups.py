@@ -215,3 +215,17 @@ def test_cancelled_submits_leave_their_group_and_a_group_left_empty_is_cancelled
     assert enqueued == [(1, 1), (3, 3), (2, 2)]  # the early-cancelled submit never reached the engine
     assert computed == [1, 3]  # the group left empty was withdrawn from the queue, never computed
     assert used == 0  # every block back, the withdrawn group's too
+
+
+def test_without_shared_memory_a_group_travels_inline_and_each_gets_its_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.workers import transport
+
+    async def body(client: EngineClient, store: _Store) -> list[BatchOutput]:
+        monkeypatch.setattr(transport, "shm_directory", lambda: tmp_path / "missing")  # creating a segment fails
+        return await asyncio.gather(*(infer(client, image(i)) for i in range(3)))
+
+    store = _Store()
+    outs = _run(tmp_path, monkeypatch, body, store)
+    assert store.enqueued == [(3, 3)]
+    assert [o.outputs.tolist() for o in outs] == [[[float(i)] * 4] for i in range(3)]
