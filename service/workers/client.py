@@ -276,10 +276,15 @@ class EngineClient:
             group.members = members
             try:
                 self._send_group(group)
-            except Exception as exc:  # noqa: BLE001 - every submit gets an answer
+            except Exception as exc:  # noqa: BLE001 - every submit gets an answer; nothing was sent
+                pending = self._pending.pop(group.rid, None) if group.rid is not None else None
+                if pending is not None and pending.block is not None:
+                    self._release(pending.block)
+                error = exc if isinstance(exc, ServiceError) else InferenceFailed(
+                    f"sending the request to the engine failed ({type(exc).__name__})")
                 for m in members:
                     if not m.future.done():
-                        m.future.set_exception(exc)
+                        m.future.set_exception(error)
 
     def _send_group(self, group: _Group) -> None:
         members = group.members
@@ -297,10 +302,10 @@ class EngineClient:
             self._send(("submit", rid, group.model, group.version, None, 0, 0, shape, first.dtype.str,
                         group.deadline, stacked, len(members)))
             return
+        self._pending[rid] = _Pending(None, block, group)  # (a failure from here on frees the block)
         segment = self.arena.segments[block.segment]
         for row, m in enumerate(members):
             segment.write(block.offset + row * row_bytes, m.inputs)
-        self._pending[rid] = _Pending(None, block, group)
         self._send(("submit", rid, group.model, group.version, block.segment, block.offset, block.size, shape,
                     first.dtype.str, group.deadline, None, len(members)))
 

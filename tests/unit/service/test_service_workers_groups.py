@@ -229,3 +229,27 @@ def test_without_shared_memory_a_group_travels_inline_and_each_gets_its_row(
     outs = _run(tmp_path, monkeypatch, body, store)
     assert store.enqueued == [(3, 3)]
     assert [o.outputs.tolist() for o in outs] == [[[float(i)] * 4] for i in range(3)]
+
+
+def test_a_group_that_cannot_be_sent_fails_its_requests_and_keeps_no_block(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.workers.transport import Segment
+
+    async def body(client: EngineClient, store: _Store) -> tuple[list[Any], int, int, BatchOutput]:
+        write = Segment.write
+
+        def broken(self: Segment, offset: int, array: np.ndarray) -> None:
+            raise RuntimeError("the block could not be written")
+
+        monkeypatch.setattr(Segment, "write", broken)
+        failed = await asyncio.gather(*(infer(client, image(i)) for i in range(3)), return_exceptions=True)
+        monkeypatch.setattr(Segment, "write", write)
+        used = sum(s.size for s in client.arena.segments.values()) - client.arena.free_bytes()
+        return failed, used, len(client._pending), await infer(client, image(5))  # noqa: SLF001
+
+    store = _Store()
+    failed, used, pending, after = _run(tmp_path, monkeypatch, body, store)
+    assert [type(f).__name__ for f in failed] == ["InferenceFailed"] * 3
+    assert "sending the request to the engine failed (RuntimeError)" in str(failed[0])
+    assert (used, pending) == (0, 0)  # its block back, nothing left waiting for an answer that cannot come
+    assert after.outputs.tolist() == [[5.0] * 4] and store.enqueued == [(1, 1)]  # the next request is served
