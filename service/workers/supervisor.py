@@ -62,7 +62,9 @@ def configure_child(settings: Settings, role: str, comm: str) -> None:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """The one listening socket every front end accepts on."""
+    """The one listening socket every front end accepts on. The supervisor keeps it open and listening for
+    the server's life and each front end (a replacement too) inherits it: while front ends die or restart
+    the kernel queues new connections, never refuses them (a listener per process would leave none)."""
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -9,12 +9,17 @@ children named `vitserve-fe<i>` (/proc/<pid>/comm), the engine `vitserve-engine`
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import io
 import json
 import os
 import re
 import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -440,6 +445,105 @@ def test_a_killed_front_end_is_replaced_and_the_others_requests_complete(slow_mu
         r = post(server, f"/v2/models/{STANDIN}/infer", content=body, headers=headers)
         assert r.status_code == 200, r.text
     assert "front end 0" in server.log() and "replacing it" in server.log()
+
+
+#: CPU-spinning processes beside the server (at least this many; one per core beyond it)
+BURNERS = 3
+#: the server's processes run this much nicer than the burners: a busy host starves them, as a test suite
+#: running beside the server does
+LOADED_NICE = 5
+
+
+@contextmanager
+def host_loaded(server: ServerProcess) -> Iterator[None]:
+    """The host busy on purpose for the block: a CPU burner per core (at least `BURNERS`) at normal priority, the
+    server's processes (and the front ends the supervisor starts later, which inherit it) niced below them."""
+    for pid in [server.proc.pid, *children(server).values()]:
+        os.setpriority(os.PRIO_PROCESS, pid, LOADED_NICE)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(max(BURNERS, os.cpu_count() or 1))]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+        for burner in burners:
+            burner.wait(10)
+
+
+def gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until a killed process is dead (a zombie not yet reaped, or reaped): it accepts nothing more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat[stat.rfind(")") + 2] in "ZX":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still alive {timeout} s after SIGKILL")
+
+
+def live_on_a_new_connection(port: int, timeout: float) -> str:
+    """GET /v2/health/live on a connection of its own: the answer's status, or the error's name (e.g.
+    ConnectionRefusedError: no socket listens on the port)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            status, _ = _http_response(conn)
+            return str(status)
+    except OSError as exc:
+        return type(exc).__name__
+    except AssertionError:  # closed before an answer
+        return "closed"
+
+
+def new_connections_for(port: int, seconds: float, threads: int = 8) -> collections.Counter[str]:
+    """`live_on_a_new_connection` over and over from `threads` threads for `seconds`: each outcome's count."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def hammer() -> None:
+        while time.monotonic() < end:
+            outcome = live_on_a_new_connection(port, timeout=30)
+            with lock:
+                outcomes[outcome] += 1
+
+    workers = [threading.Thread(target=hammer) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    return outcomes
+
+
+def test_the_port_accepts_while_a_killed_front_end_is_replaced_on_a_loaded_host(
+        workers_repository: Path, tmp_path: Path) -> None:
+    """Issue 25 item 10: with the host busy, SIGKILL of one front end was reported to leave the port refusing
+    new connections (ConnectionRefusedError) for seconds while the sibling lived. The supervisor holds the one
+    listening socket for the server's life and every front end (a replacement too) inherits it, so the kernel
+    queues a connection whatever the front ends do: here every new connection during the replacement is
+    answered, and even with both front ends killed at once connections queue and are answered by the
+    replacements (none refused)."""
+    with running(workers_repository, tmp_path, "--http-workers", "2", "--models", STANDIN) as server:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        victim, survivor = front_ends(server)
+        with host_loaded(server):
+            os.kill(victim, signal.SIGKILL)
+            gone(victim)
+            during = new_connections_for(port, seconds=3.0)  # the replacement starts meanwhile (slowly)
+            assert set(during) == {"200"}, during
+            pids = front_ends(server)
+            assert pids[0] != victim and pids[1] == survivor
+            for pid in pids:  # no front end left at all: the port still queues
+                os.kill(pid, signal.SIGKILL)
+            for pid in pids:
+                gone(pid)
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                queued = list(pool.map(lambda _: live_on_a_new_connection(port, timeout=60), range(8)))
+        assert queued == ["200"] * 8, queued
 
 
 def test_deadlines_and_disconnects_reach_the_engines_queue(slow_multi: ServerProcess) -> None:
