@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -28,7 +29,13 @@ from service.repository import ModelEntry, parse_version
 from service.schemas import ModelInfo
 from service.store import LoadedVersion
 from service.api.v2_codec import decode_content_encoding, parse_header_length, parse_infer_request, request_timeout_s
-from service.api.v2_response import encode_content_encoding, encode_infer_response
+from service.api.v2_response import (
+    COMPRESS_ON_LOOP_BYTES,
+    ENCODE_ON_LOOP_NUMBERS,
+    compressed,
+    encode_infer_response,
+    response_encoding,
+)
 from service.api.v2_wire import HEADER_LENGTH_HEADER, InferenceRequest, InferenceResponse, TensorSpec, input_specs
 from service.api.v2_meta import (
     ModelMetadata,
@@ -92,6 +99,13 @@ async def read_small_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"this endpoint takes a body of at most {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _encode_and_compress(
+    encode: Callable[[], tuple[bytes, dict[str, str]]], encoding: str | None
+) -> tuple[bytes, dict[str, str]]:
+    """`encode()` compressed in `encoding`: one hop to a worker thread for both."""
+    return compressed(*encode(), encoding)
 
 
 def _version(text: str | None) -> int | None:
@@ -254,12 +268,26 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
         pixels = arrays[manifest.input_name]
         out = await cancel_on_disconnect(request, pipeline.run(lv, pixels, deadline, pinned=pinned))
         served = out.served.entry.manifest  # the version that computed it (a newer one after a swap)
-        payload, headers = encode_infer_response(
-            model, str(out.version), {served.output_name: out.outputs}, parsed, labels=served.labels,
+        encode = functools.partial(
+            encode_infer_response, model, str(out.version), {served.output_name: out.outputs}, parsed,
+            labels=served.labels,
         )
-        payload, headers = encode_content_encoding(payload, headers, request.headers.get("accept-encoding"))
+        payload, headers = await _encoded(encode, out.outputs.size, request.headers.get("accept-encoding"))
         content_type = headers.pop("Content-Type", "application/json")
         return Response(content=payload, media_type=content_type, headers=headers)
+
+    async def _encoded(encode: Callable[[], tuple[bytes, dict[str, str]]], numbers: int, accept_encoding: str | None
+                       ) -> tuple[bytes, dict[str, str]]:
+        """The answer's body and headers, compressed when the client asks. A small answer is encoded and
+        compressed on the event loop; a large one in a worker thread (gzip of a large body would hold every
+        other request on this loop, health probes included, for its whole duration)."""
+        encoding = response_encoding(accept_encoding)
+        if numbers > ENCODE_ON_LOOP_NUMBERS:
+            return await store.run_blocking(_encode_and_compress, encode, encoding)
+        payload, headers = encode()
+        if encoding is not None and len(payload) > COMPRESS_ON_LOOP_BYTES:
+            return await store.run_blocking(compressed, payload, headers, encoding)
+        return compressed(payload, headers, encoding)
 
     infer_doc: dict[str, Any] = {
         "response_model": InferenceResponse,

@@ -30,6 +30,7 @@ from service.api.v2_wire import (
     RequestInput,
     TensorSpec,
     bool_param,
+    check_parameters,
     echo,
     int_param,
 )
@@ -49,9 +50,16 @@ def parse_header_length(value: str | None) -> int | None:
     return length
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def decode_content_encoding(body: bytes, content_encoding: str | None, *, max_size: int) -> bytes:
     """Undo gzip/deflate request compression (tritonclient's `request_compression_algorithm`),
-    never inflating past `max_size` bytes (a compressed body can be a bomb)."""
+    never inflating past `max_size` bytes (a compressed body can be a bomb).
+
+    The body is one compressed stream and nothing after it: bytes after its end are refused, not ignored.
+    A second gzip member (RFC 1952 allows a series) is refused too: no client sends one, and a body of
+    millions of empty members would cost a decompressor each."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
@@ -71,6 +79,11 @@ def decode_content_encoding(body: bytes, content_encoding: str | None, *, max_si
             raise PayloadTooLarge(f"decompressed request body exceeds {max_size} bytes")
         if not inflater.eof:
             raise V2ProtocolError(f"truncated {encoding} request body")
+        if inflater.unused_data:
+            if encoding == "gzip" and inflater.unused_data.startswith(GZIP_MAGIC):
+                raise V2ProtocolError("request body holds more than one gzip member; send a single gzip stream")
+            raise V2ProtocolError(f"{len(inflater.unused_data)} bytes follow the end of the {encoding} data "
+                                  "in the request body")
         return out
     raise V2ProtocolError(f"request body is not valid {encoding} data")
 
@@ -306,6 +319,7 @@ def _check_inputs(
         if "shared_memory_region" in params:
             raise V2ProtocolError(f"{where}: shared memory is not supported")
         size = int_param(params, "binary_data_size", where)
+        check_parameters(params, where)
         if size is not None:
             if inp.data is not None:
                 raise V2ProtocolError(f"{where} has both JSON data and binary_data_size")
@@ -327,13 +341,30 @@ def _check_inputs(
     return offset
 
 
+#: Triton's request parameters of a fixed type (service/api/v2_wire.py has the rule for the others)
+REQUEST_BOOL_PARAMETERS = ("binary_data_output", "sequence_start", "sequence_end")
+REQUEST_UINT_PARAMETERS = ("timeout", "priority")
+
+
 def _check_tail(request: InferenceRequest, left: int) -> None:
-    """What the general path checks after every tensor: no stray binary bytes, valid request parameters."""
+    """What the general path checks after every tensor: no stray binary bytes, valid request and output
+    parameters (the outputs' before the model runs, not when its answer is encoded)."""
     if left:
         raise V2ProtocolError(f"{left} bytes of binary data after the header belong to no input")
-    for key in ("binary_data_output",):
-        bool_param(request.parameters or {}, key, "request", False)
-    request_timeout_s(request)
+    params = request.parameters or {}
+    for key in REQUEST_BOOL_PARAMETERS:
+        bool_param(params, key, "request", False)
+    for key in REQUEST_UINT_PARAMETERS:
+        int_param(params, key, "request")
+    if not isinstance(params.get("sequence_id"), str):  # Triton takes a string or an unsigned integer
+        int_param(params, "sequence_id", "request")
+    check_parameters(params, "request")
+    for out in request.outputs or ():
+        where = f"output {out.name!r}"
+        out_params = out.parameters or {}
+        bool_param(out_params, "binary_data", where, False)
+        int_param(out_params, "classification", where)
+        check_parameters(out_params, where)
 
 
 def _decode_inputs(

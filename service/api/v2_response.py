@@ -2,9 +2,11 @@
 
 Why a module of its own: the response side has its own job and its own cache (the JSON header of an
 all-binary response, `_binary_response_header`, built once per shape), and only the server's values go
-through it; client input reaches it only as the request's id and output parameters, checked with the
-same rules as the decoder's (service/api/v2_wire.py). It covers Triton's binary tensor data (outputs), the
-classification extension and response compression; service/api/v2_codec.py decodes the request.
+through it; client input reaches it only as the request's id (at most `MAX_ID_CHARS`) and output
+parameters, checked with the same rules as the decoder's (service/api/v2_wire.py). It covers Triton's binary
+tensor data (outputs), the classification extension and response compression (the router encodes and
+compresses a large answer in a worker thread: `ENCODE_ON_LOOP_NUMBERS`, `COMPRESS_ON_LOOP_BYTES`);
+service/api/v2_codec.py decodes the request.
 """
 
 from __future__ import annotations
@@ -163,15 +165,17 @@ def encode_infer_response(
     return b"".join([header, *chunks]), headers
 
 
-def encode_content_encoding(
-    body: bytes, headers: dict[str, str], accept_encoding: str | None
-) -> tuple[bytes, dict[str, str]]:
-    """Compress a response when the client asks (tritonclient's `response_compression_algorithm`).
+#: a response body up to this many bytes is compressed on the event loop: that costs about what a hop to a worker
+#: thread costs the loop, and gzip's cost per byte grows with the body; a larger one is compressed in a thread
+COMPRESS_ON_LOOP_BYTES = 4096
+#: outputs of up to this many numbers are encoded on the event loop; JSON costs per number, so more go to a thread
+ENCODE_ON_LOOP_NUMBERS = 4096
 
-    `Inference-Header-Content-Length` keeps the uncompressed JSON length: the client inflates first.
-    """
+
+def response_encoding(accept_encoding: str | None) -> str | None:
+    """The content coding a client accepts (gzip, else deflate, with q > 0); None: send the body as it is."""
     if not accept_encoding:
-        return body, headers
+        return None
     accepted: dict[str, float] = {}
     for part in accept_encoding.split(","):
         token, _, q = part.strip().partition(";")
@@ -183,11 +187,28 @@ def encode_content_encoding(
             accepted[token.strip().lower()] = weight
     for encoding in ("gzip", "deflate"):
         if accepted.get(encoding, 0.0) > 0.0:
-            if encoding == "gzip":
-                data = gzip.compress(body, compresslevel=6)
-            else:
-                data = zlib.compress(body, 6)
-            return data, {**headers, "Content-Encoding": encoding}
-    return body, headers
+            return encoding
+    return None
 
-__all__ = ["classify", "encode_content_encoding", "encode_infer_response"]
+
+def compressed(body: bytes, headers: dict[str, str], encoding: str | None) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) in `encoding` (from `response_encoding`; None leaves them as they are).
+
+    `Inference-Header-Content-Length` keeps the uncompressed JSON length: the client inflates first."""
+    if encoding is None:
+        return body, headers
+    data = gzip.compress(body, compresslevel=6) if encoding == "gzip" else zlib.compress(body, 6)
+    return data, {**headers, "Content-Encoding": encoding}
+
+
+def encode_content_encoding(
+    body: bytes, headers: dict[str, str], accept_encoding: str | None
+) -> tuple[bytes, dict[str, str]]:
+    """Compress a response when the client asks (tritonclient's `response_compression_algorithm`)."""
+    return compressed(body, headers, response_encoding(accept_encoding))
+
+
+__all__ = [
+    "COMPRESS_ON_LOOP_BYTES", "ENCODE_ON_LOOP_NUMBERS", "classify", "compressed", "encode_content_encoding",
+    "encode_infer_response", "response_encoding",
+]

@@ -21,11 +21,12 @@ Specs followed:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from service.errors import V2ProtocolError
 from service.model_config import ModelConfig
@@ -103,6 +104,12 @@ def output_specs(cfg: ModelConfig) -> dict[str, TensorSpec]:
 # --- pydantic models of the protocol -----------------------------------------------------------
 
 
+#: the longest request id taken: it is echoed in the answer (and compressed with it), so without a bound its
+#: size is the client's choice. Triton sets none; ids in use are UUIDs or counters. (Other strings a client
+#: sends are echoed only in error messages, which service/errors.py clips.)
+MAX_ID_CHARS = 1024
+
+
 class WireModel(BaseModel):
     """Base of every v2 wire model: unknown fields are ignored, as Triton does."""
 
@@ -123,7 +130,7 @@ class RequestOutput(WireModel):
 
 
 class InferenceRequest(WireModel):
-    id: str | None = None
+    id: Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)] | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
@@ -149,6 +156,7 @@ class InferenceResponse(WireModel):
 
 # Triton's integer parameters are 64-bit; a larger one (10**400) is refused, not computed with
 MAX_INT_PARAM = 2**63 - 1
+MIN_INT_PARAM = -(2**63)
 # error messages quote at most this much of what the client sent (a shape of a million numbers)
 ECHO_CHARS = 120
 
@@ -177,9 +185,27 @@ def bool_param(params: Mapping[str, Any], key: str, where: str, default: bool) -
     return value
 
 
+def check_parameters(params: Mapping[str, Any] | None, where: str) -> None:
+    """Each value is a string, a boolean, a finite number or a 64-bit integer, as Triton takes a parameter it
+    does not interpret: one this server ignores is refused out of range too (10**400 is no number to pass on)."""
+    for key, value in (params or {}).items():
+        if isinstance(value, (str, bool)):
+            continue
+        if isinstance(value, int):
+            if not MIN_INT_PARAM <= value <= MAX_INT_PARAM:
+                raise V2ProtocolError(f"{where}: parameter {echo(key)} must be an integer within "
+                                      f"{MIN_INT_PARAM}..{MAX_INT_PARAM}, got {echo(value)}")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise V2ProtocolError(f"{where}: parameter {echo(key)} is out of range for a number")
+        else:
+            raise V2ProtocolError(f"{where}: parameter {echo(key)} must be a string, a boolean or a number, "
+                                  f"got {echo(value)}")
+
+
 __all__ = [
     "BINARY_CONTENT_TYPE", "CONFIG_TO_V2", "ECHO_CHARS", "HEADER_LENGTH_HEADER", "JSON_CONTENT_TYPE",
-    "MAX_INT_PARAM", "V2_TO_NUMPY", "InferenceRequest", "InferenceResponse", "RequestInput", "RequestOutput",
-    "ResponseOutput", "TensorSpec", "WireModel", "bool_param", "echo", "input_specs", "int_param",
-    "numpy_to_v2", "output_specs", "v2_to_numpy",
+    "MAX_ID_CHARS", "MAX_INT_PARAM", "MIN_INT_PARAM", "V2_TO_NUMPY", "InferenceRequest",
+    "InferenceResponse", "RequestInput", "RequestOutput", "ResponseOutput", "TensorSpec", "WireModel", "bool_param",
+    "check_parameters", "echo", "input_specs", "int_param", "numpy_to_v2", "output_specs", "v2_to_numpy",
 ]

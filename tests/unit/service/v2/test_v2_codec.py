@@ -389,6 +389,12 @@ def test_decode_content_encoding_limits_and_errors() -> None:
         decode_content_encoding(b"not gzip", "gzip", max_size=100)
     with pytest.raises(V2ProtocolError, match="truncated"):
         decode_content_encoding(gzip.compress(b"abc" * 100)[:-12], "gzip", max_size=1000)
+    with pytest.raises(V2ProtocolError, match="7 bytes follow the end of the gzip data"):
+        decode_content_encoding(gzip.compress(b"abc") + b"garbage", "gzip", max_size=1000)
+    with pytest.raises(V2ProtocolError, match="more than one gzip member"):
+        decode_content_encoding(gzip.compress(b"abc") + gzip.compress(b"def"), "gzip", max_size=1000)
+    with pytest.raises(V2ProtocolError, match="1 bytes follow the end of the deflate data"):
+        decode_content_encoding(zlib.compress(b"abc") + b"x", "deflate", max_size=1000)
 
 
 def test_datatype_table() -> None:

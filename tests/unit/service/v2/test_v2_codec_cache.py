@@ -168,7 +168,7 @@ def test_the_same_header_under_other_model_inputs_or_limits_is_checked_again() -
 
 def test_a_large_header_takes_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
     padding = "x" * (codec.PLAN_CACHE_HEADER_BYTES + 10)
-    body, length = binary_body({"id": padding, "inputs": [pixel_input()]}, PIXEL_BYTES[:192])
+    body, length = binary_body({"parameters": {"note": padding}, "inputs": [pixel_input()]}, PIXEL_BYTES[:192])
     before = codec._binary_plan.cache_info().currsize
     assert both_paths(monkeypatch, body, length, PIXELS)[0] == "ok"
     assert codec._binary_plan.cache_info().currsize == before
