@@ -316,7 +316,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Release the budget of the requests answered; answer a refusal waiting for them, else go on."""
         held = self._held
         while held and held[0].cycle.response_complete:
-            self.body_budget.release(held.popleft().amount)
+            entry = held.popleft()
+            self.body_budget.release(entry.amount)
+            if entry is self._streaming:  # answered before its body ended (413 mid-stream): the rest is dropped
+                self._streaming = None
         refusal = self._refusal
         if refusal is not None and not self.pipeline:
             self._refusal = None

@@ -386,6 +386,30 @@ def test_a_chunked_body_is_held_as_it_arrives_and_refused_past_the_budget(served
     still_serving(served)
 
 
+@pytest.mark.parametrize("path", ["/v2/models/tiny_a/infer", "/v2/repository/index"])
+def test_a_chunked_body_answered_before_its_end_leaves_nothing_held(served: Served, path: str) -> None:
+    """A chunked body past the body limit is answered 413 on its way; what it sent after that answer was
+    taken from the budget and never given back, until every body got 503."""
+    piece = b"\x00" * 65536
+    chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+    head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n")
+    with pinned(served):
+        for _ in range(2):
+            with socket.create_connection(served.address, timeout=30) as sock:
+                sock.sendall(head)
+                try:
+                    for _ in range(40 * 2**20 // len(piece)):  # past the 32 MiB body limit
+                        sock.sendall(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                assert _answer_or_none(sock, 30) == 413
+        # nothing is held: a body of nearly the whole budget (of this front end) is read
+        r = httpx.post(served.srv.base_url + "/v1/models/tiny_a/classify", content=b"\x00" * (_share(served) - 100_000),
+                       headers={"content-type": "image/png"}, timeout=30)
+    assert r.status_code == 415, r.text[:300]
+
+
 def test_gzip_bodies_hold_their_sent_size_and_inflate_within_the_body_limit(served: Served) -> None:
     """A gzip body is held at its compressed size; what it inflates to is bounded by the body limit (413)."""
     bomb = gzip.compress(b" " * (40 * 2**20))  # inflates past the 32 MiB body limit
