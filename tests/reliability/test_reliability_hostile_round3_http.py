@@ -48,6 +48,10 @@ class Served:
     workers: bool
 
     @property
+    def mode(self) -> str:
+        return "workers" if self.workers else "single"
+
+    @property
     def address(self) -> tuple[str, int]:
         host, port = self.srv.base_url.removeprefix("http://").split(":")
         return host, int(port)
@@ -163,7 +167,7 @@ def test_a_head_over_the_limit_gets_431_however_it_arrives(served: Served, frami
         assert got[0][0] == 200, got[0]  # the request before it is answered first
     assert_json_error(got[-1], 431)
     still_serving(served)
-    FIGURES[f"round3_431_{served.workers and 'workers' or 'single'}_{framing}"] = got[-1][0]
+    FIGURES[f"round3_431_{served.mode}_{framing}"] = got[-1][0]
 
 
 def test_a_head_just_under_the_limit_is_served(served: Served) -> None:
@@ -229,7 +233,7 @@ def test_a_reset_connection_with_pipelined_requests_logs_no_traceback(served: Se
     log = served.srv.log()
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-4000:]
     assert "pipelined request(s) not started" in log
-    FIGURES[f"round3_reset_{served.workers and 'workers' or 'single'}_499"] = _requests_total(served, "499") - before
+    FIGURES[f"round3_reset_{served.mode}_499"] = _requests_total(served, "499") - before
 
 
 # -- 4: bytes of request bodies in flight -----------------------------------------------------------
@@ -312,7 +316,7 @@ def test_bodies_held_at_once_are_bounded_and_the_excess_gets_503(served: Served)
         r = httpx.post(served.srv.base_url + "/v1/models/tiny_a/classify", content=big,
                        headers={"content-type": "image/png"}, timeout=30)
         assert r.status_code == 200, r.text[:300]
-    FIGURES[f"round3_body_budget_{served.workers and 'workers' or 'single'}"] = {
+    FIGURES[f"round3_body_budget_{served.mode}"] = {
         "connections": HOSTILE, "declared_mb": HELD_BODY / 1e6, "admitted": len(admitted),
         "refused_503": len(refused), "rss_growth_mb": round(growth_mb)}
 
