@@ -1,4 +1,5 @@
-"""HTTP/1.1 connection guards below the ASGI app: header size (431), header and body timeouts, connection cap.
+"""HTTP/1.1 connection guards below the ASGI app: header size (431), Host (400), header and body timeouts,
+connection cap, bytes of request bodies in flight (503).
 
 uvicorn's httptools protocol accepts a request head of any size (the parser joins a header's
 pieces as they arrive, so its cost grows with the square of the header's size), keeps a
@@ -6,13 +7,23 @@ connection that sends nothing or half a request open for ever, and has no cap on
 (its `limit_concurrency` answers plain text and only once a request head has been parsed). This
 subclass adds those bounds where the bytes arrive, before a request reaches the application:
 
-- a request line + headers above `max_header_bytes` -> 431 and the connection closes;
+- a request line + headers above `max_header_bytes` -> 431 and the connection closes, however the head
+  arrives: counted per piece while it is incomplete (so one huge header is never joined) and as parsed
+  once complete (a head read whole in one piece, or behind another request in the same piece);
+- an HTTP/1.1 request without a Host header, or any request with two -> 400 (RFC 9112 section 3.2);
+- a body that would take the bytes of request bodies in flight in this process past `body_budget`
+  -> 503 + Retry-After and the connection closes (see `BodyBudget`);
 - a request head not complete `header_timeout_s` after the connection opened (or after the first
   byte of a following request) -> 408 and the connection closes (slowloris on headers);
 - a body that stalls for `body_timeout_s`, or trickles in slower than MIN_BODY_RATE bytes/s once
   `body_timeout_s` has passed, -> the connection closes, which the application sees as a client
   disconnect (slowloris on bodies: a byte every few seconds must not hold a connection slot for ever);
 - more than `max_connections` open connections -> the new one gets 503 and closes at once.
+
+A refusal is a JSON error; requests read before the refused one on the same connection (pipelined)
+are answered first, then the refusal, then the connection closes. A client that resets a connection
+is a client disconnect for the request in progress (its endpoint counts 499); its answer and the
+pipelined requests behind it are dropped without an error.
 
 Two costs per request go too. uvicorn writes a response's head and its body with two writes (two
 send syscalls, two segments): here the head waits for the body's first piece, so both leave in one
@@ -31,9 +42,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
+import httptools
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -45,7 +58,50 @@ LINGER_S = 2.0
 MIN_BODY_RATE = 1024.0
 #: scope key of the connection (a `GuardedHttpToolsProtocol`) for `watch_disconnect` / `unwatch_disconnect`
 DISCONNECT_WATCH = "vitserve.connection"
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+#: bytes of a request line beside its target (method, spaces, version, CRLF), for the head's size as parsed
+REQUEST_LINE_BYTES = 16
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}
+
+
+class BodyBudget:
+    """Bytes of request bodies one process has taken on and not answered yet, bounded by `limit`.
+
+    The endpoints need a body whole, so each connection buffers its body until the request is answered:
+    without a bound, many connections each holding a body just short of complete add up to any amount of
+    memory. A request holds its declared Content-Length from its head until its answer (a body of
+    unknown length, chunked: the bytes as they arrive). What would go past `limit` is refused, unless
+    no other request holds any: a lone body up to the body limit always fits."""
+
+    __slots__ = ("limit", "in_flight")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def fits(self, amount: int, held: int = 0) -> bool:
+        """Whether a request that holds `held` bytes may take `amount` more."""
+        return self.in_flight + amount <= self.limit or self.in_flight <= held
+
+    def take(self, amount: int) -> None:
+        self.in_flight += amount
+
+    def release(self, amount: int) -> None:
+        self.in_flight -= amount
+
+
+class _Held:
+    """The budget a request holds, released when its answer is complete or its connection is lost."""
+
+    __slots__ = ("cycle", "amount")
+
+    def __init__(self, cycle: RequestResponseCycle, amount: int) -> None:
+        self.cycle = cycle
+        self.amount = amount
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; `GuardedHttpToolsProtocol._refused` says how to answer."""
 
 
 class DirectServer(Protocol):
@@ -63,6 +119,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     body_timeout_s = 30.0
     max_connections = 1024
+    max_body_bytes = 32 * 1024 * 1024
+    body_budget = BodyBudget(256 * 1024 * 1024)  # shared by every connection of the class
     direct: DirectServer | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -76,19 +134,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._lost = False
         self._on_lost: list[Callable[[], None]] = []  # callbacks of the requests in progress on this connection
         self._direct_cycle: RequestResponseCycle | None = None  # the last cycle handed to `direct`
+        self._active: RequestResponseCycle | None = None  # the request being answered (others wait in `pipeline`)
+        self._held: deque[_Held] = deque()  # budget held by this connection's requests, oldest first
+        self._streaming: _Held | None = None  # the request whose body of unknown length is arriving
+        # set by a parser callback before it raises _Refused: (status, message, retry_after, cycle whose body
+        # was refused or None for a head)
+        self._refused: tuple[int, str, bool, RequestResponseCycle | None] | None = None
+        self._refusal: tuple[int, str, bool] | None = None  # to answer once the requests before it are answered
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            self._reject(503, f"too many connections (limit {self.max_connections})", retry_after=True)
+            self._reject(503, f"too many connections (limit {self.max_connections})", True)
             return
         self._arm(self.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._lost = True
+        # uvicorn marks only the last request read as disconnected; with requests pipelined behind it the
+        # one being answered would write to the closed transport (an error and a traceback per request)
+        active = self._active
+        if active is not None and not active.response_complete:
+            active.disconnected = True
+            active.message_event.set()
+        if self.pipeline:
+            self.logger.info("connection closed with %d pipelined request(s) not started", len(self.pipeline))
         super().connection_lost(exc)
+        held, self._held, self._streaming = self._held, deque(), None
+        for entry in held:
+            self.body_budget.release(entry.amount)
         callbacks, self._on_lost = self._on_lost, []
         for callback in callbacks:
             callback()
@@ -109,7 +185,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """Feed the parser, then time what is left incomplete. A timer is armed only for a head or a body
         still incomplete after this piece: a request that arrives whole (the usual case) costs no timer."""
-        if self._discarding or self.transport.is_closing():
+        if self._discarding or self._refusal is not None or self.transport.is_closing():
             return
         # the next request on a kept-alive connection has begun: its head is timed from now
         head_begins = self._in_head and self._timer is None and self._idle()
@@ -118,8 +194,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_deadline = min(self._body_deadline + len(data) / MIN_BODY_RATE,
                                       self.loop.time() + self.body_timeout_s)
         events = self._events
-        super().data_received(data)
-        if self.transport.is_closing():
+        if not self._feed(data) or self.transport.is_closing():
             return
         if not self._in_head:  # a body still incomplete (perhaps begun by this piece): its deadline
             if body_progress or self._timer is None:
@@ -134,10 +209,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(self.header_timeout_s)
         self._head_bytes += len(data)
         if self._head_bytes > self.max_header_bytes:
-            self._reject(431, f"request line and headers exceed {self.max_header_bytes} bytes")
+            self._refuse(431, self._head_too_large())
+
+    def _feed(self, data: bytes) -> bool:
+        """uvicorn's parsing of a piece (`HttpToolsProtocol.data_received`), with this protocol's refusals
+        answered as such (JSON, after the requests before them); False when parsing stopped."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            refused, self._refused = self._refused, None
+            if refused is None:
+                self.logger.warning("Invalid HTTP request received.")
+                refused = (400, f"invalid HTTP request: {exc}", False, None)
+            self._refuse(*refused)
+            return False
+        return True
+
+    def _head_too_large(self) -> str:
+        return f"request line and headers exceed {self.max_header_bytes} bytes"
 
     # -- parser callbacks ------------------------------------------------------------------
     def on_headers_complete(self) -> None:
+        amount = self._admit()
         self._in_head, self._head_bytes = False, 0
         self._events += 1
         self._body_deadline = self.loop.time() + self.body_timeout_s
@@ -145,20 +244,95 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self.scope[DISCONNECT_WATCH] = self  # type: ignore[literal-required]
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope and cycle is not self._direct_cycle:
-            # this request's cycle (not an upgrade), answered through ASGI (the direct path writes once itself)
-            cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
+        if cycle is not None and cycle.scope is self.scope:  # this request's cycle (not an upgrade)
+            if cycle is not self._direct_cycle:  # answered through ASGI (the direct path writes once itself)
+                cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
+            if amount:
+                held = _Held(cycle, max(amount, 0))
+                self.body_budget.take(held.amount)
+                self._held.append(held)
+                if amount < 0:
+                    self._streaming = held
         self._direct_cycle = None
+
+    def _admit(self) -> int:
+        """Check a complete head: its size, its Host, its body's place in the budget. Returns the bytes to
+        hold for its body (-1: unknown, held as they arrive); raises _Refused to refuse the request."""
+        size, hosts, length, streamed = len(self.url) + REQUEST_LINE_BYTES, 0, None, False
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                streamed = True
+        if size > self.max_header_bytes:
+            self._raise(431, self._head_too_large())
+        if hosts > 1:
+            self._raise(400, "more than one Host header")
+        if not hosts and self.parser.get_http_version() != "1.0":
+            self._raise(400, "an HTTP/1.1 request needs a Host header")
+        if streamed:
+            return -1
+        try:
+            declared = int(length) if length is not None else 0
+        except ValueError:
+            return 0  # the body limit answers 400
+        if declared <= 0 or declared > self.max_body_bytes:
+            return 0  # nothing to hold, or the body limit answers 413 without reading it
+        if not self.body_budget.fits(declared):
+            self._raise(503, self._over_budget(), retry_after=True)
+        return declared
+
+    def _over_budget(self) -> str:
+        return f"request bodies in flight would exceed this server's {self.body_budget.limit} bytes; retry later"
+
+    def _raise(self, status: int, message: str, *, retry_after: bool = False,
+               cycle: RequestResponseCycle | None = None) -> NoReturn:
+        self._refused = (status, message, retry_after, cycle)
+        raise _Refused(message)
+
+    def on_body(self, body: bytes) -> None:
+        held = self._streaming
+        if held is not None and held.cycle is self.cycle:
+            size = len(body)
+            # a request waiting behind another (pipelined) takes what one read brought; it is refused, if need be,
+            # once it is answered and reads again
+            if not self.body_budget.fits(size, held.amount) and held.cycle is self._active:
+                self._raise(503, self._over_budget(), retry_after=True, cycle=held.cycle)
+            self.body_budget.take(size)
+            held.amount += size
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._streaming = None
         self._in_head, self._head_bytes = True, 0
         self._events += 1
         self._disarm()  # the application has the request; uvicorn's keep-alive timer takes over after it
 
+    def on_response_complete(self) -> None:
+        """Release the budget of the requests answered; answer a refusal waiting for them, else go on."""
+        held = self._held
+        while held and held[0].cycle.response_complete:
+            entry = held.popleft()
+            self.body_budget.release(entry.amount)
+            if entry is self._streaming:  # answered before its body ended (413 mid-stream): the rest is dropped
+                self._streaming = None
+        refusal = self._refusal
+        if refusal is not None and not self.pipeline:
+            self._refusal = None
+            self.server_state.total_requests += 1
+            if not self.transport.is_closing():
+                self._reject(*refusal)
+            return
+        super().on_response_complete()
+
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         """Start the request's task: the direct server's coroutine for a route it serves, else the ASGI app
         (also for a pipelined request, started here once the one before it has been answered)."""
+        self._active = cycle
         coroutine = self.direct.serve(self, cycle) if self.direct is not None and app is self.app else None
         if coroutine is None:
             super()._start_asgi_task(cycle, app)
@@ -200,14 +374,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                          MIN_BODY_RATE, self.body_timeout_s)
         self.transport.close()
 
-    def _reject(self, status: int, message: str, *, retry_after: bool = False) -> None:
-        """Answer `status` with a JSON error (only when no response is in progress) and close.
+    def _refuse(self, status: int, message: str, retry_after: bool = False,
+                cycle: RequestResponseCycle | None = None) -> None:
+        """Refuse a request and read no more: at once when nothing is being answered, else once the requests
+        before it are. `cycle`: the request being answered, whose body was refused: its application sees a
+        client disconnect (its answer is dropped) and the refusal goes out now."""
+        self._disarm()
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+            else:
+                self._answer(status, message, retry_after)
+        elif self._idle():
+            self._answer(status, message, retry_after)
+        else:
+            self._refusal = (status, message, retry_after)
+
+    def _reject(self, status: int, message: str, retry_after: bool = False) -> None:
+        """Answer `status` with a JSON error (only when no response is in progress) and close."""
+        self._disarm()
+        if not self._idle():
+            self.transport.close()
+            return
+        self._answer(status, message, retry_after)
+
+    def _answer(self, status: int, message: str, retry_after: bool) -> None:
+        """Write `status` with a JSON error and close.
 
         A lingering close: the answer goes out, our side of the connection is shut, and whatever the
         client is still sending is read and dropped for up to LINGER_S, so the kernel does not reset the
         connection (and lose the answer) because unread bytes remain."""
-        self._disarm()
-        if not self._idle() or not self.transport.can_write_eof():
+        if not self.transport.can_write_eof():
             self.transport.close()
             return
         body = json.dumps({"error": message}).encode()
@@ -242,6 +441,8 @@ class _OneWrite:
         self._flush_handle: asyncio.Handle | None = None
 
     def write(self, data: bytes) -> None:
+        if self._transport.is_closing():  # the client left (lost before the protocol hears of it): nobody reads
+            return
         head = self._head
         if head is not None:
             self._head = None
@@ -256,7 +457,7 @@ class _OneWrite:
 
     def _flush(self) -> None:
         head, self._head = self._head, None
-        if head is not None:
+        if head is not None and not self._transport.is_closing():
             self._transport.write(head)
 
     def close(self) -> None:
@@ -278,6 +479,8 @@ def guarded_protocol(settings: Settings, direct: DirectServer | None = None) -> 
             "header_timeout_s": settings.header_timeout_s,
             "body_timeout_s": settings.body_timeout_s,
             "max_connections": settings.max_connections,
+            "max_body_bytes": settings.max_body_bytes,
+            "body_budget": BodyBudget(settings.max_body_bytes_in_flight),
             "direct": direct if settings.direct_routes else None,
         },
     )

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         1024, ge=1, description="Open connections at most; above it a new connection gets 503 and is closed at once "
         "(with --http-workers N, each front end takes N-th of it, rounded up)",
     )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Bytes of request bodies the server holds at once (each request "
+        "holds its Content-Length from its head to its answer; a chunked body the bytes received): a request "
+        "that would go past it gets 503 + Retry-After before its body is read, unless no other holds any (with "
+        "--http-workers N, each front end takes N-th of it, rounded up)",
+    )
     direct_routes: bool = Field(
         True, description="Serve the inference routes (v2 infer, v1 classify) straight from vitserve's HTTP protocol, "
         "without the ASGI layers (same answers, less CPU per request); off: every request goes through ASGI",

@@ -159,7 +159,7 @@ async def _respond(connection: GuardedHttpToolsProtocol, cycle: RequestResponseC
     cycle, as uvicorn's `send` does for `http.response.start` and one `http.response.body`."""
     if cycle.flow.write_paused and not cycle.disconnected:
         await cycle.flow.drain()
-    if cycle.disconnected:
+    if cycle.disconnected or connection.transport.is_closing():  # the client left: nobody reads the answer
         return
     cycle.response_started = True
     cycle.waiting_for_100_continue = False

@@ -87,10 +87,11 @@ def _watch_parent() -> None:
 
 
 def front_end_settings(settings: Settings) -> Settings:
-    """One front end's share of the server-wide limits: `max_connections` bounds the whole server, so
-    each of the N front ends (each counting only its own connections) takes 1/N of it, rounded up."""
-    share = -(-settings.max_connections // max(1, settings.http_workers))
-    return settings.model_copy(update={"max_connections": share})
+    """One front end's share of the server-wide limits: `max_connections` and `max_body_bytes_in_flight`
+    bound the whole server, so each of the N front ends (each counting only its own) takes 1/N, rounded up."""
+    workers = max(1, settings.http_workers)
+    return settings.model_copy(update={"max_connections": -(-settings.max_connections // workers),
+                                       "max_body_bytes_in_flight": -(-settings.max_body_bytes_in_flight // workers)})
 
 
 def worker_main(settings: Settings, sock: socket.socket, control_path: Path, index: int, slots: Any) -> None:

@@ -162,3 +162,48 @@ def test_a_whole_request_costs_no_timer_and_an_incomplete_head_or_body_is_timed(
         assert b"HTTP/1.1 408 Request Timeout" in transport.output() and transport.calls[-1][0] == "eof"
 
     asyncio.run(main())
+
+
+def test_the_body_budget_is_one_per_protocol_class_and_divided_among_the_front_ends(tmp_path) -> None:
+    from service.http_protocol import guarded_protocol
+    from service.settings import Settings
+    from service.workers.supervisor import front_end_settings
+
+    settings = Settings(repository=tmp_path, http_workers=3, max_body_bytes_in_flight=100_000)
+    cls = guarded_protocol(front_end_settings(settings))
+    assert cls.body_budget.limit == 33_334  # 3 x 33,334 >= 100,000, rounded up
+    assert guarded_protocol(settings).body_budget is not cls.body_budget  # each class (process) its own
+    budget = cls.body_budget
+    assert budget.fits(33_334) and budget.fits(10**9)  # nothing held: a lone body fits whatever its size
+    budget.take(20_000)
+    assert budget.fits(13_334) and not budget.fits(13_335)
+    assert budget.fits(50_000, held=20_000)  # a chunked body alone past the limit is still read
+    budget.release(20_000)
+    assert budget.in_flight == 0
+
+
+def test_a_refused_head_is_answered_after_the_requests_before_it_and_a_lost_one_marks_the_active(tmp_path) -> None:
+    async def main() -> None:
+        protocol, transport, _ = _protocol(tmp_path, direct_routes=True)
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
+                               b"GET /m/a/infer HTTP/1.1\r\nhost: x\r\n\r\n"
+                               b"GET /m/a/infer HTTP/1.1\r\n\r\n")  # no Host: refused once the others are answered
+        for _ in range(20):
+            await asyncio.sleep(0)
+        out = transport.output()
+        assert out.index(b"a::hi") < out.index(b"asgi") < out.index(b"HTTP/1.1 400 Bad Request")
+        assert out.endswith(b'{"error": "an HTTP/1.1 request needs a Host header"}') and transport.calls[-1][0] == "eof"
+
+        protocol, transport, _ = _protocol(tmp_path, direct_routes=True)
+        protocol.data_received(b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nhi")
+        active = protocol.cycle
+        protocol.data_received(b"yo" + b"GET /m/a/infer HTTP/1.1\r\nhost: x\r\n\r\n")  # pipelined behind it
+        assert protocol.pipeline and protocol.cycle is not active
+        transport.closed = True
+        protocol.connection_lost(ConnectionResetError())
+        assert active.disconnected  # uvicorn marked only the last request read
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert b"a::hiyo" not in transport.output() and protocol.body_budget.in_flight == 0
+
+    asyncio.run(main())
