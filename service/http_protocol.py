@@ -58,6 +58,10 @@ LINGER_S = 2.0
 MIN_BODY_RATE = 1024.0
 #: scope key of the connection (a `GuardedHttpToolsProtocol`) for `watch_disconnect` / `unwatch_disconnect`
 DISCONNECT_WATCH = "vitserve.connection"
+#: a declared body up to this size is never refused by the budget: the connection cap already bounds what such
+#: bodies hold (max_connections x this), and small requests (a JPEG, a v2 binary tensor) keep being served while
+#: large bodies hold the budget
+UNBUDGETED_BODY_BYTES = 64 * 1024
 #: bytes of a request line beside its target (method, spaces, version, CRLF), for the head's size as parsed
 REQUEST_LINE_BYTES = 16
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
@@ -71,7 +75,8 @@ class BodyBudget:
     without a bound, many connections each holding a body just short of complete add up to any amount of
     memory. A request holds its declared Content-Length from its head until its answer (a body of
     unknown length, chunked: the bytes as they arrive). What would go past `limit` is refused, unless
-    no other request holds any: a lone body up to the body limit always fits."""
+    no other request holds any: a lone body up to the body limit always fits. A declared body of at most
+    UNBUDGETED_BODY_BYTES holds nothing: its memory is bounded by the connection cap."""
 
     __slots__ = ("limit", "in_flight")
 
@@ -279,8 +284,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             declared = int(length) if length is not None else 0
         except ValueError:
             return 0  # the body limit answers 400
-        if declared <= 0 or declared > self.max_body_bytes:
-            return 0  # nothing to hold, or the body limit answers 413 without reading it
+        if declared <= UNBUDGETED_BODY_BYTES or declared > self.max_body_bytes:
+            return 0  # a small body (bounded by the connection cap), or the body limit answers 413 unread
         if not self.body_budget.fits(declared):
             self._raise(503, self._over_budget(), retry_after=True)
         return declared

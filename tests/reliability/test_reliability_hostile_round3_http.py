@@ -350,6 +350,24 @@ def test_every_body_path_holds_its_budget_until_answered(served: Served, route: 
     still_serving(served)
 
 
+def test_small_bodies_are_served_while_large_ones_hold_the_whole_budget(served: Served) -> None:
+    """Bodies that hold the budget to its last byte refuse the next large body, never a small one (up to
+    64 KiB, bounded by the connection cap instead): good clients with ordinary images keep being served."""
+    with pinned(served), socket.create_connection(served.address, timeout=30) as sock:
+        sock.sendall(held_request(0, _share(served) - 10))
+        time.sleep(0.5)
+        assert_json_error(exchange(served, held_request(1, 100_000) + b"\x00")[0], 503)
+        small = png_bytes((120, 120), seed=3)
+        assert 10_000 < len(small) <= 64 * 1024, len(small)
+        with httpx.Client(base_url=served.srv.base_url, timeout=30) as client:
+            for _ in range(3):
+                r = client.post("/v1/models/tiny_a/classify", content=small, headers={"content-type": "image/png"})
+                assert r.status_code == 200, r.text[:300]
+        sock.sendall(b"\x00")
+        assert 400 <= read_response(sock, bytearray())[0] < 500
+    still_serving(served)
+
+
 @contextmanager
 def pinned(served: Served) -> Iterator[None]:
     """With --http-workers, every new connection goes to front end 0 (the other is stopped meanwhile)."""
