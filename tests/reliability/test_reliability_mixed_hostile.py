@@ -3,10 +3,15 @@
 Every hostile class of round 2 runs at once, in a loop, beside good clients: extreme values on the int8
 model, a gzip JSON 'header' bomb, 40 Mpx 16-bit PNGs, large repository-index bodies, huge headers,
 slowloris sockets, 10**400 integers, /v1/compare of a large image, streamed bodies over the limit, a
-large v1 JSON of the wrong shape and a shape echoed in errors. Throughout:
+large v1 JSON of the wrong shape and a shape echoed in errors; and those of round 3: connections holding
+30 MB bodies one byte short of complete, a 2 MB request id asking for a gzip answer, `priority: 10**400`,
+gzip bodies with trailing bytes, requests without Host, and pipelined requests on connections reset at
+once. Throughout:
 - every good answer is 200, finite and correct (fp32 logits equal the reference computation; the int8
   model's scores are finite);
-- no request, hostile or good, gets a 5xx;
+- no request, hostile or good, gets a 5xx, except the refusal unread (503 + Retry-After) that a hostile
+  body over 64 KiB may get while the held bodies fill the body budget; good clients send ordinary-size
+  requests (under 64 KiB), which that budget never refuses;
 - /v2/health/live answers 200 with a 99th percentile under 100 ms over the whole run (on a machine whose
   load average exceeds its core count the server gets only its share of the CPU: the bound is then scaled
   by load / cores, and the figure says so);
@@ -17,9 +22,11 @@ The whole run is made once against the single process and once against `--http-w
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +52,9 @@ HEALTH_P99_LIMIT_S = 0.100
 # two preprocessing threads may each hold a decoded image (bounded by --max-image-bytes, 100 MB here) plus
 # its reduced copies, and a few bodies up to 32 MB are buffered at once
 RSS_GROWTH_LIMIT_MB = 600
+# round 3: connections each holding a body just short of complete (the body budget bounds what they hold)
+HELD_CONNECTIONS = 12
+HELD_BODY_BYTES = 30_000_000
 
 
 MODES = {"single": (), "http_workers_2": ("--http-workers", "2")}
@@ -94,10 +104,12 @@ class Run:
         self.statuses: dict[str, list[int]] = {}
         self.problems: list[str] = []
 
-    def record(self, who: str, status: int, problem: str | None = None) -> None:
+    def record(self, who: str, status: int, problem: str | None = None, refused_unread: bool = False) -> None:
+        """`refused_unread`: a 503 + Retry-After given before the body was read (the body budget), which only
+        requests with bodies over 64 KiB can get: not a 5xx problem."""
         with self.lock:
             self.statuses.setdefault(who, []).append(status)
-            if status >= 500:
+            if status >= 500 and not refused_unread:
                 self.problems.append(f"{who}: {status}")
             if problem:
                 self.problems.append(f"{who}: {problem}")
@@ -118,8 +130,15 @@ class Run:
         return thread
 
 
+# hostile classes whose bodies are over 64 KiB: while the held bodies fill the body budget they may be refused
+# unread (503 + Retry-After) instead of getting the answer their content earns
+BUDGETED = {"huge_id", "gzip_header_bomb", "png16_giant", "index_body", "streamed_over_limit", "v1_json_numbers"}
+
+
 def expect(run: Run, who: str, r: httpx.Response, statuses: tuple[int, ...]) -> None:
-    run.record(who, r.status_code, None if r.status_code in statuses else f"status {r.status_code}: {r.text[:150]}")
+    refused = r.status_code == 503 and who in BUDGETED and r.headers.get("retry-after") is not None
+    ok = r.status_code in statuses or refused
+    run.record(who, r.status_code, None if ok else f"status {r.status_code}: {r.text[:150]}", refused_unread=refused)
 
 
 def good_clients(run: Run) -> list[threading.Thread]:
@@ -131,10 +150,13 @@ def good_clients(run: Run) -> list[threading.Thread]:
     cfg = PreprocessConfig(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                            interpolation="bilinear", crop_pct=0.875)
     want_label = f"class_{int(np.argmax(expected_logits(tiny_a, 1, preprocess_image(image, cfg, 10**6)[None])))}"
-    x = np.random.default_rng(7).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    # three decimals: an ordinary-size request (under 64 KiB, never refused by the body budget that held bodies fill)
+    x64 = np.round(np.random.default_rng(7).normal(size=(2, 3, 32, 32)), 3)
+    x = x64.astype(np.float32)
     want_logits = expected_logits(tiny_a, 1, x)
     v2_json = {"inputs": [{"name": "pixel_values", "shape": [2, 3, 32, 32], "datatype": "FP32",
-                           "data": x.ravel().tolist()}]}
+                           "data": x64.ravel().tolist()}]}
+    assert len(json.dumps(v2_json)) <= 64 * 1024
     int8_body, int8_headers = v2_binary_request(x)
 
     def classify(c: httpx.Client) -> None:
@@ -171,6 +193,11 @@ def hostile_clients(run: Run) -> list[threading.Thread]:
     huge_int = json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
                                        "data": [0.5] * 3072}], "parameters": {"timeout": 10**400}})
 
+    huge_id = json.dumps({"id": "i" * 2_000_000, "inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32],
+                                                             "datatype": "FP32", "data": [0.5] * 3072}]})
+    priority = huge_int.replace('"timeout"', '"priority"')
+    trailing_gzip = gzip.compress(huge_int.replace("1" + "0" * 400, "1").encode()) + b"garbage"
+
     def streamed() -> Iterator[bytes]:
         for _ in range(40):
             yield b"0" * (1 << 20)
@@ -200,7 +227,38 @@ def hostile_clients(run: Run) -> list[threading.Thread]:
             "/v2/models/tiny_a/infer", content=long_shape, headers={"content-type": "application/json"}), (400,)),
          0.2),
     ]
+    steps += [
+        ("huge_id", lambda c: expect(run, "huge_id", c.post(
+            "/v2/models/tiny_a/infer", content=huge_id, headers={
+                "content-type": "application/json", "accept-encoding": "gzip"}), (400,)), 0.2),
+        ("priority", lambda c: expect(run, "priority", c.post(
+            "/v2/models/tiny_a/infer", content=priority, headers={"content-type": "application/json"}), (400,)),
+         0.1),
+        ("trailing_gzip", lambda c: expect(run, "trailing_gzip", c.post(
+            "/v2/models/tiny_a/infer", content=trailing_gzip, headers={
+                "content-type": "application/json", "content-encoding": "gzip"}), (400,)), 0.1),
+    ]
     threads = [run.loop(who, step, pause) for who, step, pause in steps]
+
+    def no_host(_: httpx.Client) -> None:
+        received, _ = raw_exchange(run.base_url, b"GET /v2/health/live HTTP/1.1\r\n\r\n", wait_s=10)
+        status = int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/1.1 ") else 0
+        run.record("no_host", status, None if status == 400 else f"got {received[:80]!r}")
+
+    def pipelined_reset(_: httpx.Client) -> None:
+        """Eight classify requests in one write, then a reset: the server logs no traceback for them
+        (checked with the whole log when the server stops)."""
+        h, p = host.split(":")
+        image = pil(gradient(size=(90, 70)), "PNG")
+        one = (b"POST /v1/models/tiny_a/classify HTTP/1.1\r\nHost: t\r\ncontent-type: image/png\r\n"
+               b"content-length: %d\r\n\r\n" % len(image)) + image
+        with socket.create_connection((h, int(p)), timeout=10) as s:
+            s.sendall(one * 8)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        run.record("pipelined_reset", 0)
+
+    threads.append(run.loop("no_host", no_host, 0.1))
+    threads.append(run.loop("pipelined_reset", pipelined_reset, 0.2))
 
     def huge_header(_: httpx.Client) -> None:
         head = f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\nX-Pad: ".encode() + b"a" * (1 << 20) + b"\r\n\r\n"
@@ -235,6 +293,40 @@ def hostile_clients(run: Run) -> list[threading.Thread]:
             for s in socks:
                 s.close()
 
+    def held_bodies(_: httpx.Client) -> None:
+        """Connections each declaring a 30 MB body and sending all but its last byte (round 3): together far
+        more than the server may hold. Each is refused (503) before its body is read or, once admitted, closed
+        by the body timeout; the bodies held at once stay within the budget."""
+        h, p = host.split(":")
+        head = (b"POST /v1/models/tiny_a/classify HTTP/1.1\r\nHost: t\r\ncontent-type: image/png\r\n"
+                b"content-length: %d\r\n\r\n" % HELD_BODY_BYTES)
+        part = b"\x00" * (1 << 20)
+
+        def hold() -> None:
+            answer = b""
+            with socket.create_connection((h, int(p)), timeout=10) as s:
+                try:
+                    s.sendall(head)
+                    for sent in range(0, HELD_BODY_BYTES - 1, len(part)):
+                        s.sendall(part[:min(len(part), HELD_BODY_BYTES - 1 - sent)])
+                except OSError:
+                    pass  # refused and closed while sending: its 503 is read below
+                try:
+                    answer = s.recv(4096)  # a 503, or nothing: closed by the body timeout
+                except OSError:
+                    pass
+            status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+            refused = status == 503 and b"retry-after" in answer.lower()
+            run.record("held_bodies", status, None if status == 0 or refused else f"got {answer[:80]!r}",
+                       refused_unread=refused)
+
+        holders = [threading.Thread(target=hold, daemon=True) for _ in range(HELD_CONNECTIONS)]
+        for t in holders:
+            t.start()
+        for t in holders:
+            t.join(60)
+
+    threads.append(run.loop("held_bodies", held_bodies, 0.5))
     threads.append(run.loop("huge_header", huge_header, 0.2))
     threads.append(run.loop("slowloris", slowloris))
     return threads
