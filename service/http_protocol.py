@@ -125,7 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     body_timeout_s = 30.0
     max_connections = 1024
     max_body_bytes = 32 * 1024 * 1024
-    body_budget = BodyBudget(256 * 1024 * 1024)  # shared by every connection of the class
+    body_budget = BodyBudget(128 * 1024 * 1024)  # shared by every connection of the class
     direct: DirectServer | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -153,7 +153,7 @@ class Settings(BaseSettings):
         "(with --http-workers N, each front end takes N-th of it, rounded up)",
     )
     max_body_bytes_in_flight: int = Field(
-        256 * 1024 * 1024, ge=1024, description="Bytes of request bodies the server holds at once (each request "
+        128 * 1024 * 1024, ge=1024, description="Bytes of request bodies the server holds at once (each request "
         "holds its Content-Length from its head to its answer; a chunked body the bytes received): a request "
         "that would go past it gets 503 + Retry-After before its body is read, unless no other holds any; a body "
         "of at most 64 KiB holds nothing, the connection cap bounds those (with "
