@@ -15,7 +15,7 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -109,7 +109,6 @@ def read_response(conn: socket.socket) -> tuple[int, bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     if status == 100:  # an interim answer to Expect: 100-continue; the final one follows
-        conn.settimeout(conn.gettimeout())
         rest = body
         while b"\r\n\r\n" not in rest:
             chunk = conn.recv(65536)
@@ -143,9 +142,9 @@ def computed(server: ServerProcess) -> float:
     return metric(server, "vitserve_inferences_total", model=STANDIN, version="1")
 
 
-def wait_for(predicate: object, what: str, timeout: float = 20.0) -> None:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
 
