@@ -208,6 +208,7 @@ async def cancel_on_disconnect(request: RequestView, work: Awaitable[T]) -> T:
     watcher: asyncio.Task[None] | None = None
     if connection is not None:
         connection.watch_disconnect(on_disconnect)
+        read_on(connection)
     else:
         watcher = asyncio.get_running_loop().create_task(request.wait_disconnected())
         watcher.add_done_callback(on_watcher_done)
@@ -223,6 +224,18 @@ async def cancel_on_disconnect(request: RequestView, work: Awaitable[T]) -> T:
             watcher.cancel()
         elif connection is not None:
             connection.unwatch_disconnect(on_disconnect)
+
+
+def read_on(connection: object) -> None:
+    """Keep reading a connection whose request's body is in, so that its loss is noticed while the request computes.
+
+    uvicorn stops reading when a body piece leaves more than its high-water mark (64 KiB) buffered and starts
+    again at the next `receive` or once the response is done: after a large body's last piece nothing is read
+    meanwhile, and a client that resets or closes would be computed for. What follows the body is the next
+    request's head, whose arrival pauses reading again (uvicorn queues pipelined requests)."""
+    flow = getattr(connection, "flow", None)
+    if flow is not None:
+        flow.resume_reading()
 
 
 Q = TypeVar("Q", bound=BaseModel)

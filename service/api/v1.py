@@ -222,16 +222,15 @@ async def read_image(request: RequestView, store: ModelStore) -> bytes:
             return await item.read()
         finally:
             await form.close()
+    raw = ctype.startswith("image/") or ctype == "application/octet-stream"
+    if not raw and not (ctype == "application/json" or ctype.endswith("+json")):  # refused before reading the body
+        if not ctype:
+            raise UnsupportedMediaType("missing Content-Type (send multipart/form-data, image/*, or application/json)")
+        raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r} (send multipart/form-data, image/*, or JSON)")
     body = await request.body()
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
+    if raw:
         return body
-    if ctype == "application/json" or ctype.endswith("+json"):
-        return await store.run_blocking(image_from_json, body) if len(body) > LARGE_BODY_BYTES else (
-            image_from_json(body)
-        )
-    if not ctype:
-        raise UnsupportedMediaType("missing Content-Type (send multipart/form-data, image/*, or application/json)")
-    raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r} (send multipart/form-data, image/*, or JSON)")
+    return await store.run_blocking(image_from_json, body) if len(body) > LARGE_BODY_BYTES else image_from_json(body)
 
 
 def register_v1(app: FastAPI, pipeline: Pipeline) -> HotRoutes:

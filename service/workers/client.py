@@ -31,7 +31,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -56,6 +56,19 @@ class _Pending:
     future: asyncio.Future[Any] | None
     block: Block | None = None
     group: _Group | None = None
+    #: a forwarded request's: called when the engine's app asks for the next piece of its body
+    on_more: Callable[[], None] | None = None
+
+
+#: sends one piece of a forwarded request's body to the engine (`more`: whether pieces follow)
+BodyDelivery = Callable[[bytes, bool], None]
+
+
+class BodySource(Protocol):
+    """A forwarded request's body as the front end reads it from its client (service/workers/forward.py)."""
+
+    def wanted(self, deliver: BodyDelivery) -> None:
+        """The engine's app asks for the next piece: read it from the client and `deliver` it."""
 
 
 class _Member:
@@ -166,6 +179,10 @@ class EngineClient:
             segment = self.arena.segments.get(message[1])
             if segment is not None:
                 segment.path.unlink(missing_ok=True)
+        elif kind == "more":  # a forwarded request's app reads its body: the next piece, please
+            pending = self._pending.get(message[1])
+            if pending is not None and pending.on_more is not None:
+                pending.on_more()
         else:  # done / error / cancelled / http_response
             pending = self._pending.pop(message[1], None)
             if pending is None:
@@ -177,10 +194,11 @@ class EngineClient:
             elif pending.block is not None:  # its request was cancelled: the engine let go of the block now
                 self._release(pending.block)
 
-    async def _request(self, message: tuple[Any, ...], rid: int, block: Block | None) -> Any:
+    async def _request(self, message: tuple[Any, ...], rid: int, block: Block | None,
+                       on_more: Callable[[], None] | None = None) -> Any:
         """Send and wait for the answer; on cancellation tell the engine (the block waits for its reply)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = _Pending(future, block)
+        self._pending[rid] = _Pending(future, block, on_more=on_more)
         try:
             self._send(message)
             return await future
@@ -375,10 +393,20 @@ class EngineClient:
             raise decode_error(*reply[2:])
         raise InferenceFailed(f"unexpected engine reply {reply[0]!r}")
 
-    async def forward(self, scope: dict[str, Any], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """A whole HTTP request answered by the engine's app: (status, headers, body)."""
+    async def forward(self, scope: dict[str, Any], body: BodySource | None
+                      ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """An HTTP request answered by the engine's app: (status, headers, body). The head goes first; the body
+        (None: the request has none) follows piece by piece as the app reads it, so a request the app refuses
+        unread (an unknown route or model, a body over the route's own limit, no API key) is answered without
+        its body being read. Cancelled (its client left): the engine's app sees its client go."""
         rid = next(self._ids)
-        reply = await self._request(("http", rid, scope, body), rid, None)
+
+        def deliver(piece: bytes, more: bool) -> None:
+            if self.connected and self._channel is not None and rid in self._pending:
+                self._channel.send(("body", rid, piece, more))
+
+        reply = await self._request(("http", rid, scope, body is None), rid, None,
+                                    None if body is None else lambda: body.wanted(deliver))
         if reply[0] != "http_response":
             raise InferenceFailed(f"unexpected engine reply {reply[0]!r}")
         return reply[2], reply[3], reply[4]

@@ -5,8 +5,9 @@ warms up and serves the models, and a unix-socket server (`EngineServer`) feeds 
 requests into the same per-version batchers, so batching stays global and there is one session
 per device. Tensors arrive in shared memory (service/workers/transport.py); every request that
 needs the engine's state besides inference (metadata, statistics, repository control, /metrics,
-/v1/compare) is forwarded as a whole HTTP request and answered by the app in-process, so each
-endpoint answers exactly as the single-process server does.
+/v1/compare) is forwarded as an HTTP request and answered by the app in-process, its body pulled from
+the front end as the app reads it and its client's departure seen as a disconnect (`Forwarded`), so
+each endpoint answers, refuses and cancels exactly as the single-process server does.
 
 Life cycle: the supervisor starts the engine first and the front ends once it listens; on SIGTERM
 the supervisor drains the front ends and only then tells the engine to stop (over its pipe; the
@@ -23,6 +24,7 @@ import logging
 import shutil
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,6 +35,7 @@ from fastapi import FastAPI
 
 from service.batcher import Batcher, BatcherStopped, BatchOutput, PendingRequest
 from service.errors import InferenceFailed, ModelNotReady, ServiceError
+from service.http_protocol import DISCONNECT_WATCH
 from service.store import LoadedVersion, ModelStore
 from service.settings import Settings
 from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
@@ -95,7 +98,7 @@ class _Connection:
         #: inference requests in a batcher, answered from their future's callback (no task per request)
         self.requests: dict[int, tuple[Batcher, PendingRequest]] = {}
         #: forwarded HTTP requests, each answered by the app in a task
-        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.forwards: dict[int, Forwarded] = {}
         self.peer = "?"
 
     def send(self, message: Any) -> None:
@@ -109,11 +112,15 @@ class _Connection:
             queued = self.requests.get(message[1])
             if queued is not None:
                 queued[0].withdraw(queued[1])  # its callback answers "cancelled"
-            task = self.tasks.get(message[1])
-            if task is not None:
-                task.cancel()
+            forwarded = self.forwards.get(message[1])
+            if forwarded is not None:  # the app sees its client go, as the single-process server's app does
+                forwarded.disconnect()
+        elif kind == "body":
+            forwarded = self.forwards.get(message[1])
+            if forwarded is not None:
+                forwarded.deliver(message[2], message[3])
         elif kind == "http":
-            self._spawn(message[1], asyncio.get_running_loop().create_task(self._http(*message[1:])))
+            self._forward(*message[1:])
         elif kind == "segment":
             index, path = message[1], Path(message[2])
             self.segments[index] = Segment(path, 0, create=False)
@@ -131,27 +138,31 @@ class _Connection:
     def _on_lost(self) -> None:
         """Its process is gone (or stopping): its requests leave the queues, its memory is unmapped."""
         self.server.connections.discard(self)
-        if self.tasks or self.requests:
-            log.warning("%s disconnected with %d requests in flight", self.peer, len(self.tasks) + len(self.requests))
+        if self.forwards or self.requests:
+            log.warning("%s disconnected with %d requests in flight", self.peer,
+                        len(self.forwards) + len(self.requests))
         for executor, req in list(self.requests.values()):
             executor.withdraw(req)  # a batch already computing it keeps its view of the segment (see Segment.close)
-        for task in list(self.tasks.values()):
+        tasks = [forwarded.task for forwarded in self.forwards.values()]
+        for task in tasks:
             task.cancel()
-        asyncio.get_running_loop().create_task(self._unmap_when_done(list(self.tasks.values())))
+        asyncio.get_running_loop().create_task(self._unmap_when_done(tasks))
 
     async def _unmap_when_done(self, tasks: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         for segment in self.segments.values():
             segment.close()
 
-    def _spawn(self, rid: int, task: asyncio.Task[None]) -> None:
-        self.tasks[rid] = task
+    def _forward(self, rid: int, scope: dict[str, Any], complete: bool) -> None:
+        forwarded = Forwarded(self, rid, complete)
+        forwarded.task = task = asyncio.get_running_loop().create_task(self._http(forwarded, scope))
+        self.forwards[rid] = forwarded
         task.add_done_callback(lambda _: self._finished(rid, task))
 
     def _finished(self, rid: int, task: asyncio.Task[None]) -> None:
-        """A forwarded request's task cancelled before it ran (its cancel came in the same read) never entered
-        its try, which answers every other case: answer it here, or the front end waits for it forever."""
-        self.tasks.pop(rid, None)
+        """A forwarded request's task cancelled before it ran never entered its try, which answers every other
+        case: answer it here, or the front end waits for it forever."""
+        self.forwards.pop(rid, None)
         if task.cancelled():
             self.send(("cancelled", rid))
 
@@ -223,18 +234,10 @@ class _Connection:
         log.error("model %s: request from %s failed", model, self.peer, exc_info=exc)
         self.send(("error", rid, *encode_error(InferenceFailed(f"inference failed ({type(exc).__name__})"))))
 
-    async def _http(self, rid: int, scope: dict[str, Any], body: bytes) -> None:
+    async def _http(self, forwarded: Forwarded, scope: dict[str, Any]) -> None:
         """Answer a forwarded request with the app, in-process (no socket, no second HTTP parse)."""
-        sent = False
+        rid = forwarded.rid
         status, headers, chunks = 500, [], []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # no more body; cancelled with the request when its client goes
-            return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             nonlocal status, headers
@@ -244,7 +247,8 @@ class _Connection:
                 chunks.append(message.get("body", b""))
 
         try:
-            await self.server.app({**scope, "type": "http", "asgi": {"version": "3.0"}}, receive, send)
+            await self.server.app({**scope, "type": "http", "asgi": {"version": "3.0"}, DISCONNECT_WATCH: forwarded},
+                                  forwarded.receive, send)
         except asyncio.CancelledError:
             self.send(("cancelled", rid))
             return
@@ -252,6 +256,70 @@ class _Connection:
             log.exception("forwarded %s %s failed", scope.get("method"), scope.get("path"))
             status, headers, chunks = 500, [(b"content-type", b"application/json")], [b'{"error":"internal error"}']
         self.send(("http_response", rid, status, headers, b"".join(chunks)))
+
+
+class Forwarded:
+    """A forwarded request as the engine's app sees it: the connection it came by, as the single-process server's
+    HTTP protocol gives it (`receive`, `watch_disconnect`). Its body comes from the front end one piece per
+    `receive` (each ask a "more" message), so the front end reads from its client only what the app reads;
+    its client's departure, which the front end reports ("cancel"), is a disconnect here."""
+
+    def __init__(self, conn: _Connection, rid: int, complete: bool) -> None:
+        self.conn = conn
+        self.rid = rid
+        self.task: asyncio.Task[None] | None = None
+        self._pull = not complete  # pieces of the body are still to come from the front end
+        self._ended = False  # the body's last piece was given to the app
+        self._pieces: deque[asyncio.Future[tuple[bytes, bool] | None]] = deque()  # one per ask, in order
+        self._gone = asyncio.Event()
+        self._on_lost: list[Callable[[], None]] = []
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._ended and not self._gone.is_set():
+            piece: tuple[bytes, bool] | None = (b"", False)
+            if self._pull:
+                future: asyncio.Future[tuple[bytes, bool] | None] = asyncio.get_running_loop().create_future()
+                self._pieces.append(future)
+                self.conn.send(("more", self.rid))
+                piece = await future
+            if piece is not None:
+                self._ended = not piece[1]
+                return {"type": "http.request", "body": piece[0], "more_body": piece[1]}
+        await self._gone.wait()  # the body is in: the next message is the client's departure
+        return {"type": "http.disconnect"}
+
+    def deliver(self, body: bytes, more: bool) -> None:
+        while self._pieces:
+            future = self._pieces.popleft()
+            if not future.done():
+                future.set_result((body, more))
+                return
+
+    def disconnect(self) -> None:
+        if self._gone.is_set():
+            return
+        self._gone.set()
+        while self._pieces:
+            future = self._pieces.popleft()
+            if not future.done():
+                future.set_result(None)
+        callbacks, self._on_lost = self._on_lost, []
+        loop = asyncio.get_running_loop()
+        for callback in callbacks:
+            loop.call_soon(callback)
+
+    def watch_disconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (once) when the client is gone; soon, if it already is."""
+        if self._gone.is_set():
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._on_lost.append(callback)
+
+    def unwatch_disconnect(self, callback: Callable[[], None]) -> None:
+        try:
+            self._on_lost.remove(callback)
+        except ValueError:  # already called
+            pass
 
 
 def engine_main(settings: Settings, control_path: Path, supervisor: Connection) -> None:

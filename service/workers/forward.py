@@ -4,26 +4,45 @@ A front end answers the inference routes (`/v1/models/{m}/classify`, `/v2/models
 infer`: the CPU-heavy part of the service, parsed and preprocessed here) and liveness/readiness (its
 own: a draining front end is not ready). Everything else (model lists and metadata, statistics,
 repository index/load/unload, /metrics, /v1/compare, OpenAPI and docs) needs the engine's state and
-is rare: the whole request goes to the engine over the control connection and its app answers it
+is rare: the request goes to the engine over the control connection and its app answers it
 in-process, so every endpoint answers from any front end exactly as the single-process server does.
+
+The engine's app decides, as in the single process: the head goes first, and the body is read from
+the client only as the app reads it (`EngineClient.forward`), one piece per ask. So what the app
+refuses before reading (an unknown path or model, a missing API key, a body over a route's own
+limit) is answered without the body being read, and `Expect: 100-continue` is answered as there. A
+client that leaves is the app's client leaving: the engine's app sees the disconnect (its queued
+work is withdrawn, as in the single process).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
 from re import Pattern
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.request_view import DisconnectWatch
 from service.errors import exception_response
-from service.workers.client import EngineClient
+from service.http_protocol import DISCONNECT_WATCH
+from service.workers.client import BodyDelivery, EngineClient
 
 LOCAL_GET_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 #: the parts of an ASGI scope a forwarded request keeps (all picklable)
 SCOPE_KEYS = ("http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers",
               "client", "server")
+
+
+def has_body(scope: Scope) -> bool:
+    """Whether the request has a body (HTTP/1.1: a Content-Length above 0, or a Transfer-Encoding)."""
+    for key, value in scope.get("headers", ()):
+        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
 
 
 class ForwardMiddleware:
@@ -44,20 +63,76 @@ class ForwardMiddleware:
         if scope["type"] != "http" or self._local(scope):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message: Message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        def client_gone() -> None:  # stop waiting: the cancelled wait tells the engine (EngineClient._request)
+            nonlocal gone
+            if not gone:
+                gone = True
+                task.cancel()
+
+        connection: DisconnectWatch | None = scope.get(DISCONNECT_WATCH)
+        if connection is not None:
+            connection.watch_disconnect(client_gone)
+        client = ClientBody(receive, client_gone) if has_body(scope) else None
         try:
-            status, headers, body = await self.client.forward(
-                {k: scope[k] for k in SCOPE_KEYS if k in scope}, b"".join(chunks))
+            try:
+                status, headers, body = await self.client.forward(
+                    {k: scope[k] for k in SCOPE_KEYS if k in scope}, client)
+            finally:  # answered (or failed): the client is no longer watched
+                if client is not None:
+                    client.close()
+                if connection is not None:
+                    connection.unwatch_disconnect(client_gone)
+        except asyncio.CancelledError:
+            if gone and task.uncancel() == 0:
+                return  # nobody to answer
+            raise
         except Exception as exc:  # noqa: BLE001 - outside FastAPI's handlers: answer as they would (engine gone: 503)
             response = await exception_response(Request(scope), exc)
             await response(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class ClientBody:
+    """A forwarded request's body, read from its client one piece per ask of the engine's app; once it is in, the
+    next ASGI message is the client's departure, awaited too (reading on: uvicorn stops reading at a large body's
+    end, and a client that resets would go unnoticed while the engine computes). One task, from the first ask."""
+
+    def __init__(self, receive: Receive, on_gone: Callable[[], None]) -> None:
+        self.receive = receive
+        self.on_gone = on_gone
+        self._asks: deque[BodyDelivery] = deque()
+        self._asked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wanted(self, deliver: BodyDelivery) -> None:
+        self._asks.append(deliver)
+        self._asked.set()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        complete = False
+        try:
+            while True:
+                while not complete and not self._asks:
+                    self._asked.clear()
+                    await self._asked.wait()
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    break
+                if not complete:
+                    complete = not message.get("more_body", False)
+                    self._asks.popleft()(message.get("body", b""), not complete)
+        except Exception:  # noqa: BLE001 - the body limit refused the body (its 413 is sent): the client is done
+            pass
+        self.on_gone()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

@@ -17,9 +17,12 @@ Front end -> engine (one unix-socket connection per front-end process):
   ("unmap", index)                                 the front end released that (idle) segment
   ("readiness_off",)                               the front end started draining: the engine's
                                                    vitserve_server_ready goes to 0 (requests still accepted)
-  ("cancel", rid)                                  the client went away: the request leaves the queue
-  ("http", rid, scope, body)                       a request the engine answers -> ("http_response", rid,
-                                                   status, headers, body)
+  ("cancel", rid)                                  the client went away: the request leaves the queue (a
+                                                   forwarded request's app sees its client disconnect)
+  ("http", rid, scope, complete)                   a request the engine's app answers -> ("http_response", rid,
+                                                   status, headers, body); `complete`: it has no body, else
+                                                   the app's every read of it asks ("more", rid) and gets
+  ("body", rid, piece, more)                       the next piece the front end read from its client
 Engine -> front end, unasked: ("table", ModelTable) whenever a model's state or versions change.
 Each direction sends the messages of one event-loop turn as one frame (service/workers/transport.py).
 

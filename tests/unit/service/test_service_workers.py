@@ -274,6 +274,92 @@ def test_a_cancel_in_the_same_read_as_its_submit_is_answered(tmp_path: Path) -> 
     assert asyncio.run(main()) == [("cancelled", 7)]
 
 
+class _EchoApp:
+    """An engine app that reads its request's body (as the client gave it, piece by piece) and echoes it, or
+    answers 499 when its client went away first."""
+
+    def __init__(self) -> None:
+        self.state = SimpleNamespace(store=_EngineStore())
+        self.messages: list[dict[str, object]] = []
+
+    async def __call__(self, scope: dict[str, object], receive, send) -> None:  # noqa: ANN001 - ASGI
+        body = b""
+        while True:
+            message = await receive()
+            self.messages.append(message)
+            if message["type"] == "http.disconnect":
+                await send({"type": "http.response.start", "status": 499, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            body += message["body"]
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _engine_and_front(tmp_path: Path, app: _EchoApp, on_message) -> tuple[EngineServer, Channel]:  # noqa: ANN001
+    server = EngineServer(app, tmp_path / "engine.sock")  # type: ignore[arg-type]
+    await server.start()
+    _, front = await asyncio.get_running_loop().create_unix_connection(
+        lambda: Channel(on_message, lambda: None), str(tmp_path / "engine.sock"))
+    return server, front
+
+
+def test_a_forwarded_body_is_pulled_one_piece_per_read_of_the_engines_app(tmp_path: Path) -> None:
+    """The engine asks for each piece as its app reads: the front end reads from its client only that much."""
+    async def main() -> tuple[list[tuple[object, ...]], list[dict[str, object]]]:
+        app = _EchoApp()
+        got: list[tuple[object, ...]] = []
+        done = asyncio.Event()
+        pieces = [(b"ab", True), (b"c", False)]
+
+        def on_message(m: tuple[object, ...]) -> None:
+            if m[0] == "table":
+                return
+            got.append(m[:2] if m[0] == "more" else (m[0], m[1], m[2], m[4]))
+            if m[0] == "more":
+                front.send(("body", 9, *pieces.pop(0)))
+            else:
+                done.set()
+
+        server, front = await _engine_and_front(tmp_path, app, on_message)
+        front.send(("http", 9, {"method": "POST", "path": "/", "headers": []}, False))
+        await asyncio.wait_for(done.wait(), 10)
+        front.close()
+        await server.close()
+        return got, app.messages
+
+    got, messages = asyncio.run(main())
+    assert got == [("more", 9), ("more", 9), ("http_response", 9, 200, b"abc")]
+    assert [m["body"] for m in messages] == [b"ab", b"c"]
+
+
+def test_a_forwarded_requests_cancel_is_its_apps_disconnect_even_in_the_same_read(tmp_path: Path) -> None:
+    """A client gone before the engine's app read its body: the app reads a disconnect (no body is asked for)."""
+    async def main() -> tuple[list[tuple[object, ...]], list[dict[str, object]]]:
+        app = _EchoApp()
+        got: list[tuple[object, ...]] = []
+        done = asyncio.Event()
+
+        def on_message(m: tuple[object, ...]) -> None:
+            if m[0] != "table":
+                got.append(m[:3])
+                done.set()
+
+        server, front = await _engine_and_front(tmp_path, app, on_message)
+        front.send(("http", 9, {"method": "POST", "path": "/", "headers": []}, False))
+        front.send(("cancel", 9))  # both written in one turn: the engine reads them together
+        await asyncio.wait_for(done.wait(), 10)
+        front.close()
+        await server.close()
+        return got, app.messages
+
+    got, messages = asyncio.run(main())
+    assert got == [("http_response", 9, 499)]
+    assert messages == [{"type": "http.disconnect"}]
+
+
 def test_released_segments_are_unmapped_by_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from service.workers import transport
 
