@@ -20,6 +20,7 @@ dropout off, and every new parameter can learn):
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,9 +28,24 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-__all__ = ["load_state_dict_file", "convert_timm_state_dict", "load_checkpoint"]
+__all__ = ["load_state_dict_file", "convert_timm_state_dict", "load_checkpoint", "read_weights_only"]
 
 _SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def read_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
+    """`torch.load` restricted to tensors and plain values: a planted pickle is refused, never run.
+
+    Raises ValueError with a one-line reason (torch's own text advises loading the file unsafely).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError("it holds objects other than tensors and plain values, or is not a torch file at all "
+                         "(nothing in it was run)") from None
+    except Exception as exc:  # truncated zip, empty file, unreadable path
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "empty or truncated"
+        raise ValueError(f"it is truncated or not a torch file ({type(exc).__name__}: {reason})") from None
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -45,9 +61,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         obj: Any = load_file(str(path), device="cpu")
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors, truncated files, non-weights payloads
-            raise ValueError(f"checkpoint {path} could not be read as a weights-only torch file: {exc}") from exc
+            obj = read_weights_only(path)
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {path} could not be read as a weights-only torch file: {exc}") from None
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]

@@ -12,7 +12,9 @@ Resuming: after every epoch the model, optimizer, scheduler and scaler state go 
 `<state dir>/<model name>.pt` (atomically). A re-run with the same spec, data and recipe continues
 after the last saved epoch; each epoch's shuffling and augmentation are seeded by (seed, epoch), so
 a resumed run sees the epochs an uninterrupted run would have seen. A saved state that belongs to
-another dataset or recipe is refused rather than silently reused.
+another dataset or recipe is refused rather than silently reused. The state is read weights-only
+(tensors and plain values: `load_state`), so a file planted in a shared repository folder never runs
+code; every spec's state is checked before the first spec trains.
 """
 
 from __future__ import annotations
@@ -119,12 +121,53 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomically, through a fresh temporary name (a link planted at a fixed `.tmp` name is never followed)."""
+    import tempfile
+
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+#: what a saved state holds (`fit` writes it); a file with anything else is not one
+_STATE_TYPES: dict[str, type] = {"identity": str, "epoch": int, "model": dict, "optimizer": dict,
+                                 "scheduler": dict, "scaler": dict, "epoch_losses": list}
+_START_OVER = "delete it (or pass another --state-dir) to start over"
+
+
+def load_state(path: Path, identity: str, epochs: int, map_location: Any = "cpu") -> dict[str, Any]:
+    """The saved state at `path` if this run wrote it, else ValueError (one line naming the file).
+
+    Read weights-only (tensors and plain values): a pickle planted in the state folder is refused
+    before anything in it runs, and so are garbage bytes, another shape and another run's state.
+    """
+    import torch
+
+    from export.checkpoint import read_weights_only
+
+    if not path.is_file():  # a FIFO would block the read; a folder is no state either
+        raise ValueError(f"saved fine-tuning state {path} is not a regular file; {_START_OVER}")
+    try:
+        state = read_weights_only(path, map_location)
+    except ValueError as exc:
+        raise ValueError(f"saved fine-tuning state {path} refused, not loaded: {exc}; {_START_OVER}") from None
+    if (not isinstance(state, dict)
+            or any(not isinstance(state.get(k), t) for k, t in _STATE_TYPES.items())
+            or isinstance(state["epoch"], bool) or not 1 <= state["epoch"] <= epochs
+            or not all(isinstance(v, torch.Tensor) for v in state["model"].values())
+            or not all(isinstance(v, float) for v in state["epoch_losses"])):
+        raise ValueError(f"saved fine-tuning state {path} is not a state this program wrote; {_START_OVER}")
+    if state["identity"] != identity:
+        raise ValueError(f"saved fine-tuning state {path} belongs to another spec, dataset or recipe; {_START_OVER}")
+    return state
 
 
 def fit(
@@ -165,15 +208,17 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch = 0
     if state_file is not None and state_file.exists():
-        state = torch.load(state_file, map_location=device, weights_only=False)
-        if state.get("identity") != identity:
-            raise ValueError(f"saved fine-tuning state {state_file} belongs to another spec, dataset or recipe; "
-                             "delete it (or pass another --state-dir) to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch = int(state["epoch"])
+        state = load_state(state_file, identity, config.epochs, map_location=device)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"saved fine-tuning state {state_file} does not fit the model ({reason}); "
+                             f"{_START_OVER}") from None
+        start_epoch = state["epoch"]
         result.epoch_losses = list(state["epoch_losses"])
         result.resumed_from_epoch = start_epoch
         print(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {state_file}", file=sys.stderr)
@@ -274,6 +319,11 @@ def make_model(spec: ModelSpec, num_classes: int, checkpoint: Path | None, seed:
     return model, start
 
 
+def _spec_config(config: FitConfig, checkpoint: Path | None) -> FitConfig:
+    """The recipe one spec trains with: BN statistics frozen when it starts from a checkpoint."""
+    return replace(config, freeze_norm_stats=True) if checkpoint is not None else config
+
+
 def _identity(spec: ModelSpec, data: ImageFolderData, config: FitConfig, start: str) -> str:
     recipe = {k: v for k, v in asdict(config).items() if k not in ("device", "workers", "max_steps")}
     text = json.dumps({"spec": str(spec), "options": spec.options, "data": data.identity.model_dump(),
@@ -314,8 +364,7 @@ def train_spec(
         torch.set_num_threads(threads)
     spec = parse_spec(spec_text) if isinstance(spec_text, str) else spec_text
     model, start = make_model(spec, len(data.classes), checkpoint, config.seed)
-    if checkpoint is not None:
-        config = replace(config, freeze_norm_stats=True)
+    config = _spec_config(config, checkpoint)
     dataset = SampleDataset(data.train, train_transform(get_preset(spec.preset).data, config.augmentation))
     state_file = state_dir / f"{spec.name}.pt" if state_dir is not None else None
     started = time.perf_counter()
@@ -414,10 +463,14 @@ def finetune_repository(
         raise ValueError(f"checkpoint file not found: {checkpoint}")
     data = load_image_folder(Path(data_dir), val_fraction=val_fraction, seed=config.seed, name=dataset_name)
     print(data.summary(), file=sys.stderr)
-    for spec in parsed:  # refuse a checkpoint that does not fit before training anything
-        make_model(spec, len(data.classes), checkpoint, config.seed)
     state_dir = state_dir if state_dir is not None else repository / ".finetune"
     configs = [replace(config, epochs=(spec_epochs or {}).get(t, config.epochs)) for t in texts]
+    for spec, spec_config in zip(parsed, configs):  # refuse a misfit checkpoint or saved state before training
+        _, start = make_model(spec, len(data.classes), checkpoint, config.seed)
+        state_file = state_dir / f"{spec.name}.pt"
+        if state_file.exists():
+            load_state(state_file, _identity(spec, data, _spec_config(spec_config, checkpoint), start),
+                       spec_config.epochs)
     print(device_line(config, threads), file=sys.stderr)
     repository.mkdir(parents=True, exist_ok=True)
     kwargs = dict(checkpoint=checkpoint, state_dir=state_dir, threads=threads)

@@ -135,7 +135,7 @@ def test_a_killed_finetune_resumes_after_its_last_saved_epoch(tmp_path: Path) ->
     assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)  # mid-epoch 2: no chance to clean up
     proc.wait(30)
-    saved = torch.load(state_file, weights_only=False)["epoch"]
+    saved = torch.load(state_file, weights_only=True)["epoch"]
     assert 1 <= saved < 3 and not (tmp_path / "repo" / "test-gab" / "vitserve.json").exists()
 
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
