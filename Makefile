@@ -59,6 +59,11 @@ demo: $(VENV)/.full
 test: $(VENV)/.full
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ruff (service, export, bench, tests) and mypy (service, export); configured in pyproject.toml
+lint: $(VENV)/.full
+	$(BIN)/ruff check service export bench tests
+	$(BIN)/mypy
+
 # The system tools the monitoring/deployment tests use (promtool, prometheus, docker-compose, shellcheck;
 # apt-get, as root): without them `make test` skips those tests and says so in its last lines.
 tools:
