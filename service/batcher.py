@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -157,7 +157,12 @@ def finite_rows(outputs: object) -> list[bool] | None:
     scans its own rows on the event loop); None when `outputs` is no numeric array with rows."""
     if not isinstance(outputs, np.ndarray) or outputs.ndim < 1 or not outputs.size or outputs.dtype.kind not in "biufc":
         return None
-    return np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1).tolist()
+    finite = np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
+    return cast("list[bool]", finite.tolist())
+
+
+#: what a batch's compute thread hands back: the outputs, its gate wait and compute seconds, each row's finiteness
+BatchResult = tuple[np.ndarray, float, float, list[bool] | None]
 
 
 class BatcherHooks:
@@ -207,7 +212,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._threads: ComputeThreads[list[np.ndarray], tuple[np.ndarray, float, float, list[bool] | None]] | None = None
+        self._threads: ComputeThreads[list[np.ndarray], BatchResult] | None = None
         self._last_compute_s = 0.0
         self._batch_ids = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -248,7 +253,7 @@ class Batcher:
         if self._task is not None and not self._task.done():  # a second stop() has nothing left to wait for
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 self._task.cancel()
                 error = BatcherStopped(f"model {self.name} stopped before the request was computed")
                 pending = list(self._queue) + [r for b in self._inflight_batches.values() for r in b]
@@ -379,7 +384,7 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, float, float, list[bool] | None]:
+    def _compute(self, inputs: list[np.ndarray]) -> BatchResult:
         """(outputs, compute seconds, seconds waited for the compute gate, whether each output row is finite)
         of one batch, in a worker thread."""
         batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
@@ -395,7 +400,7 @@ class Batcher:
         self,
         batch_id: int,
         batch: list[PendingRequest],
-        running: asyncio.Future[tuple[np.ndarray, float, float, list[bool] | None]],
+        running: asyncio.Future[BatchResult],
         dispatched_at: float,
     ) -> None:
         """Wait for a batch on its worker, start the next one, then answer each member."""

@@ -105,7 +105,7 @@ class _DrainingServer:
                 state, lifespan = self.server_state, self.lifespan
                 acceptor: Any = None
 
-                class Protocol(config.http_protocol_class):  # type: ignore[misc,name-defined]
+                class Protocol(config.http_protocol_class):
                     def connection_lost(self, exc: Exception | None) -> None:
                         super().connection_lost(exc)
                         acceptor.closed()  # the count the siblings read drops at once

@@ -94,13 +94,13 @@ def _end_all() -> None:
     queued is done (its answers go nowhere: the loops are gone)."""
     for threads in list(_open):
         threads._closed = True  # noqa: SLF001 - this module's own object
-        for _ in threads._threads:  # noqa: SLF001
-            threads._queue.put(None)  # noqa: SLF001
+        for _ in threads._threads:  # noqa: SLF001 - this module's own object
+            threads._queue.put(None)  # noqa: SLF001 - this module's own object
 
 
 # runs before threading joins non-daemon threads (what concurrent.futures registers for its executors'
 # threads); an atexit hook would run only after that join and wait for ever
-threading._register_atexit(_end_all)  # noqa: SLF001
+threading._register_atexit(_end_all)  # type: ignore[attr-defined]  # CPython's private hook (3.9+), not in typeshed
 
 
 def _post(future: asyncio.Future[Any], settle: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:

@@ -1,7 +1,7 @@
 """Domain errors raised by the serving core, and the one table that maps them to HTTP.
 
-Every domain error of the service lives here (the core, the runtimes and the wire codecs raise them); only the edge (this module's
-`install_error_handlers`) turns them into responses `{"error": "..."}`. A 500 logs the trace and
+Every domain error of the service lives here (the core, the runtimes and the wire codecs raise them); only the
+edge (this module's `install_error_handlers`) turns them into responses `{"error": "..."}`. A 500 logs the trace and
 says only "internal error", so no stack trace or path ever reaches a client.
 """
 

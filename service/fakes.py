@@ -105,9 +105,11 @@ class BrokenLoadRuntime(EchoRuntime):
         raise RuntimeError("injected load failure")
 
 
-def fake_factory(cls: type[InferenceRuntime] = EchoRuntime, **attrs: object) -> Callable[[RuntimeSpec], InferenceRuntime]:
-    """A runtime factory (for `service.runtimes.runtime_override` or `register_runtime`) that builds `cls` (with class attributes overridden by `attrs`) and
-    keeps every instance in `factory.instances` for inspection."""
+def fake_factory(
+    cls: type[InferenceRuntime] = EchoRuntime, **attrs: object
+) -> Callable[[RuntimeSpec], InferenceRuntime]:
+    """A runtime factory (for `service.runtimes.runtime_override` or `register_runtime`) that builds `cls` (with
+    class attributes overridden by `attrs`) and keeps every instance in `factory.instances` for inspection."""
     instances: list[InferenceRuntime] = []
 
     def factory(spec: RuntimeSpec) -> InferenceRuntime:
@@ -117,5 +119,5 @@ def fake_factory(cls: type[InferenceRuntime] = EchoRuntime, **attrs: object) -> 
         instances.append(runtime)
         return runtime
 
-    factory.instances = instances  # type: ignore[attr-defined]
+    factory.instances = instances  # type: ignore[attr-defined]  # tests read the instances off the function
     return factory

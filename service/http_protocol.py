@@ -148,7 +148,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str, bool] | None = None  # to answer once the requests before it are answered
 
     # -- connection ------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's parameter is BaseTransport; a TCP server gives a Transport
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             self._reject(503, f"too many connections (limit {self.max_connections})", True)
@@ -247,11 +247,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_deadline = self.loop.time() + self.body_timeout_s
         self._disarm()  # the head's timer; the body's is armed once the piece is parsed, if the body is incomplete
         super().on_headers_complete()
-        self.scope[DISCONNECT_WATCH] = self  # type: ignore[literal-required]
+        self.scope[DISCONNECT_WATCH] = self  # type: ignore[literal-required]  # an extension key of vitserve's in uvicorn's TypedDict scope
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # this request's cycle (not an upgrade)
             if cycle is not self._direct_cycle:  # answered through ASGI (the direct path writes once itself)
-                cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
+                cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]  # duck-types the writes a cycle makes
             if amount:
                 held = _Held(cycle, max(amount, 0))
                 self.body_budget.take(held.amount)
@@ -425,7 +425,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         self.loop.call_later(LINGER_S, self.transport.close)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's contract (True: stay half-open); uvicorn annotates None
         if self._discarding:
             self.transport.close()
         return super().eof_received()

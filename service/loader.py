@@ -93,7 +93,7 @@ def build_version(
     except ModelLoadError:
         runtime.close()
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a runtime's warm-up may raise anything: the load fails with it
         runtime.close()
         raise ModelLoadError(entry.name, f"version {version}: warm-up failed: {exception_summary(exc)}") from exc
     return runtime

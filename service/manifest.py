@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +20,7 @@ MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 # How far beyond the values a normalised [0, 1] pixel can take an input tensor may go, in units of that
@@ -30,8 +30,8 @@ INPUT_RANGE_MARGIN = 4.0
 
 def default_input_range(mean: tuple[float, float, float], std: tuple[float, float, float]) -> tuple[float, float]:
     """The values `(pixel - mean) / std` takes for pixels in [0, 1], widened by INPUT_RANGE_MARGIN x its width."""
-    lo = min((0.0 - m) / s for m, s in zip(mean, std))
-    hi = max((1.0 - m) / s for m, s in zip(mean, std))
+    lo = min((0.0 - m) / s for m, s in zip(mean, std, strict=True))
+    hi = max((1.0 - m) / s for m, s in zip(mean, std, strict=True))
     margin = INPUT_RANGE_MARGIN * (hi - lo)
     return (round(lo - margin, 6), round(hi + margin, 6))
 
@@ -132,7 +132,7 @@ class Provenance(_Strict):
     weights: str = Field(description="'random(seed=N)', 'checkpoint:<file name>' or 'trained:<dataset>'")
     new_parameters: list[str] = Field(default_factory=list, description="keys absent from the checkpoint")
     tool_versions: dict[str, str] = Field(default_factory=dict)
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class DatasetIdentity(_Strict):

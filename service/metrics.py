@@ -64,7 +64,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from service.manifest import Evaluation
 
 PREFIX = "vitserve_"
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+                   30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MODEL_STATES = ("ready", "loading", "failed", "unloading", "unloaded")
 #: set (with PROMETHEUS_MULTIPROC_DIR) by the `--http-workers` supervisor only

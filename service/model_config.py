@@ -186,7 +186,8 @@ def _optimization_pbtxt(opt: ModelOptimization) -> list[str]:
         items = []
         for acc in accelerators:
             lines = [f"      {{\n        name: {_quote(acc.name)}"]
-            lines += [f"        parameters {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in acc.parameters.items()]
+            lines += [f"        parameters {{ key: {_quote(k)} value: {_quote(v)} }}"
+                      for k, v in acc.parameters.items()]
             items.append("\n".join(lines) + "\n      }")
         out += [f"    {key} [", ",\n".join(items), "    ]"]
     out += ["  }", "}"]
@@ -251,7 +252,7 @@ class PbtxtError(ValueError):
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
-    pos, toks = 0, []
+    pos, toks = 0, list[tuple[str, str]]()
     text = text.rstrip()
     while pos < len(text):
         m = _TOKEN.match(text, pos)
@@ -259,8 +260,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             raise PbtxtError(f"unexpected character at offset {pos}: {text[pos:pos + 20]!r}")
         pos = m.end()
         kind = m.lastgroup
-        if kind != "comment":
-            toks.append((kind, m.group(kind)))  # type: ignore[arg-type]
+        if kind is not None and kind != "comment":  # every alternative of _TOKEN is a named group
+            toks.append((kind, m.group(kind)))
     return toks
 
 

@@ -264,7 +264,7 @@ class Pipeline:
                       for lv in members),
                     return_exceptions=True,
                 )
-                for lv, r in zip(members, done):
+                for lv, r in zip(members, done, strict=True):
                     if isinstance(r, BaseException) and not isinstance(r, ServiceError):
                         raise r
                     results[lv.model] = r

@@ -25,6 +25,7 @@ def top_k_predictions(logits: np.ndarray, top_k: int, labels: list[str]) -> list
     probs = softmax(logits)
     # plain construction (validated in pydantic's core) costs less per model than `model_construct`
     return [
-        [Prediction(label=labels[i], index=i, score=score) for i, score in zip(idx.tolist(), row[idx].tolist())]
-        for row, idx in zip(probs, top_k_indices(probs, top_k))
+        [Prediction(label=labels[i], index=i, score=score)
+         for i, score in zip(idx.tolist(), row[idx].tolist(), strict=True)]
+        for row, idx in zip(probs, top_k_indices(probs, top_k), strict=True)
     ]

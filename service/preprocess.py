@@ -1,8 +1,8 @@
 """Image bytes -> `pixel_values` float32 [3, H, W], as the model's manifest says (timm eval transform).
 
 Decode with Pillow behind explicit limits: the pixel count and the decoded size in bytes are
-checked from the header before any pixel is decoded (decompression bombs), the file is verified, only the first frame of an
-animated/multi-frame image is used, EXIF orientation is applied, and every mode (palette,
+checked from the header before any pixel is decoded (decompression bombs), the file is verified, only the first frame
+of an animated/multi-frame image is used, EXIF orientation is applied, and every mode (palette,
 alpha, CMYK, 16-bit, float) becomes 8-bit RGB, after reducing an image far larger than the model
 needs in its own mode (so a 16-bit or float giant never gets a full-size float copy). Then: resize the shorter side to
 size / crop_pct with the manifest's interpolation, centre-crop, scale to [0, 1], normalise.
@@ -55,7 +55,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             _check_pixels(image.size, max_pixels)
             _check_bytes(image, max_bytes)
             if inline_pixels is not None and image.width * image.height > inline_pixels:

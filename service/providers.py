@@ -246,7 +246,8 @@ def _profile_max_batch(options: dict[str, str]) -> int:
     try:
         return min(int(shape.split("x", 1)[0]) for shape in shapes) if shapes else 0
     except ValueError:
-        raise AcceleratorConfigError(f"cannot read trt_profile_max_shapes {options['trt_profile_max_shapes']!r}")
+        shapes_text = options["trt_profile_max_shapes"]
+        raise AcceleratorConfigError(f"cannot read trt_profile_max_shapes {shapes_text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ class ModelEntry:
             raise ModelLoadError(self.name, f"manifest has no sha256 for {rel}")
         actual = sha256_file(path)
         if actual != expected.lower():
-            raise ModelLoadError(self.name, f"sha256 mismatch for {rel}: manifest {expected[:12]}…, file {actual[:12]}…")
+            raise ModelLoadError(self.name,
+                                 f"sha256 mismatch for {rel}: manifest {expected[:12]}…, file {actual[:12]}…")
         return path
 
 
@@ -96,13 +97,15 @@ def read_model(root: Path, name: str) -> ModelEntry:
     except FileNotFoundError:
         raise ModelLoadError(name, f"missing {MANIFEST_FILENAME}") from None
     except (ValidationError, ValueError) as exc:
-        raise ModelLoadError(name, f"invalid {MANIFEST_FILENAME}: {exception_summary(exc, first_line=False, with_type=False)}") from None
+        reason = exception_summary(exc, first_line=False, with_type=False)
+        raise ModelLoadError(name, f"invalid {MANIFEST_FILENAME}: {reason}") from None
     try:
         config = ModelConfig.load(directory / CONFIG_FILENAME)
     except FileNotFoundError:
         raise ModelLoadError(name, f"missing {CONFIG_FILENAME}") from None
     except (ValidationError, PbtxtError, ValueError) as exc:
-        raise ModelLoadError(name, f"invalid {CONFIG_FILENAME}: {exception_summary(exc, first_line=False, with_type=False)}") from None
+        reason = exception_summary(exc, first_line=False, with_type=False)
+        raise ModelLoadError(name, f"invalid {CONFIG_FILENAME}: {reason}") from None
     if config.name != name:
         raise ModelLoadError(name, f"{CONFIG_FILENAME} names the model {config.name!r}, directory is {name!r}")
     if manifest.name != name:

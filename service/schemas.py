@@ -30,7 +30,8 @@ class BatchingInfo(BaseModel):
     max_queue_delay_ms: float
     max_queue_size: int = Field(description="queue bound in images")
     preferred_batch_sizes: list[int] = Field(default_factory=list)
-    instances: int = Field(1, description="execution instances: batches computed at once, sharing the session's threads")
+    instances: int = Field(
+        1, description="execution instances: batches computed at once, sharing the session's threads")
 
 
 ModelStateName = Literal["ready", "loading", "failed", "unloading", "unloaded"]

@@ -194,7 +194,7 @@ class ModelStore:
             # requests accepted before the signal (reading their body, decoding) still reach their batcher
             try:
                 await asyncio.wait_for(self._none_accepted.wait(), self.settings.drain_timeout_s)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 log.warning("drain timeout: %d accepted requests still being read or decoded", self._accepted)
         left = max(0.0, self.settings.drain_timeout_s - (time.monotonic() - started))
         versions = [lv for h in self._models.values() for lv in h.versions.values()]
@@ -290,7 +290,7 @@ class ModelStore:
             except ModelLoadError as exc:
                 self._load_failed(handle, exc.reason, serving_before)
                 return
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - one model's unexpected error fails that model only
                 log.exception("model %s: unexpected load error", handle.name)
                 self._load_failed(handle, f"unexpected load error: {exception_summary(exc)}", serving_before)
                 return
@@ -396,7 +396,8 @@ class ModelStore:
             self.metrics.set_state(name, "unloading")
             self._notify()
             for lv in old.values():
-                self.metrics.model_ready.labels(model=name, version=str(lv.version), provider=lv.runtime.provider).set(0)
+                labels = {"model": name, "version": str(lv.version), "provider": lv.runtime.provider}
+                self.metrics.model_ready.labels(**labels).set(0)
             await self._retire(list(old.values()))
             handle.state, handle.reason = "unloaded", "unloaded by request"
             self.metrics.set_state(name, "unloaded")
@@ -418,7 +419,7 @@ class ModelStore:
     def get_model(self, name: str) -> ModelInfo:
         h = self._handle(name)
         entry, default = h.entry, h.default
-        info = ModelInfo(name=name, state=h.state, reason=h.reason, load_seconds=h.load_seconds)  # type: ignore[arg-type]
+        info = ModelInfo(name=name, state=h.state, reason=h.reason, load_seconds=h.load_seconds)
         if entry is not None:
             m = entry.manifest
             limits = batch_limits(entry, self.settings)
@@ -445,8 +446,9 @@ class ModelStore:
             )
         if default is not None:
             info = info.model_copy(
-                update={"version": default.version, "versions": sorted(h.versions), "provider": default.runtime.provider,
-                        "provider_note": default.runtime.provider_note, "last_error": default.observer.last_error}
+                update={"version": default.version, "versions": sorted(h.versions),
+                        "provider": default.runtime.provider, "provider_note": default.runtime.provider_note,
+                        "last_error": default.observer.last_error}
             )
         return info
 

@@ -172,7 +172,7 @@ class track:  # noqa: N801 - used as `async with track(...)`, like a context-man
     async def __aenter__(self) -> None:
         self._start = time.perf_counter()
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if kind is None:
             code = 200
         elif isinstance(exc, ServiceError):
@@ -182,7 +182,6 @@ class track:  # noqa: N801 - used as `async with track(...)`, like a context-man
         else:
             code = 500
         self._metrics.observe_request(self._model, self._endpoint, code, time.perf_counter() - self._start)
-        return False
 
 
 async def cancel_on_disconnect(request: RequestView, work: Awaitable[T]) -> T:

@@ -16,10 +16,11 @@ request started), and what it does in place of the ASGI layers gives their answe
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
@@ -59,7 +60,7 @@ class DirectRequest:
 
     def __init__(self, connection: GuardedHttpToolsProtocol, cycle: RequestResponseCycle, limit: int | None) -> None:
         scope = cycle.scope
-        self.headers: Headers = RequestHeaders(scope["headers"])
+        self.headers: Headers = RequestHeaders(cast("list[tuple[bytes, bytes]]", scope["headers"]))
         self.query_string: bytes = scope["query_string"]
         self.connection = connection
         self._cycle = cycle
@@ -134,12 +135,13 @@ async def _serve(connection: GuardedHttpToolsProtocol, cycle: RequestResponseCyc
             try:
                 response = await endpoint(request, **params)
             except Exception as exc:  # noqa: BLE001 - the same table as FastAPI's handlers
-                response = await exception_response(Request(cycle.scope), exc)
+                response = await exception_response(Request(cast(Scope, cycle.scope)), exc)
             if request.refused:  # what the endpoint answered after the body went past the limit is dropped
                 status = 413
                 headers, body = limit_error(413, streamed_refusal(max_body_bytes))
             else:
-                status, headers, body = response.status_code, response.raw_headers, response.body
+                # a Response renders its content to bytes (starlette types the field wider)
+                status, headers, body = response.status_code, response.raw_headers, cast(bytes, response.body)
         await _respond(connection, cycle, status, headers, body)
     except BaseException as exc:  # as uvicorn's `run_asgi`: log, then a 500 if nothing was sent, else close
         connection.logger.error("Exception in ASGI application\n", exc_info=exc)

@@ -41,7 +41,7 @@ class HotRoutes:
     def api_routes(self) -> list[APIRoute]:
         return [route for route, _ in self.routes]
 
-    def match(self, scope: Scope) -> tuple[HotEndpoint, dict[str, Any]] | None:
+    def match(self, scope: Mapping[str, Any]) -> tuple[HotEndpoint, dict[str, Any]] | None:
         if scope["method"] != "POST":
             return None
         path: str = scope["path"]
@@ -91,4 +91,4 @@ def hot_routes(router: APIRouter, endpoints: Mapping[Callable[..., Any], HotEndp
     """The router's POST routes of these FastAPI endpoints (declared once, with the router's prefix), each
     served by its `RequestView` endpoint."""
     return HotRoutes([(r, endpoints[r.endpoint]) for r in router.routes
-                      if isinstance(r, APIRoute) and r.endpoint in endpoints and "POST" in r.methods])
+                      if isinstance(r, APIRoute) and r.endpoint in endpoints and "POST" in (r.methods or ())])

@@ -22,7 +22,7 @@ class RequestHeaders(Headers):
     """Starlette's `Headers` whose `get` finds an absent header without raising and catching KeyError (the
     hot endpoints look up several headers a request usually lacks); the first of repeated headers, as `get`."""
 
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:  # uvicorn gives a list (typed as an Iterable)
         super().__init__(raw=raw)
         self._raw = raw
 
@@ -83,5 +83,5 @@ class AsgiRequest:
 
 async def parse_multipart(request: RequestView, *, max_files: int, max_fields: int) -> FormData:
     """The multipart form of a request, parsed as Starlette's `Request.form` parses it (its parser, its limits)."""
-    return await MultiPartParser(request.headers, request.stream(),  # type: ignore[arg-type]
+    return await MultiPartParser(request.headers, request.stream(),  # type: ignore[arg-type]  # any RequestHeaders/Headers
                                  max_files=max_files, max_fields=max_fields).parse()

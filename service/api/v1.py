@@ -311,7 +311,7 @@ def register_v1(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
             if answered == 0 and all(e.status == entries[0].status for e in entries):
                 # nobody could answer for the same reason (e.g. a corrupt image): that is the answer
                 first = next(r for _, r in results if isinstance(r, ServiceError))
-                raise first  # type: ignore[misc]
+                raise first
             return CompareResponse(
                 results=entries,
                 top1_agree=(len(tops) == 1) if answered >= 1 else None,

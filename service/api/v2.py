@@ -22,21 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from service.api.common import cancel_on_disconnect, check_key, model_label, track
 from service.api.fast_path import HotRoutes, hot_routes
 from service.api.request_view import AsgiRequest, RequestView
-from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, validation_message
-from service.model_config import InstanceGroup
-from service.pipeline import Pipeline
-from service.repository import ModelEntry, parse_version
-from service.schemas import ModelInfo
-from service.store import LoadedVersion
 from service.api.v2_codec import decode_content_encoding, parse_header_length, parse_infer_request, request_timeout_s
-from service.api.v2_response import (
-    COMPRESS_ON_LOOP_BYTES,
-    ENCODE_ON_LOOP_NUMBERS,
-    compressed,
-    encode_infer_response,
-    response_encoding,
-)
-from service.api.v2_wire import HEADER_LENGTH_HEADER, InferenceRequest, InferenceResponse, TensorSpec, input_specs
 from service.api.v2_meta import (
     ModelMetadata,
     ModelStatisticsResponse,
@@ -47,6 +33,20 @@ from service.api.v2_meta import (
     model_statistics,
     server_metadata,
 )
+from service.api.v2_response import (
+    COMPRESS_ON_LOOP_BYTES,
+    ENCODE_ON_LOOP_NUMBERS,
+    compressed,
+    encode_infer_response,
+    response_encoding,
+)
+from service.api.v2_wire import HEADER_LENGTH_HEADER, InferenceRequest, InferenceResponse, TensorSpec, input_specs
+from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, validation_message
+from service.model_config import InstanceGroup
+from service.pipeline import Pipeline
+from service.repository import ModelEntry, parse_version
+from service.schemas import ModelInfo
+from service.store import LoadedVersion
 
 try:
     from importlib.metadata import version as _dist_version
@@ -138,7 +138,8 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
     async def ready() -> Any:
         if store.ready:
             return JSONResponse({"ready": True})
-        return JSONResponse({"ready": False, "error": "server is not ready (loading or shutting down)"}, status_code=503)
+        return JSONResponse({"ready": False, "error": "server is not ready (loading or shutting down)"},
+                            status_code=503)
 
     def _metadata(model: str, version: str | None) -> ModelMetadata:
         v = _version(version)

@@ -106,7 +106,7 @@ def _check_shape(name: str, shape: list[int], dims: Sequence[int], max_batch_siz
                 f"input {name!r}: batch size {shape[0]} is outside 1..{max_batch_size} (the model's max_batch_size)"
             )
         shape = shape[1:]
-    for got, expected in zip(shape, dims):
+    for got, expected in zip(shape, dims, strict=True):  # ranks checked above
         if expected >= 0 and got != expected:
             raise V2ProtocolError(f"input {name!r}: shape does not match the model's "
                                   f"{_wanted_shape(dims, max_batch_size)}")
@@ -283,7 +283,8 @@ def _validate_header(header: memoryview, whole_body: bool) -> InferenceRequest:
         hint = ""
         if whole_body and any(e["type"] == "json_invalid" for e in err.errors()):
             hint = f" (a body with binary tensor data needs the {HEADER_LENGTH_HEADER} header)"
-        raise V2ProtocolError(validation_message(err.errors(), limit=3, lead="invalid inference request: ") + hint) from None
+        message = validation_message(err.errors(), limit=3, lead="invalid inference request: ")
+        raise V2ProtocolError(message + hint) from None
 
 
 def _check_inputs(

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from service.api.v2_wire import TensorSpec, WireModel, input_specs, output_specs
 from service.model_config import ModelConfig
 from service.stats import Duration, Phases, VersionCounts
-from service.api.v2_wire import TensorSpec, WireModel, input_specs, output_specs
 
 # Triton's extension names; the ones vitserve implements.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (

@@ -75,7 +75,7 @@ class InferenceRuntime(ABC):
         sizes = set(warmup_sizes(max_batch_size, "pow2")) | {s for s in preferred if 1 <= s <= max_batch_size}
         return sorted(sizes)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: a runtime with nothing to release keeps the default)
         """Release the session."""
 
 

@@ -207,7 +207,7 @@ class OnnxRuntime(InferenceRuntime):
         if self.provider != providers[0]:
             notes.append(f"{providers[0]} failed to start")
         self.provider_note = "; ".join(dict.fromkeys(notes)) or None
-        self._options = dict(zip(providers, plan.options)).get(self.provider, {})
+        self._options = dict(zip(providers, plan.options, strict=True)).get(self.provider, {})
         self._warmed = False
         self._bound = None
         if self.provider in (TENSORRT, CUDA):  # the graph runs on the GPU: bound, pinned host buffers
@@ -257,7 +257,7 @@ class OnnxRuntime(InferenceRuntime):
         shape = inputs[m.input_name].shape
         if len(shape) != 4:
             raise ValueError(f"input {m.input_name!r} has rank {len(shape)}, expected 4 (batch, 3, H, W)")
-        for dim, want in zip(shape[1:], m.preprocess.input_size):
+        for dim, want in zip(shape[1:], m.preprocess.input_size, strict=True):  # rank 4 checked
             if isinstance(dim, int) and dim != want:
                 raise ValueError(f"input shape {shape} does not match manifest input_size {m.preprocess.input_size}")
 
@@ -268,7 +268,7 @@ class OnnxRuntime(InferenceRuntime):
         return self._session.run([m.output_name], {m.input_name: pixel_values})[0]
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None
 
 
 BACKEND = RuntimeBackend(create=OnnxRuntime, options=settings_session_config)

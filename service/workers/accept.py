@@ -43,7 +43,8 @@ NOT_ACCEPTING = -1
 
 def _address(sock: socket.socket) -> str:
     try:
-        return "%s:%s" % sock.getsockname()[:2]
+        host, port = sock.getsockname()[:2]
+        return f"{host}:{port}"
     except (OSError, TypeError):
         return "the shared socket"
 

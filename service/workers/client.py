@@ -354,7 +354,8 @@ class EngineClient:
         except Exception as exc:  # noqa: BLE001 - every submit gets an answer
             for m in group.members:
                 if not m.future.done():
-                    m.future.set_exception(InferenceFailed(f"reading the engine's answer failed ({type(exc).__name__})"))
+                    failed = InferenceFailed(f"reading the engine's answer failed ({type(exc).__name__})")
+                    m.future.set_exception(failed)
         finally:
             if block is not None:
                 self._release(block)
@@ -451,7 +452,7 @@ class RemoteExecutor:
         self._stopping = True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return self._inflight
         return 0
 

@@ -25,7 +25,7 @@ import shutil
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,8 @@ from fastapi import FastAPI
 from service.batcher import Batcher, BatcherStopped, BatchOutput, PendingRequest
 from service.errors import InferenceFailed, ModelNotReady, ServiceError
 from service.http_protocol import DISCONNECT_WATCH
-from service.store import LoadedVersion, ModelStore
 from service.settings import Settings
+from service.store import LoadedVersion, ModelStore
 from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
 from service.workers.transport import Channel, Segment
 
@@ -54,7 +54,7 @@ def model_table(store: ModelStore) -> ModelTable:
         }
         generation = tuple((v, id(lv)) for v, lv in sorted(handle.versions.items()))
         models[name] = ModelRow(handle.state, handle.reason, handle.load_seconds, handle.entry, generation, versions)
-    return ModelTable(store._initial_done, store.draining, models)  # noqa: SLF001
+    return ModelTable(store._initial_done, store.draining, models)  # noqa: SLF001 - the engine adapter reads the store's state
 
 
 class EngineServer:
@@ -143,7 +143,7 @@ class _Connection:
                         len(self.forwards) + len(self.requests))
         for executor, req in list(self.requests.values()):
             executor.withdraw(req)  # a batch already computing it keeps its view of the segment (see Segment.close)
-        tasks = [forwarded.task for forwarded in self.forwards.values()]
+        tasks = [forwarded.task for forwarded in self.forwards.values() if forwarded.task is not None]
         for task in tasks:
             task.cancel()
         asyncio.get_running_loop().create_task(self._unmap_when_done(tasks))
@@ -183,8 +183,13 @@ class _Connection:
                     raise BatcherStopped(exc.message) from None
                 raise
             segment = None if seg is None else self.segments[seg]
-            req = lv.executor.enqueue(inline if segment is None else segment.array(offset, shape, dtype), deadline,
-                                      requests)
+            if segment is not None:
+                pixels = segment.array(offset, shape, dtype)
+            elif inline is not None:
+                pixels = inline
+            else:
+                raise InferenceFailed("a request with neither a shared-memory block nor inline data")
+            req = lv.executor.enqueue(pixels, deadline, requests)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             self._fail(rid, model, lv, start, exc, requests)
             return
@@ -239,7 +244,7 @@ class _Connection:
         rid = forwarded.rid
         status, headers, chunks = 500, [], []
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             nonlocal status, headers
             if message["type"] == "http.response.start":
                 status, headers = message["status"], list(message.get("headers", []))

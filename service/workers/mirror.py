@@ -19,8 +19,8 @@ from service.metrics import Metrics
 from service.repository import ModelEntry
 from service.runtimes import InferenceRuntime, RuntimeSpec
 from service.settings import Settings
-from service.store import LoadedVersion, ModelStore, _decode_config  # noqa: PLC2701 - the store's own rule
 from service.stats import VersionObserver
+from service.store import LoadedVersion, ModelStore, _decode_config  # noqa: PLC2701 - the store's own rule
 from service.workers.client import EngineClient, RemoteExecutor
 from service.workers.protocol import ModelTable, VersionRow
 
@@ -106,5 +106,5 @@ class MirrorStore(ModelStore):
         executor = RemoteExecutor(self.client, entry.name, version, row.limits, m.num_classes * 4)
         observer = MirrorObserver(self.metrics, entry.name, version, m.costs.flops)
         return LoadedVersion(entry.name, version, entry, MirrorRuntime(spec, row.provider, row.provider_note),
-                             executor, observer,  # type: ignore[arg-type]
+                             executor, observer,  # type: ignore[arg-type]  # remote stand-ins with the Batcher's and observer's methods
                              _decode_config(m.preprocess), m.preprocess.value_range)

@@ -82,7 +82,7 @@ class Segment:
 
     def write(self, offset: int, array: np.ndarray) -> None:
         """Copy an array's bytes (C order) into the block at `offset` (no view of the block made for it)."""
-        self.map[offset:offset + array.nbytes] = np.ascontiguousarray(array)
+        self.map[offset:offset + array.nbytes] = np.ascontiguousarray(array)  # type: ignore[call-overload]  # an ndarray is a buffer; numpy's stubs do not declare it
 
     def read(self, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any] | str) -> np.ndarray:
         """A copy of the array at `offset`, owned by the caller (the block is reused once released)."""
@@ -194,7 +194,7 @@ class Channel(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a unix-socket server gives a Transport
 
     def data_received(self, data: bytes) -> None:
         buf = self._in
