@@ -1,24 +1,17 @@
-"""`vitserve serve --repository DIR [...]`: build Settings from flags + VITSERVE_* env, run uvicorn.
-
-SIGTERM/SIGINT: readiness turns false at once and intake stops (new requests get 503 + Connection: close);
-accepted requests drain (up to the drain timeout) while the socket stays open for at least the shutdown
-delay; then uvicorn closes the socket and the idle connections, and the process exits 0.
-"""
+"""`vitserve serve --repository DIR [...]`: build Settings from flags + VITSERVE_* env, then serve them: one
+process (service/server.py) or, with `--http-workers N`, a supervisor of an engine and N front ends
+(service/workers/supervisor.py)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.workers.accept import ConnectionShares
 
 log = logging.getLogger("vitserve.cli")
 
@@ -66,87 +59,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-class _DrainingServer:
-    """uvicorn.Server whose exit signal first turns readiness off, and whose graceful exit is status 0.
-
-    uvicorn closes its listening socket as soon as it starts shutting down; connections still in the
-    kernel's accept queue are then reset, unanswered. Here the socket stays open while the accepted
-    requests drain and for at least `shutdown_delay_s`, answering newcomers 503 + Connection: close,
-    and only then closes. uvicorn re-raises a captured SIGTERM after its graceful shutdown (the process
-    then dies with -15); a drained, orderly shutdown is a success, so SIGTERM is not re-raised. SIGINT
-    keeps uvicorn's behaviour (a second Ctrl-C forces exit).
-
-    `shares`: a front end of `--http-workers` accepts on the shared socket through
-    service/workers/accept.py (connections spread evenly across the front ends) instead of uvicorn's
-    listener; it stops accepting where uvicorn would close its listener.
-    """
-
-    @staticmethod
-    def make(config: Any, app: Any, shutdown_delay_s: float, shares: ConnectionShares | None = None) -> Any:
-        import asyncio
-        import signal
-        import time
-
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            signalled_at: float | None = None
-            acceptor: Any = None
-
-            async def startup(self, sockets: Any = None) -> None:
-                if shares is None or not sockets:
-                    await super().startup(sockets)
-                    return
-                from service.workers.accept import BalancedAcceptor
-
-                await super().startup([])  # no uvicorn listener: the acceptor hands it the connections
-                if not self.started:
-                    return
-                state, lifespan = self.server_state, self.lifespan
-                acceptor: Any = None
-
-                class Protocol(config.http_protocol_class):
-                    def connection_lost(self, exc: Exception | None) -> None:
-                        super().connection_lost(exc)
-                        acceptor.closed()  # the count the siblings read drops at once
-
-                def protocol() -> Any:  # what uvicorn's own listener builds per connection
-                    return Protocol(config=config, server_state=state, app_state=lifespan.state)
-
-                acceptor = self.acceptor = BalancedAcceptor(sockets[0], protocol, shares,
-                                                            lambda: len(state.connections))
-                acceptor.start()
-
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                if self.signalled_at is None:
-                    self.signalled_at = time.monotonic()
-                app.state.store.begin_drain()
-                # each answer still to come says `connection: close` and its connection closes after it: a
-                # client must not reuse a connection the server is about to close (its next request would
-                # meet a reset)
-                for connection in list(self.server_state.connections):
-                    cycle = getattr(connection, "cycle", None)
-                    if cycle is not None and not cycle.response_complete:
-                        cycle.keep_alive = False
-                super().handle_exit(sig, frame)
-                captured = getattr(self, "_captured_signals", None)
-                if isinstance(captured, list) and sig == signal.SIGTERM:
-                    while signal.SIGTERM in captured:
-                        captured.remove(signal.SIGTERM)
-
-            async def shutdown(self, sockets: Any = None) -> None:
-                if self.signalled_at is not None and not self.force_exit:
-                    await app.state.store.drained()
-                    await asyncio.sleep(max(0.0, self.signalled_at + shutdown_delay_s - time.monotonic()))
-                    log.info("drained; closing the listening socket")
-                if self.acceptor is not None:
-                    self.acceptor.close()
-                    await self.acceptor.connections_made()  # so uvicorn's shutdown reaches each of them
-                await super().shutdown(sockets)
-
-        return Server(config)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -161,28 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         from service.workers.supervisor import serve_workers
 
         return serve_workers(settings)
-    import uvicorn
-
     from service import gc_policy
     from service.app import create_app
-    from service.http_protocol import guarded_protocol
+    from service.server import serve
 
     app = create_app(settings)
     gc_policy.install(app.state.store, settings.gc_freeze)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        # header size, header/body timeouts and the connection cap, where the bytes arrive
-        http=guarded_protocol(settings, direct=app.state.direct_routes),
-        # a little longer than the batchers' drain, so requests failed at the drain timeout still get their 503
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 2,
-        access_log=False,
-        server_header=False,
-    )
-    server = _DrainingServer.make(config, app, settings.shutdown_delay_s)
-    server.run()
+    serve(settings, app)
     return 0
 
 

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -33,9 +32,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from service.metrics import WORKERS_METRICS_DIR_ENV, use_process_local_pid
+from service.metrics import WORKERS_METRICS_DIR_ENV
 from service.settings import Settings
 from service.workers.accept import NOT_ACCEPTING
+from service.workers.child import configure_child
 
 log = logging.getLogger("vitserve.supervisor")
 
@@ -47,18 +47,6 @@ MAX_RESTART_DELAY_S = 30.0
 #: how often the watch loop looks at a signal's flag at the latest
 WATCH_TICK_S = 0.2
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def configure_child(settings: Settings, role: str, comm: str) -> None:
-    """Logging of a spawned process, its role in every line; `comm` names it in ps/top (Linux); its metric
-    values' pid read once (before any metric exists)."""
-    use_process_local_pid()
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s [{role} %(process)d]: %(message)s")
-    try:
-        Path("/proc/self/comm").write_text(comm[:15])
-    except OSError:
-        pass
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -100,16 +88,11 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
     settings = front_end_settings(settings)
     configure_child(settings, f"front end {index}", f"vitserve-fe{index}")
     _watch_parent()
-    import math
-
-    import uvicorn
-
     from service import gc_policy
     from service.api.common import BodyLimitMiddleware
     from service.app import create_app
-    from service.cli import _DrainingServer
-    from service.http_protocol import guarded_protocol
     from service.metrics import Metrics
+    from service.server import serve
     from service.workers.accept import ConnectionShares
     from service.workers.client import EngineClient
     from service.workers.forward import ForwardMiddleware
@@ -119,11 +102,7 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
     app = create_app(settings, store=MirrorStore(settings, Metrics(), client))
     gc_policy.install(app.state.store, settings.gc_freeze)
     asgi = BodyLimitMiddleware(ForwardMiddleware(app, client, app.state.hot_routes), settings.max_body_bytes)
-    config = uvicorn.Config(
-        asgi, log_level=settings.log_level, http=guarded_protocol(settings, direct=app.state.direct_routes),
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 2, access_log=False, server_header=False,
-    )
-    _DrainingServer.make(config, app, settings.shutdown_delay_s, ConnectionShares(slots, index)).run(sockets=[sock])
+    serve(settings, app, asgi, sock=sock, shares=ConnectionShares(slots, index))
 
 
 def remove_shared_memory(pid: int) -> None:
