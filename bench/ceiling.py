@@ -31,14 +31,21 @@ from typing import Any
 
 from bench.inproc import Timing, best_throughput, ort_session, time_ort
 from bench.loadgen import Client, MeasureConfig, sweep
-from bench.results import LoadPoint
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models, model_file
 from bench.overhead import measure_overhead
 from bench.payloads import RequestSpec, classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import vitserve_server
+from bench.report import (
+    command_line,
+    frontend_table,
+    md_table,
+    perf_analyzer_table,
+    plot_latency_throughput,
+    write_result,
+)
+from bench.results import LoadPoint
 from bench.stats import lower_median
-from bench.report import command_line, frontend_table, md_table, perf_analyzer_table, plot_latency_throughput, write_result
 
 TARGET_BINARY = 0.90
 TARGET_JPEG = 0.80

@@ -236,8 +236,8 @@ def cmd_all(args: argparse.Namespace) -> int:
     import time
 
     from bench import ceiling, gemm, int8, peers, variants
-    from bench.summary import REPO_ROOT, build_summary
     from bench.report import RESULTS_DIR
+    from bench.summary import REPO_ROOT, build_summary
 
     steps: list[tuple[str, object]] = [
         ("variants", lambda: variants.run(["demo", "vit_small"], quick=args.quick, cache=args.cache, out_dir=args.out)),
@@ -261,8 +261,8 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from bench.summary import REPO_ROOT, build_summary
     from bench.report import RESULTS_DIR
+    from bench.summary import REPO_ROOT, build_summary
 
     out = args.output or REPO_ROOT / "BENCHMARKS.md"
     build_summary(args.results or RESULTS_DIR, out)

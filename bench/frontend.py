@@ -43,14 +43,20 @@ import numpy as np
 from bench import handoff
 from bench.ceiling import measure_config
 from bench.loadgen import Client, sweep
-from bench.results import LoadPoint
 from bench.machine import machine_info
-from bench.payloads import RequestSpec, classify_request, encode_image, infer_request, parse_v2_binary_response
-from bench.payloads import synthetic_image
+from bench.payloads import (
+    RequestSpec,
+    classify_request,
+    encode_image,
+    infer_request,
+    parse_v2_binary_response,
+    synthetic_image,
+)
 from bench.procs import group_cpu_by_name, vitserve_server
+from bench.report import command_line, md_table, perf_analyzer_table, plot_bars, plot_latency_throughput, write_result
+from bench.results import LoadPoint
 from bench.stats import lower_median
 from bench.wrk import wrk_path
-from bench.report import command_line, md_table, perf_analyzer_table, plot_bars, plot_latency_throughput, write_result
 
 MODEL = "standin"
 SIZE = 32

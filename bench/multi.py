@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.ceiling import measure_config
-from bench.loadgen import LoadPoint, MeasureConfig, ServerReading, closed_loop, run as run_loop, sweep
+from bench.loadgen import LoadPoint, MeasureConfig, ServerReading, closed_loop, sweep
+from bench.loadgen import run as run_loop
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models
 from bench.payloads import RequestSpec, infer_request

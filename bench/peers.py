@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from bench.loadgen import MeasureConfig, sweep
-from bench.results import LoadPoint
 from bench.machine import machine_info, usable_cores
 from bench.models import BenchModel, ensure_models, model_file
 from bench.payloads import RequestSpec, infer_request
 from bench.procs import ServerProcess, free_port, poll_ok, vitserve_server
 from bench.report import command_line, md_table, perf_analyzer_table, plot_latency_throughput, write_result
+from bench.results import LoadPoint
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 ALL_PEERS = ("litserve", "bentoml", "rayserve", "pytriton")
@@ -254,7 +254,7 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
                 ["target", "goal", "measured", "met"],
                 [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets]), "",
                 summary_table, "", version_line,
-                "", f"Plots: latency vs throughput per server in bench/results/peers/; details in bench/results/peers/peers.md."])}
+                "", "Plots: latency vs throughput per server in bench/results/peers/; details in bench/results/peers/peers.md."])}
     directory = write_result("peers", data, "\n".join(md), out_dir)
     for name, r in results.items():
         plot_latency_throughput(r["saturation"], directory / f"latency_throughput_{name}.png",

@@ -160,7 +160,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     if runs:
         m = runs[0]["machine"]
         md.append(f"- CPU: {m['cpu_model']}, {m['cores']} usable cores; flags {', '.join(m.get('cpu_flags', [])) or '—'}")
-        md.append(f"- Software: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
+        md.append("- Software: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
         # a benchmark started right after another inherits its 1-minute load average (up to the core count);
         # more than the core count means something else was running too
         high = [r for r in runs if (r["machine"].get("load_average_start") or [0])[0] > r["machine"]["cores"]]

@@ -26,8 +26,8 @@ from typing import Any
 from bench.inproc import Timing, ort_session, time_interleaved
 from bench.machine import machine_info, usable_cores
 from bench.models import BenchModel, ensure_models, model_file, variant_models
-from service.manifest import Manifest
 from bench.report import command_line, md_table, pareto_front, plot_pareto, plot_scatter, write_result
+from service.manifest import Manifest
 
 BATCH_SIZES = (1, 8, 32)
 

@@ -6,7 +6,6 @@ config.pbtxt configures TensorRT the Triton way."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest

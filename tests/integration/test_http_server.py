@@ -10,8 +10,8 @@ import re
 import httpx
 import numpy as np
 import pytest
-from service_server import API_KEY, INTEGRATION_MODELS, ServerProcess, start_server
 from PIL import Image
+from service_server import API_KEY, INTEGRATION_MODELS, ServerProcess, start_server
 from tiny_repository import expected_logits
 
 HEAVY = next(m for m in INTEGRATION_MODELS if m.name == "tiny_heavy")

@@ -37,7 +37,6 @@ from tiny_repository import (  # noqa: E402,F401
     write_model,
 )
 
-
 STACK_TRACE = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
 # Figures measured by the suite (overload rejection latency, drain, soak): printed in the terminal summary.
 FIGURES: dict[str, object] = {}

@@ -296,7 +296,7 @@ def test_a_trickled_body_is_closed_like_a_stalled_one(server: ServerProcess) -> 
                 if sock.recv(4096) == b"":
                     closed_after = time.monotonic() - started
                     break
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 closed_after = time.monotonic() - started

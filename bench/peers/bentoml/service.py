@@ -9,9 +9,8 @@ from __future__ import annotations
 import base64
 import os
 
-import numpy as np
-
 import bentoml
+import numpy as np
 
 MAX_BATCH = int(os.environ.get("PEER_MAX_BATCH_SIZE", "32"))
 

@@ -11,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.batcher import Batcher, BatcherHooks, BatcherStopped, BatchLimits, PendingRequest, collect_batch, next_wakeup
+from service.batcher import (
+    Batcher,
+    BatcherHooks,
+    BatcherStopped,
+    BatchLimits,
+    PendingRequest,
+    collect_batch,
+    next_wakeup,
+)
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded
 
 

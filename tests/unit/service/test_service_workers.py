@@ -7,11 +7,10 @@ import pickle
 import socket
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-from types import SimpleNamespace
 
 from service.batcher import Batcher, BatchLimits, BatchOutput
 from service.errors import InferenceFailed, Overloaded

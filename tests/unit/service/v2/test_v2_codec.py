@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import np_to_triton_dtype
 
-from service.errors import PayloadTooLarge, UnsupportedMediaType, V2ProtocolError
 from service.api.v2_codec import decode_content_encoding, parse_header_length, parse_infer_request, request_timeout_s
 from service.api.v2_response import classify, encode_content_encoding, encode_infer_response
 from service.api.v2_wire import HEADER_LENGTH_HEADER, InferenceRequest, TensorSpec, v2_to_numpy
+from service.errors import PayloadTooLarge, UnsupportedMediaType, V2ProtocolError
 
 PIXELS = {"pixel_values": TensorSpec("FP32", (3, 4, 4))}
 
