@@ -103,7 +103,7 @@ def raw_cpu_us_at(raw: list[Timing], batch: float) -> float:
         return float("nan")
     if batch <= points[0][0]:
         return points[0][1]
-    for (b0, c0), (b1, c1) in zip(points, points[1:]):
+    for (b0, c0), (b1, c1) in zip(points, points[1:], strict=False):
         if batch <= b1:
             return c0 + (c1 - c0) * (batch - b0) / (b1 - b0)
     return points[-1][1]
@@ -186,7 +186,7 @@ def paired_frontend_cpu(
             point = sweep(url, spec, concurrencies=[16], cfg=cfg, protocol=protocol, stats_path=stats_path,
                           server_pgid=server_pgid, client=client, progress=None)[0]
             after = time_ort(session, batch_sizes[path], min_repeats=3, min_time_s=raw_time_s)
-            reading = frontend_cpu(point, [mean_timing(a, b) for a, b in zip(before, after)])
+            reading = frontend_cpu(point, [mean_timing(a, b) for a, b in zip(before, after, strict=True)])
             print(f"  => front-end {reading['frontend_cpu_us_per_inference'] or float('nan'):.0f} µs/inference "
                   f"(event loop {reading['event_loop_cpu_us_per_inference'] or float('nan'):.0f})",
                   file=sys.stderr, flush=True)

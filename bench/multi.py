@@ -101,7 +101,7 @@ def _all_at_once(url: str, specs: dict[str, RequestSpec], cfg: MeasureConfig) ->
         return await asyncio.gather(*(closed_loop(url, spec, per_model, cfg, reading=ServerReading(
             protocol="v2-binary", stats_path=f"/v2/models/{name}/stats")) for name, spec in specs.items()))
 
-    return dict(zip(specs, run_loop(both())))  # type: ignore[arg-type]
+    return dict(zip(specs, run_loop(both()), strict=True))  # type: ignore[arg-type]
 
 
 def measure_server(label: str, repository: Path, names: list[str], measured: list[str], specs: dict[str, RequestSpec],

@@ -168,10 +168,10 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
 
         def server_for(label: str) -> tuple[ServerProcess, RequestSpec]:
             if label == "vitserve":
-                return vitserve_server(repository, [name], log_path=logs / f"vitserve-{name}.log"), v2
+                return vitserve_server(repository, [name], log_path=logs / f"vitserve-{name}.log"), v2  # noqa: B023  (only called in this iteration)
             peer = PEERS[label]
-            srv = peer_server(peer, pythons[label], onnx_file, max_batch, logs / f"{label}-{name}.log")
-            return srv, (v2_triton if peer.protocol == "v2" else js)
+            srv = peer_server(peer, pythons[label], onnx_file, max_batch, logs / f"{label}-{name}.log")  # noqa: B023  (only called in this iteration)
+            return srv, (v2_triton if peer.protocol == "v2" else js)  # noqa: B023  (only called in this iteration)
 
         labels = ["vitserve", *peers]
         saturation: dict[str, list[LoadPoint]] = {}

@@ -194,7 +194,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
            ]
     md += ["", "## Targets (issue 5)", ""]
     trows: list[list[Any]] = []
-    for preset, c in ceilings.items():
+    for c in ceilings.values():
         if c:
             trows += _targets(c["targets"], f"ceiling, {c['model']}")
     if gemm:
@@ -223,7 +223,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
                 ])
             accuracy = any(r.get("top1") is not None for r in res["rows"])
             if accuracy:  # trained models (`--models`): accuracy beside cost
-                for row, r in zip(rows, res["rows"]):
+                for row, r in zip(rows, res["rows"], strict=True):
                     row += [r["top1"] * 100 if r.get("top1") is not None else None, r.get("dataset")]
             md += [f"### {res['preset']}", "", md_table(
                 ["variant", "FLOPs ÷ vanilla", "ORT latency ÷ vanilla (b1)", "ORT latency ÷ vanilla (b8)",

@@ -159,7 +159,7 @@ def _stats(base_url: str, stats_path: str | None) -> dict[str, float]:
 
 
 def closed_loop_wrk(base_url: str, spec: RequestSpec, concurrency: int, cfg: MeasureConfig | None = None, *,
-                    reading: ServerReading = ServerReading(), threads: int = 1,
+                    reading: ServerReading = ServerReading(), threads: int = 1,  # noqa: B008  (frozen dataclass: a safe default)
                     progress: Progress | None = None) -> LoadPoint:
     """`concurrency` connections kept busy by wrk for a fixed duration after a warm-up; WrkError on any failure."""
     if concurrency < 1:

@@ -204,7 +204,7 @@ def test_execution_instances_from_settings_compute_batches_side_by_side(
 
         responses = asyncio.run(main())
         assert [r.status_code for r in responses] == [200] * len(inputs)
-        for x, r in zip(inputs, responses):
+        for x, r in zip(inputs, responses, strict=True):
             got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32)
             np.testing.assert_allclose(got, expected_logits(HEAVY, 1, x)[0], rtol=1e-4, atol=1e-4)
     finally:

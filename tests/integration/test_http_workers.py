@@ -257,7 +257,7 @@ def test_a_burst_read_in_one_turn_is_sent_in_groups_and_each_request_gets_its_ow
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     try:
-        for x, conn in zip(images, conns):
+        for x, conn in zip(images, conns, strict=True):
             status, body = _http_response(conn)
             assert status == 200, body[:300]
             n = len(body) - 10 * 4  # the JSON header, then the logits

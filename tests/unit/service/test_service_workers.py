@@ -563,7 +563,7 @@ def test_a_crash_looping_front_end_is_restarted_with_a_growing_delay_not_a_busy_
     # a dead front end's sentinel (always ready) is waited on once per death, then only the engine's: no spinning
     assert sum(n == 2 for n, _ in waits) == len(starts) + 1 and all(timeout > 0 for _, timeout in waits)
     # it lived 0.5 s; its death is seen a tick (0.2 s) later, then it waits 1, 2, 4... s
-    gaps = [round(b - a - 0.5, 1) for a, b in zip(starts, starts[1:])]
+    gaps = [round(b - a - 0.5, 1) for a, b in zip(starts, starts[1:], strict=False)]
     assert gaps[:3] == [2.2, 4.2, 8.2] and sup_._restart_delay(0, 5.0) == 0.0
     assert sup_._restart_delay(0, 0.1) == 1.0 and max(sup.MIN_WORKER_LIFE_S * 2 ** k for k in range(10)) > 30
     for _ in range(10):

@@ -319,7 +319,7 @@ def test_classification_output(binary: bool) -> None:
     result = decode(body, headers)
     got = result.as_numpy("logits")
     assert got.shape == (2, 3) and result.get_output("logits")["datatype"] == "BYTES"
-    for row, scores in zip(got, LOGITS):
+    for row, scores in zip(got, LOGITS, strict=True):
         top = np.argsort(-scores)[:3]
         parsed = [(item.decode() if isinstance(item, bytes) else item).split(":") for item in row]
         assert [int(p[1]) for p in parsed] == top.tolist()
