@@ -216,9 +216,10 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
 
     md = ["# Comparison 3 — peers: vitserve vs LitServe, BentoML, Ray Serve, Triton (PyTriton)", "",
           f"Command: `{command_line()}`  ", f"Machine: {machine.summary()}", "",
-          "Same ONNX file, same ORT session settings, max batch = the model's config, max delay 2 ms where the peer has "
-          "the knob (BentoML batches adaptively). vitserve and Triton receive v2 binary tensors; LitServe, BentoML and "
-          "Ray Serve receive the same tensor base64-encoded in JSON and answer top-5 JSON. Setups: bench/peers/.", "",
+          "Same ONNX file, same ORT session settings, max batch = the model's config, max delay 2 ms where the peer "
+          "has the knob (BentoML batches adaptively). vitserve and Triton receive v2 binary tensors; LitServe, "
+          "BentoML and Ray Serve receive the same tensor base64-encoded in JSON and answer top-5 JSON. "
+          "Setups: bench/peers/.", "",
           "## Targets", "",
           md_table(["target", "goal", "measured", "met"],
                    [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets])]
@@ -254,7 +255,8 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
                 ["target", "goal", "measured", "met"],
                 [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets]), "",
                 summary_table, "", version_line,
-                "", "Plots: latency vs throughput per server in bench/results/peers/; details in bench/results/peers/peers.md."])}
+                "", "Plots: latency vs throughput per server in bench/results/peers/; "
+                "details in bench/results/peers/peers.md."])}
     directory = write_result("peers", data, "\n".join(md), out_dir)
     for name, r in results.items():
         plot_latency_throughput(r["saturation"], directory / f"latency_throughput_{name}.png",
