@@ -362,7 +362,8 @@ def test_every_serving_process_freezes_what_its_start_up_left_alive(
     end (a front end once the engine's table says the initial load is done)."""
     deadline = time.monotonic() + 10
     while True:
-        found = {(m["role"] or "single"): int(m["n"]) for log in (single.log(), multi.log()) for m in _FROZEN.finditer(log)}
+        found = {(m["role"] or "single"): int(m["n"])
+                 for log in (single.log(), multi.log()) for m in _FROZEN.finditer(log)}
         if len(found) == 4 or time.monotonic() > deadline:
             break
         time.sleep(0.1)

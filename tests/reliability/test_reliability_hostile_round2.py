@@ -213,8 +213,8 @@ def test_repository_index_reads_only_a_small_body(server: ServerProcess) -> None
         assert_clean_error(r, [413])
         growth = peak_growth_mb(server, before)
         assert_clean_error(c.post("/v2/repository/index", json={"ready": True, "extra": 1}), [400])
-        assert_clean_error(c.post("/v2/repository/index", content=b"[1, 2", headers={"content-type": "application/json"}),
-                           [400])
+        assert_clean_error(c.post("/v2/repository/index", content=b"[1, 2",
+                                  headers={"content-type": "application/json"}), [400])
         everything = c.post("/v2/repository/index")
         ready = c.post("/v2/repository/index", json={"ready": True})
     assert everything.status_code == 200 and ready.status_code == 200

@@ -135,7 +135,8 @@ class _EngineStore:
     """The part of a `ModelStore` the engine's connection uses: one model "m", version 1."""
 
     def __init__(self) -> None:
-        self.executor = Batcher(_echo, BatchLimits(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=64), name="m")
+        self.executor = Batcher(_echo, BatchLimits(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=64),
+                                name="m")
         self.metrics = Metrics()
         self.listeners: list[object] = []
         self._models: dict[str, object] = {}
