@@ -12,7 +12,7 @@ from service_server import API_KEY, ServerProcess
 
 httpclient = pytest.importorskip("tritonclient.http")
 aio = pytest.importorskip("tritonclient.http.aio")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402  (after the importorskip: tritonclient is optional)
 
 
 def url(server: ServerProcess) -> str:

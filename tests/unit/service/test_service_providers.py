@@ -156,7 +156,7 @@ class _FakeDriver:
     def cuInit(self, flags: int) -> int:  # noqa: N802 - the driver API's name
         return self.init_rc
 
-    def cuDeviceGetCount(self, ref) -> int:  # noqa: N802
+    def cuDeviceGetCount(self, ref) -> int:  # noqa: N802 - the driver API's name
         ctypes.cast(ref, ctypes.POINTER(ctypes.c_int)).contents.value = self.devices
         return 0
 

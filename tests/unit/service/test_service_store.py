@@ -24,7 +24,7 @@ from service.settings import Settings
 from service.store import ModelStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
-from tiny_repository import TinyModel, add_version  # noqa: E402
+from tiny_repository import TinyModel, add_version  # noqa: E402  (after the sys.path setup)
 
 
 def ids(values: list[float], size: int = 32) -> np.ndarray:

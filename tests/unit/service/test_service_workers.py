@@ -298,7 +298,7 @@ class _EchoApp:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _engine_and_front(tmp_path: Path, app: _EchoApp, on_message) -> tuple[EngineServer, Channel]:  # noqa: ANN001
+async def _engine_and_front(tmp_path: Path, app: _EchoApp, on_message) -> tuple[EngineServer, Channel]:  # noqa: ANN001 - on_message: each test's own callback
     server = EngineServer(app, tmp_path / "engine.sock")  # type: ignore[arg-type]
     await server.start()
     _, front = await asyncio.get_running_loop().create_unix_connection(
