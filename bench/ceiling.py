@@ -31,14 +31,21 @@ from typing import Any
 
 from bench.inproc import Timing, best_throughput, ort_session, time_ort
 from bench.loadgen import Client, MeasureConfig, sweep
-from bench.results import LoadPoint
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models, model_file
 from bench.overhead import measure_overhead
 from bench.payloads import RequestSpec, classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import vitserve_server
+from bench.report import (
+    command_line,
+    frontend_table,
+    md_table,
+    perf_analyzer_table,
+    plot_latency_throughput,
+    write_result,
+)
+from bench.results import LoadPoint
 from bench.stats import lower_median
-from bench.report import command_line, frontend_table, md_table, perf_analyzer_table, plot_latency_throughput, write_result
 
 TARGET_BINARY = 0.90
 TARGET_JPEG = 0.80
@@ -96,7 +103,7 @@ def raw_cpu_us_at(raw: list[Timing], batch: float) -> float:
         return float("nan")
     if batch <= points[0][0]:
         return points[0][1]
-    for (b0, c0), (b1, c1) in zip(points, points[1:]):
+    for (b0, c0), (b1, c1) in zip(points, points[1:], strict=False):
         if batch <= b1:
             return c0 + (c1 - c0) * (batch - b0) / (b1 - b0)
     return points[-1][1]
@@ -179,7 +186,7 @@ def paired_frontend_cpu(
             point = sweep(url, spec, concurrencies=[16], cfg=cfg, protocol=protocol, stats_path=stats_path,
                           server_pgid=server_pgid, client=client, progress=None)[0]
             after = time_ort(session, batch_sizes[path], min_repeats=3, min_time_s=raw_time_s)
-            reading = frontend_cpu(point, [mean_timing(a, b) for a, b in zip(before, after)])
+            reading = frontend_cpu(point, [mean_timing(a, b) for a, b in zip(before, after, strict=True)])
             print(f"  => front-end {reading['frontend_cpu_us_per_inference'] or float('nan'):.0f} µs/inference "
                   f"(event loop {reading['event_loop_cpu_us_per_inference'] or float('nan'):.0f})",
                   file=sys.stderr, flush=True)
@@ -198,7 +205,8 @@ def tune(repository: Path, name: str, spec: RequestSpec, cfg: MeasureConfig, bas
     out: dict[str, LoadPoint] = {}
     for label, extra in TUNING.items():
         print(f"[ceiling] tuning: {label} {extra}", file=sys.stderr, flush=True)
-        with vitserve_server(repository, [name], env={**base_env, **extra}, log_path=log_dir / f"tune-{name}.log") as srv:
+        with vitserve_server(repository, [name], env={**base_env, **extra},
+                             log_path=log_dir / f"tune-{name}.log") as srv:
             stats = f"/v2/models/{name}/stats"
             out[label] = sweep(srv.url, spec, concurrencies=[16], cfg=cfg, protocol="v2-binary", stats_path=stats,
                                server_pgid=srv.pid, client=client)[0]
@@ -221,14 +229,15 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
     chw = tuple(manifest.preprocess.input_size)
 
     spinning = server_spinning(env)
-    print(f"[ceiling] raw ORT {name} at batch sizes {raw_batch_sizes(max_batch)} (spinning {'on' if spinning else 'off'}, "
-          "as the server's sessions)", file=sys.stderr, flush=True)
+    print(f"[ceiling] raw ORT {name} at batch sizes {raw_batch_sizes(max_batch)} "
+          f"(spinning {'on' if spinning else 'off'}, as the server's sessions)", file=sys.stderr, flush=True)
     sess = ort_session(model_file(repository, name), spinning=spinning)  # kept for the paired front-end rounds
     raw = time_ort(sess, raw_batch_sizes(max_batch), min_repeats=5 if quick else 20, min_time_s=0.5 if quick else 3.0)
     best = best_throughput(raw)
     raw_b1 = next(t for t in raw if t.batch_size == 1)
     for t in raw:
-        print(f"  batch {t.batch_size:3d}: {t.images_per_s:9.1f} img/s, median {t.median_s * 1000:.2f} ms", file=sys.stderr)
+        print(f"  batch {t.batch_size:3d}: {t.images_per_s:9.1f} img/s, median {t.median_s * 1000:.2f} ms",
+              file=sys.stderr)
 
     side = image_side((chw[1], chw[2]))
     jpeg = encode_image(synthetic_image(side, side), "jpeg")
@@ -311,7 +320,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "generator_overhead": overhead,
         "server_env": server_env,
         "server_root": str(server_root) if server_root else None,
-        "tuning": {label: {"env": TUNING[label], "point": p, "ratio_to_raw": p.inferences_per_second / best.images_per_s}
+        "tuning": {label: {"env": TUNING[label], "point": p,
+                           "ratio_to_raw": p.inferences_per_second / best.images_per_s}
                    for label, p in tuned.items()},
         "targets": targets,
     }
@@ -332,7 +342,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         md_table(["batch", "median ms", "p90 ms", "images/s"],
                  [[t.batch_size, t.median_s * 1000, t.p90_s * 1000, t.images_per_s] for t in raw]),
         "",
-        f"Best: batch {best.batch_size}, {best.images_per_s:.1f} images/s; batch 1 median {raw_b1.median_s * 1000:.2f} ms; "
+        f"Best: batch {best.batch_size}, {best.images_per_s:.1f} images/s; "
+        f"batch 1 median {raw_b1.median_s * 1000:.2f} ms; "
         f"{raw_cpu_us:.0f} µs of CPU per image at the best batch (session spinning {'on' if spinning else 'off'}, "
         "as the server's).",
         "",
@@ -341,7 +352,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, e
         "",
         "## Front-end CPU per inference (server CPU − raw CPU at the server's batch size)",
         "",
-        f"Paired rounds ({1 if quick else FRONTEND_ROUNDS}): each a server point at concurrency 16 with the raw session "
+        f"Paired rounds ({1 if quick else FRONTEND_ROUNDS}): "
+        "each a server point at concurrency 16 with the raw session "
         "timed right before and right after it at the batch sizes around the server's; the median round per path, "
         "every round's figure beside it.",
         "",

@@ -1,6 +1,7 @@
 """`vitserve-bench`: one command per comparison, each with a --quick mode.
 
-    vitserve-bench load --url http://127.0.0.1:8000 --model demo [--protocol v1|v2] [--concurrency 1,2,4 | --rate 50,100]
+    vitserve-bench load --url http://127.0.0.1:8000 --model demo [--protocol v1|v2] \
+[--concurrency 1,2,4 | --rate 50,100]
     vitserve-bench variants [--preset demo --preset vit_small]       # comparison 1
     vitserve-bench ceiling --preset demo|vit_small                   # comparison 2
     vitserve-bench gemm --preset vit_small (alias: roofline)         # comparison 4
@@ -105,7 +106,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         spec = infer_request(args.model, shape)
     else:
         side = args.image_size
-        spec = classify_request(args.model, encode_image(synthetic_image(side, side), args.image_format), args.image_format)
+        spec = classify_request(args.model, encode_image(synthetic_image(side, side), args.image_format),
+                                args.image_format)
     if args.quick:
         cfg = MeasureConfig(window_s=1.5, warmup_s=1.0, max_windows=4, fixed_duration_s=args.duration)
     else:
@@ -146,7 +148,8 @@ def cmd_variants(args: argparse.Namespace) -> int:
     from bench import variants
 
     presets = _presets(args, ["demo"] if args.models is not None else ["demo", "vit_small"])
-    print(f"results in {variants.run(presets, quick=args.quick, cache=args.cache, out_dir=args.out, models=args.models)}")
+    directory = variants.run(presets, quick=args.quick, cache=args.cache, out_dir=args.out, models=args.models)
+    print(f"results in {directory}")
     return 0
 
 
@@ -203,7 +206,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
     from bench import peers
 
     chosen = args.peer or list(peers.ALL_PEERS)
-    print(f"results in {peers.run(_presets(args, ['demo', 'vit_small']), chosen, quick=args.quick, cache=args.cache, out_dir=args.out)}")
+    directory = peers.run(_presets(args, ["demo", "vit_small"]), chosen, quick=args.quick, cache=args.cache,
+                          out_dir=args.out)
+    print(f"results in {directory}")
     return 0
 
 
@@ -215,8 +220,9 @@ def cmd_multi(args: argparse.Namespace) -> int:
         if root is not None and not (root / "service" / "cli.py").is_file():
             raise SystemExit(f"error: {root} is not a vitserve checkout (no service/cli.py)")
     for preset in _presets(args, ["vit_small"]):
-        directory = multi.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out, server_root=args.server_root,
-                              baseline_root=args.baseline_root, env=env, all_at_once=args.all_at_once,
+        directory = multi.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out,
+                              server_root=args.server_root, baseline_root=args.baseline_root, env=env,
+                              all_at_once=args.all_at_once,
                               measured=args.measure)
         print(f"results in {directory}")
     return 0
@@ -236,12 +242,13 @@ def cmd_all(args: argparse.Namespace) -> int:
     import time
 
     from bench import ceiling, gemm, int8, peers, variants
-    from bench.summary import REPO_ROOT, build_summary
     from bench.report import RESULTS_DIR
+    from bench.summary import REPO_ROOT, build_summary
 
     steps: list[tuple[str, object]] = [
         ("variants", lambda: variants.run(["demo", "vit_small"], quick=args.quick, cache=args.cache, out_dir=args.out)),
-        ("ceiling demo", lambda: ceiling.run("demo", quick=args.quick, cache=args.cache, out_dir=args.out, tuning=True)),
+        ("ceiling demo",
+         lambda: ceiling.run("demo", quick=args.quick, cache=args.cache, out_dir=args.out, tuning=True)),
         ("ceiling vit_small", lambda: ceiling.run("vit_small", quick=args.quick, cache=args.cache, out_dir=args.out)),
         ("gemm", lambda: gemm.run("vit_small", quick=args.quick, cache=args.cache, out_dir=args.out)),
         ("int8", lambda: int8.run(["demo", "vit_small"], quick=args.quick, cache=args.cache, out_dir=args.out)),
@@ -261,8 +268,8 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from bench.summary import REPO_ROOT, build_summary
     from bench.report import RESULTS_DIR
+    from bench.summary import REPO_ROOT, build_summary
 
     out = args.output or REPO_ROOT / "BENCHMARKS.md"
     build_summary(args.results or RESULTS_DIR, out)

@@ -7,7 +7,6 @@ timings are parsed as it arrives.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -48,7 +47,7 @@ class Sender:
                     server = parse_json_timings(body)
                 t1 = time.perf_counter()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             t1 = time.perf_counter()
             return Sample(start=t0, end=t1, status=0, images=self.spec.images_per_request)
         sent = ctx.get("sent", t0)

@@ -43,14 +43,20 @@ import numpy as np
 from bench import handoff
 from bench.ceiling import measure_config
 from bench.loadgen import Client, sweep
-from bench.results import LoadPoint
 from bench.machine import machine_info
-from bench.payloads import RequestSpec, classify_request, encode_image, infer_request, parse_v2_binary_response
-from bench.payloads import synthetic_image
+from bench.payloads import (
+    RequestSpec,
+    classify_request,
+    encode_image,
+    infer_request,
+    parse_v2_binary_response,
+    synthetic_image,
+)
 from bench.procs import group_cpu_by_name, vitserve_server
+from bench.report import command_line, md_table, perf_analyzer_table, plot_bars, plot_latency_throughput, write_result
+from bench.results import LoadPoint
 from bench.stats import lower_median
 from bench.wrk import wrk_path
-from bench.report import command_line, md_table, perf_analyzer_table, plot_bars, plot_latency_throughput, write_result
 
 MODEL = "standin"
 SIZE = 32
@@ -103,7 +109,8 @@ def check_answers(url: str, v2: RequestSpec, jpeg: RequestSpec) -> None:
     result = ClassifyResult.model_validate(json.loads(body))
     scores = [p.score for p in result.predictions]
     if (result.model != MODEL or len(scores) != 5 or scores != sorted(scores, reverse=True)
-            or len({p.index for p in result.predictions}) != 5 or not all(0 <= p.index < CLASSES for p in result.predictions)
+            or len({p.index for p in result.predictions}) != 5
+            or not all(0 <= p.index < CLASSES for p in result.predictions)
             or not all(math.isfinite(x) and 0 <= x <= 1 for x in scores)):
         raise RuntimeError(f"jpeg check: wrong answer {result}")
 
@@ -220,7 +227,8 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
                         cpu1 = group_cpu_by_name(srv.pid)
                         split = _split(p, cpu_by_role(cpu0, cpu1))
                         trials[path][workers][c].append((p, split | per_front_end(split, cpu0, cpu1)))
-    medians = {path: {w: [median_trial(t) for t in by.values()] for w, by in per.items()} for path, per in trials.items()}
+    medians = {path: {w: [median_trial(t) for t in by.values()] for w, by in per.items()}
+               for path, per in trials.items()}
     points = {path: {w: [m[0] for m in ms] for w, ms in per.items()} for path, per in medians.items()}
     splits = {path: {w: [m[1] for m in ms] for w, ms in per.items()} for path, per in medians.items()}
     by_round = {path: round_ratios(per) for path, per in trials.items()}
@@ -284,8 +292,8 @@ def run(*, quick: bool, cache: Path, out_dir: Path | None = None, batch_ms: floa
         f"round's); the rounds' throughputs are listed in order. Rounds: {rounds}; the two configurations were "
         "measured alternately, seconds apart, the order flipped every round.",
         "",
-        md_table(["path", "front ends", "concurrency", "infer/s", "infer/s by round", "p50 ms", "p99 ms", "server CPU (cores)",
-                  "server CPU us/inference", "… by process (us)", "client", "client CPU (cores)",
+        md_table(["path", "front ends", "concurrency", "infer/s", "infer/s by round", "p50 ms", "p99 ms",
+                  "server CPU (cores)", "server CPU us/inference", "… by process (us)", "client", "client CPU (cores)",
                   "client CPU us/request", "errors"], rows),
         "",
         "## Hand-off floor on this machine (bench/handoff.py)",
@@ -338,7 +346,8 @@ def summary_lines(data: dict[str, Any] | None, results: Path, rel: Any) -> list[
               "measured seconds apart); the target reads the median of the rounds' ratios. The best median of 2 "
               "over the best median of 1 is listed too: its medians can come from different rounds, so the host's "
               "drift enters it." if by_round else "")
-    md += [f"Command: `{data['command']}` (load generator: {data.get('client', 'python')}). Stand-in: {m['batch_ms']:g} ms per batch of up to {m['max_batch_size']} "
+    md += [f"Command: `{data['command']}` (load generator: {data.get('client', 'python')}). "
+           f"Stand-in: {m['batch_ms']:g} ms per batch of up to {m['max_batch_size']} "
            f"(no CPU), input {'x'.join(map(str, m['input']))}.{rounds}", "",
            md_table(["path", "infer/s, 1 front end", "infer/s, 2 front ends", "2 ÷ 1 (target ≥ 1.6)",
                      *(["2 ÷ 1, each round", "best median ÷ best median"] if by_round else []),

@@ -54,10 +54,12 @@ def ort_matmul(m: int, k: int, n: int, *, min_time_s: float, seed: int = 0) -> d
     sess = ort_session(model.SerializeToString())
     x = rng.standard_normal((m, k), dtype=np.float32)
     t = time_call(lambda: sess.run(None, {"x": x}), 1, min_repeats=3, min_time_s=min_time_s)
-    return {"engine": "onnxruntime", "shape": [m, k, n], "median_s": t.median_s, "gflops": 2 * m * k * n / t.median_s / 1e9}
+    return {"engine": "onnxruntime", "shape": [m, k, n], "median_s": t.median_s,
+            "gflops": 2 * m * k * n / t.median_s / 1e9}
 
 
-def gemm_shapes(preset: str, batch: int, embed_dim: int, tokens: int, mlp_ratio: float, quick: bool) -> list[tuple[int, int, int]]:
+def gemm_shapes(preset: str, batch: int, embed_dim: int, tokens: int, mlp_ratio: float,
+                quick: bool) -> list[tuple[int, int, int]]:
     """Large square GEMMs plus the model's own MLP/QKV shapes at `batch`."""
     rows = batch * tokens
     hidden = int(embed_dim * mlp_ratio)
@@ -103,8 +105,8 @@ def run(preset: str, *, quick: bool, cache: Path, batch: int = 32, out_dir: Path
     achieved_total = manifest.costs.flops * batch / t.median_s / 1e9
     ratio = achieved / peak["gflops"]
     machine = machine.finish()
-    target = {"target": f"achieved GFLOP/s ({preset}, batch {batch}) ÷ measured fp32 GEMM rate", "goal": f">= {TARGET_RATIO}",
-              "measured": ratio, "met": ratio >= TARGET_RATIO}
+    target = {"target": f"achieved GFLOP/s ({preset}, batch {batch}) ÷ measured fp32 GEMM rate",
+              "goal": f">= {TARGET_RATIO}", "measured": ratio, "met": ratio >= TARGET_RATIO}
     data = {
         "comparison": "gemm",
         "quick": quick,

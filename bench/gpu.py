@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import MeasureConfig, sweep
-from bench.results import LoadPoint
 from bench.machine import machine_info
 from bench.models import is_built
 from bench.payloads import infer_request
 from bench.procs import vitserve_server
 from bench.report import command_line, md_table, write_result
+from bench.results import LoadPoint
 
 CONCURRENCIES = (1, 16, 64)
 CUDA = "CUDAExecutionProvider"

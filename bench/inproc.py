@@ -122,7 +122,8 @@ def time_ort(
     out = []
     for b in batch_sizes:
         x = rng.standard_normal((b, *chw), dtype=np.float32)
-        out.append(time_call(lambda x=x: session.run(None, {inp: x}), b, min_repeats=min_repeats, min_time_s=min_time_s))
+        out.append(time_call(lambda x=x: session.run(None, {inp: x}), b, min_repeats=min_repeats,
+                             min_time_s=min_time_s))
     return out
 
 
@@ -172,7 +173,8 @@ def ort_op_profile(model: Path | str, batch_size: int, *, runs: int = 3, seed: i
     model_runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
     first_measured = model_runs[1]["ts"] if len(model_runs) > 1 else 0
     for e in trace:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e.get("ts", 0) < first_measured:
+        if (e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time")
+                or e.get("ts", 0) < first_measured):
             continue
         op = e.get("args", {}).get("op_name", "?")
         by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e6 / runs

@@ -54,7 +54,8 @@ def _predict(sess: Any, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i : i + 64]})[0].argmax(axis=1) for i in range(0, len(x), 64)])
 
 
-def _compare(repository: Path, name: str, x: np.ndarray, y: np.ndarray | None, batch: int, quick: bool) -> dict[str, Any]:
+def _compare(repository: Path, name: str, x: np.ndarray, y: np.ndarray | None, batch: int,
+             quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"model": name, "batch_sizes": [1, batch]}
     preds = {}
     for kind, model in (("fp32", name), ("int8", f"{name}-int8")):
@@ -76,7 +77,8 @@ def _compare(repository: Path, name: str, x: np.ndarray, y: np.ndarray | None, b
     return out
 
 
-def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None, trained: Path | None = None) -> Path:
+def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None,
+        trained: Path | None = None) -> Path:
     machine = machine_info()
     results = []
     for preset in presets:
@@ -125,7 +127,8 @@ def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = 
         ),
     ]
     directory = write_result(
-        "int8", {"comparison": "int8", "quick": quick, "command": command_line(), "machine": machine, "results": results},
+        "int8",
+        {"comparison": "int8", "quick": quick, "command": command_line(), "machine": machine, "results": results},
         "\n".join(md), out_dir,
     )
     bars = {}

@@ -238,7 +238,8 @@ async def open_loop(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if len(inflight) >= max_outstanding:
-                    samples.append(Sample(start=next_t, end=time.perf_counter(), status=-1, images=spec.images_per_request))
+                    samples.append(Sample(start=next_t, end=time.perf_counter(), status=-1,
+                                          images=spec.images_per_request))
                     continue
                 t = asyncio.create_task(one(next_t))
                 inflight.add(t)

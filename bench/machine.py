@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -79,7 +79,7 @@ class MachineInfo(BaseModel):
     versions: dict[str, str]
 
     def finish(self) -> MachineInfo:
-        return self.model_copy(update={"load_average_end": load_average(), "finished_at": datetime.now(timezone.utc)})
+        return self.model_copy(update={"load_average_end": load_average(), "finished_at": datetime.now(UTC)})
 
     def summary(self) -> str:
         la = self.load_average_start
@@ -97,6 +97,6 @@ def machine_info() -> MachineInfo:
         cpu_flags=cpu_flags(),
         platform=platform.platform(),
         load_average_start=load_average(),
-        started_at=datetime.now(timezone.utc),
+        started_at=datetime.now(UTC),
         versions=package_versions(),
     )

@@ -71,7 +71,8 @@ def ensure_models(
             try:
                 from export.build import build_model
             except ImportError as e:  # the bench runs from the full dev install; say what is missing
-                raise RuntimeError(f"building benchmark models needs the export extra (pip install -e '.[export]'): {e}")
+                raise RuntimeError(
+                    f"building benchmark models needs the export extra (pip install -e '.[export]'): {e}") from e
             print(f"building {m.model_name} into {repository} ...", file=sys.stderr, flush=True)
             build_model(
                 m.spec, repository, options=m.options or None, name=m.name, int8=int8, seed=seed,

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.ceiling import measure_config
-from bench.loadgen import LoadPoint, MeasureConfig, ServerReading, closed_loop, run as run_loop, sweep
+from bench.loadgen import LoadPoint, MeasureConfig, ServerReading, closed_loop, sweep
+from bench.loadgen import run as run_loop
 from bench.machine import machine_info
 from bench.models import BenchModel, ensure_models
 from bench.payloads import RequestSpec, infer_request
@@ -100,7 +101,7 @@ def _all_at_once(url: str, specs: dict[str, RequestSpec], cfg: MeasureConfig) ->
         return await asyncio.gather(*(closed_loop(url, spec, per_model, cfg, reading=ServerReading(
             protocol="v2-binary", stats_path=f"/v2/models/{name}/stats")) for name, spec in specs.items()))
 
-    return dict(zip(specs, run_loop(both())))  # type: ignore[arg-type]
+    return dict(zip(specs, run_loop(both()), strict=True))  # type: ignore[arg-type]
 
 
 def measure_server(label: str, repository: Path, names: list[str], measured: list[str], specs: dict[str, RequestSpec],

@@ -14,9 +14,9 @@ import sys
 from pydantic import BaseModel
 
 from bench.loadgen import MeasureConfig, closed_loop, run
-from bench.results import LoadPoint
 from bench.payloads import RequestSpec
 from bench.procs import echo_server
+from bench.results import LoadPoint
 
 
 class GeneratorOverhead(BaseModel):

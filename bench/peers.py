@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from bench.loadgen import MeasureConfig, sweep
-from bench.results import LoadPoint
 from bench.machine import machine_info, usable_cores
 from bench.models import BenchModel, ensure_models, model_file
 from bench.payloads import RequestSpec, infer_request
 from bench.procs import ServerProcess, free_port, poll_ok, vitserve_server
 from bench.report import command_line, md_table, perf_analyzer_table, plot_latency_throughput, write_result
+from bench.results import LoadPoint
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 ALL_PEERS = ("litserve", "bentoml", "rayserve", "pytriton")
@@ -168,10 +168,10 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
 
         def server_for(label: str) -> tuple[ServerProcess, RequestSpec]:
             if label == "vitserve":
-                return vitserve_server(repository, [name], log_path=logs / f"vitserve-{name}.log"), v2
+                return vitserve_server(repository, [name], log_path=logs / f"vitserve-{name}.log"), v2  # noqa: B023  (only called in this iteration)
             peer = PEERS[label]
-            srv = peer_server(peer, pythons[label], onnx_file, max_batch, logs / f"{label}-{name}.log")
-            return srv, (v2_triton if peer.protocol == "v2" else js)
+            srv = peer_server(peer, pythons[label], onnx_file, max_batch, logs / f"{label}-{name}.log")  # noqa: B023  (only called in this iteration)
+            return srv, (v2_triton if peer.protocol == "v2" else js)  # noqa: B023  (only called in this iteration)
 
         labels = ["vitserve", *peers]
         saturation: dict[str, list[LoadPoint]] = {}
@@ -216,9 +216,10 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
 
     md = ["# Comparison 3 — peers: vitserve vs LitServe, BentoML, Ray Serve, Triton (PyTriton)", "",
           f"Command: `{command_line()}`  ", f"Machine: {machine.summary()}", "",
-          "Same ONNX file, same ORT session settings, max batch = the model's config, max delay 2 ms where the peer has "
-          "the knob (BentoML batches adaptively). vitserve and Triton receive v2 binary tensors; LitServe, BentoML and "
-          "Ray Serve receive the same tensor base64-encoded in JSON and answer top-5 JSON. Setups: bench/peers/.", "",
+          "Same ONNX file, same ORT session settings, max batch = the model's config, max delay 2 ms where the peer "
+          "has the knob (BentoML batches adaptively). vitserve and Triton receive v2 binary tensors; LitServe, "
+          "BentoML and Ray Serve receive the same tensor base64-encoded in JSON and answer top-5 JSON. "
+          "Setups: bench/peers/.", "",
           "## Targets", "",
           md_table(["target", "goal", "measured", "met"],
                    [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets])]
@@ -254,7 +255,8 @@ def run(presets: list[str], peers: list[str], *, quick: bool, cache: Path, out_d
                 ["target", "goal", "measured", "met"],
                 [[t["target"], t["goal"], t["measured"], "met" if t["met"] else "MISSED"] for t in targets]), "",
                 summary_table, "", version_line,
-                "", f"Plots: latency vs throughput per server in bench/results/peers/; details in bench/results/peers/peers.md."])}
+                "", "Plots: latency vs throughput per server in bench/results/peers/; "
+                "details in bench/results/peers/peers.md."])}
     directory = write_result("peers", data, "\n".join(md), out_dir)
     for name, r in results.items():
         plot_latency_throughput(r["saturation"], directory / f"latency_throughput_{name}.png",

@@ -195,7 +195,8 @@ def vitserve_server(
         sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())",
         "serve", "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
     ]
-    return ServerProcess(argv, "/v2/health/ready", port, env=full_env, log_path=log_path, ready_timeout_s=ready_timeout_s,
+    return ServerProcess(argv, "/v2/health/ready", port, env=full_env, log_path=log_path,
+                         ready_timeout_s=ready_timeout_s,
                          cwd=Path(server_root).resolve() if server_root is not None else None)
 
 

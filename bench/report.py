@@ -147,7 +147,7 @@ def plot_latency_throughput(
         xs = [p.inferences_per_second for p in pts]
         ys = [p.latency_us[percentile_key] / 1000 for p in pts]
         ax.plot(xs, ys, marker="o", label=label)
-        for p, x, y in zip(pts, xs, ys):
+        for p, x, y in zip(pts, xs, ys, strict=True):
             tag = f"c{p.concurrency}" if p.mode == "concurrency" else f"{p.request_rate:g}/s"
             ax.annotate(tag, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xlabel("throughput (inferences/s)")

@@ -148,7 +148,8 @@ def summarise(
     if wall_s <= 0:
         raise ValueError("measurement wall time must be positive")
     ok = [s for s in samples if 200 <= s.status < 300]
-    errors = Counter(("conn" if s.status == 0 else "client_backlog" if s.status < 0 else str(s.status)) for s in samples if not 200 <= s.status < 300)
+    errors = Counter(("conn" if s.status == 0 else "client_backlog" if s.status < 0 else str(s.status))
+                     for s in samples if not 200 <= s.status < 300)
     lat = [(s.end - s.start) * 1e6 for s in ok]
     if lat:
         latency = {f"p{q}": percentile(lat, q) for q in PERCENTILES}

@@ -87,7 +87,8 @@ def _gpu_section(gpu: dict[str, Any] | None) -> list[str]:
                 rows.append([preset, config, c] + ([p["inferences_per_second"], p["latency_us"]["p50"] / 1e3,
                                                     p.get("server_cpu_cores")] if p else [UNMEASURED] * 3))
     md += [md_table(["preset", "configuration", "concurrency", "infer/s", "p50 ms", "front-end CPU cores"], rows), ""]
-    build_rows = [[preset] + ([builds[preset]["engine_build_load_seconds"], builds[preset]["cached_engine_load_seconds"]]
+    build_rows = [[preset] + ([builds[preset]["engine_build_load_seconds"],
+                               builds[preset]["cached_engine_load_seconds"]]
                               if preset in builds else [UNMEASURED] * 2) for preset in GPU_PRESETS]
     md += ["TensorRT engine build (load + warm-up of a model with a `tensorrt` accelerator, seconds):", "",
            md_table(["preset", "empty engine cache", "cached engines"], build_rows), ""]
@@ -120,7 +121,8 @@ def _multi_section(multi: dict[str, Any] | None, base: Path, results: Path) -> l
     for run in multi["runs"]:
         r = run["ratios"]
         for t in run["targets"]:
-            rows.append([run["label"], t["target"], t["goal"], fmt(t["measured"]), "**met**" if t["met"] else "**missed**"])
+            rows.append([run["label"], t["target"], t["goal"], fmt(t["measured"]),
+                         "**met**" if t["met"] else "**missed**"])
         rows.append([run["label"], "time to ready (s, this machine): whole repository / one model", "—",
                      f"{run['multi']['ready_s']:.1f} / {r['one_model_ready_s']:.1f}", "—"])
     md += [md_table(["checkout", "target", "goal", "measured", "status"], rows), ""]
@@ -159,8 +161,9 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     ]
     if runs:
         m = runs[0]["machine"]
-        md.append(f"- CPU: {m['cpu_model']}, {m['cores']} usable cores; flags {', '.join(m.get('cpu_flags', [])) or '—'}")
-        md.append(f"- Software: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
+        md.append(f"- CPU: {m['cpu_model']}, {m['cores']} usable cores; "
+                  f"flags {', '.join(m.get('cpu_flags', [])) or '—'}")
+        md.append("- Software: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
         # a benchmark started right after another inherits its 1-minute load average (up to the core count);
         # more than the core count means something else was running too
         high = [r for r in runs if (r["machine"].get("load_average_start") or [0])[0] > r["machine"]["cores"]]
@@ -194,7 +197,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
            ]
     md += ["", "## Targets (issue 5)", ""]
     trows: list[list[Any]] = []
-    for preset, c in ceilings.items():
+    for c in ceilings.values():
         if c:
             trows += _targets(c["targets"], f"ceiling, {c['model']}")
     if gemm:
@@ -202,7 +205,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     if peers:
         trows += _targets(peers.get("targets", []), "peers")
     else:
-        trows.append(["vitserve ≥ 1.3× each peer (demo), ≥ 1.05× (vit_small), lower p99", "—", "—", "**not run**", "peers"])
+        trows.append(["vitserve ≥ 1.3× each peer (demo), ≥ 1.05× (vit_small), lower p99", "—", "—", "**not run**",
+                      "peers"])
     for preset in ("demo", "vit_small"):
         if not ceilings[preset]:
             trows.append([f"ceiling targets on {preset}", "—", "—", "**not run**", "ceiling"])
@@ -223,7 +227,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
                 ])
             accuracy = any(r.get("top1") is not None for r in res["rows"])
             if accuracy:  # trained models (`--models`): accuracy beside cost
-                for row, r in zip(rows, res["rows"]):
+                for row, r in zip(rows, res["rows"], strict=True):
                     row += [r["top1"] * 100 if r.get("top1") is not None else None, r.get("dataset")]
             md += [f"### {res['preset']}", "", md_table(
                 ["variant", "FLOPs ÷ vanilla", "ORT latency ÷ vanilla (b1)", "ORT latency ÷ vanilla (b8)",
@@ -231,7 +235,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
                  "GFLOPs/img", "params (M)", "ORT b1 ms (this machine)", "ORT b32 ms/img (this machine)",
                  "PyTorch eager b1 ms (this machine)",
                  *(["held-out top-1 %", "dataset identity"] if accuracy else [])], rows), "",
-                "![FLOPs vs latency](" + _rel(results / "variants" / ("flops_vs_latency_" + res["preset"] + ".png"), base) + ")",
+                "![FLOPs vs latency]("
+                + _rel(results / "variants" / ("flops_vs_latency_" + res["preset"] + ".png"), base) + ")",
                 ""]
             if accuracy:
                 md += ["Accuracies are comparable only between rows with the same dataset identity.", "",
@@ -253,8 +258,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         md += [f"### {c['model']}", "", md_table(
             ["", "ratio to raw best", "inferences/s (this machine)", "p50 ms", "p99 ms", "client CPU (cores)",
              "server CPU us/inference"],
-            [["raw ORT, best batch " + str(best["batch_size"]), 1.0, best["batch_size"] / best["median_s"], "—", "—", "—",
-              c.get("raw_cpu_us_per_image")],
+            [["raw ORT, best batch " + str(best["batch_size"]), 1.0, best["batch_size"] / best["median_s"], "—", "—",
+              "—", c.get("raw_cpu_us_per_image")],
              ["service v2 binary, c=16", v2[16]["inferences_per_second"] / (best["batch_size"] / best["median_s"]),
               v2[16]["inferences_per_second"], v2[16]["latency_us"]["p50"] / 1e3, v2[16]["latency_us"]["p99"] / 1e3,
               v2[16]["client_cpu_cores"], v2[16].get("server_cpu_us_per_inference")],
@@ -344,9 +349,11 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         "vitserve-bench gemm --preset vit_small --quick",
         "vitserve-bench int8 --preset demo --preset vit_small --quick",
         "vitserve-bench gpu --preset vit_small --preset vit_base   # on a machine with an NVIDIA GPU",
-        "vitserve-bench multi --preset vit_small --quick   # six variants in one server vs one each; --baseline-root DIR",
+        "vitserve-bench multi --preset vit_small --quick   "
+        "# six variants in one server vs one each; --baseline-root DIR",
         "vitserve-bench frontend --quick   # off-CPU stand-in: 1 vs 2 front-end processes",
-        "vitserve-bench load --url http://127.0.0.1:8000 --model demo --protocol v2 --concurrency 1,2,4,8,16,32 --overhead",
+        "vitserve-bench load --url http://127.0.0.1:8000 --model demo --protocol v2 --concurrency 1,2,4,8,16,32 "
+        "--overhead",
         "vitserve-bench summary            # regenerates this file",
         "```",
     ]

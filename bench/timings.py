@@ -54,7 +54,8 @@ def parse_json_timings(body: bytes) -> dict[str, float]:
     return out
 
 
-_STATS_KEYS = {"queue": "queue", "compute_input": "preprocess", "compute_infer": "compute", "compute_output": "postprocess"}
+_STATS_KEYS = {"queue": "queue", "compute_input": "preprocess", "compute_infer": "compute",
+               "compute_output": "postprocess"}
 
 
 def parse_v2_stats(doc: object) -> dict[str, float]:

@@ -26,8 +26,8 @@ from typing import Any
 from bench.inproc import Timing, ort_session, time_interleaved
 from bench.machine import machine_info, usable_cores
 from bench.models import BenchModel, ensure_models, model_file, variant_models
-from service.manifest import Manifest
 from bench.report import command_line, md_table, pareto_front, plot_pareto, plot_scatter, write_result
+from service.manifest import Manifest
 
 BATCH_SIZES = (1, 8, 32)
 
@@ -121,11 +121,13 @@ def measure_preset(preset: str, repository: Path, *, quick: bool, trained: bool 
         r["flops_ratio"] = r["flops"] / base["flops"]
         r["params_ratio"] = r["parameters"] / base["parameters"]
         r["ort_latency_ratio"] = {t["batch_size"]: t["median_s"] / base_ort[t["batch_size"]] for t in r["ort"]}
-        r["torch_latency_ratio"] = {t["batch_size"]: t["median_s"] / base_torch[t["batch_size"]] for t in r["torch_eager"]}
+        r["torch_latency_ratio"] = {t["batch_size"]: t["median_s"] / base_torch[t["batch_size"]]
+                                    for t in r["torch_eager"]}
     return {"preset": preset, "batch_sizes": list(BATCH_SIZES), "rows": rows, "timing": "interleaved medians"}
 
 
-def _time_eager(models: list[BenchModel], chw: tuple[int, ...], batches: tuple[int, ...], *, quick: bool) -> dict[str, list[Timing]]:
+def _time_eager(models: list[BenchModel], chw: tuple[int, ...], batches: tuple[int, ...], *,
+                quick: bool) -> dict[str, list[Timing]]:
     """PyTorch eager (eval, unfolded, inference_mode, all cores), the variants interleaved per batch size."""
     import torch
 
@@ -139,10 +141,12 @@ def _time_eager(models: list[BenchModel], chw: tuple[int, ...], batches: tuple[i
     out: dict[str, list[Timing]] = {name: [] for name in nets}
     with torch.inference_mode():
         for b in batches:
-            print(f"[variants] PyTorch eager at batch {b}, {len(nets)} variants interleaved", file=sys.stderr, flush=True)
+            print(f"[variants] PyTorch eager at batch {b}, {len(nets)} variants interleaved", file=sys.stderr,
+                  flush=True)
             x = torch.randn((b, *chw), generator=g)
             fns = {name: (lambda net=net, x=x: net(x)) for name, net in nets.items()}
-            timings = time_interleaved(fns, b, min_repeats=2 if quick else 5, min_time_s=0.3 if quick else 2.0, warmup=1)
+            timings = time_interleaved(fns, b, min_repeats=2 if quick else 5, min_time_s=0.3 if quick else 2.0,
+                                       warmup=1)
             for name, t in timings.items():
                 out[name].append(t)
     return out

@@ -159,7 +159,7 @@ def _stats(base_url: str, stats_path: str | None) -> dict[str, float]:
 
 
 def closed_loop_wrk(base_url: str, spec: RequestSpec, concurrency: int, cfg: MeasureConfig | None = None, *,
-                    reading: ServerReading = ServerReading(), threads: int = 1,
+                    reading: ServerReading = ServerReading(), threads: int = 1,  # noqa: B008  (frozen dataclass: a safe default)
                     progress: Progress | None = None) -> LoadPoint:
     """`concurrency` connections kept busy by wrk for a fixed duration after a warm-up; WrkError on any failure."""
     if concurrency < 1:
@@ -220,6 +220,7 @@ def to_point(report: dict[str, object], client_cpu_s: float, spec: RequestSpec, 
         server_cpu_cores=server_cpu_s / wall_s if server_cpu_s else None,
         server_cpu_us_per_inference=server_cpu_s / images * 1e6 if server_cpu_s and images else None,
         server_mean_batch_size=server_mean_batch_size,
-        server_loop_cpu_us_per_inference=server_loop_cpu_s / images * 1e6 if server_loop_cpu_s is not None and images else None,
+        server_loop_cpu_us_per_inference=(server_loop_cpu_s / images * 1e6
+                                          if server_loop_cpu_s is not None and images else None),
         client_cpu_us_per_request=client_cpu_s / requests * 1e6 if requests else math.nan,
     )

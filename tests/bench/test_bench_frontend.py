@@ -8,9 +8,19 @@ import pytest
 
 from bench import handoff
 from bench.cli import build_parser
-from bench.frontend import CLASSES, MAX_BATCH, MODEL, SIZE, build_repository, cpu_by_role, median_trial, per_front_end
-from bench.frontend import median_round_ratio, round_ratios
-from bench.frontend import summary_lines
+from bench.frontend import (
+    CLASSES,
+    MAX_BATCH,
+    MODEL,
+    SIZE,
+    build_repository,
+    cpu_by_role,
+    median_round_ratio,
+    median_trial,
+    per_front_end,
+    round_ratios,
+    summary_lines,
+)
 from bench.results import LoadPoint
 from service.repository import read_model
 

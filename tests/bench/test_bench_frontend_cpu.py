@@ -9,9 +9,9 @@ import pytest
 
 from bench.ceiling import frontend_cpu, raw_cpu_us_at
 from bench.inproc import Timing
+from bench.report import frontend_table
 from bench.results import Sample, summarise
 from bench.timings import mean_batch_size, parse_v2_stats
-from bench.report import frontend_table
 
 
 def _timing(batch: int, cpu_us_per_image: float) -> Timing:

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from bench.loadgen import MeasureConfig, closed_loop, open_loop, run, sweep
-from bench.results import PERF_ANALYZER_COLUMNS, Sample, summarise
 from bench.payloads import infer_request
 from bench.procs import echo_server
+from bench.results import PERF_ANALYZER_COLUMNS, Sample, summarise
 
 FAST = MeasureConfig(window_s=0.5, warmup_s=0.2, max_windows=3, stability_windows=2, fixed_duration_s=1.0)
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.timings import parse_json_timings, parse_server_timing
 from bench.payloads import (
     classify_request,
     encode_image,
@@ -18,6 +17,7 @@ from bench.payloads import (
     synthetic_image,
     v2_binary_body,
 )
+from bench.timings import parse_json_timings, parse_server_timing
 
 
 def test_v2_binary_body_equals_tritonclient_request_body() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.cli import build_parser
-from bench.results import Sample, summarise
 from bench.report import fmt, md_table, perf_analyzer_table, plot_latency_throughput, write_result
+from bench.results import Sample, summarise
 from bench.summary import build_summary
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from bench.loadgen import MeasureConfig, sweep
-from bench.results import PERF_ANALYZER_COLUMNS
 from bench.payloads import classify_request, encode_image, infer_request, synthetic_image
 from bench.procs import vitserve_server
 from bench.report import perf_analyzer_table
+from bench.results import PERF_ANALYZER_COLUMNS
 
 CFG = MeasureConfig(window_s=0.5, warmup_s=0.3, max_windows=2, stability_windows=2, fixed_duration_s=1.0)
 

@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from service_server import INTEGRATION_MODELS, ServerProcess, start_server  # noqa: E402
-from tiny_repository import build_tiny_repository  # noqa: E402
+from service_server import INTEGRATION_MODELS, ServerProcess, start_server  # noqa: E402  (after the sys.path setup)
+from tiny_repository import build_tiny_repository  # noqa: E402  (after the sys.path setup)
 
 
 @pytest.fixture(scope="session")

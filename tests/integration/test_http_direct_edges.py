@@ -30,7 +30,8 @@ INFER = "/v2/models/tiny_a/infer"
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
     yield from direct_and_asgi_servers(
-        tmp_path_factory, MODELS, {"VITSERVE_HEADER_TIMEOUT_S": str(TIMEOUT_S), "VITSERVE_BODY_TIMEOUT_S": str(TIMEOUT_S)})
+        tmp_path_factory, MODELS,
+        {"VITSERVE_HEADER_TIMEOUT_S": str(TIMEOUT_S), "VITSERVE_BODY_TIMEOUT_S": str(TIMEOUT_S)})
 
 
 def _connect(server: ServerProcess) -> socket.socket:

@@ -38,7 +38,8 @@ def test_sigterm_under_load_completes_every_accepted_request(
     assert not other, f"requests lost after being sent: {other[:3]}"
     # every request was sent before SIGTERM and the socket stays open until they are answered
     assert not refused, refused[:3]
-    assert {r.status_code for r in answered} <= {200, 503}, [r.text for r in answered if r.status_code not in (200, 503)]
+    assert {r.status_code for r in answered} <= {200, 503}, [
+        r.text for r in answered if r.status_code not in (200, 503)]
     assert all(r.headers.get("retry-after") for r in answered if r.status_code == 503)
     # a 503 is only ever a refusal at intake (the server had not accepted that request yet): an accepted
     # request is answered, and a 503 for one would be a lost request, not a success

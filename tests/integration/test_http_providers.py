@@ -6,7 +6,6 @@ config.pbtxt configures TensorRT the Triton way."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -33,7 +32,8 @@ def cpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         pytest.skip("this machine has a usable CUDA: the CPU-only start is not what runs here")
     names = ["tiny_a", "tiny_trt", "tiny_badtrt"]
     repo = build_tiny_repository(tmp_path_factory.mktemp("providers_repo"), [TinyModel(n) for n in names])
-    triton_config(TinyModel("tiny_trt")).model_copy(update={"optimization": TRT}).save(repo / "tiny_trt" / "config.pbtxt")
+    triton_config(TinyModel("tiny_trt")).model_copy(update={"optimization": TRT}).save(
+        repo / "tiny_trt" / "config.pbtxt")
     bad = TRT.model_copy(deep=True)
     bad.execution_accelerators.gpu_execution_accelerator[0].parameters["max_workspace_size"] = "1"  # not a key
     triton_config(TinyModel("tiny_badtrt")).model_copy(update={"optimization": bad}).save(

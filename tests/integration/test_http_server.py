@@ -10,8 +10,8 @@ import re
 import httpx
 import numpy as np
 import pytest
-from service_server import API_KEY, INTEGRATION_MODELS, ServerProcess, start_server
 from PIL import Image
+from service_server import API_KEY, INTEGRATION_MODELS, ServerProcess, start_server
 from tiny_repository import expected_logits
 
 HEAVY = next(m for m in INTEGRATION_MODELS if m.name == "tiny_heavy")
@@ -84,18 +84,23 @@ def test_classify_in_three_encodings_and_compare(server: ServerProcess) -> None:
 @pytest.mark.parametrize(
     "method, path, kw, status",
     [
-        ("post", "/v1/models/tiny_a/classify", dict(content=b"\x89PNG\r\n\x1a\nbroken", headers={"content-type": "image/png"}), 400),
+        ("post", "/v1/models/tiny_a/classify",
+         dict(content=b"\x89PNG\r\n\x1a\nbroken", headers={"content-type": "image/png"}), 400),
         ("post", "/v1/models/tiny_a/classify", dict(content=b"hello", headers={"content-type": "text/plain"}), 415),
-        ("post", "/v1/models/tiny_a/classify", dict(content=b"x" * (40 * 1024 * 1024), headers={"content-type": "image/png"}), 413),
+        ("post", "/v1/models/tiny_a/classify",
+         dict(content=b"x" * (40 * 1024 * 1024), headers={"content-type": "image/png"}), 413),
         ("post", "/v1/models/missing/classify", dict(content=b"x", headers={"content-type": "image/png"}), 404),
         ("post", "/v1/models/tiny_a/classify?top_k=0", dict(content=png(), headers={"content-type": "image/png"}), 400),
-        ("post", "/v1/models/tiny_a/classify?top_k=two", dict(content=png(), headers={"content-type": "image/png"}), 400),
-        ("post", "/v1/models/tiny_a/classify?version=0", dict(content=png(), headers={"content-type": "image/png"}), 400),
-        ("post", "/v1/models/tiny_a/classify?deadline_ms=-1", dict(content=png(), headers={"content-type": "image/png"}),
-         400),
-        ("post", "/v1/models/tiny_a/classify?version=7", dict(content=png(), headers={"content-type": "image/png"}), 404),
-        ("post", "/v2/models/tiny_a/versions/x/infer", dict(content=b"{}", headers={"content-type": "application/json"}),
-         404),
+        ("post", "/v1/models/tiny_a/classify?top_k=two",
+         dict(content=png(), headers={"content-type": "image/png"}), 400),
+        ("post", "/v1/models/tiny_a/classify?version=0",
+         dict(content=png(), headers={"content-type": "image/png"}), 400),
+        ("post", "/v1/models/tiny_a/classify?deadline_ms=-1",
+         dict(content=png(), headers={"content-type": "image/png"}), 400),
+        ("post", "/v1/models/tiny_a/classify?version=7",
+         dict(content=png(), headers={"content-type": "image/png"}), 404),
+        ("post", "/v2/models/tiny_a/versions/x/infer",
+         dict(content=b"{}", headers={"content-type": "application/json"}), 404),
         ("get", "/v2/models/..%2F..%2Fetc%2Fpasswd", dict(), 404),
         ("post", "/v2/repository/models/tiny_a/unload", dict(), 401),
         ("post", "/v2/models/tiny_a/infer", dict(json={"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32],
@@ -152,7 +157,8 @@ def test_v2_infer_matches_the_model_and_concurrent_requests_share_batches(server
 def test_metrics_after_traffic(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.base_url) as c:
         for _ in range(3):
-            assert c.post("/v1/models/tiny_b/classify", content=png(), headers={"content-type": "image/png"}).status_code == 200
+            r = c.post("/v1/models/tiny_b/classify", content=png(), headers={"content-type": "image/png"})
+            assert r.status_code == 200
         text = c.get("/metrics").text
     for name in ("request_duration_seconds", "queue_duration_seconds", "preprocess_duration_seconds",
                  "compute_duration_seconds", "batch_size"):
@@ -171,7 +177,8 @@ def test_metrics_after_traffic(server: ServerProcess) -> None:
 def test_repository_unload_and_load_with_the_api_key(server: ServerProcess) -> None:
     auth = {"authorization": f"Bearer {API_KEY}"}
     with httpx.Client(base_url=server.base_url, timeout=60) as c:
-        assert c.post("/v2/repository/models/tiny_b/load", headers={"authorization": "Bearer nope-nope-nope"}).status_code == 401
+        bad_key = {"authorization": "Bearer nope-nope-nope"}
+        assert c.post("/v2/repository/models/tiny_b/load", headers=bad_key).status_code == 401
         assert c.post("/v2/repository/models/tiny_b/unload", headers=auth).json()["state"] == "unloaded"
         assert c.get("/v2/models/tiny_b/ready").status_code == 503
         assert c.post("/v2/repository/models/tiny_b/load", headers=auth).json()["state"] == "ready"
@@ -198,13 +205,14 @@ def test_execution_instances_from_settings_compute_batches_side_by_side(
                                          limits=httpx.Limits(max_connections=48)) as c:
                 return await asyncio.gather(*(
                     c.post("/v2/models/tiny_heavy/infer", json={"inputs": [
-                        {"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x.ravel().tolist()}
+                        {"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                         "data": x.ravel().tolist()}
                     ]}) for x in inputs
                 ))
 
         responses = asyncio.run(main())
         assert [r.status_code for r in responses] == [200] * len(inputs)
-        for x, r in zip(inputs, responses):
+        for x, r in zip(inputs, responses, strict=True):
             got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32)
             np.testing.assert_allclose(got, expected_logits(HEAVY, 1, x)[0], rtol=1e-4, atol=1e-4)
     finally:

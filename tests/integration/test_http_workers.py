@@ -257,7 +257,7 @@ def test_a_burst_read_in_one_turn_is_sent_in_groups_and_each_request_gets_its_ow
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     try:
-        for x, conn in zip(images, conns):
+        for x, conn in zip(images, conns, strict=True):
             status, body = _http_response(conn)
             assert status == 200, body[:300]
             n = len(body) - 10 * 4  # the JSON header, then the logits
@@ -362,7 +362,8 @@ def test_every_serving_process_freezes_what_its_start_up_left_alive(
     end (a front end once the engine's table says the initial load is done)."""
     deadline = time.monotonic() + 10
     while True:
-        found = {(m["role"] or "single"): int(m["n"]) for log in (single.log(), multi.log()) for m in _FROZEN.finditer(log)}
+        found = {(m["role"] or "single"): int(m["n"])
+                 for log in (single.log(), multi.log()) for m in _FROZEN.finditer(log)}
         if len(found) == 4 or time.monotonic() > deadline:
             break
         time.sleep(0.1)

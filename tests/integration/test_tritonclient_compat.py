@@ -12,7 +12,7 @@ from service_server import API_KEY, ServerProcess
 
 httpclient = pytest.importorskip("tritonclient.http")
 aio = pytest.importorskip("tritonclient.http.aio")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402  (after the importorskip: tritonclient is optional)
 
 
 def url(server: ServerProcess) -> str:
@@ -92,5 +92,5 @@ def test_async_client_concurrent_binary_requests(server: ServerProcess, service_
             await client.close()
 
     outs = asyncio.run(main())
-    for x, got in zip(xs, outs):
+    for x, got in zip(xs, outs, strict=True):
         np.testing.assert_allclose(got, in_process(service_repository, "tiny_heavy", 1, x), rtol=1e-4, atol=1e-5)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from monitoring_support import MIN_MODELS, ROOT, free_port, repository_models, require_tool, running_process
 
-
 #: trained models of the committed demo repository served by the monitoring tests: vanilla and a variant of each
 #: folding kind, each with a held-out evaluation (so the accuracy panel has data, as it would in production)
 MONITORED_MODELS = ("demo", "demo-cb", "demo-gab", "demo-reattn")

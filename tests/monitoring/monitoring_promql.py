@@ -115,7 +115,8 @@ def substitute(expr: str, variables: dict[str, list[str]]) -> str:
         expr = expr.replace(key, value)
     for name in sorted(variables, key=len, reverse=True):
         values = variables[name]
-        rendered = grafana_regex_escape(values[0]) if len(values) == 1 else "(" + "|".join(grafana_regex_escape(v) for v in values) + ")"
+        rendered = (grafana_regex_escape(values[0]) if len(values) == 1
+                    else "(" + "|".join(grafana_regex_escape(v) for v in values) + ")")
         expr = expr.replace("${" + name + "}", rendered).replace("$" + name, rendered)
     if "$" in expr:
         raise ValueError(f"unsubstituted variable left in {expr!r}")

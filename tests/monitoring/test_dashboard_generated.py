@@ -156,7 +156,8 @@ def test_metric_names_are_read_from_promql(expr: str, names: set[str]) -> None:
 
 
 def test_grafana_regex_escaping_of_variable_values() -> None:
-    assert substitute('m{model=~"$model"}', {"model": ["vit.small", "demo-cb"]}) == 'm{model=~"(vit\\\\.small|demo-cb)"}'
+    assert (substitute('m{model=~"$model"}', {"model": ["vit.small", "demo-cb"]})
+            == 'm{model=~"(vit\\\\.small|demo-cb)"}')
     assert substitute("rate(m[$__rate_interval])", {}) == "rate(m[1m])"
     with pytest.raises(ValueError, match="unsubstituted"):
         substitute('m{x="$other"}', {"model": ["a"]})

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from monitoring_support import DOCKER_DIR, require_tool
 from monitoring_promql import (
     ALERT_TESTS_FILE,
     ALERTS_FILE,
@@ -18,6 +17,7 @@ from monitoring_promql import (
     exported_sample_names,
     metric_names,
 )
+from monitoring_support import DOCKER_DIR, require_tool
 
 PROMETHEUS_DIR = DOCKER_DIR / "prometheus"
 

@@ -246,7 +246,8 @@ def build_cases() -> list[tuple[Case, bytes]]:
         cases.append((Case(name, f"{name}.{ext}", endpoint, ctype, expect, why, headers or {}), body))
 
     # images that must classify fine
-    add("animated_gif", "classify", "image/gif", IMAGE_OK, "3-frame animation: first frame is used", animated_gif, "gif")
+    add("animated_gif", "classify", "image/gif", IMAGE_OK, "3-frame animation: first frame is used",
+        animated_gif, "gif")
     add("multipage_tiff", "classify", "image/tiff", IMAGE_OK, "3 pages (RGB, L, CMYK)", multipage_tiff, "tiff")
     add("png_rgb16", "classify", "image/png", IMAGE_OK, "16 bits per channel RGB", png_rgb16, "png")
     add("png_grey16", "classify", "image/png", IMAGE_OK, "16-bit greyscale (I;16)",
@@ -258,7 +259,8 @@ def build_cases() -> list[tuple[Case, bytes]]:
     add("png_rgba", "classify", "image/png", IMAGE_OK, "RGBA", lambda: pil(gradient("RGBA"), "PNG"), "png")
     add("png_la", "classify", "image/png", IMAGE_OK, "grey + alpha", lambda: pil(gradient("LA"), "PNG"), "png")
     add("png_bilevel", "classify", "image/png", IMAGE_OK, "1-bit", lambda: pil(gradient("1"), "PNG"), "png")
-    add("png_1x1", "classify", "image/png", IMAGE_OK, "a single pixel", lambda: pil(Image.new("RGB", (1, 1)), "PNG"), "png")
+    add("png_1x1", "classify", "image/png", IMAGE_OK, "a single pixel",
+        lambda: pil(Image.new("RGB", (1, 1)), "PNG"), "png")
     add("jpeg_exif_rotated", "classify", "image/jpeg", IMAGE_OK, "EXIF orientation 6", exif_rotated_jpeg, "jpg")
     add("jpeg_progressive", "classify", "image/jpeg", IMAGE_OK, "progressive JPEG",
         lambda: pil(gradient(), "JPEG", progressive=True), "jpg")
@@ -277,7 +279,8 @@ def build_cases() -> list[tuple[Case, bytes]]:
     add("png_bad_crc", "classify", "image/png", [400], "IDAT CRC flipped", png_bad_crc, "png")
     add("png_bad_zlib", "classify", "image/png", [400], "IDAT is not a zlib stream", png_bad_zlib, "png")
     add("png_zero_size", "classify", "image/png", [400], "IHDR declares 0x0", png_zero_size, "png")
-    add("png_ztxt_bomb", "classify", "image/png", [200, 400, 413], "zTXt chunk inflating to 64 MB", png_ztxt_bomb, "png")
+    add("png_ztxt_bomb", "classify", "image/png", [200, 400, 413], "zTXt chunk inflating to 64 MB",
+        png_ztxt_bomb, "png")
     add("text_as_png", "classify", "image/png", BAD_IMAGE, "plain text with an image type", b"hello world\n" * 20)
     add("html_as_jpeg", "classify", "image/jpeg", BAD_IMAGE, "HTML with an image type",
         b"<html><body><img src=x onerror=alert(1)></body></html>")
@@ -334,7 +337,8 @@ def build_cases() -> list[tuple[Case, bytes]]:
         v2_json([1, 3, 16, 16], [0.0] * 768), "json")
     add("v2_wrong_datatype", "infer", v2, [400], "INT32 for an FP32 input",
         v2_json([1, 3, 32, 32], [0] * 3072, "INT32"), "json")
-    add("v2_unknown_datatype", "infer", v2, [400], "datatype FP128", v2_json([1, 3, 32, 32], [0.0] * 3072, "FP128"), "json")
+    add("v2_unknown_datatype", "infer", v2, [400], "datatype FP128",
+        v2_json([1, 3, 32, 32], [0.0] * 3072, "FP128"), "json")
     add("v2_count_mismatch", "infer", v2, [400], "3071 values for 3072", v2_json([1, 3, 32, 32], [0.0] * 3071), "json")
     add("v2_negative_dim", "infer", v2, [400], "shape [-1,3,32,32]", v2_json([-1, 3, 32, 32], [0.0] * 3072), "json")
     add("v2_huge_dim", "infer", v2, [400], "batch of 10^12", v2_json([10**12, 3, 32, 32], [0.0] * 3), "json")
@@ -345,11 +349,13 @@ def build_cases() -> list[tuple[Case, bytes]]:
     add("v2_zero_batch", "infer", v2, [400], "batch 0", v2_json([0, 3, 32, 32], []), "json")
     add("v2_strings", "infer", v2, [400], "strings as FP32 data", v2_json([1, 3, 32, 32], ["a"] * 3072), "json")
     add("v2_nan", "infer", v2, [400], "NaN (as a JSON extension literal) in the data",
-        b'{"inputs":[{"name":"pixel_values","shape":[1,3,32,32],"datatype":"FP32","data":[NaN' + b",0.0" * 3071 + b"]}]}",
+        b'{"inputs":[{"name":"pixel_values","shape":[1,3,32,32],"datatype":"FP32","data":[NaN'
+        + b",0.0" * 3071 + b"]}]}",
         "json")
     add("v2_float_overflow", "infer", v2, [400], "1e39 does not fit FP32",
         v2_json([1, 3, 32, 32], [1e39] + [0.0] * 3071), "json")
-    add("v2_unknown_input", "infer", v2, [400], "input named 'x'", v2_json([1, 3, 32, 32], [0.0] * 3072, name="x"), "json")
+    add("v2_unknown_input", "infer", v2, [400], "input named 'x'",
+        v2_json([1, 3, 32, 32], [0.0] * 3072, name="x"), "json")
     add("v2_no_inputs", "infer", v2, [400], "empty inputs", b'{"inputs": []}', "json")
     add("v2_inputs_not_list", "infer", v2, [400], "inputs is a string", b'{"inputs": "pixel_values"}', "json")
     add("v2_ragged", "infer", v2, [400], "ragged nested data", v2_json([1, 3, 32, 32], [[0.0], [0.0, 1.0]]), "json")
@@ -357,7 +363,8 @@ def build_cases() -> list[tuple[Case, bytes]]:
         b'{"inputs":[{"name":"pixel_values","shape":[1,3,32,32],"datatype":"FP32","data":' + b"[" * 20000
         + b"]" * 20000 + b"}]}", "json")
     add("v2_not_json", "infer", v2, [400], "not JSON", b"\x00\x01\x02 not json", "json")
-    add("v2_shape_strings", "infer", v2, [400], "shape of strings", v2_json(["1", "3", "a", "32"], [0.0] * 3072), "json")
+    add("v2_shape_strings", "infer", v2, [400], "shape of strings",
+        v2_json(["1", "3", "a", "32"], [0.0] * 3072), "json")
     def v2_with(**extra: object) -> bytes:
         body: dict[str, object] = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
                                                "data": [0.5] * 3072}]}

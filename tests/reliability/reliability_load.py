@@ -48,9 +48,10 @@ async def send(session: aiohttp.ClientSession, req: Request, keep_body: bool = F
         async with session.request(req.method, req.url, data=req.data, headers=req.headers) as resp:
             body = await resp.read()
             return Outcome(start, time.monotonic() - start, resp.status, resp.headers.get("Retry-After"),
-                           None if resp.status < 500 or resp.status in (503, 504) else body[:300].decode(errors="replace"),
+                           None if resp.status < 500 or resp.status in (503, 504)
+                           else body[:300].decode(errors="replace"),
                            body if keep_body or resp.status != 200 else b"")
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return Outcome(start, time.monotonic() - start, 0, None, f"{type(exc).__name__}: {exc}")
 
 

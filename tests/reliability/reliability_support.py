@@ -28,15 +28,14 @@ INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 if str(INTEGRATION) not in sys.path:
     sys.path.insert(0, str(INTEGRATION))
 
-from service_server import API_KEY, ServerProcess, free_port, start_server  # noqa: E402,F401
-from tiny_repository import (  # noqa: E402,F401
+from service_server import API_KEY, ServerProcess, free_port, start_server  # noqa: E402,F401  (after the sys.path setup; re-exported to the reliability tests)
+from tiny_repository import (  # noqa: E402,F401  (after the sys.path setup; re-exported to the reliability tests)
     TinyModel,
     add_version,
     build_tiny_repository,
     expected_logits,
     write_model,
 )
-
 
 STACK_TRACE = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
 # Figures measured by the suite (overload rejection latency, drain, soak): printed in the terminal summary.

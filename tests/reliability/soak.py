@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reliability_load import Outcome, Request, closed_loop, make_session, open_loop, throughput  # noqa: E402
+from reliability_load import Outcome, Request, closed_loop, make_session, open_loop, throughput  # noqa: E402  (after the sys.path setup)
 
 
 @dataclass

@@ -171,7 +171,7 @@ def test_stalled_uploads_do_not_block_other_clients(hostile_server: ServerProces
     host, port = hostile_server.base_url.removeprefix("http://").split(":")
     sockets = []
     try:
-        for i in range(200):
+        for _ in range(200):
             sock = socket.create_connection((host, int(port)), timeout=10)
             sock.sendall((f"POST /v1/models/tiny_a/classify HTTP/1.1\r\nHost: {host}\r\n"
                           f"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n").encode() + b"\x89PNG" * 8)

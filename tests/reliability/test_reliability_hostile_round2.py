@@ -213,8 +213,8 @@ def test_repository_index_reads_only_a_small_body(server: ServerProcess) -> None
         assert_clean_error(r, [413])
         growth = peak_growth_mb(server, before)
         assert_clean_error(c.post("/v2/repository/index", json={"ready": True, "extra": 1}), [400])
-        assert_clean_error(c.post("/v2/repository/index", content=b"[1, 2", headers={"content-type": "application/json"}),
-                           [400])
+        assert_clean_error(c.post("/v2/repository/index", content=b"[1, 2",
+                                  headers={"content-type": "application/json"}), [400])
         everything = c.post("/v2/repository/index")
         ready = c.post("/v2/repository/index", json={"ready": True})
     assert everything.status_code == 200 and ready.status_code == 200
@@ -296,7 +296,7 @@ def test_a_trickled_body_is_closed_like_a_stalled_one(server: ServerProcess) -> 
                 if sock.recv(4096) == b"":
                     closed_after = time.monotonic() - started
                     break
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 closed_after = time.monotonic() - started

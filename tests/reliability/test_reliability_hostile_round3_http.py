@@ -270,7 +270,7 @@ def _answer_or_none(sock: socket.socket, timeout: float) -> int | None:
     sock.settimeout(timeout)
     try:
         return read_response(sock, bytearray())[0]
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return None
     except (ConnectionError, OSError):
         return 0

@@ -197,7 +197,8 @@ def test_a_half_written_version_is_retried_until_complete(tmp_path: Path) -> Non
         info = httpx.get(base + "/v1/models/tiny_a").json()
         assert info["state"] == "ready" and info["version"] == 1
         x = np.zeros((1, 3, 32, 32), np.float32)
-        body = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        body = {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                            "data": x.ravel().tolist()}]}
         assert httpx.post(base + "/v2/models/tiny_a/infer", json=body).json()["model_version"] == "1"
         (vdir / "model.onnx").unlink()
         vdir.rmdir()

@@ -26,10 +26,9 @@ from reliability_support import (
     wait_until,
     write_custom_model,
 )
-
 from tiny_repository import triton_config  # noqa: E402  (on the path through reliability_support)
 
-from service.runtimes import InferenceRuntime, register_runtime  # noqa: E402
+from service.runtimes import InferenceRuntime, register_runtime  # noqa: E402  (after the imports that set up sys.path)
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -2,8 +2,8 @@
 
 At several times the measured sustainable rate (alternating /v1 classify and /v2 binary infer requests):
 the excess gets 503 + Retry-After at once, accepted requests finish within their deadline, resident
-memory stays bounded, and throughput recovers when the load drops. Deadlines: a request past its deadline gets 504 and is never computed, counted by
-comparing the server's computed-image counters with the answers the clients got.
+memory stays bounded, and throughput recovers when the load drops. Deadlines: a request past its deadline gets
+504 and is never computed, counted by comparing the server's computed-image counters with the answers the clients got.
 """
 
 from __future__ import annotations
@@ -134,8 +134,10 @@ def test_overload_is_refused_fast_accepted_work_meets_its_deadline_and_throughpu
         "sustainable_rps": round(rate, 1),
         "offered_rps": round(OVERLOAD_FACTOR * rate, 1),
         "answers": summary(overload),
-        "rejection_latency_ms_p50_p99": [round(percentile([o.latency for o in rejected], q) * 1000, 2) for q in (50, 99)],
-        "accepted_latency_ms_p50_p99": [round(percentile([o.latency for o in accepted], q) * 1000, 1) for q in (50, 99)],
+        "rejection_latency_ms_p50_p99": [round(percentile([o.latency for o in rejected], q) * 1000, 2)
+                                         for q in (50, 99)],
+        "accepted_latency_ms_p50_p99": [round(percentile([o.latency for o in accepted], q) * 1000, 1)
+                                        for q in (50, 99)],
         "accepted_rps_during_overload": round(throughput(overload), 1),
         "recovered_rps": round(after, 1),
         "rss_mb_before_peak": [round(baseline_kb / 1024), round(peak_kb / 1024)],

@@ -124,7 +124,8 @@ def test_request_limits(secured: tuple[ServerProcess, Path]) -> None:
     server, _ = secured
     with httpx.Client(base_url=server.base_url, timeout=30, headers=INFER) as c:
         ok = png((100, 100))
-        assert c.post("/v1/models/tiny_a/classify?top_k=5", content=ok, headers={"content-type": "image/png"}).status_code == 200
+        assert c.post("/v1/models/tiny_a/classify?top_k=5", content=ok,
+                      headers={"content-type": "image/png"}).status_code == 200
         assert_clean_error(c.post("/v1/models/tiny_a/classify?top_k=6", content=ok,
                                   headers={"content-type": "image/png"}), [400])
         assert_clean_error(c.post("/v1/models/tiny_a/classify?top_k=100000000000000000000", content=ok,
@@ -151,7 +152,8 @@ def test_error_pages_leak_no_trace_path_or_server_banner(secured: tuple[ServerPr
             c.post("/v2/repository/index", content=b"{not json", headers={"content-type": "application/json"}),
             c.post("/v2/repository/models/nope/load", headers=ADMIN),
             c.get("/v2/models/tiny_a/versions/abc"),
-            c.post("/v1/models/tiny_a/classify", headers={**INFER, "content-type": "image/png"}, content=b"\x89PNG\r\n\x1a\n"),
+            c.post("/v1/models/tiny_a/classify", headers={**INFER, "content-type": "image/png"},
+                   content=b"\x89PNG\r\n\x1a\n"),
         ]
     for r in responses:
         assert r.status_code < 500, (r.request.url, r.status_code, r.text)

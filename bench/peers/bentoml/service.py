@@ -9,9 +9,8 @@ from __future__ import annotations
 import base64
 import os
 
-import numpy as np
-
 import bentoml
+import numpy as np
 
 MAX_BATCH = int(os.environ.get("PEER_MAX_BATCH_SIZE", "32"))
 
@@ -26,7 +25,8 @@ class OnnxClassifier:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.sess = ort.InferenceSession(os.environ["PEER_MODEL"], sess_options=opts, providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(os.environ["PEER_MODEL"], sess_options=opts,
+                                         providers=["CPUExecutionProvider"])
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
         self.chw = tuple(int(d) for d in inp.shape[1:])

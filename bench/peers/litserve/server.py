@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import base64
 
+import litserve as ls
 import numpy as np
 import onnxruntime as ort
-
-import litserve as ls
 
 
 def make_session(path: str, threads: int) -> ort.InferenceSession:

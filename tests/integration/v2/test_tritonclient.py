@@ -125,7 +125,7 @@ def test_classification_extension(client, served_model, reference) -> None:
     got = result.as_numpy("logits")
     assert got.shape == (2, 3)
     expected = reference(x)
-    for row, scores in zip(got, expected):
+    for row, scores in zip(got, expected, strict=True):
         parts = [item.decode().split(":", 2) for item in row]
         top = np.argsort(-scores, kind="stable")[:3]
         assert [int(p[1]) for p in parts] == top.tolist()
@@ -216,7 +216,7 @@ def test_asyncio_client(v2_server, served_model, reference) -> None:
                              outputs=[aioclient.InferRequestedOutput("logits", binary_data=out_bin)])
                 for x, in_bin, out_bin in cases
             ])
-            for (x, _, _), result in zip(cases, results):
+            for (x, _, _), result in zip(cases, results, strict=True):
                 np.testing.assert_allclose(result.as_numpy("logits"), reference(x), atol=ATOL, rtol=0)
 
             stats = await client.get_inference_statistics(served_model.name)

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
 
-from tiny_repository import DEFAULT_MODELS, build_tiny_repository  # noqa: E402
+from tiny_repository import DEFAULT_MODELS, build_tiny_repository  # noqa: E402  (after the sys.path setup)
 
 
 @pytest.fixture(scope="session")

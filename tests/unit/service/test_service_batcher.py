@@ -11,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.batcher import Batcher, BatcherHooks, BatcherStopped, BatchLimits, PendingRequest, collect_batch, next_wakeup
+from service.batcher import (
+    Batcher,
+    BatcherHooks,
+    BatcherStopped,
+    BatchLimits,
+    PendingRequest,
+    collect_batch,
+    next_wakeup,
+)
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded
 
 
@@ -75,7 +83,8 @@ def test_multi_image_requests_are_never_split_and_keep_fifo_order() -> None:
 
 
 def test_expired_request_is_returned_not_batched_and_cancelled_ones_leave() -> None:
-    q = deque([pending(1, at=0.0, deadline=0.002), pending(1, at=0.0, cancelled=True), pending(1, at=0.0, deadline=1.0)])
+    q = deque([pending(1, at=0.0, deadline=0.002), pending(1, at=0.0, cancelled=True),
+               pending(1, at=0.0, deadline=1.0)])
     batch, expired = collect_batch(q, LIMITS, now=0.003, idle=True)
     assert [r.deadline for r in expired] == [0.002]
     assert [r.deadline for r in batch] == [1.0]

@@ -11,9 +11,8 @@ from starlette.requests import Request
 
 from service.api.common import cancel_on_disconnect, check_key
 from service.api.request_view import AsgiRequest
-from service.errors import ClientClosedRequest
 from service.cli import build_parser, main, settings_from_args
-from service.errors import Unauthorized
+from service.errors import ClientClosedRequest, Unauthorized
 
 
 def test_flags_become_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

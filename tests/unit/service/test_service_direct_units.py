@@ -13,7 +13,6 @@ import pytest
 from service.api.v2_codec import parse_infer_request
 from service.api.v2_wire import TensorSpec
 
-
 SPECS = {"pixel_values": TensorSpec("FP32", (3, 4, 4))}
 
 

@@ -161,7 +161,8 @@ def test_v2_json_infer_matches_onnx_runtime_in_process(settings: Settings, tiny_
     import onnxruntime as ort
 
     x = np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32)
-    sess = ort.InferenceSession(str(tiny_repository / "tiny_b" / "2" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(tiny_repository / "tiny_b" / "2" / "model.onnx"),
+                                providers=["CPUExecutionProvider"])
     expected = sess.run(None, {"pixel_values": x})[0]
 
     async def body(c: httpx.AsyncClient) -> None:

@@ -156,7 +156,7 @@ class _FakeDriver:
     def cuInit(self, flags: int) -> int:  # noqa: N802 - the driver API's name
         return self.init_rc
 
-    def cuDeviceGetCount(self, ref) -> int:  # noqa: N802
+    def cuDeviceGetCount(self, ref) -> int:  # noqa: N802 - the driver API's name
         ctypes.cast(ref, ctypes.POINTER(ctypes.c_int)).contents.value = self.devices
         return 0
 
@@ -219,7 +219,7 @@ def test_bound_runner_matches_session_run_on_cpu_buffers() -> None:
     rng = np.random.default_rng(1)
     batches = [rng.normal(size=(b, 3, 2, 2)).astype(np.float32) for b in (1, 3, 3, 1, 4)]
     outs = [runner.run(x) for x in batches]
-    for x, out in zip(batches, outs):  # earlier results are not overwritten by later batches
+    for x, out in zip(batches, outs, strict=True):  # earlier results are not overwritten by later batches
         np.testing.assert_allclose(out, session.run(None, {"pixel_values": x})[0], rtol=1e-6)
     results: dict[int, np.ndarray] = {}
 
@@ -231,5 +231,5 @@ def test_bound_runner_matches_session_run_on_cpu_buffers() -> None:
         t.start()
     for t in threads:
         t.join()
-    for i, x in enumerate(batches):
+    for i in range(len(batches)):
         np.testing.assert_allclose(results[i], outs[i], rtol=1e-6)

@@ -101,7 +101,7 @@ def test_top_k_predictions_are_the_softmax_ranks_with_labels_and_serialise_the_s
     labels = [f"class {i} ✓" for i in range(7)]
     for k in (1, 3, 7, 9):
         got = top_k_predictions(logits, k, labels)
-        for row, preds in zip(logits, got):
+        for row, preds in zip(logits, got, strict=True):
             z = np.exp(row.astype(np.float64) - row.max())
             probs = z / z.sum()
             order = sorted(range(7), key=lambda i: (-probs[i], i))[:k]  # ties: the lower index first

@@ -1,4 +1,5 @@
-"""The model store and pipeline with fake runtimes (through the runtimes table): failures stay local, swaps and unloads lose no request, deadlines hold."""
+"""The model store and pipeline with fake runtimes (through the runtimes table): failures stay local, swaps and
+unloads lose no request, deadlines hold."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from service.settings import Settings
 from service.store import ModelStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
-from tiny_repository import TinyModel, add_version  # noqa: E402
+from tiny_repository import TinyModel, add_version  # noqa: E402  (after the sys.path setup)
 
 
 def ids(values: list[float], size: int = 32) -> np.ndarray:
@@ -69,7 +70,8 @@ def test_failed_model_is_reported_beside_serving_ones(tiny_repository: Path) -> 
         assert states["tiny_a"].state == "ready" and states["tiny_b"].version == 2
         assert states["tiny_corrupt"].state == "failed" and "cannot create session" in states["tiny_corrupt"].reason
         assert states["tiny_badsha"].state == "failed" and "sha256 mismatch" in states["tiny_badsha"].reason
-        assert "<repository>" in states["tiny_corrupt"].reason or str(tiny_repository) not in states["tiny_corrupt"].reason
+        assert ("<repository>" in states["tiny_corrupt"].reason
+                or str(tiny_repository) not in states["tiny_corrupt"].reason)
         assert store.ready
         with pytest.raises(ModelNotReady, match="failed"):
             await pipe.infer("tiny_corrupt", ids([1.0]))
@@ -98,7 +100,8 @@ def test_each_request_gets_its_own_rows_and_bad_inputs_are_refused_before_queuei
             with pytest.raises(InvalidInput):
                 await pipe.infer("tiny_a", bad)
         computed = [i for rt in factory.instances for i in rt.computed_ids]  # type: ignore[attr-defined]
-        assert sorted(set(computed) - {0.0}) == sorted({float(i) for i in range(1, 21)} | {i + 0.5 for i in range(1, 21)})
+        assert sorted(set(computed) - {0.0}) == sorted({float(i) for i in range(1, 21)}
+                                                       | {i + 0.5 for i in range(1, 21)})
 
     run(Settings(repository=tiny_repository, models=["tiny_a"]), factory, body)
 

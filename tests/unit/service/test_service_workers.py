@@ -7,11 +7,10 @@ import pickle
 import socket
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-from types import SimpleNamespace
 
 from service.batcher import Batcher, BatchLimits, BatchOutput
 from service.errors import InferenceFailed, Overloaded
@@ -136,7 +135,8 @@ class _EngineStore:
     """The part of a `ModelStore` the engine's connection uses: one model "m", version 1."""
 
     def __init__(self) -> None:
-        self.executor = Batcher(_echo, BatchLimits(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=64), name="m")
+        self.executor = Batcher(_echo, BatchLimits(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=64),
+                                name="m")
         self.metrics = Metrics()
         self.listeners: list[object] = []
         self._models: dict[str, object] = {}
@@ -298,7 +298,7 @@ class _EchoApp:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _engine_and_front(tmp_path: Path, app: _EchoApp, on_message) -> tuple[EngineServer, Channel]:  # noqa: ANN001
+async def _engine_and_front(tmp_path: Path, app: _EchoApp, on_message) -> tuple[EngineServer, Channel]:  # noqa: ANN001 - on_message: each test's own callback
     server = EngineServer(app, tmp_path / "engine.sock")  # type: ignore[arg-type]
     await server.start()
     _, front = await asyncio.get_running_loop().create_unix_connection(
@@ -564,7 +564,7 @@ def test_a_crash_looping_front_end_is_restarted_with_a_growing_delay_not_a_busy_
     # a dead front end's sentinel (always ready) is waited on once per death, then only the engine's: no spinning
     assert sum(n == 2 for n, _ in waits) == len(starts) + 1 and all(timeout > 0 for _, timeout in waits)
     # it lived 0.5 s; its death is seen a tick (0.2 s) later, then it waits 1, 2, 4... s
-    gaps = [round(b - a - 0.5, 1) for a, b in zip(starts, starts[1:])]
+    gaps = [round(b - a - 0.5, 1) for a, b in zip(starts, starts[1:], strict=False)]
     assert gaps[:3] == [2.2, 4.2, 8.2] and sup_._restart_delay(0, 5.0) == 0.0
     assert sup_._restart_delay(0, 0.1) == 1.0 and max(sup.MIN_WORKER_LIFE_S * 2 ** k for k in range(10)) > 30
     for _ in range(10):

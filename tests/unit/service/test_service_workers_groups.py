@@ -245,7 +245,7 @@ def test_a_group_that_cannot_be_sent_fails_its_requests_and_keeps_no_block(
         failed = await asyncio.gather(*(infer(client, image(i)) for i in range(3)), return_exceptions=True)
         monkeypatch.setattr(Segment, "write", write)
         used = sum(s.size for s in client.arena.segments.values()) - client.arena.free_bytes()
-        return failed, used, len(client._pending), await infer(client, image(5))  # noqa: SLF001
+        return failed, used, len(client._pending), await infer(client, image(5))  # noqa: SLF001 - no request may be left pending
 
     store = _Store()
     failed, used, pending, after = _run(tmp_path, monkeypatch, body, store)

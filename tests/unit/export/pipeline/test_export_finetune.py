@@ -27,7 +27,7 @@ def _digits_folder(root: Path, n_train: int, n_val: int) -> Path:
     split = digits_split()
     for part, images, labels in (("train", split.train_images[:n_train], split.train_labels[:n_train]),
                                  ("val", split.test_images[:n_val], split.test_labels[:n_val])):
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             path = root / part / str(int(label)) / f"{i:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(digit_png(image))

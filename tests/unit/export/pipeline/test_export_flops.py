@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from export_pipeline_specs import VARIANT_SPECS  # type: ignore[import-not-found]
 from onnx import TensorProto, helper, numpy_helper
 from torch.utils.flop_counter import FlopCounterMode
 
-from export_pipeline_specs import VARIANT_SPECS  # type: ignore[import-not-found]
 from export.flops import count_costs, count_flops_by_op, count_graph_parameters
 
 REL_TOL = 0.02

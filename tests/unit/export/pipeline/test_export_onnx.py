@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from export_pipeline_specs import VARIANT_SPECS  # type: ignore[import-not-found]
 from onnx import TensorProto, helper
 
-from export_pipeline_specs import VARIANT_SPECS  # type: ignore[import-not-found]
 from export.onnx_export import FoldingError, graph_op_counts, verify_folding
 from export.parity import ParityError, check_parity, ort_session, random_inputs
 from service.manifest import INPUT_NAME, OUTPUT_NAME

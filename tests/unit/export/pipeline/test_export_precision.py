@@ -4,6 +4,7 @@ and the TensorRT accelerator flags written into config.pbtxt as Triton reads the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,9 @@ import pytest
 from google.protobuf import text_format
 
 from export.cli import main as export_main
-from export.parity import ort_session
-from dataclasses import replace
-
 from export.data import load_image_folder, write_digits_folder
 from export.evaluate import preprocess_files
+from export.parity import ort_session
 from export.train import DATASET, DEMO_CONFIG, onnx_accuracy, train_demo_repository
 from service.manifest import CONFIG_FILENAME, INPUT_NAME, Manifest, sha256_file
 from service.model_config import ModelConfig

@@ -120,7 +120,8 @@ def test_int8_copy_is_its_own_model_with_agreement(repo):
     fp32 = ort_session(str(repo / "test-gab-reattn" / "1" / "model.onnx"))
     int8 = ort_session(str(repo / "test-gab-reattn-int8" / "1" / "model.onnx"))
     x = random_inputs((3, 32, 32), 64, seed=3)
-    agree = np.mean([fp32.run(None, {INPUT_NAME: x[i:i + 1]})[0].argmax() == int8.run(None, {INPUT_NAME: x[i:i + 1]})[0].argmax()
+    agree = np.mean([fp32.run(None, {INPUT_NAME: x[i:i + 1]})[0].argmax()
+                     == int8.run(None, {INPUT_NAME: x[i:i + 1]})[0].argmax()
                      for i in range(len(x))])
     assert m.quantization.top1_agreement == pytest.approx(agree)
 

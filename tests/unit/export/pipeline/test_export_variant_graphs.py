@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from export.flops import count_costs
-from export.parity import check_parity, ort_session, random_inputs
-from service.manifest import INPUT_NAME, Manifest
+from export.parity import check_parity
+from service.manifest import Manifest
 
 REL_TOL = 0.02
 #: variants with options the plain spec list does not cover

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import model_config_pb2 as pb
 
+from service.api.v2_meta import config_to_v2_json
 from service.model_config import (
     DynamicBatching,
     InstanceGroup,
@@ -21,7 +22,6 @@ from service.model_config import (
     QueuePolicy,
     TensorConfig,
 )
-from service.api.v2_meta import config_to_v2_json
 
 DATA_TYPES = [n for n in pb.DataType.keys() if n != "TYPE_INVALID"]
 

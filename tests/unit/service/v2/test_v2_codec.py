@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import np_to_triton_dtype
 
-from service.errors import PayloadTooLarge, UnsupportedMediaType, V2ProtocolError
 from service.api.v2_codec import decode_content_encoding, parse_header_length, parse_infer_request, request_timeout_s
 from service.api.v2_response import classify, encode_content_encoding, encode_infer_response
 from service.api.v2_wire import HEADER_LENGTH_HEADER, InferenceRequest, TensorSpec, v2_to_numpy
+from service.errors import PayloadTooLarge, UnsupportedMediaType, V2ProtocolError
 
 PIXELS = {"pixel_values": TensorSpec("FP32", (3, 4, 4))}
 
@@ -319,7 +319,7 @@ def test_classification_output(binary: bool) -> None:
     result = decode(body, headers)
     got = result.as_numpy("logits")
     assert got.shape == (2, 3) and result.get_output("logits")["datatype"] == "BYTES"
-    for row, scores in zip(got, LOGITS):
+    for row, scores in zip(got, LOGITS, strict=True):
         top = np.argsort(-scores)[:3]
         parsed = [(item.decode() if isinstance(item, bytes) else item).split(":") for item in row]
         assert [int(p[1]) for p in parsed] == top.tolist()

@@ -40,7 +40,8 @@ def outcome(body: bytes, header_length: int | None, specs: Mapping[str, Any], ma
 
 
 def both_paths(
-    monkeypatch: pytest.MonkeyPatch, body: bytes, header_length: int | None, specs: Mapping[str, Any], max_batch: int = 8
+    monkeypatch: pytest.MonkeyPatch, body: bytes, header_length: int | None, specs: Mapping[str, Any],
+    max_batch: int = 8,
 ) -> tuple[Any, ...]:
     general_ = general(monkeypatch, body, header_length, specs, max_batch)
     first = outcome(body, header_length, specs, max_batch)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.model_config import DynamicBatching, ModelConfig, TensorConfig
-from service.api.v2_wire import TensorSpec, input_specs
 from service.api.v2_meta import ModelStatisticsResponse, model_metadata, model_statistics, server_metadata
+from service.api.v2_wire import TensorSpec, input_specs
+from service.model_config import DynamicBatching, ModelConfig, TensorConfig
 from service.stats import StatsAccumulator
 
 CFG = ModelConfig(
