@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.manifest import Evaluation, ParityReport, Provenance, default_input_range
-
 from export.repository import DEFAULT_MAX_QUEUE_DELAY_US, default_labels, make_config, tool_versions, write_model
+from service.manifest import Evaluation, ParityReport, Provenance, default_input_range
 
 if TYPE_CHECKING:
     import numpy as np

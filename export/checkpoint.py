@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed

@@ -147,8 +147,8 @@ def _batching(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from export.build import build_repository
     from export import variants as registry
+    from export.build import build_repository
     from export.spec import parse_option, parse_spec, split_spec
 
     options = dict(parse_option(text) for text in args.opt)

@@ -30,9 +30,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.manifest import Evaluation, TrainingRecipe
-
 from export.data import Augmentation, ImageFolderData, SampleDataset, load_image_folder, train_transform
+from service.manifest import Evaluation, TrainingRecipe
 
 if TYPE_CHECKING:
     import torch
@@ -448,8 +447,8 @@ def finetune_repository(
     `weights_dir` also keeps each trained state dict as `<dir>/<model name>.pth` (a checkpoint that
     `--checkpoint` accepts, e.g. a fine-tuned vanilla model to convert into variants).
     """
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     from export.spec import parse_spec
 

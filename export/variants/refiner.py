@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from export.variants.base import (BuildContext, CostContext, GraphContext, LayerRule, LayoutContext, Option,
-                                  Schedule, VariantDef)
+from export.variants.base import (
+    BuildContext,
+    CostContext,
+    GraphContext,
+    LayerRule,
+    LayoutContext,
+    Option,
+    Schedule,
+    VariantDef,
+)
 
 if TYPE_CHECKING:
     import onnx
