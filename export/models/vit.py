@@ -147,7 +147,7 @@ class VariantAttention(Attention):
     def _split_heads(self, t: torch.Tensor, B: int, N: int) -> torch.Tensor:
         return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(  # type: ignore[override]
+    def forward(  # type: ignore[override]  # takes and returns the map handed between blocks, no attn_mask
         self, x: torch.Tensor, prev: AttentionMap | None = None
     ) -> tuple[torch.Tensor, AttentionMap | None]:
         B, N, C = x.shape
@@ -207,6 +207,8 @@ class VariantBlock(Block):
     `(x, map)` where `map` is what the next block reuses (None unless it reuses attention).
     """
 
+    attn: VariantAttention  # timm's Block declares a plain module; __init__ replaces it
+
     def __init__(
         self,
         dim: int,
@@ -243,7 +245,7 @@ class VariantBlock(Block):
             elif not hasattr(self, d.attr):
                 setattr(self, d.attr, nn.Identity())
 
-    def forward(  # type: ignore[override]
+    def forward(  # type: ignore[override]  # takes and returns the handed-over map, no attn_mask
         self, x: torch.Tensor, prev: AttentionMap | None = None
     ) -> tuple[torch.Tensor, AttentionMap | None]:
         y, handed = self.attn(self.norm1(x), prev)
@@ -343,7 +345,7 @@ class VariantViT(VisionTransformer):
         prefixes = [name + "." for name, _, _ in variant_modules(self)]
         return [k for k in self.state_dict() if any(k.startswith(p) for p in prefixes)]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # no attn_mask
         x = self.patch_embed(x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)
@@ -358,7 +360,7 @@ class VariantViT(VisionTransformer):
             self._lavit_maps = maps
         return self.norm(x)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # not x, no attn_mask
         """pixel_values [B, 3, H, W] -> logits [B, num_classes]."""
         return self.forward_head(self.forward_features(pixel_values))
 
