@@ -12,16 +12,17 @@ from __future__ import annotations
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from service.manifest import Evaluation, ParityReport, Provenance, default_input_range
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from export.repository import DEFAULT_MAX_QUEUE_DELAY_US, default_labels, make_config, tool_versions, write_model
+from service.manifest import Evaluation, ParityReport, Provenance, default_input_range
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+    from timm.models.vision_transformer import VisionTransformer
 
     from export.spec import ModelSpec
 
@@ -107,8 +108,9 @@ def build_model(
     spec = _resolve_spec(spec, options)
     preset = get_preset(spec.preset)
     name = name or spec.name
-    input_size = tuple(preset.data.input_size)
-    copies = [method for method, wanted in (("dynamic-int8", int8), ("fp16", fp16)) if wanted]
+    input_size = preset.data.input_size
+    methods: tuple[tuple[Literal["dynamic-int8", "fp16"], bool], ...] = (("dynamic-int8", int8), ("fp16", fp16))
+    copies = [method for method, wanted in methods if wanted]
     steps = 6 + (1 if checkpoint else 0) + 2 * len(copies) + (1 if evaluate else 0)
     bar = _progress(steps, name, progress)
 
@@ -137,7 +139,7 @@ def build_model(
             weights = weights or "trained"
             bar.update()
         model.eval()
-        classes = int(model.num_classes)
+        classes = int(cast("VisionTransformer", model).num_classes)  # a timm ViT (VariantViT, or trained)
         if num_classes is not None and num_classes != classes:
             raise ValueError(f"num_classes={num_classes} but the model has {classes} classes")
         labels = list(labels) if labels is not None else default_labels(
@@ -193,12 +195,12 @@ def build_model(
                 evaluation=evaluation,
                 provenance=Provenance(weights=weights, new_parameters=new_parameters, tool_versions=tool_versions()),
             )
-            config_args = dict(input_size=input_size, num_classes=classes, max_batch_size=max_batch_size,
-                               max_queue_delay_us=max_queue_delay_us, max_queue_size=max_queue_size,
-                               tensorrt=tensorrt)
+            config_for = partial(make_config, input_size=input_size, num_classes=classes,
+                                 max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                                 max_queue_size=max_queue_size, tensorrt=tensorrt)
             step("write")
             model_dir = write_model(repository, onnx_file=onnx_file, manifest=manifest,
-                                    config=make_config(name, **config_args), version=version)
+                                    config=config_for(name), version=version)
             bar.update()
 
             if copies:
@@ -226,7 +228,7 @@ def build_model(
                         onnx_file=copy_file,
                         manifest={**manifest, "name": copy_name, "costs": copy_costs, "parity": None,
                                   "quantization": report, "evaluation": copy_eval},
-                        config=make_config(copy_name, **config_args),
+                        config=config_for(copy_name),
                         version=version,
                     )
                     bar.update()

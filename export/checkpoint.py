@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["load_state_dict_file", "convert_timm_state_dict", "load_checkpoint", "read_weights_only"]
 
@@ -94,7 +98,7 @@ def convert_timm_state_dict(
         side = math.isqrt(old_patches)
         if side * side != old_patches:
             raise ValueError(f"pos_embed with {old_patches} patch positions is not a square grid; cannot resample")
-        grid = model.patch_embed.grid_size
+        grid = cast("VisionTransformer", model).patch_embed.grid_size  # a pos_embed: a timm ViT
         out["pos_embed"] = resample_abs_pos_embed(
             pos, new_size=list(grid), old_size=[side, side], num_prefix_tokens=prefix, verbose=False
         )
@@ -120,7 +124,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     from export.models.gab import GaussianAttentionBias
 
     converted, missing = convert_timm_state_dict(load_state_dict_file(path), model)
-    own = set(model.variant_state_keys()) if hasattr(model, "variant_state_keys") else set()
+    variant_state_keys = getattr(model, "variant_state_keys", None)  # a VariantViT's; a plain timm ViT has none
+    own = set(variant_state_keys()) if variant_state_keys is not None else set()
     shared_missing = [k for k in missing if k not in own]
     target = model.state_dict()
     unexpected = [k for k in converted if k not in target]

@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--repository", "-r", type=Path, required=True)
     train.add_argument("--spec", action="append", dest="specs", metavar="SPEC",
                        help="train only these specs (repeatable; default: demo and each single variant)")
-    train.add_argument("--epochs", type=int, help="training epochs for every spec (default: DEMO_CONFIG.epochs, longer for specs in SPEC_EPOCHS)")
+    train.add_argument("--epochs", type=int,
+                       help="training epochs for every spec "
+                            "(default: DEMO_CONFIG.epochs, longer for specs in SPEC_EPOCHS)")
     train.add_argument("--checkpoint", type=Path, help="start every spec from these weights instead of random")
     train.add_argument("--save-weights", type=Path, metavar="DIR", help="also keep DIR/<model>.pth (trained weights)")
     train.add_argument("--seed", type=int, default=0)
@@ -70,9 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", "-q", action="store_true")
 
     ft = sub.add_parser("finetune", help="fine-tune a checkpoint into each spec on an image folder, export, evaluate")
-    ft.add_argument("specs", nargs="+", metavar="SPEC", help="PRESET[+VARIANT...]; include the vanilla preset as the baseline")
+    ft.add_argument("specs", nargs="+", metavar="SPEC",
+                    help="PRESET[+VARIANT...]; include the vanilla preset as the baseline")
     ft.add_argument("--data", type=Path, required=True,
-                    help="image folder: DIR/<class>/* (a fraction held out) or DIR/train/<class>/* and DIR/val/<class>/*")
+                    help="image folder: DIR/<class>/* (a fraction held out) "
+                         "or DIR/train/<class>/* and DIR/val/<class>/*")
     ft.add_argument("--repository", "-r", type=Path, required=True, help="model repository directory")
     ft.add_argument("--checkpoint", type=Path, help="timm-format weights to start from (default: random init)")
     ft.add_argument("--epochs", type=int, default=FitConfig.epochs)
@@ -147,8 +151,8 @@ def _batching(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from export.build import build_repository
     from export import variants as registry
+    from export.build import build_repository
     from export.spec import parse_option, parse_spec, split_spec
 
     options = dict(parse_option(text) for text in args.opt)
@@ -156,7 +160,7 @@ def _build(args: argparse.Namespace) -> int:
     named = [set(split_spec(text)[1]) for text in args.specs]
     # each spec is parsed once, with the options of its variants (an option applies to every spec holding it)
     specs = [parse_spec(text, **{k: v for k, v in options.items() if owner[k] in names})
-             for text, names in zip(args.specs, named)]
+             for text, names in zip(args.specs, named, strict=True)]
     unused = sorted(k for k in options if not any(owner[k] in s.variants for s in specs))
     if unused:
         raise ValueError(f"option(s) {', '.join(unused)} belong to no variant in the given specs")
@@ -210,7 +214,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise ValueError(f"checkpoint file not found: {args.checkpoint}")
     config = replace(DEMO_CONFIG, seed=args.seed)
-    spec_epochs = None  # the per-spec defaults (export.train.SPEC_EPOCHS)
+    spec_epochs: dict[str, int] | None = None  # the per-spec defaults (export.train.SPEC_EPOCHS)
     if args.epochs is not None:
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
@@ -218,9 +222,9 @@ def _train(args: argparse.Namespace) -> int:
         spec_epochs = {}  # --epochs applies to every spec
     args.repository.mkdir(parents=True, exist_ok=True)
     results = train_demo_repository(args.repository, specs, config=config, checkpoint=args.checkpoint,
-                                    int8=args.int8, fp16=args.fp16, progress=not args.quiet, min_accuracy=args.min_accuracy,
-                                    jobs=args.jobs, threads=args.threads, spec_epochs=spec_epochs,
-                                    weights_dir=args.save_weights, **_batching(args))
+                                    int8=args.int8, fp16=args.fp16, progress=not args.quiet,
+                                    min_accuracy=args.min_accuracy, jobs=args.jobs, threads=args.threads,
+                                    spec_epochs=spec_epochs, weights_dir=args.save_weights, **_batching(args))
     _summary([args.repository / name for name in results], int8=args.int8, fp16=args.fp16)
     return 0
 

@@ -28,6 +28,7 @@ every block of a spec holding the variant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
@@ -35,6 +36,9 @@ from export import variants as registry
 from export.presets import get_preset
 from export.spec import BlockConfig, ModelSpec, block_layout
 from export.variants.base import CostContext
+
+if TYPE_CHECKING:
+    from export.models.vit import VariantBlock, VariantViT
 
 __all__ = ["ModelDims", "formula_macs", "formula_flops", "cost_breakdown", "count_parameters"]
 
@@ -74,14 +78,14 @@ def _dims(spec_or_model: ModelSpec | nn.Module, num_classes: int | None) -> Mode
             layout=block_layout(spec),
             spec=spec,
         )
-    model = spec_or_model
-    spec = getattr(model, "spec", None)
-    layout = getattr(model, "layout", None)
-    if spec is None or layout is None:
+    if getattr(spec_or_model, "spec", None) is None or getattr(spec_or_model, "layout", None) is None:
         raise ValueError("formula costs need a ModelSpec or a VariantViT (a model with .spec and .layout)")
+    model = cast("VariantViT", spec_or_model)  # has .spec and .layout: a VariantViT (timm attributes below)
+    spec, layout = model.spec, model.layout
     grid = tuple(model.patch_embed.grid_size)
     patch = model.patch_embed.patch_size
-    first = model.blocks[0]
+    first = cast("VariantBlock", model.blocks[0])  # VariantViT builds VariantBlocks (timm types them Module)
+    fc1 = cast(nn.Linear, first.mlp.fc1)  # timm's default Mlp (no preset changes mlp_layer): an nn.Linear
     return ModelDims(
         tokens=grid[0] * grid[1] + model.num_prefix_tokens,
         patches=grid[0] * grid[1],
@@ -89,7 +93,7 @@ def _dims(spec_or_model: ModelSpec | nn.Module, num_classes: int | None) -> Mode
         in_chans=int(model.patch_embed.proj.in_channels),
         dim=int(model.embed_dim),
         heads=int(first.attn.num_heads),
-        mlp_hidden=int(first.mlp.fc1.out_features),
+        mlp_hidden=int(fc1.out_features),
         num_classes=int(model.num_classes if num_classes is None else num_classes),
         layout=tuple(layout),
         spec=spec,

@@ -194,7 +194,9 @@ def _fingerprint(root: Path, parts: Sequence[tuple[str, list[Sample]]], classes:
     return h.hexdigest()
 
 
-def load_image_folder(root: Path, *, val_fraction: float = 0.2, seed: int = 0, name: str | None = None) -> ImageFolderData:
+def load_image_folder(
+    root: Path, *, val_fraction: float = 0.2, seed: int = 0, name: str | None = None
+) -> ImageFolderData:
     """Scan `root` (see the module docstring) into train and held-out lists; ValueError on bad input."""
     root = Path(root)
     unreadable: list[Path] = []
@@ -295,7 +297,7 @@ def write_digits_folder(root: Path) -> Path:
     split = digits_split()
     for part, images, labels, offset in (("train", split.train_images, split.train_labels, 0),
                                          ("val", split.test_images, split.test_labels, len(split.train_images))):
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             path = root / part / str(int(label)) / f"{offset + i:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(digit_png(image))

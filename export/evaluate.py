@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from service.manifest import INPUT_NAME, DatasetIdentity, Evaluation, PreprocessConfig, TrainingRecipe
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from export.data import Sample
 
 BATCH = 64
@@ -22,12 +24,15 @@ BATCH = 64
 MAX_PIXELS = 100_000_000
 
 
-def preprocess_files(samples: Sequence[Sample], preprocess: PreprocessConfig) -> tuple[list[int], list[object]]:
+def preprocess_files(
+    samples: Sequence[Sample], preprocess: PreprocessConfig
+) -> tuple[list[int], list[np.ndarray]]:
     """(indices of readable samples, their [3, H, W] arrays) via the service's preprocessing."""
     from service.errors import ServiceError
     from service.preprocess import preprocess_image
 
-    kept, arrays = [], []
+    kept: list[int] = []
+    arrays: list[np.ndarray] = []
     for i, sample in enumerate(samples):
         try:
             arrays.append(preprocess_image(Path(sample.path).read_bytes(), preprocess, MAX_PIXELS))

@@ -28,14 +28,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from service.manifest import Evaluation, TrainingRecipe
+from typing import TYPE_CHECKING, Any, cast
 
 from export.data import Augmentation, ImageFolderData, SampleDataset, load_image_folder, train_transform
+from service.manifest import Evaluation, TrainingRecipe
 
 if TYPE_CHECKING:
     import torch
+    from torch.utils.data import Dataset
 
     from export.spec import ModelSpec
 
@@ -112,8 +112,10 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # no weight decay on norms, biases, embeddings and what the model names (GAB sigma/amplitude, CB_S scale)
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    no_weight_decay = getattr(model, "no_weight_decay", None)  # timm ViTs (VariantViT adds the variants' own)
+    skip = set(no_weight_decay()) if no_weight_decay is not None else set()
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
@@ -233,9 +235,10 @@ def fit(
                 break
             torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation draws (transforms use torch's RNG)
             order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=order,
-                                num_workers=config.workers, pin_memory=device.type == "cuda",
-                                persistent_workers=False)
+            # a map-style dataset (__len__, __getitem__) that does not subclass torch's Dataset (no torch import)
+            loader = DataLoader(cast("Dataset[tuple[torch.Tensor, int]]", dataset), batch_size=config.batch_size,
+                                shuffle=True, generator=order, num_workers=config.workers,
+                                pin_memory=device.type == "cuda", persistent_workers=False)
             model.train()
             if config.freeze_norm_stats:
                 for module in model.modules():
@@ -448,8 +451,8 @@ def finetune_repository(
     `weights_dir` also keeps each trained state dict as `<dir>/<model name>.pth` (a checkpoint that
     `--checkpoint` accepts, e.g. a fine-tuned vanilla model to convert into variants).
     """
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     from export.spec import parse_spec
 
@@ -465,7 +468,8 @@ def finetune_repository(
     print(data.summary(), file=sys.stderr)
     state_dir = state_dir if state_dir is not None else repository / ".finetune"
     configs = [replace(config, epochs=(spec_epochs or {}).get(t, config.epochs)) for t in texts]
-    for spec, spec_config in zip(parsed, configs):  # refuse a misfit checkpoint or saved state before training
+    # refuse a misfit checkpoint or saved state before training
+    for spec, spec_config in zip(parsed, configs, strict=True):
         _, start = make_model(spec, len(data.classes), checkpoint, config.seed)
         state_file = state_dir / f"{spec.name}.pt"
         if state_file.exists():
@@ -473,13 +477,14 @@ def finetune_repository(
                        spec_config.epochs)
     print(device_line(config, threads), file=sys.stderr)
     repository.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(checkpoint=checkpoint, state_dir=state_dir, threads=threads)
     if jobs == 1:
-        trained_iter = (train_spec(s, data, c, progress=progress, **kwargs) for s, c in zip(parsed, configs))
+        trained_iter = (train_spec(s, data, c, progress=progress, checkpoint=checkpoint, state_dir=state_dir,
+                                   threads=threads) for s, c in zip(parsed, configs, strict=True))
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-        futures = [pool.submit(train_spec, s, data, c, progress=False, **kwargs) for s, c in zip(parsed, configs)]
+        futures = [pool.submit(train_spec, s, data, c, progress=False, checkpoint=checkpoint, state_dir=state_dir,
+                               threads=threads) for s, c in zip(parsed, configs, strict=True)]
         trained_iter = (f.result() for f in futures)
     out: dict[str, Evaluation] = {}
     try:

@@ -45,7 +45,9 @@ ELEMENTWISE_OPS = frozenset(
         "LeakyRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign",
     }
 )
-REDUCE_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL2"})
+REDUCE_OPS = frozenset(
+    {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL2"}
+)
 PER_ELEMENT = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 7, "BatchNormalization": 2}
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
@@ -204,7 +206,7 @@ def static_shapes(proto: onnx.ModelProto, *, batch: int = 1) -> tuple[dict[str, 
         shapes[init.name] = tuple(init.dims)
         if init.data_type in float_types:
             floats.add(init.name)
-    needed = set()
+    needed: set[str] = set()
     for node in inferred.graph.node:
         if node.op_type in MAC_OPS | ELEMENTWISE_OPS | REDUCE_OPS | PER_ELEMENT.keys():
             needed.update(n for n in list(node.input[:2]) + list(node.output[:1]) if n)
@@ -236,6 +238,6 @@ def _shapes_by_running(proto: onnx.ModelProto, batch: int, names: list[str]) -> 
         shape = [d if isinstance(d, int) else batch for d in inp.shape]
         feeds[inp.name] = np.zeros(shape, dtype=np.float32)
     outputs = session.run(names, feeds)
-    shapes = {n: tuple(o.shape) for n, o in zip(names, outputs)}
-    floats = {n for n, o in zip(names, outputs) if np.issubdtype(o.dtype, np.floating)}
+    shapes = {n: tuple(o.shape) for n, o in zip(names, outputs, strict=True)}
+    floats = {n for n, o in zip(names, outputs, strict=True) if np.issubdtype(o.dtype, np.floating)}
     return shapes, floats

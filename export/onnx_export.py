@@ -97,13 +97,14 @@ def export_onnx(
                 optimize=True,
                 verbose=False,
             )
+            assert program is not None  # dynamo=True always returns the ONNXProgram (None is the legacy path)
             proto = program.model_proto
         elif exporter == "torchscript":
             buffer = io.BytesIO()
             torch.onnx.export(
                 model,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes file objects; typed paths only
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,

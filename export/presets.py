@@ -8,9 +8,10 @@ crop_pct) that flows unchanged into the manifest's `preprocess` block, so `servi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from service.manifest import PreprocessConfig
 

@@ -36,8 +36,9 @@ Decisions on combinations (VARIANTS.md leaves them to us):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -58,6 +59,12 @@ __all__ = [
     "block_layout",
     "resolved_options",
 ]
+
+if TYPE_CHECKING:  # served by the module `__getattr__` below; declared here so checkers know the names and types
+    VARIANTS: tuple[str, ...]
+    VARIANT_OPTIONS: dict[str, dict[str, type]]
+    OPTION_DEFAULTS: dict[str, Any]
+    OPTION_HELP: dict[str, str]
 
 
 def __getattr__(name: str) -> Any:
@@ -307,7 +314,7 @@ def _compute_layout(spec: ModelSpec, depth: int) -> tuple[BlockConfig, ...]:
         BlockConfig(
             index=i,
             attention="reuse" if reuse[i] else "full",
-            lavit_transform=transform if reuse[i] else None,  # type: ignore[arg-type]
+            lavit_transform=transform if reuse[i] else None,
             provides_map=i + 1 < depth and reuse[i + 1],
             adds_prev_map=adds and not reuse[i] and i > 0,
             variants=frozenset(carried[i]),
@@ -316,7 +323,7 @@ def _compute_layout(spec: ModelSpec, depth: int) -> tuple[BlockConfig, ...]:
     )
 
 
-def _chosen_layers(spec: ModelSpec, variant: str, key: str, default: list[int] | tuple[int, ...],
+def _chosen_layers(spec: ModelSpec, variant: str, key: str, default: Sequence[int],
                    computing_only: bool, ctx: LayoutContext, schedule: Schedule | None) -> set[int]:
     value = spec.options.get(key)
     if value is None:

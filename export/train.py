@@ -80,8 +80,8 @@ def pixel_values(images: np.ndarray, preprocess: PreprocessConfig) -> np.ndarray
     from PIL import Image
 
     _, height, width = preprocess.input_size
-    resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-                "lanczos": Image.LANCZOS}[preprocess.interpolation]
+    resample = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}[preprocess.interpolation]
     scale_h, scale_w = math.floor(height / preprocess.crop_pct), math.floor(width / preprocess.crop_pct)
     mean = np.asarray(preprocess.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preprocess.std, dtype=np.float32).reshape(3, 1, 1)

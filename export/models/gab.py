@@ -42,6 +42,8 @@ def squared_patch_distances(grid_size: tuple[int, int]) -> torch.Tensor:
 class GaussianAttentionBias(nn.Module):
     """Learnable per-head Gaussian bias over the patch grid; `forward()` returns [1, H, N, N]."""
 
+    sq_dist: torch.Tensor  # a buffer (registered in __init__)
+
     def __init__(
         self,
         num_heads: int,
@@ -83,6 +85,8 @@ class GaussianAttentionBias(nn.Module):
 
 class FoldedAttentionBias(nn.Module):
     """A constant attention bias (the folded `GaussianAttentionBias`): one [1, H, N, N] buffer."""
+
+    bias: torch.Tensor  # the buffer (registered in __init__)
 
     def __init__(self, bias: torch.Tensor) -> None:
         super().__init__()

@@ -13,6 +13,8 @@ survives copies and pickling but not a fresh `create_model` (call `freeze_statis
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,17 +25,19 @@ __all__ = ["AttentionBatchNorm", "bn_scale_shift", "fold_bn_into_conv", "freeze_
 class AttentionBatchNorm(nn.BatchNorm2d):
     """`nn.BatchNorm2d` that can keep its running statistics fixed in train mode (`frozen_stats`)."""
 
-    def __init__(self, num_features: int, **kwargs: object) -> None:
-        super().__init__(num_features, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, num_features: int, **kwargs: Any) -> None:
+        super().__init__(num_features, **kwargs)
         self.frozen_stats = False
 
     @torch.no_grad()
     def set_identity(self, gamma: float = 1.0) -> None:
         """gamma (default 1), beta 0, mean 0, variance 1 - eps: exactly x -> gamma * x with running stats."""
+        mean, var = _running_stats(self)
         self.weight.fill_(gamma)
         self.bias.zero_()
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0 - self.eps)
+        mean.zero_()
+        var.fill_(1.0 - self.eps)
+        assert self.num_batches_tracked is not None  # registered together with the running statistics
         self.num_batches_tracked.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,19 +53,35 @@ def freeze_statistics(module: nn.Module, frozen: bool = True) -> None:
             m.frozen_stats = frozen
 
 
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The BN's running mean and variance; ValueError for a BN built with track_running_stats=False."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("the BatchNorm has no running statistics (built with track_running_stats=False)")
+    return bn.running_mean, bn.running_var
+
+
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's per-axis size (kernel, stride, padding, dilation) as the pair it always is."""
+    h, w = size
+    return h, w
+
+
 def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BN as y = scale * x + shift per channel: scale = gamma/sqrt(var+eps), shift = beta - mu*scale."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
+    mean, var = _running_stats(bn)
+    scale = bn.weight / torch.sqrt(var + bn.eps)
+    return scale, bn.bias - mean * scale
 
 
 @torch.no_grad()
 def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new conv computing bn(conv(x)) in eval mode: W' = diag(scale) W, b' = scale * b + shift."""
     scale, shift = bn_scale_shift(bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True)
+    padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, _pair(conv.kernel_size), _pair(conv.stride), padding,
+                      _pair(conv.dilation), conv.groups, bias=True)
     fused.weight.copy_(conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    assert fused.bias is not None  # built with bias=True
     fused.bias.copy_(scale * bias + shift)
     return fused

@@ -63,13 +63,14 @@ class AttentionRefiner(nn.Module):
         self.num_heads = num_heads
         self.out_scale = float(out_scale)
         self.expand = skip_init(nn.Conv2d, num_heads, hidden, kernel_size=1, bias=False)
-        self.bn1 = AttentionBatchNorm(hidden)
+        # each BN is replaced by the identity, BN_H by a `HeadAffine`, when `fold` folds them away
+        self.bn1: AttentionBatchNorm | nn.Identity = AttentionBatchNorm(hidden)
         self.dw = skip_init(nn.Conv2d, hidden, hidden, kernel_size=kernel_size, padding=kernel_size // 2,
                             groups=hidden, bias=False)
-        self.bn2 = AttentionBatchNorm(hidden)
+        self.bn2: AttentionBatchNorm | nn.Identity = AttentionBatchNorm(hidden)
         self.reduce = skip_init(nn.Conv2d, hidden, num_heads, kernel_size=1, bias=False)
-        self.bn3 = AttentionBatchNorm(num_heads)
-        self.norm: nn.Module = AttentionBatchNorm(num_heads)  # the authors' adapt_bn
+        self.bn3: AttentionBatchNorm | nn.Identity = AttentionBatchNorm(num_heads)
+        self.norm: AttentionBatchNorm | HeadAffine = AttentionBatchNorm(num_heads)  # the authors' adapt_bn
         self.folded = False
         self.init_weights()
 
@@ -82,13 +83,22 @@ class AttentionRefiner(nn.Module):
                 bn.reset_parameters()
                 bn.frozen_stats = False
 
+    def _batch_norms(self) -> tuple[AttentionBatchNorm, AttentionBatchNorm, AttentionBatchNorm, AttentionBatchNorm]:
+        """BN1, BN2, BN3 and BN_H; RuntimeError once `fold` has folded them away."""
+        bn1, bn2, bn3, norm = self.bn1, self.bn2, self.bn3, self.norm
+        if (isinstance(bn1, AttentionBatchNorm) and isinstance(bn2, AttentionBatchNorm)
+                and isinstance(bn3, AttentionBatchNorm) and isinstance(norm, AttentionBatchNorm)):
+            return bn1, bn2, bn3, norm
+        raise RuntimeError("the refiner is folded: its BatchNorms are gone")
+
     @torch.no_grad()
     def reset_function_preserving(self) -> None:
         """Converted start: R(A) = 0 (BN3 gamma 0), BN_H = 1/out_scale, frozen statistics; convs kept."""
-        self.bn1.set_identity()
-        self.bn2.set_identity()
-        self.bn3.set_identity(gamma=0.0)
-        self.norm.set_identity(gamma=1.0 / self.out_scale)
+        bn1, bn2, bn3, norm = self._batch_norms()
+        bn1.set_identity()
+        bn2.set_identity()
+        bn3.set_identity(gamma=0.0)
+        norm.set_identity(gamma=1.0 / self.out_scale)
         freeze_statistics(self)
 
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
@@ -103,10 +113,11 @@ class AttentionRefiner(nn.Module):
         """Fold BN1-3 into their convs and BN_H (times out_scale) into a `HeadAffine` (eval-mode maths)."""
         if self.folded:
             return
-        self.expand = fold_bn_into_conv(self.expand, self.bn1)
-        self.dw = fold_bn_into_conv(self.dw, self.bn2)
-        self.reduce = fold_bn_into_conv(self.reduce, self.bn3)
+        bn1, bn2, bn3, norm = self._batch_norms()
+        self.expand = fold_bn_into_conv(self.expand, bn1)
+        self.dw = fold_bn_into_conv(self.dw, bn2)
+        self.reduce = fold_bn_into_conv(self.reduce, bn3)
         self.bn1, self.bn2, self.bn3 = nn.Identity(), nn.Identity(), nn.Identity()
-        scale, shift = bn_scale_shift(self.norm)
+        scale, shift = bn_scale_shift(norm)
         self.norm = HeadAffine(scale * self.out_scale, shift * self.out_scale)
         self.folded = True

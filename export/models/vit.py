@@ -25,9 +25,9 @@ map (a hand-over or reuse, or a "logits"/"map" module) always take the explicit-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from torch import nn
 from export import variants as registry
 from export.presets import get_preset
 from export.spec import BlockConfig, ModelSpec, block_layout
-from export.variants.base import BuildContext, VariantDef
+from export.variants.base import BuildContext, Hook, VariantDef
 
 __all__ = ["AttentionMap", "VariantAttention", "VariantBlock", "VariantViT", "create_model", "variant_modules"]
 
@@ -49,12 +49,12 @@ _ATTENTION_HOOKS = ("reuse", "bias", "logits", "map")
 class AttentionMap(NamedTuple):
     """What a block hands to the next one when that one reuses attention.
 
-    logits: the pre-softmax logits [B, H, N, N] (LaViT 'token' reuse), or None.
+    logits: the pre-softmax logits [B, H, N, N] (LaViT 'token' reuse).
     probs: the attention map [B, H, N, N] the next block reuses ('none' reuse, refiner sharing).
     """
 
-    logits: torch.Tensor | None
-    probs: torch.Tensor | None
+    logits: torch.Tensor
+    probs: torch.Tensor
 
 
 def _is_tracing() -> bool:
@@ -71,8 +71,28 @@ def _reader(options: Mapping[str, Any]):  # -> OptionReader
     return lambda key: options[key] if options.get(key) is not None else registry.option(key).default
 
 
-def _defs(hooks: Sequence[str]) -> list[VariantDef]:
-    return [d for d in registry.variants() if d.module_attr is not None and d.hook in hooks]
+class _ModuleSlot(NamedTuple):
+    """A variant that builds a module (`VariantDef` with `build`, so `hook` and `attr` too, set)."""
+
+    name: str
+    hook: Hook
+    attr: str
+    build: Callable[[BuildContext], nn.Module | None]
+
+
+def _defs(hooks: Sequence[str]) -> list[_ModuleSlot]:
+    return [_ModuleSlot(d.name, d.hook, d.attr, d.build) for d in registry.variants()
+            if d.build is not None and d.hook is not None and d.attr is not None and d.hook in hooks]
+
+
+def _pair(size: Sequence[int]) -> tuple[int, int]:
+    h, w = size
+    return h, w
+
+
+def _blocks(model: nn.Module) -> Iterable[VariantBlock]:
+    """A VariantViT's blocks (timm's `nn.Sequential` of what `block_fn` built: `VariantBlock`s)."""
+    return cast("Iterable[VariantBlock]", model.blocks)
 
 
 class VariantAttention(Attention):
@@ -101,11 +121,11 @@ class VariantAttention(Attention):
         options = {**(options or {}), **_split_options(kwargs)}
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, **kwargs)
         self.cfg = cfg
-        self.fused_attn = fused_attn
+        self.fused_attn = fused_attn  # type: ignore[misc]  # timm marks it Final (TorchScript); set per instance here
         if cfg.attention == "reuse":  # V only: no Q/K rows to ship
             del self.qkv
             self.v = nn.Linear(dim, self.attn_dim, bias=qkv_bias)
-        ctx = BuildContext(dim=dim, num_heads=num_heads, scale=self.scale, grid_size=tuple(grid_size),
+        ctx = BuildContext(dim=dim, num_heads=num_heads, scale=self.scale, grid_size=_pair(grid_size),
                            num_prefix_tokens=num_prefix_tokens, cfg=cfg, option=_reader(options))
         self._hooks: dict[str, list[str]] = {hook: [] for hook in _ATTENTION_HOOKS}
         for d in _defs(_ATTENTION_HOOKS):
@@ -127,7 +147,7 @@ class VariantAttention(Attention):
     def _split_heads(self, t: torch.Tensor, B: int, N: int) -> torch.Tensor:
         return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(  # type: ignore[override]
+    def forward(  # type: ignore[override]  # takes and returns the map handed between blocks, no attn_mask
         self, x: torch.Tensor, prev: AttentionMap | None = None
     ) -> tuple[torch.Tensor, AttentionMap | None]:
         B, N, C = x.shape
@@ -187,6 +207,8 @@ class VariantBlock(Block):
     `(x, map)` where `map` is what the next block reuses (None unless it reuses attention).
     """
 
+    attn: VariantAttention  # timm's Block declares a plain module; __init__ replaces it
+
     def __init__(
         self,
         dim: int,
@@ -203,15 +225,16 @@ class VariantBlock(Block):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, depth=depth, **kwargs)
         cfg = layout[depth]
         self.cfg = cfg
-        attn_kwargs = {k: kwargs[k] for k in ("qk_norm", "proj_bias", "attn_drop", "proj_drop", "norm_layer")
-                       if k in kwargs}
+        attn_kwargs: dict[str, Any] = {
+            k: kwargs[k] for k in ("qk_norm", "proj_bias", "attn_drop", "proj_drop", "norm_layer") if k in kwargs
+        }
         if kwargs.get("scale_attn_norm"):
             attn_kwargs["scale_norm"] = True
         self.attn = VariantAttention(
             dim, num_heads, cfg=cfg, grid_size=grid_size, qkv_bias=qkv_bias, fused_attn=fused_attn,
             options=variant_kwargs, **attn_kwargs,
         )
-        ctx = BuildContext(dim=dim, num_heads=num_heads, scale=self.attn.scale, grid_size=tuple(grid_size),
+        ctx = BuildContext(dim=dim, num_heads=num_heads, scale=self.attn.scale, grid_size=_pair(grid_size),
                            num_prefix_tokens=1, cfg=cfg, option=_reader(variant_kwargs))
         self._outputs: list[str] = []
         for d in _defs(("output",)):
@@ -222,7 +245,7 @@ class VariantBlock(Block):
             elif not hasattr(self, d.attr):
                 setattr(self, d.attr, nn.Identity())
 
-    def forward(  # type: ignore[override]
+    def forward(  # type: ignore[override]  # takes and returns the handed-over map, no attn_mask
         self, x: torch.Tensor, prev: AttentionMap | None = None
     ) -> tuple[torch.Tensor, AttentionMap | None]:
         y, handed = self.attn(self.norm1(x), prev)
@@ -236,14 +259,15 @@ class VariantBlock(Block):
 def variant_modules(model: nn.Module) -> list[tuple[str, VariantDef, nn.Module]]:
     """(qualified name, its variant, module) of every variant module of a VariantViT."""
     out = []
-    for i, blk in enumerate(model.blocks):
+    for i, blk in enumerate(_blocks(model)):
         for d in registry.variants():
-            if d.module_attr is None or not blk.cfg.has(d.name):
+            attr = d.module_attr
+            if attr is None or not blk.cfg.has(d.name):
                 continue
             owner, prefix = (blk, f"blocks.{i}") if d.hook == "output" else (blk.attn, f"blocks.{i}.attn")
-            module = getattr(owner, d.attr, None)
+            module = getattr(owner, attr, None)
             if isinstance(module, nn.Module) and not isinstance(module, nn.Identity):
-                out.append((f"{prefix}.{d.attr}", d, module))
+                out.append((f"{prefix}.{attr}", d, module))
     return out
 
 
@@ -285,7 +309,7 @@ class VariantViT(VisionTransformer):
             raise ValueError("VariantViT supports timm's class-token ViT only (global_pool='token')")
         if kwargs.get("reg_tokens", 0) or kwargs.get("dynamic_img_size", False):
             raise ValueError("VariantViT needs a fixed token count: no reg_tokens, no dynamic_img_size")
-        super().__init__(block_fn=block_fn, **kwargs)
+        super().__init__(block_fn=block_fn, **kwargs)  # type: ignore[arg-type]  # typed type[Module]; only called
         self.spec = spec
         self.layout = layout
         self.grid_size = grid_size
@@ -321,22 +345,22 @@ class VariantViT(VisionTransformer):
         prefixes = [name + "." for name, _, _ in variant_modules(self)]
         return [k for k in self.state_dict() if any(k.startswith(p) for p in prefixes)]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # no attn_mask
         x = self.patch_embed(x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)
         x = self.norm_pre(x)
         handed: AttentionMap | None = None
         maps: list[torch.Tensor] = []
-        for blk in self.blocks:
+        for blk in _blocks(self):
             x, handed = blk(x, handed)
-            if blk.cfg.lavit_transform == "token" and handed is not None and handed.probs is not None:
+            if blk.cfg.lavit_transform == "token" and handed is not None:
                 maps.append(handed.probs)
         if not _is_tracing():
             self._lavit_maps = maps
         return self.norm(x)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # not x, no attn_mask
         """pixel_values [B, 3, H, W] -> logits [B, num_classes]."""
         return self.forward_head(self.forward_features(pixel_values))
 
@@ -349,6 +373,7 @@ class VariantViT(VisionTransformer):
 
     def auxiliary_loss(self) -> torch.Tensor:
         """The sum of the spec's variants' extra training losses for the last forward (0 when none)."""
+        assert self.cls_token is not None  # __init__ refuses class_token=False
         total = self.cls_token.new_zeros(())
         for name in self.spec.variants:
             d = registry.get(name)

@@ -9,15 +9,35 @@ the benchmarks all read the table.
 
 from __future__ import annotations
 
-from export.variants.base import (BuildContext, CostContext, GraphContext, Hook, LayerRule, LayoutContext, Option,
-                                  Schedule, VariantDef)
+from export.variants.base import (
+    BuildContext,
+    CostContext,
+    GraphContext,
+    Hook,
+    LayerRule,
+    LayoutContext,
+    Option,
+    Schedule,
+    VariantDef,
+)
 from export.variants.cb import CB, CBS
 from export.variants.gab import GAB
 from export.variants.lavit import LAVIT
 from export.variants.reattn import REATTN
 from export.variants.refiner import REFINER
-from export.variants.registry import (ENTRY_POINT_GROUP, ENV_VAR, get, load_plugins, names, option, option_owner,
-                                      options, register, unregister, variants)
+from export.variants.registry import (
+    ENTRY_POINT_GROUP,
+    ENV_VAR,
+    get,
+    load_plugins,
+    names,
+    option,
+    option_owner,
+    options,
+    register,
+    unregister,
+    variants,
+)
 
 #: the built-in table, in VARIANTS.md's canonical order (model names list variants in this order)
 BUILTIN: tuple[VariantDef, ...] = (CB, CBS, LAVIT, GAB, REATTN, REFINER)

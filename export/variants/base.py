@@ -103,7 +103,7 @@ class Schedule:
 
     reuse: tuple[bool, ...]
     label: str
-    lavit_transform: str | None = None
+    lavit_transform: Literal["token", "none"] | None = None
     adds_prev_map: bool = False
 
 

@@ -6,7 +6,7 @@ N x N maps) or softmax map (`none`); training adds the diagonality-preserving lo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from export.variants.base import BuildContext, CostContext, Option, Schedule, VariantDef
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from export.models.vit import VariantViT
     from export.spec import BlockConfig, ModelSpec
 
 TRANSFORMS = ("token", "none")
@@ -69,10 +70,11 @@ def _cost(b: BlockConfig, c: CostContext) -> list[tuple[str, int]]:
 def _loss(model: nn.Module) -> torch.Tensor | None:
     from export.models.lavit import diagonality_loss
 
-    maps = model.lavit_attention_maps()
+    vit = cast("VariantViT", model)  # the registry calls `loss` with the VariantViT holding the variant
+    maps = vit.lavit_attention_maps()
     if not maps:
         return None
-    return float(model.spec.option("lavit_loss_weight")) * diagonality_loss(maps)
+    return float(vit.spec.option("lavit_loss_weight")) * diagonality_loss(maps)
 
 
 def _loss_label(spec: ModelSpec) -> str | None:

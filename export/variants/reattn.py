@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from export.variants.base import BuildContext, CostContext, LayerRule, LayoutContext, Option, VariantDef
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from export.models.reattn import ReAttention
     from export.spec import BlockConfig
 
 
@@ -25,7 +26,7 @@ def _build(ctx: BuildContext) -> nn.Module:
 
 
 def _fold(module: nn.Module) -> nn.Module:
-    module.fold_norm()
+    cast("ReAttention", module).fold_norm()  # the registry folds only the module `_build` made
     return module
 
 

@@ -6,15 +6,24 @@ pair handed on) and odd blocks compute only V and refine the handed-on map; see 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from export.variants.base import (BuildContext, CostContext, GraphContext, LayerRule, LayoutContext, Option,
-                                  Schedule, VariantDef)
+from export.variants.base import (
+    BuildContext,
+    CostContext,
+    GraphContext,
+    LayerRule,
+    LayoutContext,
+    Option,
+    Schedule,
+    VariantDef,
+)
 
 if TYPE_CHECKING:
     import onnx
     from torch import nn
 
+    from export.models.refiner import AttentionRefiner
     from export.spec import BlockConfig, ModelSpec
 
 
@@ -60,7 +69,7 @@ def _build(ctx: BuildContext) -> nn.Module:
 
 
 def _fold(module: nn.Module) -> nn.Module:
-    module.fold()
+    cast("AttentionRefiner", module).fold()  # the registry folds only the module `_build` made
     return module
 
 
