@@ -129,7 +129,8 @@ def test_every_new_parameter_of_a_converted_model_learns_on_a_real_batch(
     assert all(g > 0 for g in second.values()), [k for k, g in second.items() if g == 0]
 
 
-def test_all_variants_together_load_and_run(timm_small_arch: tuple[torch.nn.Module, Path], images: torch.Tensor) -> None:
+def test_all_variants_together_load_and_run(timm_small_arch: tuple[torch.nn.Module, Path],
+                                            images: torch.Tensor) -> None:
     model = create_model(parse_spec("test+cb+lavit+gab+reattn+refiner"))
     assert sorted(load_checkpoint(model, timm_small_arch[1])) == sorted(model.variant_state_keys())
     with torch.no_grad():

@@ -20,7 +20,6 @@ from export.models.vit import AttentionMap, VariantAttention
 from export.spec import VARIANTS, BlockConfig, parse_spec
 
 
-
 def _valid_variant_sets() -> list[tuple[str, ...]]:
     out = []
     for r in range(len(VARIANTS) + 1):
@@ -50,7 +49,8 @@ def _attend(attn: VariantAttention, probs: torch.Tensor, v: torch.Tensor) -> tor
     return z @ attn.proj.weight.T + attn.proj.bias
 
 
-def _attention(cfg: BlockConfig, dim: int = 8, heads: int = 2, grid: tuple[int, int] = (3, 3), **kw) -> VariantAttention:
+def _attention(cfg: BlockConfig, dim: int = 8, heads: int = 2, grid: tuple[int, int] = (3, 3),
+               **kw) -> VariantAttention:
     torch.manual_seed(0)
     attn = VariantAttention(dim, heads, cfg=cfg, grid_size=grid, qkv_bias=True, **kw).eval()
     with torch.no_grad():
@@ -490,7 +490,8 @@ def test_fused_and_math_attention_agree(images: torch.Tensor, text: str, perturb
     spec = parse_spec(text)
     math_model = perturb(create_model(spec, fused_attn=False)).eval()
     fused = perturb(create_model(spec, fused_attn=True)).eval()
-    assert all(torch.equal(a, b) for a, b in zip(math_model.state_dict().values(), fused.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(math_model.state_dict().values(), fused.state_dict().values(),
+                                                 strict=True))
     with torch.no_grad():
         torch.testing.assert_close(fused(images), math_model(images), atol=1e-5, rtol=1e-5)
 
@@ -501,7 +502,7 @@ def test_create_model_is_seeded_and_leaves_the_global_rng_alone() -> None:
     b = create_model(parse_spec("test+gab"), seed=3)
     c = create_model(parse_spec("test+gab"), seed=4)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
 
 
