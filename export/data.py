@@ -280,26 +280,3 @@ class SampleDataset:
 
         sample = self.samples[index]
         return self.transform(default_loader(str(sample.path))), sample.target
-
-
-def write_digits_folder(root: Path) -> Path:
-    """sklearn's digits as an image folder: `train/<digit>/` the first 1400, `val/<digit>/` the last 397.
-
-    Each 8x8 image is an 8-bit grey PNG (what a client sends the service); names keep sklearn's order.
-    Idempotent: an existing complete folder is reused.
-    """
-    from export.train import digit_png, digits_split
-
-    root = Path(root)
-    marker = root / ".complete"
-    if marker.exists():
-        return root
-    split = digits_split()
-    for part, images, labels, offset in (("train", split.train_images, split.train_labels, 0),
-                                         ("val", split.test_images, split.test_labels, len(split.train_images))):
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            path = root / part / str(int(label)) / f"{offset + i:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(digit_png(image))
-    marker.write_text("sklearn digits, first 1400 train, last 397 val\n")
-    return root

@@ -46,9 +46,8 @@ class Finetuned:
 @pytest.fixture(scope="session")
 def finetuned_digits(tmp_path_factory: pytest.TempPathFactory) -> Finetuned:
     pytest.importorskip("torch")
-    from export.data import write_digits_folder
     from export.spec import parse_spec
-    from export.train import DATASET, DEMO_CONFIG, DEMO_SPECS, train_demo_repository
+    from export.train import DATASET, DEMO_CONFIG, DEMO_SPECS, train_demo_repository, write_digits_folder
 
     root = tmp_path_factory.mktemp("finetune_digits")
     data = write_digits_folder(root / DATASET)

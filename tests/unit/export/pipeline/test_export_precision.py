@@ -13,10 +13,10 @@ import pytest
 from google.protobuf import text_format
 
 from export.cli import main as export_main
-from export.data import load_image_folder, write_digits_folder
+from export.data import load_image_folder
 from export.evaluate import preprocess_files
 from export.parity import ort_session
-from export.train import DATASET, DEMO_CONFIG, onnx_accuracy, train_demo_repository
+from export.train import DATASET, DEMO_CONFIG, onnx_accuracy, train_demo_repository, write_digits_folder
 from service.manifest import CONFIG_FILENAME, INPUT_NAME, Manifest, sha256_file
 from service.model_config import ModelConfig
 

@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.data import load_image_folder, write_digits_folder
+from export.data import load_image_folder
 from export.evaluate import evaluate_onnx
 from export.presets import get_preset
-from export.train import DATASET, DEMO_SPECS, NUM_TRAIN, digit_png, digits_split, onnx_accuracy, pixel_values
+from export.train import (
+    DATASET,
+    DEMO_SPECS,
+    NUM_TRAIN,
+    digit_png,
+    digits_split,
+    onnx_accuracy,
+    pixel_values,
+    write_digits_folder,
+)
 from service.manifest import Manifest, sha256_file
 
 DEMO_REPOSITORY = Path(__file__).resolve().parents[4] / "models" / "demo"
