@@ -74,3 +74,30 @@ def start_server(repository: Path, tmp: Path, *args: str, ready_timeout: float =
             break
     raise RuntimeError(f"server did not become ready:\n{last_error}")
 
+
+def children(server: ServerProcess) -> dict[str, int]:
+    """comm -> pid of the supervisor's children."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2:].split()[1]) == server.proc.pid:
+            out[comm] = int(entry.name)
+    return out
+
+
+def front_ends(server: ServerProcess, count: int = 2, timeout: float = 30.0) -> list[int]:
+    """The pids of front ends 0..count-1 (waiting for them, e.g. for a replacement, to exist and serve)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = children(server)
+        pids = [found.get(f"vitserve-fe{i}") for i in range(count)]
+        if all(pids):
+            return [p for p in pids if p]
+        time.sleep(0.05)
+    raise AssertionError(f"front ends not found: {children(server)}")

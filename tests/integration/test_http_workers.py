@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_server import ServerProcess, start_server
+from service_server import ServerProcess, children, front_ends, start_server
 from tiny_repository import TinyModel, add_version, build_tiny_repository
 
 from service.runtimes.standin import standin_outputs, write_standin_model
@@ -69,34 +69,6 @@ def single(workers_repository: Path, tmp_path_factory: pytest.TempPathFactory) -
 def multi(workers_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with running(workers_repository, tmp_path_factory.mktemp("multi"), "--http-workers", "2") as server:
         yield server
-
-
-def children(server: ServerProcess) -> dict[str, int]:
-    """comm -> pid of the supervisor's children."""
-    out = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-            comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2:].split()[1]) == server.proc.pid:
-            out[comm] = int(entry.name)
-    return out
-
-
-def front_ends(server: ServerProcess, count: int = 2, timeout: float = 30.0) -> list[int]:
-    """The pids of front ends 0..count-1 (waiting for them, e.g. for a replacement, to exist and serve)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = children(server)
-        pids = [found.get(f"vitserve-fe{i}") for i in range(count)]
-        if all(pids):
-            return [p for p in pids if p]
-        time.sleep(0.05)
-    raise AssertionError(f"front ends not found: {children(server)}")
 
 
 @contextmanager

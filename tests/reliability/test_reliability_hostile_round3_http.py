@@ -35,6 +35,7 @@ from reliability_support import (
     stopped_cleanly,
     wait_until,
 )
+from service_server import front_ends
 
 MAX_HEADER = 32 * 1024
 BUDGET = 24 * 1024 * 1024  # VITSERVE_MAX_BODY_BYTES_IN_FLIGHT of the servers here (each of 2 front ends: half)
@@ -58,21 +59,7 @@ class Served:
 
     def serving_pids(self) -> list[int]:
         """The processes that read request bodies: the server, or its front ends."""
-        if not self.workers:
-            return [self.srv.proc.pid]
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-                comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm.startswith("vitserve-fe") and int(stat[stat.rfind(")") + 2:].split()[1]) == self.srv.proc.pid:
-                found.append(int(entry.name))
-        assert len(found) == 2, found
-        return found
+        return front_ends(self.srv) if self.workers else [self.srv.proc.pid]
 
 
 @pytest.fixture(scope="module", params=["single", "workers"])

@@ -34,6 +34,7 @@ from reliability_support import (
     start_server,
     stopped_cleanly,
 )
+from service_server import front_ends
 
 from service.runtimes.standin import standin_outputs, write_standin_model
 
@@ -88,28 +89,6 @@ def served(request: pytest.FixtureRequest, repository: Path, tmp_path_factory: p
     srv = start_server(repository, tmp_path_factory.mktemp(f"round3_v2_{mode}"), "--warmup", "one", *args, env=env)
     with stopped_cleanly(srv):
         yield Served(mode, srv)
-
-
-def front_ends(server: ServerProcess, count: int = 2, timeout: float = 30.0) -> list[int]:
-    """The pids of the supervisor's children `vitserve-fe0..count-1` (waiting for them to exist)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found: dict[str, int] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-                comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2:].split()[1]) == server.proc.pid:
-                found[comm] = int(entry.name)
-        pids = [found.get(f"vitserve-fe{i}") for i in range(count)]
-        if all(pids):
-            return [p for p in pids if p]
-        time.sleep(0.05)
-    raise AssertionError("front ends not found")
 
 
 def off_loop_cpu_s(pid: int) -> float:

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fakes import EchoRuntime, GatedRuntime, fake_factory
 from PIL import Image
 
 from service.app import create_app
-from service.fakes import EchoRuntime, GatedRuntime, fake_factory
 from service.runtimes import RuntimeFactory, runtime_override
 from service.settings import Settings
 

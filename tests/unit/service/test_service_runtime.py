@@ -68,7 +68,7 @@ def test_warmup_covers_every_batch_size_the_batcher_can_make() -> None:
 
 
 def test_automatic_warmup_is_batch_one_on_cpu_and_the_sizes_that_matter_elsewhere(tiny_repository: Path) -> None:
-    from service.fakes import EchoRuntime
+    from fakes import EchoRuntime
 
     cpu = OnnxRuntime(spec_for(tiny_repository, "tiny_a", ["CPUExecutionProvider"]))
     assert cpu.provider == "CPUExecutionProvider"

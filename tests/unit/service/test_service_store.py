@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import EchoRuntime, FailingRuntime, GatedRuntime, SlowRuntime, fake_factory
 from PIL import Image
 
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady
-from service.fakes import EchoRuntime, FailingRuntime, GatedRuntime, SlowRuntime, fake_factory
 from service.pipeline import Pipeline
 from service.runtimes import InferenceRuntime, RuntimeSpec, runtime_override
 from service.settings import Settings

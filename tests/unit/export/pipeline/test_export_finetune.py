@@ -13,25 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from small_digits import digits_folder  # type: ignore[import-not-found]  (a module of this folder)
 
 from export.cli import main
 from export.data import load_image_folder
-from export.train import digit_png, digits_split
 from service.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[4]
-
-
-def _digits_folder(root: Path, n_train: int, n_val: int) -> Path:
-    """A small train/ + val/ image folder of sklearn digits (8x8 grey PNGs)."""
-    split = digits_split()
-    for part, images, labels in (("train", split.train_images[:n_train], split.train_labels[:n_train]),
-                                 ("val", split.test_images[:n_val], split.test_labels[:n_val])):
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            path = root / part / str(int(label)) / f"{i:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(digit_png(image))
-    return root
 
 
 def _save_state_dict(spec: str, path: Path, **kwargs: object) -> Path:
@@ -73,7 +61,7 @@ def test_bad_data_is_refused_before_any_training(tmp_path: Path, capsys: pytest.
 def test_a_checkpoint_of_another_architecture_is_refused_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _digits_folder(tmp_path / "digits", 40, 40)
+    data = digits_folder(tmp_path / "digits", 40, 40)
     other = _save_state_dict("test", tmp_path / "test.pth")  # 32-dim, 8 px patches: not a `demo` model
     repo = tmp_path / "repo"
     err = _refused(capsys, ["finetune", "--data", str(data), "-r", str(repo), "--checkpoint", str(other), "-q",
@@ -83,7 +71,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_training(
 
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = _digits_folder(tmp_path / "digits", 40, 40)
+    data = digits_folder(tmp_path / "digits", 40, 40)
     (data / "train" / "3" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     (data / "val" / "5" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0")
     (data / "train" / "3" / "notes.txt").write_text("not an image file: ignored, not counted")
@@ -123,7 +111,7 @@ def _finetune_cmd(data: Path, repo: Path, weights: Path, state: Path) -> list[st
 def test_a_killed_finetune_resumes_after_its_last_saved_epoch(tmp_path: Path) -> None:
     import torch
 
-    data = _digits_folder(tmp_path / "digits", 200, 40)
+    data = digits_folder(tmp_path / "digits", 200, 40)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     state = tmp_path / "state"
     cmd = _finetune_cmd(data, tmp_path / "repo", tmp_path / "w", state)
@@ -154,7 +142,7 @@ def test_a_killed_finetune_resumes_after_its_last_saved_epoch(tmp_path: Path) ->
 
 
 def test_a_state_file_of_another_recipe_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = _digits_folder(tmp_path / "digits", 40, 40)
+    data = digits_folder(tmp_path / "digits", 40, 40)
     args = ["finetune", "--data", str(data), "-r", str(tmp_path / "repo"), "--batch-size", "8", "--epochs", "1",
             "--augment", "none", "-q", "test"]
     assert main(args) == 0

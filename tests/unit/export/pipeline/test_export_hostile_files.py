@@ -16,26 +16,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from small_digits import digits_folder  # type: ignore[import-not-found]  (a module of this folder)
 
 from export.cli import main
 from export.data import load_image_folder
-from export.train import digit_png, digits_split
 
 ROOT = Path(__file__).resolve().parents[4]
 #: bounds a hang (the old scan never finished on some of these folders), not a speed
 pytestmark = pytest.mark.timeout(300)
-
-
-def _digits_folder(root: Path, n_train: int, n_val: int) -> Path:
-    """A small train/ + val/ image folder of sklearn digits (8x8 grey PNGs)."""
-    split = digits_split()
-    for part, images, labels in (("train", split.train_images[:n_train], split.train_labels[:n_train]),
-                                 ("val", split.test_images[:n_val], split.test_labels[:n_val])):
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            path = root / part / str(int(label)) / f"{i:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(digit_png(image))
-    return root
 
 
 def _flat_folder(root: Path, per_class: int = 5) -> Path:
@@ -92,7 +80,7 @@ def _torch_bytes(obj: object) -> bytes:
 def test_a_planted_state_never_runs_and_is_refused_before_any_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _digits_folder(tmp_path / "digits", 40, 40)
+    data = digits_folder(tmp_path / "digits", 40, 40)
     marker = tmp_path / "marker"
     for i, (what, payload) in enumerate(_planted_states(marker).items()):
         repo, state = tmp_path / f"repo{i}", tmp_path / f"state{i}"
@@ -116,7 +104,7 @@ def test_a_planted_state_never_runs_and_is_refused_before_any_training(
 def test_a_legitimate_state_still_resumes_and_one_of_another_run_is_refused_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _digits_folder(tmp_path / "digits", 40, 40)
+    data = digits_folder(tmp_path / "digits", 40, 40)
     state = tmp_path / "state"
     assert main(_finetune_args(data, tmp_path / "repo", state, "test")) == 0
     capsys.readouterr()
@@ -195,7 +183,7 @@ def test_a_link_to_a_file_of_the_same_class_counts_once(tmp_path: Path) -> None:
 
 
 def test_a_held_out_link_to_a_training_file_is_not_held_out(tmp_path: Path) -> None:
-    data_dir = _digits_folder(tmp_path / "digits", 40, 40)
+    data_dir = digits_folder(tmp_path / "digits", 40, 40)
     before = load_image_folder(data_dir)
     same_class = [s for s in before.train if s.target == before.train[0].target]
     label = before.classes[same_class[0].target]
