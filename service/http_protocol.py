@@ -105,6 +105,40 @@ class _Held:
         self.amount = amount
 
 
+class DisconnectWatchers:
+    """The callbacks of the requests that wait on one client's departure (`watch_disconnect`): each is called
+    once when the client goes (`fire`), or soon when it is added after. Vitserve's HTTP protocol keeps one per
+    connection; a `--http-workers` engine one per forwarded request (service/workers/engine.py)."""
+
+    __slots__ = ("callbacks", "gone")
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+        self.gone = False
+
+    def add(self, callback: Callable[[], None]) -> None:
+        if self.gone:
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self.callbacks.append(callback)
+
+    def remove(self, callback: Callable[[], None]) -> None:
+        try:
+            self.callbacks.remove(callback)
+        except ValueError:  # already called
+            pass
+
+    def fire(self, *, soon: bool = False) -> None:
+        """The client is gone: call every callback now (`soon`: from the event loop's next turn)."""
+        self.gone = True
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            if soon:
+                asyncio.get_running_loop().call_soon(callback)
+            else:
+                callback()
+
+
 class _Refused(Exception):
     """Raised in a parser callback to stop parsing; `GuardedHttpToolsProtocol._refused` says how to answer."""
 
@@ -136,8 +170,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._body_deadline = 0.0  # loop time by which the body must have progressed (see MIN_BODY_RATE)
         self._discarding = False  # answered and closing: read and drop what the client still sends
-        self._lost = False
-        self._on_lost: list[Callable[[], None]] = []  # callbacks of the requests in progress on this connection
+        self._watchers = DisconnectWatchers()  # the requests in progress on this connection
         self._direct_cycle: RequestResponseCycle | None = None  # the last cycle handed to `direct`
         self._active: RequestResponseCycle | None = None  # the request being answered (others wait in `pipeline`)
         self._held: deque[_Held] = deque()  # budget held by this connection's requests, oldest first
@@ -157,7 +190,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._lost = True
         # uvicorn marks only the last request read as disconnected; with requests pipelined behind it the
         # one being answered would write to the closed transport (an error and a traceback per request)
         active = self._active
@@ -170,22 +202,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         held, self._held, self._streaming = self._held, deque(), None
         for entry in held:
             self.body_budget.release(entry.amount)
-        callbacks, self._on_lost = self._on_lost, []
-        for callback in callbacks:
-            callback()
+        self._watchers.fire()
 
     def watch_disconnect(self, callback: Callable[[], None]) -> None:
         """Call `callback` (once) when this connection is lost; soon, if it already is."""
-        if self._lost:
-            self.loop.call_soon(callback)
-        else:
-            self._on_lost.append(callback)
+        self._watchers.add(callback)
 
     def unwatch_disconnect(self, callback: Callable[[], None]) -> None:
-        try:
-            self._on_lost.remove(callback)
-        except ValueError:  # already called
-            pass
+        self._watchers.remove(callback)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, then time what is left incomplete. A timer is armed only for a head or a body

@@ -35,7 +35,7 @@ from fastapi import FastAPI
 
 from service.batcher import Batcher, BatcherStopped, BatchOutput, PendingRequest
 from service.errors import InferenceFailed, ModelNotReady, ServiceError
-from service.http_protocol import DISCONNECT_WATCH
+from service.http_protocol import DISCONNECT_WATCH, DisconnectWatchers
 from service.settings import Settings
 from service.store import LoadedVersion, ModelStore
 from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
@@ -277,7 +277,7 @@ class Forwarded:
         self._ended = False  # the body's last piece was given to the app
         self._pieces: deque[asyncio.Future[tuple[bytes, bool] | None]] = deque()  # one per ask, in order
         self._gone = asyncio.Event()
-        self._on_lost: list[Callable[[], None]] = []
+        self._watchers = DisconnectWatchers()
 
     async def receive(self) -> dict[str, Any]:
         if not self._ended and not self._gone.is_set():
@@ -308,23 +308,14 @@ class Forwarded:
             future = self._pieces.popleft()
             if not future.done():
                 future.set_result(None)
-        callbacks, self._on_lost = self._on_lost, []
-        loop = asyncio.get_running_loop()
-        for callback in callbacks:
-            loop.call_soon(callback)
+        self._watchers.fire(soon=True)
 
     def watch_disconnect(self, callback: Callable[[], None]) -> None:
         """Call `callback` (once) when the client is gone; soon, if it already is."""
-        if self._gone.is_set():
-            asyncio.get_running_loop().call_soon(callback)
-        else:
-            self._on_lost.append(callback)
+        self._watchers.add(callback)
 
     def unwatch_disconnect(self, callback: Callable[[], None]) -> None:
-        try:
-            self._on_lost.remove(callback)
-        except ValueError:  # already called
-            pass
+        self._watchers.remove(callback)
 
 
 def engine_main(settings: Settings, control_path: Path, supervisor: Connection) -> None:
