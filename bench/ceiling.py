@@ -88,11 +88,11 @@ def server_spinning(env: dict[str, str] | None) -> bool:
     session is built the same way, since spinning threads' CPU is part of what both are charged."""
     from pydantic import TypeAdapter
 
-    from service.settings import Settings
+    from service.runtimes.onnxruntime.options import OnnxRuntimeOptions
 
     value = {**os.environ, **(env or {})}.get("VITSERVE_ALLOW_SPINNING")
     if value is None:
-        return bool(Settings.model_fields["allow_spinning"].default)
+        return bool(OnnxRuntimeOptions.model_fields["allow_spinning"].default)
     return TypeAdapter(bool).validate_python(value)
 
 

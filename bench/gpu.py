@@ -57,10 +57,10 @@ CONFIGS = (
 
 
 def cuda_problem() -> str | None:
-    """None when this process could serve on CUDA, else why not (service/providers.py's probe)."""
+    """None when this process could serve on CUDA, else why not (service/runtimes/onnxruntime/providers.py's probe)."""
     import onnxruntime as ort
 
-    from service.providers import cuda_status
+    from service.runtimes.onnxruntime.providers import cuda_status
 
     status = cuda_status(tuple(ort.get_available_providers()))
     return None if status.ok(CUDA) else status.reasons.get(CUDA, "CUDA not usable")

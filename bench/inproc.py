@@ -99,7 +99,7 @@ def time_interleaved(
 
 def ort_session(model: Path | str | bytes, threads: int = 0, spinning: bool = True) -> Any:
     """An ORT CPU session (from a path or serialised bytes) configured like the service's single-model session."""
-    from service.runtimes.onnxruntime import SessionConfig, build_session
+    from service.runtimes.onnxruntime.session import SessionConfig, build_session
 
     return build_session(model, SessionConfig(intra_op_threads=threads or usable_cores(), allow_spinning=spinning))
 
@@ -158,7 +158,7 @@ def ort_op_profile(model: Path | str, batch_size: int, *, runs: int = 3, seed: i
     import os
     import tempfile
 
-    from service.runtimes.onnxruntime import SessionConfig, build_session
+    from service.runtimes.onnxruntime.session import SessionConfig, build_session
 
     with tempfile.TemporaryDirectory() as tmp:
         sess = build_session(model, SessionConfig(intra_op_threads=usable_cores(), allow_spinning=True),

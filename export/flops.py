@@ -223,7 +223,7 @@ def _shapes_by_running(proto: onnx.ModelProto, batch: int, names: list[str]) -> 
     import numpy as np
     import onnx
 
-    from service.runtimes.onnxruntime import SessionConfig, build_session
+    from service.runtimes.onnxruntime.session import SessionConfig, build_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)

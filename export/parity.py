@@ -30,7 +30,7 @@ class ParityError(RuntimeError):
 def ort_session(model: onnx.ModelProto | bytes | str):  # -> onnxruntime.InferenceSession
     """A CPU ONNX Runtime session built by the service's own session builder (all graph optimisations on),
     so parity is checked on the session the service serves."""
-    from service.runtimes.onnxruntime import SessionConfig, build_session
+    from service.runtimes.onnxruntime.session import SessionConfig, build_session
 
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     config = SessionConfig(providers=[PROVIDER], intra_op_threads=0, allow_spinning=True)

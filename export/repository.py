@@ -37,7 +37,7 @@ from service.model_config import (
     QueuePolicy,
     TensorConfig,
 )
-from service.providers import profile_shapes, tensorrt_options
+from service.runtimes.onnxruntime.providers import profile_shapes, tensorrt_options
 
 #: defaults for the dynamic batcher (Triton's `dynamic_batching` block; the service reads them back)
 DEFAULT_MAX_QUEUE_DELAY_US = 2_000

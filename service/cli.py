@@ -1,4 +1,5 @@
-"""`vitserve serve --repository DIR [...]`: build Settings from flags + VITSERVE_* env, then serve them: one
+"""`vitserve serve --repository DIR [...]`: build Settings from flags + VITSERVE_* env (a runtime's own flags, such as
+--intra-op-threads, come from its options class and land in `Settings.runtime_options`), then serve them: one
 process (service/server.py) or, with `--http-workers N`, a supervisor of an engine and N front ends
 (service/workers/supervisor.py)."""
 
@@ -9,8 +10,7 @@ import logging
 import sys
 from typing import Any
 
-from pydantic import ValidationError
-
+from service.runtimes.table import check_runtime_options, runtime_options_types
 from service.settings import Settings
 
 log = logging.getLogger("vitserve.cli")
@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", nargs="+", help="only these models (default: all)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="bind port (default 8000)")
-    serve.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers in order of preference")
-    serve.add_argument("--intra-op-threads", type=int)
-    serve.add_argument("--inter-op-threads", type=int)
+    for options in runtime_options_types():  # each runtime's own flags (ONNX Runtime: providers, threads)
+        for name, flag in options.cli_flags.items():
+            serve.add_argument("--" + name.replace("_", "-"), **flag)
     serve.add_argument("--max-batch-size", type=int)
     serve.add_argument("--max-queue-delay-ms", type=float)
     serve.add_argument("--max-queue-size", type=int)
@@ -52,18 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Flags given on the command line win over VITSERVE_* environment variables."""
+    """Flags given on the command line win over VITSERVE_* environment variables; every runtime's options are
+    read once here, so a bad value fails at start."""
     overrides: dict[str, Any] = {
         k: v for k, v in vars(args).items() if k != "command" and v is not None
     }
-    return Settings(**overrides)
+    runtime_fields = {name for options in runtime_options_types() for name in options.cli_flags}
+    runtime = {k: overrides.pop(k) for k in list(overrides) if k in runtime_fields}
+    settings = Settings(**overrides)
+    if runtime:
+        settings = settings.model_copy(update={"runtime_options": {**settings.runtime_options, **runtime}})
+    check_runtime_options(settings.runtime_options)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-    except ValidationError as exc:
+    except ValueError as exc:  # pydantic's ValidationError, or a runtime option no runtime knows
         print(f"vitserve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

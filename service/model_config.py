@@ -71,7 +71,8 @@ class ModelOptimization(_Cfg):
     """Triton's `optimization` block (`ModelOptimizationPolicy`): the execution accelerators part.
 
     The service turns a `tensorrt` / `cuda` GPU accelerator into ONNX Runtime provider options
-    (service/providers.py), as Triton's onnxruntime backend does, so one repository configures both.
+    (service/runtimes/onnxruntime/providers.py), as Triton's onnxruntime backend does, so one repository
+    configures both.
     """
 
     execution_accelerators: ExecutionAccelerators | None = None

@@ -1,6 +1,7 @@
 """Service settings: one pydantic-settings object, built once (CLI or app factory) and passed down.
 
-Every knob the service has lives here, documented by its `Field` description, read from keyword
+Every server-wide knob lives here (a runtime's own options live with it: service/runtimes/*/options.py,
+read the same way), documented by its `Field` description, read from keyword
 arguments first and then from `VITSERVE_*` environment variables. Nothing reads the environment at
 import time, and a bad value fails at start instead of silently falling back.
 """
@@ -8,26 +9,15 @@ import time, and a bad value fails at start instead of silently falling back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-KNOWN_PROVIDERS = {
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "ROCMExecutionProvider",
-    "MIGraphXExecutionProvider",
-    "OpenVINOExecutionProvider",
-    "DmlExecutionProvider",
-    "CoreMLExecutionProvider",
-    "CPUExecutionProvider",
-}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-def _split_csv(value: object) -> object:
+def split_csv(value: object) -> object:
     """Accept 'a,b' as well as a JSON list or a Python list (env vars are plain strings)."""
     if isinstance(value, str):
         text = value.strip()
@@ -50,33 +40,6 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Bind address; loopback by default, set 0.0.0.0 in a container")
     port: int = Field(8000, ge=0, le=65535, description="Bind port (0 = any free port)")
-
-    providers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_PROVIDERS),
-        description="ONNX Runtime execution providers in order of preference; unavailable ones are skipped "
-        "and the provider a session really got is reported",
-    )
-    intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = every CPU core (divided among the "
-        "model's execution instances): a lone request on any model gets the whole machine, and compute_threads "
-        "keeps the sessions of several models from oversubscribing the cores"
-    )
-    inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime inter-op threads per session (sequential mode)")
-    allow_spinning: bool = Field(
-        False,
-        description="Let ORT worker threads spin-wait between ops and after a run instead of sleeping: off by "
-        "default, because at low load it multiplies the CPU each request costs (throttled under a container CPU "
-        "limit) and under contention it slows compute; on dedicated cores it buys throughput on tiny models "
-        "(BENCHMARKS.md)",
-    )
-    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
-        "all", description="ONNX Runtime graph optimisation level"
-    )
-    trt_engine_cache_dir: Path | None = Field(
-        None, description="Writable directory for TensorRT engines (one sub-directory per model): enables the "
-        "engine cache of every model served on TensorRT, overriding config.pbtxt's trt_engine_cache_path, so a "
-        "restart loads engines instead of rebuilding them"
-    )
 
     max_batch_size: int | None = Field(
         None, ge=1, description="Override every model's max batch size (default: config.pbtxt max_batch_size)"
@@ -187,31 +150,26 @@ class Settings(BaseSettings):
         "separated); each registers runtimes with service.runtimes.register_runtime for the config.pbtxt "
         "`backend`/`platform` values it serves"
     )
+    runtime_options: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the runtimes' own options, by option name (each runtime "
+        "reads its options, e.g. providers or intra_op_threads, from its VITSERVE_* variables and takes the keys "
+        "it knows from here; the serve flags of a runtime's options land here): service/runtimes/*/options.py"
+    )
     http_workers: int = Field(
         1, ge=1, le=64, description="HTTP front-end processes sharing the port: they parse and preprocess and hand "
         "tensors (shared memory) to the one engine process that owns the sessions and batchers; 1 = the "
         "single-process server (service/workers/)",
     )
 
-    @field_validator("models", "providers", "runtime_modules", mode="before")
+    @field_validator("models", "runtime_modules", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
-        return _split_csv(value)
+        return split_csv(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
-
-    @field_validator("providers")
-    @classmethod
-    def _known_providers(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("providers must name at least one execution provider")
-        unknown = [p for p in value if p not in KNOWN_PROVIDERS]
-        if unknown:
-            raise ValueError(f"unknown execution providers {unknown}; known: {sorted(KNOWN_PROVIDERS)}")
-        return value
 
     @field_validator("repository")
     @classmethod

@@ -10,11 +10,13 @@ opaque to the core.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import numpy as np
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.manifest import Manifest
 from service.model_config import ModelConfig
@@ -33,7 +35,25 @@ class RuntimeSpec:
     model_path: Path | None = None
     config: ModelConfig | None = None  # config.pbtxt: execution accelerators, instance kind
     instances: int = 1  # batches the batcher computes at once on this runtime
-    options: object = None  # the runtime's own options (its table entry builds them from Settings)
+    options: object = None  # the runtime's own options (its table entry builds them; opaque to the core)
+
+
+class RuntimeOptions(BaseSettings):
+    """Base of a runtime's own options: read from `VITSERVE_*` environment variables like the server's
+    settings, and overridden by `Settings.runtime_options` (where the serve flags of `cli_flags` land), so
+    the server-wide Settings never name a runtime's knobs."""
+
+    model_config = SettingsConfigDict(env_prefix="VITSERVE_", extra="forbid", validate_default=True)
+
+    #: `vitserve serve` flags setting these options: field name -> argparse keywords (the flag is --field-name)
+    cli_flags: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def from_overrides(cls, overrides: Mapping[str, object]) -> Self:
+        """The options from the environment, with the overrides this runtime knows winning (the others
+        belong to other runtimes)."""
+        known: dict[str, Any] = {k: v for k, v in overrides.items() if k in cls.model_fields}
+        return cls(**known)  # the constructor (not model_validate) reads the environment
 
 
 class InferenceRuntime(ABC):

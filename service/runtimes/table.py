@@ -1,8 +1,10 @@
 """The one table from a model's config.pbtxt `backend` (else `platform`) to the runtime that serves it.
 
-Adding a runtime (TensorRT, OpenVINO, a remote one) is one module that calls `register_runtime` for its
-keys; nothing in the store or pipeline changes. Built-in entries name their module as "module:attribute"
-and are imported on first use, so the core never imports a runtime implementation (or its library).
+Adding a runtime (TensorRT, OpenVINO, a remote one) is one package and one `BUILTIN_RUNTIMES` entry (or a
+module that calls `register_runtime` for its keys); nothing in the store or pipeline changes. Built-in entries
+name their backend and options as "module:attribute" and are imported on first use, so the core never imports a
+runtime implementation (or its library). A runtime's options (a `RuntimeOptions` class) are its own: its
+VITSERVE_* variables and serve flags, read by its table entry's `options`; the CLI reads each once at start.
 
 Plugin hook: `Settings.runtime_modules` (`VITSERVE_RUNTIME_MODULES=pkg.mod,other.mod`) names modules the
 model store imports at start, before any model loads; importing one registers its runtimes. That works for
@@ -12,11 +14,12 @@ a server run as a subprocess too (the setting travels in its environment).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from service.runtimes.base import InferenceRuntime, RuntimeSpec
+from service.runtimes.base import InferenceRuntime, RuntimeOptions, RuntimeSpec
 from service.settings import Settings
 
 RuntimeFactory = Callable[[RuntimeSpec], InferenceRuntime]
@@ -37,11 +40,46 @@ class RuntimeBackend:
     options: OptionsFactory = no_options
 
 
-_TABLE: dict[str, RuntimeBackend | str] = {
-    "onnxruntime": "service.runtimes.onnxruntime:BACKEND",
-    "onnxruntime_onnx": "service.runtimes.onnxruntime:BACKEND",
-    "vitserve_offcpu_standin": "service.runtimes.standin:BACKEND",  # no CPU: stands in for a GPU (benchmarks)
-}
+@dataclass(frozen=True)
+class BuiltinRuntime:
+    """A runtime shipped with vitserve, named by "module:attribute" paths so it is imported on first use."""
+
+    keys: tuple[str, ...]  # the config.pbtxt `backend`/`platform` values it serves
+    backend: str  # its RuntimeBackend
+    options: str | None = None  # its RuntimeOptions class (its VITSERVE_* variables and serve flags)
+
+
+BUILTIN_RUNTIMES = (
+    BuiltinRuntime(("onnxruntime", "onnxruntime_onnx"), "service.runtimes.onnxruntime.runtime:BACKEND",
+                   "service.runtimes.onnxruntime.options:OnnxRuntimeOptions"),
+    # no CPU: stands in for a GPU (benchmarks)
+    BuiltinRuntime(("vitserve_offcpu_standin",), "service.runtimes.standin:BACKEND"),
+)
+
+_TABLE: dict[str, RuntimeBackend | str] = {key: rt.backend for rt in BUILTIN_RUNTIMES for key in rt.keys}
+
+
+def _attribute(path: str) -> Any:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def runtime_options_types() -> list[type[RuntimeOptions]]:
+    """The built-in runtimes' options classes (importing them imports no runtime library)."""
+    types = [_attribute(rt.options) for rt in BUILTIN_RUNTIMES if rt.options is not None]
+    assert all(isinstance(t, type) and issubclass(t, RuntimeOptions) for t in types)
+    return types
+
+
+def check_runtime_options(overrides: Mapping[str, object]) -> None:
+    """Read every built-in runtime's options once (environment and `overrides`), so that a bad value fails at
+    start instead of at the first model load; an override that no runtime knows fails too."""
+    types = runtime_options_types()
+    unknown = sorted(set(overrides) - {name for t in types for name in t.model_fields})
+    if unknown:
+        raise ValueError(f"runtime options {unknown} belong to no runtime")
+    for options_type in types:
+        options_type.from_overrides(overrides)
 
 
 def register_runtime(
@@ -61,8 +99,7 @@ def runtime_backend(key: str) -> RuntimeBackend:
         raise LookupError(f"no runtime for backend/platform {key!r} (known: {', '.join(sorted(_TABLE))}; "
                           "register one with service.runtimes.register_runtime)")
     if isinstance(entry, str):
-        module, _, attribute = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attribute)
+        entry = _attribute(entry)
         assert isinstance(entry, RuntimeBackend)
         _TABLE[key] = entry
     return entry

@@ -85,10 +85,10 @@ def test_frontend_cpu_is_unknown_without_server_cpu_or_batch_size() -> None:
 
 def test_the_raw_session_spins_as_the_servers_sessions_do(monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.ceiling import server_spinning
-    from service.settings import Settings
+    from service.runtimes.onnxruntime.options import OnnxRuntimeOptions
 
     monkeypatch.delenv("VITSERVE_ALLOW_SPINNING", raising=False)
-    assert server_spinning(None) is Settings.model_fields["allow_spinning"].default
+    assert server_spinning(None) is OnnxRuntimeOptions.model_fields["allow_spinning"].default
     assert server_spinning({"VITSERVE_ALLOW_SPINNING": "true"}) is True
     monkeypatch.setenv("VITSERVE_ALLOW_SPINNING", "1")
     assert server_spinning({}) is True and server_spinning({"VITSERVE_ALLOW_SPINNING": "false"}) is False

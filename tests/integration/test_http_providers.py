@@ -21,7 +21,7 @@ TRT = ModelOptimization(execution_accelerators=ExecutionAccelerators(gpu_executi
 def _cuda_usable() -> bool:
     import onnxruntime as ort
 
-    from service.providers import CUDA, cuda_status
+    from service.runtimes.onnxruntime.providers import CUDA, cuda_status
 
     return cuda_status(tuple(ort.get_available_providers())).ok(CUDA)
 

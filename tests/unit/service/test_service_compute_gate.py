@@ -81,7 +81,8 @@ def test_cores_are_the_ones_this_process_may_run_on() -> None:
     import sys
 
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from service.compute_gate import cpu_cores; from service.runtimes.onnxruntime import session_config; "
+            "from service.compute_gate import cpu_cores; "
+            "from service.runtimes.onnxruntime.session import session_config; "
             "print(cpu_cores(), session_config(['CPUExecutionProvider'], 0, 1, False, 'all').intra_op_threads)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "1"]

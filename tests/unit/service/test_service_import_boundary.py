@@ -2,8 +2,8 @@
 
 - service/ imports no torch, onnx, timm or export/ (the runtime image has none of them).
 - The core (model store, pipeline, statistics) imports no wire format (service/api/*) and no runtime
-  implementation (service/runtimes/onnxruntime.py, onnxruntime, the ONNX Runtime provider and I/O binding
-  helpers): runtimes come from the runtimes table, wire shapes are made at the edge.
+  implementation (service/runtimes/onnxruntime/: session builder, options, provider and I/O binding helpers;
+  onnxruntime itself): runtimes come from the runtimes table, wire shapes are made at the edge.
 - export/ reaches service/ only through the repository contract modules and the one session builder.
 """
 
@@ -18,12 +18,11 @@ ROOT = Path(__file__).resolve().parents[3]
 SERVICE = ROOT / "service"
 CORE = ("service.store", "service.pipeline", "service.stats")
 #: what the core must not pull in, directly or through anything it imports
-CORE_FORBIDDEN = ("service.api", "service.runtimes.onnxruntime", "service.providers", "service.io_binding",
-                  "onnxruntime")
+CORE_FORBIDDEN = ("service.api", "service.runtimes.onnxruntime", "onnxruntime")
 #: the modules of service/ that export/ may import: the repository contract (manifest, config.pbtxt and its
 #: TensorRT accelerator block, the preprocessing a manifest names and the errors it raises) and the session builder
-EXPORT_MAY_IMPORT = {"service.manifest", "service.model_config", "service.preprocess", "service.providers",
-                     "service.errors", "service.runtimes.onnxruntime"}
+EXPORT_MAY_IMPORT = {"service.manifest", "service.model_config", "service.preprocess",
+                     "service.runtimes.onnxruntime.providers", "service.errors", "service.runtimes.onnxruntime.session"}
 
 
 def imported_modules(path: Path) -> set[str]:

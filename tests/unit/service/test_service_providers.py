@@ -12,9 +12,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-import service.providers as providers
+import service.runtimes.onnxruntime.providers as providers
 from service.model_config import Accelerator, InstanceGroup, ModelConfig, TensorConfig
-from service.providers import (
+from service.runtimes.onnxruntime.providers import (
     CPU,
     CUDA,
     TENSORRT,
@@ -202,7 +202,7 @@ def test_bound_runner_matches_session_run_on_cpu_buffers() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from service.io_binding import BoundRunner, host_allocator
+    from service.runtimes.onnxruntime.io_binding import BoundRunner, host_allocator
 
     w = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
     graph = helper.make_graph(

@@ -10,7 +10,8 @@ import pytest
 from service.postprocess import top_k_predictions
 from service.repository import read_model
 from service.runtimes import RuntimeSpec, warmup_sizes
-from service.runtimes.onnxruntime import OnnxRuntime, session_config
+from service.runtimes.onnxruntime.runtime import OnnxRuntime
+from service.runtimes.onnxruntime.session import session_config
 
 
 def spec_for(repo: Path, name: str, providers: list[str]) -> RuntimeSpec:
@@ -48,7 +49,7 @@ def test_every_session_may_use_every_core_and_spins_only_when_asked() -> None:
 
 
 def test_provider_choice_keeps_order_and_cpu_fallback() -> None:
-    from service.providers import CudaStatus, usable_providers
+    from service.runtimes.onnxruntime.providers import CudaStatus, usable_providers
 
     gpu = CudaStatus(usable={"TensorrtExecutionProvider": True, "CUDAExecutionProvider": True}, reasons={})
     none = CudaStatus(usable={"TensorrtExecutionProvider": False, "CUDAExecutionProvider": False},

@@ -13,12 +13,10 @@ from service.settings import Settings
 def test_environment_and_comma_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VITSERVE_REPOSITORY", str(tmp_path))
     monkeypatch.setenv("VITSERVE_MODELS", "a, b")
-    monkeypatch.setenv("VITSERVE_PROVIDERS", "CUDAExecutionProvider,CPUExecutionProvider")
     monkeypatch.setenv("VITSERVE_PORT", "9001")
     monkeypatch.setenv("VITSERVE_API_KEY", "0123456789")
     s = Settings()
     assert s.models == ["a", "b"] and s.port == 9001 and s.host == "127.0.0.1"
-    assert s.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert s.api_key is not None and "0123456789" not in repr(s)
 
 
@@ -30,7 +28,6 @@ def test_keyword_arguments_win_over_environment(tmp_path: Path, monkeypatch: pyt
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("providers", ["WarpDriveExecutionProvider"]),
         ("port", 70000),
         ("max_body_bytes", 10),
         ("api_key", "short"),
@@ -51,3 +48,5 @@ def test_missing_repository_fails(tmp_path: Path) -> None:
 def test_unknown_setting_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         Settings(repository=tmp_path, max_batch=3)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):  # a runtime's options are its own (service/runtimes/onnxruntime/options.py)
+        Settings(repository=tmp_path, intra_op_threads=1)  # type: ignore[call-arg]

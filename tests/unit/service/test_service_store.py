@@ -325,14 +325,15 @@ def test_drain_starts_at_begin_drain_and_the_rest_gets_503_at_the_timeout(tiny_r
 
 
 def test_instances_share_the_automatic_intra_op_threads(tmp_path: Path) -> None:
-    from service.runtimes.onnxruntime import instance_session, settings_session_config
+    from service.runtimes.onnxruntime.runtime import settings_session_config
+    from service.runtimes.onnxruntime.session import instance_session
 
-    auto = settings_session_config(Settings(repository=tmp_path, intra_op_threads=0), 1)
+    auto = settings_session_config(Settings(repository=tmp_path, runtime_options={"intra_op_threads": 0}), 1)
     auto = dataclasses.replace(auto, intra_op_threads=4)
     assert instance_session(auto, 2).intra_op_threads == 2
     assert instance_session(auto, 8).intra_op_threads == 1
     assert instance_session(auto, 1).intra_op_threads == 4
-    by_hand = settings_session_config(Settings(repository=tmp_path, intra_op_threads=4), 1)
+    by_hand = settings_session_config(Settings(repository=tmp_path, runtime_options={"intra_op_threads": 4}), 1)
     assert instance_session(by_hand, 2).intra_op_threads == 4  # set by hand: kept
 
 

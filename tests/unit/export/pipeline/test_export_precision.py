@@ -86,7 +86,8 @@ def test_fp16_copy_is_fp16_inside_with_the_fp32_signature(trained: Path) -> None
 def test_fp16_copy_serves_on_the_cpu_provider(trained: Path, tmp_path: Path) -> None:
     from service.repository import read_model
     from service.runtimes import RuntimeSpec
-    from service.runtimes.onnxruntime import OnnxRuntime, session_config
+    from service.runtimes.onnxruntime.runtime import OnnxRuntime
+    from service.runtimes.onnxruntime.session import session_config
 
     entry = read_model(trained, "demo-fp16")
     cfg = session_config(["CPUExecutionProvider"], 1, 1, False, "all")

@@ -1,29 +1,24 @@
-"""The ONNX Runtime runtime, and the one place an ONNX Runtime session is built (`build_session`).
-
-`build_session` is used by the service, by export's parity check and FLOPs probe, and by the in-process
-benchmarks, so what they measure and check is the session the service serves. `OnnxRuntime` holds one
-`InferenceSession` per model version, with execution providers chosen from settings, filtered by what
-this machine can run and narrowed by the model's config.pbtxt (service/providers.py); the provider it
-really got (`session.get_providers()[0]`) is what the API and metrics report. On the CUDA provider
-batches run through I/O binding with pinned host buffers (service/io_binding.py). Registered in the
-runtimes table for `backend: "onnxruntime"` and `platform: "onnxruntime_onnx"`.
+"""The ONNX Runtime runtime: `OnnxRuntime` holds one `InferenceSession` per model version (session.py builds
+it), with execution providers chosen from the runtime's options (options.py), filtered by what this machine can
+run and narrowed by the model's config.pbtxt (providers.py); the provider it really got
+(`session.get_providers()[0]`) is what the API and metrics report. On the CUDA provider batches run through I/O
+binding with pinned host buffers (io_binding.py). Registered in the runtimes table for `backend: "onnxruntime"`
+and `platform: "onnxruntime_onnx"`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
 from service.compute_gate import cpu_cores
 from service.errors import exception_summary
-from service.providers import (
+from service.runtimes.base import InferenceRuntime, RuntimeSpec
+from service.runtimes.onnxruntime.options import OnnxRuntimeOptions
+from service.runtimes.onnxruntime.providers import (
     CPU,
     CUDA,
     TENSORRT,
@@ -34,115 +29,11 @@ from service.providers import (
     plan_for_model,
     usable_providers,
 )
-from service.runtimes.base import InferenceRuntime, RuntimeSpec
+from service.runtimes.onnxruntime.session import SessionConfig, build_session, instance_session, options_session_config
 from service.runtimes.table import RuntimeBackend
 from service.settings import Settings
 
 log = logging.getLogger("vitserve.runtime")
-
-GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """How ONNX Runtime sessions are built (this runtime's options; derived from Settings by `session_config`)."""
-
-    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
-    intra_op_threads: int = 1  # 0: ONNX Runtime's own default
-    inter_op_threads: int = 1
-    allow_spinning: bool = False
-    graph_optimization_level: str = "all"
-    engine_cache_dir: Path | None = None  # TensorRT engine cache (service/providers.py: tensorrt_options)
-    split_threads: bool = False  # intra-op threads were chosen automatically: the instances share them
-
-
-def session_config(
-    providers: list[str],
-    intra_op_threads: int,
-    inter_op_threads: int,
-    allow_spinning: bool,
-    graph_optimization_level: str,
-    cpu_count: int | None = None,
-    engine_cache_dir: Path | None = None,
-) -> SessionConfig:
-    """Threads chosen deliberately: every session may use every core, the compute gate shares them.
-
-    intra-op threads = cores unless set, however many sessions are loaded: a lone request on any model
-    gets the whole machine, and the process-wide compute gate (service/compute_gate.py) lets models
-    take turns instead of oversubscribing the cores. Spinning (busy-wait of idle pool threads) only when
-    asked for: at low load it multiplies the CPU a request costs, which a container's CPU limit
-    throttles, for a gain only on dedicated cores under load (BENCHMARKS.md, analysis).
-    """
-    cores = cpu_count or cpu_cores()
-    return SessionConfig(
-        providers=list(providers),
-        intra_op_threads=intra_op_threads or cores,
-        inter_op_threads=inter_op_threads,
-        allow_spinning=bool(allow_spinning),
-        graph_optimization_level=graph_optimization_level,
-        engine_cache_dir=engine_cache_dir,
-        split_threads=not intra_op_threads,
-    )
-
-
-def settings_session_config(settings: Settings, concurrent_sessions: int) -> SessionConfig:
-    """This runtime's options from the service settings (the table entry's `options`). The number of
-    sessions plays no part: each gets every core, and the compute gate shares them."""
-    return session_config(
-        settings.providers,
-        settings.intra_op_threads,
-        settings.inter_op_threads,
-        settings.allow_spinning,
-        settings.graph_optimization_level,
-        engine_cache_dir=settings.trt_engine_cache_dir,
-    )
-
-
-def instance_session(session: SessionConfig, instances: int) -> SessionConfig:
-    """Automatic intra-op threads are shared by the instances: n instances x (threads // n) each."""
-    if not session.split_threads or instances <= 1:
-        return session
-    return dataclasses.replace(session, intra_op_threads=max(1, session.intra_op_threads // instances))
-
-
-def build_session(
-    model: str | Path | bytes,
-    config: SessionConfig | None = None,
-    *,
-    providers: Sequence[str] | None = None,
-    provider_options: Sequence[dict[str, Any]] | None = None,
-    log_severity_level: int | None = None,
-    profile_prefix: str | None = None,
-) -> Any:  # -> onnxruntime.InferenceSession
-    """The one ONNX Runtime session builder: a model (path or serialised bytes) with `config`'s threads,
-    spinning and graph optimisations, sequential execution, on `providers` (default: the config's).
-
-    `profile_prefix` turns ONNX Runtime's profiler on (files start with it); `log_severity_level` quiets
-    ONNX Runtime's own log."""
-    import onnxruntime as ort
-
-    cfg = config or SessionConfig()
-    opts = ort.SessionOptions()
-    if cfg.intra_op_threads:
-        opts.intra_op_num_threads = cfg.intra_op_threads
-    opts.inter_op_num_threads = cfg.inter_op_threads
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[cfg.graph_optimization_level]
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if cfg.allow_spinning else "0")
-    if log_severity_level is not None:
-        opts.log_severity_level = log_severity_level
-    if profile_prefix is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=opts, providers=list(providers or cfg.providers),
-                                provider_options=list(provider_options) if provider_options is not None else None)
 
 
 # Providers this process tried and did not get although the probe found them usable (a library
@@ -211,7 +102,7 @@ class OnnxRuntime(InferenceRuntime):
         self._warmed = False
         self._bound = None
         if self.provider in (TENSORRT, CUDA):  # the graph runs on the GPU: bound, pinned host buffers
-            from service.io_binding import BoundRunner, host_allocator
+            from service.runtimes.onnxruntime.io_binding import BoundRunner, host_allocator
 
             allocate, kind = host_allocator(CUDA)
             self._bound = BoundRunner(session, m.input_name, m.output_name, m.num_classes, allocate)
@@ -269,6 +160,13 @@ class OnnxRuntime(InferenceRuntime):
 
     def close(self) -> None:
         self._session = None
+
+
+def settings_session_config(settings: Settings, concurrent_sessions: int) -> SessionConfig:
+    """The table entry's `options`: this runtime's own options (its VITSERVE_* variables, with the overrides in
+    `settings.runtime_options`) as sessions. The number of sessions plays no part: each gets every core, and
+    the compute gate shares them."""
+    return options_session_config(OnnxRuntimeOptions.from_overrides(settings.runtime_options))
 
 
 BACKEND = RuntimeBackend(create=OnnxRuntime, options=settings_session_config)
