@@ -1,9 +1,9 @@
 """Service settings: one pydantic-settings object, built once (CLI or app factory) and passed down.
 
-Every server-wide knob lives here (a runtime's own options live with it: service/runtimes/*/options.py,
-read the same way), documented by its `Field` description, read from keyword
-arguments first and then from `VITSERVE_*` environment variables. Nothing reads the environment at
-import time, and a bad value fails at start instead of silently falling back.
+Every server-wide knob lives here, documented by its `Field` description, read from keyword arguments first
+and then from `VITSERVE_*` environment variables. Nothing reads the environment at import time, and a bad
+value fails at start instead of silently falling back. A runtime's own options (ONNX Runtime's providers and
+threads, ...) live with the runtime (service/runtimes/*/options.py), read the same way.
 """
 
 from __future__ import annotations
