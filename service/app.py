@@ -24,10 +24,10 @@ from service.api.v1 import register_v1
 from service.api.v2 import SERVER_VERSION, register_v2
 from service.errors import install_error_handlers
 from service.gpu_metrics import register_gpu_metrics
+from service.loader import ModelStore
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
-from service.store import ModelStore
 
 log = logging.getLogger("vitserve")
 
@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, wait_for_models: bool = False, store: Mode
     app.state.pipeline = pipeline
     app.state.metrics = metrics
     install_error_handlers(app)
-    hot = register_v1(app, pipeline) + register_v2(app, pipeline)
+    hot = register_v1(app, pipeline) + register_v2(app, pipeline, store)
     register_system(app, store)
     app.state.hot_routes = hot.api_routes
     # the same endpoints without ASGI, for vitserve's HTTP protocol (`guarded_protocol(settings, direct=...)`)

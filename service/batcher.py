@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import NamedTuple, Protocol, cast
 
 import numpy as np
 
@@ -177,6 +177,22 @@ class BatcherHooks:
     def on_expired(self, images: int, requests: int = 1) -> None: ...
 
     def on_rejected(self, images: int, requests: int = 1) -> None: ...
+
+
+class Executor(Protocol):
+    """What runs a model version's batches, as the pipeline and the loader use it: the in-process `Batcher`
+    and a front end's remote executor (service/workers/client.py) both satisfy it."""
+
+    @property
+    def limits(self) -> BatchLimits: ...
+
+    def is_overloaded(self, images: int = 1) -> bool: ...
+
+    def retry_after_s(self) -> float: ...
+
+    async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> BatchOutput: ...
+
+    async def stop(self, timeout_s: float) -> int: ...
 
 
 class Batcher:

@@ -1,11 +1,12 @@
 """The request pipeline: admit -> check -> preprocess -> submit to the version's executor -> postprocess.
 
 Routers call this (`accept`, then `infer` / `classify` / `compare`). A request's model version is
-resolved once, at admission (`ModelStore.version`), and the `LoadedVersion` is passed down through
+resolved once, at admission (`Catalog.version`), and the `LoadedVersion` is passed down through
 every step; the only second look-up is when that version is swapped out while the request waits
 (then the model's new default version serves it, unless the request named its version). Batches run
 through `version.executor.submit(inputs, deadline) -> BatchOutput`: the seam between the pipeline and
-execution (service/store.py: LoadedVersion). Knows no HTTP, wire format or runtime implementation.
+execution (service/catalog.py: LoadedVersion, service/batcher.py: Executor). Knows no HTTP, wire format or
+runtime implementation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.batcher import BatcherStopped
+from service.catalog import Catalog, LoadedVersion
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -31,7 +33,6 @@ from service.errors import (
 from service.manifest import PreprocessConfig
 from service.preprocess import normalised_bounds, preprocess_image, preprocess_small_image
 from service.schemas import ClassifyResult, Timings
-from service.store import LoadedVersion, ModelStore
 
 #: input tensors larger than this are checked (finite, in range) in the worker pool, not on the event loop
 LARGE_CHECK_BYTES = 1 << 20
@@ -66,7 +67,7 @@ def _within(bounds: tuple[float, float], allowed: tuple[float, float]) -> bool:
 class Pipeline:
     """The request path over a model store."""
 
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: Catalog) -> None:
         self.store = store
         self.settings = store.settings
         self.metrics = store.metrics

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.store import ModelStore
+from service.catalog import Catalog
 
 
-def register_system(app: FastAPI, store: ModelStore) -> None:
+def register_system(app: FastAPI, store: Catalog) -> None:
     @app.get("/metrics", summary="Prometheus metrics", tags=["system"], response_class=Response)
     async def metrics() -> Response:
         return Response(store.metrics.render(), media_type=CONTENT_TYPE_LATEST)

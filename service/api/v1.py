@@ -28,12 +28,13 @@ from service.api.common import (
     track,
 )
 from service.api.fast_path import HotRoutes, hot_routes
+from service.api.models import ModelInfo, model_info, model_infos
 from service.api.request_view import AsgiRequest, RequestView, parse_multipart
+from service.catalog import Catalog
 from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
 from service.manifest import Evaluation
 from service.pipeline import Pipeline
-from service.schemas import ClassifyResult, ModelInfo, Prediction, Timings
-from service.store import ModelStore
+from service.schemas import ClassifyResult, Prediction, Timings
 
 MAX_INT = 2**63 - 1  # integer parameters are 64-bit; larger ones are a 400, never arithmetic
 
@@ -199,7 +200,7 @@ def single_file_part(body: bytes, content_type: str) -> bytes | None:
     return body[head_end + 4:end]
 
 
-async def read_image(request: RequestView, store: ModelStore) -> bytes:
+async def read_image(request: RequestView, store: Catalog) -> bytes:
     """The image bytes of a request, whichever of the three accepted forms it uses."""
     content_type = request.headers.get("content-type", "")
     ctype = content_type.split(";")[0].strip().lower()
@@ -240,11 +241,11 @@ def register_v1(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
 
     @router.get("/models", response_model=ModelsResponse, summary="Every model: variants, costs, state, provider")
     async def list_models() -> ModelsResponse:
-        return ModelsResponse(models=store.list_models())
+        return ModelsResponse(models=model_infos(store))
 
     @router.get("/models/{model}", response_model=ModelInfo, summary="One model", responses={404: {}})
     async def get_model(model: str) -> ModelInfo:
-        return store.get_model(model)
+        return model_info(store, model)
 
     @router.post(
         "/models/{model}/classify",

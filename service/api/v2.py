@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.api.common import cancel_on_disconnect, check_key, model_label, track
 from service.api.fast_path import HotRoutes, hot_routes
+from service.api.models import ModelInfo, index_entries, model_info
 from service.api.request_view import AsgiRequest, RequestView
 from service.api.v2_codec import decode_content_encoding, parse_header_length, parse_infer_request, request_timeout_s
 from service.api.v2_meta import (
@@ -41,12 +42,12 @@ from service.api.v2_response import (
     response_encoding,
 )
 from service.api.v2_wire import HEADER_LENGTH_HEADER, InferenceRequest, InferenceResponse, TensorSpec, input_specs
+from service.catalog import LoadedVersion
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, validation_message
+from service.loader import ModelStore
 from service.model_config import InstanceGroup
 from service.pipeline import Pipeline
 from service.repository import ModelEntry, parse_version
-from service.schemas import ModelInfo
-from service.store import LoadedVersion
 
 try:
     from importlib.metadata import version as _dist_version
@@ -117,7 +118,7 @@ def _version(text: str | None) -> int | None:
         raise ModelNotFound(f"no version {text!r}") from None
 
 
-def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
+def register_v2(app: FastAPI, pipeline: Pipeline, loader: ModelStore) -> HotRoutes:
     """Declare every /v2 route; return the hot ones (for the fast path)."""
     router = APIRouter(prefix="/v2", tags=["v2"])
     store, settings, metrics = pipeline.store, pipeline.settings, pipeline.metrics
@@ -144,7 +145,7 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
     def _metadata(model: str, version: str | None) -> ModelMetadata:
         v = _version(version)
         entry = store.entry(model)
-        info = store.get_model(model)
+        info = model_info(store, model)
         if v is not None and v not in entry.versions:
             raise ModelNotFound(f"model {model} has no version {v}")
         versions = [v] if v is not None else (info.versions or info.available_versions)
@@ -152,7 +153,7 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
 
     def _effective_config(model: str) -> Any:
         entry = store.entry(model)
-        info = store.get_model(model)
+        info = model_info(store, model)
         cfg = entry.config
         if info.batching is not None and info.batching.max_batch_size != cfg.max_batch_size:
             cfg = cfg.model_copy(update={"max_batch_size": info.batching.max_batch_size})
@@ -177,7 +178,7 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
         ok = store.is_model_ready(model, v)
         if ok:
             return JSONResponse({"name": model, "ready": True})
-        info = store.get_model(model)
+        info = model_info(store, model)
         if v is not None and v not in info.available_versions:
             raise ModelNotFound(f"model {model} has no version {v}")
         reason = f"model {model} is {info.state}" + (f": {info.reason}" if info.reason else "")
@@ -344,7 +345,7 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
                 ready_only = RepositoryIndexRequest.model_validate_json(body).ready
             except ValidationError as exc:
                 raise InvalidInput(validation_message(exc.errors(), prefix=("body",))) from None
-        entries = [RepositoryIndexEntry(**e) for e in store.repository_index()]
+        entries = [RepositoryIndexEntry(**e) for e in index_entries(store)]
         if ready_only:
             entries = [e for e in entries if e.state == "READY"]
         return entries
@@ -353,13 +354,15 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
                  summary="Load or reload a model (API key)", responses={400: {}, 401: {}, 404: {}})
     async def load(model: str, request: Request) -> ModelInfo:
         check_key(request, settings.api_key, required=True, what="repository control")
-        return await store.load(model)
+        await loader.load(model)
+        return model_info(store, model)
 
     @router.post("/repository/models/{model}/unload", response_model=ModelInfo,
                  summary="Unload a model after draining it (API key)", responses={401: {}, 404: {}})
     async def unload(model: str, request: Request) -> ModelInfo:
         check_key(request, settings.api_key, required=True, what="repository control")
-        return await store.unload(model)
+        await loader.unload(model)
+        return model_info(store, model)
 
     app.include_router(router)
     return hot_routes(router, {infer: infer_view, infer_version: infer_version_view})

@@ -1,7 +1,7 @@
 """Import rules of the layering (service/README.md, "Layers").
 
 - service/ imports no torch, onnx, timm or export/ (the runtime image has none of them).
-- The core (model store, pipeline, statistics) imports no wire format (service/api/*) and no runtime
+- The core (catalog, loader, pipeline, statistics) imports no wire format (service/api/*) and no runtime
   implementation (service/runtimes/onnxruntime.py, onnxruntime, the ONNX Runtime provider and I/O binding
   helpers): runtimes come from the runtimes table, wire shapes are made at the edge.
 - export/ reaches service/ only through the repository contract modules and the one session builder.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICE = ROOT / "service"
-CORE = ("service.store", "service.pipeline", "service.stats")
+CORE = ("service.catalog", "service.loader", "service.pipeline", "service.stats")
 #: what the core must not pull in, directly or through anything it imports
 CORE_FORBIDDEN = ("service.api", "service.runtimes.onnxruntime", "service.providers", "service.io_binding",
                   "onnxruntime")
