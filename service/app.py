@@ -17,8 +17,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.common import BodyLimitMiddleware
-from service.api.direct import DirectRoutes
-from service.api.fast_path import FastPathMiddleware
+from service.api.fast_path import DirectRoutes, FastPathMiddleware
 from service.api.routes import include
 from service.api.system import SystemEndpoints
 from service.api.v1 import V1Endpoints

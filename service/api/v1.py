@@ -270,7 +270,7 @@ class V1Endpoints:
         return await self.classify_view(AsgiRequest(request), model)
 
     async def classify_view(self, request: RequestView, model: str) -> Response:
-        """A hot route: served from a RequestView and the path (service/api/fast_path.py, service/api/direct.py)."""
+        """A hot route: served from a RequestView and the path (service/api/fast_path.py)."""
         pipeline, catalog = self.pipeline, self.catalog
         async with track(self.metrics, model_label(model, catalog.model_names()), "v1_classify"):
             query = parse_query(ClassifyQuery, request)
