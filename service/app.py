@@ -17,17 +17,17 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.common import BodyLimitMiddleware
-from service.api.direct import DirectRoutes
-from service.api.fast_path import FastPathMiddleware
-from service.api.system import register_system
-from service.api.v1 import register_v1
-from service.api.v2 import SERVER_VERSION, register_v2
+from service.api.fast_path import DirectRoutes, FastPathMiddleware
+from service.api.routes import include
+from service.api.system import SystemEndpoints
+from service.api.v1 import V1Endpoints
+from service.api.v2 import SERVER_VERSION, V2Endpoints
 from service.errors import install_error_handlers
 from service.gpu_metrics import register_gpu_metrics
+from service.loader import ModelStore
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
-from service.store import ModelStore
 
 log = logging.getLogger("vitserve")
 
@@ -86,8 +86,10 @@ def create_app(settings: Settings, *, wait_for_models: bool = False, store: Mode
     app.state.pipeline = pipeline
     app.state.metrics = metrics
     install_error_handlers(app)
-    hot = register_v1(app, pipeline) + register_v2(app, pipeline)
-    register_system(app, store)
+    # the endpoint classes' flat route tables, in this order (OpenAPI lists them so)
+    hot = include(app, V1Endpoints(pipeline).routes(), prefix="/v1", tags=["v1"])
+    hot += include(app, V2Endpoints(pipeline, store).routes(), prefix="/v2", tags=["v2"])
+    include(app, SystemEndpoints(store).routes(), tags=["system"])
     app.state.hot_routes = hot.api_routes
     # the same endpoints without ASGI, for vitserve's HTTP protocol (`guarded_protocol(settings, direct=...)`)
     app.state.direct_routes = DirectRoutes(hot, settings.max_body_bytes)

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import NamedTuple, Protocol, cast
 
 import numpy as np
 
@@ -179,6 +179,46 @@ class BatcherHooks:
     def on_rejected(self, images: int, requests: int = 1) -> None: ...
 
 
+def fail_all(requests: Iterable[PendingRequest], error: BaseException) -> int:
+    """Fail every request still waiting with `error`; return how many."""
+    failed = 0
+    for req in requests:
+        if not req.future.done():
+            req.future.set_exception(error)
+            failed += 1
+    return failed
+
+
+def answer_all(batch: list[PendingRequest], outputs: np.ndarray, started_at: float, compute_s: float,
+               finite: list[bool] | None) -> None:
+    """Give each member of a computed batch its own rows of the outputs."""
+    total, offset = sum(r.size for r in batch), 0
+    for req in batch:
+        end = offset + req.size
+        if not req.future.done():
+            req.future.set_result(BatchOutput(
+                outputs[offset:end], started_at - req.enqueued_at, compute_s, total,
+                None if finite is None else all(finite[offset:end]),
+            ))
+        offset = end
+
+
+class Executor(Protocol):
+    """What runs a model version's batches, as the pipeline and the loader use it: the in-process `Batcher`
+    and a front end's remote executor (service/workers/client.py) both satisfy it."""
+
+    @property
+    def limits(self) -> BatchLimits: ...
+
+    def is_overloaded(self, images: int = 1) -> bool: ...
+
+    def retry_after_s(self) -> float: ...
+
+    async def submit(self, inputs: np.ndarray, deadline: float | None = None) -> BatchOutput: ...
+
+    async def stop(self, timeout_s: float) -> int: ...
+
+
 class Batcher:
     """Queue + collector task + worker thread(s) for one runtime's `run(batch) -> outputs`."""
 
@@ -255,14 +295,10 @@ class Batcher:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except TimeoutError:
                 self._task.cancel()
-                error = BatcherStopped(f"model {self.name} stopped before the request was computed")
                 pending = list(self._queue) + [r for b in self._inflight_batches.values() for r in b]
                 self._queue.clear()
                 self._queued = 0
-                for req in pending:
-                    if not req.future.done():
-                        req.future.set_exception(error)
-                        failed += 1
+                failed = fail_all(pending, BatcherStopped(f"model {self.name} stopped before the request was computed"))
             except asyncio.CancelledError:
                 raise
         if self._threads is not None:
@@ -277,8 +313,7 @@ class Batcher:
 
         `deadline` is on this batcher's clock. Raises Overloaded when the queue is full,
         DeadlineExceeded when the deadline passes before compute, BatcherStopped when stopping.
-        This signature is the seam between the request pipeline and execution (the pipeline reaches it as
-        `LoadedVersion.executor`): a remote executor of a multi-process front end keeps it.
+        (`Executor`: the seam between the request pipeline and execution.)
         """
         req = self.enqueue(inputs, deadline)
         try:
@@ -417,9 +452,7 @@ class Batcher:
             error = exc if isinstance(exc, ServiceError) else InferenceFailed(
                 f"inference failed in the runtime ({type(exc).__name__})"
             )
-            for req in batch:
-                if not req.future.done():
-                    req.future.set_exception(error)
+            fail_all(batch, error)
             return
         except BaseException:  # cancelled (stop timed out): the members were failed by stop()
             self._release(batch_id)
@@ -428,15 +461,7 @@ class Batcher:
         self._last_compute_s = compute_s
         started_at = dispatched_at + waited_s  # waiting for the cores is queueing too
         self._hooks.on_batch(total, compute_s, batch, started_at)
-        offset = 0
-        for req in batch:
-            end = offset + req.size
-            if not req.future.done():
-                req.future.set_result(BatchOutput(
-                    outputs[offset:end], started_at - req.enqueued_at, compute_s, total,
-                    None if finite is None else all(finite[offset:end]),
-                ))
-            offset = end
+        answer_all(batch, outputs, started_at, compute_s, finite)
 
     def _release(self, batch_id: int) -> None:
         """The batch's worker is free: hand it the next due batch at once, and let the collector re-plan."""

@@ -32,7 +32,7 @@ it: a request's scope carries the connection under DISCONNECT_WATCH, whose `watc
 calls `cb` when the connection is lost (see service/api/common.py: `cancel_on_disconnect`).
 
 A request on one of the hot routes skips ASGI altogether when the class has a `direct` server
-(service/api/direct.py, `VITSERVE_DIRECT_ROUTES`): its task runs that server's coroutine over
+(service/api/fast_path.py, `VITSERVE_DIRECT_ROUTES`): its task runs that server's coroutine over
 uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control, keep-alive,
 pipelining and the guards above are the same for both.
 """
@@ -144,7 +144,7 @@ class _Refused(Exception):
 
 
 class DirectServer(Protocol):
-    """Serves some requests without ASGI (service/api/direct.py: `DirectRoutes`)."""
+    """Serves some requests without ASGI (service/api/fast_path.py: `DirectRoutes`)."""
 
     def serve(self, connection: GuardedHttpToolsProtocol, cycle: RequestResponseCycle
               ) -> Coroutine[Any, Any, None] | None:

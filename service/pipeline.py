@@ -1,11 +1,13 @@
 """The request pipeline: admit -> check -> preprocess -> submit to the version's executor -> postprocess.
 
-Routers call this (`accept`, then `infer` / `classify` / `compare`). A request's model version is
-resolved once, at admission (`ModelStore.version`), and the `LoadedVersion` is passed down through
+Routers call this (`accept`, then `infer` / `classify` / `compare`; `describe` and `readiness` for the
+protocol-free answers of metadata, configuration and readiness). A request's model version is
+resolved once, at admission (`Catalog.version`), and the `LoadedVersion` is passed down through
 every step; the only second look-up is when that version is swapped out while the request waits
 (then the model's new default version serves it, unless the request named its version). Batches run
 through `version.executor.submit(inputs, deadline) -> BatchOutput`: the seam between the pipeline and
-execution (service/store.py: LoadedVersion). Knows no HTTP, wire format or runtime implementation.
+execution (service/catalog.py: LoadedVersion, service/batcher.py: Executor). Knows no HTTP, wire format or
+runtime implementation.
 """
 
 from __future__ import annotations
@@ -20,18 +22,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.batcher import BatcherStopped
+from service.catalog import Catalog, LoadedVersion
 from service.errors import (
     DeadlineExceeded,
     InvalidInput,
+    ModelNotFound,
     ModelNotReady,
     NonFiniteOutput,
     Overloaded,
     ServiceError,
 )
+from service.loader import batch_limits, instance_count
 from service.manifest import PreprocessConfig
+from service.model_config import InstanceGroup, ModelConfig
 from service.preprocess import normalised_bounds, preprocess_image, preprocess_small_image
 from service.schemas import ClassifyResult, Timings
-from service.store import LoadedVersion, ModelStore
 
 #: input tensors larger than this are checked (finite, in range) in the worker pool, not on the event loop
 LARGE_CHECK_BYTES = 1 << 20
@@ -57,6 +62,16 @@ class InferOutput:
         return self.served.version
 
 
+@dataclass(frozen=True)
+class ModelDescription:
+    """A model as metadata and configuration answers show it: the versions asked about, its configuration
+    as served (the settings' batch size and instance count in place of config.pbtxt's)."""
+
+    name: str
+    versions: list[int]
+    config: ModelConfig
+
+
 def _within(bounds: tuple[float, float], allowed: tuple[float, float]) -> bool:
     """Whether finite `bounds` lie inside `allowed` (NaN bounds compare false: not within)."""
     smallest, largest = bounds
@@ -66,10 +81,42 @@ def _within(bounds: tuple[float, float], allowed: tuple[float, float]) -> bool:
 class Pipeline:
     """The request path over a model store."""
 
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: Catalog) -> None:
         self.store = store
         self.settings = store.settings
         self.metrics = store.metrics
+
+    # -- metadata and readiness -------------------------------------------------------------
+    def describe(self, name: str, version: int | None = None) -> ModelDescription:
+        """The model (one version of it, when named), from one look-up: ModelNotReady when it never loaded,
+        ModelNotFound for a version it does not have."""
+        h = self.store.handle(name)
+        entry = h.entry
+        if entry is None:
+            raise h.not_ready()
+        if version is not None and version not in entry.versions:
+            raise ModelNotFound(f"model {name} has no version {version}")
+        cfg = entry.config
+        max_batch, instances = batch_limits(entry, self.settings).max_batch_size, instance_count(entry, self.settings)
+        if max_batch != cfg.max_batch_size:
+            cfg = cfg.model_copy(update={"max_batch_size": max_batch})
+        if sum(g.count for g in cfg.instance_group) != instances:
+            cfg = cfg.model_copy(update={"instance_group": [InstanceGroup(count=instances)]})
+        versions = [version] if version is not None else (sorted(h.versions) or sorted(entry.versions))
+        return ModelDescription(name, versions, cfg)
+
+    def readiness(self, name: str, version: int | None = None) -> str | None:
+        """None when the model (the version, when named) serves, else why not; ModelNotFound for a version it
+        does not have."""
+        h = self.store.handle(name)
+        if h.state == "ready" and not self.store.draining and (version in h.versions if version is not None
+                                                                 else bool(h.versions)):
+            return None
+        if version is not None and (h.entry is None or version not in h.entry.versions):
+            raise ModelNotFound(f"model {name} has no version {version}")
+        if version is not None and h.state == "ready":
+            return f"model {name} version {version} is not loaded"
+        return f"model {name} is {h.state}" + (f": {h.reason}" if h.reason else "")
 
     # -- admission ---------------------------------------------------------------------------
     def admit(self, name: str, version: int | None = None, images: int = 1) -> LoadedVersion:

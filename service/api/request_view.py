@@ -2,7 +2,7 @@
 
 The hot endpoints (v2 infer, v1 classify) read only headers, the query string, the body and
 whether the client is still there. `RequestView` is that much: `AsgiRequest` gives it over an ASGI
-request (FastAPI's routes, the fast path, any ASGI server), service/direct_http.py over uvicorn's
+request (FastAPI's routes, the fast path, any ASGI server), service/api/fast_path.py over uvicorn's
 request cycle (vitserve's HTTP protocol, no ASGI), so one endpoint function serves both paths.
 """
 

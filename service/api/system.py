@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
+from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.store import ModelStore
+from service.api.routes import Route, route
+from service.catalog import Catalog
 
 
-def register_system(app: FastAPI, store: ModelStore) -> None:
-    @app.get("/metrics", summary="Prometheus metrics", tags=["system"], response_class=Response)
-    async def metrics() -> Response:
-        return Response(store.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+class SystemEndpoints:
+    """The routes outside the two protocols."""
 
-    @app.get("/", summary="Service index", tags=["system"])
-    async def index() -> dict[str, object]:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def routes(self) -> list[Route]:
+        return [
+            route("GET", "/metrics", self.metrics, summary="Prometheus metrics", response_class=Response),
+            route("GET", "/", self.index, summary="Service index"),
+        ]
+
+    async def metrics(self) -> Response:
+        return Response(self.catalog.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def index(self) -> dict[str, object]:
         return {
             "service": "vitserve",
-            "ready": store.ready,
-            "models": list(store.model_names()),
+            "ready": self.catalog.ready,
+            "models": list(self.catalog.model_names()),
             "docs": "/docs",
             "endpoints": ["/v1/models", "/v1/models/{model}/classify", "/v1/compare", "/v2", "/metrics"],
         }

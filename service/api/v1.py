@@ -12,8 +12,9 @@ import functools
 import json
 import re
 import time
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import Query, Request, Response
 from pydantic import BaseModel, Field
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
@@ -27,13 +28,14 @@ from service.api.common import (
     server_timing,
     track,
 )
-from service.api.fast_path import HotRoutes, hot_routes
+from service.api.models import ModelInfo, model_info, model_infos
 from service.api.request_view import AsgiRequest, RequestView, parse_multipart
+from service.api.routes import Route, route
+from service.catalog import Catalog
 from service.errors import InvalidInput, ServiceError, UnsupportedMediaType
 from service.manifest import Evaluation
 from service.pipeline import Pipeline
-from service.schemas import ClassifyResult, ModelInfo, Prediction, Timings
-from service.store import ModelStore
+from service.schemas import ClassifyResult, Prediction, Timings
 
 MAX_INT = 2**63 - 1  # integer parameters are 64-bit; larger ones are a 400, never arithmetic
 
@@ -199,7 +201,7 @@ def single_file_part(body: bytes, content_type: str) -> bytes | None:
     return body[head_end + 4:end]
 
 
-async def read_image(request: RequestView, store: ModelStore) -> bytes:
+async def read_image(request: RequestView, store: Catalog) -> bytes:
     """The image bytes of a request, whichever of the three accepted forms it uses."""
     content_type = request.headers.get("content-type", "")
     ctype = content_type.split(";")[0].strip().lower()
@@ -233,36 +235,48 @@ async def read_image(request: RequestView, store: ModelStore) -> bytes:
     return await store.run_blocking(image_from_json, body) if len(body) > LARGE_BODY_BYTES else image_from_json(body)
 
 
-def register_v1(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
-    """Declare every /v1 route; return the hot endpoints (for the fast path)."""
-    router = APIRouter(prefix="/v1", tags=["v1"])
-    store, settings, metrics = pipeline.store, pipeline.settings, pipeline.metrics
+class V1Endpoints:
+    """/v1: the service's own REST API over the pipeline."""
 
-    @router.get("/models", response_model=ModelsResponse, summary="Every model: variants, costs, state, provider")
-    async def list_models() -> ModelsResponse:
-        return ModelsResponse(models=store.list_models())
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.catalog, self.settings, self.metrics = pipeline.store, pipeline.settings, pipeline.metrics
 
-    @router.get("/models/{model}", response_model=ModelInfo, summary="One model", responses={404: {}})
-    async def get_model(model: str) -> ModelInfo:
-        return store.get_model(model)
+    def routes(self) -> list[Route]:
+        image_errors: dict[int | str, dict[str, Any]] = {400: {}, 404: {}, 413: {}, 415: {}, 503: {}}
+        return [
+            route("GET", "/models", self.list_models, response_model=ModelsResponse,
+                  summary="Every model: variants, costs, state, provider"),
+            route("GET", "/models/{model}", self.get_model, response_model=ModelInfo, summary="One model",
+                  responses={404: {}}),
+            route("POST", "/models/{model}/classify", self.classify, hot=self.classify_view,
+                  response_model=ClassifyResult,
+                  summary="Classify one image: top-k labels with queue / preprocess / compute timings",
+                  openapi_extra={**IMAGE_BODY_DOC, "parameters": query_parameters_doc(ClassifyQuery)},
+                  responses={**image_errors, 504: {}}),
+            route("POST", "/compare", self.compare, response_model=CompareResponse,
+                  summary="One image through several models concurrently; per-model top-k, timings and top-1 "
+                          "agreement",
+                  openapi_extra=IMAGE_BODY_DOC, responses=dict(image_errors)),
+        ]
 
-    @router.post(
-        "/models/{model}/classify",
-        response_model=ClassifyResult,
-        summary="Classify one image: top-k labels with queue / preprocess / compute timings",
-        openapi_extra={**IMAGE_BODY_DOC, "parameters": query_parameters_doc(ClassifyQuery)},
-        responses={400: {}, 404: {}, 413: {}, 415: {}, 503: {}, 504: {}},
-    )
-    async def classify(model: str, request: Request) -> Response:
-        return await classify_view(AsgiRequest(request), model)
+    async def list_models(self) -> ModelsResponse:
+        return ModelsResponse(models=model_infos(self.catalog))
 
-    async def classify_view(request: RequestView, model: str) -> Response:
-        # a hot route: served from a RequestView and the path (see service/api/fast_path.py, service/api/direct.py)
-        async with track(metrics, model_label(model, store.model_names()), "v1_classify"):
+    async def get_model(self, model: str) -> ModelInfo:
+        return model_info(self.catalog, model)
+
+    async def classify(self, model: str, request: Request) -> Response:
+        return await self.classify_view(AsgiRequest(request), model)
+
+    async def classify_view(self, request: RequestView, model: str) -> Response:
+        """A hot route: served from a RequestView and the path (service/api/fast_path.py)."""
+        pipeline, catalog = self.pipeline, self.catalog
+        async with track(self.metrics, model_label(model, catalog.model_names()), "v1_classify"):
             query = parse_query(ClassifyQuery, request)
-            check_key(request, settings.inference_api_key, required=False, what="inference")
+            check_key(request, self.settings.inference_api_key, required=False, what="inference")
             with pipeline.accept(model, query.version) as lv:  # 404 / 503 before reading a body; then answered
-                image = await read_image(request, store)
+                image = await read_image(request, catalog)
                 result = await cancel_on_disconnect(
                     request,
                     pipeline.classify(lv, image, query.top_k, query.deadline_ms, pinned=query.version is not None),
@@ -270,55 +284,52 @@ def register_v1(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
             return Response(result.model_dump_json(), media_type="application/json",
                             headers={"Server-Timing": server_timing(result.timings)})
 
-    @router.post(
-        "/compare",
-        response_model=CompareResponse,
-        summary="One image through several models concurrently; per-model top-k, timings and top-1 agreement",
-        openapi_extra=IMAGE_BODY_DOC,
-        responses={400: {}, 404: {}, 413: {}, 415: {}, 503: {}},
-    )
     async def compare(
+        self,
         request: Request,
         models: str | None = Query(None, description="comma-separated model names (default: every ready model)"),
         top_k: int = Query(5, ge=1, le=MAX_INT),
         deadline_ms: float | None = Query(None, gt=0),
     ) -> CompareResponse:
-        async with track(metrics, "_compare", "v1_compare"):
+        catalog = self.catalog
+        async with track(self.metrics, "_compare", "v1_compare"):
             start = time.perf_counter()
-            check_key(request, settings.inference_api_key, required=False, what="inference")
+            check_key(request, self.settings.inference_api_key, required=False, what="inference")
             names = None
             if models is not None:
                 names = list(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
                 if not names:
                     raise InvalidInput("models must name at least one model")
                 for n in names:
-                    store.require(n)
-            with store.accepting():
+                    catalog.require(n)
+            with catalog.accepting():
                 view = AsgiRequest(request)
-                image = await read_image(view, store)
-                results = await cancel_on_disconnect(view, pipeline.compare(image, names, top_k, deadline_ms))
-            entries = []
-            for name, r in results:
-                evaluation = store.evaluation(name)
-                if isinstance(r, ClassifyResult):
-                    entries.append(CompareEntry(model=name, status=200, version=r.version, predictions=r.predictions,
-                                                timings=r.timings, evaluation=evaluation))
-                else:
-                    entries.append(CompareEntry(model=name, status=r.status, error=r.message, evaluation=evaluation))
-            datasets = [e.evaluation.dataset for e in entries if e.evaluation is not None]
-            tops = {e.predictions[0].label for e in entries if e.predictions}
-            answered = sum(1 for e in entries if e.predictions)
-            if answered == 0 and all(e.status == entries[0].status for e in entries):
-                # nobody could answer for the same reason (e.g. a corrupt image): that is the answer
-                first = next(r for _, r in results if isinstance(r, ServiceError))
-                raise first
-            return CompareResponse(
-                results=entries,
-                top1_agree=(len(tops) == 1) if answered >= 1 else None,
-                total_ms=(time.perf_counter() - start) * 1000,
-                same_dataset=(None not in datasets and len({d.key for d in datasets if d}) == 1)
-                if len(datasets) >= 2 else None,
-            )
+                image = await read_image(view, catalog)
+                results = await cancel_on_disconnect(view, self.pipeline.compare(image, names, top_k, deadline_ms))
+            return compare_response(catalog, results, start)
 
-    app.include_router(router)
-    return hot_routes(router, {classify: classify_view})
+
+def compare_response(catalog: Catalog, results: list[tuple[str, ClassifyResult | ServiceError]], start: float
+                     ) -> CompareResponse:
+    """The models' answers side by side; the one error when none could answer, all for the same reason."""
+    entries = []
+    for name, r in results:
+        evaluation = catalog.evaluation(name)
+        if isinstance(r, ClassifyResult):
+            entries.append(CompareEntry(model=name, status=200, version=r.version, predictions=r.predictions,
+                                        timings=r.timings, evaluation=evaluation))
+        else:
+            entries.append(CompareEntry(model=name, status=r.status, error=r.message, evaluation=evaluation))
+    datasets = [e.evaluation.dataset for e in entries if e.evaluation is not None]
+    tops = {e.predictions[0].label for e in entries if e.predictions}
+    answered = sum(1 for e in entries if e.predictions)
+    if answered == 0 and all(e.status == entries[0].status for e in entries):
+        # nobody could answer for the same reason (e.g. a corrupt image): that is the answer
+        raise next(r for _, r in results if isinstance(r, ServiceError))
+    return CompareResponse(
+        results=entries,
+        top1_agree=(len(tops) == 1) if answered >= 1 else None,
+        total_ms=(time.perf_counter() - start) * 1000,
+        same_dataset=(None not in datasets and len({d.key for d in datasets if d}) == 1)
+        if len(datasets) >= 2 else None,
+    )

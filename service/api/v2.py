@@ -9,20 +9,17 @@ here (service/api/v2_meta.py).
 
 from __future__ import annotations
 
-import functools
-import math
-import time
-from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from service.api.common import cancel_on_disconnect, check_key, model_label, track
-from service.api.fast_path import HotRoutes, hot_routes
+from service.api.common import check_key
+from service.api.models import ModelInfo, index_entries, model_info
 from service.api.request_view import AsgiRequest, RequestView
-from service.api.v2_codec import decode_content_encoding, parse_header_length, parse_infer_request, request_timeout_s
+from service.api.routes import Route, route
+from service.api.v2_infer import V2Infer, wire_version
 from service.api.v2_meta import (
     ModelMetadata,
     ModelStatisticsResponse,
@@ -33,20 +30,10 @@ from service.api.v2_meta import (
     model_statistics,
     server_metadata,
 )
-from service.api.v2_response import (
-    COMPRESS_ON_LOOP_BYTES,
-    ENCODE_ON_LOOP_NUMBERS,
-    compressed,
-    encode_infer_response,
-    response_encoding,
-)
-from service.api.v2_wire import HEADER_LENGTH_HEADER, InferenceRequest, InferenceResponse, TensorSpec, input_specs
-from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge, validation_message
-from service.model_config import InstanceGroup
+from service.api.v2_wire import InferenceRequest, InferenceResponse
+from service.errors import InvalidInput, PayloadTooLarge, validation_message
+from service.loader import ModelStore
 from service.pipeline import Pipeline
-from service.repository import ModelEntry, parse_version
-from service.schemas import ModelInfo
-from service.store import LoadedVersion
 
 try:
     from importlib.metadata import version as _dist_version
@@ -54,13 +41,6 @@ try:
     SERVER_VERSION = _dist_version("vitserve")
 except Exception:  # noqa: BLE001 - running from a source tree
     SERVER_VERSION = "0.0.0"
-
-
-LARGE_BODY_BYTES = 256 * 1024
-JSON_BYTES_PER_NUMBER = 32
-JSON_ENVELOPE_BYTES = 64 * 1024
-#: separators a legal request may hold beside one per number (shape, parameters, several inputs/outputs)
-JSON_ENVELOPE_COMMAS = 4096
 
 
 class LiveResponse(BaseModel):
@@ -101,242 +81,143 @@ async def read_small_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _encode_and_compress(
-    encode: Callable[[], tuple[bytes, dict[str, str]]], encoding: str | None
-) -> tuple[bytes, dict[str, str]]:
-    """`encode()` compressed in `encoding`: one hop to a worker thread for both."""
-    return compressed(*encode(), encoding)
+INFER_DOC: dict[str, Any] = {
+    "response_model": InferenceResponse,
+    "responses": {400: {}, 404: {}, 413: {}, 503: {}, 504: {}},
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": InferenceRequest.model_json_schema()},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary",
+                               "description": "JSON header of Inference-Header-Content-Length bytes, "
+                                              "then binary tensors"}
+                },
+            },
+        }
+    },
+}
+INDEX_DOC: dict[str, Any] = {"requestBody": {"required": False, "content": {
+    "application/json": {"schema": RepositoryIndexRequest.model_json_schema()}}}}
 
 
-def _version(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return parse_version(text)
-    except ValueError:
-        raise ModelNotFound(f"no version {text!r}") from None
+class V2Endpoints:
+    """/v2: every answer from the pipeline (metadata, configuration and readiness too) and the loader."""
 
+    def __init__(self, pipeline: Pipeline, loader: ModelStore) -> None:
+        self.pipeline, self.loader = pipeline, loader
+        self.catalog, self.settings = pipeline.store, pipeline.settings
+        self.infer_path = V2Infer(pipeline)
 
-def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
-    """Declare every /v2 route; return the hot ones (for the fast path)."""
-    router = APIRouter(prefix="/v2", tags=["v2"])
-    store, settings, metrics = pipeline.store, pipeline.settings, pipeline.metrics
+    def routes(self) -> list[Route]:
+        meta: dict[str, Any] = {"response_model": ModelMetadata}
+        ready: dict[str, Any] = {"response_model": ModelReadyResponse,
+                                 "responses": {503: {"model": ModelReadyResponse}}}
+        stats: dict[str, Any] = {"response_model": ModelStatisticsResponse}
+        control: dict[str, Any] = {"response_model": ModelInfo}
+        return [
+            route("GET", "", self.server_meta, response_model=ServerMetadata, summary="Server metadata"),
+            route("GET", "/health/live", self.live, response_model=LiveResponse, summary="Liveness"),
+            route("GET", "/health/ready", self.ready, response_model=ReadyResponse,
+                  summary="Readiness (503 while loading or draining)", responses={503: {"model": ReadyResponse}}),
+            route("GET", "/models/stats", self.all_stats, **stats, summary="Statistics of every model"),
+            route("GET", "/models/{model}", self.model_meta, **meta, summary="Model metadata"),
+            route("GET", "/models/{model}/versions/{version}", self.model_version_meta, **meta,
+                  summary="Model version metadata"),
+            route("GET", "/models/{model}/ready", self.model_ready, **ready, summary="Model readiness"),
+            route("GET", "/models/{model}/versions/{version}/ready", self.model_version_ready, **ready,
+                  summary="Model version readiness"),
+            route("GET", "/models/{model}/config", self.model_config,
+                  summary="Model configuration (Triton JSON form)"),
+            route("GET", "/models/{model}/versions/{version}/config", self.model_version_config,
+                  summary="Model configuration (Triton JSON form)"),
+            route("POST", "/models/{model}/infer", self.infer, hot=self.infer_view,
+                  summary="Inference (JSON or binary tensor extension)", **INFER_DOC),
+            route("POST", "/models/{model}/versions/{version}/infer", self.infer_version,
+                  hot=self.infer_version_view, summary="Inference on a version", **INFER_DOC),
+            route("GET", "/models/{model}/stats", self.stats, **stats, summary="Model statistics"),
+            route("GET", "/models/{model}/versions/{version}/stats", self.version_stats, **stats,
+                  summary="Model version statistics"),
+            route("POST", "/repository/index", self.repository_index, response_model=list[RepositoryIndexEntry],
+                  summary="Repository index", openapi_extra=INDEX_DOC, responses={400: {}, 413: {}}),
+            route("POST", "/repository/models/{model}/load", self.load, **control,
+                  summary="Load or reload a model (API key)", responses={400: {}, 401: {}, 404: {}}),
+            route("POST", "/repository/models/{model}/unload", self.unload, **control,
+                  summary="Unload a model after draining it (API key)", responses={401: {}, 404: {}}),
+        ]
 
-    def statistics(model: str | None = None, version: int | None = None) -> ModelStatisticsResponse:
-        return ModelStatisticsResponse(model_stats=[model_statistics(c) for c in store.statistics(model, version)])
-
-    @router.get("", response_model=ServerMetadata, summary="Server metadata")
-    async def server_meta() -> ServerMetadata:
+    # -- server ------------------------------------------------------------------------------
+    async def server_meta(self) -> ServerMetadata:
         return server_metadata(SERVER_VERSION)
 
-    @router.get("/health/live", response_model=LiveResponse, summary="Liveness")
-    async def live() -> LiveResponse:
-        return LiveResponse(live=store.live)
+    async def live(self) -> LiveResponse:
+        return LiveResponse(live=self.catalog.live)
 
-    @router.get("/health/ready", response_model=ReadyResponse, summary="Readiness (503 while loading or draining)",
-                responses={503: {"model": ReadyResponse}})
-    async def ready() -> Any:
-        if store.ready:
+    async def ready(self) -> Any:
+        if self.catalog.ready:
             return JSONResponse({"ready": True})
         return JSONResponse({"ready": False, "error": "server is not ready (loading or shutting down)"},
                             status_code=503)
 
-    def _metadata(model: str, version: str | None) -> ModelMetadata:
-        v = _version(version)
-        entry = store.entry(model)
-        info = store.get_model(model)
-        if v is not None and v not in entry.versions:
-            raise ModelNotFound(f"model {model} has no version {v}")
-        versions = [v] if v is not None else (info.versions or info.available_versions)
-        return model_metadata(model, versions, _effective_config(model))
+    # -- models ------------------------------------------------------------------------------
+    def _metadata(self, model: str, version: str | None) -> ModelMetadata:
+        d = self.pipeline.describe(model, wire_version(version))
+        return model_metadata(model, d.versions, d.config)
 
-    def _effective_config(model: str) -> Any:
-        entry = store.entry(model)
-        info = store.get_model(model)
-        cfg = entry.config
-        if info.batching is not None and info.batching.max_batch_size != cfg.max_batch_size:
-            cfg = cfg.model_copy(update={"max_batch_size": info.batching.max_batch_size})
-        if info.batching is not None and sum(g.count for g in cfg.instance_group) != info.batching.instances:
-            cfg = cfg.model_copy(update={"instance_group": [InstanceGroup(count=info.batching.instances)]})
-        return cfg
+    async def model_meta(self, model: str) -> ModelMetadata:
+        return self._metadata(model, None)
 
-    @router.get("/models/stats", response_model=ModelStatisticsResponse, summary="Statistics of every model")
-    async def all_stats() -> ModelStatisticsResponse:
-        return statistics()
+    async def model_version_meta(self, model: str, version: str) -> ModelMetadata:
+        return self._metadata(model, version)
 
-    @router.get("/models/{model}", response_model=ModelMetadata, summary="Model metadata")
-    async def model_meta(model: str) -> ModelMetadata:
-        return _metadata(model, None)
-
-    @router.get("/models/{model}/versions/{version}", response_model=ModelMetadata, summary="Model version metadata")
-    async def model_version_meta(model: str, version: str) -> ModelMetadata:
-        return _metadata(model, version)
-
-    async def _ready(model: str, version: str | None) -> Any:
-        v = _version(version)
-        ok = store.is_model_ready(model, v)
-        if ok:
+    def _ready(self, model: str, version: str | None) -> JSONResponse:
+        reason = self.pipeline.readiness(model, wire_version(version))
+        if reason is None:
             return JSONResponse({"name": model, "ready": True})
-        info = store.get_model(model)
-        if v is not None and v not in info.available_versions:
-            raise ModelNotFound(f"model {model} has no version {v}")
-        reason = f"model {model} is {info.state}" + (f": {info.reason}" if info.reason else "")
-        if v is not None and info.state == "ready":
-            reason = f"model {model} version {v} is not loaded"
         return JSONResponse({"name": model, "ready": False, "error": reason}, status_code=503)
 
-    @router.get("/models/{model}/ready", response_model=ModelReadyResponse, summary="Model readiness",
-                responses={503: {"model": ModelReadyResponse}})
-    async def model_ready(model: str) -> Any:
-        return await _ready(model, None)
+    async def model_ready(self, model: str) -> Any:
+        return self._ready(model, None)
 
-    @router.get("/models/{model}/versions/{version}/ready", response_model=ModelReadyResponse,
-                summary="Model version readiness", responses={503: {"model": ModelReadyResponse}})
-    async def model_version_ready(model: str, version: str) -> Any:
-        return await _ready(model, version)
+    async def model_version_ready(self, model: str, version: str) -> Any:
+        return self._ready(model, version)
 
-    @router.get("/models/{model}/config", summary="Model configuration (Triton JSON form)")
-    async def model_config(model: str) -> dict[str, Any]:
-        return config_to_v2_json(_effective_config(model))
+    async def model_config(self, model: str) -> dict[str, Any]:
+        return config_to_v2_json(self.pipeline.describe(model).config)
 
-    @router.get("/models/{model}/versions/{version}/config", summary="Model configuration (Triton JSON form)")
-    async def model_version_config(model: str, version: str) -> dict[str, Any]:
-        _metadata(model, version)
-        return config_to_v2_json(_effective_config(model))
+    async def model_version_config(self, model: str, version: str) -> dict[str, Any]:
+        return config_to_v2_json(self.pipeline.describe(model, wire_version(version)).config)
 
-    async def _infer(model: str, version: str | None, request: RequestView) -> Response:
-        async with track(metrics, model_label(model, store.model_names()), "v2_infer"):
-            start = time.monotonic()
-            check_key(request, settings.inference_api_key, required=False, what="inference")
-            v = _version(version)
-            with pipeline.accept(model, v) as lv:  # 404 / 503 (not ready, queue full) before reading
-                return await _infer_accepted(lv, v is not None, request, start)
+    # -- inference (hot: served from a RequestView and the path, see service/api/fast_path.py) ----
+    async def infer_view(self, request: RequestView, model: str) -> Response:
+        return await self.infer_path.serve(request, model, None)
 
-    inputs_cache: dict[str, tuple[ModelEntry, dict[str, TensorSpec], int | None]] = {}
+    async def infer_version_view(self, request: RequestView, model: str, version: str) -> Response:
+        return await self.infer_path.serve(request, model, version)
 
-    def _inputs_of(model: str, entry: ModelEntry) -> tuple[dict[str, TensorSpec], int | None]:
-        """The model's input specs and numbers per batch item (None when a dimension is variable), per entry."""
-        cached = inputs_cache.get(model)
-        if cached is None or cached[0] is not entry:  # first request, or the model was reloaded
-            specs = input_specs(entry.config)
-            fixed = all(d >= 0 for spec in specs.values() for d in spec.dims)
-            numbers = sum(math.prod(spec.dims) for spec in specs.values()) if fixed else None
-            cached = inputs_cache[model] = (entry, specs, numbers)
-        return cached[1], cached[2]
+    async def infer(self, model: str, request: Request) -> Response:
+        return await self.infer_view(AsgiRequest(request), model)
 
-    async def _infer_accepted(lv: LoadedVersion, pinned: bool, request: RequestView, start: float) -> Response:
-        """The body of an admitted v2 request: read, parse (off the loop when large), infer, encode."""
-        model, manifest = lv.model, lv.entry.manifest
-        max_batch = pipeline.max_images(lv)
-        body = await request.body()
-        encoding = request.headers.get("content-encoding")
-        if encoding is not None and encoding.strip().lower() != "identity":
-            # a few KB can inflate to the body limit: not on the event loop
-            body = await store.run_blocking(functools.partial(
-                decode_content_encoding, body, encoding, max_size=settings.max_body_bytes))
-        header_length = parse_header_length(request.headers.get(HEADER_LENGTH_HEADER))
-        specs, image_numbers = _inputs_of(model, lv.entry)
-        json_bytes = len(body) if header_length is None else min(header_length, len(body))
-        if image_numbers is not None:
-            # a JSON tensor is ~10-25 bytes per number: refuse a JSON part (the whole body, or the header
-            # before binary tensors; after inflating) no legal request can need, before pydantic builds
-            # millions of Python objects (it holds the GIL, stalling every other request)
-            numbers = max_batch * image_numbers
-            limit = numbers * JSON_BYTES_PER_NUMBER + JSON_ENVELOPE_BYTES
-            if json_bytes > limit:
-                raise PayloadTooLarge(
-                    f"JSON part of {json_bytes} bytes exceeds {limit} bytes for {numbers} numbers; "
-                    "use the binary tensor extension for large tensors"
-                )
-            # short numbers ("0,") fit many more per byte than the size bound assumes: count the separators
-            # (a C-speed scan that builds nothing) before the parser would build a Python object for each
-            if json_bytes > JSON_ENVELOPE_BYTES and body.count(b",", 0, json_bytes) > numbers + JSON_ENVELOPE_COMMAS:
-                raise PayloadTooLarge(
-                    f"JSON part holds more than the {numbers} numbers {model!r} can take in one request; "
-                    "use the binary tensor extension for large tensors"
-                )
-        parse = functools.partial(
-            parse_infer_request,
-            body,
-            header_length,
-            expected_inputs=specs,
-            max_batch_size=max_batch,
-        )
-        # a large JSON tensor takes a while to parse: not on the event loop
-        parsed, arrays = await store.run_blocking(parse) if json_bytes > LARGE_BODY_BYTES else parse()
-        timeout = request_timeout_s(parsed)
-        deadline = pipeline.deadline(timeout * 1000 if timeout else None, start)
-        pixels = arrays[manifest.input_name]
-        out = await cancel_on_disconnect(request, pipeline.run(lv, pixels, deadline, pinned=pinned))
-        served = out.served.entry.manifest  # the version that computed it (a newer one after a swap)
-        encode = functools.partial(
-            encode_infer_response, model, str(out.version), {served.output_name: out.outputs}, parsed,
-            labels=served.labels,
-        )
-        payload, headers = await _encoded(encode, out.outputs.size, request.headers.get("accept-encoding"))
-        content_type = headers.pop("Content-Type", "application/json")
-        return Response(content=payload, media_type=content_type, headers=headers)
+    async def infer_version(self, model: str, version: str, request: Request) -> Response:
+        return await self.infer_version_view(AsgiRequest(request), model, version)
 
-    async def _encoded(encode: Callable[[], tuple[bytes, dict[str, str]]], numbers: int, accept_encoding: str | None
-                       ) -> tuple[bytes, dict[str, str]]:
-        """The answer's body and headers, compressed when the client asks. A small answer is encoded and
-        compressed on the event loop; a large one in a worker thread (gzip of a large body would hold every
-        other request on this loop, health probes included, for its whole duration)."""
-        encoding = response_encoding(accept_encoding)
-        if numbers > ENCODE_ON_LOOP_NUMBERS:
-            return await store.run_blocking(_encode_and_compress, encode, encoding)
-        payload, headers = encode()
-        if encoding is not None and len(payload) > COMPRESS_ON_LOOP_BYTES:
-            return await store.run_blocking(compressed, payload, headers, encoding)
-        return compressed(payload, headers, encoding)
+    # -- statistics --------------------------------------------------------------------------
+    def _statistics(self, model: str | None = None, version: int | None = None) -> ModelStatisticsResponse:
+        counts = self.catalog.statistics(model, version)
+        return ModelStatisticsResponse(model_stats=[model_statistics(c) for c in counts])
 
-    infer_doc: dict[str, Any] = {
-        "response_model": InferenceResponse,
-        "responses": {400: {}, 404: {}, 413: {}, 503: {}, 504: {}},
-        "openapi_extra": {
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": InferenceRequest.model_json_schema()},
-                    "application/octet-stream": {
-                        "schema": {"type": "string", "format": "binary",
-                                   "description": "JSON header of Inference-Header-Content-Length bytes, "
-                                                  "then binary tensors"}
-                    },
-                },
-            }
-        },
-    }
+    async def all_stats(self) -> ModelStatisticsResponse:
+        return self._statistics()
 
-    # hot routes: served from a RequestView and the path (see service/api/fast_path.py, service/api/direct.py)
-    async def infer_view(request: RequestView, model: str) -> Response:
-        return await _infer(model, None, request)
+    async def stats(self, model: str) -> ModelStatisticsResponse:
+        return self._statistics(model)
 
-    async def infer_version_view(request: RequestView, model: str, version: str) -> Response:
-        return await _infer(model, version, request)
+    async def version_stats(self, model: str, version: str) -> ModelStatisticsResponse:
+        return self._statistics(model, wire_version(version))
 
-    @router.post("/models/{model}/infer", summary="Inference (JSON or binary tensor extension)", **infer_doc)
-    async def infer(model: str, request: Request) -> Response:
-        return await infer_view(AsgiRequest(request), model)
-
-    @router.post("/models/{model}/versions/{version}/infer", summary="Inference on a version", **infer_doc)
-    async def infer_version(model: str, version: str, request: Request) -> Response:
-        return await infer_version_view(AsgiRequest(request), model, version)
-
-    @router.get("/models/{model}/stats", response_model=ModelStatisticsResponse, summary="Model statistics")
-    async def stats(model: str) -> ModelStatisticsResponse:
-        return statistics(model)
-
-    @router.get("/models/{model}/versions/{version}/stats", response_model=ModelStatisticsResponse,
-                summary="Model version statistics")
-    async def version_stats(model: str, version: str) -> ModelStatisticsResponse:
-        return statistics(model, _version(version))
-
-    @router.post("/repository/index", response_model=list[RepositoryIndexEntry], summary="Repository index",
-                 openapi_extra={"requestBody": {"required": False, "content": {
-                     "application/json": {"schema": RepositoryIndexRequest.model_json_schema()}}}},
-                 responses={400: {}, 413: {}})
-    async def repository_index(request: Request) -> list[RepositoryIndexEntry]:
+    # -- repository --------------------------------------------------------------------------
+    async def repository_index(self, request: Request) -> list[RepositoryIndexEntry]:
         body = await read_small_body(request, INDEX_BODY_BYTES)
         ready_only = False
         if body.strip():
@@ -344,22 +225,15 @@ def register_v2(app: FastAPI, pipeline: Pipeline) -> HotRoutes:
                 ready_only = RepositoryIndexRequest.model_validate_json(body).ready
             except ValidationError as exc:
                 raise InvalidInput(validation_message(exc.errors(), prefix=("body",))) from None
-        entries = [RepositoryIndexEntry(**e) for e in store.repository_index()]
-        if ready_only:
-            entries = [e for e in entries if e.state == "READY"]
-        return entries
+        entries = [RepositoryIndexEntry(**e) for e in index_entries(self.catalog)]
+        return [e for e in entries if e.state == "READY"] if ready_only else entries
 
-    @router.post("/repository/models/{model}/load", response_model=ModelInfo,
-                 summary="Load or reload a model (API key)", responses={400: {}, 401: {}, 404: {}})
-    async def load(model: str, request: Request) -> ModelInfo:
-        check_key(request, settings.api_key, required=True, what="repository control")
-        return await store.load(model)
+    async def load(self, model: str, request: Request) -> ModelInfo:
+        check_key(request, self.settings.api_key, required=True, what="repository control")
+        await self.loader.load(model)
+        return model_info(self.catalog, model)
 
-    @router.post("/repository/models/{model}/unload", response_model=ModelInfo,
-                 summary="Unload a model after draining it (API key)", responses={401: {}, 404: {}})
-    async def unload(model: str, request: Request) -> ModelInfo:
-        check_key(request, settings.api_key, required=True, what="repository control")
-        return await store.unload(model)
-
-    app.include_router(router)
-    return hot_routes(router, {infer: infer_view, infer_version: infer_version_view})
+    async def unload(self, model: str, request: Request) -> ModelInfo:
+        check_key(request, self.settings.api_key, required=True, what="repository control")
+        await self.loader.unload(model)
+        return model_info(self.catalog, model)

@@ -101,6 +101,20 @@ def _binary_response_header(model_name: str, version: str, described: tuple[_Out
     return _response_header(model_name, version, None, described)
 
 
+def _wanted_outputs(request: InferenceRequest, outputs: Mapping[str, np.ndarray]) -> list[tuple[str, dict[str, Any]]]:
+    """The outputs to return with their parameters: those the request names (each once), else every one."""
+    if not request.outputs:
+        return [(name, {}) for name in outputs]
+    wanted = [(o.name, o.parameters or {}) for o in request.outputs]
+    names = [n for n, _ in wanted]
+    for name in names:
+        if name not in outputs:
+            raise V2ProtocolError(f"unexpected output {name!r}; the model's outputs are {sorted(outputs)}")
+        if names.count(name) > 1:
+            raise V2ProtocolError(f"output {name!r} is requested more than once")
+    return wanted
+
+
 def encode_infer_response(
     model_name: str,
     version: str,
@@ -122,17 +136,7 @@ def encode_infer_response(
     """
     req_params = request.parameters or {}
     default_binary = bool_param(req_params, "binary_data_output", "request", binary_default)
-    if request.outputs:
-        wanted = [(o.name, o.parameters or {}) for o in request.outputs]
-        names = [n for n, _ in wanted]
-        for name in names:
-            if name not in outputs:
-                raise V2ProtocolError(f"unexpected output {name!r}; the model's outputs are {sorted(outputs)}")
-            if names.count(name) > 1:
-                raise V2ProtocolError(f"output {name!r} is requested more than once")
-    else:
-        wanted = [(name, {}) for name in outputs]
-
+    wanted = _wanted_outputs(request, outputs)
     described: list[_OutputHeader] = []
     chunks: list[bytes] = []
     for name, params in wanted:

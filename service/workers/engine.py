@@ -28,16 +28,17 @@ from collections import deque
 from collections.abc import Callable, MutableMapping
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from fastapi import FastAPI
 
 from service.batcher import Batcher, BatcherStopped, BatchOutput, PendingRequest
+from service.catalog import LoadedVersion
 from service.errors import InferenceFailed, ModelNotReady, ServiceError
 from service.http_protocol import DISCONNECT_WATCH, DisconnectWatchers
+from service.loader import ModelStore
 from service.settings import Settings
-from service.store import LoadedVersion, ModelStore
 from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
 from service.workers.transport import Channel, Segment
 
@@ -189,11 +190,12 @@ class _Connection:
                 pixels = inline
             else:
                 raise InferenceFailed("a request with neither a shared-memory block nor inline data")
-            req = lv.executor.enqueue(pixels, deadline, requests)
+            batcher = cast(Batcher, lv.executor)  # the engine's own store: its executors are batchers
+            req = batcher.enqueue(pixels, deadline, requests)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             self._fail(rid, model, lv, start, exc, requests)
             return
-        self.requests[rid] = (lv.executor, req)
+        self.requests[rid] = (batcher, req)
         req.future.add_done_callback(
             lambda future: self._answer(rid, model, lv, segment, offset, size, start, future, requests))
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from service.catalog import LoadedVersion, decode_config
+from service.loader import ModelStore
 from service.metrics import Metrics
 from service.repository import ModelEntry
 from service.runtimes import InferenceRuntime, RuntimeSpec
 from service.settings import Settings
 from service.stats import VersionObserver
-from service.store import LoadedVersion, ModelStore, _decode_config  # noqa: PLC2701 - the store's own rule
 from service.workers.client import EngineClient, RemoteExecutor
 from service.workers.protocol import ModelTable, VersionRow
 
@@ -106,5 +107,4 @@ class MirrorStore(ModelStore):
         executor = RemoteExecutor(self.client, entry.name, version, row.limits, m.num_classes * 4)
         observer = MirrorObserver(self.metrics, entry.name, version, m.costs.flops)
         return LoadedVersion(entry.name, version, entry, MirrorRuntime(spec, row.provider, row.provider_note),
-                             executor, observer,  # type: ignore[arg-type]  # remote stand-ins with the Batcher's and observer's methods
-                             _decode_config(m.preprocess), m.preprocess.value_range)
+                             executor, observer, decode_config(m.preprocess), m.preprocess.value_range)

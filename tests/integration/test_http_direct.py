@@ -1,4 +1,4 @@
-"""The hot routes served without ASGI (service/api/direct.py) answer exactly as the ASGI path does.
+"""The hot routes served without ASGI (service/api/fast_path.py: `DirectRoutes`) answer exactly as the ASGI path does.
 
 One battery of raw HTTP/1.1 exchanges (good and bad requests, 100-continue, chunked bodies, pipelining,
 HTTP/1.0) goes to two real servers on the same repository, one with `VITSERVE_DIRECT_ROUTES=true`, one

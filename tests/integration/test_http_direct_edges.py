@@ -1,4 +1,4 @@
-"""Edges of the direct path (service/api/direct.py) and the lazily armed guards (service/http_protocol.py).
+"""Edges of the direct path (service/api/fast_path.py) and the lazily armed guards (service/http_protocol.py).
 
 Each exchange goes to two real servers on one repository, direct routes on and off, and both must answer
 alike; a few exchanges check a duty of their own (408 for a slow head, a stalled body closed, 499 counted).

@@ -78,10 +78,10 @@ def test_the_shared_parsed_request_is_left_unchanged_by_the_v2_endpoint(tiny_rep
 
 def test_direct_request_stream_read_twice_raises_as_starlette_does(tmp_path) -> None:
     """Starlette's `Request.stream()` a second time raises RuntimeError("Stream consumed"); `DirectRequest`
-    (service/api/direct.py) waits for body bytes that never come (for ever: here, the 2 s timeout)."""
+    (service/api/fast_path.py) waits for body bytes that never come (for ever: here, the 2 s timeout)."""
     from test_service_http_protocol import _protocol
 
-    from service.api.direct import DirectRequest
+    from service.api.fast_path import DirectRequest
 
     outcome: list[str] = []
 

@@ -74,8 +74,7 @@ def _protocol(tmp_path, direct_routes: bool, **settings_: float):
     from starlette.responses import Response
     from uvicorn.server import ServerState
 
-    from service.api.direct import DirectRoutes
-    from service.api.fast_path import hot_routes
+    from service.api.fast_path import DirectRoutes, hot_routes
     from service.api.request_view import AsgiRequest, RequestView
     from service.http_protocol import guarded_protocol
     from service.settings import Settings

@@ -1,7 +1,7 @@
 """Import rules of the layering (service/README.md, "Layers").
 
 - service/ imports no torch, onnx, timm or export/ (the runtime image has none of them).
-- The core (model store, pipeline, statistics) imports no wire format (service/api/*) and no runtime
+- The core (catalog, loader, pipeline, statistics) imports no wire format (service/api/*) and no runtime
   implementation (service/runtimes/onnxruntime/: session builder, options, provider and I/O binding helpers;
   onnxruntime itself): runtimes come from the runtimes table, wire shapes are made at the edge.
 - export/ reaches service/ only through the repository contract modules and the one session builder.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICE = ROOT / "service"
-CORE = ("service.store", "service.pipeline", "service.stats")
+CORE = ("service.catalog", "service.loader", "service.pipeline", "service.stats")
 #: what the core must not pull in, directly or through anything it imports
 CORE_FORBIDDEN = ("service.api", "service.runtimes.onnxruntime", "onnxruntime")
 #: the modules of service/ that export/ may import: the repository contract (manifest, config.pbtxt and its

@@ -17,11 +17,12 @@ import pytest
 from fakes import EchoRuntime, FailingRuntime, GatedRuntime, SlowRuntime, fake_factory
 from PIL import Image
 
+from service.api.models import model_info, model_infos
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady
+from service.loader import ModelStore
 from service.pipeline import Pipeline
 from service.runtimes import InferenceRuntime, RuntimeSpec, runtime_override
 from service.settings import Settings
-from service.store import ModelStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
 from tiny_repository import TinyModel, add_version  # noqa: E402  (after the sys.path setup)
@@ -66,7 +67,7 @@ def repo(tiny_repository: Path, tmp_path: Path) -> Path:
 
 def test_failed_model_is_reported_beside_serving_ones(tiny_repository: Path) -> None:
     async def body(store: ModelStore, pipe: Pipeline) -> None:
-        states = {m.name: m for m in store.list_models()}
+        states = {m.name: m for m in model_infos(store)}
         assert states["tiny_a"].state == "ready" and states["tiny_b"].version == 2
         assert states["tiny_corrupt"].state == "failed" and "cannot create session" in states["tiny_corrupt"].reason
         assert states["tiny_badsha"].state == "failed" and "sha256 mismatch" in states["tiny_badsha"].reason
@@ -127,9 +128,9 @@ def test_runtime_failure_fails_only_that_model(tiny_repository: Path) -> None:
             await pipe.infer("tiny_a", ids([1.0]))
         out = await pipe.infer("tiny_b", ids([3.0]))
         assert out.outputs[0, 0] == 3.0
-        info = store.get_model("tiny_a")
+        info = model_info(store, "tiny_a")
         assert info.state == "ready" and "injected runtime failure" in info.last_error
-        assert store.get_model("tiny_b").last_error is None
+        assert model_info(store, "tiny_b").last_error is None
         assert 'vitserve_batch_failures_total{model="tiny_a",version="1"} 1.0' in store.metrics.render().decode()
 
     run(Settings(repository=tiny_repository, models=["tiny_a", "tiny_b"]), factory, body)
@@ -164,7 +165,7 @@ def test_hot_reload_swaps_versions_without_failing_requests(repo: Path) -> None:
     factory = fake_factory(SlowRuntime, delay_s=0.005)
 
     async def body(store: ModelStore, pipe: Pipeline) -> None:
-        assert store.get_model("tiny_a").version == 1
+        assert model_info(store, "tiny_a").version == 1
         stop = asyncio.Event()
         answered: list[int] = []
 
@@ -179,7 +180,8 @@ def test_hot_reload_swaps_versions_without_failing_requests(repo: Path) -> None:
         clients = [asyncio.create_task(client(k)) for k in range(4)]
         await asyncio.sleep(0.05)
         add_version(repo, TinyModel("tiny_a"), 2)
-        info = await store.load("tiny_a")
+        await store.load("tiny_a")
+        info = model_info(store, "tiny_a")
         assert info.version == 2 and info.versions == [2]
         await asyncio.sleep(0.05)
         stop.set()
@@ -193,10 +195,10 @@ def test_polling_picks_up_a_new_version(repo: Path) -> None:
     async def body(store: ModelStore, pipe: Pipeline) -> None:
         add_version(repo, TinyModel("tiny_a"), 3)
         for _ in range(200):
-            if store.get_model("tiny_a").version == 3:
+            if model_info(store, "tiny_a").version == 3:
                 break
             await asyncio.sleep(0.01)
-        assert store.get_model("tiny_a").version == 3
+        assert model_info(store, "tiny_a").version == 3
 
     run(Settings(repository=repo, models=["tiny_a"], poll_interval_s=0.02), fake_factory(EchoRuntime), body)
 
@@ -207,14 +209,16 @@ def test_unload_drains_in_flight_requests_then_refuses(tiny_repository: Path) ->
     async def body(store: ModelStore, pipe: Pipeline) -> None:
         inflight = [asyncio.create_task(pipe.infer("tiny_a", ids([float(i)]))) for i in range(12)]
         await asyncio.sleep(0.005)
-        info = await store.unload("tiny_a")
+        await store.unload("tiny_a")
+        info = model_info(store, "tiny_a")
         assert info.state == "unloaded"
         results = await asyncio.gather(*inflight)
         assert [r.outputs[0, 0] for r in results] == [float(i) for i in range(12)]
         with pytest.raises(ModelNotReady):
             await pipe.infer("tiny_a", ids([1.0]))
         assert not store.is_model_ready("tiny_a")
-        info = await store.load("tiny_a")
+        await store.load("tiny_a")
+        info = model_info(store, "tiny_a")
         assert info.state == "ready"
 
     run(Settings(repository=tiny_repository, models=["tiny_a"], warmup="one"), factory, body)
@@ -265,7 +269,7 @@ def test_polling_retries_a_failed_model_only_after_its_directory_changes(repo: P
     factory = fake_factory(EchoRuntime)
 
     async def body(store: ModelStore, pipe: Pipeline) -> None:
-        assert store.get_model("tiny_badsha").state == "failed"
+        assert model_info(store, "tiny_badsha").state == "failed"
         await asyncio.sleep(0.1)
         assert not factory.instances  # unchanged: sha256 still wrong, no session was ever built
         directory = repo / "tiny_badsha"
@@ -273,10 +277,10 @@ def test_polling_retries_a_failed_model_only_after_its_directory_changes(repo: P
         fixed = manifest.model_copy(update={"files": {"1/model.onnx": sha256_file(directory / "1" / "model.onnx")}})
         fixed.save(directory)
         for _ in range(200):
-            if store.get_model("tiny_badsha").state == "ready":
+            if model_info(store, "tiny_badsha").state == "ready":
                 break
             await asyncio.sleep(0.01)
-        assert store.get_model("tiny_badsha").state == "ready"
+        assert model_info(store, "tiny_badsha").state == "ready"
 
     run(Settings(repository=repo, models=["tiny_badsha"], poll_interval_s=0.02), factory, body)
 
@@ -287,7 +291,7 @@ def test_failed_reload_is_an_error_while_the_previous_version_keeps_serving(repo
         (repo / "tiny_a" / "2" / "model.onnx").write_bytes(b"tampered")  # sha256 no longer matches
         with pytest.raises(InvalidInput, match="sha256 mismatch"):
             await store.load("tiny_a")
-        info = store.get_model("tiny_a")
+        info = model_info(store, "tiny_a")
         assert info.state == "ready" and info.version == 1 and info.reason.startswith("reload failed")
         assert (await pipe.infer("tiny_a", ids([5.0]))).outputs[0, 0] == 5.0
 
@@ -344,7 +348,7 @@ def test_a_model_whose_backend_no_runtime_serves_fails_with_the_reason_and_the_o
     ModelConfig.load(path).model_copy(update={"backend": "no_such_backend"}).save(path)
 
     async def body(store: ModelStore, pipe: Pipeline) -> None:
-        info = store.get_model("tiny_b")
+        info = model_info(store, "tiny_b")
         assert info.state == "failed" and "no runtime for backend/platform 'no_such_backend'" in info.reason
         assert (await pipe.infer("tiny_a", ids([4.0]))).outputs[0, 0] == 4.0
 
