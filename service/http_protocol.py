@@ -105,6 +105,111 @@ class _Held:
         self.amount = amount
 
 
+class HeldBodies:
+    """What one connection's requests hold of the process's `BodyBudget`, oldest first."""
+
+    __slots__ = ("budget", "held", "streaming")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held: deque[_Held] = deque()
+        self.streaming: _Held | None = None  # the request whose body of unknown length is arriving
+
+    def hold(self, cycle: RequestResponseCycle, amount: int) -> None:
+        """`amount` for the request's declared body (-1: unknown, held as it arrives)."""
+        held = _Held(cycle, max(amount, 0))
+        self.budget.take(held.amount)
+        self.held.append(held)
+        if amount < 0:
+            self.streaming = held
+
+    def grow(self, cycle: RequestResponseCycle | None, size: int, active: RequestResponseCycle | None) -> bool:
+        """Take `size` more bytes for a streaming body; False when they do not fit (the body is refused).
+        A request waiting behind another (pipelined) takes what one read brought; it is refused, if need be,
+        once it is answered and reads again."""
+        held = self.streaming
+        if held is None or held.cycle is not cycle:
+            return True
+        if not self.budget.fits(size, held.amount) and held.cycle is active:
+            return False
+        self.budget.take(size)
+        held.amount += size
+        return True
+
+    def release_answered(self) -> None:
+        held = self.held
+        while held and held[0].cycle.response_complete:
+            entry = held.popleft()
+            self.budget.release(entry.amount)
+            if entry is self.streaming:  # answered before its body ended (413 mid-stream): the rest is dropped
+                self.streaming = None
+
+    def release_all(self) -> None:
+        held, self.held, self.streaming = self.held, deque(), None
+        for entry in held:
+            self.budget.release(entry.amount)
+
+
+def admit_head(url: bytes, headers: list[tuple[bytes, bytes]], http_10: bool, max_header_bytes: int,
+               max_body_bytes: int, budget: BodyBudget) -> int:
+    """Check a complete head: its size, its Host, its body's place in the budget. Returns the bytes to hold
+    for its body (-1: unknown, held as they arrive); raises _Refused(status, message, retry_after)."""
+    size, hosts, length, streamed = len(url) + REQUEST_LINE_BYTES, 0, None, False
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            streamed = True
+    if size > max_header_bytes:
+        raise _Refused(431, head_too_large(max_header_bytes), False)
+    if hosts > 1:
+        raise _Refused(400, "more than one Host header", False)
+    if not hosts and not http_10:
+        raise _Refused(400, "an HTTP/1.1 request needs a Host header", False)
+    if streamed:
+        return -1
+    try:
+        declared = int(length) if length is not None else 0
+    except ValueError:
+        return 0  # the body limit answers 400
+    if declared <= UNBUDGETED_BODY_BYTES or declared > max_body_bytes:
+        return 0  # a small body (bounded by the connection cap), or the body limit answers 413 unread
+    if not budget.fits(declared):
+        raise _Refused(503, over_budget(budget), True)
+    return declared
+
+
+def head_too_large(max_header_bytes: int) -> str:
+    return f"request line and headers exceed {max_header_bytes} bytes"
+
+
+def over_budget(budget: BodyBudget) -> str:
+    return f"request bodies in flight would exceed this server's {budget.limit} bytes; retry later"
+
+
+def write_refusal(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, status: int, message: str,
+                  retry_after: bool) -> bool:
+    """Write `status` with a JSON error and shut our side; False when the transport cannot (closed instead).
+
+    A lingering close: the caller keeps reading and dropping what the client still sends for up to LINGER_S,
+    so the kernel does not reset the connection (and lose the answer) because unread bytes remain."""
+    if not transport.can_write_eof():
+        transport.close()
+        return False
+    body = json.dumps({"error": message}).encode()
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
+    if retry_after:
+        head.append(b"retry-after: 1\r\n")
+    transport.write(b"".join(head) + b"\r\n" + body)
+    transport.write_eof()
+    loop.call_later(LINGER_S, transport.close)
+    return True
+
+
 class DisconnectWatchers:
     """The callbacks of the requests that wait on one client's departure (`watch_disconnect`): each is called
     once when the client goes (`fire`), or soon when it is added after. Vitserve's HTTP protocol keeps one per
@@ -140,7 +245,8 @@ class DisconnectWatchers:
 
 
 class _Refused(Exception):
-    """Raised in a parser callback to stop parsing; `GuardedHttpToolsProtocol._refused` says how to answer."""
+    """Raised in a parser callback to stop parsing; `GuardedHttpToolsProtocol._refused` says how to answer
+    (the parser wraps a callback's exception, so its arguments travel beside it)."""
 
 
 class DirectServer(Protocol):
@@ -173,8 +279,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._watchers = DisconnectWatchers()  # the requests in progress on this connection
         self._direct_cycle: RequestResponseCycle | None = None  # the last cycle handed to `direct`
         self._active: RequestResponseCycle | None = None  # the request being answered (others wait in `pipeline`)
-        self._held: deque[_Held] = deque()  # budget held by this connection's requests, oldest first
-        self._streaming: _Held | None = None  # the request whose body of unknown length is arriving
+        self._held = HeldBodies(self.body_budget)
         # set by a parser callback before it raises _Refused: (status, message, retry_after, cycle whose body
         # was refused or None for a head)
         self._refused: tuple[int, str, bool, RequestResponseCycle | None] | None = None
@@ -199,9 +304,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.pipeline:
             self.logger.info("connection closed with %d pipelined request(s) not started", len(self.pipeline))
         super().connection_lost(exc)
-        held, self._held, self._streaming = self._held, deque(), None
-        for entry in held:
-            self.body_budget.release(entry.amount)
+        self._held.release_all()
         self._watchers.fire()
 
     def watch_disconnect(self, callback: Callable[[], None]) -> None:
@@ -238,7 +341,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(self.header_timeout_s)
         self._head_bytes += len(data)
         if self._head_bytes > self.max_header_bytes:
-            self._refuse(431, self._head_too_large())
+            self._refuse(431, head_too_large(self.max_header_bytes))
 
     def _feed(self, data: bytes) -> bool:
         """uvicorn's parsing of a piece (`HttpToolsProtocol.data_received`), with this protocol's refusals
@@ -260,12 +363,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         return True
 
-    def _head_too_large(self) -> str:
-        return f"request line and headers exceed {self.max_header_bytes} bytes"
-
     # -- parser callbacks ------------------------------------------------------------------
     def on_headers_complete(self) -> None:
-        amount = self._admit()
+        try:
+            amount = admit_head(self.url, self.headers, self.parser.get_http_version() == "1.0",
+                                self.max_header_bytes, self.max_body_bytes, self.body_budget)
+        except _Refused as exc:
+            status, message, retry_after = exc.args
+            self._raise(status, message, retry_after=retry_after)
         self._in_head, self._head_bytes = False, 0
         self._events += 1
         self._body_deadline = self.loop.time() + self.body_timeout_s
@@ -277,45 +382,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if cycle is not self._direct_cycle:  # answered through ASGI (the direct path writes once itself)
                 cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]  # duck-types the writes a cycle makes
             if amount:
-                held = _Held(cycle, max(amount, 0))
-                self.body_budget.take(held.amount)
-                self._held.append(held)
-                if amount < 0:
-                    self._streaming = held
+                self._held.hold(cycle, amount)
         self._direct_cycle = None
-
-    def _admit(self) -> int:
-        """Check a complete head: its size, its Host, its body's place in the budget. Returns the bytes to
-        hold for its body (-1: unknown, held as they arrive); raises _Refused to refuse the request."""
-        size, hosts, length, streamed = len(self.url) + REQUEST_LINE_BYTES, 0, None, False
-        for name, value in self.headers:
-            size += len(name) + len(value) + 4
-            if name == b"host":
-                hosts += 1
-            elif name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                streamed = True
-        if size > self.max_header_bytes:
-            self._raise(431, self._head_too_large())
-        if hosts > 1:
-            self._raise(400, "more than one Host header")
-        if not hosts and self.parser.get_http_version() != "1.0":
-            self._raise(400, "an HTTP/1.1 request needs a Host header")
-        if streamed:
-            return -1
-        try:
-            declared = int(length) if length is not None else 0
-        except ValueError:
-            return 0  # the body limit answers 400
-        if declared <= UNBUDGETED_BODY_BYTES or declared > self.max_body_bytes:
-            return 0  # a small body (bounded by the connection cap), or the body limit answers 413 unread
-        if not self.body_budget.fits(declared):
-            self._raise(503, self._over_budget(), retry_after=True)
-        return declared
-
-    def _over_budget(self) -> str:
-        return f"request bodies in flight would exceed this server's {self.body_budget.limit} bytes; retry later"
 
     def _raise(self, status: int, message: str, *, retry_after: bool = False,
                cycle: RequestResponseCycle | None = None) -> NoReturn:
@@ -323,32 +391,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(message)
 
     def on_body(self, body: bytes) -> None:
-        held = self._streaming
-        if held is not None and held.cycle is self.cycle:
-            size = len(body)
-            # a request waiting behind another (pipelined) takes what one read brought; it is refused, if need be,
-            # once it is answered and reads again
-            if not self.body_budget.fits(size, held.amount) and held.cycle is self._active:
-                self._raise(503, self._over_budget(), retry_after=True, cycle=held.cycle)
-            self.body_budget.take(size)
-            held.amount += size
+        if not self._held.grow(self.cycle, len(body), self._active):
+            self._raise(503, over_budget(self.body_budget), retry_after=True, cycle=self.cycle)
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._streaming = None
+        self._held.streaming = None
         self._in_head, self._head_bytes = True, 0
         self._events += 1
         self._disarm()  # the application has the request; uvicorn's keep-alive timer takes over after it
 
     def on_response_complete(self) -> None:
         """Release the budget of the requests answered; answer a refusal waiting for them, else go on."""
-        held = self._held
-        while held and held[0].cycle.response_complete:
-            entry = held.popleft()
-            self.body_budget.release(entry.amount)
-            if entry is self._streaming:  # answered before its body ended (413 mid-stream): the rest is dropped
-                self._streaming = None
+        self._held.release_answered()
         refusal = self._refusal
         if refusal is not None and not self.pipeline:
             self._refusal = None
@@ -430,24 +486,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._answer(status, message, retry_after)
 
     def _answer(self, status: int, message: str, retry_after: bool) -> None:
-        """Write `status` with a JSON error and close.
-
-        A lingering close: the answer goes out, our side of the connection is shut, and whatever the
-        client is still sending is read and dropped for up to LINGER_S, so the kernel does not reset the
-        connection (and lose the answer) because unread bytes remain."""
-        if not self.transport.can_write_eof():
-            self.transport.close()
-            return
-        body = json.dumps({"error": message}).encode()
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), b"content-type: application/json\r\n",
-                b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
-        if retry_after:
-            head.append(b"retry-after: 1\r\n")
-        self.transport.write(b"".join(head) + b"\r\n" + body)
-        self.transport.write_eof()
-        self._discarding = True
-        self.flow.resume_reading()
-        self.loop.call_later(LINGER_S, self.transport.close)
+        """Write the JSON error, then read and drop what the client still sends until the close."""
+        if write_refusal(self.transport, self.loop, status, message, retry_after):
+            self._discarding = True
+            self.flow.resume_reading()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's contract (True: stay half-open); uvicorn annotates None
         if self._discarding:
