@@ -36,9 +36,9 @@ $(VENV)/.service: pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
-# Full install: export (torch, timm, onnx), benchmarks and test dependencies.
+# Full install: export (torch, timm, onnx), the OpenVINO runtime, benchmarks and test dependencies.
 $(VENV)/.full: pyproject.toml $(LOCK) | $(BIN)/python
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[export,bench,dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[export,openvino,bench,dev]'
 	touch $@ $(VENV)/.service
 
 setup-service: $(VENV)/.service

@@ -6,6 +6,7 @@
     vitserve-bench ceiling --preset demo|vit_small                   # comparison 2
     vitserve-bench gemm --preset vit_small (alias: roofline)         # comparison 4
     vitserve-bench int8 [--preset demo --preset vit_small]           # comparison 5
+    vitserve-bench openvino [--preset vit_small]                     # ORT vs OpenVINO (f32, bf16), served
     vitserve-bench peers [--preset demo --preset vit_small] [--peer litserve ...]   # comparison 3
     vitserve-bench gpu [--preset vit_small --preset vit_base] [--cpu-check]        # comparison 6 (needs a GPU)
     vitserve-bench multi [--preset vit_small] [--baseline-root DIR] [--server-root DIR]   # six variants side by side
@@ -174,6 +175,14 @@ def cmd_gemm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openvino(args: argparse.Namespace) -> int:
+    from bench import openvino
+
+    for preset in _presets(args, ["vit_small"]):
+        print(f"results in {openvino.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out)}")
+    return 0
+
+
 def cmd_int8(args: argparse.Namespace) -> int:
     from bench import int8
 
@@ -334,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse a repository holding the trained demo and demo-int8 instead of training them")
     _common(p)
     p.set_defaults(func=cmd_int8)
+
+    p = sub.add_parser("openvino", help="ORT fp32/int8 vs OpenVINO f32/bf16 served over HTTP, with in-process "
+                       "OpenVINO at the same batch size")
+    p.add_argument("--preset", action="append", help="repeatable (default: vit_small)")
+    _common(p)
+    p.set_defaults(func=cmd_openvino)
 
     p = sub.add_parser("gpu", help="comparison 6: fp32 vs fp16 vs TensorRT through the service on a GPU")
     p.add_argument("--preset", action="append", help="repeatable (default: vit_small and vit_base)")

@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 
 #: random inputs for a reduced-precision copy's agreement report when no real images are given
 COPY_SAMPLES = 64
-#: model-name suffix of each reduced-precision copy
-COPY_SUFFIX = {"dynamic-int8": "int8", "fp16": "fp16"}
+#: model-name suffix of each copy (reduced precision, or another runtime: OpenVINO at f32 / bf16 precision)
+COPY_SUFFIX = {"dynamic-int8": "int8", "fp16": "fp16", "openvino-f32": "openvino", "openvino-bf16": "openvino-bf16"}
+CopyMethod = Literal["dynamic-int8", "fp16", "openvino-f32", "openvino-bf16"]
 
-#: called with a written ONNX file; returns its held-out evaluation (export/evaluate.py)
-Evaluator = Callable[[Path], Evaluation]
+#: called with a written model file (and `openvino_precision=` for an OpenVINO IR); returns its held-out
+#: evaluation (export/evaluate.py)
+Evaluator = Callable[..., Evaluation]
 
 
 def _progress(total: int, desc: str, enabled: bool):  # -> tqdm
@@ -63,6 +65,8 @@ def build_model(
     name: str | None = None,
     int8: bool = False,
     fp16: bool = False,
+    openvino: bool = False,
+    openvino_bf16: bool = False,
     labels: Sequence[str] | None = None,
     max_batch_size: int | None = None,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
@@ -94,6 +98,9 @@ def build_model(
             Each copy's manifest holds its top-1 agreement and max |logit difference| to fp32 on
             `agreement_inputs` (described by `agreement_inputs_description`; default: 64 seeded
             random inputs, so described). `int8_inputs` is the older name of `agreement_inputs`.
+        openvino: also write an OpenVINO IR copy `<name>-openvino` served at f32 inference precision, and
+            openvino_bf16 one `<name>-openvino-bf16` served at bf16 (export/openvino.py), each with its agreement
+            measured through OpenVINO at that precision.
         tensorrt: Triton onnxruntime-backend TensorRT parameters (e.g. {"precision_mode": "FP16"}) written
             into every config.pbtxt as a `tensorrt` GPU execution accelerator (export.repository.make_config).
         version: version directory to write; other versions already present stay listed.
@@ -109,7 +116,8 @@ def build_model(
     preset = get_preset(spec.preset)
     name = name or spec.name
     input_size = preset.data.input_size
-    methods: tuple[tuple[Literal["dynamic-int8", "fp16"], bool], ...] = (("dynamic-int8", int8), ("fp16", fp16))
+    methods: tuple[tuple[CopyMethod, bool], ...] = (
+        ("dynamic-int8", int8), ("fp16", fp16), ("openvino-f32", openvino), ("openvino-bf16", openvino_bf16))
     copies = [method for method, wanted in methods if wanted]
     steps = 6 + (1 if checkpoint else 0) + 2 * len(copies) + (1 if evaluate else 0)
     bar = _progress(steps, name, progress)
@@ -216,6 +224,12 @@ def build_model(
                 for method in copies:
                     suffix = COPY_SUFFIX[method]
                     step(suffix)
+                    if method.startswith("openvino"):
+                        _write_openvino_copy(method, onnx_file, Path(tmp) / suffix, repository, name=name,
+                                             manifest=manifest, config_for=config_for, samples=samples,
+                                             described=described, evaluate=evaluate, version=version)
+                        bar.update(2)
+                        continue
                     copy_name, copy_file = f"{name}-{suffix}", Path(tmp) / f"model-{suffix}.onnx"
                     _make_copy(method, onnx_file, copy_file)
                     bar.update()
@@ -235,6 +249,28 @@ def build_model(
         return model_dir
     finally:
         bar.close()
+
+
+def _write_openvino_copy(method: CopyMethod, onnx_file: Path, work: Path, repository: Path, *, name: str,
+                         manifest: dict[str, Any], config_for: Callable[..., Any], samples: np.ndarray,
+                         described: str | None, evaluate: Evaluator | None, version: int) -> None:
+    """`<name>-openvino[-bf16]`: the IR of the checked fp32 graph, its config naming Triton's OpenVINO backend with
+    the copy's precision, its agreement (and held-out evaluation) measured through OpenVINO at that precision."""
+    from export.openvino import BACKEND, PARAMETERS, OpenVinoSession, convert_openvino, measured_precision
+    from export.quantize import agreement_report
+
+    copy_name = f"{name}-{COPY_SUFFIX[method]}"
+    files = convert_openvino(onnx_file, work)
+    precision, note = measured_precision(method)
+    report = agreement_report(onnx_file, files["model.xml"], samples, source_model=name, method=method,
+                              inputs_description="; ".join(filter(None, [described, note])) or None,
+                              copy_session=OpenVinoSession(files["model.xml"], precision))
+    copy_eval = evaluate(files["model.xml"], openvino_precision=precision) if evaluate is not None else None
+    # the IR computes the fp32 graph's operations: its costs are the fp32 model's
+    write_model(repository, model_files=files, version=version,
+                manifest={**manifest, "name": copy_name, "parity": None, "quantization": report,
+                          "evaluation": copy_eval},
+                config=config_for(copy_name, backend=BACKEND, parameters=PARAMETERS[method]))
 
 
 def _make_copy(method: str, fp32_file: Path, out: Path) -> None:

@@ -2,6 +2,7 @@
 
     vitserve-export build --repository DIR SPEC [SPEC ...] [--checkpoint F] [--num-classes N]
                           [--opset 18] [--seed 0] [--name NAME] [--int8] [--fp16] [--opt key=value ...]
+                          [--openvino] [--openvino-bf16]
                           [--max-batch-size N] [--max-queue-delay-us N] [--version N]
                           [--tensorrt [FP16|FP32|INT8]] [--trt-workspace-bytes N] [--trt-engine-cache PATH]
     vitserve-export train --repository DIR [--spec SPEC ...] [--epochs N] [--int8] [--no-fp16]
@@ -124,6 +125,12 @@ def _accelerator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trt-engine-cache", metavar="PATH",
                         help="enable TensorRT's engine cache at PATH (trt_engine_cache_path; with --tensorrt); "
                         "the service's VITSERVE_TRT_ENGINE_CACHE_DIR overrides it")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also write an OpenVINO IR copy <name>-openvino served at f32 (Triton's openvino "
+                        "backend; needs the openvino extra), its agreement with fp32 measured through OpenVINO")
+    parser.add_argument("--openvino-bf16", action="store_true",
+                        help="also write <name>-openvino-bf16: the same IR served at bf16 inference precision "
+                        "(f32 where the serving CPU has no bf16)")
 
 
 def _tensorrt(args: argparse.Namespace) -> dict[str, str] | None:
@@ -144,7 +151,8 @@ def _tensorrt(args: argparse.Namespace) -> dict[str, str] | None:
 
 def _batching(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"max_batch_size": args.max_batch_size, "max_queue_size": args.max_queue_size,
-                           "version": args.version, "tensorrt": _tensorrt(args)}
+                           "version": args.version, "tensorrt": _tensorrt(args),
+                           "openvino": args.openvino, "openvino_bf16": args.openvino_bf16}
     if args.max_queue_delay_us is not None:
         out["max_queue_delay_us"] = args.max_queue_delay_us
     return out
@@ -178,14 +186,17 @@ def _build(args: argparse.Namespace) -> int:
         seed=args.seed, name=args.name, int8=args.int8, fp16=args.fp16, labels=labels, progress=not args.quiet,
         **_batching(args),
     )
-    _summary(dirs, int8=args.int8, fp16=args.fp16)
+    _summary(dirs, int8=args.int8, fp16=args.fp16,
+             openvino=args.openvino, openvino_bf16=args.openvino_bf16)
     return 0
 
 
-def _summary(dirs: Sequence[Path], *, int8: bool, fp16: bool = False) -> None:
+def _summary(dirs: Sequence[Path], *, int8: bool, fp16: bool = False, openvino: bool = False,
+             openvino_bf16: bool = False) -> None:
     from service.manifest import Manifest
 
-    suffixes = [s for s, wanted in (("-int8", int8), ("-fp16", fp16)) if wanted]
+    suffixes = [s for s, wanted in (("-int8", int8), ("-fp16", fp16), ("-openvino", openvino),
+                                    ("-openvino-bf16", openvino_bf16)) if wanted]
     for model_dir in dirs:
         names = [model_dir] + [model_dir.with_name(model_dir.name + suffix) for suffix in suffixes]
         for d in names:
@@ -225,7 +236,8 @@ def _train(args: argparse.Namespace) -> int:
                                     int8=args.int8, fp16=args.fp16, progress=not args.quiet,
                                     min_accuracy=args.min_accuracy, jobs=args.jobs, threads=args.threads,
                                     spec_epochs=spec_epochs, weights_dir=args.save_weights, **_batching(args))
-    _summary([args.repository / name for name in results], int8=args.int8, fp16=args.fp16)
+    _summary([args.repository / name for name in results], int8=args.int8, fp16=args.fp16,
+             openvino=args.openvino, openvino_bf16=args.openvino_bf16)
     return 0
 
 
@@ -248,7 +260,8 @@ def _finetune(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, jobs=args.jobs, threads=args.threads or torch.get_num_threads(),
         progress=not args.quiet, int8=args.int8, fp16=args.fp16, weights_dir=args.save_weights, **_batching(args),
     )
-    _summary([args.repository / name for name in results], int8=args.int8, fp16=args.fp16)
+    _summary([args.repository / name for name in results], int8=args.int8, fp16=args.fp16,
+             openvino=args.openvino, openvino_bf16=args.openvino_bf16)
     print("accuracies are comparable only between models evaluated on the same dataset identity", file=sys.stderr)
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from service.manifest import INPUT_NAME, DatasetIdentity, Evaluation, PreprocessConfig, TrainingRecipe
 
@@ -49,8 +49,10 @@ def evaluate_onnx(
     dataset: DatasetIdentity,
     *,
     recipe: TrainingRecipe | None = None,
+    openvino_precision: Literal["f32", "bf16"] | None = None,
 ) -> Evaluation:
-    """Top-1/top-5 of `onnx_file` on the held-out `samples`; unreadable files are skipped and counted."""
+    """Top-1/top-5 of `onnx_file` on the held-out `samples`; unreadable files are skipped and counted.
+    `openvino_precision`: the file is an OpenVINO IR (an `-openvino` copy), run at that inference precision."""
     import numpy as np
 
     from export.parity import ort_session
@@ -60,7 +62,14 @@ def evaluate_onnx(
         raise ValueError("no held-out image could be read; cannot evaluate")
     x = np.stack(arrays).astype(np.float32)
     y = np.asarray([samples[i].target for i in kept], dtype=np.int64)
-    session = ort_session(str(onnx_file))
+    if openvino_precision is not None:
+        from export.openvino import OpenVinoSession
+
+        session: Any = OpenVinoSession(onnx_file, openvino_precision)
+        measured = {"measured_with": f"OpenVINO (CPU, {openvino_precision} inference precision) on the model file, "
+                                     "each image file through service.preprocess"}
+    else:
+        session, measured = ort_session(str(onnx_file)), {}
     top1 = top5 = 0
     for start in range(0, len(x), BATCH):
         logits = session.run(None, {INPUT_NAME: x[start:start + BATCH]})[0]
@@ -70,4 +79,4 @@ def evaluate_onnx(
         top1 += int((best[:, 0] == labels).sum())
         top5 += int((best == labels[:, None]).any(axis=1).sum())
     return Evaluation(top1=top1 / len(kept), top5=top5 / len(kept), num_images=len(kept), dataset=dataset,
-                      skipped_images=len(samples) - len(kept), recipe=recipe)
+                      skipped_images=len(samples) - len(kept), recipe=recipe, **measured)

@@ -386,16 +386,16 @@ def export_trained(trained: Trained, data: ImageFolderData, repository: Path, *,
 
     preprocess = get_preset(trained.spec.preset).data
 
-    def evaluate(onnx_file: Path) -> Evaluation:
-        return evaluate_onnx(onnx_file, data.heldout, preprocess, data.identity, recipe=trained.recipe)
+    def evaluate(onnx_file: Path, **how: Any) -> Evaluation:  # how: openvino_precision for an OpenVINO copy
+        return evaluate_onnx(onnx_file, data.heldout, preprocess, data.identity, recipe=trained.recipe, **how)
 
-    wants_copies = build_kwargs.get("int8") or build_kwargs.get("fp16")
+    wants_copies = any(build_kwargs.get(k) for k in ("int8", "fp16", "openvino", "openvino_bf16"))
     if wants_copies and build_kwargs.get("agreement_inputs") is None and build_kwargs.get("int8_inputs") is None:
         import numpy as np
 
         from export.evaluate import preprocess_files
 
-        # int8/fp16 agreement on the held-out images as the service sees them (not on random inputs)
+        # the copies' agreement on the held-out images as the service sees them (not on random inputs)
         build_kwargs["agreement_inputs"] = np.stack(preprocess_files(data.heldout, preprocess)[1]).astype(np.float32)
         build_kwargs["agreement_inputs_description"] = (
             f"{data.identity.key} held-out ({len(data.heldout)} images, the service's preprocessing)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from service.manifest import INPUT_NAME, QuantizationReport
 
@@ -53,10 +53,14 @@ def agreement_report(
     inputs: np.ndarray,
     *,
     source_model: str,
-    method: Literal["dynamic-int8", "fp16"] = "dynamic-int8",
+    method: Literal["dynamic-int8", "fp16", "openvino-f32", "openvino-bf16"] = "dynamic-int8",
     inputs_description: str | None = None,
+    copy_session: Any = None,
 ) -> QuantizationReport:
     """Top-1 agreement and max |logit difference| of a reduced-precision copy against fp32 on `inputs`.
+
+    `copy_session` runs the copy instead of an ONNX Runtime session of `copy_path` (an OpenVINO IR:
+    export/openvino.py's `OpenVinoSession`, which has the same `run`).
 
     One image per run: dynamic quantisation picks activation scales per batch, so an image's int8
     logits depend on what it is batched with; batch 1 makes the report reproducible (and the same
@@ -69,7 +73,7 @@ def agreement_report(
     if len(inputs) == 0:
         raise ValueError("an agreement report needs at least one input")
     fp32 = ort_session(str(fp32_path))
-    other = ort_session(str(copy_path))
+    other = copy_session if copy_session is not None else ort_session(str(copy_path))
     agree, worst = 0, 0.0
     for image in inputs:
         chunk = np.ascontiguousarray(image[None], dtype=np.float32)

@@ -64,8 +64,13 @@ def make_config(
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     max_queue_size: int | None = None,
     tensorrt: Mapping[str, str] | None = None,
+    backend: str | None = None,
+    parameters: Mapping[str, str] | None = None,
 ) -> ModelConfig:
     """The Triton config for a `pixel_values [B, 3, H, W] -> logits [B, classes]` ONNX model.
+
+    `backend` names another Triton backend (e.g. "openvino" for an IR copy; then no platform, as Triton wants
+    it) and `parameters` that backend's config.pbtxt parameters (e.g. OpenVINO's HINT_BF16).
 
     `tensorrt`: Triton onnxruntime-backend TensorRT parameters (precision_mode, max_workspace_size_bytes,
     trt_engine_cache_enable, trt_engine_cache_path, ...) written as a `tensorrt` GPU execution
@@ -82,7 +87,9 @@ def make_config(
         raise ValueError(f"max_queue_size must be >= 1, got {queue}")
     return ModelConfig(
         name=name,
-        platform="onnxruntime_onnx",
+        platform="" if backend else "onnxruntime_onnx",
+        backend=backend,
+        parameters=dict(parameters or {}),
         max_batch_size=mbs,
         input=[TensorConfig(name=INPUT_NAME, data_type="TYPE_FP32", dims=list(input_size))],
         output=[TensorConfig(name=OUTPUT_NAME, data_type="TYPE_FP32", dims=[num_classes])],
@@ -142,16 +149,18 @@ def _replace(src: Path, dst: Path) -> None:
 def write_model(
     repository: Path,
     *,
-    onnx_file: Path,
+    onnx_file: Path | None = None,
     manifest: dict[str, Any],
     config: ModelConfig,
     version: int = 1,
+    model_files: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write `<repository>/<name>/{config.pbtxt, vitserve.json, <version>/model.onnx}`; return the model dir.
 
-    `manifest` holds the Manifest fields except `files`, which is computed here: the sha256 of this
-    version's model file, plus the entries of other versions already in the directory whose files
-    still exist (an older version stays listed and verifiable when a new one is added).
+    `model_files` (file name -> source) replaces `onnx_file` for a runtime with other files (OpenVINO's
+    model.xml + model.bin). `manifest` holds the Manifest fields except `files`, which is computed here: the
+    sha256 of each of this version's model files, plus the entries of other versions already in the directory
+    whose files still exist (an older version stays listed and verifiable when a new one is added).
     """
     if version < 1:
         raise ValueError(f"version must be >= 1, got {version}")
@@ -159,8 +168,13 @@ def write_model(
     if config.name != name:
         raise ValueError(f"config name {config.name!r} != manifest name {name!r}")
     model_dir = repository / name
-    rel = f"{version}/{MODEL_FILENAME}"
-    _replace(onnx_file, model_dir / rel)
+    if model_files is None:
+        if onnx_file is None:
+            raise ValueError("write_model needs onnx_file or model_files")
+        model_files = {MODEL_FILENAME: onnx_file}
+    written = {f"{version}/{filename}": source for filename, source in model_files.items()}
+    for rel, source in written.items():
+        _replace(source, model_dir / rel)
 
     files: dict[str, str] = {}
     old = model_dir / MANIFEST_FILENAME
@@ -170,8 +184,9 @@ def write_model(
         except ValueError:
             previous = None
         if previous is not None:
-            files.update({k: v for k, v in previous.files.items() if k != rel and (model_dir / k).exists()})
-    files[rel] = sha256_file(model_dir / rel)
+            files.update({k: v for k, v in previous.files.items()
+                          if not k.startswith(f"{version}/") and (model_dir / k).exists()})
+    files.update({rel: sha256_file(model_dir / rel) for rel in written})
     validated = Manifest.model_validate({**manifest, "files": dict(sorted(files.items()))})
 
     tmp_cfg = model_dir / (CONFIG_FILENAME + ".tmp")

@@ -97,14 +97,16 @@ class ParityReport(_Strict):
 
 
 class QuantizationReport(_Strict):
-    """How a reduced-precision copy (dynamic int8 or fp16) relates to the fp32 model it was made from.
+    """How a reduced-precision or other-runtime copy (dynamic int8, fp16, OpenVINO f32 or bf16) relates to the fp32
+    model it was made from.
 
     Measured at export on `inputs` (e.g. the demo's held-out digits; random pixel values for models
     with random weights, where agreement says little about real images): each sample run at batch 1
-    through both graphs in ONNX Runtime (CPU).
+    through the fp32 graph in ONNX Runtime (CPU) and through the copy as it is served (ONNX Runtime, or
+    OpenVINO at the copy's inference precision).
     """
 
-    method: Literal["dynamic-int8", "fp16"] = "dynamic-int8"
+    method: Literal["dynamic-int8", "fp16", "openvino-f32", "openvino-bf16"] = "dynamic-int8"
     source_model: str
     top1_agreement: float = Field(ge=0.0, le=1.0, description="fraction of inputs whose top-1 matches fp32")
     num_samples: int = Field(gt=0)

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Triton's `DataType` enum (model_config.proto), all but TYPE_INVALID.
 DataType = Literal[
@@ -86,8 +86,15 @@ class ModelConfig(_Cfg):
     """The Triton `ModelConfig` fields vitserve uses."""
 
     name: str
-    platform: str = "onnxruntime_onnx"
+    platform: str = Field("onnxruntime_onnx", description="Triton's `platform`; empty for a model chosen by `backend` "
+                          "(Triton refuses a platform that names another backend); absent with no backend: ONNX")
     backend: str | None = Field(None, description="Triton's `backend` (chooses the runtime before `platform`)")
+    default_model_filename: str | None = Field(
+        None, description="Triton's `default_model_filename`: the model file in each version directory (absent: "
+        "the runtime's own default, model.onnx for ONNX Runtime, model.xml for OpenVINO)")
+    parameters: dict[str, str] = Field(
+        default_factory=dict, description="Triton's `parameters` map (string values): backend settings, e.g. "
+        "OpenVINO's NUM_STREAMS or HINT_BF16")
     max_batch_size: int = Field(ge=0)
     input: list[TensorConfig]
     output: list[TensorConfig]
@@ -95,6 +102,14 @@ class ModelConfig(_Cfg):
     instance_group: list[InstanceGroup] = Field(default_factory=list)
     latest_versions: int = Field(1, ge=1, description="version_policy { latest { num_versions } }")
     optimization: ModelOptimization | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _platform_of_backend(cls, data: Any) -> Any:
+        # a config that names a backend and no platform has none (Triton's reading), not the ONNX default
+        if isinstance(data, dict) and data.get("backend") and "platform" not in data:
+            return {**data, "platform": ""}
+        return data
 
     @property
     def runtime_key(self) -> str:
@@ -105,8 +120,10 @@ class ModelConfig(_Cfg):
     def to_pbtxt(self) -> str:
         out: list[str] = [
             f"name: {_quote(self.name)}",
-            f"platform: {_quote(self.platform)}",
+            *([f"platform: {_quote(self.platform)}"] if self.platform else []),
             *([f"backend: {_quote(self.backend)}"] if self.backend else []),
+            *([f"default_model_filename: {_quote(self.default_model_filename)}"] if self.default_model_filename
+              else []),
             f"max_batch_size: {self.max_batch_size}",
             f"version_policy: {{ latest: {{ num_versions: {self.latest_versions} }} }}",
         ]
@@ -140,6 +157,8 @@ class ModelConfig(_Cfg):
             out.append(f"instance_group [ {groups} ]")
         if self.optimization is not None:
             out.extend(_optimization_pbtxt(self.optimization))
+        for key, value in self.parameters.items():
+            out.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}")
         return "\n".join(out) + "\n"
 
     def save(self, path: Path) -> None:
@@ -150,7 +169,10 @@ class ModelConfig(_Cfg):
     def from_pbtxt(cls, text: str) -> ModelConfig:
         raw = parse_pbtxt(text)
         optimization = raw.pop("optimization", None)
+        parameters = raw.pop("parameters", [])
         data: dict[str, Any] = {k: _single(v) for k, v in raw.items() if k not in {"input", "output", "instance_group"}}
+        if parameters:
+            data["parameters"] = _parameters_from_raw(parameters)
         if optimization:
             data["optimization"] = _optimization_from_raw(optimization[-1])
         for key in ("input", "output", "instance_group"):
@@ -216,6 +238,17 @@ def _optimization_from_raw(raw: dict[str, list[Any]]) -> dict[str, Any]:
                 accs.append({"name": _single(acc.get("name", [""])), "parameters": params})
             ea[key] = accs
         out["execution_accelerators"] = ea
+    return out
+
+
+def _parameters_from_raw(entries: list[Any]) -> dict[str, str]:
+    """Triton's `parameters` map entries `{ key: K value: { string_value: V } }` -> {K: V}."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        value = _single(entry.get("value", [{}])) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or "key" not in entry or not isinstance(value, dict):
+            raise PbtxtError("parameters must be { key: ... value: { string_value: ... } } entries")
+        out[str(_single(entry["key"]))] = str(value.get("string_value", ""))
     return out
 
 

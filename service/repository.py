@@ -2,6 +2,9 @@
 
     <root>/<model>/config.pbtxt, <root>/<model>/vitserve.json, <root>/<model>/<version>/model.onnx
 
+The model file's name is the runtime's (model.xml + model.bin for OpenVINO, service/runtimes/table.py), or
+config.pbtxt's `default_model_filename`, as Triton reads it.
+
 Each model is read on its own (`read_model`): a `ModelEntry`, or a `ModelLoadError` with its reason,
 so one broken model directory is reported while the others serve. Model names are
 checked against a strict pattern before they touch the filesystem, so no name can reach a path
@@ -17,8 +20,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.errors import exception_summary
-from service.manifest import CONFIG_FILENAME, MANIFEST_FILENAME, MODEL_FILENAME, Manifest, sha256_file
+from service.manifest import CONFIG_FILENAME, MANIFEST_FILENAME, Manifest, sha256_file
 from service.model_config import ModelConfig, PbtxtError
+from service.runtimes.table import runtime_model_filename
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
@@ -59,18 +63,24 @@ class ModelEntry:
         return sorted(self.versions, reverse=True)[: self.config.latest_versions]
 
     def verify(self, version: int) -> Path:
-        """Check the version's model file against the manifest's sha256; return its path."""
+        """Check the version's model file, and every other file the manifest lists in that version directory
+        (OpenVINO's model.bin beside model.xml), against the manifest's sha256; return the model file's path."""
         path = self.versions.get(version)
         if path is None:
             raise ModelLoadError(self.name, f"version {version} not found")
-        rel = f"{version}/{MODEL_FILENAME}"
-        expected = self.manifest.files.get(rel)
-        if expected is None:
+        rel = f"{version}/{path.name}"
+        if rel not in self.manifest.files:
             raise ModelLoadError(self.name, f"manifest has no sha256 for {rel}")
-        actual = sha256_file(path)
-        if actual != expected.lower():
-            raise ModelLoadError(self.name,
-                                 f"sha256 mismatch for {rel}: manifest {expected[:12]}…, file {actual[:12]}…")
+        for other, expected in self.manifest.files.items():
+            if not other.startswith(f"{version}/"):
+                continue
+            file = self.directory / other
+            if not file.is_file():
+                raise ModelLoadError(self.name, f"missing {other} (listed in {MANIFEST_FILENAME})")
+            actual = sha256_file(file)
+            if actual != expected.lower():
+                raise ModelLoadError(self.name,
+                                     f"sha256 mismatch for {other}: manifest {expected[:12]}…, file {actual[:12]}…")
         return path
 
 
@@ -112,6 +122,9 @@ def read_model(root: Path, name: str) -> ModelEntry:
         raise ModelLoadError(name, f"{MANIFEST_FILENAME} names the model {manifest.name!r}, directory is {name!r}")
     if config.max_batch_size < 1:
         raise ModelLoadError(name, f"{CONFIG_FILENAME} max_batch_size must be >= 1 for a batching model")
+    model_file = config.default_model_filename or runtime_model_filename(config.runtime_key)
+    if not model_file or "/" in model_file or model_file.startswith("."):
+        raise ModelLoadError(name, f"invalid {CONFIG_FILENAME} default_model_filename {model_file!r}")
     versions: dict[int, Path] = {}
     for child in directory.iterdir():
         if not child.is_dir():
@@ -120,10 +133,10 @@ def read_model(root: Path, name: str) -> ModelEntry:
             version = parse_version(child.name)
         except ValueError:
             continue
-        if (child / MODEL_FILENAME).is_file():
-            versions[version] = child / MODEL_FILENAME
+        if (child / model_file).is_file():
+            versions[version] = child / model_file
     if not versions:
-        raise ModelLoadError(name, f"no version directory with {MODEL_FILENAME}")
+        raise ModelLoadError(name, f"no version directory with {model_file}")
     return ModelEntry(name=name, directory=directory, manifest=manifest, config=config, versions=versions)
 
 

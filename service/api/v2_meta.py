@@ -108,6 +108,10 @@ def config_to_v2_json(cfg: ModelConfig) -> dict[str, Any]:
         out["instance_group"] = [{"kind": g.kind, "count": g.count} for g in cfg.instance_group]
     if cfg.optimization is not None:
         out["optimization"] = cfg.optimization.model_dump(exclude_none=True)
+    if cfg.default_model_filename:
+        out["default_model_filename"] = cfg.default_model_filename
+    if cfg.parameters:
+        out["parameters"] = {k: {"string_value": v} for k, v in cfg.parameters.items()}
     return out
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from service.manifest import MODEL_FILENAME
 from service.runtimes.base import InferenceRuntime, RuntimeOptions, RuntimeSpec
 from service.settings import Settings
 
@@ -38,6 +39,7 @@ class RuntimeBackend:
 
     create: RuntimeFactory
     options: OptionsFactory = no_options
+    model_filename: str = MODEL_FILENAME  # the file in each version directory (config.pbtxt may name another)
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,17 @@ class BuiltinRuntime:
     keys: tuple[str, ...]  # the config.pbtxt `backend`/`platform` values it serves
     backend: str  # its RuntimeBackend
     options: str | None = None  # its RuntimeOptions class (its VITSERVE_* variables and serve flags)
+    #: the model file in each version directory, as the Triton backend of the same name expects it (a model's
+    #: config.pbtxt `default_model_filename` names another); known without importing the runtime
+    model_filename: str = MODEL_FILENAME
 
 
 BUILTIN_RUNTIMES = (
     BuiltinRuntime(("onnxruntime", "onnxruntime_onnx"), "service.runtimes.onnxruntime.runtime:BACKEND",
                    "service.runtimes.onnxruntime.options:OnnxRuntimeOptions"),
+    # Triton's OpenVINO backend: an IR (model.xml + model.bin); openvino is an optional extra, imported on load
+    BuiltinRuntime(("openvino",), "service.runtimes.openvino.runtime:BACKEND",
+                   "service.runtimes.openvino.options:OpenVinoOptions", model_filename="model.xml"),
     # no CPU: stands in for a GPU (benchmarks)
     BuiltinRuntime(("vitserve_offcpu_standin",), "service.runtimes.standin:BACKEND"),
 )
@@ -82,11 +90,21 @@ def check_runtime_options(overrides: Mapping[str, object]) -> None:
         options_type.from_overrides(overrides)
 
 
+def runtime_model_filename(key: str) -> str:
+    """The model file a runtime reads from each version directory, by table key, without importing the runtime
+    (model.onnx for a key no runtime serves: loading then fails naming the known keys)."""
+    entry = _TABLE.get(key)
+    if isinstance(entry, RuntimeBackend):
+        return entry.model_filename
+    return next((rt.model_filename for rt in BUILTIN_RUNTIMES if key in rt.keys), MODEL_FILENAME)
+
+
 def register_runtime(
-    keys: str | Iterable[str], create: RuntimeFactory, options: OptionsFactory = no_options
+    keys: str | Iterable[str], create: RuntimeFactory, options: OptionsFactory = no_options,
+    model_filename: str = MODEL_FILENAME,
 ) -> RuntimeBackend:
     """Serve every model whose config.pbtxt `backend` (or `platform`) is one of `keys` with `create`."""
-    backend = RuntimeBackend(create, options)
+    backend = RuntimeBackend(create, options, model_filename)
     for key in [keys] if isinstance(keys, str) else keys:
         _TABLE[key] = backend
     return backend
@@ -113,11 +131,14 @@ def import_runtime_modules(modules: Iterable[str]) -> None:
 
 @contextmanager
 def runtime_override(create: RuntimeFactory, keys: Iterable[str] = ("onnxruntime", "onnxruntime_onnx"),
-                     options: OptionsFactory = no_options) -> Iterator[RuntimeBackend]:
+                     options: OptionsFactory = no_options, model_filename: str | None = None
+                     ) -> Iterator[RuntimeBackend]:
     """Serve `keys` with `create` inside the block (tests run their fakes on a real repository this way)."""
+    keys = list(keys)
     saved = {k: _TABLE.get(k) for k in keys}
+    filename = model_filename or (runtime_model_filename(keys[0]) if keys else MODEL_FILENAME)
     try:
-        yield register_runtime(keys, create, options)
+        yield register_runtime(keys, create, options, filename)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from service_server import start_server
+
+#: runtime-level: runs on ONNX Runtime and on OpenVINO (tests/integration/conftest.py)
+pytestmark = pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"], indirect=True, scope="module")
 
 
 def test_sigterm_under_load_completes_every_accepted_request(

@@ -15,6 +15,10 @@ from service_server import API_KEY, INTEGRATION_MODELS, ServerProcess, start_ser
 from tiny_repository import expected_logits
 
 HEAVY = next(m for m in INTEGRATION_MODELS if m.name == "tiny_heavy")
+#: runtime-level: every test here runs on ONNX Runtime and on OpenVINO (tests/integration/conftest.py)
+pytestmark = pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"], indirect=True, scope="module")
+PLATFORM = {"onnxruntime": "onnxruntime_onnx", "openvino": ""}
+PROVIDER = {"onnxruntime": "CPUExecutionProvider", "openvino": "OpenVINO CPU f32"}
 
 
 def png(color: tuple[int, int, int] = (20, 120, 220)) -> bytes:
@@ -32,12 +36,12 @@ def metric_samples(text: str, name: str) -> dict[str, float]:
     return out
 
 
-def test_health_metadata_and_docs(server: ServerProcess) -> None:
+def test_health_metadata_and_docs(server: ServerProcess, runtime: str) -> None:
     with httpx.Client(base_url=server.base_url) as c:
         assert c.get("/v2/health/live").status_code == 200
         assert c.get("/v2/health/ready").status_code == 200
         assert c.get("/v2").json()["name"] == "vitserve"
-        assert c.get("/v2/models/tiny_a").json()["platform"] == "onnxruntime_onnx"
+        assert c.get("/v2/models/tiny_a").json()["platform"] == PLATFORM[runtime]
         assert c.get("/v2/models/tiny_b/versions/2/ready").status_code == 200
         assert c.get("/v2/models/tiny_a/config").json()["max_batch_size"] == 8
         assert c.get("/docs").status_code == 200
@@ -154,7 +158,7 @@ def test_v2_infer_matches_the_model_and_concurrent_requests_share_batches(server
     assert stats["inference_count"] >= 64 and stats["execution_count"] < stats["inference_count"]
 
 
-def test_metrics_after_traffic(server: ServerProcess) -> None:
+def test_metrics_after_traffic(server: ServerProcess, runtime: str) -> None:
     with httpx.Client(base_url=server.base_url) as c:
         for _ in range(3):
             r = c.post("/v1/models/tiny_b/classify", content=png(), headers={"content-type": "image/png"})
@@ -171,7 +175,7 @@ def test_metrics_after_traffic(server: ServerProcess) -> None:
     assert metric_samples(text, 'vitserve_preprocess_duration_seconds_count{model="tiny_b"}')
     flops = metric_samples(text, 'vitserve_flops_total{model="tiny_b",version="2"}')
     assert list(flops.values())[0] > 0
-    assert 'vitserve_model_ready{model="tiny_b",provider="CPUExecutionProvider",version="2"} 1.0' in text
+    assert f'vitserve_model_ready{{model="tiny_b",provider="{PROVIDER[runtime]}",version="2"}} 1.0' in text
 
 
 def test_repository_unload_and_load_with_the_api_key(server: ServerProcess) -> None:

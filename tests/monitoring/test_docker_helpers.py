@@ -40,14 +40,16 @@ def test_cpu_image_gets_onnxruntime_and_gpu_image_onnxruntime_gpu() -> None:
     assert "onnxruntime" in _names(cpu) and "onnxruntime-gpu" not in _names(cpu)
     assert "onnxruntime-gpu" in _names(gpu) and "onnxruntime" not in _names(gpu)
     assert not any(";" in line for line in cpu + gpu), "markers must be resolved for the image"
-    assert _names(cpu) - {"onnxruntime"} == _names(gpu) - {"onnxruntime-gpu", "nvidia-ml-py"}
+    assert _names(cpu) - {"onnxruntime", "openvino"} == _names(gpu) - {"onnxruntime-gpu", "nvidia-ml-py"}
     assert "nvidia-ml-py" in _names(gpu), "the GPU image exports nv_gpu_* metrics"
+    assert "openvino" in _names(cpu) and "openvino" not in _names(gpu), "the CPU image serves OpenVINO models"
 
 
 def test_requirements_follow_pyproject_and_never_pull_torch() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     cpu = requirements.runtime_requirements(ROOT / "pyproject.toml", "cpu")
-    assert _names(cpu) == _names([d.split(";")[0] for d in declared]) - {"onnxruntime-gpu"} | {"onnxruntime"}
+    expected = _names([d.split(";")[0] for d in declared]) - {"onnxruntime-gpu"} | {"onnxruntime", "openvino"}
+    assert _names(cpu) == expected
     assert not {"torch", "onnx", "timm"} & _names(cpu)
 
 

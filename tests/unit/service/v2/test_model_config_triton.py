@@ -145,3 +145,21 @@ def test_config_json_parses_as_triton_protobuf_json(cfg: ModelConfig) -> None:
     assert_same(cfg, proto)
     assert proto.backend == "onnxruntime"
     assert doc["input"][0]["dims"] == [3, 224, 224], "integers are JSON numbers, as Triton prints them"
+
+
+def test_an_openvino_backend_config_parses_as_triton_protobuf_both_ways() -> None:
+    """A config naming Triton's OpenVINO backend: no platform (Triton refuses one naming another backend), the
+    model file name and the backend's parameters map, written and read back, and as the /config endpoint's JSON."""
+    cfg = full_config().model_copy(update={
+        "backend": "openvino", "platform": "", "default_model_filename": "model.xml",
+        "parameters": {"HINT_BF16": "YES", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "bf16"}})
+    proto = to_proto(cfg)
+    assert_same(cfg, proto)
+    assert proto.backend == "openvino" and proto.platform == "" and proto.default_model_filename == "model.xml"
+    assert {k: v.string_value for k, v in proto.parameters.items()} == cfg.parameters
+    assert ModelConfig.from_pbtxt(text_format.MessageToString(proto)) == cfg
+    assert ModelConfig.from_pbtxt(cfg.to_pbtxt()) == cfg
+    json_format.ParseDict(config_to_v2_json(cfg), pb.ModelConfig())
+    # read without a platform, a backend's config has none (not the ONNX default)
+    assert ModelConfig.from_pbtxt('name: "m" backend: "openvino" max_batch_size: 1').platform == ""
+    assert ModelConfig.from_pbtxt('name: "m" max_batch_size: 1').platform == "onnxruntime_onnx"
