@@ -140,7 +140,7 @@ class VariantAttention(Attention):
     @property
     def transforms_reused_logits(self) -> bool:
         """A reuse block whose "reuse" modules compute its map from the previous logits."""
-        return bool(self._hooks["reuse"])
+        return self.cfg.attention == "reuse" and bool(self._hooks["reuse"])
 
     @property
     def needs_explicit_map(self) -> bool:
