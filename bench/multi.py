@@ -1,10 +1,11 @@
-"""Every variant served side by side: one repository of six models against a single-model server.
+"""Every variant served side by side: one repository of the preset's variants against a single-model server.
 
 The product's main use is serving a preset's variants together (to compare them); this measures
-what that costs each model. For each measured model: a server that serves only it (time to ready,
-lone-request p50 at concurrency 1, throughput at concurrency 16), then one server that serves all
-six (time to ready for the whole repository; the same two points per model while the other five
-are loaded and idle; optionally all six under load at once). Requests are batch-1 binary v2
+what that costs each model. The models are vanilla and each variant of the table that is served side
+by side (`VariantDef.side_by_side`; six with the built-in table). For each measured model: a server that
+serves only it (time to ready, lone-request p50 at concurrency 1, throughput at concurrency 16), then one
+server that serves them all (time to ready for the whole repository; the same two points per model while
+the others are loaded and idle; optionally all under load at once). Requests are batch-1 binary v2
 tensors, as in the ceiling comparison. Servers run with their own defaults (no warm-up override),
 so time to ready is what a user gets.
 
@@ -44,10 +45,12 @@ TARGET_READY_RATIO = 2.0
 CONCURRENCY = 16
 
 
-def six_models(preset: str) -> list[BenchModel]:
-    """Vanilla and the five variants of VARIANTS.md (cb, LaViT, GAB, re-attention, refiner)."""
+def side_by_side_models(preset: str) -> list[BenchModel]:
+    """Vanilla and each variant of the table served side by side, in table order."""
+    from export import variants as registry  # the table alone: no torch
+
     return [BenchModel(preset, label="vanilla")] + [
-        BenchModel(f"{preset}+{v}", label=v) for v in ("cb", "lavit", "gab", "reattn", "refiner")
+        BenchModel(f"{preset}+{v.name}", label=v.name) for v in registry.variants() if v.side_by_side
     ]
 
 
@@ -199,10 +202,10 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, s
         measured: int | None = None, cfg: MeasureConfig | None = None) -> Path:
     """Measure the checkout at `server_root` (this one by default) and, when given, `baseline_root` first.
 
-    `measured`: how many of the six are measured one by one (all six are always loaded); `cfg` replaces
+    `measured`: how many of the models are measured one by one (all are always loaded); `cfg` replaces
     the measurement windows --quick chooses (tests)."""
     machine = machine_info()
-    models = six_models(preset)
+    models = side_by_side_models(preset)
     manifests = ensure_models(models, cache / "repository")
     names = [m.model_name for m in models]
     repository = side_by_side_repository(cache, preset, names)

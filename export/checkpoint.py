@@ -2,19 +2,17 @@
 
 `convert_timm_state_dict` is a pure function (state dict in, state dict out) shared by every variant:
 it strips `module.` prefixes (DataParallel/DDP), resamples `pos_embed` when the checkpoint's patch grid
-differs from the model's, and gives the blocks that compute only V (LaViT Less-Attention, refiner
-sharing: `attn.v`, [D, D]) the V rows of the checkpoint's full `attn.qkv`. `load_checkpoint` then loads
+differs from the model's, and gives the blocks that compute only V (the reuse blocks of a variant's
+schedule: `attn.v`, [D, D]) the V rows of the checkpoint's full `attn.qkv`. `load_checkpoint` then loads
 it and allows only the variant's own new parameters to be missing; they are reset to their converted
-start (`reset_function_preserving`) and reported. Unexpected keys or a missing shared key raise ValueError.
+start and reported. Unexpected keys or a missing shared key raise ValueError.
 
 Converted starts (the model computes what the checkpoint computed, in eval mode and in train mode with
-dropout off, and every new parameter can learn):
-- re-attention and Refiner BatchNorms start as the identity (Refiner: BN3's gamma = 0) with frozen
-  statistics (`export.models.norms.AttentionBatchNorm`): batch statistics would renormalise the maps;
-- GAB: `gab_amplitude_init` defaults to 1.0, which is not function-preserving, and a = 0 is a stationary
-  point of a^2. Unless the spec set `gab_amplitude_init`, new GAB amplitudes start at
-  `CONVERTED_AMPLITUDE` (1e-3: a bias of at most 1e-6 on the logits, non-zero gradients for a and sigma);
-  an explicit value is honoured.
+dropout off, and every new parameter can learn): each module holding a new parameter resets itself
+(its `reset_function_preserving`, e.g. BatchNorms over attention maps start as the identity with frozen
+statistics, `export.models.norms.AttentionBatchNorm`), then its variant's `converted_start` adjusts that
+start to the spec (an initial value the user set explicitly wins); each variant's module docstring under
+export/variants/ says what its start is.
 """
 
 from __future__ import annotations
@@ -116,13 +114,24 @@ def convert_timm_state_dict(
     return out, missing
 
 
+def _converted_starts(model: nn.Module, new_keys: set[str]) -> None:
+    """Each variant's `converted_start` on its modules that hold new parameters (a VariantViT's only)."""
+    from export.models.vit import VariantViT, variant_modules
+
+    if not isinstance(model, VariantViT):
+        return
+    for name, variant, module in variant_modules(model):
+        prefix = name + "."
+        new = frozenset(k[len(prefix):] for k in new_keys if k.startswith(prefix))
+        if variant.converted_start is not None and new:
+            variant.converted_start(module, model.spec, new)
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     """Load a timm-format checkpoint into `model` by name; returns the variant keys it lacked (new keys).
 
     Raises ValueError when a shared (non-variant) key is missing, a key is unexpected, or a shape differs.
     """
-    from export.models.gab import GaussianAttentionBias
-
     converted, missing = convert_timm_state_dict(load_state_dict_file(path), model)
     variant_state_keys = getattr(model, "variant_state_keys", None)  # a VariantViT's; a plain timm ViT has none
     own = set(variant_state_keys()) if variant_state_keys is not None else set()
@@ -148,11 +157,6 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
         reset = getattr(module, "reset_function_preserving", None)
         if reset is not None and any(k.startswith(name + ".") for k in new_set):
             reset()
-    spec = getattr(model, "spec", None)
-    if spec is not None and "gab_amplitude_init" in spec.options:  # the user's explicit amplitude wins
-        with torch.no_grad():
-            for name, module in model.named_modules():
-                if isinstance(module, GaussianAttentionBias) and f"{name}.amplitude" in new_set:
-                    module.amplitude.fill_(float(spec.options["gab_amplitude_init"]))
+    _converted_starts(model, new_set)
     model.load_state_dict(converted, strict=False)
     return new_keys

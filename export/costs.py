@@ -7,22 +7,17 @@ r MLP ratio, P = N - 1 patches of p x p pixels, C classes):
 MACs (multiply-adds in MatMul / Gemm / Conv):
 - patch embedding P * 3p^2 * D; head D * C (on the class token only);
 - a block computing attention: (4 + 2r) N D^2 + 2 N^2 D;
-- a reuse block (LaViT Less-Attention, refiner sharing) computes V only: (2 + 2r) N D^2 + N^2 D, plus
-  2 H N^3 for LaViT's token-axis maps (`lavit_transform = token`);
-- re-attention H^2 N^2; refiner E H N^2 (2H + k^2) per refining block (every block, or the sharing
-  blocks under `refiner_share`); CB, CB_S, GAB: none.
+- a reuse block (of a variant's schedule) computes V only: (2 + 2r) N D^2 + N^2 D.
 
 FLOPs follow `export/flops.py`'s convention so the two can be compared: 2 x MACs, plus 1 per output
 element of a bias add (Linear, Conv), 1 per element of element-wise ops (residual adds, the q scaling,
-the GAB add, CB's mean/mul/add, GELU as 5 element-wise ops (x/sqrt2, erf, +1, x*, *0.5) as exported at
-opset 18), 1 per input element of a ReduceMean, 5 per Softmax element and 7 per LayerNormalization
-element. The FLOP formula is of the *folded* model (GAB bias a constant, every attention BatchNorm folded):
-a refining block adds 4 H (E + 1) N^2 element-wise FLOPs (three conv biases E H + E H + H, two Clip
-E H + E H, the residual H, the head affine Mul + Add 2 H, all times N^2), and a `refiner_share` attention
-block that receives a map adds 2 H N^2 (s A_prev: Mul + Add).
+GELU as 5 element-wise ops (x/sqrt2, erf, +1, x*, *0.5) as exported at opset 18), 1 per input element of
+a ReduceMean, 5 per Softmax element and 7 per LayerNormalization element. The FLOP formula is of the
+*folded* model: a variant's constants are precomputed and every attention BatchNorm folded.
 
-The vanilla terms are here; each variant's terms are its `VariantDef.cost` (export/variants/), called for
-every block of a spec holding the variant.
+The vanilla terms are here; each variant's terms (its MACs and element-wise FLOPs, by the same
+convention) are its `VariantDef.cost` (export/variants/), called for every block of a spec holding the
+variant.
 """
 
 from __future__ import annotations
@@ -155,6 +150,6 @@ def count_parameters(model: nn.Module) -> int:
 
     Blocks that compute only V carry only their V projection, so nothing unused is counted. The
     manifest's `parameters` is counted on the exported graph instead (`export.flops.graph_parameters`):
-    folding turns BatchNorm gamma/beta into conv biases and GAB's sigma/a into a constant table.
+    folding turns BatchNorm gamma/beta into conv biases and a variant's constants into constant tables.
     """
     return sum(p.numel() for p in model.parameters())

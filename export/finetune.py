@@ -3,8 +3,8 @@
 `vitserve-export finetune` and the digits demo (`vitserve-export train`) both come here. Per spec:
 create the model and convert the checkpoint into it (export/checkpoint.py: the variant's new
 parameters start function-preserving; a classifier of another size is replaced), train with AdamW,
-a per-step linear warm-up then cosine decay, label smoothing and the variant's own auxiliary loss
-(LaViT's diagonality loss), on the GPU with autocast where there is one, then export through
+a per-step linear warm-up then cosine decay, label smoothing and the variants' own auxiliary losses
+(`VariantDef.loss`), on the GPU with autocast where there is one, then export through
 `build_model` (the same gate as `vitserve-export build`) with the held-out evaluation of
 export/evaluate.py written into the manifest.
 
@@ -55,8 +55,9 @@ class FitConfig:
     amp: bool = True  # autocast on CUDA (bf16 where supported, else fp16 with a grad scaler); fp32 on CPU
     workers: int = 0  # DataLoader worker processes
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke tests)
-    #: BatchNorm statistics (re-attention's BN) frozen at their converted values while training: in train
-    #: mode BN would normalise with batch statistics, which is not the function the checkpoint computed.
+    #: BatchNorm statistics (a variant's BN over attention maps) frozen at their converted values while
+    #: training: in train mode BN would normalise with batch statistics, which is not the function the
+    #: checkpoint computed.
     #: `train_spec` freezes them when it starts from a checkpoint.
     freeze_norm_stats: bool = False
 
@@ -111,7 +112,7 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # no weight decay on norms, biases, embeddings and what the model names (GAB sigma/amplitude, CB_S scale)
+    # no weight decay on norms, biases, embeddings and what the model names (each variant's `no_weight_decay`)
     no_weight_decay = getattr(model, "no_weight_decay", None)  # timm ViTs (VariantViT adds the variants' own)
     skip = set(no_weight_decay()) if no_weight_decay is not None else set()
     decay: list[torch.nn.Parameter] = []

@@ -143,9 +143,9 @@ def count_graph_parameters(proto: onnx.ModelProto, *, exclude: Collection[str] =
 def folded_constants(proto: onnx.ModelProto, num_tokens: int) -> dict[str, int]:
     """Name -> size of the folded constants in the graph: float initializers [.., N, N] added by an Add.
 
-    These are GAB's bias tables (`export.fold`): a precomputed [1, H, N, N] value of 2 H learned numbers
-    per block (sigma, a), a constant of the graph rather than a parameter. LaViT's N x N maps are
-    parameters and feed MatMul, not Add, so they are not matched.
+    These are folded attention biases (`export.fold`): a precomputed [1, H, N, N] value of a few learned
+    numbers per block, a constant of the graph rather than a parameter. Learned N x N maps that feed a
+    MatMul, not an Add, are parameters and are not matched.
     """
     return {name: _numel(dims) for name, dims in added_token_tables(proto, num_tokens)}
 
@@ -170,8 +170,8 @@ def graph_parameters(proto: onnx.ModelProto, *, num_tokens: int | None = None) -
     """The parameters the exported graph needs: `count_graph_parameters` minus `folded_constants`.
 
     This is the manifest's `parameters`. It differs from the PyTorch count by what folding does:
-    BatchNorm gamma/beta/statistics become conv biases or a per-head affine map (re-attention, Refiner),
-    GAB's sigma/a become a constant table (not counted), and unused weights do not exist.
+    BatchNorm gamma/beta/statistics become conv biases or a per-head affine map, a folded attention bias
+    becomes a constant table (not counted), and unused weights do not exist.
     """
     exclude = folded_constants(proto, num_tokens) if num_tokens else {}
     return count_graph_parameters(proto, exclude=exclude)

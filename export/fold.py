@@ -1,14 +1,10 @@
 """Inference folding: turn a trained/converted model into the constant-friendly graph we export.
 
-`fold_for_inference(model)` returns an eval-mode deep copy in which
-- every `GaussianAttentionBias` is replaced by a `FoldedAttentionBias` holding its value as ONE
-  [1, H, N, N] buffer (no Exp/Pow/Sqrt or coordinate arithmetic left to trace),
-- every re-attention BatchNorm (and the optional scale s) is folded into the head-mixing 1x1 convolution
-  (W' = c diag(gamma/sqrt(var+eps)) Theta, b' = c (gamma (b - mu)/sqrt(var+eps) + beta)), and
-- every Refiner BatchNorm is folded into the convolution before it and the head BatchNorm (times the
-  sharing blocks' s) into one per-head affine map, so no BatchNorm is left and ReLU6 traces to Clip.
-CB needs nothing: it already traces to ReduceMean + Mul + Add. Each variant's `VariantDef.fold` says
-how its module folds (export/variants/); this module applies them. The folded model computes the same
+`fold_for_inference(model)` returns an eval-mode deep copy in which every variant module is in its
+inference form: constants precomputed into buffers (nothing left to recompute per request), BatchNorms
+folded into the operation before them (no BatchNorm left in the graph). Each variant's `VariantDef.fold`
+says how its module folds (export/variants/, its module under export/models/ the maths); a variant with
+none already traces to its inference form. This module applies them. The folded model computes the same
 logits as the unfolded one in eval mode (up to float rounding).
 """
 

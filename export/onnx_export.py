@@ -17,7 +17,7 @@ import contextlib
 import io
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -137,7 +137,7 @@ def graph_op_counts(proto: onnx.ModelProto) -> Counter[str]:
 
 
 def constant_bias_shapes(proto: onnx.ModelProto, num_tokens: int) -> list[tuple[int, ...]]:
-    """Shapes of float initializers [.., N, N] that an Add consumes (once per Add): the folded GAB biases."""
+    """Shapes of float initializers [.., N, N] that an Add consumes (once per Add): folded attention biases."""
     from export.flops import added_token_tables
 
     return [dims for _, dims in added_token_tables(proto, num_tokens)]
@@ -148,16 +148,16 @@ def verify_folding(
     variants: Iterable[str],
     *,
     num_tokens: int | None = None,
-    gab_layers: int | None = None,
+    counts: Mapping[str, int] | None = None,
     layout: Sequence[BlockConfig] | None = None,
 ) -> Counter[str]:
     """Raise FoldingError unless the graph obeys VARIANTS.md's folding rules; return the op counts.
 
     - every graph: no Dropout, no BatchNormalization (eval mode, BN folded);
     - each variant: its `forbidden_ops` absent, its `required_ops` present, and its `graph_check`
-      passed (export/variants/: e.g. `gab`, given `num_tokens`, one constant [.., N, N] initializer added
-      to the logits per GAB block, counted from `layout` or given as `gab_layers`; `refiner`, more Conv
-      nodes than the patch embedding, one of them depthwise).
+      passed (export/variants/; a check may count what the variant adds per block, e.g. constant
+      [.., N, N] initializers given `num_tokens`, against the blocks carrying it: counted from
+      `layout`, or given per variant name in `counts`).
     """
     from export import variants as registry
     from export.variants.base import GraphContext
@@ -165,7 +165,7 @@ def verify_folding(
     variants = list(variants)
     counts = graph_op_counts(proto)
     ctx = GraphContext(num_tokens=num_tokens, layout=tuple(layout) if layout is not None else None,
-                       counts={"gab": gab_layers} if gab_layers is not None else {})
+                       counts=dict(counts or {}))
     problems: list[str] = []
     for op in sorted(TRAINING_OPS & counts.keys()):
         problems.append(f"{counts[op]} {op} node(s) left in an inference graph")

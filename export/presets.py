@@ -1,4 +1,4 @@
-"""Model presets: the base architectures a spec such as `vit_small+cb` starts from.
+"""Model presets: the base architectures a spec (`PRESET[+VARIANT...]`) starts from.
 
 Presets are data (after timm's `_cfg` / `register_model`): each entry holds the keyword arguments of
 timm's `VisionTransformer` and, beside them, the data config (input size, mean/std, interpolation,

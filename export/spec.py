@@ -4,34 +4,21 @@ The variants, their options (type, default, help, allowed values) and their laye
 variant table, `export.variants`; this module only applies them. A spec is parsed once per build and
 its layout computed once (`block_layout` is memoised on the spec's content).
 
-A spec names a base preset and a set of the variants of VARIANTS.md, e.g. `vit_small+cb+gab`
-(`-` is accepted as a separator too, so a model name parses back to its spec). Options carry the
-variant's prefix (`cb_layers`, `lavit_full`, `gab_sigma_init` ...) and belong to a variant in the spec.
+A spec names a base preset and a set of the table's variants, e.g. `vit_small+A+B` (`-` is accepted as a
+separator too, so a model name parses back to its spec). Options carry their variant's name as a prefix
+(`A_layers`, ...) and belong to a variant in the spec.
 `ModelSpec.options` keeps only what the caller set; defaults are filled in by `block_layout`, so a spec
 written into a manifest records exactly the user's choices.
 
-Decisions on combinations (VARIANTS.md leaves them to us):
-- `cb` with `cbs` is refused: both rewrite the same residual stream with a token mean; pick one.
-- Blocks that compute no Q/K logits ("reuse" blocks: LaViT Less-Attention blocks, and the sharing
-  blocks of `refiner_share`) cannot take `gab` (nothing to add the bias to), `reattn` or a second
-  attention-computing refiner. Such variants are *restricted* to the blocks that compute attention:
-  their default layer set is taken among those blocks (`gab`: all of them but the model's last block;
-  `reattn`: the last half of them), and an explicit `gab_layers`/`reattn_layers` naming a reuse block is
-  refused. GAB skips the last block by default because its bias cannot change the logits: G's
-  class-token row is 0 and only the class token's output of the last block reaches the head, so its
-  sigma and a would be dead parameters (never a gradient).
-- `lavit` with `refiner_share` is refused (two different reuse schedules on one stack).
-- `lavit` with `refiner`: the refiner applies on the blocks that compute attention; Less-Attention blocks
-  reuse the previous block's softmax map (before its head mixing / refinement) as VARIANTS.md 2 defines.
-- `refiner_share` (the authors' Refined_Attention with share_atten, as in their released S/M/L models):
-  even blocks compute attention and do not refine; from block 2 on they add s * (the map handed on by
-  the previous pair) to their softmax and hand that sum on. Odd blocks compute only V, refine the handed
-  map (DLA + BN_H, times s), use it, and hand on the map they received, unrefined. The map an attention
-  block hands on is taken before any re-attention head mixing.
-- `lavit_transform = none` has no diagonality loss: its Less-Attention maps are the full block's softmax
-  unchanged, so there is no transformed map to regularise (the loss would only push the full block's
-  Q/K, once per reuse block); an explicit `lavit_loss_weight` > 0 with it is refused.
-- A spec whose variant would touch no block (e.g. `lavit` where every stage is all full blocks) is refused.
+Rules on combinations that hold for every variant (each variant's own decisions, VARIANTS.md leaves them
+to us, are in its module's docstring under export/variants/):
+- two variants one of which lists the other in its `conflicts` are refused together;
+- at most one variant per spec may make blocks reuse a previous block's map (its `schedule`); such
+  "reuse" blocks compute no Q/K logits, so a variant whose `LayerRule` is `computing_only` is restricted
+  to the blocks that compute attention: its default layer set is taken among them, and an explicit layer
+  option naming a reuse block is refused. The schedule's own variant is carried by its reuse blocks when
+  it has no layer rule;
+- a spec whose variant would touch no block is refused.
 """
 
 from __future__ import annotations
@@ -91,7 +78,7 @@ class ModelSpec(BaseModel):
 
     @property
     def name(self) -> str:
-        """Model name: the preset then each variant, joined with '-' (`vit_small-cb-gab`)."""
+        """Model name: the preset then each variant in canonical order, joined with '-' (`vit_small-A-B`)."""
         return "-".join((self.preset, *self.variants))
 
     def __str__(self) -> str:
@@ -197,42 +184,21 @@ class BlockConfig:
     """What one block computes, resolved from a spec (shared by the model and the cost formulas).
 
     attention: 'full' computes Q, K and its own attention map; 'reuse' computes only V and takes its
-        map from the previous block (LaViT Less-Attention, or a refiner sharing block).
-    lavit_transform: for LaViT reuse blocks, 'token' (learned N x N maps) or 'none'.
+        map from the previous block (under a variant's `schedule`).
     provides_map: the next block reuses this block's map, so it is handed on.
-    adds_prev_map: (refiner_share) this attention block adds s * the previous pair's map to its softmax.
-    variants: the variants this block carries (a LaViT reuse block carries `lavit`).
+    adds_prev_map: (a schedule's `adds_prev_map`) this attention block adds s * the previous pair's map
+        to its softmax.
+    variants: the variants this block carries (a schedule without a layer rule: its reuse blocks).
     """
 
     index: int
     attention: Literal["full", "reuse"] = "full"
-    lavit_transform: Literal["token", "none"] | None = None
     provides_map: bool = False
     adds_prev_map: bool = False
     variants: frozenset[str] = frozenset()
 
     def has(self, variant: str) -> bool:
         return variant in self.variants
-
-    @property
-    def is_lavit_less(self) -> bool:
-        return self.lavit_transform is not None
-
-    @property
-    def cb(self) -> Literal["cb", "cbs"] | None:
-        return "cb" if "cb" in self.variants else "cbs" if "cbs" in self.variants else None
-
-    @property
-    def gab(self) -> bool:
-        return "gab" in self.variants
-
-    @property
-    def reattn(self) -> bool:
-        return "reattn" in self.variants
-
-    @property
-    def refiner(self) -> bool:
-        return "refiner" in self.variants
 
 
 def _layer_set(key: str, value: tuple[int, ...], depth: int) -> tuple[int, ...]:
@@ -279,6 +245,7 @@ def _compute_layout(spec: ModelSpec, depth: int) -> tuple[BlockConfig, ...]:
     defs = [registry.get(name) for name in spec.variants]
 
     schedule: Schedule | None = None
+    scheduler: str | None = None  # the variant whose schedule it is
     for d in defs:
         mine = d.schedule(spec, depth) if d.schedule is not None else None
         if mine is None:
@@ -286,7 +253,7 @@ def _compute_layout(spec: ModelSpec, depth: int) -> tuple[BlockConfig, ...]:
         if schedule is not None:
             raise ValueError(f"{mine.label} cannot be combined with {schedule.label}: "
                              "both make blocks reuse a previous map")
-        schedule = mine
+        schedule, scheduler = mine, d.name
     for d in defs:
         if d.validate is not None:
             d.validate(spec)
@@ -296,7 +263,7 @@ def _compute_layout(spec: ModelSpec, depth: int) -> tuple[BlockConfig, ...]:
     carried: dict[int, set[str]] = {i: set() for i in range(depth)}
     for d in defs:
         if d.layers is None:
-            if schedule is not None and schedule.label == d.name:  # the schedule's own reuse blocks
+            if d.name == scheduler:  # the schedule's own reuse blocks
                 for i in range(depth):
                     if reuse[i]:
                         carried[i].add(d.name)
@@ -309,12 +276,10 @@ def _compute_layout(spec: ModelSpec, depth: int) -> tuple[BlockConfig, ...]:
             carried[i].add(d.name)
 
     adds = schedule is not None and schedule.adds_prev_map
-    transform = schedule.lavit_transform if schedule is not None else None
     return tuple(
         BlockConfig(
             index=i,
             attention="reuse" if reuse[i] else "full",
-            lavit_transform=transform if reuse[i] else None,
             provides_map=i + 1 < depth and reuse[i + 1],
             adds_prev_map=adds and not reuse[i] and i > 0,
             variants=frozenset(carried[i]),

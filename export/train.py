@@ -1,4 +1,4 @@
-"""Demo training: the `demo` preset, vanilla and every single variant, on scikit-learn's digits.
+"""Demo training: the `demo` preset, vanilla and every single variant of the table, on scikit-learn's digits.
 
 Why: the embedded default repository must hold models that really classify something, so the
 service, its tests and the benchmarks exercise trained weights (and a measured accuracy) rather
@@ -8,9 +8,12 @@ Data (fixed, recorded as the manifest's dataset identity): the 1797 8x8 images i
 scaled to uint8 (0..16 -> 0..255) and written as grey PNGs into an image folder, the first 1400 under
 `train/`, the last 397 under `val/` (held out). Training is export/finetune.py's loop, the one
 `vitserve-export finetune` runs (DEMO_CONFIG: from scratch, AdamW with warm-up then cosine decay,
-label smoothing, small random affine transforms; LaViT adds its diagonality loss), and the held-out
+label smoothing, small random affine transforms; a variant adds its own loss), and the held-out
 accuracy is measured on the PNG files through the service's preprocessing and the exported graph,
 so the manifest's number is what a client gets.
+
+The demo models are `demo` and `demo+NAME` for each variant of the table that is a demo model
+(`VariantDef.demo`), trained for its `demo_epochs` where it declares them.
 """
 
 from __future__ import annotations
@@ -30,15 +33,37 @@ if TYPE_CHECKING:
     from export.spec import ModelSpec
     from service.manifest import PreprocessConfig
 
+    # served by the module `__getattr__` below; declared here so checkers know the names and types
+    DEMO_SPECS: tuple[str, ...]
+    SPEC_EPOCHS: dict[str, int]
+
 NUM_TRAIN = 1400
-DEMO_SPECS: tuple[str, ...] = (
-    "demo", "demo+cb", "demo+cbs", "demo+lavit", "demo+gab", "demo+reattn", "demo+refiner",
-)
+DEMO_PRESET = "demo"
 DATASET = "sklearn-digits"
-#: specs that train longer than `DEMO_CONFIG.epochs` by default: from scratch, re-attention and the Refiner
-#: (their BatchNorms over attention maps) can end just under the 95 % held-out target after the default
-#: epochs; 60 clear it (BENCHMARKS.md / the manifests hold the measured accuracies).
-SPEC_EPOCHS: dict[str, int] = {"demo+reattn": 60, "demo+refiner": 60}
+
+
+def demo_specs() -> tuple[str, ...]:
+    """The demo models' specs: the vanilla preset, then `demo+NAME` for each demo variant in table order."""
+    from export import variants as registry
+
+    return (DEMO_PRESET, *(f"{DEMO_PRESET}+{v.name}" for v in registry.variants() if v.demo))
+
+
+def demo_spec_epochs() -> dict[str, int]:
+    """Demo specs that train for other than `DEMO_CONFIG.epochs` by default (each variant's `demo_epochs`)."""
+    from export import variants as registry
+
+    return {f"{DEMO_PRESET}+{v.name}": v.demo_epochs for v in registry.variants()
+            if v.demo and v.demo_epochs is not None}
+
+
+def __getattr__(name: str) -> Any:
+    """The demo lists under their historical names (computed: a variant added to the table appears in them)."""
+    if name == "DEMO_SPECS":
+        return demo_specs()
+    if name == "SPEC_EPOCHS":
+        return demo_spec_epochs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -137,7 +162,7 @@ def onnx_accuracy(onnx_file: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 def train_demo_repository(
     repository: Path,
-    specs: Sequence[str | ModelSpec] = DEMO_SPECS,
+    specs: Sequence[str | ModelSpec] | None = None,
     *,
     config: FitConfig = DEMO_CONFIG,
     checkpoint: Path | None = None,
@@ -155,21 +180,23 @@ def train_demo_repository(
     """Train each spec on the digits (written as an image folder) with export/finetune.py's loop,
     export it with its held-out evaluation; return {name: held-out top-1}.
 
-    From scratch by default; `checkpoint` starts every spec from it (function-preserving conversion).
-    `spec_epochs` overrides the epochs per spec text (default SPEC_EPOCHS; {} for none).
+    `specs` defaults to `demo_specs()`. From scratch by default; `checkpoint` starts every spec from it
+    (function-preserving conversion). `spec_epochs` overrides the epochs per spec text (default
+    `demo_spec_epochs()`; {} for none).
     """
     import tempfile
 
     from export.finetune import finetune_repository
     from export.spec import parse_spec
 
-    specs = [parse_spec(s) if isinstance(s, str) else s for s in specs]  # fail fast on a bad spec, parse once
-    epochs = SPEC_EPOCHS if spec_epochs is None else spec_epochs
+    parsed = [parse_spec(s) if isinstance(s, str) else s  # fail fast on a bad spec, parse once
+              for s in (demo_specs() if specs is None else specs)]
+    epochs = demo_spec_epochs() if spec_epochs is None else spec_epochs
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="vitserve-digits-") as tmp:
         data_dir = write_digits_folder(Path(tmp) / DATASET)
         evaluations = finetune_repository(
-            data_dir, specs, repository, config, checkpoint=checkpoint, dataset_name=DATASET,
+            data_dir, parsed, repository, config, checkpoint=checkpoint, dataset_name=DATASET,
             spec_epochs=epochs, jobs=jobs, threads=threads, progress=progress, int8=int8, fp16=fp16,
             state_dir=state_dir if state_dir is not None else Path(tmp) / "state", weights_dir=weights_dir,
             **build_kwargs,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from export.models.lavit import diagonality_loss
 from export.models.vit import AttentionMap, VariantAttention, VariantBlock, VariantViT, create_model
 
-__all__ = ["AttentionMap", "VariantAttention", "VariantBlock", "VariantViT", "create_model", "diagonality_loss"]
+__all__ = ["AttentionMap", "VariantAttention", "VariantBlock", "VariantViT", "create_model"]

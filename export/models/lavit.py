@@ -17,7 +17,7 @@ Decisions:
 - The logits a full block hands on are the ones its softmax used (s QK^T plus a GAB bias, if any); the
   map a 'none' block reuses is that softmax, before any re-attention head mixing or refinement.
 - The maps P = softmax(A^l) of the `token` Less-Attention blocks of the last forward are kept for the
-  training loss (`VariantViT.lavit_attention_maps`), except while tracing/exporting. With
+  training loss (`VariantViT.transformed_attention_maps`), except while tracing/exporting. With
   `lavit_transform = none` there is no transformed map and no loss: P would be the full block's own
   softmax, so the loss would regularise that block's Q/K instead (once per reuse block), which is not
   what the paper's loss is for.

@@ -1,22 +1,21 @@
 """VariantViT: timm's VisionTransformer with the composable attention variants of VARIANTS.md.
 
-Read top-down: the attention (timm `Attention` plus optional GAB bias, LaViT reuse, re-attention,
-refiner), the block (timm `Block` plus optional context broadcasting at its end and the attention-map
-hand-over between blocks), the model (timm `VisionTransformer` whose `forward_features` threads that
-hand-over through the blocks), and `create_model`.
+Read top-down: the attention (timm `Attention` plus the variants' modules at its hook points: logit
+bias, logits, reuse of the previous logits, map), the block (timm `Block` plus the variants' "output"
+modules at its end and the attention-map hand-over between blocks), the model (timm `VisionTransformer`
+whose `forward_features` threads that hand-over through the blocks), and `create_model`.
 
-Every shared parameter keeps timm's name (`blocks.{i}.attn.qkv`, ...), so timm checkpoints load; the
-variants' own parameters live in sub-modules: `blocks.{i}.cb.scale` (cbs), `blocks.{i}.attn.gab.{sigma,
-amplitude}`, `blocks.{i}.attn.lavit.{theta,psi}`, `blocks.{i}.attn.reattn.{conv,norm}.*`,
-`blocks.{i}.attn.refiner.{expand,bn1,dw,bn2,reduce,bn3,norm}.*`. A block that computes no Q/K (LaViT
-Less-Attention, refiner sharing) carries only the V projection, `blocks.{i}.attn.v` ([D, D]): the graph
+Every shared parameter keeps timm's name (`blocks.{i}.attn.qkv`, ...), so timm checkpoints load; each
+variant's own parameters live in its sub-module, named by its `VariantDef.attr`: `blocks.{i}.<attr>.*`
+for an "output" module, `blocks.{i}.attn.<attr>.*` otherwise. A block that computes no Q/K (a reuse
+block of a variant's schedule) carries only the V projection, `blocks.{i}.attn.v` ([D, D]): the graph
 ships no unused Q/K rows; `export.checkpoint` slices it out of a checkpoint's full `qkv`.
 
 Which variant module sits where comes from the variant table (`export.variants`): each `VariantDef`
 names its hook point (logit bias, logits, map, reuse, block output), its attribute and its builder, so
-this file builds no variant's module by name. What stays here is the structure the block layout
-describes: which blocks compute only V and the hand-over of maps between blocks (and the collection of
-LaViT's transformed maps for its loss, `lavit_attention_maps`).
+this file names no variant. What stays here is the structure the block layout describes: which blocks
+compute only V and the hand-over of maps between blocks (and the collection of the maps that "reuse"
+modules transformed, for a variant's training loss: `transformed_attention_maps`).
 
 Fused or unfused attention is an argument (`fused_attn`): the fused path calls
 `F.scaled_dot_product_attention` (with the bias as an additive mask); blocks that need the explicit
@@ -49,8 +48,8 @@ _ATTENTION_HOOKS = ("reuse", "bias", "logits", "map")
 class AttentionMap(NamedTuple):
     """What a block hands to the next one when that one reuses attention.
 
-    logits: the pre-softmax logits [B, H, N, N] (LaViT 'token' reuse).
-    probs: the attention map [B, H, N, N] the next block reuses ('none' reuse, refiner sharing).
+    logits: the pre-softmax logits [B, H, N, N] (what a "reuse" module transforms).
+    probs: the attention map [B, H, N, N] the next block reuses when it has no "reuse" module.
     """
 
     logits: torch.Tensor
@@ -98,11 +97,11 @@ def _blocks(model: nn.Module) -> Iterable[VariantBlock]:
 class VariantAttention(Attention):
     """timm multi-head self-attention with the variants' hooks on the attention map.
 
-    Logits = s QK^T (+ bias modules) -> logits modules; P = softmax(logits) (+ s A_prev under
-    refiner_share); P' = the map modules applied in table order (re-attention BN(Theta * P), the refined
-    BN_H(P + DLA(P)), ...); out = proj(P' V). A 'reuse' block computes only V (its own [D, D] projection
-    `v`) and takes its logits (through its "reuse" module) or map from the previous block. Variant
-    options (`gab_sigma_init=...`) may be passed as keywords or in `options`.
+    Logits = s QK^T (+ bias modules) -> logits modules; P = softmax(logits) (+ s A_prev where the
+    layout says `adds_prev_map`); P' = the map modules applied in table order; out = proj(P' V). A
+    'reuse' block computes only V (its own [D, D] projection `v`) and takes its logits (through its
+    "reuse" modules) or map from the previous block. Variant options may be passed as keywords or in
+    `options`.
     """
 
     def __init__(
@@ -139,6 +138,11 @@ class VariantAttention(Attention):
         return [getattr(self, attr) for attr in self._hooks[hook]]
 
     @property
+    def transforms_reused_logits(self) -> bool:
+        """A reuse block whose "reuse" modules compute its map from the previous logits."""
+        return self.cfg.attention == "reuse" and bool(self._hooks["reuse"])
+
+    @property
     def needs_explicit_map(self) -> bool:
         cfg = self.cfg
         return (cfg.attention == "reuse" or cfg.provides_map or cfg.adds_prev_map
@@ -159,11 +163,11 @@ class VariantAttention(Attention):
             transforms = self._modules_at("reuse")
             if transforms:
                 logits = prev.logits
-                for transform in transforms:  # LaViT: A^l = Psi^T A^{l-1} Theta
+                for transform in transforms:
                     logits = transform(logits)
                 attn = logits.softmax(dim=-1)
                 handed = AttentionMap(logits, attn)
-            else:  # 'none' (pure reuse) or refiner sharing: the previous map, handed on unrefined
+            else:  # pure reuse: the previous map, handed on as received (before this block's map modules)
                 attn = prev.probs
                 handed = prev
         else:
@@ -184,7 +188,7 @@ class VariantAttention(Attention):
             for module in self._modules_at("logits"):
                 logits = module(logits)
             attn = logits.softmax(dim=-1)
-            if self.cfg.adds_prev_map and prev is not None:  # refiner_share: + s A of the previous pair
+            if self.cfg.adds_prev_map and prev is not None:  # + s A of the previous pair
                 attn = attn + self.scale * prev.probs
             handed = AttentionMap(logits, attn)
         for module in self._modules_at("map"):
@@ -201,9 +205,9 @@ class VariantAttention(Attention):
 
 
 class VariantBlock(Block):
-    """timm pre-norm block with a `VariantAttention` and the "output" modules (CB, CB_S) at its end.
+    """timm pre-norm block with a `VariantAttention` and the variants' "output" modules at its end.
 
-    x = x + attn(norm1(x)); x = x + mlp(norm2(x)); x = CB(x). `forward(x, prev)` returns
+    x = x + attn(norm1(x)); x = x + mlp(norm2(x)); x = output modules(x). `forward(x, prev)` returns
     `(x, map)` where `map` is what the next block reuses (None unless it reuses attention).
     """
 
@@ -276,7 +280,7 @@ class VariantViT(VisionTransformer):
 
     Args:
         spec: the parsed spec (its options are the variant options); or `variants` and the variant
-            options as keywords (`cb_layers=...`, `gab_sigma_init=...`: see `vitserve-export list`).
+            options as keywords (see `vitserve-export list`).
         layout: the spec's block layout, if the caller has it (default: `block_layout(spec, depth)`).
         fused_attn: use `scaled_dot_product_attention` where no explicit map is needed.
         **kwargs: timm `VisionTransformer` arguments (img_size, patch_size, embed_dim, depth, ...).
@@ -314,26 +318,22 @@ class VariantViT(VisionTransformer):
         self.layout = layout
         self.grid_size = grid_size
         self.fused_attn = fused_attn
-        self._lavit_maps: list[torch.Tensor] = []
+        self._transformed_maps: list[torch.Tensor] = []
 
     def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles leave out the last forward's LaViT maps (graph-holding activations)."""
+        """Copies and pickles leave out the last forward's transformed maps (graph-holding activations)."""
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
-        state["_lavit_maps"] = []
+        state["_transformed_maps"] = []
         return state
 
     @property
     def num_tokens(self) -> int:
         return self.grid_size[0] * self.grid_size[1] + self.num_prefix_tokens
 
-    @property
-    def lavit_loss_weight(self) -> float:
-        return float(self.spec.option("lavit_loss_weight"))
-
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """timm's set plus the variants' own exempt parameters (GAB sigma/amplitude, CB_S scales, ...)."""
+        """timm's set plus the variants' own exempt parameters (each `VariantDef.no_weight_decay`)."""
         names = set(super().no_weight_decay())
         for name, d, module in variant_modules(self):
             own = dict(module.named_parameters())
@@ -354,22 +354,23 @@ class VariantViT(VisionTransformer):
         maps: list[torch.Tensor] = []
         for blk in _blocks(self):
             x, handed = blk(x, handed)
-            if blk.cfg.lavit_transform == "token" and handed is not None:
+            if blk.attn.transforms_reused_logits and handed is not None:
                 maps.append(handed.probs)
         if not _is_tracing():
-            self._lavit_maps = maps
+            self._transformed_maps = maps
         return self.norm(x)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # not x, no attn_mask
         """pixel_values [B, 3, H, W] -> logits [B, num_classes]."""
         return self.forward_head(self.forward_features(pixel_values))
 
-    def lavit_attention_maps(self) -> list[torch.Tensor]:
-        """The transformed Less-Attention maps P = softmax(A^l) [B, H, N, N] of the last forward.
+    def transformed_attention_maps(self) -> list[torch.Tensor]:
+        """The maps P = softmax(T(A_prev)) [B, H, N, N] of the last forward's blocks whose "reuse" modules
+        transformed the previous logits, in block order (what a variant's training loss regularises).
 
-        Empty without lavit and with `lavit_transform = none` (nothing is transformed: see export.spec).
+        Empty when no block has a "reuse" module (a variant that reuses the previous map as is).
         """
-        return list(self._lavit_maps)
+        return list(self._transformed_maps)
 
     def auxiliary_loss(self) -> torch.Tensor:
         """The sum of the spec's variants' extra training losses for the last forward (0 when none)."""

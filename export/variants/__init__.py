@@ -1,13 +1,18 @@
 """The variants as data: one `VariantDef` module per variant and the table that orders them.
 
-Adding a variant: write one module that builds a `VariantDef` (options, layer rule, module builder and
-hook point, ONNX ops, cost, loss; see `base.py`) and `register`s it — a built-in one is imported below,
-a plug-in one is named in `VITSERVE_VARIANT_MODULES` or the `vitserve.variants` entry points (see
-`registry.py`). Spec parsing, the model, folding, the graph checks, the costs, training, the CLI help and
-the benchmarks all read the table.
+Adding a variant: write one module that declares a `VariantDef` (options, layer rule, module builder and
+hook point, ONNX ops, cost, loss, ...; see `base.py`). A built-in one is a new module of this package:
+importing the package imports every module in it but `base` and `registry` and registers each `VariantDef`
+found at its top level, so nothing else is edited. A plug-in one lives anywhere and is named in
+`VITSERVE_VARIANT_MODULES` or the `vitserve.variants` entry points (see `registry.py`). Spec parsing, the
+model, folding, the graph checks, the costs, checkpoint conversion, training, the demo training list, the
+CLI help and the benchmarks all read the table.
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from export.variants.base import (
     BuildContext,
@@ -20,11 +25,6 @@ from export.variants.base import (
     Schedule,
     VariantDef,
 )
-from export.variants.cb import CB, CBS
-from export.variants.gab import GAB
-from export.variants.lavit import LAVIT
-from export.variants.reattn import REATTN
-from export.variants.refiner import REFINER
 from export.variants.registry import (
     ENTRY_POINT_GROUP,
     ENV_VAR,
@@ -39,8 +39,25 @@ from export.variants.registry import (
     variants,
 )
 
-#: the built-in table, in VARIANTS.md's canonical order (model names list variants in this order)
-BUILTIN: tuple[VariantDef, ...] = (CB, CBS, LAVIT, GAB, REATTN, REFINER)
+#: modules of this package that hold the machinery, not a variant
+_NOT_VARIANTS = frozenset({"base", "registry"})
+
+
+def _discover() -> tuple[VariantDef, ...]:
+    """Every `VariantDef` at the top level of this package's variant modules, in canonical order."""
+    found: dict[int, VariantDef] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _NOT_VARIANTS or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, VariantDef):  # a definition imported by two modules is one entry
+                found.setdefault(id(value), value)
+    return tuple(sorted(found.values(), key=lambda v: (v.order, v.name)))
+
+
+#: the built-in table, in canonical order (VARIANTS.md's; model names list variants in this order)
+BUILTIN: tuple[VariantDef, ...] = _discover()
 for _variant in BUILTIN:
     register(_variant)
 

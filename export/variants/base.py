@@ -1,15 +1,17 @@
 """What a variant is, as data: `VariantDef` and the small records its hooks receive.
 
 Why: every part of export/ that depends on the variants (spec parsing, block layout, the model, folding,
-the exporter's graph checks, the cost formulas, the training loss, the CLI help, the benchmarks) reads
-one `VariantDef` per variant from `export.variants.registry`, so adding a variant is one new module that
-registers one entry. Nothing here imports torch or onnx: hooks import what they build lazily.
+the exporter's graph checks, the cost formulas, checkpoint conversion, the training loss, the demo training
+list, the CLI help, the benchmarks) reads one `VariantDef` per variant from `export.variants.registry` and
+never names a variant, so adding a variant is one new module that declares one entry. Nothing here imports
+torch or onnx: hooks import what they build lazily.
 
 Hook points of the model (`VariantDef.hook`), in the order a block applies them:
 - "bias": a module returning a constant-at-inference additive bias for the logits (GAB);
 - "logits": a module mapping the logits to new logits before the softmax;
 - "map": a module mapping the attention map to a new map after the softmax (re-attention, refiner);
-- "reuse": the module a Less-Attention block applies to the previous block's logits (LaViT);
+- "reuse": the module a reuse block applies to the previous block's logits (LaViT's token maps); the
+  maps such blocks compute are kept for the training loss (`VariantViT.transformed_attention_maps`);
 - "output": a module mapping the block's output (after the MLP residual add) (CB, CB_S).
 Several variants on one hook point apply in the registry's order. "logits" and "map" modules need the
 explicit attention map, so a block holding one never takes the fused SDPA path.
@@ -38,9 +40,12 @@ __all__ = [
     "CostContext",
     "GraphContext",
     "VariantDef",
+    "DEFAULT_ORDER",
 ]
 
 Hook = Literal["bias", "logits", "map", "reuse", "output"]
+#: the `order` of a variant that declares none: after the built-in ones
+DEFAULT_ORDER = 1000
 #: reads an option's value (the caller's, else its default)
 OptionReader = Callable[[str], Any]
 
@@ -97,13 +102,12 @@ class Schedule:
     """A variant that makes blocks reuse a previous block's map (LaViT, refiner sharing).
 
     reuse: True for each block that computes only V; label: how error messages name the schedule;
-    lavit_transform: set on LaViT's reuse blocks; adds_prev_map: attention blocks after the first add
-    s * the map handed on by the previous pair (refiner sharing).
+    adds_prev_map: attention blocks after the first add s * the map handed on by the previous pair
+    (refiner sharing).
     """
 
     reuse: tuple[bool, ...]
     label: str
-    lavit_transform: Literal["token", "none"] | None = None
     adds_prev_map: bool = False
 
 
@@ -157,6 +161,8 @@ class VariantDef:
     """One variant of VARIANTS.md (or a plug-in one), declared once and read everywhere.
 
     name: the spec name (`vit_small+NAME`); summary: one line for the CLI help.
+    order: its place in the canonical order (model names and `str(spec)` list variants by it; ties
+        keep the registration order); the built-in ones take 10, 20, ..., a plug-in without one comes last.
     options: its `--opt` keys, each prefixed with the variant's name.
     layers: for a per-block variant, which blocks carry it (None: `schedule` decides, or none).
     conflicts: {other variant: message} pairs refused in one spec.
@@ -167,17 +173,24 @@ class VariantDef:
         stored under (`blocks.{i}.attn.<attr>`, or `blocks.{i}.<attr>` for "output"), and the builder
         (None from `build` means the block needs no module).
     no_weight_decay: parameter names of its module that take no weight decay.
+    converted_start: after a checkpoint conversion reset its module's new parameters to their
+        function-preserving start (the module's `reset_function_preserving`), adjusts that start to the
+        spec (module, spec, the module's own parameter names the checkpoint lacked).
     fold: turns its module into the inference form (constants precomputed, BatchNorms folded).
     required_ops / forbidden_ops: op types the folded ONNX graph must / must not hold when it is present.
     graph_check: further checks of the folded graph (returns the problems found).
     cost: MACs and element-wise FLOPs it adds to one block, as (`macs.<part>` / `elementwise.<part>`, n).
     loss: the extra training loss of a model holding it (None: none); loss_label names it in manifests.
+    demo: `demo+NAME` is one of the demo models (`vitserve-export train`'s default list).
+    demo_epochs: training epochs of `demo+NAME` in the demo recipe, when not `DEMO_CONFIG.epochs`.
     bench: extra benchmark models beside `PRESET+NAME`: (options, name suffix, label) triples.
     bench_label: the label of the plain `PRESET+NAME` benchmark model (default: the name).
+    side_by_side: `PRESET+NAME` is one of the models `vitserve-bench multi` serves side by side.
     """
 
     name: str
     summary: str
+    order: int = DEFAULT_ORDER
     options: tuple[Option, ...] = ()
     layers: LayerRule | None = None
     conflicts: Mapping[str, str] = field(default_factory=dict)
@@ -188,6 +201,7 @@ class VariantDef:
     attr: str | None = None
     build: Callable[[BuildContext], nn.Module | None] | None = None
     no_weight_decay: tuple[str, ...] = ()
+    converted_start: Callable[[nn.Module, ModelSpec, frozenset[str]], None] | None = None
     fold: Callable[[nn.Module], nn.Module] | None = None
     required_ops: frozenset[str] = frozenset()
     forbidden_ops: frozenset[str] = frozenset()
@@ -195,8 +209,11 @@ class VariantDef:
     cost: Callable[[BlockConfig, CostContext], Iterable[tuple[str, int]]] | None = None
     loss: Callable[[nn.Module], torch.Tensor | None] | None = None
     loss_label: Callable[[ModelSpec], str | None] | None = None
+    demo: bool = True
+    demo_epochs: int | None = None
     bench: tuple[tuple[Mapping[str, Any], str, str], ...] = ()
     bench_label: str | None = None
+    side_by_side: bool = True
 
     def __post_init__(self) -> None:
         for opt in self.options:
@@ -206,6 +223,8 @@ class VariantDef:
             raise ValueError(f"variant {self.name}: layer option {self.layers.key!r} is not among its options")
         if self.build is not None and (self.hook is None or self.attr is None):
             raise ValueError(f"variant {self.name}: a module builder needs a hook point and an attribute name")
+        if self.demo_epochs is not None and self.demo_epochs < 1:
+            raise ValueError(f"variant {self.name}: demo_epochs must be >= 1, got {self.demo_epochs}")
 
     @property
     def module_attr(self) -> str | None:

@@ -1,4 +1,9 @@
-"""Context Broadcasting, `cb` and its dimension-scaled form `cbs` (VARIANTS.md 1; module: export/models/cb.py)."""
+"""Context Broadcasting, `cb` and its dimension-scaled form `cbs` (VARIANTS.md 1; module: export/models/cb.py).
+
+Decisions: `cb` with `cbs` is refused (both rewrite the same residual stream with a token mean; pick one).
+Both trace to ReduceMean + Mul + Add: nothing to fold. `cbs` is a form of `cb`, so `vitserve-bench multi`
+serves only `cb` beside the other variants.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ def _cost_cbs(b: BlockConfig, c: CostContext) -> list[tuple[str, int]]:
 
 CB = VariantDef(
     name="cb",
+    order=10,
     summary="Context Broadcasting: X/2 + mean over tokens/2 at the end of a block (Nam et al., ICCV 2023)",
     options=(Option("cb_layers", tuple, None, "blocks ending with CB (default: all)"),),
     layers=LayerRule("cb_layers", _all_blocks),
@@ -54,6 +60,7 @@ CB = VariantDef(
 
 CBS = VariantDef(
     name="cbs",
+    order=20,
     summary="Context Broadcasting, dimension-scaled: X + lambda * mean over tokens, lambda learnt from 0",
     options=(Option("cbs_layers", tuple, None, "blocks ending with CB_S (default: all)"),),
     layers=LayerRule("cbs_layers", _all_blocks),
@@ -64,4 +71,5 @@ CBS = VariantDef(
     no_weight_decay=("scale",),
     required_ops=_CB_OPS,
     cost=_cost_cbs,
+    side_by_side=False,
 )

@@ -1,7 +1,17 @@
 """Gaussian Attention Bias, `gab` (VARIANTS.md 3; module: export/models/gab.py).
 
-Folded, the bias is one constant [1, H, N, N] table added to the logits per GAB block: the graph must
-keep no Exp/Pow/Sqrt/Range, and hold one such table per GAB block.
+Decisions:
+- Restricted to the blocks that compute Q/K logits (`computing_only`): a block that reuses a previous map
+  has no logits to add the bias to, so an explicit `gab_layers` naming one is refused.
+- By default every such block but the model's last: the last block's bias cannot change the logits (G's
+  class-token row is 0 and only the class token's output of the last block reaches the head), so its sigma
+  and a would be dead parameters (never a gradient).
+- Converted checkpoints: `gab_amplitude_init` defaults to 1.0, which is not function-preserving, and a = 0
+  is a stationary point of a^2. Unless the spec set `gab_amplitude_init`, new GAB amplitudes start at
+  `CONVERTED_AMPLITUDE` (1e-3: a bias of at most 1e-6 on the logits, non-zero gradients for a and sigma,
+  the module's `reset_function_preserving`); an explicit value is honoured (`converted_start`).
+- Folded, the bias is one constant [1, H, N, N] table added to the logits per GAB block: the graph must
+  keep no Exp/Pow/Sqrt/Range, and hold one such table per GAB block.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ if TYPE_CHECKING:
     import onnx
     from torch import nn
 
-    from export.spec import BlockConfig
+    from export.spec import BlockConfig, ModelSpec
 
 
 def _default_layers(ctx: LayoutContext) -> list[int]:
@@ -28,6 +38,19 @@ def _build(ctx: BuildContext) -> nn.Module:
 
     return GaussianAttentionBias(ctx.num_heads, ctx.grid_size, ctx.num_prefix_tokens,
                                  ctx.option("gab_sigma_init"), ctx.option("gab_amplitude_init"))
+
+
+def _converted_start(module: nn.Module, spec: ModelSpec, new: frozenset[str]) -> None:
+    """The user's explicit `gab_amplitude_init` wins over the converted amplitude."""
+    if "amplitude" not in new or "gab_amplitude_init" not in spec.options:
+        return
+    import torch
+
+    from export.models.gab import GaussianAttentionBias
+
+    if isinstance(module, GaussianAttentionBias):
+        with torch.no_grad():
+            module.amplitude.fill_(float(spec.options["gab_amplitude_init"]))
 
 
 def _fold(module: nn.Module) -> nn.Module:
@@ -52,11 +75,12 @@ def _graph_check(proto: onnx.ModelProto, ctx: GraphContext) -> list[str]:
 
 
 def _cost(b: BlockConfig, c: CostContext) -> list[tuple[str, int]]:
-    return [("elementwise.gab", c.heads * c.tokens**2)] if b.gab else []
+    return [("elementwise.gab", c.heads * c.tokens**2)] if b.has("gab") else []
 
 
 GAB = VariantDef(
     name="gab",
+    order=40,
     summary="Gaussian Attention Bias: a learnt Gaussian of patch distance added to the logits (Kim et al., BMVC 2023)",
     options=(
         Option("gab_sigma_init", float, 5.0, "initial Gaussian width sigma in patches (default 5.0)",
@@ -71,6 +95,7 @@ GAB = VariantDef(
     attr="gab",
     build=_build,
     no_weight_decay=("sigma", "amplitude"),
+    converted_start=_converted_start,
     fold=_fold,
     forbidden_ops=frozenset({"Exp", "Pow", "Sqrt", "Range"}),
     graph_check=_graph_check,

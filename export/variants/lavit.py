@@ -1,7 +1,18 @@
 """Attention reuse, LaViT-style, `lavit` (VARIANTS.md 2; module and loss: export/models/lavit.py).
 
 Its Less-Attention blocks compute only V and reuse the previous block's logits (`token`: through learnt
-N x N maps) or softmax map (`none`); training adds the diagonality-preserving loss on the transformed maps.
+N x N maps, its "reuse" module) or softmax map (`none`: no module); training adds the diagonality-preserving
+loss on the transformed maps.
+
+Decisions:
+- Its schedule carries the variant on its Less-Attention blocks only (no layer option); a spec where every
+  stage is all full blocks would touch no block and is refused.
+- With `refiner` the refiner applies on the blocks that compute attention; Less-Attention blocks reuse the
+  previous block's softmax map (before its head mixing / refinement) as VARIANTS.md 2 defines. With
+  `refiner_share` it is refused (two reuse schedules on one stack).
+- `lavit_transform = none` has no diagonality loss: its Less-Attention maps are the full block's softmax
+  unchanged, so there is no transformed map to regularise (the loss would only push the full block's
+  Q/K, once per reuse block); an explicit `lavit_loss_weight` > 0 with it is refused.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ def _schedule(spec: ModelSpec, depth: int) -> Schedule:
             f"lavit with lavit_full={opt('lavit_full')} and lavit_stages={opt('lavit_stages')} at depth {depth} "
             "leaves no Less-Attention block; lower lavit_full or the number of stages"
         )
-    return Schedule(reuse=tuple(reuse), label="lavit", lavit_transform=transform)
+    return Schedule(reuse=tuple(reuse), label="lavit")
 
 
 def _validate(spec: ModelSpec) -> None:
@@ -55,13 +66,15 @@ def _validate(spec: ModelSpec) -> None:
 
 
 def _build(ctx: BuildContext) -> nn.Module | None:
+    """The token maps of a Less-Attention block (the builder is called only for the blocks carrying lavit)."""
     from export.models.lavit import LessAttentionTransform
 
-    return LessAttentionTransform(ctx.num_tokens) if ctx.cfg.lavit_transform == "token" else None
+    return LessAttentionTransform(ctx.num_tokens) if ctx.option("lavit_transform") == "token" else None
 
 
 def _cost(b: BlockConfig, c: CostContext) -> list[tuple[str, int]]:
-    if b.lavit_transform != "token":
+    """A Less-Attention block's V-only savings are the layout's; `token` adds 2 H N^3 MACs and its softmax."""
+    if not (b.has("lavit") and b.attention == "reuse" and c.option("lavit_transform") == "token"):
         return []
     N, H = c.tokens, c.heads
     return [("macs.lavit", 2 * H * N**3), ("elementwise.softmax", 5 * H * N * N)]
@@ -71,7 +84,7 @@ def _loss(model: nn.Module) -> torch.Tensor | None:
     from export.models.lavit import diagonality_loss
 
     vit = cast("VariantViT", model)  # the registry calls `loss` with the VariantViT holding the variant
-    maps = vit.lavit_attention_maps()
+    maps = vit.transformed_attention_maps()  # the maps of the blocks whose token maps ran
     if not maps:
         return None
     return float(vit.spec.option("lavit_loss_weight")) * diagonality_loss(maps)
@@ -84,6 +97,7 @@ def _loss_label(spec: ModelSpec) -> str | None:
 
 LAVIT = VariantDef(
     name="lavit",
+    order=30,
     summary="Less-Attention: later blocks of a stage reuse the previous attention (Zhang et al., CVPR 2024)",
     options=(
         Option("lavit_full", int, 2, "blocks computing full attention at the start of each stage (default 2)"),

@@ -1,13 +1,15 @@
 """The variant table: every `VariantDef`, in canonical order, and the plug-in hook that extends it.
 
-Built-in variants register in VARIANTS.md's order when `export.variants` is imported. Further variants
-come from plug-ins, loaded once on first use of the table:
+Built-in variants are the modules of the `export.variants` package: each `VariantDef` at the top level
+of one of them registers when the package is imported. Further variants come from plug-ins, loaded once
+on first use of the table:
 - the environment variable `VITSERVE_VARIANT_MODULES`: comma-separated entries, each `package.module`
   (a module that calls `register(VariantDef(...))` when imported) or `package.module:NAME` (the
   `VariantDef` called NAME in that module, registered here);
 - entry points of the group `vitserve.variants` (each loads such a module or a `VariantDef`), e.g. in a
   plug-in's pyproject.toml: `[project.entry-points."vitserve.variants"] softcap = "mypkg.softcap:SOFTCAP"`.
-Plug-in variants are ordered after the built-ins, in the order they are loaded.
+The canonical order is `VariantDef.order`, then registration order: a plug-in that declares no order
+comes after the built-ins, in the order plug-ins are loaded.
 """
 
 from __future__ import annotations
@@ -84,9 +86,9 @@ def _register_loaded(loaded: object, source: str) -> None:
 
 
 def variants() -> tuple[VariantDef, ...]:
-    """Every registered variant, in canonical order (built-ins first, then plug-ins)."""
+    """Every registered variant, in canonical order (by `order`, ties in registration order)."""
     load_plugins()
-    return tuple(_TABLE.values())
+    return tuple(sorted(_TABLE.values(), key=lambda v: v.order))
 
 
 def names() -> tuple[str, ...]:

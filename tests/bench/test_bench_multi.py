@@ -21,7 +21,7 @@ TINY = MeasureConfig(window_s=0.4, warmup_s=0.2, max_windows=2, stability_window
 
 def test_multi_compares_the_side_by_side_repository_with_single_model_servers(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    names = [m.model_name for m in multi.six_models("demo")]
+    names = [m.model_name for m in multi.side_by_side_models("demo")]
     for name in names:  # the trained demo models stand in for the preset's random-weight build
         shutil.copytree(ROOT / "models" / "demo" / name, cache / "repository" / name, copy_function=os.link)
     out = tmp_path / "results"

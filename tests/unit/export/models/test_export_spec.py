@@ -118,7 +118,7 @@ def test_every_option_has_a_default_and_a_variant_prefix() -> None:
 
 def test_reattn_defaults_to_the_last_half() -> None:
     layout = block_layout(parse_spec("vit_small+reattn"))
-    assert [b.index for b in layout if b.reattn] == [6, 7, 8, 9, 10, 11]
+    assert [b.index for b in layout if b.has("reattn")] == [6, 7, 8, 9, 10, 11]
 
 
 def test_with_lavit_gab_and_reattn_default_to_blocks_that_compute_attention() -> None:
@@ -126,9 +126,9 @@ def test_with_lavit_gab_and_reattn_default_to_blocks_that_compute_attention() ->
     layout = block_layout(spec)
     computing = [b.index for b in layout if b.attention == "full"]
     assert computing == [0, 1, 4, 5, 8, 9]
-    assert [b.index for b in layout if b.gab] == computing
-    assert [b.index for b in layout if b.reattn] == [5, 8, 9]
-    less = [b.index for b in layout if b.is_lavit_less]
+    assert [b.index for b in layout if b.has("gab")] == computing
+    assert [b.index for b in layout if b.has("reattn")] == [5, 8, 9]
+    less = [b.index for b in layout if b.has("lavit")]
     assert less == [2, 3, 6, 7, 10, 11]
     # Blocks hand their map on exactly when the next block reuses it.
     assert [b.index for b in layout if b.provides_map] == [1, 2, 5, 6, 9, 10]
@@ -139,7 +139,7 @@ def test_refiner_share_alternates_computing_and_sharing_blocks() -> None:
     on add s * the previous pair's map; every block but the last hands its map on."""
     layout = block_layout(parse_spec("test+refiner", refiner_share=True))
     assert [b.attention for b in layout] == ["full", "reuse", "full", "reuse"]
-    assert [b.refiner for b in layout] == [False, True, False, True]
+    assert [b.has("refiner") for b in layout] == [False, True, False, True]
     assert [b.adds_prev_map for b in layout] == [False, False, True, False]
     assert [b.provides_map for b in layout] == [True, False, True, False]
     assert resolved_options(parse_spec("test+refiner", refiner_share=True))["refiner_layers"] == [1, 3]

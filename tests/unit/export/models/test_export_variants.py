@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.fold import fold_for_inference
-from export.models import VariantViT, create_model, diagonality_loss
+from export.models import VariantViT, create_model
 from export.models.cb import ContextBroadcast, ScaledContextBroadcast
 from export.models.gab import FoldedAttentionBias, GaussianAttentionBias
+from export.models.lavit import diagonality_loss
 from export.models.reattn import ReAttention
 from export.models.refiner import AttentionRefiner
 from export.models.vit import AttentionMap, VariantAttention
@@ -320,7 +321,7 @@ def test_refiner_share_is_the_authors_refined_attention_with_shared_maps() -> No
 
 
 def test_less_attention_block_uses_psi_t_a_theta_and_only_v() -> None:
-    attn = _attention(BlockConfig(index=2, attention="reuse", lavit_transform="token", variants=frozenset({"lavit"})))
+    attn = _attention(BlockConfig(index=2, attention="reuse", variants=frozenset({"lavit"})))
     n = 10
     assert not hasattr(attn, "qkv") and attn.v.weight.shape == (8, 8)  # only a V projection: no Q/K rows
     with torch.no_grad():
@@ -351,7 +352,7 @@ def test_lavit_with_identity_maps_reuses_the_previous_attention_exactly(images: 
     with torch.no_grad():
         model(images)
         expected = _block1_logits(model, images).softmax(-1)
-    maps = model.lavit_attention_maps()
+    maps = model.transformed_attention_maps()
     assert len(maps) == 2  # blocks 2 and 3 are Less-Attention blocks
     for p in maps:
         torch.testing.assert_close(p, expected, atol=1e-6, rtol=1e-5)
@@ -373,7 +374,7 @@ def test_lavit_none_reuses_the_softmax_and_has_no_diagonality_loss(images: torch
                                    atol=1e-5, rtol=1e-5)
         assert handed2 is handed
     model(images)
-    assert model.lavit_attention_maps() == [] and model.auxiliary_loss().item() == 0.0
+    assert model.transformed_attention_maps() == [] and model.auxiliary_loss().item() == 0.0
 
 
 def test_lavit_token_maps_transform_the_previous_logits(images: torch.Tensor) -> None:
@@ -386,7 +387,7 @@ def test_lavit_token_maps_transform_the_previous_logits(images: torch.Tensor) ->
         model(images)
         a1 = _block1_logits(model, images)
     a2 = perm.T @ a1 @ perm
-    maps = model.lavit_attention_maps()
+    maps = model.transformed_attention_maps()
     torch.testing.assert_close(maps[0], a2.softmax(-1), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(maps[1], a2.softmax(-1), atol=1e-6, rtol=1e-5)  # block 3 has identity maps
 
@@ -408,13 +409,13 @@ def test_auxiliary_loss_is_weighted_diagonality_of_the_less_attention_maps(image
     model = create_model(parse_spec("test+lavit", lavit_loss_weight=0.3)).train()
     model(images)
     loss = model.auxiliary_loss()
-    assert loss.item() == pytest.approx(0.3 * diagonality_loss(model.lavit_attention_maps()).item())
+    assert loss.item() == pytest.approx(0.3 * diagonality_loss(model.transformed_attention_maps()).item())
     assert loss.item() > 0
     loss.backward()
     assert model.blocks[0].attn.qkv.weight.grad is not None
     plain = create_model(parse_spec("test+cb")).train()
     plain(images)
-    assert plain.auxiliary_loss().item() == 0.0 and plain.lavit_attention_maps() == []
+    assert plain.auxiliary_loss().item() == 0.0 and plain.transformed_attention_maps() == []
 
 
 # ------------------------------------------------------------------------------------------ whole models
