@@ -1,20 +1,14 @@
 """The engine process: the one process that owns the sessions and the batchers.
 
-It is the single-process server's app (`create_app`) without an HTTP listener: its model store loads,
-warms up and serves the models, and a unix-socket server (`EngineServer`) feeds the front ends'
-requests into the same per-version batchers, so batching stays global and there is one session
-per device. Tensors arrive in shared memory (service/workers/transport.py); every request that
-needs the engine's state besides inference (metadata, statistics, repository control, /metrics,
-/v1/compare) is forwarded as an HTTP request and answered by the app in-process, its body pulled from
-the front end as the app reads it and its client's departure seen as a disconnect (`Forwarded`), so
-each endpoint answers, refuses and cancels exactly as the single-process server does.
+It runs the single-process server's app (`create_app`) without an HTTP listener; `EngineServer` feeds the
+front ends' requests into the same per-version batchers, so batching stays global and there is one session per
+device. Any other request is forwarded as HTTP and answered by the app in-process (`Forwarded`: its body
+pulled from the front end as the app reads it, its client's departure a disconnect), so every endpoint
+answers, refuses and cancels as in the single process.
 
-Life cycle: the supervisor starts the engine first and the front ends once it listens; on SIGTERM
-the supervisor drains the front ends and only then tells the engine to stop (over its pipe; the
-pipe closing, when the supervisor is gone, stops it too, and the engine then removes the
-supervisor's directory), so every request a front end accepted is
-computed. The engine ignores SIGTERM and SIGINT: a signal sent to the whole process group (a
-terminal's Ctrl-C, a `kill` of the group) must not stop it before the front ends have drained.
+Only the supervisor stops the engine, after the front ends have drained (over its pipe; the pipe closing
+means the supervisor is gone, and the engine then removes its directory). SIGTERM and SIGINT are ignored:
+a signal to the whole process group must not stop it before the front ends have drained.
 """
 
 from __future__ import annotations
@@ -39,7 +33,8 @@ from service.errors import InferenceFailed, ModelNotReady, ServiceError
 from service.http_protocol import DISCONNECT_WATCH, DisconnectWatchers
 from service.loader import ModelStore
 from service.settings import Settings
-from service.workers.protocol import ModelRow, ModelTable, VersionRow, encode_error
+from service.workers import protocol as msg
+from service.workers.protocol import ModelRow, ModelTable, VersionRow
 from service.workers.transport import Channel, Segment
 
 log = logging.getLogger("vitserve.engine")
@@ -86,7 +81,7 @@ class EngineServer:
     def models_changed(self) -> None:
         table = model_table(self.store)
         for conn in self.connections:
-            conn.send(("table", table))
+            conn.send(table)
 
 
 class _Connection:
@@ -94,7 +89,12 @@ class _Connection:
 
     def __init__(self, server: EngineServer) -> None:
         self.server = server
-        self.channel = Channel(self._on_message, self._on_lost)
+        handlers: dict[type[Any], Callable[[Any], None]] = {
+            msg.Submit: self._submit, msg.Cancel: self._cancel, msg.Body: self._body, msg.Http: self._forward,
+            msg.MapSegment: self._map, msg.Unmap: self._unmap, msg.ReadinessOff: self._readiness_off,
+            msg.Hello: self._hello,
+        }
+        self.channel = Channel(lambda m: handlers[type(m)](m), self._on_lost)
         self.segments: dict[int, Segment] = {}
         #: inference requests in a batcher, answered from their future's callback (no task per request)
         self.requests: dict[int, tuple[Batcher, PendingRequest]] = {}
@@ -105,36 +105,34 @@ class _Connection:
     def send(self, message: Any) -> None:
         self.channel.send(message)
 
-    def _on_message(self, message: Any) -> None:
-        kind = message[0]
-        if kind == "submit":
-            self._submit(*message[1:])
-        elif kind == "cancel":
-            queued = self.requests.get(message[1])
-            if queued is not None:
-                queued[0].withdraw(queued[1])  # its callback answers "cancelled"
-            forwarded = self.forwards.get(message[1])
-            if forwarded is not None:  # the app sees its client go, as the single-process server's app does
-                forwarded.disconnect()
-        elif kind == "body":
-            forwarded = self.forwards.get(message[1])
-            if forwarded is not None:
-                forwarded.deliver(message[2], message[3])
-        elif kind == "http":
-            self._forward(*message[1:])
-        elif kind == "segment":
-            index, path = message[1], Path(message[2])
-            self.segments[index] = Segment(path, 0, create=False)
-            self.send(("segment_ok", index))
-        elif kind == "readiness_off":  # a front end started draining: the server's readiness series says so
-            self.server.store.metrics.server_ready.set(0.0)  # (requests are still accepted: nothing stops)
-        elif kind == "unmap":  # the front end released that segment (idle)
-            segment = self.segments.pop(message[1], None)
-            if segment is not None:
-                segment.close()
-        elif kind == "hello":
-            self.peer = f"front end pid {message[1]}"
-            self.send(("table", model_table(self.server.store)))
+    def _hello(self, message: msg.Hello) -> None:
+        self.peer = f"front end pid {message.pid}"
+        self.send(model_table(self.server.store))
+
+    def _map(self, message: msg.MapSegment) -> None:
+        self.segments[message.segment] = Segment(Path(message.path), 0, create=False)
+        self.send(msg.SegmentMapped(message.segment))
+
+    def _unmap(self, message: msg.Unmap) -> None:
+        segment = self.segments.pop(message.segment, None)
+        if segment is not None:
+            segment.close()
+
+    def _readiness_off(self, message: msg.ReadinessOff) -> None:
+        self.server.store.metrics.server_ready.set(0.0)  # requests are still accepted: nothing stops
+
+    def _cancel(self, message: msg.Cancel) -> None:
+        queued = self.requests.get(message.rid)
+        if queued is not None:
+            queued[0].withdraw(queued[1])  # its callback answers Cancelled
+        forwarded = self.forwards.get(message.rid)
+        if forwarded is not None:  # the app sees its client go, as the single-process server's app does
+            forwarded.disconnect()
+
+    def _body(self, message: msg.Body) -> None:
+        forwarded = self.forwards.get(message.rid)
+        if forwarded is not None:
+            forwarded.deliver(message.piece, message.more)
 
     def _on_lost(self) -> None:
         """Its process is gone (or stopping): its requests leave the queues, its memory is unmapped."""
@@ -154,64 +152,49 @@ class _Connection:
         for segment in self.segments.values():
             segment.close()
 
-    def _forward(self, rid: int, scope: dict[str, Any], complete: bool) -> None:
-        forwarded = Forwarded(self, rid, complete)
-        forwarded.task = task = asyncio.get_running_loop().create_task(self._http(forwarded, scope))
-        self.forwards[rid] = forwarded
-        task.add_done_callback(lambda _: self._finished(rid, task))
-
-    def _finished(self, rid: int, task: asyncio.Task[None]) -> None:
-        """A forwarded request's task cancelled before it ran never entered its try, which answers every other
-        case: answer it here, or the front end waits for it forever."""
-        self.forwards.pop(rid, None)
-        if task.cancelled():
-            self.send(("cancelled", rid))
-
-    def _submit(self, rid: int, model: str, version: int, seg: int | None, offset: int, size: int,
-                shape: tuple[int, ...], dtype: str, deadline: float | None, inline: np.ndarray | None,
-                requests: int = 1) -> None:
-        """One request into its version's batcher, answered when its batch is: the outputs go back into the
-        request's block (or inline in the answer when the front end had no shared memory for it: `seg` is None).
-        `requests`: the client requests whose rows it carries (a front end's group), counted as that many."""
+    def _submit(self, sub: msg.Submit) -> None:
+        """Into its version's batcher, answered when its batch is: the outputs go into the request's block (or
+        inline when it came without one). `sub.requests`: the client requests it carries, counted as that many."""
         store = self.server.store
         start = time.monotonic()
         lv = None
         try:
             try:
-                lv = store.version(model, version)
+                lv = store.version(sub.model, sub.version)
             except ModelNotReady as exc:
-                if store.is_model_ready(model):  # swapped out meanwhile: the front end retries the new one
+                if store.is_model_ready(sub.model):  # swapped out meanwhile: the front end retries the new one
                     raise BatcherStopped(exc.message) from None
                 raise
-            segment = None if seg is None else self.segments[seg]
+            segment = None if sub.segment is None else self.segments[sub.segment]
             if segment is not None:
-                pixels = segment.array(offset, shape, dtype)
-            elif inline is not None:
-                pixels = inline
+                pixels = segment.array(sub.offset, sub.shape, sub.dtype)
+            elif sub.inline is not None:
+                pixels = sub.inline
             else:
                 raise InferenceFailed("a request with neither a shared-memory block nor inline data")
             batcher = cast(Batcher, lv.executor)  # the engine's own store: its executors are batchers
-            req = batcher.enqueue(pixels, deadline, requests)
+            req = batcher.enqueue(pixels, sub.deadline, sub.requests)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
-            self._fail(rid, model, lv, start, exc, requests)
+            self._fail(sub, lv, start, exc)
             return
-        self.requests[rid] = (batcher, req)
-        req.future.add_done_callback(
-            lambda future: self._answer(rid, model, lv, segment, offset, size, start, future, requests))
+        self.requests[sub.rid] = (batcher, req)
+        req.future.add_done_callback(lambda future: self._answer(sub, lv, segment, start, future))
 
-    def _answer(self, rid: int, model: str, lv: LoadedVersion, segment: Segment | None, offset: int, size: int,
-                start: float, future: asyncio.Future[BatchOutput], requests: int = 1) -> None:
-        self.requests.pop(rid, None)
+    def _answer(self, sub: msg.Submit, lv: LoadedVersion, segment: Segment | None, start: float,
+                future: asyncio.Future[BatchOutput]) -> None:
+        self.requests.pop(sub.rid, None)
         if future.cancelled():
-            self.send(("cancelled", rid))
+            self.send(msg.Cancelled(sub.rid))
             return
+        requests = sub.requests
         try:
             out = future.result()
             outputs = out.outputs
             if segment is not None:
-                if outputs.nbytes > size:
-                    raise InferenceFailed(f"model {model} returned {outputs.nbytes} bytes, more than the block holds")
-                segment.write(offset, outputs)
+                if outputs.nbytes > sub.size:
+                    raise InferenceFailed(f"model {sub.model} returned {outputs.nbytes} bytes, more than the block "
+                                          "holds")
+                segment.write(sub.offset, outputs)
             total = time.monotonic() - start
             finite = out.finite if out.finite is not None else bool(np.isfinite(outputs).all())
             if finite:
@@ -224,26 +207,36 @@ class _Connection:
                 lv.observer.request_failed(total, bad)
                 if requests > bad:
                     lv.observer.request_succeeded(total, out.queue_s, out.compute_s, requests - bad)
-            done = ("done", rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
-                    np.ascontiguousarray(outputs) if segment is None else None, finite)
+            done = msg.Done(sub.rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
+                        np.ascontiguousarray(outputs) if segment is None else None, finite)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer (a callback's error would be lost)
-            self._fail(rid, model, lv, start, exc, requests)
+            self._fail(sub, lv, start, exc)
             return
         self.send(done)
 
-    def _fail(self, rid: int, model: str, lv: LoadedVersion | None, start: float, exc: Exception,
-              requests: int = 1) -> None:
-        if isinstance(exc, ServiceError):
-            if lv is not None and not isinstance(exc, BatcherStopped):
-                lv.observer.request_failed(time.monotonic() - start, requests)
-            self.send(("error", rid, *encode_error(exc)))
-            return
-        log.error("model %s: request from %s failed", model, self.peer, exc_info=exc)
-        self.send(("error", rid, *encode_error(InferenceFailed(f"inference failed ({type(exc).__name__})"))))
+    def _fail(self, sub: msg.Submit, lv: LoadedVersion | None, start: float, exc: Exception) -> None:
+        if not isinstance(exc, ServiceError):
+            log.error("model %s: request from %s failed", sub.model, self.peer, exc_info=exc)
+            exc = InferenceFailed(f"inference failed ({type(exc).__name__})")
+        elif lv is not None and not isinstance(exc, BatcherStopped):
+            lv.observer.request_failed(time.monotonic() - start, sub.requests)
+        self.send(msg.Failed(sub.rid, *msg.encode_error(exc)))
+
+    def _forward(self, message: msg.Http) -> None:
+        rid = message.rid
+        forwarded = Forwarded(self, rid, message.complete)
+        forwarded.task = task = asyncio.get_running_loop().create_task(self._http(forwarded, message.scope))
+        self.forwards[rid] = forwarded
+        task.add_done_callback(lambda _: self._finished(rid, task))
+
+    def _finished(self, rid: int, task: asyncio.Task[None]) -> None:
+        """A task cancelled before it ran never entered `_http`'s try, which answers every other case."""
+        self.forwards.pop(rid, None)
+        if task.cancelled():
+            self.send(msg.Cancelled(rid))
 
     async def _http(self, forwarded: Forwarded, scope: dict[str, Any]) -> None:
         """Answer a forwarded request with the app, in-process (no socket, no second HTTP parse)."""
-        rid = forwarded.rid
         status, headers, chunks = 500, [], []
 
         async def send(message: MutableMapping[str, Any]) -> None:
@@ -257,19 +250,18 @@ class _Connection:
             await self.server.app({**scope, "type": "http", "asgi": {"version": "3.0"}, DISCONNECT_WATCH: forwarded},
                                   forwarded.receive, send)
         except asyncio.CancelledError:
-            self.send(("cancelled", rid))
+            self.send(msg.Cancelled(forwarded.rid))
             return
         except Exception:  # noqa: BLE001 - the app's own handlers answered what they could
             log.exception("forwarded %s %s failed", scope.get("method"), scope.get("path"))
             status, headers, chunks = 500, [(b"content-type", b"application/json")], [b'{"error":"internal error"}']
-        self.send(("http_response", rid, status, headers, b"".join(chunks)))
+        self.send(msg.HttpResponse(forwarded.rid, status, headers, b"".join(chunks)))
 
 
 class Forwarded:
-    """A forwarded request as the engine's app sees it: the connection it came by, as the single-process server's
-    HTTP protocol gives it (`receive`, `watch_disconnect`). Its body comes from the front end one piece per
-    `receive` (each ask a "more" message), so the front end reads from its client only what the app reads;
-    its client's departure, which the front end reports ("cancel"), is a disconnect here."""
+    """A forwarded request's connection as the engine's app sees it (`receive`, `watch_disconnect`): each
+    `receive` asks the front end for the body's next piece (`More`), so the front end reads from its client
+    only what the app reads; the client's departure (`Cancel`) is a disconnect."""
 
     def __init__(self, conn: _Connection, rid: int, complete: bool) -> None:
         self.conn = conn
@@ -287,7 +279,7 @@ class Forwarded:
             if self._pull:
                 future: asyncio.Future[tuple[bytes, bool] | None] = asyncio.get_running_loop().create_future()
                 self._pieces.append(future)
-                self.conn.send(("more", self.rid))
+                self.conn.send(msg.More(self.rid))
                 piece = await future
             if piece is not None:
                 self._ended = not piece[1]

@@ -1,38 +1,16 @@
-"""The control protocol between front-end processes and the engine: message kinds, errors, model table.
+"""The control messages between a front end and the engine: one named tuple per kind, the model table, errors.
 
-Front end -> engine (one unix-socket connection per front-end process):
-  ("hello", pid)                                   -> ("table", ModelTable)
-  ("segment", index, path)                         the engine maps a new arena segment -> ("segment_ok", index)
-  ("submit", rid, model, version, segment, offset, size, shape, dtype, deadline, inline[, requests])
-                                                   inputs lie in the block (`requests` > 1: a group, one
-                                                   single-image request per row, counted as that many
-                                                   requests); -> ("done", rid, shape, dtype,
-                                                   queue_s, compute_s, batch_size, inline, finite) with the
-                                                   outputs written into the same block (`finite`: whether
-                                                   every output value is, found once per batch), or
-                                                   ("error", rid, kind, message, retry_after_s), or
-                                                   ("cancelled", rid) after a cancel. Without shared
-                                                   memory (segment None) the input array is `inline`
-                                                   and so are the outputs.
-  ("unmap", index)                                 the front end released that (idle) segment
-  ("readiness_off",)                               the front end started draining: the engine's
-                                                   vitserve_server_ready goes to 0 (requests still accepted)
-  ("cancel", rid)                                  the client went away: the request leaves the queue (a
-                                                   forwarded request's app sees its client disconnect)
-  ("http", rid, scope, complete)                   a request the engine's app answers -> ("http_response", rid,
-                                                   status, headers, body); `complete`: it has no body, else
-                                                   the app's every read of it asks ("more", rid) and gets
-  ("body", rid, piece, more)                       the next piece the front end read from its client
-Engine -> front end, unasked: ("table", ModelTable) whenever a model's state or versions change.
-Each direction sends the messages of one event-loop turn as one frame (service/workers/transport.py).
-
+Each side dispatches on a message's type (a table of handlers per side). Named tuples, not dataclasses:
+they pickle several times faster, and every inference request crosses as two of them.
 `deadline` is absolute on the monotonic clock, which every process of one host shares.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from service.batcher import BatcherStopped, BatchLimits
 from service.errors import (
@@ -47,6 +25,116 @@ from service.errors import (
     ShuttingDown,
 )
 from service.repository import ModelEntry
+
+# -- front end -> engine -------------------------------------------------------------------------------------
+
+
+class Hello(NamedTuple):
+    """The first message; the engine answers with its `ModelTable`."""
+
+    pid: int
+
+
+class MapSegment(NamedTuple):
+    """A new arena segment to map; answered `SegmentMapped` (the front end then unlinks its file)."""
+
+    segment: int
+    path: str
+
+
+class Unmap(NamedTuple):
+    """The front end released that (idle) segment."""
+
+    segment: int
+
+
+class Submit(NamedTuple):
+    """Inputs to compute, in the block (`segment`, `offset`, `size`) or `inline` when there was no shared memory
+    (`segment` None). `requests`: the client requests whose rows it carries (a group). Answered `Done` (outputs
+    written into the same block, or inline), `Failed`, or `Cancelled` after a `Cancel`."""
+
+    rid: int
+    model: str
+    version: int
+    segment: int | None
+    offset: int
+    size: int
+    shape: tuple[int, ...]
+    dtype: str
+    deadline: float | None
+    inline: np.ndarray | None
+    requests: int
+
+
+class Cancel(NamedTuple):
+    """The client went away: its request leaves the queue (a forwarded request's app sees a disconnect)."""
+
+    rid: int
+
+
+class ReadinessOff(NamedTuple):
+    """The front end started draining: the engine's `vitserve_server_ready` goes to 0 (requests still go)."""
+
+
+class Http(NamedTuple):
+    """A request the engine's app answers (`HttpResponse`); `complete`: it has no body, else each read of
+    the body by the app asks `More` and gets a `Body`."""
+
+    rid: int
+    scope: dict[str, Any]
+    complete: bool
+
+
+class Body(NamedTuple):
+    rid: int
+    piece: bytes
+    more: bool
+
+
+# -- engine -> front end (and `ModelTable`, sent at `Hello` and whenever a model changes) --------------------
+
+
+class SegmentMapped(NamedTuple):
+    segment: int
+
+
+class Done(NamedTuple):
+    rid: int
+    shape: tuple[int, ...]
+    dtype: str
+    queue_s: float
+    compute_s: float
+    batch_size: int
+    inline: np.ndarray | None
+    #: whether every output value is (found once per batch)
+    finite: bool
+
+
+class Failed(NamedTuple):
+    """An error, by class name (`encode_error`)."""
+
+    rid: int
+    kind: str
+    message: str
+    retry_after_s: float
+
+
+class Cancelled(NamedTuple):
+    rid: int
+
+
+class HttpResponse(NamedTuple):
+    rid: int
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class More(NamedTuple):
+    """A forwarded request's app reads its body: the next piece, please."""
+
+    rid: int
+
 
 _ERRORS: dict[str, type[ServiceError]] = {
     cls.__name__: cls

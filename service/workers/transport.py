@@ -1,21 +1,14 @@
-"""Tensors between processes through shared memory; small control messages over a unix socket.
+"""Tensors between processes through shared memory; control messages over a unix socket.
 
-A front-end process owns an `Arena`: shared-memory segments (files on tmpfs, /dev/shm, mapped by
-both processes) carved by a first-fit allocator into one block per request in flight. The front
-end writes a request's input tensor into its block and sends the engine only where it lies; the
-engine computes on a view of that memory and writes the outputs back into the same block (the
-inputs are consumed by then), so tensors are never pickled or copied through a socket. A segment's
-file is unlinked as soon as the engine has mapped it: nothing is left behind when either process
-dies, the memory is freed when the last mapping goes. Segments are sized to need: the first is
-small, each new one (made when a request does not fit) twice the largest so far up to
-`MAX_SEGMENT_BYTES`, and a segment other than the largest is released as soon as it is idle, so a
-front end holds about what its requests in flight need (a container's small /dev/shm is enough
-for several). Segments are reserved when created, so a full /dev/shm fails there (never as SIGBUS
-at a later write); that request's tensor then travels inline in its control message (slower,
-still answered).
+A front end's `Arena` carves shared-memory segments (tmpfs files mapped by both processes) into one block per
+request in flight: the front end writes the inputs there, the engine computes on a view and writes the outputs
+back into the same block, so tensors are never pickled or copied through the socket. A segment's file is
+unlinked once the engine has mapped it (nothing is left behind when a process dies). Segments grow
+geometrically up to `MAX_SEGMENT_BYTES` and idle smaller ones are released, so a front end holds about what its
+requests need. A segment is reserved when created: a full /dev/shm fails there (not as SIGBUS later) and the
+request's tensor then travels inline in its message.
 
-Control messages are pickled tuples, those of one event-loop turn sent as one length-prefixed frame
-(`Channel`); both ends are processes of one server, on a socket in a private (0700) directory.
+Control messages (service/workers/protocol.py) of one event-loop turn go as one pickled frame (`Channel`).
 """
 
 from __future__ import annotations
@@ -49,7 +42,7 @@ def shm_directory() -> Path:
 
 
 def shm_free_bytes() -> int | None:
-    """Bytes free where segments are made (None if unknown): logged at start, a too-small /dev/shm shows."""
+    """Bytes free where segments are made (None if unknown): logged at start, so a too-small /dev/shm shows."""
     try:
         st = os.statvfs(shm_directory())
     except OSError:
@@ -96,7 +89,7 @@ class Segment:
 
 
 class Block(NamedTuple):
-    """Where a request's tensors lie (a tuple: one is made per request)."""
+    """Where a request's tensors lie."""
 
     segment: int
     offset: int
@@ -122,7 +115,7 @@ class Arena:
         self._ids = itertools.count()
 
     def allocate(self, nbytes: int) -> tuple[Block, Segment | None]:
-        """A block of at least `nbytes`; the second value is a segment created for it (to announce)."""
+        """A block of at least `nbytes`, and the segment created for it (to announce) if one was."""
         size = _round(nbytes)
         for index, free in self._free.items():
             for i, (offset, room) in enumerate(free):
@@ -141,8 +134,7 @@ class Arena:
         return Block(index, 0, size), segment
 
     def release(self, block: Block) -> list[int]:
-        """Free the block; returns the ids of the idle segments this gave back (their other mapping can go):
-        every one but the largest, which is kept for the next requests."""
+        """Free the block; the ids of the idle segments released (all but the largest) for the engine to unmap."""
         free = self._free[block.segment]
         i = bisect.bisect_left(free, (block.offset, 0))
         offset, size = block.offset, block.size
@@ -176,16 +168,14 @@ class Arena:
 
 
 class Channel(asyncio.Protocol):
-    """Pickled messages over a stream socket, gathered per event-loop turn: however many are sent in one
-    turn go as one frame (one pickled list behind a 4-byte length, one system call), and a frame is
-    parsed as its bytes arrive (no coroutine per message). A batch's worth of answers costs one
-    pickling and one write, not one per request."""
+    """Pickled messages over a stream socket: those sent in one event-loop turn go as one frame (a pickled list
+    behind a 4-byte length, one write), parsed as its bytes arrive, so a batch's answers cost one pickling."""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
                  before_flush: Callable[[], None] | None = None) -> None:
         self.on_message = on_message
         self.on_lost = on_lost
-        #: called as a frame is about to be written: the last messages of the turn go in it (a front end's groups)
+        #: called as a frame is about to be written: what it sends joins the frame (a front end's groups)
         self.before_flush = before_flush
         self._flush_due = False
         self.transport: asyncio.Transport | None = None
@@ -220,14 +210,14 @@ class Channel(asyncio.Protocol):
         self._out.append(message)
 
     def flush_soon(self) -> None:
-        """Write this turn's frame at the end of the turn (once however often it is asked)."""
+        """Write this turn's frame at the end of the turn."""
         if not self._flush_due and not self.closed and self.transport is not None:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         if self.before_flush is not None and not self.closed:
-            self.before_flush()  # what it sends joins this frame (no second flush is scheduled meanwhile)
+            self.before_flush()
         self._flush_due = False
         if self._out and not self.closed and self.transport is not None:
             data = pickle.dumps(self._out, protocol=pickle.HIGHEST_PROTOCOL)

@@ -20,6 +20,7 @@ from service.repository import read_model
 from service.runtimes import runtime_backend
 from service.runtimes.standin import OffCpuRuntime, standin_outputs, write_standin_model
 from service.settings import Settings
+from service.workers import protocol as msg
 from service.workers.client import EngineClient
 from service.workers.engine import EngineServer
 from service.workers.protocol import decode_error, encode_error
@@ -253,25 +254,25 @@ def test_the_arena_grows_geometrically_and_gives_idle_segments_back(
 
 
 def test_a_cancel_in_the_same_read_as_its_submit_is_answered(tmp_path: Path) -> None:
-    async def main() -> list[tuple[str, int]]:
+    async def main() -> list[object]:
         app = SimpleNamespace(state=SimpleNamespace(store=_EngineStore()))
         server = EngineServer(app, tmp_path / "engine.sock")  # type: ignore[arg-type]
         await server.start()
-        got: list[tuple[str, int]] = []
+        got: list[object] = []
         _, front = await asyncio.get_running_loop().create_unix_connection(
-            lambda: Channel(lambda m: got.append((m[0], m[1])), lambda: None), str(tmp_path / "engine.sock"))
+            lambda: Channel(got.append, lambda: None), str(tmp_path / "engine.sock"))
         x = np.ones((1, 3, 2, 2), np.float32)
-        front.send(("submit", 7, "m", 1, None, 0, 0, x.shape, x.dtype.str, None, x))
-        front.send(("cancel", 7))  # both written in one turn: the engine reads them together
+        front.send(msg.Submit(7, "m", 1, None, 0, 0, x.shape, x.dtype.str, None, x, 1))
+        front.send(msg.Cancel(7))  # both written in one turn: the engine reads them together
         for _ in range(100):
-            if any(m[1] == 7 for m in got):
+            if any(getattr(m, "rid", None) == 7 for m in got):
                 break
             await asyncio.sleep(0.01)
         front.close()
         await server.close()
-        return [m for m in got if m[0] != "table"]
+        return [m for m in got if not isinstance(m, msg.ModelTable)]
 
-    assert asyncio.run(main()) == [("cancelled", 7)]
+    assert asyncio.run(main()) == [msg.Cancelled(7)]
 
 
 class _EchoApp:
@@ -308,55 +309,55 @@ async def _engine_and_front(tmp_path: Path, app: _EchoApp, on_message) -> tuple[
 
 def test_a_forwarded_body_is_pulled_one_piece_per_read_of_the_engines_app(tmp_path: Path) -> None:
     """The engine asks for each piece as its app reads: the front end reads from its client only that much."""
-    async def main() -> tuple[list[tuple[object, ...]], list[dict[str, object]]]:
+    async def main() -> tuple[list[object], list[dict[str, object]]]:
         app = _EchoApp()
-        got: list[tuple[object, ...]] = []
+        got: list[object] = []
         done = asyncio.Event()
         pieces = [(b"ab", True), (b"c", False)]
 
-        def on_message(m: tuple[object, ...]) -> None:
-            if m[0] == "table":
+        def on_message(m: object) -> None:
+            if isinstance(m, msg.ModelTable):
                 return
-            got.append(m[:2] if m[0] == "more" else (m[0], m[1], m[2], m[4]))
-            if m[0] == "more":
-                front.send(("body", 9, *pieces.pop(0)))
+            got.append(m)
+            if isinstance(m, msg.More):
+                front.send(msg.Body(9, *pieces.pop(0)))
             else:
                 done.set()
 
         server, front = await _engine_and_front(tmp_path, app, on_message)
-        front.send(("http", 9, {"method": "POST", "path": "/", "headers": []}, False))
+        front.send(msg.Http(9, {"method": "POST", "path": "/", "headers": []}, False))
         await asyncio.wait_for(done.wait(), 10)
         front.close()
         await server.close()
         return got, app.messages
 
     got, messages = asyncio.run(main())
-    assert got == [("more", 9), ("more", 9), ("http_response", 9, 200, b"abc")]
+    assert got == [msg.More(9), msg.More(9), msg.HttpResponse(9, 200, [], b"abc")]
     assert [m["body"] for m in messages] == [b"ab", b"c"]
 
 
 def test_a_forwarded_requests_cancel_is_its_apps_disconnect_even_in_the_same_read(tmp_path: Path) -> None:
     """A client gone before the engine's app read its body: the app reads a disconnect (no body is asked for)."""
-    async def main() -> tuple[list[tuple[object, ...]], list[dict[str, object]]]:
+    async def main() -> tuple[list[object], list[dict[str, object]]]:
         app = _EchoApp()
-        got: list[tuple[object, ...]] = []
+        got: list[object] = []
         done = asyncio.Event()
 
-        def on_message(m: tuple[object, ...]) -> None:
-            if m[0] != "table":
-                got.append(m[:3])
+        def on_message(m: object) -> None:
+            if isinstance(m, msg.HttpResponse):
+                got.append(m.status)
                 done.set()
 
         server, front = await _engine_and_front(tmp_path, app, on_message)
-        front.send(("http", 9, {"method": "POST", "path": "/", "headers": []}, False))
-        front.send(("cancel", 9))  # both written in one turn: the engine reads them together
+        front.send(msg.Http(9, {"method": "POST", "path": "/", "headers": []}, False))
+        front.send(msg.Cancel(9))  # both written in one turn: the engine reads them together
         await asyncio.wait_for(done.wait(), 10)
         front.close()
         await server.close()
         return got, app.messages
 
     got, messages = asyncio.run(main())
-    assert got == [("http_response", 9, 499)]
+    assert got == [499]
     assert messages == [{"type": "http.disconnect"}]
 
 
