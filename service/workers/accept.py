@@ -1,21 +1,13 @@
 """Front ends take turns at accepting, so connections spread evenly across the processes on one port.
 
-Every front end accepts on the same listening socket. Left to the event loop, the process that wakes
-first takes every connection waiting (libuv accepts until the queue is empty), so a burst of new
-keep-alive connections (a load balancer's pool opening, a benchmark's clients) can land almost all
-on one front end, which then does all the work while the others idle. Here a front end accepts, at
-each readiness, only while it holds no more connections than the least-loaded live sibling plus a
-slack (`SLACK`, or an eighth of the sibling's count when that is more: a few percent of imbalance
-costs nothing, and a loaded front end then takes a burst in a few turns of its event loop, not one
-connection per turn). A front end past that point leaves the next connection to the siblings for up
-to `defer_s`; if nobody has taken it by then it takes it, so a sibling that is busy, stopped or stuck
-delays a connection by at most `defer_s` and never strands it. The counts live in a small array every front end maps
-(`ConnectionShares`, made by the supervisor); a front end that is not accepting (not yet serving,
-shut down, dead) holds -1 there and is not waited for.
-
-Not SO_REUSEPORT (a listening socket per front end): the kernel's hash spreads connections no more
-evenly than this, and a stopped, stuck or restarting front end would strand the connections hashed
-to its socket, where here its siblings take them.
+Left to the event loop, the front end that wakes first takes every connection waiting, so a burst of
+keep-alive connections (a load balancer's pool, a benchmark's clients) can land on one front end while the
+others idle. Here a front end accepts only while it holds no more connections than its least-loaded live
+sibling plus a slack; past that it leaves the next connection to the siblings for up to `defer_s`, then takes
+it itself, so a busy, stopped or stuck sibling never strands a connection. The counts live in an array every
+front end maps (`ConnectionShares`, made by the supervisor); -1 there: not accepting, not waited for. Not
+SO_REUSEPORT: the kernel's hash spreads no more evenly, and would strand the connections of a stopped
+front end's socket.
 """
 
 from __future__ import annotations
@@ -41,17 +33,8 @@ RESOURCE_PAUSE_S = 1.0
 NOT_ACCEPTING = -1
 
 
-def _address(sock: socket.socket) -> str:
-    try:
-        host, port = sock.getsockname()[:2]
-        return f"{host}:{port}"
-    except (OSError, TypeError):
-        return "the shared socket"
-
-
 def should_defer(mine: int, least_other: int | None, slack: int = SLACK) -> bool:
-    """Whether a front end holding `mine` connections leaves the next one to a sibling holding `least_other`
-    (its slack: `slack` or `least_other // SLACK_FRACTION`, whichever is more)."""
+    """Whether a front end holding `mine` connections leaves the next one to a sibling holding `least_other`."""
     return least_other is not None and mine > least_other + max(slack, least_other // SLACK_FRACTION)
 
 
@@ -89,7 +72,7 @@ class BalancedAcceptor:
         self.accepted = 0
         self.deferred = 0
         self._connecting: set[asyncio.Task[object]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by `start`
         self._timer: asyncio.TimerHandle | None = None
         self._reading = False
         self._paused = False  # out of descriptors or memory: no accepting until the pause ends
@@ -101,7 +84,7 @@ class BalancedAcceptor:
         self._open = True
         self.shares.publish(self._count())  # then at each change: accept, set-up, close
         self._read()
-        log.info("accepting connections on %s, taking turns with the other front ends", _address(self.sock))
+        log.info("accepting connections on %s, taking turns with the other front ends", self.sock.getsockname())
 
     def close(self) -> None:
         """Stop accepting (the socket itself is closed by its owner); the siblings no longer wait for this one."""
@@ -112,8 +95,7 @@ class BalancedAcceptor:
         self.shares.withdraw()
 
     async def connections_made(self) -> None:
-        """Wait until the connections already accepted are set up (their protocols exist): a server shutting
-        down after `close` then finds every one of them among its connections."""
+        """Wait until the connections accepted are set up, so a server shutting down finds every one."""
         await asyncio.gather(*self._connecting, return_exceptions=True)
 
     def closed(self) -> None:
@@ -126,32 +108,29 @@ class BalancedAcceptor:
 
     def _read(self) -> None:
         if self._open and not self._reading and not self._paused:
-            assert self._loop is not None
             self._loop.add_reader(self.sock.fileno(), self._ready)
             self._reading = True
 
     def _unread(self) -> None:
-        if self._reading and self._loop is not None:
+        if self._reading:
             self._loop.remove_reader(self.sock.fileno())
             self._reading = False
 
     def _ready(self) -> None:
-        """Connections wait: take them while this front end is within the slack of its least-loaded sibling
-        (re-read before each: the siblings take theirs meanwhile); past it, leave the next to the siblings for
-        `defer_s`."""
+        """Take the waiting connections while within the slack of the least-loaded sibling (re-read before each);
+        past it, leave the next to the siblings for `defer_s`."""
         self.shares.publish(self._count())  # then each accept publishes its own
         for _ in range(ACCEPTS_PER_READINESS):
             if should_defer(self._count(), self.shares.least_other(), self.slack):
                 self.deferred += 1
                 self._unread()
-                assert self._loop is not None
                 self._timer = self._loop.call_later(self.defer_s, self._after_deferring)
                 return
             if not self._accept():
                 return  # none left (or a sibling took it, or a pause began)
 
     def _after_deferring(self) -> None:
-        """A connection still waiting now was not taken by a sibling in time: take it; then listen again."""
+        """A connection no sibling took in time: take it, then listen again."""
         self._timer = None
         if self._open:
             try:
@@ -165,7 +144,7 @@ class BalancedAcceptor:
         self._read()
 
     def _accept(self) -> bool:
-        """Take one waiting connection; False when there was none to take (or accepting has paused)."""
+        """Take one waiting connection; False when there was none (or accepting has paused)."""
         try:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):  # a sibling took it
@@ -175,7 +154,6 @@ class BalancedAcceptor:
                 log.error("cannot accept a connection (%s): pausing accepts for %.0f s", exc, RESOURCE_PAUSE_S)
                 self._paused = True
                 self._unread()
-                assert self._loop is not None
                 self._timer = self._loop.call_later(RESOURCE_PAUSE_S, self._end_pause)
                 return False
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):  # the client gave up while queued: the next may wait
@@ -183,7 +161,6 @@ class BalancedAcceptor:
             raise
         conn.setblocking(False)
         self.accepted += 1
-        assert self._loop is not None
         task = self._loop.create_task(self._connect(conn))
         self._connecting.add(task)
         task.add_done_callback(self._connected)
@@ -196,7 +173,6 @@ class BalancedAcceptor:
             self.shares.publish(self._count())
 
     async def _connect(self, conn: socket.socket) -> None:
-        assert self._loop is not None
         try:
             await self._loop.connect_accepted_socket(self.factory, conn)
         except Exception:  # noqa: BLE001 - one connection's failure must not stop the accepting

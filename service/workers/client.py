@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,28 +50,18 @@ class BodySource(Protocol):
         """The engine's app asks for the next piece: read it from the client and `deliver` it."""
 
 
-class _Member:
-    """One submit in a group: its future, its inputs, its output bytes and, once sent, its first row."""
-
-    __slots__ = ("future", "inputs", "output_bytes", "row", "group")
-
-    def __init__(self, future: asyncio.Future[BatchOutput], inputs: np.ndarray, output_bytes: int) -> None:
-        self.future, self.inputs, self.output_bytes = future, inputs, output_bytes
-        self.row = 0
-        self.group: _Group | None = None
-
-
+@dataclass(slots=True, eq=False)
 class _Group:
     """Submits to one version sent as one engine request (same input shape, deadlines within the slack)."""
 
-    __slots__ = ("model", "version", "deadline", "limit", "members", "rid", "live", "block")
-
-    def __init__(self, model: str, version: int, deadline: float | None, limit: int) -> None:
-        self.model, self.version, self.deadline, self.limit = model, version, deadline, limit
-        self.members: list[_Member] = []
-        self.rid: int | None = None  # set when sent
-        self.live = 0  # members sent and not cancelled
-        self.block: Block | None = None
+    model: str
+    version: int
+    deadline: float | None  # the earliest of its members'
+    limit: int
+    members: list[_Member] = field(default_factory=list)
+    rid: int | None = None  # set when sent
+    live: int = 0  # members sent and not cancelled
+    block: Block | None = None
 
     def takes(self, model: str, version: int, inputs: np.ndarray, deadline: float | None) -> bool:
         if self.model != model or self.version != version or len(self.members) >= self.limit:
@@ -82,25 +73,29 @@ class _Group:
             return deadline is None and self.deadline is None
         return abs(deadline - self.deadline) <= GROUP_DEADLINE_SLACK_S
 
-    def add(self, member: _Member, deadline: float | None) -> None:
-        self.members.append(member)
-        member.group = self
-        if deadline is not None and self.deadline is not None and deadline < self.deadline:
-            self.deadline = deadline
-
     def fail(self, error: Callable[[], BaseException]) -> None:
         for m in self.members:
             if not m.future.done():
                 m.future.set_exception(error())
 
 
+@dataclass(slots=True, eq=False)
+class _Member:
+    """One submit in a group; `row`: its first row there, once sent."""
+
+    future: asyncio.Future[BatchOutput]
+    inputs: np.ndarray
+    output_bytes: int
+    group: _Group
+    row: int = 0
+
+
+@dataclass(slots=True, eq=False)
 class _Call:
     """A forwarded request waiting for its `HttpResponse`; `on_more`: the engine's app reads its body."""
 
-    __slots__ = ("future", "on_more")
-
-    def __init__(self, future: asyncio.Future[Any], on_more: Callable[[], None] | None) -> None:
-        self.future, self.on_more = future, on_more
+    future: asyncio.Future[Any]
+    on_more: Callable[[], None] | None
 
 
 class EngineClient:
@@ -109,7 +104,6 @@ class EngineClient:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.arena = Arena(f"vitserve-{os.getpid()}-{secrets.token_hex(4)}")
-        self.table: msg.ModelTable | None = None
         self.on_table: Callable[[msg.ModelTable], None] | None = None
         self.connected = False
         self._ids = itertools.count(1)
@@ -166,7 +160,6 @@ class EngineClient:
 
     # -- the engine's messages -----------------------------------------------------------------------------
     def _on_table(self, table: msg.ModelTable) -> None:
-        self.table = table
         if self.on_table is not None:
             self.on_table(table)
         if self._first_table is not None:
@@ -205,7 +198,6 @@ class EngineClient:
         may share its engine request with up to `group` - 1 others (see the module docstring)."""
         if self._channel is None or not self.connected:
             raise ModelNotReady(ENGINE_GONE)
-        member = _Member(asyncio.get_running_loop().create_future(), inputs, output_bytes)
         limit = group if inputs.shape[:1] == (1,) else 1
         joined = None if limit == 1 else next((g for g in self._open if g.takes(model, version, inputs, deadline)),
                                               None)
@@ -213,7 +205,10 @@ class EngineClient:
             joined = _Group(model, version, deadline, limit)
             self._open.append(joined)
             self._channel.flush_soon()
-        joined.add(member, deadline)
+        elif deadline is not None and joined.deadline is not None:
+            joined.deadline = min(joined.deadline, deadline)
+        member = _Member(asyncio.get_running_loop().create_future(), inputs, output_bytes, joined)
+        joined.members.append(member)
         try:
             return await member.future
         except asyncio.CancelledError:
@@ -224,8 +219,6 @@ class EngineClient:
         """A cancelled submit leaves its group before it is sent; after, the group is cancelled in the engine once
         no submit is left in it (its block is released when the engine answers)."""
         group = member.group
-        if group is None:
-            return
         if group.rid is None:
             group.members.remove(member)
         elif group.rid in self._pending:
@@ -247,7 +240,7 @@ class EngineClient:
                     self._release(group.block)
                 error = exc if isinstance(exc, ServiceError) else InferenceFailed(
                     f"sending the request to the engine failed ({type(exc).__name__})")
-                group.fail(lambda: error)  # noqa: B023 - called at once
+                group.fail(lambda: error)  # noqa: B023 - called at once, inside the iteration
 
     def _send_group(self, group: _Group) -> None:
         members = group.members
@@ -265,13 +258,13 @@ class EngineClient:
         if block is None:
             inline = first if len(members) == 1 else np.concatenate([m.inputs for m in members])
         else:
-            segment, offset = self.arena.segments[block.segment], block.offset
+            segment, at = self.arena.segments[block.segment], block.offset
             for m in members:
-                segment.write(offset, m.inputs)
-                offset += m.inputs.nbytes
-        self._send(msg.Submit(rid, group.model, group.version, None if block is None else block.segment,
-                          0 if block is None else block.offset, 0 if block is None else block.size,
-                          (rows, *first.shape[1:]), first.dtype.str, group.deadline, inline, len(members)))
+                segment.write(at, m.inputs)
+                at += m.inputs.nbytes
+        seg, offset, size = (None, 0, 0) if block is None else block
+        self._send(msg.Submit(rid, group.model, group.version, seg, offset, size, (rows, *first.shape[1:]),
+                              first.dtype.str, group.deadline, inline, len(members)))
 
     def _answer_group(self, group: _Group, reply: msg.Done | msg.Failed | msg.Cancelled | msg.HttpResponse) -> None:
         """The engine's answer, split into each submit's own rows (a copy of the block, read once)."""

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 from fastapi import FastAPI
+from uvicorn.loops.auto import auto_loop_factory
 
 from service.batcher import Batcher, BatcherStopped, BatchOutput, PendingRequest
 from service.catalog import LoadedVersion
@@ -96,7 +97,7 @@ class _Connection:
         }
         self.channel = Channel(lambda m: handlers[type(m)](m), self._on_lost)
         self.segments: dict[int, Segment] = {}
-        #: inference requests in a batcher, answered from their future's callback (no task per request)
+        #: inference requests in a batcher
         self.requests: dict[int, tuple[Batcher, PendingRequest]] = {}
         #: forwarded HTTP requests, each answered by the app in a task
         self.forwards: dict[int, Forwarded] = {}
@@ -153,8 +154,7 @@ class _Connection:
             segment.close()
 
     def _submit(self, sub: msg.Submit) -> None:
-        """Into its version's batcher, answered when its batch is: the outputs go into the request's block (or
-        inline when it came without one). `sub.requests`: the client requests it carries, counted as that many."""
+        """Into its version's batcher (no task: answered from its future's callback)."""
         store = self.server.store
         start = time.monotonic()
         lv = None
@@ -314,7 +314,7 @@ class Forwarded:
 
 def engine_main(settings: Settings, control_path: Path, supervisor: Connection) -> None:
     """Process entry point (spawned by the supervisor, which alone stops it: see the module docstring)."""
-    from service.workers.child import configure_child
+    from service.workers.supervisor import configure_child
 
     configure_child(settings, "engine", "vitserve-engine")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -324,17 +324,8 @@ def engine_main(settings: Settings, control_path: Path, supervisor: Connection) 
 
     app = create_app(settings)
     gc_policy.install(app.state.store, settings.gc_freeze)
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=auto_loop_factory()) as runner:  # the loop uvicorn picks for the front ends
         runner.run(_serve_engine(app, control_path, supervisor))
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where installed (as uvicorn picks for the front ends), else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection) -> None:

@@ -1,18 +1,11 @@
 """What a front end answers itself, and what it forwards to the engine.
 
-A front end answers the inference routes (`/v1/models/{m}/classify`, `/v2/models/{m}[/versions/{v}]/
-infer`: the CPU-heavy part of the service, parsed and preprocessed here) and liveness/readiness (its
-own: a draining front end is not ready). Everything else (model lists and metadata, statistics,
-repository index/load/unload, /metrics, /v1/compare, OpenAPI and docs) needs the engine's state and
-is rare: the request goes to the engine over the control connection and its app answers it
-in-process, so every endpoint answers from any front end exactly as the single-process server does.
-
-The engine's app decides, as in the single process: the head goes first, and the body is read from
-the client only as the app reads it (`EngineClient.forward`), one piece per ask. So what the app
-refuses before reading (an unknown path or model, a missing API key, a body over a route's own
-limit) is answered without the body being read, and `Expect: 100-continue` is answered as there. A
-client that leaves is the app's client leaving: the engine's app sees the disconnect (its queued
-work is withdrawn, as in the single process).
+A front end answers the inference routes (the CPU-heavy part: parsed and preprocessed here) and its own
+liveness/readiness (a draining front end is not ready). Everything else needs the engine's state and is rare:
+it goes to the engine, whose app answers it in-process, so every endpoint answers from any front end as the
+single process does. The head goes first and the body is read from the client only as the engine's app reads
+it, so what the app refuses unread (an unknown path or model, no API key, a body over a route's limit) is
+answered without reading the body; a client that leaves is the app's client leaving.
 """
 
 from __future__ import annotations
@@ -67,7 +60,7 @@ class ForwardMiddleware:
         assert task is not None
         gone = False
 
-        def client_gone() -> None:  # stop waiting: the cancelled wait tells the engine (EngineClient._request)
+        def client_gone() -> None:  # stop waiting: the cancelled wait tells the engine (EngineClient.forward)
             nonlocal gone
             if not gone:
                 gone = True
@@ -99,9 +92,8 @@ class ForwardMiddleware:
 
 
 class ClientBody:
-    """A forwarded request's body, read from its client one piece per ask of the engine's app; once it is in, the
-    next ASGI message is the client's departure, awaited too (reading on: uvicorn stops reading at a large body's
-    end, and a client that resets would go unnoticed while the engine computes). One task, from the first ask."""
+    """A forwarded request's body, read from its client one piece per ask of the engine's app; then its client's
+    departure is awaited too (uvicorn stops reading at a large body's end: a reset would go unnoticed)."""
 
     def __init__(self, receive: Receive, on_gone: Callable[[], None]) -> None:
         self.receive = receive

@@ -1,11 +1,8 @@
 """A front end's model store: the engine's models mirrored, every version's executor remote.
 
-The front end runs the very same request path as the single-process server (service/pipeline.py:
-admission, body parsing, image decoding, input checks, postprocessing, errors) over a `ModelStore`
-whose models are not loaded here but mirrored from the engine's model table (state, reason,
-repository entry, serving versions and their limits): a `RemoteExecutor` is each `LoadedVersion`'s
-executor. The engine pushes a new table whenever a model changes, on the connection that also
-carries the answers, so a front end sees a swap before it sees the old version refuse a request.
+The front end runs the single-process request path (service/pipeline.py) over a `ModelStore` whose models
+mirror the engine's table, pushed on the connection that carries the answers, so a front end sees a swap
+before the old version refuses a request.
 """
 
 from __future__ import annotations
@@ -39,8 +36,7 @@ class MirrorRuntime(InferenceRuntime):
 
 
 class MirrorObserver(VersionObserver):
-    """A mirrored version's observer: the engine keeps the version's Triton statistics (it records every
-    request it answers), so a front end's copy records none (/v2/.../stats is answered by the engine)."""
+    """Records nothing: the engine keeps the version's statistics (it answers /v2/.../stats)."""
 
     def request_succeeded(self, total_s: float, queue_s: float, compute_s: float, count: int = 1) -> None: ...
 

@@ -1,8 +1,12 @@
 """The control messages between a front end and the engine: one named tuple per kind, the model table, errors.
 
-Each side dispatches on a message's type (a table of handlers per side). Named tuples, not dataclasses:
-they pickle several times faster, and every inference request crosses as two of them.
-`deadline` is absolute on the monotonic clock, which every process of one host shares.
+Front end -> engine: `Hello` (answered with the `ModelTable`, which is also pushed whenever a model changes),
+`MapSegment` (answered `SegmentMapped`: the front end then unlinks the file), `Unmap` (an idle segment
+released), `Submit` (answered `Done`, `Failed`, or `Cancelled` after a `Cancel`), `ReadinessOff` (the front end
+drains: the engine's `vitserve_server_ready` goes to 0, requests still go), `Http` (answered `HttpResponse`;
+each read of its body by the engine's app asks `More` and gets a `Body`). A `Cancel` of a forwarded request is
+its app's client disconnecting. Each side dispatches on the message's type; named tuples pickle several times
+faster than dataclasses. `deadline` is absolute on the monotonic clock, which every process of a host shares.
 """
 
 from __future__ import annotations
@@ -12,46 +16,27 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from service import errors
 from service.batcher import BatcherStopped, BatchLimits
-from service.errors import (
-    DeadlineExceeded,
-    InferenceFailed,
-    InvalidInput,
-    ModelNotFound,
-    ModelNotReady,
-    NonFiniteOutput,
-    Overloaded,
-    ServiceError,
-    ShuttingDown,
-)
 from service.repository import ModelEntry
-
-# -- front end -> engine -------------------------------------------------------------------------------------
 
 
 class Hello(NamedTuple):
-    """The first message; the engine answers with its `ModelTable`."""
-
     pid: int
 
 
 class MapSegment(NamedTuple):
-    """A new arena segment to map; answered `SegmentMapped` (the front end then unlinks its file)."""
-
     segment: int
     path: str
 
 
 class Unmap(NamedTuple):
-    """The front end released that (idle) segment."""
-
     segment: int
 
 
 class Submit(NamedTuple):
-    """Inputs to compute, in the block (`segment`, `offset`, `size`) or `inline` when there was no shared memory
-    (`segment` None). `requests`: the client requests whose rows it carries (a group). Answered `Done` (outputs
-    written into the same block, or inline), `Failed`, or `Cancelled` after a `Cancel`."""
+    """Inputs in the block (`segment`, `offset`, `size`), where the outputs go too, or `inline` (`segment`
+    None: no shared memory); `requests`: the client requests whose rows it carries (a group)."""
 
     rid: int
     model: str
@@ -67,31 +52,23 @@ class Submit(NamedTuple):
 
 
 class Cancel(NamedTuple):
-    """The client went away: its request leaves the queue (a forwarded request's app sees a disconnect)."""
-
     rid: int
 
 
 class ReadinessOff(NamedTuple):
-    """The front end started draining: the engine's `vitserve_server_ready` goes to 0 (requests still go)."""
+    pass
 
 
 class Http(NamedTuple):
-    """A request the engine's app answers (`HttpResponse`); `complete`: it has no body, else each read of
-    the body by the app asks `More` and gets a `Body`."""
-
     rid: int
     scope: dict[str, Any]
-    complete: bool
+    complete: bool  # no body to pull
 
 
 class Body(NamedTuple):
     rid: int
     piece: bytes
     more: bool
-
-
-# -- engine -> front end (and `ModelTable`, sent at `Hello` and whenever a model changes) --------------------
 
 
 class SegmentMapped(NamedTuple):
@@ -106,13 +83,10 @@ class Done(NamedTuple):
     compute_s: float
     batch_size: int
     inline: np.ndarray | None
-    #: whether every output value is (found once per batch)
-    finite: bool
+    finite: bool  # whether every output value is (found once per batch)
 
 
 class Failed(NamedTuple):
-    """An error, by class name (`encode_error`)."""
-
     rid: int
     kind: str
     message: str
@@ -131,27 +105,26 @@ class HttpResponse(NamedTuple):
 
 
 class More(NamedTuple):
-    """A forwarded request's app reads its body: the next piece, please."""
-
     rid: int
 
 
-_ERRORS: dict[str, type[ServiceError]] = {
+_ERRORS: dict[str, type[errors.ServiceError]] = {
     cls.__name__: cls
-    for cls in (BatcherStopped, DeadlineExceeded, InferenceFailed, InvalidInput, ModelNotFound, ModelNotReady,
-                NonFiniteOutput, Overloaded, ShuttingDown)
+    for cls in (BatcherStopped, errors.DeadlineExceeded, errors.InferenceFailed, errors.InvalidInput,
+                errors.ModelNotFound, errors.ModelNotReady, errors.NonFiniteOutput, errors.Overloaded,
+                errors.ShuttingDown)
 }
 
 
-def encode_error(exc: ServiceError) -> tuple[str, str, float]:
+def encode_error(exc: errors.ServiceError) -> tuple[str, str, float]:
     return type(exc).__name__, exc.message, float(getattr(exc, "retry_after_s", 0.0))
 
 
-def decode_error(kind: str, message: str, retry_after_s: float) -> ServiceError:
+def decode_error(kind: str, message: str, retry_after_s: float) -> errors.ServiceError:
     """The engine's error as the same class on this side (Overloaded keeps its Retry-After)."""
-    cls = _ERRORS.get(kind, InferenceFailed)
-    if cls is Overloaded:
-        return Overloaded(message, retry_after_s=retry_after_s)
+    cls = _ERRORS.get(kind, errors.InferenceFailed)
+    if cls is errors.Overloaded:
+        return errors.Overloaded(message, retry_after_s=retry_after_s)
     return cls(message)
 
 

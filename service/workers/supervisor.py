@@ -1,19 +1,11 @@
 """`vitserve serve --http-workers N`: one engine process, N front-end processes on one port.
 
-The supervisor (the process `vitserve serve` started) binds the listening socket, starts the
-engine (service/workers/engine.py) and, once it listens on its private unix socket, N front ends
-that all accept on the inherited listening socket, taking turns so that the connections spread
-evenly (service/workers/accept.py). Each front end runs the single-process server's app and
-request path (service/workers/mirror.py) and hands
-tensors to the engine through shared memory. Prometheus metrics are kept per process in
-prometheus_client's multiprocess directory and summed by the engine's /metrics (which any front
-end forwards), so the total is the same whichever front end answers.
-
-A front end that dies (a crash, SIGKILL) is replaced at once; the other front ends and their
-requests are untouched, and the engine drops the dead one's queued requests. A dead engine stops
-the server (exit 1). SIGTERM/SIGINT: every front end drains as the single-process server does
-(readiness off, newcomers 503, accepted requests answered); when all have exited the engine is
-told to stop, drains what is left and closes its sessions; exit 0.
+The supervisor binds the listening socket, starts the engine (service/workers/engine.py) and, once it listens
+on its private unix socket, N front ends that accept on the inherited socket, taking turns
+(service/workers/accept.py). Metrics are kept per process in prometheus_client's multiprocess directory and
+summed by the engine's /metrics. A front end that dies is replaced (the engine drops its queued requests); a
+dead engine stops the server (exit 1). SIGTERM/SIGINT: the front ends drain as the single process does, then
+the engine is told to stop, drains what is left and closes its sessions; exit 0.
 """
 
 from __future__ import annotations
@@ -24,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -32,10 +25,9 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from service.metrics import WORKERS_METRICS_DIR_ENV
+from service.metrics import WORKERS_METRICS_DIR_ENV, use_process_local_pid
 from service.settings import Settings
 from service.workers.accept import NOT_ACCEPTING
-from service.workers.child import configure_child
 
 log = logging.getLogger("vitserve.supervisor")
 
@@ -50,9 +42,8 @@ PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """The one listening socket every front end accepts on. The supervisor keeps it open and listening for
-    the server's life and each front end (a replacement too) inherits it: while front ends die or restart
-    the kernel queues new connections, never refuses them (a listener per process would leave none)."""
+    """The listening socket, open for the server's life and inherited by each front end: while front ends die
+    or restart the kernel queues new connections, never refuses them."""
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,6 +51,18 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def configure_child(settings: Settings, role: str, comm: str) -> None:
+    """What every spawned process does first: its role in every log line, `comm` its name in ps/top, its
+    metric values' pid read once (before any metric exists)."""
+    use_process_local_pid()
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s [{role} %(process)d]: %(message)s")
+    try:
+        Path("/proc/self/comm").write_text(comm[:15])
+    except OSError:
+        pass
 
 
 def _watch_parent() -> None:
@@ -75,16 +78,14 @@ def _watch_parent() -> None:
 
 
 def front_end_settings(settings: Settings) -> Settings:
-    """One front end's share of the server-wide limits: `max_connections` and `max_body_bytes_in_flight`
-    bound the whole server, so each of the N front ends (each counting only its own) takes 1/N, rounded up."""
+    """One front end's share (1/N, rounded up) of the server-wide `max_connections` and body budget."""
     workers = max(1, settings.http_workers)
     return settings.model_copy(update={"max_connections": -(-settings.max_connections // workers),
                                        "max_body_bytes_in_flight": -(-settings.max_body_bytes_in_flight // workers)})
 
 
 def worker_main(settings: Settings, sock: socket.socket, control_path: Path, index: int, slots: Any) -> None:
-    """Front-end process entry point: the app on the shared socket, its models mirrored from the engine;
-    `slots`: every front end's connection count (service/workers/accept.py), this one's at `index`."""
+    """Front-end process entry point; `slots`: every front end's connection count, this one's at `index`."""
     settings = front_end_settings(settings)
     configure_child(settings, f"front end {index}", f"vitserve-fe{index}")
     _watch_parent()
@@ -191,9 +192,8 @@ class Supervisor:
         return code
 
     def _watch(self, engine: BaseProcess, sock: socket.socket) -> int:
-        """Replace dead front ends until a signal arrives; 1 if the engine dies. A front end that died
-        young is restarted only after a delay, doubled at each such death in a row (capped): one that
-        cannot start must neither spin this loop nor the machine."""
+        """Replace dead front ends until a signal arrives; 1 if the engine dies. One that keeps dying young is
+        restarted after a growing delay, so it spins neither this loop nor the machine."""
         from prometheus_client import multiprocess
 
         restart_at: dict[int, float] = {}
