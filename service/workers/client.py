@@ -113,9 +113,8 @@ class EngineClient:
         self._shm_short = False
         self._open: list[_Group] = []  # this turn's groups, sent with its frame
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
-            msg.ModelTable: self._on_table, msg.SegmentMapped: self._on_mapped, msg.More: self._on_more,
-            msg.Done: self._on_answer, msg.Failed: self._on_answer, msg.Cancelled: self._on_answer,
-            msg.HttpResponse: self._on_answer,
+            msg.Table: self._on_table, msg.More: self._on_more, msg.Done: self._on_answer,
+            msg.Failed: self._on_answer, msg.Cancelled: self._on_answer, msg.HttpResponse: self._on_answer,
         }
 
     async def connect(self) -> None:
@@ -159,16 +158,11 @@ class EngineClient:
             self._first_table.set()
 
     # -- the engine's messages -----------------------------------------------------------------------------
-    def _on_table(self, table: msg.ModelTable) -> None:
+    def _on_table(self, message: msg.Table) -> None:
         if self.on_table is not None:
-            self.on_table(table)
+            self.on_table(message.table)
         if self._first_table is not None:
             self._first_table.set()
-
-    def _on_mapped(self, message: msg.SegmentMapped) -> None:
-        segment = self.arena.segments.get(message.segment)
-        if segment is not None:  # both processes map it now: the name can go
-            segment.path.unlink(missing_ok=True)
 
     def _on_more(self, message: msg.More) -> None:
         call = self._pending.get(message.rid)

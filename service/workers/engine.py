@@ -80,7 +80,7 @@ class EngineServer:
             conn.channel.close()
 
     def models_changed(self) -> None:
-        table = model_table(self.store)
+        table = msg.Table(model_table(self.store))
         for conn in self.connections:
             conn.send(table)
 
@@ -108,11 +108,12 @@ class _Connection:
 
     def _hello(self, message: msg.Hello) -> None:
         self.peer = f"front end pid {message.pid}"
-        self.send(model_table(self.server.store))
+        self.send(msg.Table(model_table(self.server.store)))
 
     def _map(self, message: msg.MapSegment) -> None:
-        self.segments[message.segment] = Segment(Path(message.path), 0, create=False)
-        self.send(msg.SegmentMapped(message.segment))
+        path = Path(message.path)
+        self.segments[message.segment] = Segment(path, 0, create=False)
+        path.unlink(missing_ok=True)  # both processes map it now: nothing is left behind when either dies
 
     def _unmap(self, message: msg.Unmap) -> None:
         segment = self.segments.pop(message.segment, None)
@@ -230,7 +231,7 @@ class _Connection:
         task.add_done_callback(lambda _: self._finished(rid, task))
 
     def _finished(self, rid: int, task: asyncio.Task[None]) -> None:
-        """A task cancelled before it ran never entered `_http`'s try, which answers every other case."""
+        """A cancelled task (its front end gone or stopping) is answered here; `_http` answers every other."""
         self.forwards.pop(rid, None)
         if task.cancelled():
             self.send(msg.Cancelled(rid))
@@ -249,9 +250,6 @@ class _Connection:
         try:
             await self.server.app({**scope, "type": "http", "asgi": {"version": "3.0"}, DISCONNECT_WATCH: forwarded},
                                   forwarded.receive, send)
-        except asyncio.CancelledError:
-            self.send(msg.Cancelled(forwarded.rid))
-            return
         except Exception:  # noqa: BLE001 - the app's own handlers answered what they could
             log.exception("forwarded %s %s failed", scope.get("method"), scope.get("path"))
             status, headers, chunks = 500, [(b"content-type", b"application/json")], [b'{"error":"internal error"}']

@@ -8,7 +8,7 @@ geometrically up to `MAX_SEGMENT_BYTES` and idle smaller ones are released, so a
 requests need. A segment is reserved when created: a full /dev/shm fails there (not as SIGBUS later) and the
 request's tensor then travels inline in its message.
 
-Control messages (service/workers/protocol.py) of one event-loop turn go as one pickled frame (`Channel`).
+Control messages (service/workers/protocol.py) of one event-loop turn go as one frame (`Channel`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from service.workers.protocol import KINDS
+
 FIRST_SEGMENT_BYTES = 1 << 20
 MAX_SEGMENT_BYTES = 16 << 20
 ALIGN = 64
 MAX_MESSAGE_BYTES = 1 << 30
 _HEADER = struct.Struct("!I")
+_CODES = {kind: code for code, kind in enumerate(KINDS)}
+_new_tuple = tuple.__new__
 
 
 def shm_directory() -> Path:
@@ -168,8 +172,8 @@ class Arena:
 
 
 class Channel(asyncio.Protocol):
-    """Pickled messages over a stream socket: those sent in one event-loop turn go as one frame (a pickled list
-    behind a 4-byte length, one write), parsed as its bytes arrive, so a batch's answers cost one pickling."""
+    """Messages over a stream socket: those sent in one event-loop turn go as one frame (a pickled list of plain
+    tuples behind a 4-byte length, one write), parsed as its bytes arrive: a batch's answers cost one pickling."""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
                  before_flush: Callable[[], None] | None = None) -> None:
@@ -180,7 +184,7 @@ class Channel(asyncio.Protocol):
         self._flush_due = False
         self.transport: asyncio.Transport | None = None
         self._in = bytearray()
-        self._out: list[Any] = []
+        self._out: list[tuple[Any, ...]] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -199,11 +203,11 @@ class Channel(asyncio.Protocol):
                 break
             messages = pickle.loads(memoryview(buf)[start + _HEADER.size:end])
             start = end
-            for message in messages:
-                self.on_message(message)
+            for fields in messages:
+                self.on_message(_new_tuple(KINDS[fields[0]], fields[1:]))  # (no named tuple's __new__ per message)
         del buf[:start]
 
-    def send(self, message: Any) -> None:
+    def send(self, message: tuple[Any, ...]) -> None:
         if self.closed or self.transport is None:
             return
         self.flush_soon()
@@ -220,7 +224,7 @@ class Channel(asyncio.Protocol):
             self.before_flush()
         self._flush_due = False
         if self._out and not self.closed and self.transport is not None:
-            data = pickle.dumps(self._out, protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps([(_CODES[type(m)], *m) for m in self._out], protocol=pickle.HIGHEST_PROTOCOL)
             self.transport.write(_HEADER.pack(len(data)) + data)
         self._out = []
 
