@@ -213,6 +213,8 @@ class EngineClient:
         """A cancelled submit leaves its group before it is sent; after, the group is cancelled in the engine once
         no submit is left in it (its block is released when the engine answers)."""
         group = member.group
+        if member not in group.members:  # already dropped as cancelled when its group was sent
+            return
         if group.rid is None:
             group.members.remove(member)
         elif group.rid in self._pending:

@@ -253,3 +253,23 @@ def test_a_group_that_cannot_be_sent_fails_its_requests_and_keeps_no_block(
     assert "sending the request to the engine failed (RuntimeError)" in str(failed[0])
     assert (used, pending) == (0, 0)  # its block back, nothing left waiting for an answer that cannot come
     assert after.outputs.tolist() == [[5.0] * 4] and store.enqueued == [(1, 1)]  # the next request is served
+
+
+def test_a_submit_cancelled_just_before_its_group_is_sent_neither_fails_nor_cancels_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its future is cancelled at once, its task resumes only after the turn's frame went out: by then the group
+    was sent without it (or not at all), and its leaving must not count against the submits still in it."""
+
+    async def body(client: EngineClient, store: _Store) -> list[Any]:
+        alone = asyncio.ensure_future(infer(client, image(1)))
+        await asyncio.sleep(0)  # it joined a group; the frame is due at the end of this turn
+        alone.cancel()
+        gone, kept = asyncio.ensure_future(infer(client, image(2))), asyncio.ensure_future(infer(client, image(3)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await asyncio.gather(alone, gone, kept, return_exceptions=True)
+
+    store = _Store()
+    alone, gone, kept = _run(tmp_path, monkeypatch, body, store)
+    assert isinstance(alone, asyncio.CancelledError) and isinstance(gone, asyncio.CancelledError)
+    assert kept.outputs.tolist() == [[3.0] * 4] and store.enqueued == [(1, 1)]
