@@ -86,6 +86,8 @@ class Segment:
         return np.frombuffer(self.map, dtype, math.prod(shape), offset).reshape(shape).copy()
 
     def close(self) -> None:
+        """Unmap it, and remove its name if still there."""
+        self.path.unlink(missing_ok=True)
         try:
             self.map.close()
         except BufferError:  # a view is still alive somewhere: the mapping goes with the process
@@ -98,10 +100,6 @@ class Block(NamedTuple):
     segment: int
     offset: int
     size: int
-
-
-def _round(n: int) -> int:
-    return max(ALIGN, (n + ALIGN - 1) // ALIGN * ALIGN)
 
 
 class Arena:
@@ -120,7 +118,7 @@ class Arena:
 
     def allocate(self, nbytes: int) -> tuple[Block, Segment | None]:
         """A block of at least `nbytes`, and the segment created for it (to announce) if one was."""
-        size = _round(nbytes)
+        size = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
         for index, free in self._free.items():
             for i, (offset, room) in enumerate(free):
                 if room >= size:
@@ -158,7 +156,6 @@ class Arena:
         for index in released:
             segment = self.segments.pop(index)
             del self._free[index]
-            segment.path.unlink(missing_ok=True)
             segment.close()
         return released
 
@@ -167,7 +164,6 @@ class Arena:
 
     def close(self) -> None:
         for segment in self.segments.values():
-            segment.path.unlink(missing_ok=True)
             segment.close()
 
 
