@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from openvino_repository import openvino_available, openvino_repository  # noqa: E402  (after the sys.path setup)
-from service_server import INTEGRATION_MODELS, ServerProcess, start_server  # noqa: E402  (after the sys.path setup)
-from tiny_repository import build_tiny_repository  # noqa: E402  (after the sys.path setup)
+from service_server import ServerProcess, start_server  # noqa: E402  (after the sys.path setup)
+from tiny_repository import INTEGRATION_MODELS, build_tiny_repository  # noqa: E402  (after the sys.path setup)
 
 
 @pytest.fixture(scope="session")

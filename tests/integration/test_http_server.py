@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from service_server import API_KEY, INTEGRATION_MODELS, ServerProcess, start_server
-from tiny_repository import expected_logits
+from service_server import API_KEY, ServerProcess, start_server
+from tiny_repository import INTEGRATION_MODELS, expected_logits
 
 HEAVY = next(m for m in INTEGRATION_MODELS if m.name == "tiny_heavy")
 #: runtime-level: every test here runs on ONNX Runtime and on OpenVINO (tests/integration/conftest.py)

@@ -189,3 +189,5 @@ DEFAULT_MODELS = [
     TinyModel("tiny_corrupt", breakage="corrupt_onnx"),
     TinyModel("tiny_badsha", breakage="sha_mismatch"),
 ]
+#: the integration suite's repository: the defaults plus a heavy model (batching is visible in its timings)
+INTEGRATION_MODELS = [*DEFAULT_MODELS, TinyModel("tiny_heavy", hidden=1024, max_batch_size=16)]

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from monitoring_support import MIN_MODELS, ROOT, free_port, repository_models, require_tool, running_process
+from monitoring_support import MIN_MODELS, ROOT, repository_models, require_tool
+from service_server import start_server
 
 #: trained models of the committed demo repository served by the monitoring tests: vanilla and a variant of each
 #: folding kind, each with a held-out evaluation (so the accuracy panel has data, as it would in production)
@@ -60,12 +61,14 @@ class LiveService:
 
 @pytest.fixture(scope="module")
 def live_service(monitoring_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    """`vitserve serve` on a free loopback port, ready; stopped (SIGTERM, then kill) afterwards."""
-    vitserve = require_tool("vitserve")
-    port = free_port()
-    log = tmp_path_factory.mktemp("vitserve") / "vitserve.log"
-    base = f"http://127.0.0.1:{port}"
-    cmd = [vitserve, "serve", "--repository", str(monitoring_repository), "--host", "127.0.0.1",
-           "--port", str(port), "--providers", "CPUExecutionProvider", "--intra-op-threads", "1", "--warmup", "pow2"]
-    with running_process(cmd, log, f"{base}/v2/health/ready", what="vitserve", ready_s=180.0, stop_s=40):
-        yield LiveService(base, repository_models(monitoring_repository), log)
+    """`vitserve serve` on a free loopback port, ready (the tests' one launcher); SIGTERM, then kill, afterwards."""
+    srv = start_server(monitoring_repository, tmp_path_factory.mktemp("vitserve"), "--providers",
+                       "CPUExecutionProvider", "--intra-op-threads", "1", "--warmup", "pow2", ready_timeout=180.0,
+                       api_key=None)
+    try:
+        yield LiveService(srv.base_url, repository_models(monitoring_repository), srv.log_path)
+    finally:
+        try:
+            srv.stop(timeout=40)
+        except subprocess.TimeoutExpired:
+            pass  # killed by stop(); this fixture never asserted a clean exit

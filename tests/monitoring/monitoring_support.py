@@ -1,4 +1,4 @@
-"""Helpers of the monitoring tests (tools, ports, readiness polling), importable by test modules.
+"""Helpers of the monitoring tests (tools, readiness polling, the prometheus process), importable by test modules.
 
 Test modules import from here, not from conftest.py: several conftest modules share that name.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -38,12 +37,6 @@ def require_tool(name: str) -> str:
     if in_ci():
         pytest.fail(f"{message}; CI=true requires it")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http_ok(url: str, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -31,8 +31,10 @@ from monitoring_promql import (
     substitute,
     template_variables,
 )
-from monitoring_support import free_port, require_tool, running_process
+from monitoring_support import require_tool, running_process
 from PIL import Image
+
+from bench.procs import free_port
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from monitoring_support import DOCKER_DIR, ROOT, free_port
+from monitoring_support import DOCKER_DIR, ROOT
+
+from bench.procs import free_port
 
 
 def _load(name: str) -> ModuleType:

@@ -1,6 +1,6 @@
 """Fixtures of the reliability suite: a repository of tiny models (working, slow, batch-1-only) and a server.
 
-Servers are real `vitserve serve` processes on loopback ports (tests/integration/service_server.py);
+Servers are real `vitserve serve` processes on loopback ports (tests/service_server.py);
 each test module that needs special settings starts its own.
 """
 

@@ -1,7 +1,7 @@
 """Helpers for the reliability suite: extra tiny models, traffic generators, /proc and metric readers.
 
-The suite attacks a real `vitserve serve` process on a loopback port (started by the integration
-helpers in tests/integration/service_server.py). The extra models here are built with onnx.helper:
+The suite attacks a real `vitserve serve` process on a loopback port (started by the
+tests' one launcher, tests/service_server.py). The extra models here are built with onnx.helper:
 a slow convolution stack (compute time without big weights, for overload and drain), and a model
 whose graph only runs at batch 1 (an ONNX Runtime error inside a batch).
 """
@@ -28,7 +28,7 @@ INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 if str(INTEGRATION) not in sys.path:
     sys.path.insert(0, str(INTEGRATION))
 
-from service_server import API_KEY, ServerProcess, free_port, start_server  # noqa: E402,F401  (after the sys.path setup; re-exported to the reliability tests)
+from service_server import API_KEY, ServerProcess, start_server  # noqa: E402,F401  (after the sys.path setup; re-exported to the reliability tests)
 from tiny_repository import (  # noqa: E402,F401  (after the sys.path setup; re-exported to the reliability tests)
     TinyModel,
     add_version,

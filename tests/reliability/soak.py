@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url, pid = args.url, args.pid
     if args.repository is not None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+        here = Path(__file__).resolve()
+        sys.path[:0] = [str(here.parents[1]), str(here.parents[2])]  # tests/ (the launcher) and the root (bench/)
         from service_server import start_server
 
         server = start_server(args.repository, Path(tempfile.mkdtemp(prefix="vitserve-soak-")), "--models", args.model)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ from reliability_support import (
     TinyModel,
     add_version,
     build_tiny_repository,
-    free_port,
     png_bytes,
     start_server,
 )
@@ -174,24 +172,14 @@ def test_sigterm_while_models_warm_up_exits_within_the_drain_timeout(
 ) -> None:
     """A pod told to stop while it is still warming up (a rollout cancelled, a node drained) must not
     finish a long warm-up first: Kubernetes kills it after its grace period (exit 137)."""
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    # warm-up of tiny_slow at every batch size 1..64: ~2000 images, tens of seconds on one thread
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--repository", str(reliability_repository),
-           "--host", "127.0.0.1", "--port", str(port), "--models", "tiny_slow", "--warmup", "all",
-           "--max-batch-size", "64", "--intra-op-threads", "1", "--drain-timeout-s", "2"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    # warm-up of tiny_slow at every batch size 1..64: ~2000 images, tens of seconds on one thread; live, not ready
+    server = start_server(reliability_repository, tmp_path, "--models", "tiny_slow", "--warmup", "all",
+                          "--max-batch-size", "64", "--intra-op-threads", "1", "--drain-timeout-s", "2",
+                          ready_path="/v2/health/live")
+    proc = server.proc
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/v2/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        assert httpx.get(base + "/v2/health/ready").status_code == 503, "warm-up finished too fast to test this"
+        assert httpx.get(server.base_url + "/v2/health/ready").status_code == 503, (
+            "warm-up finished too fast to test this")
         time.sleep(0.5)
         t = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -2,24 +2,19 @@
 
 The repository is the coordinator's session fixture `demo_repository` when it exists, else one
 exported here with the project's own exporter (the tiny `test` preset: a real ViT graph, ~15 s).
-The server is the real CLI in a subprocess on a free loopback port, polled until /v2/health/ready
-answers 200 (with a deadline, never a fixed sleep), and stopped with SIGTERM afterwards.
+The server is the real CLI started by the tests' one launcher (tests/service_server.py): a free loopback
+port, polled until /v2/health/ready answers 200 (with a deadline, never a fixed sleep), SIGTERM afterwards.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from service_server import start_server
 
 from service.manifest import MODEL_FILENAME, Manifest
 from service.model_config import ModelConfig
@@ -54,53 +49,17 @@ def v2_repository(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     return build_test_repository(tmp_path_factory.mktemp("v2") / "repository", ["test"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"not ready after {timeout_s:.0f}s")
-
-
 @pytest.fixture(scope="module")
 def v2_server(v2_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("v2_server") / "vitserve.log"
-    exe = shutil.which("vitserve", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "service.cli"]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*cmd, "serve", "--repository", str(v2_repository), "--host", "127.0.0.1", "--port", str(port),
-             "--providers", "CPUExecutionProvider", "--intra-op-threads", "1", "--warmup", "pow2"],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )
-    url = f"127.0.0.1:{port}"
+    srv = start_server(v2_repository, tmp_path_factory.mktemp("v2_server"), "--providers", "CPUExecutionProvider",
+                       "--intra-op-threads", "1", "--warmup", "pow2", ready_timeout=READY_TIMEOUT_S, api_key=None)
     try:
-        try:
-            _wait_ready(url, proc, READY_TIMEOUT_S)
-        except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"vitserve did not become ready: {exc}\n{log.read_text(errors='replace')[-3000:]}")
-        yield LiveServer(url, v2_repository, log)
+        yield LiveServer(srv.base_url.removeprefix("http://"), v2_repository, srv.log_path)
     finally:
-        proc.terminate()
         try:
-            proc.wait(timeout=40)
+            srv.stop(timeout=40)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            pass  # killed by stop(); this fixture never asserted a clean exit
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
-"""Start a real `vitserve serve` process on a free loopback port and wait until it is ready (test helper)."""
+"""The tests' one launcher of a real `vitserve serve`: a free loopback port, ready by polling, stopped by PID.
+
+Test support, not production code: `tests/` is on sys.path (pytest's rootdir conftest), so every suite imports
+it as `from service_server import start_server`. The free port comes from the bench's `free_port` (one helper).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from tiny_repository import DEFAULT_MODELS, TinyModel
 
-INTEGRATION_MODELS = [*DEFAULT_MODELS, TinyModel("tiny_heavy", hidden=1024, max_batch_size=16)]
+from bench.procs import free_port
+
 API_KEY = "integration-key-0123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -46,15 +43,18 @@ class ServerProcess:
 
 
 def start_server(repository: Path, tmp: Path, *args: str, ready_timeout: float = 60.0,
-                 env: dict[str, str] | None = None, ready_path: str = "/v2/health/ready") -> ServerProcess:
-    """Start `python -m service.cli serve` and poll `ready_path` until 200 (deadline, no fixed sleep)."""
+                 env: dict[str, str] | None = None, ready_path: str = "/v2/health/ready",
+                 api_key: str | None = API_KEY) -> ServerProcess:
+    """Start `python -m service.cli serve` and poll `ready_path` until 200 (deadline, no fixed sleep).
+
+    `api_key=None` starts it without a repository-control key (load/unload disabled, as by default)."""
     last_error: str = ""
     for _ in range(3):  # a free port can be taken between probe and bind: retry with another
         port = free_port()
         log_path = tmp / f"server-{port}.log"
         cmd = [sys.executable, "-m", "service.cli", "serve", "--repository", str(repository),
                "--host", "127.0.0.1", "--port", str(port), *args]
-        full_env = {**os.environ, "VITSERVE_API_KEY": API_KEY, **(env or {})}
+        full_env = {**os.environ, **({"VITSERVE_API_KEY": api_key} if api_key else {}), **(env or {})}
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
         server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
