@@ -252,7 +252,6 @@
     { key: "top1", label: "Top-1", num: true, value: (m) => m.evaluation?.top1 ?? null },
     { key: "top5", label: "Top-5", num: true, value: (m) => m.evaluation?.top5 ?? null },
     { key: "latency", label: "p50 ms", num: true, value: (m) => state.latency.get(m.name)?.p50 ?? null },
-    { key: "count", label: "Observations", num: true, value: (m) => state.latency.get(m.name)?.count ?? null },
     { key: "flops", label: "GFLOPs", num: true, value: (m) => (m.flops === null || m.flops === undefined ? null : m.flops / 1e9) },
     { key: "params", label: "Params (M)", num: true, value: (m) => (m.parameters ? m.parameters / 1e6 : null) },
     { key: "pareto", label: "Pareto front", value: (m) => paretoLabel(state.front.get(m.name)) },
@@ -330,16 +329,18 @@
       tr.append(el("td", { text: runtimeOf(m) }));
       tr.append(el("td", { text: precisionOf(m.name) }));
       tr.append(el("td", { text: (m.variants || []).join("+") || "vanilla" }));
-      tr.append(el("td", { text: datasetKey(m) || "not evaluated" }));
+      tr.append(el("td", { text: datasetKey(m) || "no evaluation reported" }));
       tr.append(el("td", { class: "num", text: pct(m.evaluation?.top1) }));
       tr.append(el("td", { class: "num", text: pct(m.evaluation?.top5) }));
       const lat = state.latency.get(m.name);
       const latCell = el("td", { class: "num", "data-p50-ms": lat ? (lat.p50 * 1000).toFixed(4) : null },
         lat ? ms(lat.p50) : "—");
-      if (lat) latCell.append(el("span", { class: "reason", text: `bucket ${ms(lat.lo)}–${lat.hi === Infinity ? "∞" : ms(lat.hi)}` }));
+      if (lat) {
+        latCell.append(el("span", { class: "reason",
+          text: `bucket ${ms(lat.lo)}–${lat.hi === Infinity ? "∞" : ms(lat.hi)}, ${Math.round(lat.count)} obs.` }));
+      }
       tr.append(latCell);
-      tr.append(el("td", { class: "num", text: lat ? String(Math.round(lat.count)) : "—" }));
-      tr.append(el("td", { class: "num", text: m.flops === null || m.flops === undefined ? "—" : fmt(m.flops / 1e9, 4) }));
+      tr.append(el("td", { class: "num", text: m.flops === null || m.flops === undefined ? "—" : fmt(m.flops / 1e9, 5) }));
       tr.append(el("td", { class: "num", text: m.parameters ? fmt(m.parameters / 1e6, 3) : "—" }));
       tr.append(el("td", { text: paretoLabel(state.front.get(m.name)) }));
       body.append(tr);
@@ -352,17 +353,19 @@
 
   // ---------- the scatter plots (inline SVG)
 
+  // about n round values between lo and hi, and the decimals that tell them apart
   function ticks(lo, hi, n) {
     const span = hi - lo || Math.abs(hi) || 1;
-    const step0 = span / n;
-    const mag = 10 ** Math.floor(Math.log10(step0));
+    const mag = 10 ** Math.floor(Math.log10(span / n));
     const step = [1, 2, 2.5, 5, 10].map((s) => s * mag).find((s) => span / s <= n) || 10 * mag;
-    const out = [];
-    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(Number(t.toPrecision(12)));
-    return out;
+    const values = [];
+    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) values.push(Number(t.toPrecision(12)));
+    const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9)) + (String(step / mag).includes(".") ? 1 : 0);
+    return { values, decimals };
   }
 
-  function drawPlot(container, points, xLabel, xFmt, title) {
+  function drawPlot(container, points, xLabel, xScale, xFmt, title) {
+    // points' x in the data's unit; the axis shows x * xScale (seconds -> ms)
     const W = 560, H = 340, L = 58, R = 16, T = 14, B = 44;
     const ident = container.id;
     const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
@@ -390,13 +393,17 @@
     const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
     const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
     const axes = svg("g", { class: "axis" });
-    for (const t of ticks(x0, x1, 6)) {
+    const xt = ticks(x0 * xScale, x1 * xScale, 6);
+    for (const v of xt.values) {
+      const t = v / xScale;
       axes.append(svg("line", { x1: sx(t), x2: sx(t), y1: T, y2: H - B, class: "grid" }));
-      axes.append(svg("text", { x: sx(t), y: H - B + 14, "text-anchor": "middle" }, xFmt(t)));
+      axes.append(svg("text", { x: sx(t), y: H - B + 14, "text-anchor": "middle" }, v.toFixed(xt.decimals)));
     }
-    for (const t of ticks(y0, y1, 5)) {
+    const yt = ticks(y0 * 100, y1 * 100, 5);
+    for (const v of yt.values) {
+      const t = v / 100;
       axes.append(svg("line", { x1: L, x2: W - R, y1: sy(t), y2: sy(t), class: "grid" }));
-      axes.append(svg("text", { x: L - 6, y: sy(t) + 4, "text-anchor": "end" }, `${(t * 100).toFixed(1)}%`));
+      axes.append(svg("text", { x: L - 6, y: sy(t) + 4, "text-anchor": "end" }, `${v.toFixed(yt.decimals)}%`));
     }
     axes.append(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B }));
     axes.append(svg("line", { x1: L, x2: L, y1: T, y2: H - B }));
@@ -412,12 +419,19 @@
       root.append(svg("path", { d, class: "pareto" }));
     }
     const g = svg("g", { class: "points" });
-    for (const p of points) {
+    const placed = [];  // label boxes already drawn: a label that would overlap one moves down a line
+    for (const p of [...points].sort((a, b) => b.y - a.y || a.x - b.x)) {
       const c = svg("circle", { cx: sx(p.x), cy: sy(p.y), r: 5, class: onFront.has(p.name) ? "point front" : "point",
         "data-model": p.name });
       c.append(svg("title", {}, `${p.name}: top-1 ${pct(p.y)}, ${xLabel} ${xFmt(p.x)}`));
       g.append(c);
-      g.append(svg("text", { x: sx(p.x) + 7, y: sy(p.y) - 6 }, p.name));
+      const width = 6.2 * p.name.length;
+      const left = sx(p.x) + 7 + width > W - R;
+      const x = left ? sx(p.x) - 7 - width : sx(p.x) + 7;
+      let y = sy(p.y) - 6;
+      while (placed.some((b) => Math.abs(b.y - y) < 12 && x < b.x + b.w && b.x < x + width)) y += 12;
+      placed.push({ x, y, w: width });
+      g.append(svg("text", { x, y }, p.name));
     }
     root.append(g);
     container.replaceChildren(root);
@@ -439,16 +453,15 @@
     if (!keys.length) select.replaceChildren(el("option", { value: "", text: "no model is evaluated" }));
     select.value = state.dataset || "";
     const models = state.models.filter((m) => datasetKey(m) === state.dataset);
-    drawPlot($("plot-latency"), costPoints(models, "latency"), "p50 latency (ms)", (v) => ms(v),
+    drawPlot($("plot-latency"), costPoints(models, "latency"), "p50 latency (ms)", 1000, (v) => ms(v),
       `Top-1 accuracy on ${state.dataset || "no dataset"} against p50 latency`);
-    // latency in seconds on the axis scale; the labels in ms
-    drawPlot($("plot-flops"), costPoints(models, "flops"), "GFLOPs per image", (v) => fmt(v, v < 0.1 ? 4 : 2),
+    drawPlot($("plot-flops"), costPoints(models, "flops"), "GFLOPs per image", 1, (v) => fmt(v, v < 0.1 ? 5 : 3),
       `Top-1 accuracy on ${state.dataset || "no dataset"} against GFLOPs per image`);
     const others = state.models.filter((m) => datasetKey(m) !== state.dataset);
     const unevaluated = others.filter((m) => !m.evaluation).map((m) => m.name);
     const elsewhere = others.filter((m) => m.evaluation).map((m) => `${m.name} (${datasetKey(m)})`);
     const parts = [];
-    if (unevaluated.length) parts.push(`not evaluated: ${unevaluated.join(", ")}`);
+    if (unevaluated.length) parts.push(`no evaluation reported: ${unevaluated.join(", ")}`);
     if (elsewhere.length) parts.push(`evaluated on another dataset (pick it above): ${elsewhere.join(", ")}`);
     $("not-plotted").textContent = parts.length ? `Not plotted: ${parts.join("; ")}.` : "";
   }
