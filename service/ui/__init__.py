@@ -52,11 +52,10 @@ class UiEndpoints:
     """GET /ui (the page) and GET /ui/{asset} (its script and style sheet); not in the OpenAPI document."""
 
     def routes(self) -> list[Route]:
-        hidden = {"include_in_schema": False, "response_class": Response}
         return [
-            route("GET", "/ui", self.page, **hidden),
-            route("GET", "/ui/", self.slash, **hidden),
-            route("GET", "/ui/{asset}", self.asset, **hidden),
+            route("GET", "/ui", self.page, include_in_schema=False, response_class=Response),
+            route("GET", "/ui/", self.slash, include_in_schema=False, response_class=Response),
+            route("GET", "/ui/{asset}", self.asset, include_in_schema=False, response_class=Response),
         ]
 
     async def page(self) -> Response:

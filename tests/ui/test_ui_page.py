@@ -38,7 +38,7 @@ PDF = (b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n2 0 obj << 
 GIANT_PNG = ROOT / "tests" / "reliability" / "corpus" / "bomb_png_header_30000.png"  # header: 30000x30000 pixels
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:  # generous: CI shares its cores
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -241,7 +241,7 @@ def test_accessibility_axe(page: Any, files: dict[str, Path]) -> None:
     wait_for("the results", lambda: page.execute_script(
         "return !document.getElementById('results').hidden && document.querySelectorAll('#results tbody tr').length"))
     page.execute_script(AXE.read_text())  # through the driver, not the page: its CSP allows no other script
-    page.set_script_timeout(60)
+    page.set_script_timeout(180)
     result = page.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', "

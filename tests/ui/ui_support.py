@@ -14,4 +14,4 @@ BROKEN = "demo-reattn"
 FP32 = ("demo", "demo-cb", "demo-gab")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1500,1000")
+                  "--disable-dev-shm-usage", "--window-size=1680,1000")

@@ -199,7 +199,8 @@
     const front = [];
     let best = -Infinity;
     for (const p of sorted) {
-      if (p.y > best) {
+      const last = front[front.length - 1];
+      if (p.y > best || (last && p.x === last.x && p.y === last.y)) {  // a tie with a front point is on it too
         front.push(p);
         best = p.y;
       }
