@@ -25,7 +25,7 @@ UPGRADE   ?=
 LOCK_ARGS := --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-annotate \
              --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
 
-.PHONY: run serve test setup setup-service demo lint clean lock tools
+.PHONY: run serve test setup setup-service demo lint clean lock tools screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ lint: $(VENV)/.full
 # apt-get, as root): without them `make test` skips those tests and says so in its last lines.
 tools:
 	VENV=$(VENV) bash docker/ci_checks.sh install
+
+# docs/ui.png, the README's picture of /ui: taken by its browser test (tests/ui; Debian's chromium and
+# chromium-driver, which `make tools` installs) after an image went through the committed demo models.
+screenshot: $(VENV)/.full
+	VITSERVE_UI_SCREENSHOT=$(CURDIR)/docs/ui.png $(BIN)/python -m pytest tests/ui -q -p no:cacheprovider
 
 $(UV):
 	$(PYTHON) -m venv $(LOCK_VENV)

