@@ -88,11 +88,9 @@ class LayoutContext:
 
     def read(self, key: str) -> Any:
         """An option's value (the spec's, else its default)."""
-        if self.option is not None:
-            return self.option(key)
-        from export.variants import registry
-
-        return registry.option(key).default
+        if self.option is None:
+            raise ValueError(f"option {key!r}: this layout context carries no options")
+        return self.option(key)
 
 
 @dataclass(frozen=True)
