@@ -156,4 +156,4 @@ def count_parameters(model: nn.Module) -> int:
     gives the last block full attention (tests/unit/export/models/test_export_parameter_gradients.py checks
     that each one gets a task-loss gradient). `export.flops.graph_parameters` counts the exported graph instead.
     """
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() for p in model.parameters())  # (a folded copy sets requires_grad off; still counted)
