@@ -105,6 +105,7 @@ def build_model(
             into every config.pbtxt as a `tensorrt` GPU execution accelerator (export.repository.make_config).
         version: version directory to write; other versions already present stay listed.
     """
+    from export.costs import count_parameters
     from export.flops import count_costs
     from export.fold import fold_for_inference
     from export.onnx_export import export_onnx, verify_folding
@@ -175,8 +176,8 @@ def build_model(
             bar.update()
 
             step("flops")
-            costs = count_costs(proto, num_tokens=getattr(model, "num_tokens", None))  # parameters: the graph's
-            parameters = costs.parameters
+            parameters = count_parameters(model)  # trainable parameters before folding (PARAMETER_CONVENTION)
+            costs = count_costs(proto, parameters=parameters)
             bar.update()
 
             evaluation: Evaluation | None = None

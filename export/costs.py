@@ -146,10 +146,14 @@ def formula_flops(spec_or_model: ModelSpec | nn.Module, *, num_classes: int | No
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of PyTorch parameter elements (buffers excluded), before folding.
+    """The manifest's `parameters`: trainable parameter elements of the model before folding (issue 28).
 
-    Blocks that compute only V carry only their V projection, so nothing unused is counted. The
-    manifest's `parameters` is counted on the exported graph instead (`export.flops.graph_parameters`):
-    folding turns BatchNorm gamma/beta into conv biases and a variant's constants into constant tables.
+    Counted whatever their value (a zero-initialised head bias counts: the ONNX exporter may drop or share
+    such tensors, so the graph under-counts them) and whether or not folding turns them into constants
+    (BatchNorm gamma/beta into conv weights, GAB's sigma and a into a bias table). Buffers (running
+    statistics, GAB's distance table) are not parameters. Every counted parameter reaches the output: blocks
+    that compute only V carry only their V projection, GAB leaves out the last block and LaViT's `token` form
+    gives the last block full attention (tests/unit/export/models/test_export_parameter_gradients.py checks
+    that each one gets a task-loss gradient). `export.flops.graph_parameters` counts the exported graph instead.
     """
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters())  # (a folded copy sets requires_grad off; still counted)

@@ -112,15 +112,20 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # no weight decay on norms, biases, embeddings and what the model names (each variant's `no_weight_decay`)
+    # no weight decay on norms, biases, embeddings and what the model names (each variant's `no_weight_decay`);
+    # parameters a variant trains at another rate (`VariantDef.lr_scale`, VariantViT.lr_scales) get their own
+    # group, whose `lr_scale` multiplies the schedule's rate
     no_weight_decay = getattr(model, "no_weight_decay", None)  # timm ViTs (VariantViT adds the variants' own)
     skip = set(no_weight_decay()) if no_weight_decay is not None else set()
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
+    lr_scales = getattr(model, "lr_scales", None)
+    scales = dict(lr_scales()) if lr_scales is not None else {}
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {(weight_decay, 1.0): [], (0.0, 1.0): []}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decay = 0.0 if p.ndim <= 1 or name in skip else weight_decay
+            groups.setdefault((decay, scales.get(name, 1.0)), []).append(p)
+    return [{"params": params, "weight_decay": decay, "lr_scale": scale}
+            for (decay, scale), params in groups.items()]
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -200,7 +205,10 @@ def fit(
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    groups = _param_groups(model, config.weight_decay)
+    for group in groups:
+        group["lr"] = config.lr * group["lr_scale"]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
 
     def lr_at(step: int) -> float:
         if step < warmup:

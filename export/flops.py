@@ -36,6 +36,13 @@ CONVENTION = (
     "5 per Softmax element, 7 per LayerNormalization element, 2 per BatchNormalization element; "
     "data movement 0"
 )
+#: how `parameters` was counted: on the model before folding (what export/build.py passes), or on this graph
+PARAMETERS_FROM_MODEL = (
+    "parameters: trainable PyTorch parameter elements before folding, whatever their value and whether or not "
+    "they fold into constants (BatchNorm gamma/beta, GAB sigma/a and zero-initialised biases included; buffers "
+    "and running statistics excluded); no built weight is unable to reach the output"
+)
+PARAMETERS_FROM_GRAPH = "parameters: float initializer elements of this graph, less folded GAB bias tables"
 
 MAC_OPS = frozenset({"MatMul", "Gemm", "Conv", "MatMulInteger", "ConvInteger"})
 ELEMENTWISE_OPS = frozenset(
@@ -59,15 +66,16 @@ def count_costs(
 ) -> Costs:
     """Count FLOPs and MACs per image on `proto`; `parameters` defaults to `graph_parameters(proto, num_tokens)`.
 
-    Pass `parameters` to carry a count over from another graph (e.g. an int8 copy, whose weights are
-    no longer float initializers, reports its fp32 source's count).
+    Pass `parameters` to give the count of the model the graph was exported from (`export.costs.count_parameters`:
+    what the manifest holds, and what an int8 copy, whose weights are no longer float initializers, carries
+    over); `convention` then says so (`PARAMETERS_FROM_MODEL`, else `PARAMETERS_FROM_GRAPH`).
     """
     flops_by_op, macs = count_flops_by_op(proto)
     return Costs(
         flops=sum(flops_by_op.values()),
         macs=macs,
         parameters=graph_parameters(proto, num_tokens=num_tokens) if parameters is None else parameters,
-        convention=CONVENTION,
+        convention=f"{CONVENTION}; {PARAMETERS_FROM_GRAPH if parameters is None else PARAMETERS_FROM_MODEL}",
         by_op=dict(sorted(flops_by_op.items())),
     )
 

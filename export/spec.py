@@ -258,7 +258,8 @@ def _compute_layout(spec: ModelSpec, depth: int) -> tuple[BlockConfig, ...]:
         if d.validate is not None:
             d.validate(spec)
     reuse = schedule.reuse if schedule is not None else (False,) * depth
-    ctx = LayoutContext(depth=depth, reuse=tuple(reuse), computing=tuple(i for i in range(depth) if not reuse[i]))
+    ctx = LayoutContext(depth=depth, reuse=tuple(reuse), computing=tuple(i for i in range(depth) if not reuse[i]),
+                        option=spec.option)
 
     carried: dict[int, set[str]] = {i: set() for i in range(depth)}
     for d in defs:

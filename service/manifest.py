@@ -121,8 +121,8 @@ class Costs(_Strict):
     macs: int = Field(ge=0, description="multiply-adds per image in MatMul, Gemm and Conv")
     parameters: int = Field(
         ge=0,
-        description="parameter elements the exported graph needs: its float initializers with more than one "
-        "element, less folded constants (GAB bias tables); see export/flops.py graph_parameters",
+        description="trainable parameter elements of the model before folding, whatever their value and whether "
+        "or not they fold into constants; `convention` says how (export/costs.py count_parameters)",
     )
     convention: str = "FLOPs = 2*MACs (MatMul, Gemm, Conv) + 1 per element for element-wise ops, 5 per Softmax element"
     by_op: dict[str, int] = Field(default_factory=dict, description="FLOPs per image by ONNX op type")

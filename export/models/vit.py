@@ -340,6 +340,15 @@ class VariantViT(VisionTransformer):
             names |= {f"{name}.{p}" for p in d.no_weight_decay if p in own}
         return names
 
+    def lr_scales(self) -> dict[str, float]:
+        """{parameter name: learning-rate factor} of the variants' parameters that train at another rate
+        (each `VariantDef.lr_scale`); parameters not named train at the recipe's rate."""
+        out: dict[str, float] = {}
+        for name, d, module in variant_modules(self):
+            own = dict(module.named_parameters())
+            out |= {f"{name}.{p}": float(f) for p, f in d.lr_scale.items() if p in own}
+        return out
+
     def variant_state_keys(self) -> list[str]:
         """State-dict keys owned by the variants (absent from a timm checkpoint)."""
         prefixes = [name + "." for name, _, _ in variant_modules(self)]

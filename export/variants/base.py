@@ -77,12 +77,20 @@ class Option:
 
 @dataclass(frozen=True)
 class LayoutContext:
-    """What a layer rule's default sees: the depth and which blocks compute their own attention."""
+    """What a layer rule's default sees: the depth, which blocks compute their own attention, the options."""
 
     depth: int
     reuse: tuple[bool, ...]
     #: the blocks that compute Q/K logits (not 'reuse' blocks)
     computing: tuple[int, ...]
+    #: the spec's option values (None: only the options' defaults are known)
+    option: OptionReader | None = None
+
+    def read(self, key: str) -> Any:
+        """An option's value (the spec's, else its default)."""
+        if self.option is None:
+            raise ValueError(f"option {key!r}: this layout context carries no options")
+        return self.option(key)
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,8 @@ class VariantDef:
         stored under (`blocks.{i}.attn.<attr>`, or `blocks.{i}.<attr>` for "output"), and the builder
         (None from `build` means the block needs no module).
     no_weight_decay: parameter names of its module that take no weight decay.
+    lr_scale: {parameter name of its module: factor} on the learning rate in training (a few scalars whose useful
+        range is O(1), e.g. GAB's amplitude and sigma, would otherwise move by about lr per AdamW step).
     converted_start: after a checkpoint conversion reset its module's new parameters to their
         function-preserving start (the module's `reset_function_preserving`), adjusts that start to the
         spec (module, spec, the module's own parameter names the checkpoint lacked).
@@ -201,6 +211,7 @@ class VariantDef:
     attr: str | None = None
     build: Callable[[BuildContext], nn.Module | None] | None = None
     no_weight_decay: tuple[str, ...] = ()
+    lr_scale: Mapping[str, float] = field(default_factory=dict)
     converted_start: Callable[[nn.Module, ModelSpec, frozenset[str]], None] | None = None
     fold: Callable[[nn.Module], nn.Module] | None = None
     required_ops: frozenset[str] = frozenset()

@@ -10,6 +10,14 @@ Decisions:
 - With `refiner` the refiner applies on the blocks that compute attention; Less-Attention blocks reuse the
   previous block's softmax map (before its head mixing / refinement) as VARIANTS.md 2 defines. With
   `refiner_share` it is refused (two reuse schedules on one stack).
+- The model's last block computes full attention under `lavit_transform = token` (issue 28): only the class
+  token leaves that block for the head, and row 0 of Psi^T A Theta depends only on Psi[:, 0], so a last
+  Less-Attention block would ship N^2 - N entries of Psi that no task gradient reaches (only the diagonality
+  loss moved them; vit_tiny: 38,612 dead parameters) and spend 2 H N^3 MACs on its token maps. Full attention
+  there is also cheaper: 2 N D^2 + N^2 D MACs for Q, K and QK^T (vit_tiny: 22 M) against 2 H N^3 (46 M; demo:
+  0.8 M against 2.2 M). The alternative, storing only Psi[:, 0] and computing the class row alone (identical
+  logits), was not taken: the block would need a one-row attention path and a cost exception of its own.
+  Under `none` the last block stays a Less-Attention block (it carries only V, all of which reaches the head).
 - `lavit_transform = none` has no diagonality loss: its Less-Attention maps are the full block's softmax
   unchanged, so there is no transformed map to regularise (the loss would only push the full block's
   Q/K, once per reuse block); an explicit `lavit_loss_weight` > 0 with it is refused.
@@ -49,10 +57,13 @@ def _schedule(spec: ModelSpec, depth: int) -> Schedule:
     if transform not in TRANSFORMS:
         raise ValueError(f"option lavit_transform must be one of {TRANSFORMS}, got {transform!r}")
     reuse = _roles(depth, opt("lavit_full"), opt("lavit_stages"))
+    if transform == "token":  # the model's last block computes full attention (module docstring)
+        reuse[-1] = False
     if not any(reuse):
+        last = " (with lavit_transform=token the last block computes full attention)" if transform == "token" else ""
         raise ValueError(
             f"lavit with lavit_full={opt('lavit_full')} and lavit_stages={opt('lavit_stages')} at depth {depth} "
-            "leaves no Less-Attention block; lower lavit_full or the number of stages"
+            f"leaves no Less-Attention block{last}; lower lavit_full or the number of stages"
         )
     return Schedule(reuse=tuple(reuse), label="lavit")
 

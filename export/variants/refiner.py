@@ -10,6 +10,13 @@ Decisions:
 - `refiner` with `lavit`: the refiner applies on the blocks that compute attention, never on a
   Less-Attention block (an explicit `refiner_layers` naming one is refused).
 - Converted checkpoints: its BatchNorms start as the identity (BN3's gamma = 0) with frozen statistics.
+  Like a zero-initialised residual branch, that start gives the DLA's convolutions and BN1/BN2 no gradient
+  on the first backward (they sit behind BN3's gamma = 0); BN3's gamma gets one, and after the first
+  optimizer step so do they (tests/unit/export/models/test_export_checkpoint.py). VARIANTS.md's "trainable"
+  start holds from the second step, not the first (issue 28).
+- In the model's last block only the class token's row of the refined map reaches the head, and the
+  depthwise 3x3 conv's top kernel row only multiplies the zero padding above that row: 3 E H values there
+  get no gradient (named in tests/unit/export/models/test_export_parameter_gradients.py; not fixed yet).
 - From scratch the demo model trains longer than the demo recipe's default: its BatchNorms over attention
   maps can end just under the 95 % held-out target after the default epochs.
 """

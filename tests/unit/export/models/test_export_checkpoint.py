@@ -101,9 +101,12 @@ def test_every_new_parameter_of_a_converted_model_learns_on_a_real_batch(
     timm_small_arch: tuple[torch.nn.Module, Path]
 ) -> None:
     """No new parameter sits at a stationary point. On the first batch every new parameter has a non-zero
-    gradient except the Refiner's convolutions and BN1/BN2, which sit behind BN3's zero gamma (the exact
-    start VARIANTS.md asks for, Reduce included); BN3's gamma has a gradient, and after one AdamW step so
-    do they. (GAB is on blocks 0-2: a last-block bias could not reach the logits, see export.spec.)"""
+    gradient except the Refiner's DLA: its expand/depthwise/reduce convolutions and BN1/BN2 sit behind BN3's
+    gamma = 0 (the function-preserving start VARIANTS.md asks for, like a zero-initialised residual branch),
+    so the first backward gives them exactly 0. That is expected, not a dead weight: BN3's gamma has a
+    gradient, and after one AdamW step they all have one (asserted below), so "trainable" holds from the
+    second step. GAB (blocks 0-2: a last-block bias could not reach the logits) starts in its linear form at
+    a = 0, where sigma's gradient (proportional to a) is 0 on the first batch too; a's is not."""
     import torch.nn.functional as F
 
     model = create_model(parse_spec("test+cbs+gab+reattn+refiner", reattn_scale=True), seed=1)
@@ -120,9 +123,9 @@ def test_every_new_parameter_of_a_converted_model_learns_on_a_real_batch(
         return {k: float(p.grad.abs().sum()) if p.grad is not None else 0.0 for k, p in new_params.items()}
 
     first = grads()
-    gated = (".refiner.expand.", ".refiner.dw.", ".refiner.bn1.", ".refiner.bn2.", ".refiner.reduce.")
+    gated = (".refiner.expand.", ".refiner.dw.", ".refiner.bn1.", ".refiner.bn2.", ".refiner.reduce.", ".gab.sigma")
     assert {k for k, g in first.items() if g == 0} == {k for k in new_params if any(t in k for t in gated)}
-    assert all(first[f"blocks.{i}.attn.gab.{n}"] > 0 for i in range(3) for n in ("sigma", "amplitude"))
+    assert all(first[f"blocks.{i}.attn.gab.amplitude"] > 0 for i in range(3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     optimizer.step()
     second = grads()
@@ -137,20 +140,35 @@ def test_all_variants_together_load_and_run(timm_small_arch: tuple[torch.nn.Modu
         assert torch.isfinite(model.eval()(images)).all()
 
 
-def test_gab_amplitude_starts_small_on_load_unless_the_user_set_it(
-    timm_small_arch: tuple[torch.nn.Module, Path]
+def test_a_converted_gab_starts_linear_at_zero_unless_the_user_set_it(
+    timm_small_arch: tuple[torch.nn.Module, Path], tmp_path: Path
 ) -> None:
+    """Converted: G = a K with a = 0 (exactly the checkpoint's function); an explicit a0 gives the same starting
+    bias as from scratch (a = a0^2, linear); fine-tuned weights carry the form; GAB weights without it are a^2."""
     from export.models.gab import CONVERTED_AMPLITUDE
 
     default = create_model(parse_spec("test+gab"))
-    assert default.blocks[0].attn.gab.amplitude.eq(1.0).all()
+    assert default.blocks[0].attn.gab.amplitude.eq(1.0).all() and not default.blocks[0].attn.gab.is_linear
     load_checkpoint(default, timm_small_arch[1])
-    assert CONVERTED_AMPLITUDE == 1e-3
-    assert all(b.attn.gab.amplitude.eq(CONVERTED_AMPLITUDE).all() for b in default.blocks[:3])
+    assert CONVERTED_AMPLITUDE == 0.0
+    assert all(b.attn.gab.amplitude.eq(0.0).all() and b.attn.gab.is_linear for b in default.blocks[:3])
     assert all(b.attn.gab.sigma.eq(5.0).all() for b in default.blocks[:3])
     chosen = create_model(parse_spec("test+gab", gab_amplitude_init=0.5))
     load_checkpoint(chosen, timm_small_arch[1])
-    assert all(b.attn.gab.amplitude.eq(0.5).all() for b in chosen.blocks[:3])
+    assert all(b.attn.gab.amplitude.eq(0.25).all() and b.attn.gab.is_linear for b in chosen.blocks[:3])
+    with torch.no_grad():
+        chosen.blocks[0].attn.gab.amplitude.fill_(-0.3)  # as after a fine-tune: a negative linear amplitude
+    torch.save(chosen.state_dict(), tmp_path / "tuned.pth")
+    again = create_model(parse_spec("test+gab"))
+    assert load_checkpoint(again, tmp_path / "tuned.pth") == []
+    assert again.blocks[0].attn.gab.is_linear
+    torch.testing.assert_close(again.blocks[0].attn.gab(), chosen.blocks[0].attn.gab())
+    old = {k: v for k, v in create_model(parse_spec("test+gab"), seed=2).state_dict().items()
+           if not k.endswith("linear_amplitude")}  # GAB weights written before the form flag existed
+    torch.save(old, tmp_path / "old.pth")
+    legacy = create_model(parse_spec("test+gab"))
+    load_checkpoint(legacy, tmp_path / "old.pth")
+    assert not legacy.blocks[0].attn.gab.is_linear and legacy.blocks[0].attn.gab.amplitude.eq(1.0).all()
 
 
 def test_new_parameters_are_reset_to_their_function_preserving_init(
