@@ -140,6 +140,18 @@ def _multi_section(multi: dict[str, Any] | None, base: Path, results: Path) -> l
     return md + ["", f"Details: [{details}]({details})", ""]
 
 
+def _openvino_section(ov: dict[str, Any] | None, results: Path, base: Path) -> list[str]:
+    """The runtimes compared served over HTTP (`vitserve-bench openvino`): its own tables, without its title."""
+    md = ["## 5b. CPU runtimes served: ONNX Runtime fp32/int8 vs OpenVINO f32/bf16", ""]
+    report = results / "openvino" / "openvino.md"
+    if not ov or not report.is_file():
+        return [*md, "Not run (`vitserve-bench openvino --preset vit_small --quick`).", ""]
+    tables = [line for line in report.read_text().splitlines() if line.startswith("|") or not line.strip()]
+    return [*md, f"Model {ov['model']}; in-process figures at batch {ov['batch']}.", "",
+            *[line for i, line in enumerate(tables) if line.strip() or (i and tables[i - 1].strip())], "",
+            "![served throughput](" + _rel(results / "openvino" / "openvino_throughput.png", base) + ")", ""]
+
+
 def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     out = out or REPO_ROOT / "BENCHMARKS.md"
     base = out.parent
@@ -149,7 +161,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     int8 = _load(results / "int8" / "int8.json")
     peers = _load(results / "peers" / "peers.json")
     multi = _load(results / "multi" / "multi_vit_small.json") or _load(results / "multi" / "multi.json")
-    runs = [r for r in (variants, *ceilings.values(), gemm, int8, peers, multi) if r]
+    openvino = _load(results / "openvino" / "openvino.json")
+    runs = [r for r in (variants, *ceilings.values(), gemm, int8, peers, multi, openvino) if r]
 
     md: list[str] = ["# vitserve benchmarks", ""]
     md += [
@@ -326,6 +339,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     else:
         md += ["Not run.", ""]
 
+    md += _openvino_section(openvino, results, base)
     md += _gpu_section(_load(results / "gpu" / "gpu.json"))
     md += _multi_section(multi, base, results)
     md += frontend_summary(_load(results / "frontend" / "frontend.json"), results, lambda p: _rel(p, base))
@@ -348,6 +362,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         "vitserve-bench peers --preset demo --preset vit_small --quick   # venvs per peer on first use",
         "vitserve-bench gemm --preset vit_small --quick",
         "vitserve-bench int8 --preset demo --preset vit_small --quick",
+        "vitserve-bench openvino --preset vit_small --quick   # ORT fp32/int8 vs OpenVINO f32/bf16, served",
         "vitserve-bench gpu --preset vit_small --preset vit_base   # on a machine with an NVIDIA GPU",
         "vitserve-bench multi --preset vit_small --quick   "
         "# six variants in one server vs one each; --baseline-root DIR",
