@@ -26,13 +26,11 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from bench.client import Sender, Snapshot, open_session, stats_snapshot
+from bench.measure import Client, MeasureConfig, Progress, ServerReading, stderr_progress
 from bench.payloads import RequestSpec
 from bench.procs import group_cpu_seconds, main_thread_cpu_seconds
 from bench.results import LoadPoint, Sample, summarise
@@ -40,39 +38,6 @@ from bench.stats import Window, is_stable, percentile
 from bench.timings import mean_batch_size, stats_delta
 
 __all__ = ["Client", "MeasureConfig", "ServerReading", "closed_loop", "open_loop", "run", "sweep", "stderr_progress"]
-
-Progress = Callable[[str], None]
-#: the load generator: this module's (bench/client.py) or wrk (bench/wrk.py)
-Client = Literal["python", "wrk"]
-
-
-def stderr_progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass
-class MeasureConfig:
-    """How long and how to decide a measurement is done."""
-
-    window_s: float = 2.0
-    warmup_s: float = 1.0
-    stability_windows: int = 3
-    tolerance: float = 0.10
-    stability_percentile: int = 95
-    max_windows: int = 10
-    fixed_duration_s: float | None = None  # measure exactly this long instead of until stable
-    request_timeout_s: float = 60.0
-    min_requests_per_window: int = 20  # a window with fewer completions doubles the next window's length...
-    max_window_s: float = 12.0  # ...up to this (slow models: perf_analyzer's count-windows idea)
-
-    def __post_init__(self) -> None:
-        if self.window_s <= 0 or self.warmup_s < 0:
-            raise ValueError("window_s must be > 0 and warmup_s >= 0")
-        if self.max_windows < self.stability_windows:
-            raise ValueError("max_windows must be >= stability_windows")
-        if self.fixed_duration_s is not None and self.fixed_duration_s <= 0:
-            raise ValueError("fixed duration must be positive")
-
 
 async def _measure(
     samples: list[Sample],
@@ -151,21 +116,6 @@ async def _measure(
     loop0, loop1 = (loop_cpu[first], loop_cpu[-1]) if server_pgid else (None, None)
     loop_cpu_s = loop1 - loop0 if loop0 is not None and loop1 is not None else None
     return reported, wall, cpu, len(windows), stable, server, server_cpu_s, batch, loop_cpu_s
-
-
-@dataclass(frozen=True)
-class ServerReading:
-    """What a measurement reads besides the responses: how points are labelled and where server figures come from.
-
-    protocol: the label each LoadPoint records; parse_json: read a JSON `timings` object when a response
-    has no Server-Timing header; stats_path: a Triton-shaped statistics endpoint for the server's split;
-    server_pgid: the server's process group, whose CPU time is measured.
-    """
-
-    protocol: str = ""
-    parse_json: bool = True
-    stats_path: str | None = None
-    server_pgid: int | None = None
 
 
 #: starts the load on a sender, appending to the samples; returns what to cancel when the measurement ends

@@ -31,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.loadgen import MeasureConfig, Progress, ServerReading
+from bench.measure import MeasureConfig, Progress, ServerReading
 from bench.payloads import RequestSpec
 from bench.procs import group_cpu_seconds, main_thread_cpu_seconds
 from bench.results import LoadPoint
