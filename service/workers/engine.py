@@ -312,7 +312,7 @@ class Forwarded:
 
 def engine_main(settings: Settings, control_path: Path, supervisor: Connection) -> None:
     """Process entry point (spawned by the supervisor, which alone stops it: see the module docstring)."""
-    from service.workers.supervisor import configure_child
+    from service.workers.child import configure_child
 
     configure_child(settings, "engine", "vitserve-engine")
     signal.signal(signal.SIGINT, signal.SIG_IGN)

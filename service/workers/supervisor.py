@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -25,9 +24,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from service.metrics import WORKERS_METRICS_DIR_ENV, use_process_local_pid
+from service.metrics import WORKERS_METRICS_DIR_ENV
 from service.settings import Settings
 from service.workers.accept import NOT_ACCEPTING
+from service.workers.child import configure_child
 
 log = logging.getLogger("vitserve.supervisor")
 
@@ -51,18 +51,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
-
-
-def configure_child(settings: Settings, role: str, comm: str) -> None:
-    """What every spawned process does first: its role in every log line, `comm` its name in ps/top, its
-    metric values' pid read once (before any metric exists)."""
-    use_process_local_pid()
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s [{role} %(process)d]: %(message)s")
-    try:
-        Path("/proc/self/comm").write_text(comm[:15])
-    except OSError:
-        pass
 
 
 def _watch_parent() -> None:
