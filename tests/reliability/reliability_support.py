@@ -24,9 +24,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
-if str(INTEGRATION) not in sys.path:
-    sys.path.insert(0, str(INTEGRATION))
+# tests/ (service_server) and tests/integration (tiny_repository): also in a server that imports a reliability
+# test module as a runtime plugin, where pytest's conftest path setup never ran
+for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[1] / "integration"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from service_server import API_KEY, ServerProcess, start_server  # noqa: E402,F401  (after the sys.path setup; re-exported to the reliability tests)
 from tiny_repository import (  # noqa: E402,F401  (after the sys.path setup; re-exported to the reliability tests)
