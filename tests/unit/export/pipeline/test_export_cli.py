@@ -54,7 +54,7 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, args, message)
 
 def test_installed_entry_point_reports_errors_without_a_traceback(tmp_path):
     exe = Path(sys.executable).with_name("vitserve-export")
-    proc = subprocess.run([str(exe), "build", "-r", str(tmp_path), "test+lavit+gab", "--opt", "gab_layers=3"],
+    proc = subprocess.run([str(exe), "build", "-r", str(tmp_path), "test+lavit+gab", "--opt", "gab_layers=2"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "gab_layers" in proc.stderr and "Traceback" not in proc.stderr
