@@ -76,9 +76,11 @@ def _gpu_section(gpu: dict[str, Any] | None) -> list[str]:
             if "engine_build_load_seconds" in r:
                 builds[r["preset"]] = r
     else:
-        md += ["No GPU was available to any run so far: every figure below is **unmeasured on GPU**. The table is "
-               "what `vitserve-bench gpu` fills on a machine with an NVIDIA GPU (fresh server per configuration, "
-               "v2 binary batch-1 requests, closed loop).", ""]
+        return [*md, f"No GPU was available to any run so far: every GPU figure is **{UNMEASURED}**. On a machine "
+                f"with an NVIDIA GPU, `vitserve-bench gpu` measures {', '.join(GPU_CONFIGS)} for "
+                f"{' and '.join(GPU_PRESETS)} at concurrency {', '.join(map(str, GPU_CONCURRENCIES))} (fresh server "
+                "per configuration, v2 binary batch-1 requests, closed loop: infer/s, p50, front-end CPU) and "
+                "TensorRT's engine build with an empty and a warm engine cache; this section then shows them.", ""]
     rows = []
     for preset in GPU_PRESETS:
         for config in GPU_CONFIGS:

@@ -44,4 +44,4 @@ def test_cpu_check_runs_every_configuration(tmp_path: Path) -> None:
     assert "these are not GPU figures" in md
     # a CPU check never fills the GPU table of BENCHMARKS.md
     section = "\n".join(_gpu_section(data))
-    assert section.count(f" {UNMEASURED} |") == 2 * 3 * 3 * 3 + 2 * 2  # every table cell
+    assert UNMEASURED in section and "|" not in section  # no table of figures, only what a GPU run would fill
