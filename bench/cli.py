@@ -221,6 +221,14 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grpc(args: argparse.Namespace) -> int:
+    from bench import grpc
+
+    directory = grpc.run(_presets(args, ["demo", "vit_small"]), quick=args.quick, cache=args.cache, out_dir=args.out)
+    print(f"results in {directory}")
+    return 0
+
+
 def cmd_multi(args: argparse.Namespace) -> int:
     from bench import multi
 
@@ -372,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeatable (default: all four)")
     _common(p)
     p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("grpc", help="gRPC beside REST binary, vitserve beside Triton's gRPC (PyTriton), c=1 and c=16")
+    p.add_argument("--preset", action="append", help="repeatable (default: demo and vit_small)")
+    _common(p)
+    p.set_defaults(func=cmd_grpc)
 
     p = sub.add_parser("multi", help="the six variants of a preset served together vs a single-model server")
     p.add_argument("--preset", action="append", help="repeatable (default: vit_small; demo or vit_tiny for a check)")

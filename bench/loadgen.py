@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench.client import Sender, Snapshot, open_session, stats_snapshot
+from bench.grpc_client import GrpcSender, open_channel
 from bench.measure import Client, MeasureConfig, Progress, ServerReading, stderr_progress
 from bench.payloads import RequestSpec
 from bench.procs import group_cpu_seconds, main_thread_cpu_seconds
@@ -119,15 +120,21 @@ async def _measure(
 
 
 #: starts the load on a sender, appending to the samples; returns what to cancel when the measurement ends
-Load = Callable[[Sender, list[Sample]], Callable[[], list["asyncio.Task[None]"]]]
+Load = Callable[[Sender | GrpcSender, list[Sample]], Callable[[], list["asyncio.Task[None]"]]]
 
 
 async def _drive(base_url: str, spec: RequestSpec, cfg: MeasureConfig, reading: ServerReading, *, connections: int,
                  label: str, load: Load, progress: Progress | None, **point: object) -> LoadPoint:
-    """Open a session, start `load`, measure until done, stop the load, and reduce the samples to a LoadPoint."""
+    """Open a session, start `load`, measure until done, stop the load, and reduce the samples to a LoadPoint.
+
+    With `reading.grpc_target` the requests are gRPC calls on one channel (bench/grpc_client.py); the HTTP
+    session then only reads the server's statistics."""
     samples: list[Sample] = []
+    channel = open_channel(reading.grpc_target) if reading.grpc_target else None
     async with open_session(base_url, connections, cfg.request_timeout_s) as session:  # type: ignore[attr-defined]
-        running = load(Sender(session, spec, reading.parse_json), samples)
+        sender = (GrpcSender(channel, spec, cfg.request_timeout_s) if channel is not None
+                  else Sender(session, spec, reading.parse_json))
+        running = load(sender, samples)
         try:
             reported, wall, cpu, n, stable, stats, server_cpu, batch, loop_cpu = await _measure(
                 samples, cfg, label, progress, stats_snapshot(session, reading.stats_path), reading.server_pgid
@@ -137,6 +144,8 @@ async def _drive(base_url: str, spec: RequestSpec, cfg: MeasureConfig, reading: 
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if channel is not None:
+                await channel.close()
     return summarise(
         reported, wall, cpu, windows=n, stable=stable, spec=spec, protocol=reading.protocol, server_stats_us=stats,
         server_cpu_s=server_cpu, server_mean_batch_size=batch, server_loop_cpu_s=loop_cpu, **point,  # type: ignore[arg-type]
@@ -151,7 +160,7 @@ async def closed_loop(
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
 
-    def load(sender: Sender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
+    def load(sender: Sender | GrpcSender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
         async def worker() -> None:
             while True:
                 samples.append(await sender.send())
@@ -174,7 +183,7 @@ async def open_loop(
         raise ValueError(f"request rate must be > 0, got {rate}")
     rng = random.Random(seed)
 
-    def load(sender: Sender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
+    def load(sender: Sender | GrpcSender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
         inflight: set[asyncio.Task[None]] = set()
 
         async def one(at: float) -> None:
@@ -202,8 +211,11 @@ async def open_loop(
                         label=f"rate={rate:g}/s", load=load, progress=progress, mode="rate", request_rate=rate)
 
 
-def run(coro: object) -> object:
-    """Run a coroutine on uvloop when installed (lower client overhead), else asyncio's default loop."""
+def run(coro: object, *, plain_asyncio: bool = False) -> object:
+    """Run a coroutine on uvloop when installed (lower client overhead), else asyncio's default loop
+    (`plain_asyncio`: always; grpc.aio supports only asyncio's own loop)."""
+    if plain_asyncio:
+        return asyncio.run(coro)  # type: ignore[arg-type]
     try:
         import uvloop
 
@@ -225,15 +237,21 @@ def sweep(
     progress: Progress | None = stderr_progress,
     client: Client = "python",
     wrk_threads: int = 1,
+    grpc_target: str | None = None,
 ) -> list[LoadPoint]:
     """Closed-loop points for each concurrency, then open-loop points for each rate.
 
-    client "wrk" (bench/wrk.py, closed loop only) measures with the C load generator instead of this one.
+    client "wrk" (bench/wrk.py, closed loop only) measures with the C load generator instead of this one;
+    client "grpc" sends `spec` (a bench.grpc_client.infer_message) as gRPC calls to `grpc_target` (host:port),
+    reading the server's statistics from `base_url` over HTTP.
     """
     if not concurrencies and not rates:
         raise ValueError("give at least one concurrency or one request rate")
+    if (client == "grpc") != (grpc_target is not None):
+        raise ValueError("client 'grpc' and grpc_target go together")
 
-    reading = ServerReading(protocol=protocol, stats_path=stats_path, server_pgid=server_pgid)
+    reading = ServerReading(protocol=protocol, stats_path=stats_path, server_pgid=server_pgid,
+                            grpc_target=grpc_target)
     if client == "wrk":
         from bench.wrk import closed_loop_wrk
 
@@ -262,7 +280,7 @@ def sweep(
                 progress(_point_line(p))
         return points
 
-    return run(_all())  # type: ignore[return-value]
+    return run(_all(), plain_asyncio=client == "grpc")  # type: ignore[return-value]
 
 
 def _point_line(p: LoadPoint) -> str:

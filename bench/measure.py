@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Progress = Callable[[str], None]
-#: the load generator: this module's (bench/client.py) or wrk (bench/wrk.py)
-Client = Literal["python", "wrk"]
+#: the load generator: bench/client.py's HTTP client, wrk (bench/wrk.py) or bench/grpc_client.py's gRPC client
+Client = Literal["python", "wrk", "grpc"]
 
 
 def stderr_progress(msg: str) -> None:
@@ -47,10 +47,12 @@ class ServerReading:
 
     protocol: the label each LoadPoint records; parse_json: read a JSON `timings` object when a response
     has no Server-Timing header; stats_path: a Triton-shaped statistics endpoint for the server's split;
-    server_pgid: the server's process group, whose CPU time is measured.
+    server_pgid: the server's process group, whose CPU time is measured; grpc_target: host:port to send the
+    requests to as gRPC calls instead of HTTP (bench/grpc_client.py).
     """
 
     protocol: str = ""
     parse_json: bool = True
     stats_path: str | None = None
     server_pgid: int | None = None
+    grpc_target: str | None = None

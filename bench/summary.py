@@ -156,6 +156,18 @@ def _openvino_section(ov: dict[str, Any] | None, results: Path, base: Path) -> l
             "![served throughput](" + _rel(results / "openvino" / "openvino_throughput.png", base) + ")", ""]
 
 
+def _grpc_section(grpc: dict[str, Any] | None, results: Path, base: Path) -> list[str]:
+    """gRPC beside REST binary and beside Triton's gRPC front end (`vitserve-bench grpc`)."""
+    md = ["## 5c. gRPC vs REST binary, vitserve vs Triton's gRPC (PyTriton)", ""]
+    if not grpc:
+        return [*md, "Not run (`vitserve-bench grpc --quick`).", ""]
+    return [*md, f"Command: `{grpc['command']}`. One image per request, the same tensor over both protocols, closed "
+            "loop on one grpc.aio channel (gRPC) or keep-alive connections (REST); server CPU counts the server's "
+            "whole process group (PyTriton: tritonserver and its Python model process).", "",
+            grpc["summary_markdown"], "",
+            "![gRPC throughput](" + _rel(results / "grpc" / "grpc_throughput.png", base) + ")", ""]
+
+
 def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     out = out or REPO_ROOT / "BENCHMARKS.md"
     base = out.parent
@@ -166,7 +178,8 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
     peers = _load(results / "peers" / "peers.json")
     multi = _load(results / "multi" / "multi_vit_small.json") or _load(results / "multi" / "multi.json")
     openvino = _load(results / "openvino" / "openvino.json")
-    runs = [r for r in (variants, *ceilings.values(), gemm, int8, peers, multi, openvino) if r]
+    grpc = _load(results / "grpc" / "grpc.json")
+    runs = [r for r in (variants, *ceilings.values(), gemm, int8, peers, multi, openvino, grpc) if r]
 
     md: list[str] = ["# vitserve benchmarks", ""]
     md += [
@@ -344,6 +357,7 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         md += ["Not run.", ""]
 
     md += _openvino_section(openvino, results, base)
+    md += _grpc_section(grpc, results, base)
     md += _gpu_section(_load(results / "gpu" / "gpu.json"))
     md += _multi_section(multi, base, results)
     md += frontend_summary(_load(results / "frontend" / "frontend.json"), results, lambda p: _rel(p, base))
