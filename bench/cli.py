@@ -149,7 +149,8 @@ def cmd_variants(args: argparse.Namespace) -> int:
     from bench import variants
 
     presets = _presets(args, ["demo"] if args.models is not None else ["demo", "vit_small"])
-    directory = variants.run(presets, quick=args.quick, cache=args.cache, out_dir=args.out, models=args.models)
+    directory = variants.run(presets, quick=args.quick, cache=args.cache, out_dir=args.out, models=args.models,
+                             finetuned=args.finetuned)
     print(f"results in {directory}")
     return 0
 
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, metavar="DIR",
                    help="time the trained models of this repository (e.g. models/demo) and report their accuracy "
                         "and a Pareto plot, instead of building random-weight ones")
+    p.add_argument("--finetuned", type=Path, metavar="DIR",
+                   help="a repository of the variants converted from the vanilla checkpoint and fine-tuned "
+                        "(`vitserve-export finetune --checkpoint`): each row also reports that accuracy")
     _common(p)
     p.set_defaults(func=cmd_variants)
 

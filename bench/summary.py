@@ -256,15 +256,22 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
                     eager[1]["median_s"] * 1e3,
                 ])
             accuracy = any(r.get("top1") is not None for r in res["rows"])
-            if accuracy:  # trained models (`--models`): accuracy beside cost
+            finetuned = any(r.get("finetuned_top1") is not None for r in res["rows"])
+            if accuracy:  # trained models (`--models`): accuracy beside cost, and how each was obtained
                 for row, r in zip(rows, res["rows"], strict=True):
-                    row += [r["top1"] * 100 if r.get("top1") is not None else None, r.get("dataset")]
+                    row += [r["top1"] * 100 if r.get("top1") is not None else None, r.get("obtained"),
+                            r.get("dataset")]
+                    if finetuned:
+                        row += [r["finetuned_top1"] * 100 if r.get("finetuned_top1") is not None else None,
+                                r.get("finetuned_obtained")]
             md += [f"### {res['preset']}", "", md_table(
                 ["variant", "FLOPs ÷ vanilla", "ORT latency ÷ vanilla (b1)", "ORT latency ÷ vanilla (b8)",
                  "ORT latency ÷ vanilla (b32)",
                  "GFLOPs/img", "params (M)", "ORT b1 ms (this machine)", "ORT b32 ms/img (this machine)",
                  "PyTorch eager b1 ms (this machine)",
-                 *(["held-out top-1 %", "dataset identity"] if accuracy else [])], rows), "",
+                 *(["held-out top-1 %", "obtained", "dataset identity"] if accuracy else []),
+                 *(["held-out top-1 % converted from vanilla", "obtained (converted)"] if finetuned else [])],
+                rows), "",
                 "![FLOPs vs latency]("
                 + _rel(results / "variants" / ("flops_vs_latency_" + res["preset"] + ".png"), base) + ")",
                 ""]

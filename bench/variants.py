@@ -61,20 +61,45 @@ def _evaluated(man: Manifest, trained: Path | None) -> tuple[Manifest, str | Non
     return (other, str(trained)) if same and other.evaluation is not None else (man, None)
 
 
+def obtained(man: Manifest) -> str | None:
+    """How a trained model was obtained, from its manifest's recipe: trained from scratch, or converted from a
+    checkpoint (function-preserving) and fine-tuned; None for a model without a recipe."""
+    recipe = man.evaluation.recipe if man.evaluation else None
+    if recipe is None:
+        return None
+    if recipe.start.startswith("checkpoint:"):
+        return f"converted + fine-tuned ({recipe.epochs} epochs, BN {recipe.norm_statistics})"
+    return f"from scratch ({recipe.epochs} epochs)"
+
+
 def _accuracy(man: Manifest, source: str | None = None) -> dict[str, Any]:
     ev = man.evaluation
     if ev is None:
-        return {"top1": None, "top5": None, "dataset": None, "eval_images": None, "accuracy_from": None}
+        return {"top1": None, "top5": None, "dataset": None, "eval_images": None, "accuracy_from": None,
+                "obtained": None}
     return {"top1": ev.top1, "top5": ev.top5, "dataset": ev.dataset.key if ev.dataset else "unknown",
-            "eval_images": ev.num_images, "accuracy_from": source}
+            "eval_images": ev.num_images, "accuracy_from": source, "obtained": obtained(man)}
+
+
+def _finetuned(man: Manifest, finetuned: Path | None) -> dict[str, Any]:
+    """The same architecture's accuracy after `vitserve-export finetune` from the vanilla checkpoint (a second
+    accuracy per row: converted + fine-tuned beside trained from scratch)."""
+    other, source = _evaluated(man.model_copy(update={"evaluation": None}), finetuned)
+    if source is None:
+        return {"finetuned_top1": None, "finetuned_obtained": None, "finetuned_dataset": None}
+    ev = other.evaluation
+    return {"finetuned_top1": ev.top1 if ev else None, "finetuned_obtained": obtained(other),
+            "finetuned_dataset": ev.dataset.key if ev and ev.dataset else None}
 
 
 def measure_preset(preset: str, repository: Path, *, quick: bool, trained: bool = False,
-                   accuracy_from: Path | None = None) -> dict[str, Any]:
+                   accuracy_from: Path | None = None, finetuned: Path | None = None) -> dict[str, Any]:
     """Build (if needed) and time every variant of `preset`, interleaved so they share the background load.
 
     `trained`: `repository` holds trained models to read (never build into); their accuracies are reported.
     `accuracy_from`: a trained repository whose same-architecture models lend their accuracy to random builds.
+    `finetuned`: a repository of the variants converted from the vanilla checkpoint and fine-tuned
+    (`vitserve-export finetune --checkpoint`): each row also reports that accuracy.
     """
     import numpy as np
 
@@ -112,6 +137,7 @@ def measure_preset(preset: str, repository: Path, *, quick: bool, trained: bool 
                 "ort": [t.model_dump() for t in ort_t[m.model_name]],
                 "torch_eager": [t.model_dump() for t in torch_t[m.model_name]],
                 **_accuracy(*_evaluated(man, accuracy_from)),
+                **_finetuned(man, finetuned),
             }
         )
     base = rows[0]
@@ -159,7 +185,8 @@ def markdown(preset_result: dict[str, Any]) -> str:
         "ORT b1 ms", "ORT b8 ms/img", "ORT b32 ms/img",
         "ORT b1 ÷ vanilla", "ORT b8 ÷ vanilla", "ORT b32 ÷ vanilla", "PyTorch eager b1 ms", "eager b8 ms/img",
         "eager b1 ÷ vanilla", "eager b8 ÷ vanilla", "eager ÷ ORT (b1)",
-        "top-1 %", "top-5 %", "Δ top-1 vs vanilla (points)", "dataset",
+        "top-1 %", "top-5 %", "Δ top-1 vs vanilla (points)", "dataset", "obtained",
+        "top-1 % converted + fine-tuned", "fine-tune recipe",
     ]
     base_top1 = rows[0].get("top1")
     table = []
@@ -187,6 +214,9 @@ def markdown(preset_result: dict[str, Any]) -> str:
             (r["top1"] - base_top1) * 100 if r.get("top1") is not None and base_top1 is not None
             and r.get("dataset") == rows[0].get("dataset") else None,
             r.get("dataset"),
+            r.get("obtained"),
+            _pct(r.get("finetuned_top1")),
+            r.get("finetuned_obtained"),
         ])
     return md_table(headers, table)
 
@@ -208,13 +238,14 @@ def accuracy_points(preset_result: dict[str, Any]) -> list[tuple[str, float, flo
 
 
 def run(presets: list[str], *, quick: bool, cache: Path, out_dir: Path | None = None,
-        models: Path | None = None) -> Path:
-    """Time every variant of each preset; `models` reads trained models (with accuracy) instead of building."""
+        models: Path | None = None, finetuned: Path | None = None) -> Path:
+    """Time every variant of each preset; `models` reads trained models (with accuracy) instead of building;
+    `finetuned`: a repository of the variants converted from vanilla and fine-tuned, reported beside them."""
     machine = machine_info()
     repository = models if models is not None else cache / "repository"
     accuracy_from = TRAINED_DEMO if models is None and TRAINED_DEMO.is_dir() else None
-    results = [measure_preset(p, repository, quick=quick, trained=models is not None, accuracy_from=accuracy_from)
-               for p in presets]
+    results = [measure_preset(p, repository, quick=quick, trained=models is not None, accuracy_from=accuracy_from,
+                              finetuned=finetuned) for p in presets]
     machine = machine.finish()
     md = [
         "# Comparison 1 — variants: FLOPs vs measured latency",

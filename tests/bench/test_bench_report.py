@@ -91,8 +91,9 @@ def test_variants_table_shows_accuracy_only_within_the_vanilla_dataset_identity(
     assert [p[0] for p in accuracy_points(res)] == ["vanilla", "cb"]
     lines = markdown(res).splitlines()
     assert "top-1 %" in lines[0] and "dataset" in lines[0]
+    delta = lines[0].split(" | ").index("Δ top-1 vs vanilla (points)")
     cb, gab = lines[3].split(" | "), lines[4].split(" | ")
-    assert cb[-2] == "1.00" and gab[-2] == "—"  # Δ vs vanilla only on the same dataset identity
+    assert cb[delta] == "1.00" and gab[delta] == "—"  # Δ vs vanilla only on the same dataset identity
 
 
 def test_random_builds_report_the_accuracy_of_the_same_architecture_trained_model(tmp_path: Path) -> None:
@@ -112,3 +113,38 @@ def test_random_builds_report_the_accuracy_of_the_same_architecture_trained_mode
     other = Manifest.model_validate({**data, "evaluation": None, "variant_options": {"cb_layers": [0]}})
     assert _evaluated(other, trained) == (other, None)  # another architecture lends nothing
     assert _accuracy(*_evaluated(random_build, None))["top1"] is None
+
+
+def test_each_row_says_how_its_model_was_obtained_and_reports_the_fine_tuned_copy(tmp_path: Path) -> None:
+    from bench.variants import _accuracy, _finetuned, markdown, obtained
+    from service.manifest import Manifest
+
+    committed = Path(__file__).resolve().parents[2] / "models" / "demo" / "demo-cb" / "vitserve.json"
+    data = json.loads(committed.read_text())
+    recipe = {"start": "random(seed=0)", "epochs": 30, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05,
+              "warmup_epochs": 1, "label_smoothing": 0.1, "augmentation": "affine", "device": "cpu", "seed": 0,
+              "train_images": 1400}
+    evaluation = {"top1": 0.95, "top5": 1.0, "num_images": 397, "dataset": {
+        "name": "digits", "fingerprint": "ab" * 32, "split": "val/", "num_classes": 10}}
+    scratch = Manifest.model_validate({**data, "evaluation": {**evaluation, "recipe": recipe}})
+    assert obtained(scratch) == "from scratch (30 epochs)"
+    assert _accuracy(scratch)["obtained"] == "from scratch (30 epochs)"
+    tuned = {**data, "evaluation": {**evaluation, "top1": 0.97, "recipe": {
+        **recipe, "start": "checkpoint:demo.pth", "epochs": 8, "norm_statistics": "frozen"}}}
+    (tmp_path / "demo-cb").mkdir()
+    (tmp_path / "demo-cb" / "vitserve.json").write_text(json.dumps(tuned))
+    row = _finetuned(scratch, tmp_path)
+    assert row == {"finetuned_top1": 0.97, "finetuned_obtained": "converted + fine-tuned (8 epochs, BN frozen)",
+                   "finetuned_dataset": scratch.evaluation.dataset.key}
+    assert _finetuned(scratch, None)["finetuned_top1"] is None
+    other = Manifest.model_validate({**data, "variant_options": {"cb_layers": [0]}, "evaluation": evaluation})
+    assert _finetuned(other, tmp_path)["finetuned_top1"] is None  # another architecture lends nothing
+
+    timings = [{"batch_size": b, "median_s": 0.001 * b} for b in (1, 8, 32)]
+    rows = [{"label": "cb", "flops": 1e9, "parameters": 1e6, "flops_ratio": 1.0, "ort": timings,
+             "torch_eager": timings, "ort_latency_ratio": {1: 1.0, 8: 1.0, 32: 1.0},
+             "torch_latency_ratio": {1: 1.0, 8: 1.0}, **_accuracy(scratch), **row}]
+    header, _, line = markdown({"rows": rows}).splitlines()
+    cells = dict(zip(header.split(" | "), line.split(" | "), strict=True))
+    assert cells["obtained"] == "from scratch (30 epochs)"
+    assert cells["top-1 % converted + fine-tuned"] == "97.00"
