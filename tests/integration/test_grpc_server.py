@@ -284,7 +284,7 @@ def test_hostile_inputs_get_rests_answer_and_the_server_keeps_serving(
     cases.append(("no input", no_input, grpc.StatusCode.INVALID_ARGUMENT, "missing input 'pixel_values'"))
     with channel:
         for what, request, code, message in cases:
-            with pytest.raises(grpc.RpcError, match="") as err:
+            with pytest.raises(grpc.RpcError) as err:
                 service.ModelInfer(request, timeout=30)
                 pytest.fail(f"{what}: answered")
             assert err.value.code() == code, (what, err.value.details())
