@@ -30,6 +30,7 @@ from service.api.v2_meta import (
     server_metadata,
 )
 from service.api.v2_response import raw_outputs
+from service.catalog import LoadedVersion
 from service.errors import DeadlineExceeded
 from service.loader import ModelStore
 from service.pipeline import Pipeline
@@ -106,19 +107,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         model = request.model_name
         async with track(self.metrics, model_label(model, self.catalog.model_names()), "v2_infer", "grpc"):
             start = time.monotonic()
-            check_key(CallHeaders(context), self.settings.inference_api_key, required=False, what="inference")
+            if self.settings.inference_api_key is not None:  # read the call's metadata only when a key is set
+                check_key(CallHeaders(context), self.settings.inference_api_key, required=False, what="inference")
             version = _version(request.model_version)
             with self.pipeline.accept(model, version) as lv:  # 404 / UNAVAILABLE / RESOURCE_EXHAUSTED first
                 return await self._accepted(lv, version is not None, request, context, start)
 
-    async def _accepted(self, lv: Any, pinned: bool, request: Any, context: Any, start: float) -> Any:
+    async def _accepted(self, lv: LoadedVersion, pinned: bool, request: Any, context: Any, start: float) -> Any:
+        """An admitted call: decode (REST's checks), deadline (the client's, or Triton's `timeout` when shorter),
+        run through the batcher, answer raw."""
         pipeline = self.pipeline
         specs, _ = self.rest.inputs_of(lv.model, lv.entry)
-        decode = (codec.decode_infer_request, request, specs, pipeline.max_images(lv))
+        max_images = pipeline.max_images(lv)
         if request.raw_input_contents:  # views on the message's bytes: nothing to do off the loop
-            parsed, arrays = decode[0](*decode[1:])
-        else:  # typed contents are converted value by value
-            parsed, arrays = await self.catalog.run_blocking(*decode)
+            parsed, arrays = codec.decode_infer_request(request, specs, max_images)
+        else:  # typed contents are converted value by value: not on the event loop
+            parsed, arrays = await self.catalog.run_blocking(codec.decode_infer_request, request, specs, max_images)
         limits = [s for s in (request_timeout_s(parsed), context.time_remaining()) if s is not None]
         if limits and min(limits) <= 0:
             lv.observer.on_expired(1)
