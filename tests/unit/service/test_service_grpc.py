@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -17,6 +18,7 @@ from service.api.grpc.codec import decode_infer_request, infer_response, paramet
 from service.api.grpc.status import status_code
 from service.api.v2_response import raw_outputs
 from service.api.v2_wire import TensorSpec
+from service.cli import build_parser, settings_from_args
 from service.errors import (
     ClientClosedRequest,
     DeadlineExceeded,
@@ -32,6 +34,7 @@ from service.errors import (
     UnsupportedMediaType,
     V2ProtocolError,
 )
+from service.settings import Settings
 
 SPECS = {"pixel_values": TensorSpec("FP32", (3, 2, 2))}
 
@@ -129,3 +132,14 @@ def test_without_the_extra_the_server_says_so_once_and_serves_rest(monkeypatch: 
         assert asyncio.run(start_grpc(pipeline, None)) is None  # type: ignore[arg-type]
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "gRPC is off" in lines[0] and "pip install 'vitserve[grpc]'" in lines[0]
+
+
+def test_grpc_port_flag_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VITSERVE_GRPC_PORT", raising=False)
+    assert Settings(repository=tmp_path).grpc_port == 8001  # Triton's
+    monkeypatch.setenv("VITSERVE_GRPC_PORT", "0")
+    assert Settings(repository=tmp_path).grpc_port == 0  # no gRPC endpoint
+    args = build_parser().parse_args(["serve", "--repository", str(tmp_path), "--grpc-port", "9001"])
+    assert settings_from_args(args).grpc_port == 9001  # the flag wins over the environment
+    with pytest.raises(ValueError, match="grpc_port"):
+        Settings(repository=tmp_path, grpc_port=70000)
