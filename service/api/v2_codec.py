@@ -413,6 +413,17 @@ def decode_json_data(data: Any, datatype: str, shape: list[int], name: str) -> n
     return _decode_json(data, datatype, shape, name)
 
 
+def check_binary_request(
+    request: InferenceRequest, expected_inputs: Mapping[str, TensorSpec], max_batch_size: int, binary_bytes: int,
+) -> tuple[tuple[str, str, tuple[int, ...], int, int], ...]:
+    """Check a request whose inputs are all binary and numeric (no tensor bytes needed: no BOOL or BYTES) as
+    `parse_infer_request` does, tail included: where each input lies, as (name, datatype, shape, offset, size)."""
+    plan: list[_BinaryInput] = []
+    offset = _check_inputs(request, expected_inputs, True, max_batch_size, binary_bytes, plan.append)
+    _check_tail(request, binary_bytes - offset)
+    return tuple((p.name, p.datatype, tuple(p.shape), p.offset, p.size) for p in plan)
+
+
 def request_timeout_s(request: InferenceRequest) -> float | None:
     """Triton's request-level `timeout` parameter (microseconds) in seconds; None when absent or 0."""
     micros = int_param(request.parameters or {}, "timeout", "request")
@@ -420,6 +431,6 @@ def request_timeout_s(request: InferenceRequest) -> float | None:
 
 
 __all__ = [
-    "DataDecoder", "decode_content_encoding", "decode_json_data", "decode_tensors", "parse_header_length",
-    "parse_infer_request", "request_timeout_s",
+    "DataDecoder", "check_binary_request", "decode_content_encoding", "decode_json_data", "decode_tensors",
+    "parse_header_length", "parse_infer_request", "request_timeout_s",
 ]

@@ -11,6 +11,7 @@ output in `raw_output_contents`. Metadata, configuration and statistics come fro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from math import prod
 from typing import Any
@@ -19,10 +20,18 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from service.api.v2_codec import decode_json_data, decode_tensors
+from service.api.v2_codec import check_binary_request, decode_json_data, decode_tensors
 from service.api.v2_meta import ModelMetadata, ModelStatisticsResponse, RepositoryIndexEntry
 from service.api.v2_response import RawOutput
-from service.api.v2_wire import MAX_ID_CHARS, InferenceRequest, RequestInput, RequestOutput, TensorSpec, echo
+from service.api.v2_wire import (
+    MAX_ID_CHARS,
+    V2_TO_NUMPY,
+    InferenceRequest,
+    RequestInput,
+    RequestOutput,
+    TensorSpec,
+    echo,
+)
 from service.errors import V2ProtocolError
 
 #: the typed `InferTensorContents` field of each datatype (Triton's rule); FP16 and BF16 travel raw only
@@ -108,11 +117,63 @@ def decode_typed(inp: RequestInput, datatype: str) -> np.ndarray:
 def decode_infer_request(
     message: Any, specs: Mapping[str, TensorSpec], max_batch_size: int
 ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
-    """A `ModelInferRequest` checked against the model's inputs as REST checks a request: (request, arrays)."""
+    """A `ModelInferRequest` checked against the model's inputs as REST checks a request: (request, arrays).
+
+    A client sends the same request but for the tensor bytes (and its id) again and again: when every input is raw
+    and numeric, the checked outcome depends only on the message's names, datatypes, shapes, byte counts and
+    parameters, so it is checked once and cached (`_raw_plan`, as REST caches a binary request's header); only the
+    views on the tensor bytes are made per call. Any other message takes the general path. The returned request
+    may then be shared by many calls: callers read it, never change it, and take the id from the message."""
+    if len(message.id) > MAX_ID_CHARS:
+        raise V2ProtocolError(f"request id of {len(message.id)} characters exceeds {MAX_ID_CHARS}")
+    raw = message.raw_input_contents
+    if raw and len(raw) == len(message.inputs) and all(spec.datatype in _PLANNED for spec in specs.values()):
+        key = _message_key(message)
+        if key is not None:
+            request, plan = _raw_plan(key, tuple(specs.items()), max_batch_size)
+            return request, {name: np.frombuffer(raw[index], dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+                             for index, (name, datatype, shape) in enumerate(plan)}
     request, binary = infer_request(message)
     arrays = decode_tensors(request, binary, expected_inputs=specs, max_batch_size=max_batch_size,
                             decode_data=decode_typed)
     return request, arrays
+
+
+#: datatypes whose raw bytes need no check of their own (BOOL and BYTES do: the general path reads them)
+_PLANNED = frozenset(V2_TO_NUMPY) - {"BOOL", "BYTES"}
+
+
+def _frozen(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(parameters(params).items())) if params else ()
+
+
+def _message_key(message: Any) -> tuple[Any, ...] | None:
+    """What the checks of a raw message read, hashable (None: an input carries typed contents too)."""
+    inputs = []
+    for tensor, raw in zip(message.inputs, message.raw_input_contents, strict=True):
+        if tensor.HasField("contents"):
+            return None
+        inputs.append((tensor.name, tensor.datatype, tuple(tensor.shape), _frozen(tensor.parameters), len(raw)))
+    outputs = tuple((o.name, _frozen(o.parameters)) for o in message.outputs)
+    return tuple(inputs), outputs, _frozen(message.parameters)
+
+
+@functools.lru_cache(maxsize=256)
+def _raw_plan(
+    key: tuple[Any, ...], specs: tuple[tuple[str, TensorSpec], ...], max_batch_size: int
+) -> tuple[InferenceRequest, tuple[tuple[str, str, tuple[int, ...]], ...]]:
+    """The checked request (no id) of a raw message and each input's (name, datatype, shape), in input order.
+    Raises what the general path raises (lru_cache keeps no exception)."""
+    inputs, outputs, request_params = key
+    request = InferenceRequest.model_construct(
+        id=None, parameters=dict(request_params) or None,
+        inputs=[RequestInput.model_construct(name=name, shape=list(shape), datatype=datatype,
+                                             parameters={**dict(params), "binary_data_size": size}, data=None)
+                for name, datatype, shape, params, size in inputs],
+        outputs=[RequestOutput.model_construct(name=name, parameters=dict(params) or None)
+                 for name, params in outputs] or None)
+    plan = check_binary_request(request, dict(specs), max_batch_size, sum(i[4] for i in inputs))
+    return request, tuple((name, datatype, shape) for name, datatype, shape, _, _ in plan)
 
 
 def infer_response(model: str, version: str, request_id: str | None, outputs: Sequence[RawOutput]) -> Any:

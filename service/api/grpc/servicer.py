@@ -131,4 +131,4 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         out = await pipeline.run(lv, arrays[lv.entry.manifest.input_name], deadline, pinned=pinned)
         served = out.served.entry.manifest  # the version that computed it (a newer one after a swap)
         outputs = raw_outputs({served.output_name: out.outputs}, parsed, labels=served.labels)
-        return codec.infer_response(out.model, str(out.version), parsed.id, outputs)
+        return codec.infer_response(out.model, str(out.version), request.id, outputs)

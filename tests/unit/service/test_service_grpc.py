@@ -78,7 +78,7 @@ def test_raw_contents_decode_to_a_view_and_typed_contents_to_the_same_values() -
     request = _request(x)
     parsed, arrays = decode_infer_request(request, SPECS, 4)
     assert not arrays["pixel_values"].flags.owndata and np.array_equal(arrays["pixel_values"], x)
-    assert parsed.id == "r1" and parsed.parameters == {"timeout": 5000}
+    assert parsed.id is None and parsed.parameters == {"timeout": 5000}  # shared between calls: the id is the message's
     assert parsed.outputs is not None and parsed.outputs[0].parameters == {"classification": 2}
     _, typed = decode_infer_request(_request(x, typed=True), SPECS, 4)
     assert typed["pixel_values"].tobytes() == x.tobytes()
@@ -117,7 +117,7 @@ def test_parameters_and_the_answer() -> None:
     assert parameters(request.parameters) == {"a": True, "b": "s", "c": 0.5}
     parsed, _ = decode_infer_request(_request(np.zeros((1, 3, 2, 2), np.float32)), SPECS, 4)
     logits = np.array([[0.1, 0.7, 0.2]], np.float32)
-    response = infer_response("m", "1", parsed.id, raw_outputs({"logits": logits}, parsed, labels=["a", "b", "c"]))
+    response = infer_response("m", "1", "r1", raw_outputs({"logits": logits}, parsed, labels=["a", "b", "c"]))
     assert (response.model_name, response.model_version, response.id) == ("m", "1", "r1")
     assert (response.outputs[0].datatype, list(response.outputs[0].shape)) == ("BYTES", [1, 2])
     raw = response.raw_output_contents[0]
@@ -143,3 +143,19 @@ def test_grpc_port_flag_env_and_default(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings_from_args(args).grpc_port == 9001  # the flag wins over the environment
     with pytest.raises(ValueError, match="grpc_port"):
         Settings(repository=tmp_path, grpc_port=70000)
+
+
+def test_a_repeated_raw_message_is_checked_once_and_decoded_per_call() -> None:
+    """The cached check (`_raw_plan`) and the general path give the same request and arrays."""
+    from service.api.grpc.codec import infer_request
+    from service.api.v2_codec import decode_tensors
+
+    x, y = np.zeros((2, 3, 2, 2), np.float32), np.ones((2, 3, 2, 2), np.float32)
+    first, a = decode_infer_request(_request(x), SPECS, 4)
+    second, b = decode_infer_request(_request(y), SPECS, 4)
+    assert first is second  # checked once
+    assert np.array_equal(a["pixel_values"], x) and np.array_equal(b["pixel_values"], y)
+    general, binary = infer_request(_request(y))
+    arrays = decode_tensors(general, binary, expected_inputs=SPECS, max_batch_size=4)
+    assert general.model_dump(exclude={"id"}) == second.model_dump(exclude={"id"})
+    assert np.array_equal(arrays["pixel_values"], b["pixel_values"])
