@@ -98,9 +98,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     VITSERVE_REPOSITORY=/models \
     VITSERVE_HOST=0.0.0.0 \
     VITSERVE_PORT=8000 \
+    VITSERVE_GRPC_PORT=8001 \
     VITSERVE_PROVIDERS=TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (REST, /metrics); 8001: gRPC (KServe v2 / Triton, grpc.health.v1)
+EXPOSE 8000 8001
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["vitserve-healthcheck"]
 ENTRYPOINT ["vitserve"]
@@ -131,9 +133,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     VITSERVE_REPOSITORY=/models \
     VITSERVE_HOST=0.0.0.0 \
     VITSERVE_PORT=8000 \
+    VITSERVE_GRPC_PORT=8001 \
     VITSERVE_PROVIDERS=CPUExecutionProvider
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (REST, /metrics); 8001: gRPC (KServe v2 / Triton, grpc.health.v1)
+EXPOSE 8000 8001
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["vitserve-healthcheck"]
 ENTRYPOINT ["vitserve"]

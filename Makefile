@@ -31,14 +31,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Service-only install: onnxruntime, FastAPI, numpy, Pillow ... never torch.
+# Service-only install: onnxruntime, FastAPI, numpy, Pillow, the gRPC endpoint's grpc extra ... never torch.
 $(VENV)/.service: pyproject.toml $(LOCK) | $(BIN)/python
-	$(BIN)/pip install --quiet -c $(LOCK) -e .
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[grpc]'
 	touch $@
 
-# Full install: export (torch, timm, onnx), the OpenVINO runtime, benchmarks and test dependencies.
+# Full install: export (torch, timm, onnx), the OpenVINO runtime, gRPC, benchmarks and test dependencies.
 $(VENV)/.full: pyproject.toml $(LOCK) | $(BIN)/python
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[export,openvino,bench,dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[export,openvino,grpc,bench,dev]'
 	touch $@ $(VENV)/.service
 
 setup-service: $(VENV)/.service

@@ -182,7 +182,10 @@ def vitserve_server(
     port = port or free_port()
     # CPU only (this machine has no GPU; skips the failing CUDA/TensorRT provider loads) and warm-up at the
     # power-of-two batch sizes (warming every size 1..max_batch takes minutes for vit_small on 2 cores)
-    full_env = {"VITSERVE_LOG_LEVEL": "warning", "VITSERVE_PROVIDERS": "CPUExecutionProvider"}
+    # no gRPC endpoint unless `env` names a VITSERVE_GRPC_PORT: benchmarks that run servers side by side would all
+    # bind the default 8001
+    full_env = {"VITSERVE_LOG_LEVEL": "warning", "VITSERVE_PROVIDERS": "CPUExecutionProvider",
+                "VITSERVE_GRPC_PORT": "0"}
     if warmup is not None:
         full_env["VITSERVE_WARMUP"] = warmup
     if server_root is not None:

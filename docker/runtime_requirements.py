@@ -21,8 +21,8 @@ FLAVOURS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}
 #: optional-dependency groups an image flavour adds: the GPU image exports nv_gpu_* through nvidia-ml-py; the CPU
 #: image carries OpenVINO (service/runtimes/openvino), about 180 MB installed (a 59 MB wheel) for twice ONNX
 #: Runtime's fp32 throughput on a CPU with native bf16 (BENCHMARKS.md): a CPU image serving at half the hardware's
-#: speed is the worse trade. The GPU image computes on the GPU and leaves it out.
-FLAVOUR_EXTRAS: dict[str, tuple[str, ...]] = {"cpu": ("openvino",), "gpu": ("gpu",)}
+#: speed is the worse trade. The GPU image computes on the GPU and leaves it out. Both serve gRPC (the `grpc` extra).
+FLAVOUR_EXTRAS: dict[str, tuple[str, ...]] = {"cpu": ("openvino", "grpc"), "gpu": ("gpu", "grpc")}
 _ORT_NAMES = frozenset(FLAVOURS.values())
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 

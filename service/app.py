@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.common import BodyLimitMiddleware
 from service.api.fast_path import DirectRoutes, FastPathMiddleware
+from service.api.grpc import start_grpc
 from service.api.routes import include
 from service.api.system import SystemEndpoints
 from service.api.v1 import V1Endpoints
@@ -60,10 +61,12 @@ class ServiceApp(FastAPI):
 
 def create_app(settings: Settings, *, wait_for_models: bool = False, store: ModelStore | None = None) -> ServiceApp:
     """Build the app. `wait_for_models` makes startup block until the initial load is done (tests).
-    `store`: serve this one (a front end's mirror of the engine's models, service/workers/).
+    `store`: serve this one (a front end's mirror of the engine's models, service/workers/); such an app serves no
+    gRPC (the engine, which owns the models, does: service/workers/engine.py).
 
     Each model's runtime comes from the runtimes table (service/runtimes) by its config.pbtxt
     `backend`/`platform`; `settings.runtime_modules` names modules that register more runtimes."""
+    serves_grpc = store is None
     if store is None:
         metrics = Metrics()
         register_gpu_metrics(metrics.registry)  # Triton's nv_gpu_* series; absent without a GPU
@@ -74,10 +77,15 @@ def create_app(settings: Settings, *, wait_for_models: bool = False, store: Mode
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.start(wait=wait_for_models)
+        grpc_server = await start_grpc(pipeline, store) if serves_grpc else None
         try:
             yield
         finally:
             log.info("shutting down: readiness off, draining for up to %.1fs", settings.drain_timeout_s)
+            if grpc_server is not None:  # accepted calls answered first, then the gRPC server stops
+                store.begin_drain()
+                await store.drained()
+                await grpc_server.stop()
             await store.shutdown()
             log.info("shutdown complete")
 

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", nargs="+", help="only these models (default: all)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="bind port (default 8000)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 = no gRPC endpoint)")
     for options in runtime_options_types():  # each runtime's own flags (ONNX Runtime: providers, threads)
         for name, flag in options.cli_flags.items():
             serve.add_argument("--" + name.replace("_", "-"), **flag)

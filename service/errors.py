@@ -1,8 +1,9 @@
-"""Domain errors raised by the serving core, and the one table that maps them to HTTP.
+"""Domain errors raised by the serving core, and the one table that maps them to HTTP and gRPC.
 
 Every domain error of the service lives here (the core, the runtimes and the wire codecs raise them); only the
-edge (this module's `install_error_handlers`) turns them into responses `{"error": "..."}`. A 500 logs the trace and
-says only "internal error", so no stack trace or path ever reaches a client.
+edge (this module's `install_error_handlers`, and service/api/grpc for gRPC with `GRPC_CODES`) turns them into
+responses: `{"error": "..."}` over HTTP, a status code and the same message over gRPC. A 500 logs the trace and says
+only "internal error", so no stack trace or path ever reaches a client.
 """
 
 from __future__ import annotations
@@ -148,6 +149,30 @@ class InferenceFailed(ServiceError):
 
 class NonFiniteOutput(InferenceFailed):
     """500: the model computed NaN or infinity for this request; only this request fails, never a `null` score."""
+
+
+#: HTTP status of a domain error -> the gRPC status code Triton answers for it (the name of a `grpc.StatusCode`: this
+#: module does not import the optional grpc package). A full queue and a message over the limit are
+#: RESOURCE_EXHAUSTED, not ready / shutting down UNAVAILABLE, a client that left CANCELLED.
+GRPC_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_code_name(exc: ServiceError) -> str:
+    """The gRPC status code name for `exc` (a full queue is RESOURCE_EXHAUSTED where REST answers 503)."""
+    if isinstance(exc, Overloaded):
+        return "RESOURCE_EXHAUSTED"
+    return GRPC_CODES.get(exc.status, "UNKNOWN")
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -11,14 +11,18 @@ draining tells the engine, which sets readiness off).
 Exported names and labels (the contract with docker/grafana dashboards and alert rules):
 
 Histograms (seconds unless noted)
-  vitserve_request_duration_seconds{model,endpoint,code}  end to end, per HTTP endpoint
-                                                           (endpoint: v1_classify, v1_compare, v2_infer)
+  vitserve_request_duration_seconds{model,endpoint,code,protocol}
+                                                           end to end, per inference endpoint
+                                                           (endpoint: v1_classify, v1_compare, v2_infer;
+                                                           protocol: http, or grpc for v2_infer over gRPC)
   vitserve_queue_duration_seconds{model,version}           time a request waited in the batch queue
   vitserve_preprocess_duration_seconds{model}              image decode + transform, per image
   vitserve_compute_duration_seconds{model,version}         ONNX Runtime run, per batch
   vitserve_batch_size{model,version}                       images per executed batch (buckets 1,2,4,...,128)
 Counters
-  vitserve_requests_total{model,code}                      requests answered, by HTTP status code
+  vitserve_requests_total{model,code,protocol}             requests answered, by HTTP status code (a gRPC
+                                                           answer counts under the HTTP status REST gives the
+                                                           same outcome: 200, 400, 499, 503, 504...)
   vitserve_inferences_total{model,version}                 images computed
   vitserve_flops_total{model,version}                      FLOPs executed (images x manifest FLOPs per image)
   vitserve_batches_total{model,version}                    batches executed
@@ -142,7 +146,7 @@ class Metrics:
         gauge = functools.partial(_LocalGauge, registry=r)
         p = PREFIX
         self.request_duration = Histogram(
-            p + "request_duration_seconds", "End-to-end request latency", ["model", "endpoint", "code"],
+            p + "request_duration_seconds", "End-to-end request latency", ["model", "endpoint", "code", "protocol"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.queue_duration = Histogram(
@@ -160,7 +164,9 @@ class Metrics:
         self.batch_size = Histogram(
             p + "batch_size", "Images per executed batch", ["model", "version"], buckets=BATCH_BUCKETS, registry=r
         )
-        self.requests = Counter(p + "requests_total", "Requests answered by status code", ["model", "code"], registry=r)
+        self.requests = Counter(
+            p + "requests_total", "Requests answered by status code", ["model", "code", "protocol"], registry=r
+        )
         self.inferences = Counter(p + "inferences_total", "Images computed", ["model", "version"], registry=r)
         self.flops = Counter(p + "flops_total", "FLOPs executed", ["model", "version"], registry=r)
         self.batches = Counter(p + "batches_total", "Batches executed", ["model", "version"], registry=r)
@@ -196,17 +202,18 @@ class Metrics:
             ["model", "dataset", "metric"],
         )
         self._accuracy_labels: dict[str, list[tuple[str, str, str]]] = {}
-        # the children of the per-request series, by (model, endpoint, code): `labels()` costs more than the update
-        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # the children of the per-request series, by (model, endpoint, code, protocol): `labels()` costs more than
+        # the update
+        self._request_series: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
 
-    def observe_request(self, model: str, endpoint: str, code: int, seconds: float) -> None:
-        """One answered request: `requests_total` and `request_duration_seconds`."""
-        key = (model, endpoint, code)
+    def observe_request(self, model: str, endpoint: str, code: int, seconds: float, protocol: str = "http") -> None:
+        """One answered request: `requests_total` and `request_duration_seconds` (`protocol`: http or grpc)."""
+        key = (model, endpoint, code, protocol)
         series = self._request_series.get(key)
         if series is None:
             series = self._request_series[key] = (
-                self.requests.labels(model=model, code=str(code)),
-                self.request_duration.labels(model=model, endpoint=endpoint, code=str(code)),
+                self.requests.labels(model=model, code=str(code), protocol=protocol),
+                self.request_duration.labels(model=model, endpoint=endpoint, code=str(code), protocol=protocol),
             )
         series[0].inc()
         series[1].observe(seconds)

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Bind address; loopback by default, set 0.0.0.0 in a container")
     port: int = Field(8000, ge=0, le=65535, description="Bind port (0 = any free port)")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="Port of the gRPC endpoint (KServe v2 / Triton GRPCInferenceService and "
+        "grpc.health.v1, on the bind address; Triton's 8001); 0 = no gRPC endpoint. Needs the `grpc` extra "
+        "(pip install 'vitserve[grpc]'); without it the server serves REST and logs that gRPC is off",
+    )
 
     max_batch_size: int | None = Field(
         None, ge=1, description="Override every model's max batch size (default: config.pbtxt max_batch_size)"

@@ -6,12 +6,17 @@ read-only; a test that changes a repository takes `demo_repository_copy`.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+
+# Servers the tests start (in process or as `vitserve serve`) serve no gRPC unless a test asks for a port
+# (tests/service_server.py `start_server(..., grpc=True)`): the default, 8001, would be one port for all of them.
+os.environ.setdefault("VITSERVE_GRPC_PORT", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_DEMO = ROOT / "models" / "demo"

@@ -26,6 +26,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    #: host:port of its gRPC endpoint (started with `grpc=True`), else None
+    grpc_target: str | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -44,20 +46,23 @@ class ServerProcess:
 
 def start_server(repository: Path, tmp: Path, *args: str, ready_timeout: float = 60.0,
                  env: dict[str, str] | None = None, ready_path: str = "/v2/health/ready",
-                 api_key: str | None = API_KEY) -> ServerProcess:
+                 api_key: str | None = API_KEY, grpc: bool = False) -> ServerProcess:
     """Start `python -m service.cli serve` and poll `ready_path` until 200 (deadline, no fixed sleep).
 
-    `api_key=None` starts it without a repository-control key (load/unload disabled, as by default)."""
+    `api_key=None` starts it without a repository-control key (load/unload disabled, as by default). `grpc`: serve
+    gRPC too, on another free port (`grpc_target`); otherwise the server serves none (tests/conftest.py)."""
     last_error: str = ""
     for _ in range(3):  # a free port can be taken between probe and bind: retry with another
         port = free_port()
+        grpc_port = free_port() if grpc else 0
         log_path = tmp / f"server-{port}.log"
         cmd = [sys.executable, "-m", "service.cli", "serve", "--repository", str(repository),
-               "--host", "127.0.0.1", "--port", str(port), *args]
+               "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port), *args]
         full_env = {**os.environ, **({"VITSERVE_API_KEY": api_key} if api_key else {}), **(env or {})}
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path,
+                               f"127.0.0.1:{grpc_port}" if grpc else None)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -70,7 +75,7 @@ def start_server(repository: Path, tmp: Path, *args: str, ready_timeout: float =
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-        if "address already in use" not in last_error.lower():
+        if "address already in use" not in last_error.lower() and "cannot bind the grpc port" not in last_error.lower():
             break
     raise RuntimeError(f"server did not become ready:\n{last_error}")
 

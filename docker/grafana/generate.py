@@ -114,11 +114,13 @@ def _throughput_row(y: int) -> list[Any]:
     return [
         RowPanel(title="Throughput", gridPos=GridPos(h=1, w=24, x=0, y=y)),
         _timeseries(
-            "Requests/s by model and status",
-            [_target(f"sum by (model, code) (rate(vitserve_requests_total{{{MODEL}}}[{RATE}]))", "{{model}} {{code}}")],
+            "Requests/s by model, protocol and status",
+            [_target(f"sum by (model, protocol, code) (rate(vitserve_requests_total{{{MODEL}}}[{RATE}]))",
+                     "{{model}} {{protocol}} {{code}}")],
             GridPos(h=8, w=8, x=0, y=y + 1),
             "reqps",
-            "All HTTP requests that named a model, by response status.",
+            "All requests that named a model, by protocol (http: REST; grpc: the KServe v2 / Triton gRPC endpoint) "
+            "and status (a gRPC answer counts under the HTTP status REST gives the same outcome).",
         ),
         _timeseries(
             "Images/s by model",

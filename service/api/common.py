@@ -159,14 +159,15 @@ def model_label(model: str, known: Collection[str]) -> str:
 
 
 class track:  # noqa: N801 - used as `async with track(...)`, like a context-manager function
-    """Count the request and observe its duration by status code (`async with track(metrics, model, endpoint)`).
+    """Count the request and observe its duration by status code (`async with track(metrics, model, endpoint)`;
+    `protocol`: the metrics' protocol label, http or grpc).
 
     A plain class, not a generator-based context manager: it runs on every inference request."""
 
-    __slots__ = ("_metrics", "_model", "_endpoint", "_start")
+    __slots__ = ("_metrics", "_model", "_endpoint", "_protocol", "_start")
 
-    def __init__(self, metrics: Metrics, model: str, endpoint: str) -> None:
-        self._metrics, self._model, self._endpoint = metrics, model, endpoint
+    def __init__(self, metrics: Metrics, model: str, endpoint: str, protocol: str = "http") -> None:
+        self._metrics, self._model, self._endpoint, self._protocol = metrics, model, endpoint, protocol
         self._start = 0.0
 
     async def __aenter__(self) -> None:
@@ -181,7 +182,8 @@ class track:  # noqa: N801 - used as `async with track(...)`, like a context-man
             code = 499
         else:
             code = 500
-        self._metrics.observe_request(self._model, self._endpoint, code, time.perf_counter() - self._start)
+        self._metrics.observe_request(self._model, self._endpoint, code, time.perf_counter() - self._start,
+                                      self._protocol)
 
 
 async def cancel_on_disconnect(request: RequestView, work: Awaitable[T]) -> T:

@@ -368,23 +368,60 @@ def _check_tail(request: InferenceRequest, left: int) -> None:
         check_parameters(out_params, where)
 
 
+#: decodes one input's inline data (its `data`, checked against the model's datatype and the input's shape)
+DataDecoder = Callable[[RequestInput, str], np.ndarray]
+
+
+def _decode_json_input(inp: RequestInput, datatype: str) -> np.ndarray:
+    assert inp.data is not None
+    return _decode_json(inp.data, datatype, inp.shape, inp.name)
+
+
 def _decode_inputs(
     request: InferenceRequest, binary: memoryview, specs: Mapping[str, TensorSpec], has_header_length: bool,
-    max_batch_size: int,
+    max_batch_size: int, decode_data: DataDecoder = _decode_json_input,
 ) -> dict[str, np.ndarray]:
-    """The general path: check and decode every input (binary or JSON) in order, then the tail."""
+    """The general path: check and decode every input (binary or inline data) in order, then the tail."""
     arrays: dict[str, np.ndarray] = {}
 
     def on_binary(p: _BinaryInput) -> None:
         arrays[p.name] = _decode_binary(binary[p.offset : p.offset + p.size], p.datatype, p.shape, p.name)
 
     def on_json(inp: RequestInput) -> None:
-        assert inp.data is not None
-        arrays[inp.name] = _decode_json(inp.data, specs[inp.name].datatype, inp.shape, inp.name)
+        arrays[inp.name] = decode_data(inp, specs[inp.name].datatype)
 
     offset = _check_inputs(request, specs, has_header_length, max_batch_size, len(binary), on_binary, on_json)
     _check_tail(request, len(binary) - offset)
     return arrays
+
+
+def decode_tensors(
+    request: InferenceRequest, binary: bytes | memoryview, *,
+    expected_inputs: Mapping[str, TensorSpec], max_batch_size: int, decode_data: DataDecoder | None = None,
+) -> dict[str, np.ndarray]:
+    """The checks and decoding of `parse_infer_request` for a request already in wire-model form (gRPC's, from
+    service/api/grpc/codec.py): binary inputs (`binary_data_size`, consecutive in `binary`) become read-only views;
+    an input with `data` goes to `decode_data` (default: JSON's) once its name, datatype and shape are checked. Same
+    checks, order and messages as REST."""
+    view = binary if isinstance(binary, memoryview) else memoryview(binary)
+    specs = {name: TensorSpec(s.datatype, tuple(s.dims)) for name, s in expected_inputs.items()}
+    return _decode_inputs(request, view, specs, True, max_batch_size, decode_data or _decode_json_input)
+
+
+def decode_json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    """One input's inline numbers (a list, or an array of them) checked and converted as REST's JSON `data` is."""
+    return _decode_json(data, datatype, shape, name)
+
+
+def check_binary_request(
+    request: InferenceRequest, expected_inputs: Mapping[str, TensorSpec], max_batch_size: int, binary_bytes: int,
+) -> tuple[tuple[str, str, tuple[int, ...], int, int], ...]:
+    """Check a request whose inputs are all binary and numeric (no tensor bytes needed: no BOOL or BYTES) as
+    `parse_infer_request` does, tail included: where each input lies, as (name, datatype, shape, offset, size)."""
+    plan: list[_BinaryInput] = []
+    offset = _check_inputs(request, expected_inputs, True, max_batch_size, binary_bytes, plan.append)
+    _check_tail(request, binary_bytes - offset)
+    return tuple((p.name, p.datatype, tuple(p.shape), p.offset, p.size) for p in plan)
 
 
 def request_timeout_s(request: InferenceRequest) -> float | None:
@@ -393,4 +430,7 @@ def request_timeout_s(request: InferenceRequest) -> float | None:
     return micros / 1e6 if micros else None
 
 
-__all__ = ["decode_content_encoding", "parse_header_length", "parse_infer_request", "request_timeout_s"]
+__all__ = [
+    "DataDecoder", "check_binary_request", "decode_content_encoding", "decode_json_data", "decode_tensors",
+    "parse_header_length", "parse_infer_request", "request_timeout_s",
+]

@@ -89,7 +89,7 @@ class V2Infer:
             with self.pipeline.accept(model, v) as lv:  # 404 / 503 (not ready, queue full) before reading
                 return await self._accepted(lv, v is not None, request, start)
 
-    def _inputs_of(self, model: str, entry: ModelEntry) -> tuple[dict[str, TensorSpec], int | None]:
+    def inputs_of(self, model: str, entry: ModelEntry) -> tuple[dict[str, TensorSpec], int | None]:
         """The model's input specs and numbers per batch item (None when a dimension is variable), per entry."""
         cached = self._inputs.get(model)
         if cached is None or cached[0] is not entry:  # first request, or the model was reloaded
@@ -111,7 +111,7 @@ class V2Infer:
             body = await catalog.run_blocking(functools.partial(
                 decode_content_encoding, body, encoding, max_size=self.settings.max_body_bytes))
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH_HEADER))
-        specs, image_numbers = self._inputs_of(model, lv.entry)
+        specs, image_numbers = self.inputs_of(model, lv.entry)
         json_bytes = len(body) if header_length is None else min(header_length, len(body))
         if image_numbers is not None:
             check_json_size(model, body, json_bytes, max_batch * image_numbers)

@@ -169,6 +169,38 @@ def encode_infer_response(
     return b"".join([header, *chunks]), headers
 
 
+class RawOutput(NamedTuple):
+    """One output of an answer as raw little-endian bytes (gRPC's `raw_output_contents`; BYTES length-prefixed)."""
+
+    name: str
+    shape: tuple[int, ...]
+    datatype: str
+    raw: bytes
+
+
+def raw_outputs(
+    outputs: Mapping[str, np.ndarray], request: InferenceRequest, *, labels: Sequence[str] | None = None,
+    batched: bool = True,
+) -> list[RawOutput]:
+    """The outputs `request` asks for (each once, in its order; every one when it names none), classification
+    applied, as raw bytes: `encode_infer_response`'s choice and checks for a protocol whose tensors are always
+    binary (gRPC)."""
+    out: list[RawOutput] = []
+    for name, params in _wanted_outputs(request, outputs):
+        where = f"output {name!r}"
+        if "shared_memory_region" in params:
+            raise V2ProtocolError(f"{where}: shared memory is not supported")
+        arr = np.asarray(outputs[name])
+        count = int_param(params, "classification", where, 0)
+        if count:
+            arr = classify(arr, count, labels, batched=batched)
+        datatype = numpy_to_v2(arr.dtype)
+        raw = _encode_bytes_elements(arr) if datatype == "BYTES" else np.ascontiguousarray(
+            arr, dtype=V2_TO_NUMPY[datatype]).tobytes()
+        out.append(RawOutput(name, arr.shape, datatype, raw))
+    return out
+
+
 #: a response body up to this many bytes is compressed on the event loop: that costs about what a hop to a worker
 #: thread costs the loop, and gzip's cost per byte grows with the body; a larger one is compressed in a thread
 COMPRESS_ON_LOOP_BYTES = 4096
@@ -213,6 +245,6 @@ def encode_content_encoding(
 
 
 __all__ = [
-    "COMPRESS_ON_LOOP_BYTES", "ENCODE_ON_LOOP_NUMBERS", "classify", "compressed", "encode_content_encoding",
-    "encode_infer_response", "response_encoding",
+    "COMPRESS_ON_LOOP_BYTES", "ENCODE_ON_LOOP_NUMBERS", "RawOutput", "classify", "compressed",
+    "encode_content_encoding", "encode_infer_response", "raw_outputs", "response_encoding",
 ]

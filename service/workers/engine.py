@@ -28,6 +28,7 @@ import numpy as np
 from fastapi import FastAPI
 from uvicorn.loops.auto import auto_loop_factory
 
+from service.api.grpc import start_grpc
 from service.batcher import Batcher, BatcherStopped, BatchOutput, PendingRequest
 from service.catalog import LoadedVersion
 from service.errors import InferenceFailed, ModelNotReady, ServiceError
@@ -63,6 +64,8 @@ class EngineServer:
         self.path = path
         self.connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
+        #: called when a front end starts draining (the gRPC health turns NOT_SERVING with the front ends)
+        self.readiness_off: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         self._server = await asyncio.get_running_loop().create_unix_server(self._accept, path=str(self.path))
@@ -122,6 +125,8 @@ class _Connection:
 
     def _readiness_off(self, message: msg.ReadinessOff) -> None:
         self.server.store.metrics.server_ready.set(0.0)  # requests are still accepted: nothing stops
+        for callback in self.server.readiness_off:
+            callback()
 
     def _cancel(self, message: msg.Cancel) -> None:
         queued = self.requests.get(message.rid)
@@ -343,10 +348,19 @@ async def _serve_engine(app: FastAPI, control_path: Path, supervisor: Connection
     server = EngineServer(app, control_path)
     await server.start()
     await store.start()
+    # gRPC is served here, beside the batchers (service/README.md, "Several front-end processes"); a port in use
+    # fails the engine's start, and so the server's
+    grpc_server = await start_grpc(app.state.pipeline, store)
+    if grpc_server is not None:
+        server.readiness_off.append(grpc_server.health.readiness_off)
     supervisor.send("listening")
     asyncio.get_running_loop().add_reader(supervisor.fileno(), on_message)
     await stop.wait()
     log.info("engine stopping: draining the batchers")
+    if grpc_server is not None:  # its accepted calls answered first, then it stops
+        store.begin_drain()
+        await store.drained()
+        await grpc_server.stop()
     await store.shutdown()
     await server.close()
     if orphaned:  # a killed supervisor cannot remove its directory (the control socket, the metrics)

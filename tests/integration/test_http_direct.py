@@ -258,7 +258,7 @@ def test_both_paths_answer_the_battery_alike(servers: dict[str, ServerProcess]) 
 
 def _requests_total(server: ServerProcess, model: str, code: str) -> float:
     samples = metric_samples(httpx.get(server.base_url + "/metrics").text, "vitserve_requests_total{")
-    return samples.get(f'vitserve_requests_total{{code="{code}",model="{model}"}}', 0.0)
+    return samples.get(f'vitserve_requests_total{{code="{code}",model="{model}",protocol="http"}}', 0.0)
 
 
 def _inferences(server: ServerProcess, model: str) -> float:

@@ -58,7 +58,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
 
 def _requests_total(server: ServerProcess, model: str, code: str) -> float:
     samples = metric_samples(httpx.get(server.base_url + "/metrics").text, "vitserve_requests_total{")
-    return samples.get(f'vitserve_requests_total{{code="{code}",model="{model}"}}', 0.0)
+    return samples.get(f'vitserve_requests_total{{code="{code}",model="{model}",protocol="http"}}', 0.0)
 
 
 def _pixels(images: int = 1, size: int = 32, value: float | None = None) -> np.ndarray:

@@ -153,7 +153,7 @@ def test_v2_infer_matches_the_model_and_concurrent_requests_share_batches(server
     inferences = metric_samples(text, "vitserve_inferences_total{")
     assert inferences['vitserve_inferences_total{model="tiny_heavy",version="1"}'] >= 64
     requests = metric_samples(text, "vitserve_requests_total{")
-    assert requests['vitserve_requests_total{code="200",model="tiny_heavy"}'] >= 64
+    assert requests['vitserve_requests_total{code="200",model="tiny_heavy",protocol="http"}'] >= 64
     stats = httpx.get(server.base_url + "/v2/models/tiny_heavy/stats").json()["model_stats"][0]
     assert stats["inference_count"] >= 64 and stats["execution_count"] < stats["inference_count"]
 
@@ -171,7 +171,7 @@ def test_metrics_after_traffic(server: ServerProcess, runtime: str) -> None:
         assert f"# TYPE vitserve_{name} counter" in text
     for name in ("queue_depth", "model_ready", "model_flops", "model_parameters", "model_load_seconds"):
         assert f"# TYPE vitserve_{name} gauge" in text
-    assert metric_samples(text, 'vitserve_requests_total{code="200",model="tiny_b"}')
+    assert metric_samples(text, 'vitserve_requests_total{code="200",model="tiny_b",protocol="http"}')
     assert metric_samples(text, 'vitserve_preprocess_duration_seconds_count{model="tiny_b"}')
     flops = metric_samples(text, 'vitserve_flops_total{model="tiny_b",version="2"}')
     assert list(flops.values())[0] > 0

@@ -116,7 +116,7 @@ def png(seed: int) -> bytes:
 
 def requests_200(server: ServerProcess, model: str) -> float:
     for line in httpx.get(server.base_url + "/metrics").text.splitlines():
-        if line.startswith(f'vitserve_requests_total{{code="200",model="{model}"}}'):
+        if line.startswith(f'vitserve_requests_total{{code="200",model="{model}",protocol="http"}}'):
             return float(line.split()[-1])
     return 0.0
 

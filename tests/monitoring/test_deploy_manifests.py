@@ -181,9 +181,12 @@ def test_deployment_probes_grace_resources_and_volume() -> None:
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # readiness through grpc.health.v1 on the gRPC port the server is told to serve
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"]
     assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
     env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["VITSERVE_GRPC_PORT"]) == ports["grpc"] and int(env["VITSERVE_PORT"]) == ports["http"]
     drain = float(env["VITSERVE_DRAIN_TIMEOUT_S"])
     pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
     from service.settings import Settings
@@ -219,7 +222,7 @@ def test_gpu_overlay_requests_a_gpu_and_the_gpu_image() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["VITSERVE_PROVIDERS"].split(",")[:2] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     # the strategic merge kept the probes and the volume of the base
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["readinessProbe"]["grpc"]["port"] == 8001
     # and added a writable TensorRT engine cache, named to the service by env
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert {"models", "tmp", "trt-engines"} <= mounts.keys()

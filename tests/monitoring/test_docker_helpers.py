@@ -50,7 +50,8 @@ def test_cpu_image_gets_onnxruntime_and_gpu_image_onnxruntime_gpu() -> None:
 def test_requirements_follow_pyproject_and_never_pull_torch() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     cpu = requirements.runtime_requirements(ROOT / "pyproject.toml", "cpu")
-    expected = _names([d.split(";")[0] for d in declared]) - {"onnxruntime-gpu"} | {"onnxruntime", "openvino"}
+    expected = _names([d.split(";")[0] for d in declared]) - {"onnxruntime-gpu"} | {"onnxruntime", "openvino"} | {
+        "grpcio", "grpcio-health-checking", "tritonclient"}  # the grpc extra: both images serve gRPC
     assert _names(cpu) == expected
     assert not {"torch", "onnx", "timm"} & _names(cpu)
 
@@ -101,6 +102,31 @@ def test_healthcheck_is_healthy_only_on_200(health_server: tuple[str, type[_Hand
     assert healthcheck.main([]) == 0
     handler.status = 503
     assert healthcheck.main([]) == 1
+
+
+def test_healthcheck_grpc_needs_grpc_health_serving_too(health_server: tuple[str, type[_Handler]],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    port, _ = health_server
+    monkeypatch.setenv("VITSERVE_PORT", port)
+    servicer = health.HealthServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("VITSERVE_GRPC_PORT", str(grpc_port))
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert healthcheck.main(["--grpc"]) == 1
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        assert healthcheck.main(["--grpc"]) == 0
+    finally:
+        server.stop(None)
+    assert healthcheck.main(["--grpc", "--timeout", "1"]) == 1  # nothing listens on the gRPC port
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:

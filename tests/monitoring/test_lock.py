@@ -84,7 +84,7 @@ def test_make_and_the_image_install_from_the_lock(tmp_path: Path) -> None:
     make = shutil.which("make")
     if make is None:
         pytest.skip("make not found")
-    for target, extras in (("setup", "'.[export,openvino,bench,dev]'"), ("setup-service", ".")):
+    for target, extras in (("setup", "'.[export,openvino,grpc,bench,dev]'"), ("setup-service", "'.[grpc]'")):
         plan = subprocess.run([make, "-n", target, f"VENV={tmp_path / target}"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout
         installs = [line for line in plan.splitlines() if " install " in line and "-e" in line]

@@ -34,12 +34,12 @@ ROUTES = {
 
 # name -> (type, labels); DESIGN.md names first, then vitserve's extras.
 METRICS = {
-    "vitserve_request_duration_seconds": ("histogram", {"model", "endpoint", "code"}),
+    "vitserve_request_duration_seconds": ("histogram", {"model", "endpoint", "code", "protocol"}),
     "vitserve_queue_duration_seconds": ("histogram", {"model", "version"}),
     "vitserve_preprocess_duration_seconds": ("histogram", {"model"}),
     "vitserve_compute_duration_seconds": ("histogram", {"model", "version"}),
     "vitserve_batch_size": ("histogram", {"model", "version"}),
-    "vitserve_requests_total": ("counter", {"model", "code"}),
+    "vitserve_requests_total": ("counter", {"model", "code", "protocol"}),
     "vitserve_inferences_total": ("counter", {"model", "version"}),
     "vitserve_flops_total": ("counter", {"model", "version"}),
     "vitserve_queue_depth": ("gauge", {"model", "version"}),
@@ -79,8 +79,8 @@ def test_openapi_is_byte_identical_to_the_snapshot(tmp_path: Path) -> None:
 def test_metric_names_types_and_labels_are_locked() -> None:
     m = Metrics()
     m.init_version("m", "1", 64)
-    m.requests.labels(model="m", code="200").inc()
-    m.request_duration.labels(model="m", endpoint="v1_classify", code="200").observe(0.1)
+    m.requests.labels(model="m", code="200", protocol="http").inc()
+    m.request_duration.labels(model="m", endpoint="v1_classify", code="200", protocol="grpc").observe(0.1)
     m.model_ready.labels(model="m", version="1", provider="CPUExecutionProvider").set(1)
     m.model_flops.labels(model="m").set(1)
     m.model_parameters.labels(model="m").set(1)

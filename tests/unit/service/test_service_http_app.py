@@ -338,7 +338,8 @@ def test_metrics_and_openapi(settings: Settings) -> None:
                      "vitserve_model_flops", "vitserve_model_parameters", "vitserve_model_load_seconds"):
             assert name in text, name
         assert 'vitserve_model_ready{model="tiny_a",provider="CPUExecutionProvider",version="1"} 1.0' in text
-        assert 'vitserve_requests_total{code="404",model="_unknown"} 1.0' in text  # bounded label values
+        # bounded label values
+        assert 'vitserve_requests_total{code="404",model="_unknown",protocol="http"} 1.0' in text
         spec = (await c.get("/openapi.json")).json()
         for path in ("/v1/models/{model}/classify", "/v1/compare", "/v1/models", "/v2/models/{model}/infer",
                      "/v2/health/ready", "/v2/repository/index", "/metrics"):

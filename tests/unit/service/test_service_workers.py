@@ -507,7 +507,8 @@ def test_an_orphaned_engine_removes_the_supervisors_directory(tmp_path: Path, su
     ours, engines = multiprocessing.Pipe()
 
     async def main() -> None:
-        app = SimpleNamespace(state=SimpleNamespace(store=_EngineStore()))
+        no_grpc = SimpleNamespace(settings=SimpleNamespace(grpc_port=0))  # the engine serves gRPC from its pipeline
+        app = SimpleNamespace(state=SimpleNamespace(store=_EngineStore(), pipeline=no_grpc))
         engine = asyncio.get_running_loop().create_task(_serve_engine(app, run_dir / "engine.sock", engines))
         while not ours.poll():
             await asyncio.sleep(0.01)
