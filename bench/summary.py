@@ -382,12 +382,15 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         "",
         "```sh",
         "vitserve-bench variants --preset demo --preset vit_small --quick",
+        "vitserve-bench variants --preset demo --models models/demo --finetuned DIR --quick   "
+        "# accuracy beside cost: from scratch and converted + fine-tuned (DIR: `vitserve-export finetune`)",
         "vitserve-bench ceiling --preset demo --quick --tune   # --tune: also ORT thread/spinning settings",
         "vitserve-bench ceiling --preset vit_small --quick",
         "vitserve-bench peers --preset demo --preset vit_small --quick   # venvs per peer on first use",
         "vitserve-bench gemm --preset vit_small --quick",
         "vitserve-bench int8 --preset demo --preset vit_small --quick",
         "vitserve-bench openvino --preset vit_small --quick   # ORT fp32/int8 vs OpenVINO f32/bf16, served",
+        "vitserve-bench grpc --preset demo --preset vit_small --quick   # gRPC vs REST binary, vs PyTriton's gRPC",
         "vitserve-bench gpu --preset vit_small --preset vit_base   # on a machine with an NVIDIA GPU",
         "vitserve-bench multi --preset vit_small --quick   "
         "# six variants in one server vs one each; --baseline-root DIR",
