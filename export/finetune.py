@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.data import Dataset
 
+    from export.models.norms import AttentionBatchNorm
     from export.spec import ModelSpec
 
 NormStatistics = Literal["frozen", "update"]
@@ -200,7 +201,7 @@ def load_state(path: Path, identity: str, epochs: int, map_location: Any = "cpu"
     return state
 
 
-def _frozen_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
+def _frozen_norms(model: torch.nn.Module) -> list[AttentionBatchNorm]:
     """The BatchNorms that keep frozen statistics in train mode (those a checkpoint conversion inserted)."""
     from export.models.norms import AttentionBatchNorm
 
@@ -209,7 +210,7 @@ def _frozen_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def release_norm_statistics(model: torch.nn.Module, dataset: SampleDataset, config: FitConfig,
                             device: torch.device | None = None, *,
-                            recalibrate: bool = True) -> list[torch.nn.Module]:
+                            recalibrate: bool = True) -> list[AttentionBatchNorm]:
     """Let the converted BatchNorms train with batch statistics; return those released.
 
     With `recalibrate` (not on a resume, whose saved state already holds the re-calibrated values) their
@@ -233,9 +234,9 @@ def release_norm_statistics(model: torch.nn.Module, dataset: SampleDataset, conf
                                 shuffle=True, generator=order, num_workers=0)
             batches = (x.to(device) if device is not None else x
                        for x, _ in itertools.islice(loader, CALIBRATION_BATCHES))
-            recalibrate_statistics(model, cast("list[torch.nn.BatchNorm2d]", norms), batches)
+            recalibrate_statistics(model, norms, batches)
     for norm in norms:
-        norm.frozen_stats = False  # type: ignore[assignment]  (AttentionBatchNorm's switch)
+        norm.frozen_stats = False
         norm.train(model.training)
     return norms
 
@@ -280,7 +281,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch = 0
-    released_norms: list[torch.nn.Module] = []  # BNs released from frozen statistics: they train in train mode
+    released_norms: list[AttentionBatchNorm] = []  # BNs released from frozen statistics: they train in train mode
     if state_file is not None and state_file.exists():
         state = load_state(state_file, identity, config.epochs, map_location=device)
         try:
