@@ -10,6 +10,11 @@ Decisions:
 - `refiner` with `lavit`: the refiner applies on the blocks that compute attention, never on a
   Less-Attention block (an explicit `refiner_layers` naming one is refused).
 - Converted checkpoints: its BatchNorms start as the identity (BN3's gamma = 0) with frozen statistics.
+  Frozen, they never normalise (running_var stays 1 - eps): the converted Refiner is a DLA with per-channel
+  affine maps where the authors have BatchNorms (manifest `norm_statistics: frozen`). `vitserve-export finetune
+  --norm-statistics update` re-calibrates them on training batches at the end of the warm-up (same eval-mode
+  function) and trains with batch statistics from there (`batch-after-warmup`); export/README.md ("BatchNorm
+  statistics after a converted fine-tune") has the measurement behind the default.
   Like a zero-initialised residual branch, that start gives the DLA's convolutions and BN1/BN2 no gradient
   on the first backward (they sit behind BN3's gamma = 0); BN3's gamma gets one, and after the first
   optimizer step so do they (tests/unit/export/models/test_export_checkpoint.py). VARIANTS.md's "trainable"
