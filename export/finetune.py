@@ -282,6 +282,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch = 0
     released_norms: list[AttentionBatchNorm] = []  # BNs released from frozen statistics: they train in train mode
+    release_pending = config.releases_norm_statistics
     if state_file is not None and state_file.exists():
         state = load_state(state_file, identity, config.epochs, map_location=device)
         try:
@@ -297,7 +298,9 @@ def fit(
         if config.releases_norm_statistics and start_epoch * steps_per_epoch > warmup:
             # released before this state was saved: its statistics and gamma/beta are already re-calibrated
             released_norms = release_norm_statistics(model, dataset, config, device, recalibrate=False)
-            result.norm_statistics_released_at = warmup
+            release_pending = False
+            if released_norms:
+                result.norm_statistics_released_at = warmup
         result.epoch_losses = list(state["epoch_losses"])
         result.resumed_from_epoch = start_epoch
         print(f"{desc}: resuming after epoch {start_epoch}/{config.epochs} from {state_file}", file=sys.stderr)
@@ -324,11 +327,12 @@ def fit(
                         module.eval()  # running statistics used and kept; its affine weights still train
             epoch_loss, batches = 0.0, 0
             for inputs, targets in loader:
-                if (config.releases_norm_statistics and result.norm_statistics_released_at is None
-                        and steps_done >= warmup):
+                if release_pending and steps_done >= warmup:
                     # the end of the warm-up: statistics re-calibrated (same eval function), then batch statistics
+                    release_pending = False
                     released_norms = release_norm_statistics(model, dataset, config, device)
-                    result.norm_statistics_released_at = steps_done
+                    if released_norms:  # a model without converted BatchNorms keeps saying `frozen`
+                        result.norm_statistics_released_at = steps_done
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

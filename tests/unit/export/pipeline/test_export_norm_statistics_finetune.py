@@ -42,13 +42,16 @@ def _running_vars(weights: Path) -> list[float]:
 def test_the_manifest_and_the_weights_show_the_norm_statistics(digits_and_checkpoint, tmp_path: Path,
                                                                  mode: str) -> None:
     data, checkpoint = digits_and_checkpoint
-    argv = ["finetune", "test+reattn", "test+refiner", "--data", str(data), "--checkpoint", str(checkpoint),
+    argv = ["finetune", "test", "test+reattn", "test+refiner", "--data", str(data), "--checkpoint", str(checkpoint),
             "-r", str(tmp_path / "repo"), "--save-weights", str(tmp_path / "w"), "--device", "cpu",
             "--epochs", "2", "--batch-size", "8", "--warmup-epochs", "0.4", "--max-steps", "4",
             "--augment", "none", "--threads", "1", "-q"]
     if mode == "update":
         argv += ["--norm-statistics", "update"]
     assert main(argv) == 0
+    vanilla = Manifest.load(tmp_path / "repo" / "test").evaluation
+    assert vanilla is not None and vanilla.recipe is not None
+    assert vanilla.recipe.norm_statistics == "frozen"  # no converted BatchNorm to release
     for name in ("test-reattn", "test-refiner"):
         evaluation = Manifest.load(tmp_path / "repo" / name).evaluation
         assert evaluation is not None and evaluation.recipe is not None
