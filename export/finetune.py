@@ -71,7 +71,8 @@ class FitConfig:
     #: (a converted BN is then a learnt per-channel affine map); `update` re-calibrates them on training
     #: batches at the end of the warm-up, with gamma/beta adjusted so the eval-mode function is unchanged
     #: (`release_norm_statistics`), then trains with batch statistics (the authors' BN). Measured on the demo
-    #: fine-tune (export/README.md, "BatchNorm statistics after a converted fine-tune").
+    #: fine-tune (export/README.md, "BatchNorm statistics after a converted fine-tune"): +3.5 points for the
+    #: Refiner, -1.7 (within seed noise) for re-attention, so `frozen` stays the default.
     norm_statistics: NormStatistics = "frozen"
 
     def __post_init__(self) -> None:

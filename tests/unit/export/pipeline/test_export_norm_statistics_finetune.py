@@ -45,9 +45,7 @@ def test_the_manifest_and_the_weights_show_the_norm_statistics(digits_and_checkp
     argv = ["finetune", "test", "test+reattn", "test+refiner", "--data", str(data), "--checkpoint", str(checkpoint),
             "-r", str(tmp_path / "repo"), "--save-weights", str(tmp_path / "w"), "--device", "cpu",
             "--epochs", "2", "--batch-size", "8", "--warmup-epochs", "0.4", "--max-steps", "4",
-            "--augment", "none", "--threads", "1", "-q"]
-    if mode == "update":
-        argv += ["--norm-statistics", "update"]
+            "--augment", "none", "--threads", "1", "--norm-statistics", mode, "-q"]
     assert main(argv) == 0
     vanilla = Manifest.load(tmp_path / "repo" / "test").evaluation
     assert vanilla is not None and vanilla.recipe is not None
