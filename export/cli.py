@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from export.data import AUGMENTATIONS
-from export.finetune import FitConfig
+from export.finetune import NORM_STATISTICS, FitConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--jobs", "-j", type=int, default=2, help="models trained at once (default 2)")
     train.add_argument("--threads", type=int, default=1, help="torch threads per training job (default 1)")
     train.add_argument("--min-accuracy", type=float, help="fail if a model's held-out accuracy is below this")
+    _norm_statistics_arg(train)
     _batching_args(train)
     _accelerator_args(train)
     train.add_argument("--quiet", "-q", action="store_true")
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--no-amp", action="store_true", help="train in fp32 on the GPU too")
     ft.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     ft.add_argument("--max-steps", type=int, help="stop each spec after this many steps (smoke tests)")
+    _norm_statistics_arg(ft)
     ft.add_argument("--state-dir", type=Path, help="resumable training state (default REPOSITORY/.finetune)")
     ft.add_argument("--jobs", "-j", type=int, default=1, help="specs trained at once (CPU; default 1)")
     ft.add_argument("--threads", type=int, help="torch threads per job (default: torch's)")
@@ -107,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="show presets, variants and variant options")
     return parser
+
+
+def _norm_statistics_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--norm-statistics", choices=NORM_STATISTICS, default=FitConfig.norm_statistics,
+                        help="with --checkpoint, the converted BatchNorms (reattn, refiner): frozen keeps their "
+                             "converted statistics (a learnt affine map); update re-calibrates them at the end of "
+                             "the warm-up (same eval-mode function) and then trains with batch statistics "
+                             f"(default {FitConfig.norm_statistics}; export/README.md has the measurement)")
 
 
 def _batching_args(parser: argparse.ArgumentParser) -> None:
@@ -224,7 +234,7 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError(f"train fits 32x32 digits presets ('demo', 'test'), not {spec.preset!r}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise ValueError(f"checkpoint file not found: {args.checkpoint}")
-    config = replace(DEMO_CONFIG, seed=args.seed)
+    config = replace(DEMO_CONFIG, seed=args.seed, norm_statistics=args.norm_statistics)
     spec_epochs: dict[str, int] | None = None  # the per-spec defaults (export.train.SPEC_EPOCHS)
     if args.epochs is not None:
         if args.epochs < 1:
@@ -248,6 +258,7 @@ def _finetune(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, augmentation=args.augment,
         seed=args.seed, device=args.device, amp=not args.no_amp, workers=args.workers, max_steps=args.max_steps,
+        norm_statistics=args.norm_statistics,
     )
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")

@@ -169,9 +169,11 @@ class TrainingRecipe(_Strict):
     device: str
     seed: int
     train_images: int = Field(ge=1)
-    norm_statistics: Literal["batch", "frozen"] = Field(
+    norm_statistics: Literal["batch", "frozen", "batch-after-warmup"] = Field(
         "batch", description="BatchNorm in training: batch statistics, or frozen at the converted values "
-                             "(fine-tuning from a checkpoint keeps the function it starts from)")
+                             "(fine-tuning from a checkpoint keeps the function it starts from), or "
+                             "batch-after-warmup: frozen during the warm-up, then re-calibrated on training "
+                             "batches (same eval-mode function) and trained with batch statistics")
 
 
 class Evaluation(_Strict):

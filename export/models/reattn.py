@@ -13,6 +13,8 @@ Starts:
 - converted checkpoint (`reset_function_preserving`): the same Theta, and BN the map x -> x / c with
   frozen statistics (`AttentionBatchNorm`: mean 0, variance 1 - eps, gamma 1/c), so A' = A exactly in
   eval mode and in train mode (a batch-statistics BN would map the 1/N-mean maps to zero-mean ones).
+  Fine-tuning can release the statistics after its warm-up (`--norm-statistics update`,
+  `export.models.norms.recalibrate_statistics`).
 At export, `fold_norm` folds BN and c into Theta: W' = c diag(gamma/sqrt(var+eps)) Theta,
 b' = c (gamma (b - mu)/sqrt(var+eps) + beta), leaving no BatchNorm.
 """

@@ -22,7 +22,8 @@ Starts:
   (`AttentionBatchNorm`), BN3's gamma = 0 (so R(A) = 0) and BN_H's gamma = 1/c: A'' = A exactly, in
   eval mode and in train mode. BN3's gamma has a non-zero gradient at once; the convolutions and
   BN1/BN2 behind it receive gradients from the first optimiser step that moves it (the zero-gamma
-  residual start).
+  residual start). Fine-tuning can release the statistics after its warm-up (`--norm-statistics update`,
+  `export.models.norms.recalibrate_statistics`).
 
 Folding (`fold`, inference only): every BN folds into the conv before it, BN_H and c into one per-head
 affine (`HeadAffine`: Mul + Add); ReLU6 exports as Clip(0, 6). No BatchNormalization is left.

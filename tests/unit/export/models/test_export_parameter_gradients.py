@@ -19,7 +19,9 @@ from export.spec import parse_spec
 AUX_LOSS_ONLY: frozenset[str] = frozenset()
 #: known dead elements, not fixed yet (issue 28 follow-up): in the model's *last* block only the class
 #: token's row (query 0) of the refined map reaches the head, and the depthwise 3x3 conv's top kernel row
-#: only ever multiplies the zero padding above row 0 there: 3 E H values of `refiner.dw.weight`.
+#: only ever multiplies the zero padding above row 0 there: 3 E H values of `refiner.dw.weight`. Dead only under
+#: frozen statistics (the exported function): with batch statistics they reach row 0 through BN2/BN3/BN_H's
+#: batch statistics and learn, so the authors' operator keeps them (export/variants/refiner.py).
 LAST_BLOCK_DW_TOP_ROW = "refiner.dw.weight"
 
 
