@@ -115,8 +115,9 @@ def _norm_statistics_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--norm-statistics", choices=NORM_STATISTICS, default=FitConfig.norm_statistics,
                         help="with --checkpoint, the converted BatchNorms (reattn, refiner): frozen keeps their "
                              "converted statistics (a learnt affine map); update re-calibrates them at the end of "
-                             "the warm-up (same eval-mode function) and then trains with batch statistics "
-                             f"(default {FitConfig.norm_statistics}; export/README.md has the measurement)")
+                             "the warm-up (same eval-mode function) and then trains with batch statistics; auto "
+                             "(default): what the spec's variants ask for (refiner: update, reattn: frozen; "
+                             "export/README.md has the measurement)")
 
 
 def _batching_args(parser: argparse.ArgumentParser) -> None:

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from export.models.norms import AttentionBatchNorm
     from export.spec import ModelSpec
 
-NormStatistics = Literal["frozen", "update"]
-NORM_STATISTICS: tuple[NormStatistics, ...] = ("frozen", "update")
+NormStatistics = Literal["auto", "frozen", "update"]
+NORM_STATISTICS: tuple[NormStatistics, ...] = ("auto", "frozen", "update")
 #: training batches whose statistics re-calibrate the converted BatchNorms when they are released
 CALIBRATION_BATCHES = 8
 
@@ -70,10 +70,11 @@ class FitConfig:
     #: what frozen statistics (`freeze_norm_stats`) do after the warm-up: `frozen` keeps them for the whole run
     #: (a converted BN is then a learnt per-channel affine map); `update` re-calibrates them on training
     #: batches at the end of the warm-up, with gamma/beta adjusted so the eval-mode function is unchanged
-    #: (`release_norm_statistics`), then trains with batch statistics (the authors' BN). Measured on the demo
-    #: fine-tune (export/README.md, "BatchNorm statistics after a converted fine-tune"): +3.5 points for the
-    #: Refiner, -1.7 (within seed noise) for re-attention, so `frozen` stays the default.
-    norm_statistics: NormStatistics = "frozen"
+    #: (`release_norm_statistics`), then trains with batch statistics (the authors' BN); `auto` (the default)
+    #: takes what the spec's variants ask for (`VariantDef.norm_statistics`: `update` when one does), as measured
+    #: on the demo fine-tune (export/README.md, "BatchNorm statistics after a converted fine-tune"): better for
+    #: the Refiner, not for re-attention.
+    norm_statistics: NormStatistics = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -410,9 +411,14 @@ def make_model(spec: ModelSpec, num_classes: int, checkpoint: Path | None, seed:
     return model, start
 
 
-def _spec_config(config: FitConfig, checkpoint: Path | None) -> FitConfig:
+def _spec_config(config: FitConfig, checkpoint: Path | None, spec: ModelSpec) -> FitConfig:
     """The recipe one spec trains with: BN statistics frozen when it starts from a checkpoint (and released after
-    the warm-up under `norm_statistics="update"`)."""
+    the warm-up under `norm_statistics="update"`); `auto` resolved by the spec's variants."""
+    from export import variants as registry
+
+    if config.norm_statistics == "auto":
+        wanted = {registry.get(v).norm_statistics for v in spec.variants}
+        config = replace(config, norm_statistics="update" if "update" in wanted else "frozen")
     return replace(config, freeze_norm_stats=True) if checkpoint is not None else config
 
 
@@ -459,7 +465,7 @@ def train_spec(
         torch.set_num_threads(threads)
     spec = parse_spec(spec_text) if isinstance(spec_text, str) else spec_text
     model, start = make_model(spec, len(data.classes), checkpoint, config.seed)
-    config = _spec_config(config, checkpoint)
+    config = _spec_config(config, checkpoint, spec)
     dataset = SampleDataset(data.train, train_transform(get_preset(spec.preset).data, config.augmentation))
     state_file = state_dir / f"{spec.name}.pt" if state_dir is not None else None
     started = time.perf_counter()
@@ -565,7 +571,7 @@ def finetune_repository(
         _, start = make_model(spec, len(data.classes), checkpoint, config.seed)
         state_file = state_dir / f"{spec.name}.pt"
         if state_file.exists():
-            load_state(state_file, _identity(spec, data, _spec_config(spec_config, checkpoint), start),
+            load_state(state_file, _identity(spec, data, _spec_config(spec_config, checkpoint, spec), start),
                        spec_config.epochs)
     print(device_line(config, threads), file=sys.stderr)
     repository.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,9 @@ class VariantDef:
     bench: extra benchmark models beside `PRESET+NAME`: (options, name suffix, label) triples.
     bench_label: the label of the plain `PRESET+NAME` benchmark model (default: the name).
     side_by_side: `PRESET+NAME` is one of the models `vitserve-bench multi` serves side by side.
+    norm_statistics: what a converted fine-tune does by default (`--norm-statistics auto`) with the BatchNorms its
+        conversion inserts: keep the converted statistics (`frozen`) or release them after the warm-up
+        (`update`); a spec releases them when one of its variants asks to (measured per variant).
     """
 
     name: str
@@ -225,6 +228,7 @@ class VariantDef:
     bench: tuple[tuple[Mapping[str, Any], str, str], ...] = ()
     bench_label: str | None = None
     side_by_side: bool = True
+    norm_statistics: Literal["frozen", "update"] = "frozen"
 
     def __post_init__(self) -> None:
         for opt in self.options:

@@ -19,8 +19,8 @@ authors' batch-normalised operator; the manifest's `norm_statistics` says so (`f
 finetune --norm-statistics update` re-calibrates it on training batches at the end of the warm-up (gamma/beta
 moved so the eval-mode function is unchanged) and trains with batch statistics from there
 (`batch-after-warmup`); export/README.md ("BatchNorm statistics after a converted fine-tune") has the
-measurement behind the default: on the demo fine-tune `update` does not help re-attention (-1.7 points on
-average over 3 seeds, within the seed spread), so `frozen` stays the default. From scratch the
+measurement behind the default: on the demo fine-tune `update` does not help re-attention (lower on average
+over 3 seeds, within the seed spread), so its default (`--norm-statistics auto`) stays `frozen`. From scratch the
 demo model trains longer than the demo recipe's default: its BatchNorm over attention maps can end just under
 the 95 % held-out target after the default epochs (the manifests hold the measured accuracies).
 """

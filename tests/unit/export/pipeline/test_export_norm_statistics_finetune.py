@@ -38,25 +38,32 @@ def _running_vars(weights: Path) -> list[float]:
     return [float(v) for k, t in state.items() if k.endswith("running_var") for v in t.flatten()]
 
 
-@pytest.mark.parametrize("mode", ["frozen", "update"])
+#: what each mode does with (re-attention's, the Refiner's) converted BatchNorms: `auto` (the default) takes each
+#: variant's own (VariantDef.norm_statistics: the Refiner releases them, re-attention keeps them)
+RELEASED = {"frozen": {"test-reattn": False, "test-refiner": False},
+            "update": {"test-reattn": True, "test-refiner": True},
+            "auto": {"test-reattn": False, "test-refiner": True}}
+
+
+@pytest.mark.parametrize("mode", ["frozen", "update", "auto"])
 def test_the_manifest_and_the_weights_show_the_norm_statistics(digits_and_checkpoint, tmp_path: Path,
                                                                  mode: str) -> None:
     data, checkpoint = digits_and_checkpoint
     argv = ["finetune", "test", "test+reattn", "test+refiner", "--data", str(data), "--checkpoint", str(checkpoint),
             "-r", str(tmp_path / "repo"), "--save-weights", str(tmp_path / "w"), "--device", "cpu",
             "--epochs", "2", "--batch-size", "8", "--warmup-epochs", "0.4", "--max-steps", "4",
-            "--augment", "none", "--threads", "1", "--norm-statistics", mode, "-q"]
+            "--augment", "none", "--threads", "1", *(["--norm-statistics", mode] if mode != "auto" else []), "-q"]
     assert main(argv) == 0
     vanilla = Manifest.load(tmp_path / "repo" / "test").evaluation
     assert vanilla is not None and vanilla.recipe is not None
     assert vanilla.recipe.norm_statistics == "frozen"  # no converted BatchNorm to release
-    for name in ("test-reattn", "test-refiner"):
+    for name, released in RELEASED[mode].items():
         evaluation = Manifest.load(tmp_path / "repo" / name).evaluation
         assert evaluation is not None and evaluation.recipe is not None
-        assert evaluation.recipe.norm_statistics == ("frozen" if mode == "frozen" else "batch-after-warmup")
+        assert evaluation.recipe.norm_statistics == ("batch-after-warmup" if released else "frozen")
         variances = _running_vars(tmp_path / "w" / f"{name}.pth")
         assert variances
-        if mode == "frozen":
+        if not released:
             assert all(v == pytest.approx(CONVERTED_VAR, abs=1e-7) for v in variances)
         else:  # re-calibrated on the training batches, then updated by each step's batch statistics
             assert all(abs(v - CONVERTED_VAR) > 1e-3 for v in variances), variances
@@ -84,7 +91,7 @@ def test_a_resumed_update_run_trains_what_an_uninterrupted_one_does(digits_and_c
     data = load_image_folder(data_dir)
     spec = parse_spec("test+refiner")
     config = _spec_config(FitConfig(epochs=3, batch_size=8, warmup_epochs=0.4, augmentation="none", device="cpu",
-                                    norm_statistics="update"), checkpoint)
+                                    norm_statistics="update"), checkpoint, spec)
     dataset = SampleDataset(data.train, train_transform(get_preset("test").data, "none"))
 
     def run(state: Path, max_steps: int | None = None) -> tuple[torch.nn.Module, int | None]:
