@@ -68,7 +68,9 @@ def obtained(man: Manifest) -> str | None:
     if recipe is None:
         return None
     if recipe.start.startswith("checkpoint:"):
-        return f"converted + fine-tuned ({recipe.epochs} epochs, BN {recipe.norm_statistics})"
+        released = (", BN statistics released after the warm-up"
+                    if recipe.norm_statistics == "batch-after-warmup" else "")
+        return f"converted + fine-tuned ({recipe.epochs} epochs{released})"
     return f"from scratch ({recipe.epochs} epochs)"
 
 
