@@ -134,7 +134,7 @@ def test_each_row_says_how_its_model_was_obtained_and_reports_the_fine_tuned_cop
     (tmp_path / "demo-cb").mkdir()
     (tmp_path / "demo-cb" / "vitserve.json").write_text(json.dumps(tuned))
     row = _finetuned(scratch, tmp_path)
-    assert row == {"finetuned_top1": 0.97, "finetuned_obtained": "converted + fine-tuned (8 epochs, BN frozen)",
+    assert row == {"finetuned_top1": 0.97, "finetuned_obtained": "converted + fine-tuned (8 epochs)",
                    "finetuned_dataset": scratch.evaluation.dataset.key}
     assert _finetuned(scratch, None)["finetuned_top1"] is None
     other = Manifest.model_validate({**data, "variant_options": {"cb_layers": [0]}, "evaluation": evaluation})

@@ -127,11 +127,12 @@ def read_response(conn: socket.socket) -> tuple[int, bytes]:
 
 
 def metric(server: ServerProcess, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # as Prometheus writes them
-    for line in httpx.get(server.base_url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith(f"{name}{{") and line[len(name) + 1:line.index("}")] == want:
-            return float(line.split()[-1])
-    return 0.0
+    """The sum of `name`'s samples whose labels include `labels` (0 when none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.base_url + "/metrics", timeout=30).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
 def queue_depth(server: ServerProcess) -> float:
