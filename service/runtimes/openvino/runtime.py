@@ -31,15 +31,19 @@ DEVICE = "CPU"
 INSTALL_HINT = "pip install 'vitserve[openvino]'"
 _ANNOUNCED: set[str] = set()
 _LOCK = threading.Lock()
+_IMPORT_LOCK = threading.Lock()
 
 
 def import_openvino() -> Any:
     """The openvino module, or a RuntimeError that says it is not installed and how to install it (the model
     fails to load with that reason; the others serve)."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise RuntimeError(f"OpenVINO is not installed ({INSTALL_HINT}): {exc}") from None
+    # one import at a time: models load in parallel threads, and a thread that imports while another's import
+    # is failing can be handed the half-made module (no `Core`) instead of the ImportError
+    with _IMPORT_LOCK:
+        try:
+            import openvino
+        except ImportError as exc:
+            raise RuntimeError(f"OpenVINO is not installed ({INSTALL_HINT}): {exc}") from None
     return openvino
 
 
