@@ -5,7 +5,8 @@ Outside CI (10 minutes, the issue's bounded soak):
     python tests/reliability/soak.py --minutes 10 --url http://127.0.0.1:8000 --model demo --pid <server pid>
     python tests/reliability/soak.py --minutes 10 --repository model_repository --model demo   # starts a server
 
-Phases: a closed-loop probe measures the sustainable rate (requests/s at `--probe-concurrency`), an open-loop
+Phases: every connection of the load generator held busy for a moment (the server's memory high-water mark is
+reached before anything is measured), a closed-loop probe measures the sustainable rate (requests/s at `--probe-concurrency`), an open-loop
 check at `--fraction` of it confirms the server keeps up (else the estimate steps down by 25 %, up to 4
 times), then an open-loop Poisson load at `--fraction` of it runs for the whole duration. The first `--warmup-s` are
 warm-up; after them, per window of `--window-s`: requests, errors, p50/p99 and the server's resident
@@ -88,6 +89,12 @@ def rss_mb(pid: int | None) -> float | None:
     return None
 
 
+#: the load generator's connections: the most requests in flight at the server
+PEAK_CONNECTIONS = 64
+#: how long the warm-up holds every connection busy
+PEAK_S = 3.0
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -99,8 +106,13 @@ async def run_soak_async(base_url: str, model: str, duration_s: float, *, pid: i
                          fraction: float = 0.8, warmup_s: float = 10.0, window_s: float = 10.0,
                          probe_s: float = 5.0, probe_concurrency: int = 8, log=print) -> SoakReport:
     req = classify_request(base_url, model)
-    async with make_session(connections=64, timeout_s=60) as session:
+    async with make_session(connections=PEAK_CONNECTIONS, timeout_s=60) as session:
         await closed_loop(session, lambda i: req, 2, 1.0)
+        # The most requests the soak can ever hold in flight is the session's connections: hold that many for a
+        # moment first, so the server's memory high-water mark (allocator arenas, buffers of that many requests)
+        # is reached before any window is measured. A stall later (a noisy neighbour) that backs the open loop
+        # up to it then adds nothing; what still grows is what a leak looks like.
+        await closed_loop(session, lambda i: req, PEAK_CONNECTIONS, PEAK_S)
         probe = await closed_loop(session, lambda i: req, probe_concurrency, probe_s)
         bad = [o for o in probe if o.status != 200]
         if bad:
