@@ -27,6 +27,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
+if __name__ == "__main__":  # run as a file, its folder leads sys.path and bench/grpc.py would shadow grpcio
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 from bench.models import DEFAULT_CACHE
 
 

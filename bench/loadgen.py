@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench.client import Sender, Snapshot, open_session, stats_snapshot
-from bench.grpc_client import GrpcSender, open_channel
+from bench.grpc_client import GrpcSender, GrpcStreamSender, open_channel
 from bench.measure import Client, MeasureConfig, Progress, ServerReading, stderr_progress
 from bench.payloads import RequestSpec
 from bench.procs import group_cpu_seconds, main_thread_cpu_seconds
@@ -119,8 +119,10 @@ async def _measure(
     return reported, wall, cpu, len(windows), stable, server, server_cpu_s, batch, loop_cpu_s
 
 
+AnySender = Sender | GrpcSender | GrpcStreamSender
+
 #: starts the load on a sender, appending to the samples; returns what to cancel when the measurement ends
-Load = Callable[[Sender | GrpcSender, list[Sample]], Callable[[], list["asyncio.Task[None]"]]]
+Load = Callable[[AnySender, list[Sample]], Callable[[], list["asyncio.Task[None]"]]]
 
 
 async def _drive(base_url: str, spec: RequestSpec, cfg: MeasureConfig, reading: ServerReading, *, connections: int,
@@ -132,8 +134,10 @@ async def _drive(base_url: str, spec: RequestSpec, cfg: MeasureConfig, reading: 
     samples: list[Sample] = []
     channel = open_channel(reading.grpc_target) if reading.grpc_target else None
     async with open_session(base_url, connections, cfg.request_timeout_s) as session:  # type: ignore[attr-defined]
-        sender = (GrpcSender(channel, spec, cfg.request_timeout_s) if channel is not None
-                  else Sender(session, spec, reading.parse_json))
+        sender: AnySender = Sender(session, spec, reading.parse_json)
+        if channel is not None:
+            sender = (GrpcStreamSender(channel, spec, cfg.request_timeout_s) if reading.grpc_stream
+                      else GrpcSender(channel, spec, cfg.request_timeout_s))
         running = load(sender, samples)
         try:
             reported, wall, cpu, n, stable, stats, server_cpu, batch, loop_cpu = await _measure(
@@ -144,6 +148,8 @@ async def _drive(base_url: str, spec: RequestSpec, cfg: MeasureConfig, reading: 
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if isinstance(sender, GrpcStreamSender):
+                await sender.close()
             if channel is not None:
                 await channel.close()
     return summarise(
@@ -160,7 +166,7 @@ async def closed_loop(
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
 
-    def load(sender: Sender | GrpcSender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
+    def load(sender: AnySender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
         async def worker() -> None:
             while True:
                 samples.append(await sender.send())
@@ -183,7 +189,7 @@ async def open_loop(
         raise ValueError(f"request rate must be > 0, got {rate}")
     rng = random.Random(seed)
 
-    def load(sender: Sender | GrpcSender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
+    def load(sender: AnySender, samples: list[Sample]) -> Callable[[], list[asyncio.Task[None]]]:
         inflight: set[asyncio.Task[None]] = set()
 
         async def one(at: float) -> None:
@@ -243,15 +249,17 @@ def sweep(
 
     client "wrk" (bench/wrk.py, closed loop only) measures with the C load generator instead of this one;
     client "grpc" sends `spec` (a bench.grpc_client.infer_message) as gRPC calls to `grpc_target` (host:port),
-    reading the server's statistics from `base_url` over HTTP.
+    reading the server's statistics from `base_url` over HTTP; "grpc-stream" as messages on one ModelStreamInfer
+    stream.
     """
     if not concurrencies and not rates:
         raise ValueError("give at least one concurrency or one request rate")
-    if (client == "grpc") != (grpc_target is not None):
-        raise ValueError("client 'grpc' and grpc_target go together")
+    grpc = client in ("grpc", "grpc-stream")
+    if grpc != (grpc_target is not None):
+        raise ValueError("a gRPC client and grpc_target go together")
 
     reading = ServerReading(protocol=protocol, stats_path=stats_path, server_pgid=server_pgid,
-                            grpc_target=grpc_target)
+                            grpc_target=grpc_target, grpc_stream=client == "grpc-stream")
     if client == "wrk":
         from bench.wrk import closed_loop_wrk
 
@@ -280,7 +288,7 @@ def sweep(
                 progress(_point_line(p))
         return points
 
-    return run(_all(), plain_asyncio=client == "grpc")  # type: ignore[return-value]
+    return run(_all(), plain_asyncio=grpc)  # type: ignore[return-value]
 
 
 def _point_line(p: LoadPoint) -> str:

@@ -10,7 +10,7 @@ from typing import Literal
 
 Progress = Callable[[str], None]
 #: the load generator: bench/client.py's HTTP client, wrk (bench/wrk.py) or bench/grpc_client.py's gRPC client
-Client = Literal["python", "wrk", "grpc"]
+Client = Literal["python", "wrk", "grpc", "grpc-stream"]
 
 
 def stderr_progress(msg: str) -> None:
@@ -48,7 +48,8 @@ class ServerReading:
     protocol: the label each LoadPoint records; parse_json: read a JSON `timings` object when a response
     has no Server-Timing header; stats_path: a Triton-shaped statistics endpoint for the server's split;
     server_pgid: the server's process group, whose CPU time is measured; grpc_target: host:port to send the
-    requests to as gRPC calls instead of HTTP (bench/grpc_client.py).
+    requests to as gRPC calls instead of HTTP (bench/grpc_client.py); grpc_stream: as messages on one
+    `ModelStreamInfer` stream instead of unary calls.
     """
 
     protocol: str = ""
@@ -56,3 +57,4 @@ class ServerReading:
     stats_path: str | None = None
     server_pgid: int | None = None
     grpc_target: str | None = None
+    grpc_stream: bool = False

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.cli import build_parser
-from bench.grpc_client import MODEL_INFER, infer_message
+from bench.grpc_client import MODEL_INFER, GrpcStreamSender, infer_message, open_channel
 from bench.loadgen import MeasureConfig, sweep
 from bench.payloads import infer_request
 from bench.procs import echo_server, free_port
@@ -50,10 +50,30 @@ def grpc_target() -> Iterator[str]:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
         return service_pb2.ModelInferResponse(model_name=request.model_name).SerializeToString()
 
+    async def model_stream_infer(requests: object, context: grpc.aio.ServicerContext) -> None:
+        """Answers each message after a delay that shrinks with its id (so out of order), by id; 'full' in-band."""
+        writing = asyncio.Lock()
+
+        async def answer(body: bytes) -> None:
+            request = service_pb2.ModelInferRequest.FromString(body)
+            await asyncio.sleep(0.004 / (1 + int(request.id) % 4))
+            reply = service_pb2.ModelStreamInferResponse(infer_response=service_pb2.ModelInferResponse(
+                model_name=request.model_name, id=request.id))
+            if request.model_name == "full":
+                reply.error_message = "queue full"
+            async with writing:
+                await context.write(reply.SerializeToString())
+
+        tasks = []
+        while (body := await context.read()) is not grpc.aio.EOF:
+            tasks.append(asyncio.create_task(answer(body)))
+        await asyncio.gather(*tasks)
+
     async def serve() -> None:
         server = grpc.aio.server()
         handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)})
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(model_stream_infer)})
         server.add_generic_rpc_handlers((handler,))
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -82,9 +102,38 @@ def test_a_grpc_sweep_counts_answers_and_maps_failures_to_rest_statuses(grpc_tar
     assert full[0].requests == 0 and set(full[0].errors_by_status) == {"429"}
 
 
+def test_a_grpc_stream_sweep_matches_answers_by_id_and_counts_in_band_errors(grpc_target: str) -> None:
+    with echo_server() as http:
+        ok = sweep(http.url, infer_message("m", (1, 3, 4, 4)), concurrencies=[1, 8], cfg=FAST, progress=None,
+                   client="grpc-stream", grpc_target=grpc_target)
+        full = sweep(http.url, infer_message("full", (1, 3, 4, 4)), concurrencies=[2], cfg=FAST, progress=None,
+                     client="grpc-stream", grpc_target=grpc_target)
+    assert [p.concurrency for p in ok] == [1, 8]
+    assert all(p.requests > 0 and p.errors == 0 for p in ok)
+    assert full[0].requests == 0 and set(full[0].errors_by_status) == {"500"}
+
+
+def test_stream_answers_out_of_order_reach_their_own_senders(grpc_target: str) -> None:
+    """Eight sends at once, answered out of order: each returns when its own message is answered (a mismatched
+    id would leave a sender waiting: the guard below fails then)."""
+
+    async def main() -> list[int]:
+        channel = open_channel(grpc_target)
+        sender = GrpcStreamSender(channel, infer_message("m", (1, 3, 4, 4)), 30.0)
+        try:
+            samples = await asyncio.wait_for(asyncio.gather(*(sender.send() for _ in range(8))), 30)
+            return [s.status for s in samples]
+        finally:
+            await sender.close()
+            await channel.close()
+
+    assert asyncio.run(main()) == [200] * 8
+
+
 def test_grpc_client_and_target_go_together() -> None:
-    with pytest.raises(ValueError, match="grpc"):
-        sweep("http://127.0.0.1:1", infer_message("m", (1, 3, 4, 4)), concurrencies=[1], client="grpc")
+    for client in ("grpc", "grpc-stream"):
+        with pytest.raises(ValueError, match="gRPC"):
+            sweep("http://127.0.0.1:1", infer_message("m", (1, 3, 4, 4)), concurrencies=[1], client=client)
 
 
 def test_the_grpc_comparison_has_a_subcommand() -> None:

@@ -435,3 +435,106 @@ def test_the_inference_key_guards_grpc_infer_too(tmp_path: Path) -> None:
         c.close()
     finally:
         assert srv.stop() == 0
+
+
+# -- ModelStreamInfer -------------------------------------------------------------------------------------------
+def test_a_stream_answers_every_request_and_fails_bad_ones_in_band(client: grpcclient.InferenceServerClient,
+                                                                   server: ServerProcess) -> None:
+    """Through the sync client's stream: good requests get REST's logits under their ids; an unknown model and a
+    wrong shape answer the unary call's messages in-band, and the requests after them are served on the stream."""
+    x = images(2, seed=11)
+    expected = rest_logits(server.base_url, "demo", x).tobytes()
+    unary_errors = []
+    for model, inputs in (("nope", [grpc_input(x)]), ("demo", [grpcclient.InferInput(INPUT, [2, 3, 16, 64], "FP32")])):
+        if model == "demo":
+            inputs[0].set_data_from_numpy(x.reshape(2, 3, 16, 64))
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(model, inputs)
+        unary_errors.append((model, inputs, err.value.message()))
+
+    answers: list[tuple[object, object]] = []
+    client.start_stream(callback=lambda result, error: answers.append((result, error)))
+    try:
+        client.async_stream_infer("demo", [grpc_input(x)], request_id="a")
+        for i, (model, inputs, _) in enumerate(unary_errors):
+            client.async_stream_infer(model, inputs, request_id=f"bad{i}")
+        client.async_stream_infer("demo", [grpc_input(x)], request_id="b", model_version="1")
+    finally:
+        client.stop_stream()  # waits for the server to answer every request sent
+    served = {r.get_response().id: r.as_numpy(OUTPUT).tobytes() for r, e in answers if e is None}
+    assert served == {"a": expected, "b": expected}
+    failed = sorted(e.message() for r, e in answers if e is not None)
+    assert failed == sorted(message for _, _, message in unary_errors)
+    assert_still_serves(client)
+
+
+def test_the_asyncio_clients_stream_beyond_the_in_flight_bound(server: ServerProcess) -> None:
+    """More requests than a stream takes in flight at once (the rest wait unread): every one answered, by id."""
+    from service.api.grpc.servicer import STREAM_IN_FLIGHT
+
+    count = STREAM_IN_FLIGHT + 44
+    x = images(1, seed=5)
+    expected = rest_logits(server.base_url, "demo", x).tobytes()
+
+    async def main() -> list[tuple[object, object]]:
+        assert server.grpc_target is not None
+        c = aioclient.InferenceServerClient(server.grpc_target)
+        inp = aioclient.InferInput(INPUT, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+
+        async def requests():
+            for i in range(count):
+                yield {"model_name": "demo", "inputs": [inp], "request_id": str(i)}
+
+        try:
+            return [answer async for answer in c.stream_infer(requests())]
+        finally:
+            await c.close()
+
+    answers = asyncio.run(main())
+    assert all(error is None for _, error in answers), [e for _, e in answers if e is not None][:3]
+    ids = [r.get_response().id for r, _ in answers]
+    assert sorted(ids, key=int) == [str(i) for i in range(count)]
+    assert all(r.as_numpy(OUTPUT).tobytes() == expected for r, _ in answers)
+
+
+def test_a_cancelled_stream_withdraws_its_queued_requests(client: grpcclient.InferenceServerClient,
+                                                          server: ServerProcess) -> None:
+    """Five requests on one stream to the one-image-per-400-ms stand-in: cancelled while four wait in the queue,
+    the waiting ones leave it (499 in the metrics) and are never computed."""
+    x = images(1)
+    before = client.get_inference_statistics(SLOW).model_stats[0].inference_count
+    cancelled_before = metric(server.base_url, "vitserve_requests_total", model=SLOW, code="499", protocol="grpc")
+
+    async def main() -> None:
+        assert server.grpc_target is not None
+        c = aioclient.InferenceServerClient(server.grpc_target)
+        inp = aioclient.InferInput(INPUT, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        sent = asyncio.Event()
+
+        async def requests():
+            for i in range(5):
+                yield {"model_name": SLOW, "inputs": [inp], "request_id": str(i)}
+            sent.set()
+            await asyncio.sleep(3600)  # the stream stays open until cancelled
+
+        async def consume() -> None:
+            async for _ in c.stream_infer(requests()):
+                pass
+
+        task = asyncio.create_task(consume())
+        try:
+            await sent.wait()
+            await asyncio.to_thread(_queue_busy, server, 4)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await c.close()
+
+    asyncio.run(main())
+    cancelled = wait_for_metric(server.base_url, "vitserve_requests_total", cancelled_before + 4, model=SLOW,
+                                code="499", protocol="grpc")
+    assert cancelled >= cancelled_before + 4, server.log()[-2000:]
+    assert wait_for_metric(server.base_url, "vitserve_queue_depth", 0, model=SLOW) == 0
+    assert client.get_inference_statistics(SLOW).model_stats[0].inference_count <= before + 1

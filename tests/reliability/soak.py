@@ -6,10 +6,11 @@ Outside CI (10 minutes, the issue's bounded soak):
     python tests/reliability/soak.py --minutes 10 --repository model_repository --model demo   # starts a server
 
 Phases: every connection of the load generator held busy for a moment (the server's memory high-water mark is
-reached before anything is measured), a closed-loop probe measures the sustainable rate (requests/s at `--probe-concurrency`), an open-loop
-check at `--fraction` of it confirms the server keeps up (else the estimate steps down by 25 %, up to 4
-times), then an open-loop Poisson load at `--fraction` of it runs for the whole duration. The first `--warmup-s` are
-warm-up; after them, per window of `--window-s`: requests, errors, p50/p99 and the server's resident
+reached before anything is measured), a closed-loop probe measures the sustainable rate (requests/s at
+`--probe-concurrency`), an open-loop check at `--fraction` of it confirms the server keeps up (else the estimate
+steps down by 25 %, up to 4 times), then an open-loop Poisson load at `--fraction` of it runs for the whole
+duration. The first `--warmup-s` are warm-up; after them, per window of `--window-s`: requests, errors, p50/p99
+and the server's resident
 memory (VmRSS, when its pid is known). Exit status 1 when any request failed or memory grew more than
 `--max-rss-growth` (default 5 %): the last window's median over the first window's peak, after warm-up.
 Note: with a model that computes in ~1 ms the HTTP layer, not the model, is the limit, and an open-loop load

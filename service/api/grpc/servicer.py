@@ -2,16 +2,20 @@
 
 Each RPC is a thin translation: read the message, call the same protocol-free core REST calls (the pipeline's
 admission, checks, deadline and batcher; the catalog's readiness and statistics; the loader), answer with the
-message Triton answers. One request through either protocol is the same request: the same limits, errors (their
-gRPC codes from service/errors.py), statistics and metrics (`protocol="grpc"`). The RPCs vitserve does not serve
-(streaming infer, shared memory, trace and log settings) answer UNIMPLEMENTED from the generated base class.
+message Triton answers (`ModelStreamInfer` runs each message as a `ModelInfer`). One request through either protocol
+is the same request: the same limits, errors (their gRPC codes from service/errors.py), statistics and metrics
+(`protocol="grpc"`). The RPCs vitserve does not serve (shared memory, trace and log settings) answer UNIMPLEMENTED
+from the generated base class.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
+import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from service.api.common import check_key, model_label, track
@@ -31,9 +35,21 @@ from service.api.v2_meta import (
 )
 from service.api.v2_response import raw_outputs
 from service.catalog import LoadedVersion
-from service.errors import DeadlineExceeded
+from service.errors import DeadlineExceeded, ServiceError
 from service.loader import ModelStore
 from service.pipeline import Pipeline
+
+log = logging.getLogger("vitserve.grpc")
+
+#: requests of one `ModelStreamInfer` stream in flight at most (the stream is not read past it)
+STREAM_IN_FLIGHT = 256
+
+
+def stream_error(request: Any, message: str) -> Any:
+    """A streamed request's failure, in-band as Triton answers it (the stream stays open)."""
+    return service_pb2.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id))
 
 
 def _version(text: str) -> int | None:
@@ -104,6 +120,49 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- inference ----------------------------------------------------------------------------
     @answers
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._infer(request, context)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+        """Triton's streaming infer: one response per request, written as each completes (match them by `id`);
+        a failed request answers `error_message` with its `id` and the stream goes on. Each request is the
+        unary call's request (admission, limits, Triton's `timeout` parameter or the stream's deadline).
+
+        Why it is bounded: at most `STREAM_IN_FLIGHT` requests of one stream are in flight; past that the
+        stream is not read, so HTTP/2 flow control holds a client that sends without reading. The stream
+        ending or cancelled withdraws what it still has in flight."""
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        writing = asyncio.Lock()  # one write at a time on the call
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: Any) -> None:
+            try:
+                try:
+                    reply = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+                except ServiceError as exc:
+                    reply = stream_error(request, exc.message)
+                except Exception:  # noqa: BLE001 - one request's failure answers it; the stream goes on
+                    log.error("unhandled error in a streamed request", exc_info=True)
+                    reply = stream_error(request, "internal error")
+                async with writing:
+                    await context.write(reply)
+            finally:
+                slots.release()
+
+        try:
+            while True:
+                await slots.acquire()
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    break
+                task = asyncio.get_running_loop().create_task(answer(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _infer(self, request: Any, context: Any) -> Any:
         model = request.model_name
         async with track(self.metrics, model_label(model, self.catalog.model_names()), "v2_infer", "grpc"):
             start = time.monotonic()
