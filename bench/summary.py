@@ -162,7 +162,8 @@ def _grpc_section(grpc: dict[str, Any] | None, results: Path, base: Path) -> lis
     if not grpc:
         return [*md, "Not run (`vitserve-bench grpc --quick`).", ""]
     return [*md, f"Command: `{grpc['command']}`. One image per request, the same tensor over both protocols, closed "
-            "loop on one grpc.aio channel (gRPC) or keep-alive connections (REST); server CPU counts the server's "
+            "loop on one grpc.aio channel (gRPC: unary ModelInfer calls, or the same messages on one ModelStreamInfer "
+            "stream) or keep-alive connections (REST); server CPU counts the server's "
             "whole process group (PyTriton: tritonserver and its Python model process).", "",
             grpc["summary_markdown"], "",
             "![gRPC throughput](" + _rel(results / "grpc" / "grpc_throughput.png", base) + ")", ""]
@@ -386,8 +387,9 @@ def build_summary(results: Path = RESULTS_DIR, out: Path | None = None) -> str:
         "",
         "```sh",
         "vitserve-bench variants --preset demo --preset vit_small --quick",
-        "vitserve-bench variants --preset demo --models models/demo --finetuned DIR --quick   "
-        "# accuracy beside cost: from scratch and converted + fine-tuned (DIR: `vitserve-export finetune`)",
+        "vitserve-export finetune SPECS --data DIGITS --checkpoint demo.pth --epochs 6 --lr 2e-3 --batch-size 32 "
+        "--augment affine -r DIR",
+        "vitserve-bench variants --preset demo --models models/demo --finetuned DIR --quick   # accuracy beside cost",
         "vitserve-bench ceiling --preset demo --quick --tune   # --tune: also ORT thread/spinning settings",
         "vitserve-bench ceiling --preset vit_small --quick",
         "vitserve-bench peers --preset demo --preset vit_small --quick   # venvs per peer on first use",
