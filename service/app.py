@@ -100,7 +100,6 @@ def create_app(settings: Settings, *, wait_for_models: bool = False, store: Mode
     hot += include(app, V2Endpoints(pipeline, store).routes(), prefix="/v2", tags=["v2"])
     include(app, SystemEndpoints(store).routes(), tags=["system"])
     include(app, UiEndpoints().routes())  # /ui: the comparison page (not in the OpenAPI document)
-    app.state.hot_routes = hot.api_routes
     # the same endpoints without ASGI, for vitserve's HTTP protocol (`guarded_protocol(settings, direct=...)`)
     app.state.direct_routes = DirectRoutes(hot, settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

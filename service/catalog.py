@@ -192,8 +192,13 @@ class Catalog:
             raise ModelNotFound(f"model {name} has no version {version}")
         return found
 
-    def statistics(self, name: str | None = None, version: int | None = None) -> list[VersionCounts]:
-        """Plain statistics of every serving version (of one model, of one version)."""
+    async def exposition(self) -> bytes:
+        """The metrics exposition (awaitable: a front end's store asks its engine)."""
+        return self.metrics.render()
+
+    async def statistics(self, name: str | None = None, version: int | None = None) -> list[VersionCounts]:
+        """Plain statistics of every serving version (of one model, of one version); awaitable: a front end's
+        store asks its engine."""
         names = [name] if name is not None else list(self._names)
         out = []
         for n in names:

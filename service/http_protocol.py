@@ -213,7 +213,7 @@ def write_refusal(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
 class DisconnectWatchers:
     """The callbacks of the requests that wait on one client's departure (`watch_disconnect`): each is called
     once when the client goes (`fire`), or soon when it is added after. Vitserve's HTTP protocol keeps one per
-    connection; a `--http-workers` engine one per forwarded request (service/workers/engine.py)."""
+    connection."""
 
     __slots__ = ("callbacks", "gone")
 
@@ -233,15 +233,12 @@ class DisconnectWatchers:
         except ValueError:  # already called
             pass
 
-    def fire(self, *, soon: bool = False) -> None:
-        """The client is gone: call every callback now (`soon`: from the event loop's next turn)."""
+    def fire(self) -> None:
+        """The client is gone: call every callback now."""
         self.gone = True
         callbacks, self.callbacks = self.callbacks, []
         for callback in callbacks:
-            if soon:
-                asyncio.get_running_loop().call_soon(callback)
-            else:
-                callback()
+            callback()
 
 
 class _Refused(Exception):

@@ -1,6 +1,6 @@
 """The one uvicorn server both modes run: `vitserve serve` (one process) and each `--http-workers` front end.
 
-`serve(settings, app, asgi)` builds the uvicorn configuration (vitserve's HTTP protocol with the settings'
+`serve(settings, app)` builds the uvicorn configuration (vitserve's HTTP protocol with the settings'
 bounds and the app's direct routes, the graceful-shutdown window, no access log, no `Server` banner) and runs a
 `DrainingServer`.
 
@@ -26,7 +26,6 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from starlette.types import ASGIApp
 
     from service.workers.accept import BalancedAcceptor, ConnectionShares
 
@@ -106,12 +105,12 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(settings: Settings, app: FastAPI, asgi: ASGIApp | None = None, *, sock: socket.socket | None = None,
+def serve(settings: Settings, app: FastAPI, *, sock: socket.socket | None = None,
           shares: ConnectionShares | None = None) -> None:
-    """Run `asgi` (default: `app`) until a signal stops it: on `settings.host`/`port`, or on the inherited
-    listening socket `sock` (a front end, taking turns at accepting through `shares`)."""
+    """Run `app` until a signal stops it: on `settings.host`/`port`, or on the inherited listening socket `sock`
+    (a front end, taking turns at accepting through `shares`)."""
     config = uvicorn.Config(
-        asgi if asgi is not None else app,
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

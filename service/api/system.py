@@ -22,7 +22,7 @@ class SystemEndpoints:
         ]
 
     async def metrics(self) -> Response:
-        return Response(self.catalog.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await self.catalog.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def index(self) -> dict[str, object]:
         return {

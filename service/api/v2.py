@@ -203,18 +203,18 @@ class V2Endpoints:
         return await self.infer_version_view(AsgiRequest(request), model, version)
 
     # -- statistics --------------------------------------------------------------------------
-    def _statistics(self, model: str | None = None, version: int | None = None) -> ModelStatisticsResponse:
-        counts = self.catalog.statistics(model, version)
+    async def _statistics(self, model: str | None = None, version: int | None = None) -> ModelStatisticsResponse:
+        counts = await self.catalog.statistics(model, version)
         return ModelStatisticsResponse(model_stats=[model_statistics(c) for c in counts])
 
     async def all_stats(self) -> ModelStatisticsResponse:
-        return self._statistics()
+        return await self._statistics()
 
     async def stats(self, model: str) -> ModelStatisticsResponse:
-        return self._statistics(model)
+        return await self._statistics(model)
 
     async def version_stats(self, model: str, version: str) -> ModelStatisticsResponse:
-        return self._statistics(model, wire_version(version))
+        return await self._statistics(model, wire_version(version))
 
     # -- repository --------------------------------------------------------------------------
     async def repository_index(self, request: Request) -> list[RepositoryIndexEntry]:

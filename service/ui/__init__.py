@@ -3,8 +3,7 @@
 The page calls only the public API (`/v1/models`, `/v1/compare`, `/metrics`) from the browser; these routes serve
 its three files and nothing else (a fixed table of names, never a path from the request), with a
 Content-Security-Policy that allows nothing from elsewhere and no inline script or style. They are left out of the
-OpenAPI document (`include_in_schema=False`): the page is not part of the API. Under `--http-workers N` the front
-ends forward them to the engine like every other non-inference route (service/workers/forward.py).
+OpenAPI document (`include_in_schema=False`): the page is not part of the API.
 """
 
 from __future__ import annotations

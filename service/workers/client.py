@@ -1,4 +1,4 @@
-"""The front end's side of the engine connection: remote inference and forwarded requests.
+"""The front end's side of the engine connection: remote inference, and calls on the engine's state.
 
 `RemoteExecutor` stands where a version's `Batcher` stands in the single-process server: the engine's batcher
 queues and computes, and its errors come back as the same classes (BatcherStopped when the version was swapped
@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -38,17 +38,6 @@ ENGINE_GONE = "the inference engine is not reachable"
 GROUP_SHARE = 8
 #: submits whose deadlines lie this close share a group (whose deadline is the earliest of theirs)
 GROUP_DEADLINE_SLACK_S = 0.005
-
-#: sends one piece of a forwarded request's body to the engine (`more`: whether pieces follow)
-BodyDelivery = Callable[[bytes, bool], None]
-
-
-class BodySource(Protocol):
-    """A forwarded request's body as the front end reads it from its client (service/workers/forward.py)."""
-
-    def wanted(self, deliver: BodyDelivery) -> None:
-        """The engine's app asks for the next piece: read it from the client and `deliver` it."""
-
 
 @dataclass(slots=True, eq=False)
 class _Group:
@@ -90,14 +79,6 @@ class _Member:
     row: int = 0
 
 
-@dataclass(slots=True, eq=False)
-class _Call:
-    """A forwarded request waiting for its `HttpResponse`; `on_more`: the engine's app reads its body."""
-
-    future: asyncio.Future[Any]
-    on_more: Callable[[], None] | None
-
-
 class EngineClient:
     """One front-end process's connection to the engine, and its shared-memory arena."""
 
@@ -107,14 +88,14 @@ class EngineClient:
         self.on_table: Callable[[msg.ModelTable], None] | None = None
         self.connected = False
         self._ids = itertools.count(1)
-        self._pending: dict[int, _Group | _Call] = {}
+        self._pending: dict[int, _Group | asyncio.Future[Any]] = {}
         self._channel: Channel | None = None
         self._first_table: asyncio.Event | None = None
         self._shm_short = False
         self._open: list[_Group] = []  # this turn's groups, sent with its frame
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
-            msg.Table: self._on_table, msg.More: self._on_more, msg.Done: self._on_answer,
-            msg.Failed: self._on_answer, msg.Cancelled: self._on_answer, msg.HttpResponse: self._on_answer,
+            msg.Table: self._on_table, msg.Done: self._on_answer, msg.Failed: self._on_answer,
+            msg.Cancelled: self._on_answer, msg.Result: self._on_answer,
         }
 
     async def connect(self) -> None:
@@ -150,8 +131,8 @@ class EngineClient:
         for pending in [*self._pending.values(), *self._open]:
             if isinstance(pending, _Group):
                 pending.fail(lambda: ModelNotReady(ENGINE_GONE))
-            elif not pending.future.done():
-                pending.future.set_exception(ModelNotReady(ENGINE_GONE))
+            elif not pending.done():
+                pending.set_exception(ModelNotReady(ENGINE_GONE))
         self._pending.clear()
         self._open = []
         if self._first_table is not None:
@@ -164,17 +145,12 @@ class EngineClient:
         if self._first_table is not None:
             self._first_table.set()
 
-    def _on_more(self, message: msg.More) -> None:
-        call = self._pending.get(message.rid)
-        if isinstance(call, _Call) and call.on_more is not None:
-            call.on_more()
-
-    def _on_answer(self, reply: msg.Done | msg.Failed | msg.Cancelled | msg.HttpResponse) -> None:
+    def _on_answer(self, reply: msg.Done | msg.Failed | msg.Cancelled | msg.Result) -> None:
         pending = self._pending.pop(reply.rid, None)
         if isinstance(pending, _Group):
             self._answer_group(pending, reply)
-        elif pending is not None and not pending.future.done():
-            pending.future.set_result(reply)
+        elif pending is not None and not pending.done():
+            pending.set_result(reply)
 
     def readiness_off(self) -> None:
         """Tell the engine this front end is draining (its `vitserve_server_ready` goes to 0)."""
@@ -262,7 +238,7 @@ class EngineClient:
         self._send(msg.Submit(rid, group.model, group.version, seg, offset, size, (rows, *first.shape[1:]),
                               first.dtype.str, group.deadline, inline, len(members)))
 
-    def _answer_group(self, group: _Group, reply: msg.Done | msg.Failed | msg.Cancelled | msg.HttpResponse) -> None:
+    def _answer_group(self, group: _Group, reply: msg.Done | msg.Failed | msg.Cancelled | msg.Result) -> None:
         """The engine's answer, split into each submit's own rows (a copy of the block, read once)."""
         block, members = group.block, group.members
         try:
@@ -310,34 +286,23 @@ class EngineClient:
             self._send(msg.MapSegment(block.segment, str(created.path)))
         return block
 
-    # -- forwarded requests --------------------------------------------------------------------------------
-    async def forward(self, scope: dict[str, Any], body: BodySource | None
-                      ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """An HTTP request answered by the engine's app: (status, headers, body). The head goes first; the body
-        (None: there is none) follows piece by piece as the app reads it. Cancelled (its client left): the
-        engine's app sees its client go."""
+    # -- the engine's own state -----------------------------------------------------------------------------
+    async def call(self, op: str, *args: Any) -> Any:
+        """One of the engine store's methods (service/workers/engine.py's `CALLS`): its value, or its error
+        raised here as the same class."""
         rid = next(self._ids)
-
-        def deliver(piece: bytes, more: bool) -> None:
-            if rid in self._pending:
-                self._send_if_connected(msg.Body(rid, piece, more))
-
-        call = _Call(asyncio.get_running_loop().create_future(),
-                     None if body is None else lambda: body.wanted(deliver))
-        self._pending[rid] = call
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
         try:
-            self._send(msg.Http(rid, scope, body is None))
-            reply = await call.future
-        except asyncio.CancelledError:
-            if rid in self._pending:
-                self._send_if_connected(msg.Cancel(rid))
-            raise
-        except BaseException:
+            self._send(msg.Call(rid, op, args))
+            reply = await future
+        finally:
             self._pending.pop(rid, None)
-            raise
-        if not isinstance(reply, msg.HttpResponse):
+        if isinstance(reply, msg.Failed):
+            raise msg.decode_error(reply.kind, reply.message, reply.retry_after_s)
+        if not isinstance(reply, msg.Result):
             raise InferenceFailed(f"unexpected engine reply {type(reply).__name__}")
-        return reply.status, reply.headers, reply.body
+        return reply.value
 
 
 class RemoteExecutor:

@@ -2,9 +2,9 @@
 
 It runs the single-process server's app (`create_app`) without an HTTP listener; `EngineServer` feeds the
 front ends' requests into the same per-version batchers, so batching stays global and there is one session per
-device. Any other request is forwarded as HTTP and answered by the app in-process (`Forwarded`: its body
-pulled from the front end as the app reads it, its client's departure a disconnect), so every endpoint
-answers, refuses and cancels as in the single process.
+device. What only the engine knows (repository load/unload, statistics, the gauges of the metrics exposition)
+a front end's app asks for with a `Call` (`CALLS`), so every endpoint answers from any front end as the single
+process answers it.
 
 Only the supervisor stops the engine, after the front ends have drained (over its pipe; the pipe closing
 means the supervisor is gone, and the engine then removes its directory). SIGTERM and SIGINT are ignored:
@@ -18,8 +18,7 @@ import logging
 import shutil
 import signal
 import time
-from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
@@ -32,7 +31,6 @@ from service.api.grpc import start_grpc
 from service.batcher import Batcher, BatcherStopped, BatchOutput, PendingRequest
 from service.catalog import LoadedVersion
 from service.errors import InferenceFailed, ModelNotReady, ServiceError
-from service.http_protocol import DISCONNECT_WATCH, DisconnectWatchers
 from service.loader import ModelStore
 from service.settings import Settings
 from service.workers import protocol as msg
@@ -94,16 +92,16 @@ class _Connection:
     def __init__(self, server: EngineServer) -> None:
         self.server = server
         handlers: dict[type[Any], Callable[[Any], None]] = {
-            msg.Submit: self._submit, msg.Cancel: self._cancel, msg.Body: self._body, msg.Http: self._forward,
-            msg.MapSegment: self._map, msg.Unmap: self._unmap, msg.ReadinessOff: self._readiness_off,
+            msg.Submit: self._submit, msg.Cancel: self._cancel, msg.Call: self._call, msg.MapSegment: self._map,
+            msg.Unmap: self._unmap, msg.ReadinessOff: self._readiness_off,
             msg.Hello: self._hello,
         }
         self.channel = Channel(lambda m: handlers[type(m)](m), self._on_lost)
         self.segments: dict[int, Segment] = {}
         #: inference requests in a batcher
         self.requests: dict[int, tuple[Batcher, PendingRequest]] = {}
-        #: forwarded HTTP requests, each answered by the app in a task
-        self.forwards: dict[int, Forwarded] = {}
+        #: calls on the engine's state, each answered by a task
+        self.calls: set[asyncio.Task[None]] = set()
         self.peer = "?"
 
     def send(self, message: Any) -> None:
@@ -132,30 +130,14 @@ class _Connection:
         queued = self.requests.get(message.rid)
         if queued is not None:
             queued[0].withdraw(queued[1])  # its callback answers Cancelled
-        forwarded = self.forwards.get(message.rid)
-        if forwarded is not None:  # the app sees its client go, as the single-process server's app does
-            forwarded.disconnect()
-
-    def _body(self, message: msg.Body) -> None:
-        forwarded = self.forwards.get(message.rid)
-        if forwarded is not None:
-            forwarded.deliver(message.piece, message.more)
 
     def _on_lost(self) -> None:
         """Its process is gone (or stopping): its requests leave the queues, its memory is unmapped."""
         self.server.connections.discard(self)
-        if self.forwards or self.requests:
-            log.warning("%s disconnected with %d requests in flight", self.peer,
-                        len(self.forwards) + len(self.requests))
+        if self.requests:
+            log.warning("%s disconnected with %d requests in flight", self.peer, len(self.requests))
         for executor, req in list(self.requests.values()):
             executor.withdraw(req)  # a batch already computing it keeps its view of the segment (see Segment.close)
-        tasks = [forwarded.task for forwarded in self.forwards.values() if forwarded.task is not None]
-        for task in tasks:
-            task.cancel()
-        asyncio.get_running_loop().create_task(self._unmap_when_done(tasks))
-
-    async def _unmap_when_done(self, tasks: list[asyncio.Task[None]]) -> None:
-        await asyncio.gather(*tasks, return_exceptions=True)
         for segment in self.segments.values():
             segment.close()
 
@@ -228,91 +210,30 @@ class _Connection:
             lv.observer.request_failed(time.monotonic() - start, sub.requests)
         self.send(msg.Failed(sub.rid, *msg.encode_error(exc)))
 
-    def _forward(self, message: msg.Http) -> None:
-        rid = message.rid
-        forwarded = Forwarded(self, rid, message.complete)
-        forwarded.task = task = asyncio.get_running_loop().create_task(self._http(forwarded, message.scope))
-        self.forwards[rid] = forwarded
-        task.add_done_callback(lambda _: self._finished(rid, task))
+    def _call(self, call: msg.Call) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer_call(call))
+        self.calls.add(task)  # (a call outlives a front end that leaves: a load goes on, its answer goes nowhere)
+        task.add_done_callback(self.calls.discard)
 
-    def _finished(self, rid: int, task: asyncio.Task[None]) -> None:
-        """A cancelled task (its front end gone or stopping) is answered here; `_http` answers every other."""
-        self.forwards.pop(rid, None)
-        if task.cancelled():
-            self.send(msg.Cancelled(rid))
-
-    async def _http(self, forwarded: Forwarded, scope: dict[str, Any]) -> None:
-        """Answer a forwarded request with the app, in-process (no socket, no second HTTP parse)."""
-        status, headers, chunks = 500, [], []
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status, headers = message["status"], list(message.get("headers", []))
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
+    async def _answer_call(self, call: msg.Call) -> None:
+        store = self.server.store
+        reply: msg.Result | msg.Failed
         try:
-            await self.server.app({**scope, "type": "http", "asgi": {"version": "3.0"}, DISCONNECT_WATCH: forwarded},
-                                  forwarded.receive, send)
-        except Exception:  # noqa: BLE001 - the app's own handlers answered what they could
-            log.exception("forwarded %s %s failed", scope.get("method"), scope.get("path"))
-            status, headers, chunks = 500, [(b"content-type", b"application/json")], [b'{"error":"internal error"}']
-        self.send(msg.HttpResponse(forwarded.rid, status, headers, b"".join(chunks)))
+            if call.op not in CALLS:
+                raise InferenceFailed(f"no engine call {call.op!r}")
+            reply = msg.Result(call.rid, await getattr(store, call.op)(*call.args))
+        except Exception as exc:  # noqa: BLE001 - every call gets an answer
+            if not isinstance(exc, ServiceError):
+                log.error("call %s from %s failed", call.op, self.peer, exc_info=exc)
+                exc = InferenceFailed(f"{call.op} failed ({type(exc).__name__})")
+            reply = msg.Failed(call.rid, *msg.encode_error(exc))
+        if call.op in ("load", "unload"):  # what it changed reaches the front end before its answer
+            self.send(msg.Table(model_table(store)))
+        self.send(reply)
 
 
-class Forwarded:
-    """A forwarded request's connection as the engine's app sees it (`receive`, `watch_disconnect`): each
-    `receive` asks the front end for the body's next piece (`More`), so the front end reads from its client
-    only what the app reads; the client's departure (`Cancel`) is a disconnect."""
-
-    def __init__(self, conn: _Connection, rid: int, complete: bool) -> None:
-        self.conn = conn
-        self.rid = rid
-        self.task: asyncio.Task[None] | None = None
-        self._pull = not complete  # pieces of the body are still to come from the front end
-        self._ended = False  # the body's last piece was given to the app
-        self._pieces: deque[asyncio.Future[tuple[bytes, bool] | None]] = deque()  # one per ask, in order
-        self._gone = asyncio.Event()
-        self._watchers = DisconnectWatchers()
-
-    async def receive(self) -> dict[str, Any]:
-        if not self._ended and not self._gone.is_set():
-            piece: tuple[bytes, bool] | None = (b"", False)
-            if self._pull:
-                future: asyncio.Future[tuple[bytes, bool] | None] = asyncio.get_running_loop().create_future()
-                self._pieces.append(future)
-                self.conn.send(msg.More(self.rid))
-                piece = await future
-            if piece is not None:
-                self._ended = not piece[1]
-                return {"type": "http.request", "body": piece[0], "more_body": piece[1]}
-        await self._gone.wait()  # the body is in: the next message is the client's departure
-        return {"type": "http.disconnect"}
-
-    def deliver(self, body: bytes, more: bool) -> None:
-        while self._pieces:
-            future = self._pieces.popleft()
-            if not future.done():
-                future.set_result((body, more))
-                return
-
-    def disconnect(self) -> None:
-        if self._gone.is_set():
-            return
-        self._gone.set()
-        while self._pieces:
-            future = self._pieces.popleft()
-            if not future.done():
-                future.set_result(None)
-        self._watchers.fire(soon=True)
-
-    def watch_disconnect(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (once) when the client is gone; soon, if it already is."""
-        self._watchers.add(callback)
-
-    def unwatch_disconnect(self, callback: Callable[[], None]) -> None:
-        self._watchers.remove(callback)
+#: the store's methods a front end's app may call in the engine (`Call.op`), each answered with its value
+CALLS = frozenset({"load", "unload", "statistics", "exposition"})
 
 
 def engine_main(settings: Settings, control_path: Path, supervisor: Connection) -> None:

@@ -1,8 +1,9 @@
 """A front end's model store: the engine's models mirrored, every version's executor remote.
 
-The front end runs the single-process request path (service/pipeline.py) over a `ModelStore` whose models
-mirror the engine's table, pushed on the connection that carries the answers, so a front end sees a swap
-before the old version refuses a request.
+The front end runs the single-process app (every route, service/pipeline.py's request path) over a `ModelStore`
+whose models mirror the engine's table, pushed on the connection that carries the answers, so a front end sees
+a swap before the old version refuses a request. What only the engine knows (load/unload, statistics, the
+metrics' gauges) is asked of it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from service.metrics import Metrics
 from service.repository import ModelEntry
 from service.runtimes import InferenceRuntime, RuntimeSpec
 from service.settings import Settings
-from service.stats import VersionObserver
+from service.stats import VersionCounts, VersionObserver
 from service.workers.client import EngineClient, RemoteExecutor
 from service.workers.protocol import ModelTable, VersionRow
 
@@ -75,6 +76,21 @@ class MirrorStore(ModelStore):
     @property
     def ready(self) -> bool:
         return super().ready and self.client.connected
+
+    # what only the engine knows, asked of it (its model table arrives before the answer)
+    async def load(self, name: str) -> None:
+        await self.client.call("load", name)
+
+    async def unload(self, name: str) -> None:
+        await self.client.call("unload", name)
+
+    async def statistics(self, name: str | None = None, version: int | None = None) -> list[VersionCounts]:
+        counts: list[VersionCounts] = await self.client.call("statistics", name, version)
+        return counts
+
+    async def exposition(self) -> bytes:
+        data: bytes = await self.client.call("exposition")
+        return data
 
     def apply(self, table: ModelTable) -> None:
         """Take the engine's table; versions swapped there are swapped here, the old ones drained."""

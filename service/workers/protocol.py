@@ -3,11 +3,11 @@
 Front end -> engine: `Hello` (answered with the model `Table`, also pushed whenever a model changes),
 `MapSegment` (the engine maps the new segment and unlinks its file), `Unmap` (an idle segment released),
 `Submit` (answered `Done`, `Failed`, or `Cancelled` after a `Cancel`), `ReadinessOff` (the front end drains:
-the engine's `vitserve_server_ready` goes to 0, requests still go), `Http` (answered `HttpResponse`; each read
-of its body by the engine's app asks `More` and gets a `Body`; a `Cancel` is its client disconnecting). Each
-side dispatches on the message's type. On the wire a message is a plain tuple (`KINDS`): that pickles several
-times faster than a named tuple or a dataclass, and every inference request crosses as two messages.
-`deadline` is absolute on the monotonic clock, which every process of a host shares.
+the engine's `vitserve_server_ready` goes to 0, requests still go), `Call` (an operation on the engine's own state:
+repository load/unload, statistics, the metrics exposition; answered `Result` or `Failed`). Each side dispatches on
+the message's type. On the wire a message is a plain tuple (`KINDS`): that pickles several times faster than a
+named tuple or a dataclass, and every inference request crosses as two messages. `deadline` is absolute on the
+monotonic clock, which every process of a host shares.
 """
 
 from __future__ import annotations
@@ -60,16 +60,10 @@ class ReadinessOff(NamedTuple):
     pass
 
 
-class Http(NamedTuple):
+class Call(NamedTuple):
     rid: int
-    scope: dict[str, Any]
-    complete: bool  # no body to pull
-
-
-class Body(NamedTuple):
-    rid: int
-    piece: bytes
-    more: bool
+    op: str  # a name in the engine's table of calls (service/workers/engine.py)
+    args: tuple[Any, ...]
 
 
 class Table(NamedTuple):
@@ -98,27 +92,25 @@ class Cancelled(NamedTuple):
     rid: int
 
 
-class HttpResponse(NamedTuple):
+class Result(NamedTuple):
     rid: int
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-
-class More(NamedTuple):
-    rid: int
+    value: Any
 
 
 #: every kind, by its code on the wire (`Channel` sends a message as a plain tuple: its code, then its fields)
-KINDS: tuple[type[tuple[Any, ...]], ...] = (Hello, MapSegment, Unmap, Submit, Cancel, ReadinessOff, Http, Body,
-                                            Table, Done, Failed, Cancelled, HttpResponse, More)
+KINDS: tuple[type[tuple[Any, ...]], ...] = (Hello, MapSegment, Unmap, Submit, Cancel, ReadinessOff, Call, Table,
+                                            Done, Failed, Cancelled, Result)
 
-_ERRORS: dict[str, type[errors.ServiceError]] = {
-    cls.__name__: cls
-    for cls in (BatcherStopped, errors.DeadlineExceeded, errors.InferenceFailed, errors.InvalidInput,
-                errors.ModelNotFound, errors.ModelNotReady, errors.NonFiniteOutput, errors.Overloaded,
-                errors.ShuttingDown)
-}
+
+def _service_errors(cls: type[errors.ServiceError]) -> dict[str, type[errors.ServiceError]]:
+    found = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        found.update(_service_errors(sub))
+    return found
+
+
+#: every domain error by name: the engine's error is raised as the same class in the front end
+_ERRORS = _service_errors(errors.ServiceError) | {BatcherStopped.__name__: BatcherStopped}
 
 
 def encode_error(exc: errors.ServiceError) -> tuple[str, str, float]:

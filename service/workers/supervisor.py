@@ -78,20 +78,16 @@ def worker_main(settings: Settings, sock: socket.socket, control_path: Path, ind
     configure_child(settings, f"front end {index}", f"vitserve-fe{index}")
     _watch_parent()
     from service import gc_policy
-    from service.api.common import BodyLimitMiddleware
     from service.app import create_app
     from service.metrics import Metrics
     from service.server import serve
     from service.workers.accept import ConnectionShares
     from service.workers.client import EngineClient
-    from service.workers.forward import ForwardMiddleware
     from service.workers.mirror import MirrorStore
 
-    client = EngineClient(control_path)
-    app = create_app(settings, store=MirrorStore(settings, Metrics(), client))
+    app = create_app(settings, store=MirrorStore(settings, Metrics(), EngineClient(control_path)))
     gc_policy.install(app.state.store, settings.gc_freeze)
-    asgi = BodyLimitMiddleware(ForwardMiddleware(app, client, app.state.hot_routes), settings.max_body_bytes)
-    serve(settings, app, asgi, sock=sock, shares=ConnectionShares(slots, index))
+    serve(settings, app, sock=sock, shares=ConnectionShares(slots, index))
 
 
 def remove_shared_memory(pid: int) -> None:

@@ -96,7 +96,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @answers
     async def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
-        counts = self.catalog.statistics(request.name or None, _version(request.version))
+        counts = await self.catalog.statistics(request.name or None, _version(request.version))
         return codec.model_statistics(ModelStatisticsResponse(model_stats=[model_statistics(c) for c in counts]))
 
     # -- repository ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from service.batcher import Batcher, BatchLimits, BatchOutput
-from service.errors import InferenceFailed, Overloaded
+from service.errors import InferenceFailed, ModelNotFound, Overloaded, ServiceError
 from service.loader import build_version
 from service.metrics import Metrics
 from service.repository import read_model
@@ -63,8 +63,8 @@ def test_channel_carries_messages_across_partial_reads() -> None:
         _, sender = await loop.create_connection(lambda: Channel(received.append, lost.set), sock=left)
         _, receiver = await loop.create_connection(lambda: Channel(received.append, lost.set), sock=right)
         for i in range(50):
-            sender.send(msg.Body(i, np.zeros(3).tobytes(), True))
-        sender.send(msg.Body(50, b"x" * 300_000, False))
+            sender.send(msg.Result(i, np.zeros(3).tobytes()))
+        sender.send(msg.Result(50, b"x" * 300_000))
         while len(received) < 51:
             await asyncio.sleep(0.01)
         sender.close()
@@ -73,8 +73,8 @@ def test_channel_carries_messages_across_partial_reads() -> None:
         return received
 
     received = asyncio.run(main())
-    assert received[:50] == [msg.Body(i, np.zeros(3).tobytes(), True) for i in range(50)]
-    assert received[50] == msg.Body(50, b"x" * 300_000, False) and type(received[50]) is msg.Body
+    assert received[:50] == [msg.Result(i, np.zeros(3).tobytes()) for i in range(50)]
+    assert received[50] == msg.Result(50, b"x" * 300_000) and type(received[50]) is msg.Result
 
 
 def test_the_messages_of_one_loop_turn_go_as_one_frame() -> None:
@@ -151,6 +151,14 @@ class _EngineStore:
 
     def is_model_ready(self, model: str) -> bool:
         return True
+
+    async def statistics(self, name: str | None = None, version: int | None = None) -> list[str]:
+        if name not in (None, "m"):
+            raise ModelNotFound(f"unknown model {name}")
+        return [f"m:{version or 1}"]
+
+    async def load(self, name: str) -> None:
+        raise Overloaded("busy", retry_after_s=7.0)
 
     async def start(self) -> None: ...
 
@@ -276,90 +284,28 @@ def test_a_cancel_in_the_same_read_as_its_submit_is_answered(tmp_path: Path) -> 
     assert asyncio.run(main()) == [msg.Cancelled(7)]
 
 
-class _EchoApp:
-    """An engine app that reads its request's body (as the client gave it, piece by piece) and echoes it, or
-    answers 499 when its client went away first."""
+def test_a_call_answers_the_engine_stores_value_or_raises_its_error_as_the_same_class(tmp_path: Path) -> None:
+    """What only the engine knows, asked from a front end: the value, or the domain error with its fields."""
 
-    def __init__(self) -> None:
-        self.state = SimpleNamespace(store=_EngineStore())
-        self.messages: list[dict[str, object]] = []
+    async def main() -> tuple[object, ServiceError, ServiceError, ServiceError]:
+        server, client = await _engine_and_client(tmp_path)
+        errors: list[ServiceError] = []
+        try:
+            value = await client.call("statistics", "m", 2)
+            for op, args in (("statistics", ("nope", None)), ("load", ("m",)), ("version", ("m", 1))):
+                with pytest.raises(ServiceError) as raised:
+                    await client.call(op, *args)
+                errors.append(raised.value)
+            return value, *errors
+        finally:
+            await client.close()
+            await server.close()
 
-    async def __call__(self, scope: dict[str, object], receive, send) -> None:  # noqa: ANN001 - ASGI
-        body = b""
-        while True:
-            message = await receive()
-            self.messages.append(message)
-            if message["type"] == "http.disconnect":
-                await send({"type": "http.response.start", "status": 499, "headers": []})
-                await send({"type": "http.response.body", "body": b""})
-                return
-            body += message["body"]
-            if not message["more_body"]:
-                break
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": body})
-
-
-async def _engine_and_front(tmp_path: Path, app: _EchoApp, on_message) -> tuple[EngineServer, Channel]:  # noqa: ANN001 - on_message: each test's own callback
-    server = EngineServer(app, tmp_path / "engine.sock")  # type: ignore[arg-type]
-    await server.start()
-    _, front = await asyncio.get_running_loop().create_unix_connection(
-        lambda: Channel(on_message, lambda: None), str(tmp_path / "engine.sock"))
-    return server, front
-
-
-def test_a_forwarded_body_is_pulled_one_piece_per_read_of_the_engines_app(tmp_path: Path) -> None:
-    """The engine asks for each piece as its app reads: the front end reads from its client only that much."""
-    async def main() -> tuple[list[object], list[dict[str, object]]]:
-        app = _EchoApp()
-        got: list[object] = []
-        done = asyncio.Event()
-        pieces = [(b"ab", True), (b"c", False)]
-
-        def on_message(m: object) -> None:
-            if isinstance(m, msg.Table):
-                return
-            got.append(m)
-            if isinstance(m, msg.More):
-                front.send(msg.Body(9, *pieces.pop(0)))
-            else:
-                done.set()
-
-        server, front = await _engine_and_front(tmp_path, app, on_message)
-        front.send(msg.Http(9, {"method": "POST", "path": "/", "headers": []}, False))
-        await asyncio.wait_for(done.wait(), 10)
-        front.close()
-        await server.close()
-        return got, app.messages
-
-    got, messages = asyncio.run(main())
-    assert got == [msg.More(9), msg.More(9), msg.HttpResponse(9, 200, [], b"abc")]
-    assert [m["body"] for m in messages] == [b"ab", b"c"]
-
-
-def test_a_forwarded_requests_cancel_is_its_apps_disconnect_even_in_the_same_read(tmp_path: Path) -> None:
-    """A client gone before the engine's app read its body: the app reads a disconnect (no body is asked for)."""
-    async def main() -> tuple[list[object], list[dict[str, object]]]:
-        app = _EchoApp()
-        got: list[object] = []
-        done = asyncio.Event()
-
-        def on_message(m: object) -> None:
-            if isinstance(m, msg.HttpResponse):
-                got.append(m.status)
-                done.set()
-
-        server, front = await _engine_and_front(tmp_path, app, on_message)
-        front.send(msg.Http(9, {"method": "POST", "path": "/", "headers": []}, False))
-        front.send(msg.Cancel(9))  # both written in one turn: the engine reads them together
-        await asyncio.wait_for(done.wait(), 10)
-        front.close()
-        await server.close()
-        return got, app.messages
-
-    got, messages = asyncio.run(main())
-    assert got == [499]
-    assert messages == [{"type": "http.disconnect"}]
+    value, unknown, busy, not_a_call = asyncio.run(main())
+    assert value == ["m:2"]
+    assert type(unknown) is ModelNotFound and unknown.message == "unknown model nope"
+    assert type(busy) is Overloaded and busy.retry_after_s == 7.0
+    assert type(not_a_call) is InferenceFailed and "no engine call 'version'" in not_a_call.message
 
 
 def test_released_segments_are_unmapped_by_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -411,17 +357,18 @@ def test_a_failed_segment_leaves_no_file_and_the_next_allocation_succeeds(
         arena.close()
 
 
-def test_a_forwarded_request_without_the_engine_is_the_json_503(tmp_path: Path) -> None:
+def test_a_front_ends_route_that_needs_the_engine_without_it_is_the_json_503(tmp_path: Path) -> None:
     import httpx
-    from fastapi import FastAPI
 
-    from service.workers.forward import ForwardMiddleware
+    from service.app import create_app
+    from service.workers.mirror import MirrorStore
 
     async def main() -> httpx.Response:
         client = EngineClient(tmp_path / "engine.sock")  # never connected: the engine is not reachable
-        asgi = ForwardMiddleware(FastAPI(), client, [])
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://fe") as http:
-            return await http.get("/v2/models/m")
+        app = create_app(Settings(repository=tmp_path), store=MirrorStore(Settings(repository=tmp_path), Metrics(),
+                                                                          client))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fe") as http:
+            return await http.get("/v2/models/stats")
 
     response = asyncio.run(main())
     assert response.status_code == 503 and response.headers["retry-after"] == "1"

@@ -1,8 +1,9 @@
-"""Hostile clients of the routes a front end forwards whole to the engine (`--http-workers 2`), and the same
-requests against the single-process server: the answers and the work done must be the same in both modes.
+"""Hostile clients of the routes beside inference (`/v1/compare`, repository control, unknown paths) with
+`--http-workers 2`, and the same requests against the single-process server: the answers and the work done must be
+the same in both modes.
 
 - A client that resets its connection is never computed for: its request leaves the engine's queue (issue 25,
-  item 2), whichever route it came by (forwarded /v1/compare, the direct classify and infer routes).
+  item 2), whichever route it came by (/v1/compare, the direct classify and infer routes).
 - A request the app refuses without reading its body (an unknown path or model, a body over a route's own
   limit, no API key) is answered at once, although most of its declared body never comes (item 5).
 """
@@ -38,7 +39,7 @@ SENT = 64 * 1024
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("forwarding_repo")
+    root = tmp_path_factory.mktemp("workers_hostile_repo")
     write_standin_model(root, STANDIN, size=SIZE, num_classes=10, max_batch_size=4, max_queue_size=64)
     return root
 
@@ -259,9 +260,9 @@ def test_a_request_refused_unread_gets_no_100_continue(server: ServerProcess, na
         reset(conn)
 
 
-def test_a_forwarded_body_still_arrives_whole_in_pieces(server: ServerProcess) -> None:
-    """The body a forwarded route does read arrives whole, however it is framed (the engine asks for it piece by
-    piece): a compare of a ~1 MB PNG sent slowly in chunks, and with Expect: 100-continue."""
+def test_a_compare_body_arrives_whole_however_it_is_framed(server: ServerProcess) -> None:
+    """A compare of a ~1 MB PNG sent slowly in chunks, and with Expect: 100-continue: the answer of the body sent
+    at once."""
     path = f"/v1/compare?models={STANDIN}"
     expected = httpx.post(server.base_url + path, content=IMAGE, headers={"Content-Type": "image/png"}, timeout=30)
     assert expected.status_code == 200, expected.text
