@@ -1,7 +1,8 @@
 """Session-wide fixtures shared by every suite.
 
 Model repositories are built once per test session (export is the slow part) and handed out
-read-only; a test that changes a repository takes `demo_repository_copy`.
+read-only; a test that changes a repository takes `demo_repository_copy`. The vanilla `demo` model is
+trained on the digits at most once per session too (`trained_demo`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+from repository_builder import TrainedDemo
 
 # Servers the tests start (in process or as `vitserve serve`) serve no gRPC unless a test asks for a port
 # (tests/service_server.py `start_server(..., grpc=True)`): the default, 8001, would be one port for all of them.
@@ -40,6 +42,20 @@ def demo_repository_copy(demo_repository: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "repository"
     shutil.copytree(demo_repository, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
+    """The vanilla `demo` trained once per session (~100 s on CPU) and shared read-only: the demo training test
+    checks its accuracy and manifest, the fine-tuning test starts every variant from its weights."""
+    pytest.importorskip("torch")
+    from export.train import train_demo_repository  # lazy: suites without torch use this conftest too
+
+    root = tmp_path_factory.mktemp("trained_demo")
+    weights_dir = root / "weights"
+    # the default recipe (DEMO_CONFIG, the default per-spec epochs: DEMO_CONFIG.epochs for the vanilla model)
+    results = train_demo_repository(root / "repository", ["demo"], progress=False, weights_dir=weights_dir)
+    return TrainedDemo(root / "repository", weights_dir / "demo.pth", results)
 
 
 #: skip reasons of tests that need something `make test` does not install, and the command that adds it

@@ -1,8 +1,9 @@
-"""The whole loop on real data: a vanilla `demo` checkpoint trained on the sklearn digits (the demo train
-code), fine-tuned into every variant through `vitserve-export finetune` on the digits written as an image
-folder (the 1400/397 split), served by a real `vitserve serve`, and every held-out image classified over
-HTTP: each variant reaches 93 % and stays within 3 points of the vanilla model fine-tuned by the same
-recipe, and the accuracy the manifest, /v1/models and /metrics report is exactly what HTTP measures.
+"""The whole loop on real data: the session's vanilla `demo` checkpoint (tests/conftest.py `trained_demo`, trained
+from scratch on the sklearn digits by the default demo recipe, DEMO_CONFIG), fine-tuned into every variant through
+`vitserve-export finetune` on the digits written as an image folder (the 1400/397 split), served by a real
+`vitserve serve`, and every held-out image classified over HTTP: each variant reaches 93 % and stays within 3 points
+of the vanilla model fine-tuned by the same recipe, and the accuracy the manifest, /v1/models and /metrics report is
+exactly what HTTP measures.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from repository_builder import TrainedDemo
 from service_server import ServerProcess, start_server
 
 from service.manifest import Manifest
@@ -24,8 +26,8 @@ from service.manifest import Manifest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
-#: from-scratch epochs of the vanilla checkpoint, then fine-tuning epochs per spec (kept small: CI cost)
-VANILLA_EPOCHS = 24
+#: fine-tuning epochs per spec (kept small: CI cost); the vanilla checkpoint they start from is the session's
+#: trained demo (`trained_demo`, the default recipe), shared with the demo training test rather than trained again
 FINETUNE_EPOCHS = 6
 #: bounds with a margin that holds across CPUs: one held-out image is 0.25 points, and training's floating-point
 #: results differ between machines (AMD and Intel gave one image either side of 95 % for demo-cb); the binomial
@@ -44,19 +46,16 @@ class Finetuned:
 
 
 @pytest.fixture(scope="session")
-def finetuned_digits(tmp_path_factory: pytest.TempPathFactory) -> Finetuned:
+def finetuned_digits(tmp_path_factory: pytest.TempPathFactory, trained_demo: TrainedDemo) -> Finetuned:
     pytest.importorskip("torch")
     from export.spec import parse_spec
-    from export.train import DATASET, DEMO_CONFIG, DEMO_SPECS, train_demo_repository, write_digits_folder
+    from export.train import DATASET, DEMO_SPECS, write_digits_folder
 
     root = tmp_path_factory.mktemp("finetune_digits")
     data = write_digits_folder(root / DATASET)
-    weights = root / "weights"
-    train_demo_repository(root / "scratch", ["demo"], config=replace(DEMO_CONFIG, epochs=VANILLA_EPOCHS),
-                          spec_epochs={}, progress=False, weights_dir=weights)
     repository = root / "repository"
     cmd = [sys.executable, "-m", "export.cli", "finetune", "--data", str(data), "--checkpoint",
-           str(weights / "demo.pth"), "--repository", str(repository), "--epochs", str(FINETUNE_EPOCHS),
+           str(trained_demo.weights), "--repository", str(repository), "--epochs", str(FINETUNE_EPOCHS),
            "--lr", "2e-3", "--batch-size", "32", "--augment", "affine", "--jobs", "2", "--threads", "1", "--quiet",
            *DEMO_SPECS]
     done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
