@@ -12,9 +12,12 @@ import re
 import shutil
 from collections.abc import Generator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from repository_builder import TrainedDemo
+
+if TYPE_CHECKING:  # imported where used: tests/monitoring/test_skip_summary.py runs this file alone
+    from repository_builder import TrainedDemo
 
 # Servers the tests start (in process or as `vitserve serve`) serve no gRPC unless a test asks for a port
 # (tests/service_server.py `start_server(..., grpc=True)`): the default, 8001, would be one port for all of them.
@@ -49,6 +52,8 @@ def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
     """The vanilla `demo` trained once per session (~100 s on CPU) and shared read-only: the demo training test
     checks its accuracy and manifest, the fine-tuning test starts every variant from its weights."""
     pytest.importorskip("torch")
+    from repository_builder import TrainedDemo
+
     from export.train import train_demo_repository  # lazy: suites without torch use this conftest too
 
     root = tmp_path_factory.mktemp("trained_demo")
