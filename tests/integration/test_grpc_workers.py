@@ -98,3 +98,26 @@ def test_health_and_repository_control_through_the_engine(workers: ServerProcess
         assert not c.is_model_ready("demo-cb")
     finally:
         c.close()
+
+
+def test_a_stream_is_served_through_the_engine_as_rest_is_through_a_front_end(workers: ServerProcess) -> None:
+    """ModelStreamInfer in the workers mode: answers by id equal REST's through a front end; a bad request fails
+    in-band and the stream goes on."""
+    assert workers.grpc_target is not None
+    x = images(2, seed=21)
+    expected = rest_logits(workers.base_url, "demo", x).tobytes()
+    answers: list[tuple[object, object]] = []
+    client = grpcclient.InferenceServerClient(workers.grpc_target)
+    try:
+        with pytest.raises(InferenceServerException) as unary:
+            client.infer("nope", [grpc_input(x)])
+        client.start_stream(callback=lambda result, error: answers.append((result, error)))
+        client.async_stream_infer("demo", [grpc_input(x)], request_id="a")
+        client.async_stream_infer("nope", [grpc_input(x)], request_id="bad")
+        client.async_stream_infer("demo", [grpc_input(x)], request_id="b")
+        client.stop_stream()
+    finally:
+        client.close()
+    served = {r.get_response().id: r.as_numpy(OUTPUT).tobytes() for r, e in answers if e is None}
+    assert served == {"a": expected, "b": expected}
+    assert [e.message() for _, e in answers if e is not None] == [unary.value.message()]
