@@ -91,26 +91,20 @@ def grpc_target() -> Iterator[str]:
     thread.join(30)
 
 
-def test_a_grpc_sweep_counts_answers_and_maps_failures_to_rest_statuses(grpc_target: str) -> None:
+@pytest.mark.parametrize(("client", "concurrencies", "refused"), [
+    ("grpc", [1, 4], "429"),  # RESOURCE_EXHAUSTED read back as REST's status
+    ("grpc-stream", [1, 8], "500"),  # an in-band error_message (answers out of order, matched by id)
+])
+def test_a_grpc_sweep_counts_answers_and_maps_failures_to_rest_statuses(grpc_target: str, client: str,
+                                                                      concurrencies: list[int], refused: str) -> None:
     with echo_server() as http:  # the HTTP side only reads statistics (none here)
-        ok = sweep(http.url, infer_message("m", (1, 3, 4, 4)), concurrencies=[1, 4], cfg=FAST, progress=None,
-                   client="grpc", grpc_target=grpc_target)
+        ok = sweep(http.url, infer_message("m", (1, 3, 4, 4)), concurrencies=concurrencies, cfg=FAST, progress=None,
+                   client=client, grpc_target=grpc_target)
         full = sweep(http.url, infer_message("full", (1, 3, 4, 4)), concurrencies=[2], cfg=FAST, progress=None,
-                     client="grpc", grpc_target=grpc_target)
-    assert [p.concurrency for p in ok] == [1, 4]
+                     client=client, grpc_target=grpc_target)
+    assert [p.concurrency for p in ok] == concurrencies
     assert all(p.requests > 0 and p.errors == 0 for p in ok)
-    assert full[0].requests == 0 and set(full[0].errors_by_status) == {"429"}
-
-
-def test_a_grpc_stream_sweep_matches_answers_by_id_and_counts_in_band_errors(grpc_target: str) -> None:
-    with echo_server() as http:
-        ok = sweep(http.url, infer_message("m", (1, 3, 4, 4)), concurrencies=[1, 8], cfg=FAST, progress=None,
-                   client="grpc-stream", grpc_target=grpc_target)
-        full = sweep(http.url, infer_message("full", (1, 3, 4, 4)), concurrencies=[2], cfg=FAST, progress=None,
-                     client="grpc-stream", grpc_target=grpc_target)
-    assert [p.concurrency for p in ok] == [1, 8]
-    assert all(p.requests > 0 and p.errors == 0 for p in ok)
-    assert full[0].requests == 0 and set(full[0].errors_by_status) == {"500"}
+    assert full[0].requests == 0 and set(full[0].errors_by_status) == {refused}
 
 
 def test_stream_answers_out_of_order_reach_their_own_senders(grpc_target: str) -> None:
