@@ -185,16 +185,13 @@ class _Connection:
                 segment.write(sub.offset, outputs)
             total = time.monotonic() - start
             finite = out.finite if out.finite is not None else bool(np.isfinite(outputs).all())
-            if finite:
-                lv.observer.request_succeeded(total, out.queue_s, out.compute_s, requests)
-            elif requests == 1:  # the front end answers 500 (service/pipeline.py's check); counted here as Triton does
-                lv.observer.request_failed(total)
-            else:  # a group: only the requests whose own rows are not finite fail (the front end checks each)
+            bad = 0  # requests the front end answers 500 (service/pipeline.py's check), counted here as Triton does
+            if not finite:  # in a group, only those whose own rows are not finite (the front end checks each)
                 rows = np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
                 bad = requests if len(rows) != requests else int(requests - rows.sum())
                 lv.observer.request_failed(total, bad)
-                if requests > bad:
-                    lv.observer.request_succeeded(total, out.queue_s, out.compute_s, requests - bad)
+            if requests > bad:
+                lv.observer.request_succeeded(total, out.queue_s, out.compute_s, requests - bad)
             done = msg.Done(sub.rid, outputs.shape, outputs.dtype.str, out.queue_s, out.compute_s, out.batch_size,
                         np.ascontiguousarray(outputs) if segment is None else None, finite)
         except Exception as exc:  # noqa: BLE001 - every request gets an answer (a callback's error would be lost)
