@@ -33,8 +33,8 @@ calls `cb` when the connection is lost (see service/api/common.py: `cancel_on_di
 
 A request on one of the hot routes skips ASGI altogether when the class has a `direct` server
 (service/api/fast_path.py, `VITSERVE_DIRECT_ROUTES`): its task runs that server's coroutine over
-uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control, keep-alive,
-pipelining and the guards above are the same for both.
+uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control (but for a body of
+declared length read whole: `collect_body`), keep-alive, pipelining and the guards above are the same for both.
 """
 
 from __future__ import annotations

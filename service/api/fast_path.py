@@ -15,7 +15,8 @@ The path has two doors, whichever way the request arrived:
   `Request`, a `Response` sent as two ASGI messages, and uvicorn's `send`, which checks and assembles the head:
   about a third of the event loop's CPU per request on a small model. Here the protocol hands a hot request's
   uvicorn `RequestResponseCycle` to `DirectRoutes.serve`, which calls the endpoint with a `RequestView` over
-  the cycle and writes the answer itself. The cycle still buffers the body, pauses and resumes reading, and
+  the cycle and writes the answer itself. The cycle still buffers the body, pauses and resumes reading (a body
+  of declared length is read whole instead, without a pause: `GuardedHttpToolsProtocol.collect_body`), and
   queues pipelined requests; what this module does in place of uvicorn's `receive`/`send` it does as they do
   (100-continue before the first body read, flow control, the date header, `connection: close` when not kept
   alive, the cycle completed and the next pipelined request started), and what it does in place of the ASGI
@@ -138,7 +139,8 @@ class DirectRoutes:
 
 
 class DirectRequest:
-    """`RequestView` over a uvicorn request cycle; reading the body does what uvicorn's `receive` does.
+    """`RequestView` over a uvicorn request cycle; reading the body does what uvicorn's `receive` does (a body of
+    declared length: read whole, and handed over as the bytearray it was read into).
 
     `limit`: count the body against this many bytes as it arrives (a body without Content-Length;
     one with it was checked before and the parser delivers no more than it declares)."""
