@@ -50,7 +50,8 @@ class RequestView(Protocol):
     query_string: bytes
     connection: DisconnectWatch | None
 
-    async def body(self) -> bytes: ...
+    async def body(self) -> bytes | bytearray:
+        """The whole body: bytes, or the bytearray it was read into (the direct path hands it over uncopied)."""
 
     def stream(self) -> AsyncIterator[bytes]: ...
 
