@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the test's fine-tuning recipe (kept short: CI cost): 3 epochs at half the bench table's learning rate and without
-#: its augmentation reach that recipe's accuracy (~96 %) in less than half its time; the vanilla checkpoint they
+#: its augmentation reach that recipe's accuracy (~96 %) in about half its time; the vanilla checkpoint they
 #: start from is the session's trained demo (`trained_demo`, the default recipe), shared with the demo training test
 FINETUNE_EPOCHS = 3
 FINETUNE_LR = "1e-3"
