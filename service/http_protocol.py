@@ -33,8 +33,8 @@ calls `cb` when the connection is lost (see service/api/common.py: `cancel_on_di
 
 A request on one of the hot routes skips ASGI altogether when the class has a `direct` server
 (service/api/fast_path.py, `VITSERVE_DIRECT_ROUTES`): its task runs that server's coroutine over
-uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control (but for a body of
-declared length read whole: `collect_body`), keep-alive, pipelining and the guards above are the same for both.
+uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control, keep-alive,
+pipelining and the guards above are the same for both.
 """
 
 from __future__ import annotations
@@ -275,7 +275,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = False  # answered and closing: read and drop what the client still sends
         self._watchers = DisconnectWatchers()  # the requests in progress on this connection
         self._direct_cycle: RequestResponseCycle | None = None  # the last cycle handed to `direct`
-        self._collecting: RequestResponseCycle | None = None  # whose body is buffered whole (`collect_body`)
         self._active: RequestResponseCycle | None = None  # the request being answered (others wait in `pipeline`)
         self._held = HeldBodies(self.body_budget)
         # set by a parser callback before it raises _Refused: (status, message, retry_after, cycle whose body
@@ -389,25 +388,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(message)
 
     def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
-        if not self._held.grow(cycle, len(body), self._active):
-            self._raise(503, over_budget(self.body_budget), retry_after=True, cycle=cycle)
-        if cycle is not None and cycle is self._collecting and not cycle.response_complete:
-            cycle.body += body  # no pause, no wake-up: its reader waits for the message's end
-            return
+        if not self._held.grow(self.cycle, len(body), self._active):
+            self._raise(503, over_budget(self.body_budget), retry_after=True, cycle=self.cycle)
         super().on_body(body)
 
-    def collect_body(self, cycle: RequestResponseCycle) -> None:
-        """Buffer the rest of the active request's body as it arrives, reading on: its reader waits for the end
-        (`more_body` false) instead of taking it piece by piece. uvicorn pauses reading past 64 KB until the
-        application takes the piece, which for a body of several hundred KB costs a pause, a resume and a
-        wake-up of the reader per piece. Only for a body of declared length: the budget holds all of it (or
-        it is small), so buffering it whole takes no memory the budget has not granted."""
-        self._collecting = cycle
-        self.flow.resume_reading()
-
     def on_message_complete(self) -> None:
-        self._collecting = None
         super().on_message_complete()
         self._held.streaming = None
         self._in_head, self._head_bytes = True, 0

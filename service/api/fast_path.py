@@ -15,8 +15,7 @@ The path has two doors, whichever way the request arrived:
   `Request`, a `Response` sent as two ASGI messages, and uvicorn's `send`, which checks and assembles the head:
   about a third of the event loop's CPU per request on a small model. Here the protocol hands a hot request's
   uvicorn `RequestResponseCycle` to `DirectRoutes.serve`, which calls the endpoint with a `RequestView` over
-  the cycle and writes the answer itself. The cycle still buffers the body, pauses and resumes reading (a body
-  of declared length is read whole instead, without a pause: `GuardedHttpToolsProtocol.collect_body`), and
+  the cycle and writes the answer itself. The cycle still buffers the body, pauses and resumes reading, and
   queues pipelined requests; what this module does in place of uvicorn's `receive`/`send` it does as they do
   (100-continue before the first body read, flow control, the date header, `connection: close` when not kept
   alive, the cycle completed and the next pipelined request started), and what it does in place of the ASGI
@@ -139,54 +138,33 @@ class DirectRoutes:
 
 
 class DirectRequest:
-    """`RequestView` over a uvicorn request cycle; reading the body does what uvicorn's `receive` does (a body of
-    declared length: read whole, and handed over as the bytearray it was read into).
+    """`RequestView` over a uvicorn request cycle; reading the body does what uvicorn's `receive` does.
 
     `limit`: count the body against this many bytes as it arrives (a body without Content-Length;
     one with it was checked before and the parser delivers no more than it declares)."""
 
-    __slots__ = ("headers", "query_string", "connection", "_protocol", "_cycle", "_limit", "_received", "_body",
-                 "_streamed", "refused")
+    __slots__ = ("headers", "query_string", "connection", "_cycle", "_limit", "_received", "_body", "_streamed",
+                 "refused")
 
     def __init__(self, connection: GuardedHttpToolsProtocol, cycle: RequestResponseCycle, limit: int | None) -> None:
         scope = cycle.scope
         self.headers: Headers = RequestHeaders(cast("list[tuple[bytes, bytes]]", scope["headers"]))
         self.query_string: bytes = scope["query_string"]
         self.connection: DisconnectWatch | None = connection
-        self._protocol = connection
         self._cycle = cycle
         self._limit = limit
         self._received = 0
-        self._body: bytes | bytearray | None = None
+        self._body: bytes | None = None
         self._streamed = False  # read by `stream` (not kept): `body` cannot read it again
         self.refused = False  # the body streamed past the limit: the answer is the body limit's 413
-
-    def _continue(self) -> None:
-        """100-continue before the first read of the body, as uvicorn's `receive`."""
-        cycle = self._cycle
-        if cycle.waiting_for_100_continue and not cycle.transport.is_closing():
-            cycle.transport.write(CONTINUE)
-            cycle.waiting_for_100_continue = False
-
-    async def _whole(self) -> bytearray:
-        """A body of declared length, whole: the buffer the protocol filled (read on without a hand-off per
-        piece), taken from the cycle without a copy; ClientDisconnect when the client went away."""
-        cycle = self._cycle
-        self._continue()
-        if cycle.more_body and not cycle.disconnected and not cycle.response_complete:
-            self._protocol.collect_body(cycle)
-            while cycle.more_body and not cycle.disconnected and not cycle.response_complete:
-                await cycle.message_event.wait()
-                cycle.message_event.clear()
-        if cycle.disconnected or cycle.response_complete:
-            raise ClientDisconnect()
-        body, cycle.body = cycle.body, bytearray()
-        return body
 
     async def _receive(self) -> tuple[bytes, bool]:
         """The next piece of the body and whether more follows; ClientDisconnect when the client went away."""
         cycle = self._cycle
-        self._continue()
+        transport = self._cycle.transport
+        if cycle.waiting_for_100_continue and not transport.is_closing():
+            transport.write(CONTINUE)
+            cycle.waiting_for_100_continue = False
         if not cycle.disconnected and not cycle.response_complete:
             cycle.flow.resume_reading()
             await cycle.message_event.wait()
@@ -202,13 +180,10 @@ class DirectRequest:
                 raise PayloadTooLarge(streamed_refusal(self._limit))
         return chunk, more
 
-    async def body(self) -> bytes | bytearray:
+    async def body(self) -> bytes:
         if self._body is None:
             if self._streamed:
                 raise RuntimeError("Stream consumed")  # as Starlette's Request
-            if self._limit is None:
-                self._body = await self._whole()
-                return self._body
             chunk, more = await self._receive()
             if more:
                 chunks = [chunk]
@@ -221,7 +196,7 @@ class DirectRequest:
 
     async def stream(self) -> AsyncIterator[bytes]:
         if self._body is not None:
-            yield bytes(self._body)
+            yield self._body
             return
         if self._streamed:  # as Starlette's Request: the body has been consumed (never wait for more)
             raise RuntimeError("Stream consumed")

@@ -50,8 +50,7 @@ class RequestView(Protocol):
     query_string: bytes
     connection: DisconnectWatch | None
 
-    async def body(self) -> bytes | bytearray:
-        """The whole body: bytes, or the bytearray it was read into (the direct path hands it over uncopied)."""
+    async def body(self) -> bytes: ...
 
     def stream(self) -> AsyncIterator[bytes]: ...
 

@@ -208,7 +208,7 @@ async def read_image(request: RequestView, store: Catalog) -> bytes:
     if ctype == "multipart/form-data":
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) <= SMALL_MULTIPART_BYTES:
-            image = single_file_part(bytes(await request.body()), content_type)
+            image = single_file_part(await request.body(), content_type)
             if image is not None:
                 return image
         try:
@@ -229,7 +229,7 @@ async def read_image(request: RequestView, store: Catalog) -> bytes:
         if not ctype:
             raise UnsupportedMediaType("missing Content-Type (send multipart/form-data, image/*, or application/json)")
         raise UnsupportedMediaType(f"unsupported Content-Type {ctype!r} (send multipart/form-data, image/*, or JSON)")
-    body = bytes(await request.body())
+    body = await request.body()
     if raw:
         return body
     return await store.run_blocking(image_from_json, body) if len(body) > LARGE_BODY_BYTES else image_from_json(body)

@@ -53,8 +53,7 @@ def parse_header_length(value: str | None) -> int | None:
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def decode_content_encoding(body: bytes | bytearray, content_encoding: str | None, *, max_size: int
-                            ) -> bytes | bytearray:
+def decode_content_encoding(body: bytes, content_encoding: str | None, *, max_size: int) -> bytes:
     """Undo gzip/deflate request compression (tritonclient's `request_compression_algorithm`),
     never inflating past `max_size` bytes (a compressed body can be a bomb).
 
@@ -208,7 +207,7 @@ PLAN_CACHE_HEADER_BYTES = 4096
 
 
 def parse_infer_request(
-    body: bytes | bytearray,
+    body: bytes,
     header_length: int | None,
     *,
     expected_inputs: Mapping[str, TensorSpec | tuple[str, Sequence[int]]],
@@ -227,7 +226,7 @@ def parse_infer_request(
     (`_binary_plan`); only the tensor bytes are decoded per request. Any other body takes the general path.
     The returned request may then be shared by many requests: callers read it, never change it.
     """
-    view = memoryview(body).toreadonly()  # a bytearray's tensors too are read-only views
+    view = memoryview(body)
     if header_length is None:
         header, binary = view, view[len(view) :]
     else:

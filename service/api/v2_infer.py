@@ -54,7 +54,7 @@ def wire_version(text: str | None) -> int | None:
         raise ModelNotFound(f"no version {text!r}") from None
 
 
-def check_json_size(model: str, body: bytes | bytearray, json_bytes: int, numbers: int) -> None:
+def check_json_size(model: str, body: bytes, json_bytes: int, numbers: int) -> None:
     """413 for a JSON part (the whole body, or the header before binary tensors; after inflating) no legal
     request of `numbers` numbers can need, before pydantic builds millions of Python objects (it holds the GIL,
     stalling every other request): a JSON tensor is ~10-25 bytes per number."""

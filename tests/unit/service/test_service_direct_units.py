@@ -116,51 +116,5 @@ def test_direct_request_stream_read_twice_raises_as_starlette_does(tmp_path) -> 
     assert outcome == ["RuntimeError: Stream consumed"]
 
 
-def test_a_declared_body_is_read_whole_without_pausing_and_handed_over_uncopied(tmp_path) -> None:
-    """A body of declared length above uvicorn's 64 KiB high-water mark, arriving in pieces: once its reader
-    waits for it, reading never pauses, and the reader gets the protocol's buffer (a bytearray) holding it all."""
-    from test_service_http_protocol import _protocol
-
-    from service.api.fast_path import DirectRequest
-
-    body = bytes(range(256)) * 800  # 200 KiB
-    got: list[bytes | bytearray] = []
-    paused_while_collecting: list[bool] = []
-
-    async def main() -> None:
-        protocol, _, _ = _protocol(tmp_path, direct_routes=True)
-
-        class Whole:
-            def serve(self, connection, cycle):  # noqa: ANN001, ANN202 - DirectServer
-                async def run() -> None:
-                    got.append(await DirectRequest(connection, cycle, None).body())
-                return run()
-
-        protocol.direct = Whole()
-        data = b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
-        for i in range(0, len(data), 96 * 1024):  # the first piece passes the mark before the reader runs
-            protocol.data_received(data[i:i + 96 * 1024])
-            await asyncio.sleep(0)
-            if protocol._collecting is not None:
-                paused_while_collecting.append(protocol.flow.read_paused)
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.01)
-
-    asyncio.run(main())
-    assert got == [body] and type(got[0]) is bytearray
-    assert paused_while_collecting and not any(paused_while_collecting)
-
-
-def test_tensors_decoded_from_a_bytearray_body_are_read_only_views() -> None:
-    body, header_length = _body(2)
-    buffer = bytearray(body)
-    _, arrays = parse_infer_request(buffer, header_length, expected_inputs=SPECS, max_batch_size=8)
-    pixels = arrays["pixel_values"]
-    assert not pixels.flags.writeable and np.shares_memory(pixels, np.frombuffer(buffer, np.uint8))
-    assert (pixels == 1).all()
-
-
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
