@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.samples import Sample
 
 from service.runtimes.standin import write_standin_model
 
@@ -56,16 +57,47 @@ def rest_logits(base_url: str, model: str, x: np.ndarray) -> np.ndarray:
     return result
 
 
-def metric(base_url: str, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels` (0 when none)."""
+def scrape(base_url: str) -> list[Sample]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    total = 0.0
-    for family in text_string_to_metric_families(httpx.get(base_url + "/metrics", timeout=10).text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when none)."""
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    return total(scrape(base_url), name, **labels)
+
+
+def answered(base_url: str) -> float:
+    """SLOW's requests answered 200 so far."""
+    return metric(base_url, "vitserve_requests_total", model=SLOW, code="200")
+
+
+def wait_queued_behind(base_url: str, busy: int, waiting: int, answered_before: float, max_done: int | None = None,
+                       timeout_s: float = 30.0) -> None:
+    """Until `waiting` more requests queue for SLOW (one image per batch) behind `busy` sent earlier, while no more
+    than `max_done` of those are answered (by default all but the last: the waiting ones are not yet computed).
+
+    One scrape gives the queue depth and the answers, and the busy ones not yet answered count as queued but one
+    (in compute): a stale answer count asks for more, never less, so a slow host waits rather than passes early,
+    and the window to queue in lasts as long as the busy ones do, not one batch.
+    """
+    limit = busy - 1 if max_done is None else max_done
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = scrape(base_url)
+        done = int(total(samples, "vitserve_requests_total", model=SLOW, code="200") - answered_before)
+        depth = total(samples, "vitserve_queue_depth", model=SLOW)
+        assert done <= limit, f"{done} of the {busy} busy requests answered before {waiting} more queued"
+        if depth >= max(busy - done - 1, 0) + waiting:
+            return
+        assert time.monotonic() < deadline, f"queue depth {depth} with {done} of {busy} busy answered"
+        time.sleep(0.02)
 
 
 def wait_for_metric(base_url: str, name: str, at_least: float, timeout_s: float = 30.0, **labels: str) -> float:

@@ -25,12 +25,14 @@ from grpc_support import (
     SLOW,
     SLOW_BATCH_MS,
     TIGHT,
+    answered,
     build_grpc_repository,
     grpc_input,
     images,
     metric,
     rest_logits,
     wait_for_metric,
+    wait_queued_behind,
 )
 from service_server import API_KEY, ServerProcess, start_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -337,16 +339,13 @@ def test_a_full_queue_is_resource_exhausted(server: ServerProcess) -> None:
                for o in refused), refused
 
 
-def _queue_busy(server: ServerProcess, waiting: int) -> None:
-    depth = wait_for_metric(server.base_url, "vitserve_queue_depth", waiting, model=SLOW)
-    assert depth >= waiting, server.log()[-2000:]
-
-
 def test_the_clients_deadline_is_the_requests_deadline(client: grpcclient.InferenceServerClient,
                                                        server: ServerProcess) -> None:
-    """Behind three queued 400 ms batches a call with a 300 ms deadline is DEADLINE_EXCEEDED and never computed."""
+    """Behind at least two queued 400 ms batches a call with a 300 ms deadline is DEADLINE_EXCEEDED and never
+    computed."""
     x = images(1)
     before = client.get_inference_statistics(SLOW).model_stats[0].inference_count
+    answered_before = answered(server.base_url)
 
     async def main() -> tuple[list[object], object]:
         assert server.grpc_target is not None
@@ -354,8 +353,8 @@ def test_the_clients_deadline_is_the_requests_deadline(client: grpcclient.Infere
         try:
             inp = aioclient.InferInput(INPUT, list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
-            busy = [asyncio.create_task(c.infer(SLOW, [inp])) for _ in range(3)]
-            await asyncio.to_thread(_queue_busy, server, 2)
+            busy = [asyncio.create_task(c.infer(SLOW, [inp])) for _ in range(4)]
+            await asyncio.to_thread(wait_queued_behind, server.base_url, 4, 0, answered_before, max_done=1)
             late: object
             try:
                 late = await c.infer(SLOW, [inp], client_timeout=0.3)
@@ -369,7 +368,7 @@ def test_the_clients_deadline_is_the_requests_deadline(client: grpcclient.Infere
     assert all(not isinstance(b, BaseException) for b in busy), busy
     assert isinstance(late, InferenceServerException) and late.status() == "StatusCode.DEADLINE_EXCEEDED", late
     stats = client.get_inference_statistics(SLOW).model_stats[0]
-    assert stats.inference_count == before + 3  # the late one was never computed
+    assert stats.inference_count == before + 4  # the late one was never computed
 
 
 def test_a_cancelled_call_leaves_the_queue_and_is_never_computed(client: grpcclient.InferenceServerClient,
@@ -377,6 +376,7 @@ def test_a_cancelled_call_leaves_the_queue_and_is_never_computed(client: grpccli
     x = images(1)
     before = client.get_inference_statistics(SLOW).model_stats[0].inference_count
     cancelled_before = metric(server.base_url, "vitserve_requests_total", model=SLOW, code="499", protocol="grpc")
+    answered_before = answered(server.base_url)
 
     async def main() -> list[object]:
         assert server.grpc_target is not None
@@ -384,10 +384,10 @@ def test_a_cancelled_call_leaves_the_queue_and_is_never_computed(client: grpccli
         try:
             inp = aioclient.InferInput(INPUT, list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
-            busy = [asyncio.create_task(c.infer(SLOW, [inp])) for _ in range(2)]
-            await asyncio.to_thread(_queue_busy, server, 1)
+            busy = [asyncio.create_task(c.infer(SLOW, [inp])) for _ in range(3)]
+            await asyncio.to_thread(wait_queued_behind, server.base_url, 3, 0, answered_before)
             gone = [asyncio.create_task(c.infer(SLOW, [inp])) for _ in range(3)]
-            await asyncio.to_thread(_queue_busy, server, 4)
+            await asyncio.to_thread(wait_queued_behind, server.base_url, 3, 3, answered_before)
             for task in gone:
                 task.cancel()
             await asyncio.gather(*gone, return_exceptions=True)
@@ -400,7 +400,7 @@ def test_a_cancelled_call_leaves_the_queue_and_is_never_computed(client: grpccli
     cancelled = wait_for_metric(server.base_url, "vitserve_requests_total", cancelled_before + 3, model=SLOW,
                                 code="499", protocol="grpc")
     assert cancelled == cancelled_before + 3, server.log()[-2000:]
-    assert client.get_inference_statistics(SLOW).model_stats[0].inference_count == before + 2
+    assert client.get_inference_statistics(SLOW).model_stats[0].inference_count == before + 3
     assert metric(server.base_url, "vitserve_queue_depth", model=SLOW) == 0
 
 
@@ -505,6 +505,7 @@ def test_a_cancelled_stream_withdraws_its_queued_requests(client: grpcclient.Inf
     x = images(1)
     before = client.get_inference_statistics(SLOW).model_stats[0].inference_count
     cancelled_before = metric(server.base_url, "vitserve_requests_total", model=SLOW, code="499", protocol="grpc")
+    answered_before = answered(server.base_url)
 
     async def main() -> None:
         assert server.grpc_target is not None
@@ -526,7 +527,7 @@ def test_a_cancelled_stream_withdraws_its_queued_requests(client: grpcclient.Inf
         task = asyncio.create_task(consume())
         try:
             await sent.wait()
-            await asyncio.to_thread(_queue_busy, server, 4)
+            await asyncio.to_thread(wait_queued_behind, server.base_url, 1, 4, answered_before)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         finally:
