@@ -12,6 +12,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 REPOSITORY ?= models/demo
 PYTEST_ARGS ?=
+# `make test` runs one pytest worker per core (at most 4; TEST_WORKERS=0 runs in one process), each test file on one
+# worker: its module-scoped servers start once, and most of the suite's time is servers and clients waiting
+TEST_WORKERS ?= auto
 
 # The lock: requirements/full.txt (the service and every extra, Linux x86_64, CPython 3.11) pins what
 # `make setup` / CI install; requirements/service-{cpu,gpu}.txt pin the images (no torch). `make lock`
@@ -57,7 +60,7 @@ demo: $(VENV)/.full
 	rm -rf models/demo && mv models/.demo-new models/demo
 
 test: $(VENV)/.full
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
 # ruff (service, export, bench, tests) and mypy (service, export); configured in pyproject.toml
 lint: $(VENV)/.full

@@ -49,8 +49,9 @@ def demo_repository_copy(demo_repository: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
-    """The vanilla `demo` trained once per session (~100 s on CPU) and shared read-only: the demo training test
-    checks its accuracy and manifest, the fine-tuning test starts every variant from its weights."""
+    """The vanilla `demo` trained once per session and shared read-only: the demo training test checks its accuracy
+    and manifest, the fine-tuning test starts every variant from its weights (both in
+    tests/integration/test_finetune_digits.py, so one worker of `make test` trains it)."""
     pytest.importorskip("torch")
     from repository_builder import TrainedDemo
 
@@ -85,15 +86,33 @@ def _skipped_for_missing(terminalreporter: pytest.TerminalReporter) -> dict[str,
     return found
 
 
+def _figures(terminalreporter: pytest.TerminalReporter) -> dict[str, str]:
+    """name -> JSON: the figures tests recorded (tests/reliability/reliability_support.py `FIGURES`), from the reports'
+    user properties named `figure:...`, which reach this process from every worker."""
+    figures: dict[str, str] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if isinstance(name, str) and name.startswith("figure:"):
+                    figures[name.removeprefix("figure:")] = str(value)
+    return figures
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None, None, None]:
-    """After pytest's own summary sections, one line when tests were skipped for a missing tool.
+    """After pytest's own summary sections: the reliability suite's figures, then one line when tests were skipped
+    for a missing tool.
 
     Why: `make test` installs Python packages only; promtool, prometheus, docker-compose (and an image)
     come from elsewhere, and a green run with silent skips is not CI's green run. pytest's closing
     `N passed, N skipped` line still comes last (CI reads it).
     """
     yield
+    figures = _figures(terminalreporter)
+    if figures:
+        terminalreporter.section("vitserve reliability figures")
+        for name in sorted(figures):
+            terminalreporter.write_line(f"{name}: {figures[name]}")
     found = _skipped_for_missing(terminalreporter)
     if found:
         parts = [f"{count} need {', '.join(sorted(what))} -> {command}" for command, (count, what) in found.items()]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from reliability_support import (
     BATCH_ONE,
+    FIGURE_PREFIX,
     FIGURES,
     SLOW,
     ServerProcess,
@@ -44,8 +45,14 @@ def hostile_server(reliability_repository: Path, tmp_path_factory: pytest.TempPa
         yield srv
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FIGURES:
-        terminalreporter.section("vitserve reliability figures")
-        for key, value in FIGURES.items():
-            terminalreporter.write_line(f"{key}: {json.dumps(value)}")
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item) -> None:
+    """The figures a test recorded travel in its report (as JSON), so the run's closing summary prints them: with
+    `make test`'s workers the summary is written by another process (tests/conftest.py)."""
+    item.user_properties.extend((FIGURE_PREFIX + k, json.dumps(v, default=_plain)) for k, v in FIGURES.items())
+    FIGURES.clear()
+
+
+def _plain(value: object) -> object:
+    item = getattr(value, "item", None)  # numpy scalars
+    return item() if callable(item) else str(value)

@@ -40,8 +40,10 @@ from tiny_repository import (  # noqa: E402,F401  (after the sys.path setup; re-
 )
 
 STACK_TRACE = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
-# Figures measured by the suite (overload rejection latency, drain, soak): printed in the terminal summary.
+# Figures measured by the suite (overload rejection latency, drain, soak): printed in the terminal summary, carried
+# there as the reports' user properties named with this prefix (tests/reliability/conftest.py, tests/conftest.py)
 FIGURES: dict[str, object] = {}
+FIGURE_PREFIX = "figure:"
 
 
 # -- extra models -------------------------------------------------------------------------------

@@ -112,15 +112,6 @@ def test_committed_demo_repository_is_small():
     assert total < 15 * 2**20
 
 
-@pytest.mark.slow
-def test_training_the_demo_model_reaches_95_percent(trained_demo):
-    results = trained_demo.results  # the session's vanilla demo, trained by the default recipe (tests/conftest.py)
-    assert results["demo"] >= MIN_ACCURACY
-    evaluation = Manifest.load(trained_demo.repository / "demo").evaluation
-    assert evaluation.top1 == results["demo"] and evaluation.dataset.name == DATASET
-    assert evaluation.recipe is not None and evaluation.recipe.start == "random(seed=0)"
-
-
 def test_training_transforms_see_digits_as_the_service_does_and_affine_keeps_the_background_black(digits_folder):
     import torch
 
