@@ -33,8 +33,9 @@ calls `cb` when the connection is lost (see service/api/common.py: `cancel_on_di
 
 A request on one of the hot routes skips ASGI altogether when the class has a `direct` server
 (service/api/fast_path.py, `VITSERVE_DIRECT_ROUTES`): its task runs that server's coroutine over
-uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control, keep-alive,
-pipelining and the guards above are the same for both.
+uvicorn's request cycle instead of `cycle.run_asgi(app)`; body buffering, flow control (but for a body of
+declared length, collected whole: `collect_body`), keep-alive, pipelining and the guards above are the same for
+both.
 """
 
 from __future__ import annotations
@@ -276,6 +277,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._watchers = DisconnectWatchers()  # the requests in progress on this connection
         self._direct_cycle: RequestResponseCycle | None = None  # the last cycle handed to `direct`
         self._active: RequestResponseCycle | None = None  # the request being answered (others wait in `pipeline`)
+        self._collecting: RequestResponseCycle | None = None  # whose body is collected whole (`collect_body`)
+        self._pieces: list[bytes] = []  # its pieces so far
         self._held = HeldBodies(self.body_budget)
         # set by a parser callback before it raises _Refused: (status, message, retry_after, cycle whose body
         # was refused or None for a head)
@@ -301,6 +304,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.pipeline:
             self.logger.info("connection closed with %d pipelined request(s) not started", len(self.pipeline))
         super().connection_lost(exc)
+        self._collecting, self._pieces = None, []
         self._held.release_all()
         self._watchers.fire()
 
@@ -388,9 +392,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(message)
 
     def on_body(self, body: bytes) -> None:
-        if not self._held.grow(self.cycle, len(body), self._active):
-            self._raise(503, over_budget(self.body_budget), retry_after=True, cycle=self.cycle)
+        cycle = self.cycle
+        if not self._held.grow(cycle, len(body), self._active):
+            self._raise(503, over_budget(self.body_budget), retry_after=True, cycle=cycle)
+        if cycle is self._collecting and not cycle.response_complete:
+            self._pieces.append(body)  # no pause, no wake-up: the reader waits for the message's end
+            return
         super().on_body(body)
+
+    def collect_body(self, cycle: RequestResponseCycle) -> None:
+        """Collect the rest of the active request's body as it arrives, reading on, for a reader that waits for
+        its end (`more_body` false) and takes it whole (`collected`). uvicorn pauses reading past 64 KB until
+        the application takes each piece: for a tensor body of several hundred KB, a pause, a resume, a wake-up
+        of the reader and a copy per piece. Only for a body of declared length, which the budget holds in
+        full from its head: collecting takes no memory the budget has not granted. The pieces are kept as
+        they came and joined once, as the piecewise reader joins them."""
+        self._collecting, self._pieces = cycle, []
+        self.flow.resume_reading()
+
+    def collected(self, cycle: RequestResponseCycle) -> bytes:
+        """The body `collect_body` gathered (after what uvicorn had buffered before), whole; collecting ends."""
+        pieces: list[bytes] = []
+        if cycle is self._collecting:
+            pieces, self._collecting, self._pieces = self._pieces, None, []
+        body = b"".join((cycle.body, *pieces))
+        cycle.body = bytearray()
+        return body
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -15,8 +15,9 @@ The path has two doors, whichever way the request arrived:
   `Request`, a `Response` sent as two ASGI messages, and uvicorn's `send`, which checks and assembles the head:
   about a third of the event loop's CPU per request on a small model. Here the protocol hands a hot request's
   uvicorn `RequestResponseCycle` to `DirectRoutes.serve`, which calls the endpoint with a `RequestView` over
-  the cycle and writes the answer itself. The cycle still buffers the body, pauses and resumes reading, and
-  queues pipelined requests; what this module does in place of uvicorn's `receive`/`send` it does as they do
+  the cycle and writes the answer itself. The cycle still buffers the body, pauses and resumes reading (a body
+  of declared length is collected whole instead: `GuardedHttpToolsProtocol.collect_body`), and queues
+  pipelined requests; what this module does in place of uvicorn's `receive`/`send` it does as they do
   (100-continue before the first body read, flow control, the date header, `connection: close` when not kept
   alive, the cycle completed and the next pipelined request started), and what it does in place of the ASGI
   layers gives their answers byte for byte (the body limit's refusals, the error table's JSON, the
@@ -143,14 +144,15 @@ class DirectRequest:
     `limit`: count the body against this many bytes as it arrives (a body without Content-Length;
     one with it was checked before and the parser delivers no more than it declares)."""
 
-    __slots__ = ("headers", "query_string", "connection", "_cycle", "_limit", "_received", "_body", "_streamed",
-                 "refused")
+    __slots__ = ("headers", "query_string", "connection", "_protocol", "_cycle", "_limit", "_received", "_body",
+                 "_streamed", "refused")
 
     def __init__(self, connection: GuardedHttpToolsProtocol, cycle: RequestResponseCycle, limit: int | None) -> None:
         scope = cycle.scope
         self.headers: Headers = RequestHeaders(cast("list[tuple[bytes, bytes]]", scope["headers"]))
         self.query_string: bytes = scope["query_string"]
         self.connection: DisconnectWatch | None = connection
+        self._protocol = connection
         self._cycle = cycle
         self._limit = limit
         self._received = 0
@@ -158,13 +160,34 @@ class DirectRequest:
         self._streamed = False  # read by `stream` (not kept): `body` cannot read it again
         self.refused = False  # the body streamed past the limit: the answer is the body limit's 413
 
+    def _continue(self) -> None:
+        """100-continue before the first read of the body, as uvicorn's `receive`."""
+        cycle = self._cycle
+        if cycle.waiting_for_100_continue and not cycle.transport.is_closing():
+            cycle.transport.write(CONTINUE)
+            cycle.waiting_for_100_continue = False
+
+    async def _whole(self) -> bytes:
+        """A body of declared length, whole, collected by the protocol as it arrives (no hand-off per piece:
+        `GuardedHttpToolsProtocol.collect_body`); ClientDisconnect when the client went away."""
+        cycle = self._cycle
+        self._continue()
+        try:
+            if cycle.more_body and not cycle.disconnected and not cycle.response_complete:
+                self._protocol.collect_body(cycle)
+                while cycle.more_body and not cycle.disconnected and not cycle.response_complete:
+                    await cycle.message_event.wait()
+                    cycle.message_event.clear()
+        finally:
+            body = self._protocol.collected(cycle)
+        if cycle.disconnected or cycle.response_complete:
+            raise ClientDisconnect()
+        return body
+
     async def _receive(self) -> tuple[bytes, bool]:
         """The next piece of the body and whether more follows; ClientDisconnect when the client went away."""
         cycle = self._cycle
-        transport = self._cycle.transport
-        if cycle.waiting_for_100_continue and not transport.is_closing():
-            transport.write(CONTINUE)
-            cycle.waiting_for_100_continue = False
+        self._continue()
         if not cycle.disconnected and not cycle.response_complete:
             cycle.flow.resume_reading()
             await cycle.message_event.wait()
@@ -184,6 +207,9 @@ class DirectRequest:
         if self._body is None:
             if self._streamed:
                 raise RuntimeError("Stream consumed")  # as Starlette's Request
+            if self._limit is None:  # declared length: checked against the limit at its head
+                self._body = await self._whole()
+                return self._body
             chunk, more = await self._receive()
             if more:
                 chunks = [chunk]

@@ -116,5 +116,68 @@ def test_direct_request_stream_read_twice_raises_as_starlette_does(tmp_path) -> 
     assert outcome == ["RuntimeError: Stream consumed"]
 
 
+def _collect(tmp_path, pieces: list[bytes], *, lose_connection: bool = False
+             ) -> tuple[list[object], list[bool], object]:
+    """Feed `pieces` to a protocol whose direct server reads the body whole; what the reader got, whether reading
+    was paused while the body was collected, and the protocol."""
+    from test_service_http_protocol import _protocol
+
+    from service.api.fast_path import DirectRequest
+
+    got: list[object] = []
+    paused_while_collecting: list[bool] = []
+    made: list[object] = []
+
+    async def main() -> None:
+        protocol, _, _ = _protocol(tmp_path, direct_routes=True)
+        made.append(protocol)
+
+        class Whole:
+            def serve(self, connection, cycle):  # noqa: ANN001, ANN202 - DirectServer
+                async def run() -> None:
+                    try:
+                        got.append(await DirectRequest(connection, cycle, None).body())
+                    except Exception as exc:  # noqa: BLE001 - the outcome is the test's
+                        got.append(type(exc).__name__)
+                return run()
+
+        protocol.direct = Whole()
+        for piece in pieces:
+            protocol.data_received(piece)
+            await asyncio.sleep(0)
+            if protocol._collecting is not None:
+                paused_while_collecting.append(protocol.flow.read_paused)
+        if lose_connection:
+            protocol.connection_lost(None)
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    return got, paused_while_collecting, made[0]
+
+
+def test_a_declared_body_is_collected_whole_without_pausing(tmp_path) -> None:
+    """A body of declared length above uvicorn's 64 KiB high-water mark, arriving in pieces: once its reader
+    waits for it, reading never pauses, and the reader gets all of it as bytes, once."""
+    body = bytes(range(256)) * 800  # 200 KiB
+    data = b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    step = 96 * 1024  # the first piece passes the mark before the reader runs
+    got, paused, protocol = _collect(tmp_path, [data[i:i + step] for i in range(0, len(data), step)])
+    assert got == [body] and type(got[0]) is bytes
+    assert paused and not any(paused)
+    assert protocol._collecting is None and protocol._pieces == []
+
+
+def test_a_body_cut_by_a_lost_connection_is_dropped_and_the_reader_told(tmp_path) -> None:
+    body = bytes(200 * 1024)
+    data = b"POST /m/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % (2 * len(body)) + body
+    got, _, protocol = _collect(tmp_path, [data[:100_000], data[100_000:]], lose_connection=True)
+    assert got == ["ClientDisconnect"]
+    assert protocol._collecting is None and protocol._pieces == []
+    assert protocol.body_budget.in_flight == 0
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -121,9 +121,10 @@ async def close(pairs: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) 
 async def test_a_burst_of_connections_spreads_evenly_across_the_front_ends(listener: socket.socket) -> None:
     slots = [NOT_ACCEPTING] * 2
     twin = listener.dup()  # a second descriptor of the one socket, as each front-end process holds
-    # a deferral long enough that a loaded host (one loop runs both acceptors and the 200 clients here) does not
-    # outlast it: what expires then is tested by the stuck-sibling test below; this one tests the split
-    a, b = FrontEnd(listener, slots, 0, defer_s=0.1), FrontEnd(twin, slots, 1, defer_s=0.1)
+    # a deferral long enough that a loaded host (one loop runs both acceptors and the 200 clients here, beside
+    # `make test`'s other workers) does not outlast it: what expires then is tested by the stuck-sibling test
+    # below; this one tests the split
+    a, b = FrontEnd(listener, slots, 0, defer_s=1.0), FrontEnd(twin, slots, 1, defer_s=1.0)
     a.acceptor.start()
     b.acceptor.start()
     pairs = await connect(listener, 200)
