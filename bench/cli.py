@@ -182,8 +182,12 @@ def cmd_gemm(args: argparse.Namespace) -> int:
 def cmd_openvino(args: argparse.Namespace) -> int:
     from bench import openvino
 
+    client = _resolve_client(args, prefer_wrk=True)
+    print(f"[openvino] load generator: {client}", file=sys.stderr, flush=True)
     for preset in _presets(args, ["vit_small"]):
-        print(f"results in {openvino.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out)}")
+        directory = openvino.run(preset, quick=args.quick, cache=args.cache, out_dir=args.out,
+                                 client=client)  # type: ignore[arg-type]
+        print(f"results in {directory}")
     return 0
 
 
@@ -362,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("openvino", help="ORT fp32/int8 vs OpenVINO f32/bf16 served over HTTP, with in-process "
                        "OpenVINO at the same batch size")
     p.add_argument("--preset", action="append", help="repeatable (default: vit_small)")
+    _client_options(p, "wrk when installed, else python")
     _common(p)
     p.set_defaults(func=cmd_openvino)
 

@@ -1,16 +1,18 @@
 """Comparison — ONNX Runtime vs OpenVINO, served over HTTP in one run (issue 27).
 
 Four copies of one model, each served by the same `vitserve serve` process and driven by the same closed-loop
-generator (v2 binary tensors, c=1 and c=16): ONNX Runtime fp32, ONNX Runtime dynamic int8, OpenVINO f32 and
-OpenVINO bf16 (`vitserve-export build --int8 --openvino --openvino-bf16`). Beside them, OpenVINO's and ONNX
-Runtime's own in-process throughput at batch 16 (what c=16 batches reach at most) and at the mean batch size the
-server ran at c=16 (timed right after the served sweeps). The service's share of OpenVINO bf16's own speed is read
-in paired rounds at the served batch size: each round times a served c=16 window, then OpenVINO in-process (the
-server idle) seconds later, and the target is the median of the rounds' ratios, so the host's drift between two
-readings minutes apart does not decide it. Top-1 agreement with fp32 is each copy's manifest figure (measured at
-export through the runtime that serves it; random inputs for random-weight presets, held-out images after
-`train`/`finetune`). The targets: served OpenVINO bf16 >= 1.8x served ORT fp32 at c=16, >= 99 % agreement, and
-the service >= 0.9x OpenVINO bf16 in-process at the same batch size.
+generator (v2 binary tensors, c=1 and c=16; wrk by default where installed, as in the ceiling comparison: the
+generator shares the cores with the server, and the in-process readings have none beside them): ONNX Runtime fp32,
+ONNX Runtime dynamic int8, OpenVINO f32 and OpenVINO bf16
+(`vitserve-export build --int8 --openvino --openvino-bf16`). Beside them, OpenVINO's and ONNX Runtime's own
+in-process throughput at batch 16 (what c=16 batches reach at most) and at the mean batch size the server ran at
+c=16 (timed right after the served sweeps). The service's share of OpenVINO bf16's own speed is read in paired
+rounds at the served batch size: each round times a served c=16 window, then OpenVINO in-process (the server idle)
+seconds later, and the target is the median of the rounds' ratios, so the host's drift between two readings minutes
+apart does not decide it. Top-1 agreement with fp32 is each copy's manifest figure (measured at export through the
+runtime that serves it; random inputs for random-weight presets, held-out images after `train`/`finetune`). The
+targets: served OpenVINO bf16 >= 1.8x served ORT fp32 at c=16, >= 99 % agreement, and the service >= 0.9x OpenVINO
+bf16 in-process at the same batch size.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.inproc import Timing, ort_session, time_call, time_ort
-from bench.loadgen import sweep
+from bench.loadgen import Client, sweep
 from bench.machine import machine_info
 from bench.models import is_built, model_file
 from bench.payloads import infer_request
@@ -80,7 +82,7 @@ def time_openvino(xml: Path, precision: str, batch: int, quick: bool) -> Timing:
     return openvino_timer(xml, precision, batch)(1.0 if quick else 3.0)
 
 
-def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None) -> Path:
+def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None, client: Client = "python") -> Path:
     from service.manifest import Manifest
 
     machine = machine_info()
@@ -114,7 +116,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None) -
             spec = infer_request(model, (1, *chw))
             served[label] = {p.concurrency: p for p in sweep(
                 srv.url, spec, concurrencies=[1, 16], cfg=cfg, protocol="v2-binary",
-                stats_path=f"/v2/models/{model}/stats", server_pgid=srv.pid)}
+                stats_path=f"/v2/models/{model}/stats", server_pgid=srv.pid, client=client)}
         served_batch = max(1, round(served["OpenVINO bf16"][16].server_mean_batch_size or BATCH))
         bf16_xml = repository / names["OpenVINO bf16"] / "1" / "model.xml"
         timer = openvino_timer(bf16_xml, "bf16", served_batch)
@@ -124,7 +126,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None) -
             print(f"[openvino] paired round {round_no + 1}: bf16 served c=16, then in-process b{served_batch}",
                   file=sys.stderr, flush=True)
             point = sweep(srv.url, spec, concurrencies=[16], cfg=cfg, protocol="v2-binary", progress=None,
-                          stats_path=f"/v2/models/{names['OpenVINO bf16']}/stats", server_pgid=srv.pid)[0]
+                          stats_path=f"/v2/models/{names['OpenVINO bf16']}/stats", server_pgid=srv.pid,
+                          client=client)[0]
             timings.append(timer(PAIRED_INPROCESS_S))
             inproc_ips = timings[-1].images_per_s
             pairs.append({"served": point.inferences_per_second, "in_process": inproc_ips,
@@ -176,7 +179,8 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None) -
         f"# ONNX Runtime vs OpenVINO, served ({name})",
         "",
         f"Command: `{command_line()}`  ",
-        f"Machine: {machine.summary()}",
+        f"Machine: {machine.summary()}  ",
+        f"Load generator: {client}",
         "",
         md_table(["runtime", "provider", "img/s c=1", "p50 ms c=1", "p99 ms c=1", "img/s c=16", "p50 ms c=16",
                   "p99 ms c=16", "÷ ORT fp32 (c=16)", "top-1 agreement", "max |Δlogit|",
@@ -192,6 +196,7 @@ def run(preset: str, *, quick: bool, cache: Path, out_dir: Path | None = None) -
         + ", ".join(f"{p['served']:.1f}/{p['in_process']:.1f} = {p['ratio']:.2f}" for p in pairs),
     ]
     data = {"comparison": "openvino", "quick": quick, "command": command_line(), "machine": machine, "model": name,
+            "client": client,
             "batch": BATCH, "served_batch": served_batch, "results": results, "paired_rounds": pairs,
             "targets": targets}
     directory = write_result("openvino", data, "\n".join(md), out_dir)

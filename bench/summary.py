@@ -150,7 +150,7 @@ def _openvino_section(ov: dict[str, Any] | None, results: Path, base: Path) -> l
         return [*md, "Not run (`vitserve-bench openvino --preset vit_small --quick`).", ""]
     tables = [line for line in report.read_text().splitlines() if line.startswith("|") or not line.strip()]
     note = (f"Model {ov['model']}; in-process figures at batch {ov['batch']} and at the mean batch the server ran "
-            f"at c=16 ({ov.get('served_batch', '—')}).")
+            f"at c=16 ({ov.get('served_batch', '—')}). Load generator: {ov.get('client', 'python')}.")
     return [*md, note, "",
             *[line for i, line in enumerate(tables) if line.strip() or (i and tables[i - 1].strip())], "",
             "![served throughput](" + _rel(results / "openvino" / "openvino_throughput.png", base) + ")", ""]
