@@ -159,6 +159,28 @@ def test_large_body_in_pieces_over_the_high_water_mark(servers: dict[str, Server
     assert whole[0][0].startswith(b"HTTP/1.1 200 ")
 
 
+def test_pipelined_large_bodies_each_get_their_own_answer(servers: dict[str, ServerProcess]) -> None:
+    """Three 98 KB bodies of different images (one gzip-encoded, one behind `expect: 100-continue`) pipelined in
+    one stream of 3 KB pieces: a body collected whole (fast_path `DirectRequest._whole`) never takes bytes of the
+    next request, and each answer is the one its body gets alone, on both paths."""
+    import gzip
+
+    bodies = [v2_binary(_pixels(8) * scale) for scale in (1.0, -0.5, 0.25)]
+    requests = [post(INFER, bodies[0][0], bodies[0][1]),
+                post(INFER, gzip.compress(bodies[1][0]), bodies[1][1], "content-encoding: gzip"),
+                post(INFER, bodies[2][0], bodies[2][1], "expect: 100-continue")]
+
+    def final(answers: list[Answer]) -> list[tuple[object, ...]]:  # without the interim 100 Continue
+        return [comparable(a) for a in answers if not a.status_line.startswith(b"HTTP/1.1 1")]
+
+    alone = [final(_exchange(servers["direct"], [r], 2 if b"expect" in r else 1))[0] for r in requests]
+    assert all(a[0].startswith(b"HTTP/1.1 200 ") for a in alone) and len({repr(a[-1]) for a in alone}) == 3
+    stream = b"".join(requests)
+    pieces = [stream[i:i + 3072] for i in range(0, len(stream), 3072)]
+    for name, srv in servers.items():
+        assert final(_exchange(srv, pieces, 4, gap_s=0.001)) == alone, name
+
+
 def _with_id(pixels: np.ndarray, rid: str, path: str = INFER) -> bytes:
     header = json.dumps({"id": rid, "inputs": [{"name": "pixel_values", "shape": list(pixels.shape),
                                                 "datatype": "FP32", "parameters": {"binary_data_size": pixels.nbytes}}],
